@@ -1,0 +1,201 @@
+/*
+ * config — the gateway's configuration as an immutable snapshot.
+ *
+ * config_parse() turns a JSON document into a complete, validated snapshot
+ * or a list of errors, each naming its JSON path; it touches nothing else.
+ * The snapshot is reference counted: config_take() / config_drop(). The last
+ * drop frees it. A snapshot is never modified after config_parse() returns.
+ *
+ * This module depends on nothing else of ours; jansson is wrapped here.
+ */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct json_t;
+
+#define CFG_MAX_VERSIONS 6
+#define CFG_MAX_UPSTREAMS 64
+#define CFG_NAME_MAX 32
+#define CFG_PCT_SCALE 100       /* percentiles are kept in hundredths */
+#define CFG_PCT_TOTAL 10000     /* 100 % in hundredths */
+
+enum cfg_sticky_kind {
+    CFG_STICKY_NONE = 0,
+    CFG_STICKY_HEADER,          /* key taken from a request header */
+    CFG_STICKY_COOKIE,          /* key taken from a cookie */
+};
+
+enum cfg_group {
+    CFG_GROUP_CONTROL = 0,
+    CFG_GROUP_TREATMENT,
+    CFG_GROUP_SHADOW,
+};
+
+struct cfg_health {
+    bool enabled;
+    char *path;
+    int interval_ms;
+    int timeout_ms;
+    int failure_threshold;
+    int success_threshold;
+};
+
+struct cfg_upstream {
+    char *address;              /* as written: "host:port", "[v6]:port", "unix:/p" */
+    char *host;                 /* host or unix path */
+    int port;                   /* 0 for unix sockets */
+    bool is_unix;
+};
+
+struct cfg_version {
+    char name[CFG_NAME_MAX + 1];
+    struct cfg_upstream *upstreams;
+    int n_upstreams;
+    char *path;                 /* NULL: forward the path as received */
+    int traffic;                /* configured percentile, hundredths */
+    int effective;              /* effective share (SPEC §2.2), hundredths */
+    int mirror;                 /* mirror percentile, hundredths */
+    bool is_default;
+    enum cfg_group group;       /* CONTROL or TREATMENT */
+    char *description;
+    int max_concurrent;         /* replica_max_concurrent_requests, 0 = off */
+    int max_wait_ms;            /* max_request_wait_time_ms */
+    struct cfg_health health;
+};
+
+struct cfg_endpoint {
+    char name[CFG_NAME_MAX + 1];
+    bool auth_keys;
+    bool auth_tokens;
+    char *key_primary;          /* resolved secret, may be NULL */
+    char *key_secondary;
+    enum cfg_sticky_kind sticky;
+    char *sticky_name;
+    int scoring_timeout_ms;
+    bool failover_to_default;
+    struct cfg_version versions[CFG_MAX_VERSIONS];
+    int n_versions;
+    int default_version;        /* index into versions */
+};
+
+struct cfg_listener {
+    char *address;
+    char *host;
+    int port;
+    bool tls;
+    char *certificate;          /* absolute or config-relative path, resolved */
+    char *private_key;
+};
+
+struct cfg_limits {
+    size_t max_header_bytes;
+    uint64_t max_body_bytes;
+    int header_timeout_ms;
+    int idle_timeout_ms;
+    int max_connections;
+    int drain_timeout_ms;
+};
+
+struct cfg_redis {
+    char *address;
+    char *host;
+    int port;
+    int db;
+    char *password;
+    int flush_interval_ms;
+    int retention_minutes;
+};
+
+struct cfg_trusted_issuer {
+    char *issuer;
+    char *audience;
+    char *algorithm;
+    char *public_key;           /* PEM text */
+};
+
+struct cfg_tokens {
+    char *issuer;
+    char *signing_key;          /* resolved secret */
+    char *algorithm;
+    int ttl_s;
+    int leeway_s;
+    struct cfg_trusted_issuer *trusted;
+    int n_trusted;
+};
+
+struct cfg_log {
+    char *access_log;           /* "stderr", "off" or a path */
+    char *level;
+};
+
+struct config {
+    int refs;                   /* atomic; use config_take/config_drop */
+    uint64_t generation;
+    char *path;                 /* the file it was read from, may be NULL */
+    char *basedir;
+    struct json_t *doc;         /* the document as given, for persistence */
+
+    int workers;
+    struct cfg_listener *listeners;
+    int n_listeners;
+    char *admin_address;
+    char *admin_host;
+    int admin_port;
+    char *admin_token;
+    struct cfg_redis redis;
+    struct cfg_tokens tokens;
+    struct cfg_limits limits;
+    struct cfg_log log;
+    struct cfg_endpoint *endpoints;
+    int n_endpoints;
+};
+
+/* Errors collected while parsing: each is "json.path: reason". */
+struct cfg_errors {
+    char **msg;
+    int n;
+    int cap;
+};
+
+void cfg_errors_init(struct cfg_errors *e);
+void cfg_errors_free(struct cfg_errors *e);
+/* All errors joined by "\n" into a malloc'ed string. */
+char *cfg_errors_join(const struct cfg_errors *e, const char *sep);
+
+/*
+ * Parse and validate a document. basedir resolves relative paths (file:
+ * secrets, certificates). Returns a snapshot with refs = 1, or NULL with
+ * errors appended to errs. The document is deep-copied; the caller keeps
+ * ownership of doc.
+ */
+struct config *config_parse(struct json_t *doc, const char *basedir,
+                            struct cfg_errors *errs);
+
+/* Read a file and config_parse() it; a read or JSON syntax error is
+ * reported in errs as "FILE: reason" or "FILE:LINE:COL: reason". */
+struct config *config_load(const char *path, struct cfg_errors *errs);
+
+/* Reference counting; thread safe. config_drop(NULL) is a no-op. */
+struct config *config_take(struct config *c);
+void config_drop(struct config *c);
+
+/* Lookups on a snapshot; NULL / -1 when absent. name need not be NUL-ended. */
+const struct cfg_endpoint *config_endpoint(const struct config *c,
+                                           const char *name, size_t len);
+int config_version_index(const struct cfg_endpoint *ep,
+                         const char *name, size_t len);
+
+/* A name valid for an endpoint or version (SPEC §2.1). */
+bool config_name_valid(const char *name, size_t len);
+
+/* Parse "host:port", "[v6]:port" or "unix:/path". 0 or -1. */
+int config_parse_address(const char *addr, char **host, int *port,
+                         bool *is_unix);
+
+const char *config_group_name(enum cfg_group g);
+
+#endif

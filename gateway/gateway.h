@@ -1,0 +1,284 @@
+/*
+ * gateway — the data plane: workers, client sessions, upstream connections,
+ * TLS, logs and the admin listener. This header is shared by the gateway's
+ * own files only; nothing outside gateway/ includes it.
+ *
+ * Threads: the main thread owns signals, the admin listener and config
+ * publishing; each worker thread owns one event_base, its listeners, its
+ * sessions and its upstream pools. Nothing on the request path takes a lock.
+ */
+#ifndef SLUICE_GATEWAY_H
+#define SLUICE_GATEWAY_H
+
+#include <http_parser.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "config/config.h"
+#include "routing/routing.h"
+
+struct event_base;
+struct event;
+struct bufferevent;
+struct evconnlistener;
+struct evbuffer;
+struct ssl_ctx_st;
+
+#define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
+#define GW_MAX_HEADERS 128
+
+/* ---- header storage shared by both parsers (http.c) -------------------- */
+
+struct hdr {
+    uint32_t name_off, name_len;
+    uint32_t val_off, val_len;
+};
+
+/* Raw request or response head: url/status text and headers, as offsets
+ * into one growing buffer owned by the message. */
+struct head {
+    char *buf;
+    size_t len, cap;
+    uint32_t url_off, url_len;      /* request URL or response reason */
+    struct hdr h[GW_MAX_HEADERS];
+    int n;
+    bool in_value;                  /* last callback was a header value */
+    bool too_many;
+};
+
+void head_reset(struct head *hd);
+void head_free(struct head *hd);
+int head_url(struct head *hd, const char *at, size_t len);
+int head_field(struct head *hd, const char *at, size_t len);
+int head_value(struct head *hd, const char *at, size_t len);
+/* Header i's name or value as a pointer into the buffer. */
+#define HD_NAME(hd, i) ((hd)->buf + (hd)->h[i].name_off)
+#define HD_VAL(hd, i) ((hd)->buf + (hd)->h[i].val_off)
+bool head_name_is(const struct head *hd, int i, const char *lower);
+/* Index of the first header with that (lower-case) name, -1 if none. */
+int head_find(const struct head *hd, const char *lower);
+/* A hop-by-hop header, or one that the Connection header names. */
+bool head_hop_by_hop(const struct head *hd, int i, int conn_hdr_idx[], int nconn);
+/* Indices of all Connection headers. */
+int head_connection(const struct head *hd, int out[], int max);
+
+/* Append s to b as a JSON string body (no quotes) with escaping. */
+void json_escape_add(struct evbuffer *b, const char *s, size_t len);
+
+/* ---- logs (log.c) -------------------------------------------------------- */
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+void log_init(void);
+void log_set_level(const char *level);
+/* One JSON event line on stderr: {"time","level","event",...fields}.
+ * fields is either NULL or a string of already-encoded JSON members
+ * (",\"k\":v..."); built with log_kv helpers or by hand. */
+void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Open (or reopen, for SIGUSR1) the access log target; 0 or -1. */
+int log_access_open(const char *target, char *err, size_t errlen);
+int log_access_reopen(void);
+bool log_access_enabled(void);
+/* Write a buffer of whole lines to the access log. */
+void log_access_write(struct evbuffer *b);
+void log_time_iso(char *out, size_t len);
+
+/* ---- TLS (tls.c) --------------------------------------------------------- */
+
+/* A server context for a listener: TLS 1.2-1.3, modern ciphers, ALPN
+ * http/1.1, session cache and tickets. NULL with a reason naming the file. */
+struct ssl_ctx_st *tls_server_ctx(const struct cfg_listener *l, char *err,
+                                  size_t errlen);
+void tls_ctx_free(struct ssl_ctx_st *ctx);
+
+/* ---- listeners (listen.c) ---------------------------------------------- */
+
+/* A bound, listening, non-blocking TCP socket; with reuseport, one of a
+ * SO_REUSEPORT group (one per worker). Without it, binding fails when
+ * anything else holds the address: used to probe before a start. */
+int listen_socket(const char *host, int port, bool reuseport, char *err,
+                  size_t errlen);
+
+/* ---- upstream pools (upstream.c) ----------------------------------------- */
+
+struct worker;
+struct session;
+
+struct upool {
+    char *address;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    bool resolved;
+    int active;                     /* requests in flight on this worker */
+    TAILQ_HEAD(, upconn) idle;
+    int n_idle;
+    struct upool *next;             /* worker's list */
+};
+
+struct upconn {
+    struct worker *w;
+    struct upool *pool;
+    struct bufferevent *bev;
+    struct session *s;              /* owner while a request uses it */
+    http_parser parser;
+    struct head head;
+    bool connected;
+    bool reused;
+    bool closed;
+    bool skip_message;              /* a 1xx response being dropped */
+    bool response_done;
+    bool keepalive;                 /* the response allows reuse */
+    bool paused;                    /* client output is full */
+    bool in_idle;
+    TAILQ_ENTRY(upconn) link;       /* pool idle list */
+    struct upconn *gc_next;
+};
+
+struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
+/* An idle pooled connection or a new one being connected, owned by s. */
+struct upconn *upconn_acquire(struct worker *w, struct upool *p,
+                              struct session *s);
+/* Give a finished connection back to its pool (or close it). */
+void upconn_release(struct upconn *u, bool reusable);
+void upconn_close(struct upconn *u);
+/* Backpressure from the client side: stop / restart reading the response. */
+void upconn_pause(struct upconn *u);
+void upconn_resume(struct upconn *u);
+void upconn_free(struct upconn *u);
+void upool_free_all(struct worker *w);
+
+/* ---- sessions (session.c) ------------------------------------------------ */
+
+enum sess_state {
+    SS_IDLE,            /* waiting for the first byte of a request */
+    SS_HEAD,            /* reading request headers */
+    SS_BODY,            /* streaming the request body */
+    SS_WAIT,            /* request read, waiting for the response to end */
+    SS_CLOSING,         /* flushing output, then close */
+};
+
+struct request {
+    struct config *cfg;             /* snapshot this request runs on */
+    const struct cfg_endpoint *ep;
+    int version;
+    bool pinned;
+    struct upool *pool;
+    uint64_t body_in;               /* request body bytes received */
+    uint64_t bytes_in;              /* all request bytes */
+    uint64_t bytes_out;             /* all response bytes to the client */
+    bool chunked_up;                /* request body is re-chunked upstream */
+    bool complete;                  /* request fully read */
+    bool discard;                   /* body read and dropped (error sent) */
+    bool response_started;          /* response head sent to the client */
+    bool response_done;             /* response fully queued to the client */
+    bool expect_continue;           /* client waits for 100 Continue */
+    bool response_chunked;          /* response re-chunked to the client */
+    bool response_close;            /* close the client after the response */
+    bool head_method;
+    int status;
+    const char *fail_reason;
+    struct timespec t_start;        /* end of request headers */
+    char id[64];
+    const char *upstream_addr;
+};
+
+struct session {
+    struct worker *w;
+    struct bufferevent *bev;
+    bool tls;
+    char peer[64];
+    http_parser parser;
+    struct head head;
+    enum sess_state state;
+    struct request req;
+    struct upconn *up;
+    struct event *timer;            /* header/body deadline or idle timeout */
+    struct event *up_timer;         /* scoring timeout */
+    bool keep_alive;                /* client wants the connection kept */
+    bool read_paused;               /* backpressure from the upstream */
+    bool closed;
+    TAILQ_ENTRY(session) link;
+    struct session *gc_next;
+};
+
+void session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
+                 struct ssl_ctx_st *tls);
+void session_close(struct session *s, const char *why);
+void session_free(struct session *s);
+/* Callbacks from upstream.c. */
+void session_upstream_head(struct session *s, struct upconn *u);
+void session_upstream_body(struct session *s, const char *at, size_t len);
+void session_upstream_done(struct session *s, struct upconn *u, bool reusable);
+void session_upstream_failed(struct session *s, struct upconn *u,
+                             const char *why);
+void session_upstream_drained(struct session *s);
+/* Drain: close idle sessions now; the rest close after their response. */
+void session_drain_all(struct worker *w);
+
+/* ---- workers (worker.c) ---------------------------------------------------- */
+
+struct listener_rt {
+    struct evconnlistener *ev;
+    struct ssl_ctx_st *tls;         /* NULL for plain */
+    struct worker *w;
+};
+
+struct ep_state {
+    struct route_split split;
+};
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct config *cfg;             /* the worker's reference to the current snapshot */
+    struct ep_state *eps;           /* per endpoint of cfg, same index */
+    struct listener_rt *listeners;
+    int n_listeners;
+    struct upool *pools;
+    TAILQ_HEAD(, session) sessions;
+    int n_sessions;
+    bool draining;
+    struct event *gc_ev;
+    struct session *gc_sessions;
+    struct upconn *gc_upconns;
+    struct event *mail_ev;
+    pthread_mutex_t mail_lock;      /* main thread -> worker messages only */
+    struct config *mail_cfg;
+    bool mail_drain;
+    bool mail_stop;
+    struct evbuffer *access;        /* buffered access-log lines */
+    struct event *log_ev;
+    uint64_t req_seq;
+    uint64_t id_prefix;
+};
+
+extern int gw_n_workers;
+extern struct worker *gw_workers;
+extern int gw_open_connections;     /* atomic, all workers */
+
+int workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
+                  int n_listeners);
+void workers_publish(struct config *cfg);
+void workers_drain(void);
+void workers_stop(void);
+/* Wait for the workers to finish draining, at most deadline_ms. */
+void workers_join(int deadline_ms);
+void worker_gc(struct worker *w);
+void worker_access_log(struct worker *w, const struct session *s);
+uint64_t now_us(void);
+
+/* ---- admin (admin.c) ------------------------------------------------------- */
+
+int admin_start(struct event_base *base, struct config *cfg, char *err,
+                size_t errlen);
+void admin_set_config(struct config *cfg);
+void admin_set_draining(void);
+void admin_stop(void);
+
+#endif

@@ -1,0 +1,172 @@
+/*
+ * Header storage for http_parser callbacks. The parser may hand a name or
+ * value over in several pieces (when it spans two reads), so pieces are
+ * appended to the last entry until the other kind of callback arrives.
+ */
+#include "gateway/gateway.h"
+
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void
+head_reset(struct head *hd)
+{
+    hd->len = 0;
+    hd->url_off = hd->url_len = 0;
+    hd->n = 0;
+    hd->in_value = false;
+    hd->too_many = false;
+}
+
+void
+head_free(struct head *hd)
+{
+    free(hd->buf);
+    memset(hd, 0, sizeof(*hd));
+}
+
+static int
+append(struct head *hd, const char *at, size_t len)
+{
+    if (hd->len + len > hd->cap) {
+        size_t cap = hd->cap ? hd->cap : 1024;
+        while (cap < hd->len + len)
+            cap *= 2;
+        char *b = realloc(hd->buf, cap);
+        if (b == NULL)
+            return -1;
+        hd->buf = b;
+        hd->cap = cap;
+    }
+    memcpy(hd->buf + hd->len, at, len);
+    hd->len += len;
+    return 0;
+}
+
+int
+head_url(struct head *hd, const char *at, size_t len)
+{
+    if (hd->url_len == 0)
+        hd->url_off = (uint32_t)hd->len;
+    hd->url_len += (uint32_t)len;
+    return append(hd, at, len);
+}
+
+int
+head_field(struct head *hd, const char *at, size_t len)
+{
+    if (hd->n == 0 || hd->in_value) {
+        if (hd->n == GW_MAX_HEADERS) {
+            hd->too_many = true;
+            return -1;
+        }
+        struct hdr *h = &hd->h[hd->n++];
+        h->name_off = (uint32_t)hd->len;
+        h->name_len = 0;
+        h->val_off = 0;
+        h->val_len = 0;
+        hd->in_value = false;
+    }
+    hd->h[hd->n - 1].name_len += (uint32_t)len;
+    return append(hd, at, len);
+}
+
+int
+head_value(struct head *hd, const char *at, size_t len)
+{
+    struct hdr *h = &hd->h[hd->n - 1];
+    if (!hd->in_value) {
+        h->val_off = (uint32_t)hd->len;
+        hd->in_value = true;
+    }
+    h->val_len += (uint32_t)len;
+    return append(hd, at, len);
+}
+
+bool
+head_name_is(const struct head *hd, int i, const char *lower)
+{
+    size_t n = strlen(lower);
+    return hd->h[i].name_len == n &&
+           strncasecmp(HD_NAME(hd, i), lower, n) == 0;
+}
+
+int
+head_find(const struct head *hd, const char *lower)
+{
+    for (int i = 0; i < hd->n; i++)
+        if (head_name_is(hd, i, lower))
+            return i;
+    return -1;
+}
+
+int
+head_connection(const struct head *hd, int out[], int max)
+{
+    int n = 0;
+    for (int i = 0; i < hd->n && n < max; i++)
+        if (head_name_is(hd, i, "connection"))
+            out[n++] = i;
+    return n;
+}
+
+/* Whether the comma-separated list in value holds token (case-insensitive). */
+static bool
+list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
+{
+    size_t i = 0;
+    while (i < vlen) {
+        while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < vlen && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e - s == tlen && strncasecmp(v + s, tok, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool
+head_hop_by_hop(const struct head *hd, int i, int conn[], int nconn)
+{
+    static const char *const hop[] = {"connection", "keep-alive",
+        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-authenticate", "proxy-authorization", NULL};
+    for (const char *const *h = hop; *h; h++)
+        if (head_name_is(hd, i, *h))
+            return true;
+    for (int c = 0; c < nconn; c++)
+        if (list_has(HD_VAL(hd, conn[c]), hd->h[conn[c]].val_len,
+                     HD_NAME(hd, i), hd->h[i].name_len))
+            return true;
+    return false;
+}
+
+void
+json_escape_add(struct evbuffer *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f)
+            continue;
+        if (i > start)
+            evbuffer_add(b, s + start, i - start);
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+            evbuffer_add(b, esc, 2);
+        } else
+            evbuffer_add(b, esc, 6);
+        start = i + 1;
+    }
+    if (len > start)
+        evbuffer_add(b, s + start, len - start);
+}

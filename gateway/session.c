@@ -1,0 +1,881 @@
+/*
+ * A client connection and the requests on it.
+ *
+ * Requests are parsed with http_parser straight from the bufferevent's input
+ * and streamed to the upstream as they arrive. One request is in progress at
+ * a time: the parser is paused when a request ends and resumed once its
+ * response is done, so pipelined requests are answered in order.
+ *
+ * Every end of a session goes through session_close(); the struct itself is
+ * freed later by the worker's gc event, so code still on the stack may look
+ * at s->closed after a call that could have closed it.
+ */
+#include "gateway/gateway.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/ssl.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define SCORE_PREFIX "/api/v1/service/"
+#define SCORE_SUFFIX "/score"
+#define LINGER_MS 2000
+
+static http_parser_settings req_settings;
+
+static void session_parse(struct session *s);
+static void start_closing(struct session *s);
+
+/* ---- helpers --------------------------------------------------------- */
+
+static void
+arm(struct event *ev, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+static const struct cfg_limits *
+limits(const struct session *s)
+{
+    return &s->w->cfg->limits;
+}
+
+static struct evbuffer *
+client_out(struct session *s)
+{
+    return bufferevent_get_output(s->bev);
+}
+
+static const struct cfg_version *
+req_version(const struct session *s)
+{
+    if (s->req.ep == NULL || s->req.version < 0)
+        return NULL;
+    return &s->req.ep->versions[s->req.version];
+}
+
+static const char *
+group_of(const struct cfg_version *v)
+{
+    return config_group_name(v->mirror > 0 ? CFG_GROUP_SHADOW : v->group);
+}
+
+static void
+sluice_headers(struct session *s, struct evbuffer *out)
+{
+    const struct cfg_version *v = req_version(s);
+    if (v != NULL)
+        evbuffer_add_printf(out, "X-Sluice-Version: %s\r\nX-Sluice-Group: %s\r\n",
+                            v->name, group_of(v));
+    evbuffer_add_printf(out, "X-Request-Id: %s\r\n", s->req.id);
+}
+
+/*
+ * Answer with a JSON error (SPEC §3.6). With close, the connection ends
+ * after the answer: used whenever the request's framing can no longer be
+ * trusted or the rest of it will not be read.
+ */
+static void
+send_error(struct session *s, int status, const char *code, const char *msg,
+           bool close)
+{
+    if (s->req.fail_reason == NULL)
+        s->req.fail_reason = code;
+    if (s->up != NULL) {
+        upconn_close(s->up);
+        s->up = NULL;
+    }
+    evtimer_del(s->up_timer);
+    if (s->req.response_started) {
+        /* Too late for a status: the client sees the connection end. */
+        session_close(s, code);
+        return;
+    }
+    struct evbuffer *out = client_out(s);
+    struct evbuffer *body = evbuffer_new();
+    evbuffer_add_printf(body, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
+    json_escape_add(body, msg, strlen(msg));
+    evbuffer_add(body, "\"}}\n", 4);
+    size_t blen = evbuffer_get_length(body);
+
+    if (s->w->draining || (s->req.expect_continue && !s->req.complete))
+        close = true;
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %zu\r\n", status,
+                        http_status_str((enum http_status)status), blen);
+    sluice_headers(s, out);
+    if (status == 401)
+        evbuffer_add_printf(out, "WWW-Authenticate: Bearer\r\n");
+    if (status == 503)
+        evbuffer_add_printf(out, "Retry-After: 1\r\n");
+    if (close || !s->keep_alive)
+        evbuffer_add_printf(out, "Connection: close\r\n");
+    else if (s->parser.http_minor == 0)
+        evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+    evbuffer_add(out, "\r\n", 2);
+    evbuffer_add_buffer(out, body);
+    evbuffer_free(body);
+    s->req.bytes_out += evbuffer_get_length(out) - before;
+    s->req.status = status;
+    s->req.response_started = true;
+    s->req.response_done = true;
+    s->req.response_close = close || !s->keep_alive;
+    s->req.discard = true;
+    if (close)
+        s->req.complete = true;     /* nothing more will be read */
+}
+
+/* ---- request lifecycle ------------------------------------------------- */
+
+static void
+new_request_id(struct session *s)
+{
+    int i = head_find(&s->head, "x-request-id");
+    if (i >= 0) {
+        uint32_t n = s->head.h[i].val_len;
+        const char *v = HD_VAL(&s->head, i);
+        bool ok = n > 0 && n < sizeof(s->req.id);
+        for (uint32_t k = 0; ok && k < n; k++)
+            if (v[k] <= 0x20 || v[k] >= 0x7f || v[k] == '"' || v[k] == '\\')
+                ok = false;
+        if (ok) {
+            memcpy(s->req.id, v, n);
+            s->req.id[n] = '\0';
+            return;
+        }
+    }
+    struct worker *w = s->w;
+    uint64_t seq = ++w->req_seq;
+    snprintf(s->req.id, sizeof(s->req.id), "%016llx%016llx",
+             (unsigned long long)w->id_prefix, (unsigned long long)seq);
+}
+
+/* The request and its response are both done: log it and get ready for the
+ * next one, or close. */
+static void
+end_request(struct session *s)
+{
+    struct worker *w = s->w;
+
+    worker_access_log(w, s);
+    if (s->up != NULL) {
+        upconn_close(s->up);
+        s->up = NULL;
+    }
+    evtimer_del(s->up_timer);
+    evtimer_del(s->timer);
+    config_drop(s->req.cfg);
+    bool close = s->req.response_close || !s->keep_alive || w->draining;
+    memset(&s->req, 0, sizeof(s->req));
+    s->req.version = -1;
+    if (close) {
+        start_closing(s);
+        return;
+    }
+    s->state = SS_IDLE;
+    arm(s->timer, limits(s)->idle_timeout_ms);
+    http_parser_pause(&s->parser, 0);
+}
+
+static void
+linger_done(evutil_socket_t fd, short what, void *arg)
+{
+    session_close(arg, NULL);
+}
+
+/* Flush what is queued for the client, then close. The socket is shut for
+ * writing first and unread input drained for a moment, so that a client
+ * still sending does not get a reset that destroys the answer. */
+static void
+start_closing(struct session *s)
+{
+    if (s->closed)
+        return;
+    s->state = SS_CLOSING;
+    if (evbuffer_get_length(client_out(s)) > 0)
+        return;                     /* client_write finishes it */
+    int fd = bufferevent_getfd(s->bev);
+    if (fd >= 0 && !s->tls) {
+        shutdown(fd, SHUT_WR);
+        evbuffer_drain(bufferevent_get_input(s->bev),
+                       evbuffer_get_length(bufferevent_get_input(s->bev)));
+        bufferevent_enable(s->bev, EV_READ);
+        event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
+        arm(s->timer, LINGER_MS);
+        return;
+    }
+    session_close(s, NULL);
+}
+
+/* ---- http_parser callbacks for requests ------------------------------ */
+
+static int
+on_message_begin(http_parser *p)
+{
+    struct session *s = p->data;
+    head_reset(&s->head);
+    s->state = SS_HEAD;
+    s->req.version = -1;
+    /* The header deadline runs from the first byte of each request (from
+     * accept for the first one, armed in session_new). */
+    if (s->keep_alive)
+        arm(s->timer, limits(s)->header_timeout_ms);
+    return 0;
+}
+
+static int
+check_head_size(struct session *s, int rc)
+{
+    if (rc < 0 || s->head.len > limits(s)->max_header_bytes) {
+        s->req.status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int
+on_url(http_parser *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return check_head_size(s, head_url(&s->head, at, len));
+}
+
+static int
+on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return check_head_size(s, head_field(&s->head, at, len));
+}
+
+static int
+on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return check_head_size(s, head_value(&s->head, at, len));
+}
+
+/* Find the endpoint name in /api/v1/service/{ep}/score. */
+static bool
+score_path(const char *path, size_t len, const char **ep, size_t *eplen)
+{
+    size_t pl = sizeof(SCORE_PREFIX) - 1, sl = sizeof(SCORE_SUFFIX) - 1;
+    if (len <= pl + sl || memcmp(path, SCORE_PREFIX, pl) != 0 ||
+        memcmp(path + len - sl, SCORE_SUFFIX, sl) != 0)
+        return false;
+    *ep = path + pl;
+    *eplen = len - pl - sl;
+    return memchr(*ep, '/', *eplen) == NULL;
+}
+
+static struct upool *
+pick_upstream(struct session *s, const struct cfg_version *v)
+{
+    struct worker *w = s->w;
+    struct upool *best = NULL;
+    int start = v->n_upstreams > 1 ? (int)(w->req_seq % (uint64_t)v->n_upstreams) : 0;
+
+    /* Least outstanding requests on this worker, ties broken round robin. */
+    for (int k = 0; k < v->n_upstreams; k++) {
+        struct upool *p = upool_get(w, &v->upstreams[(start + k) % v->n_upstreams]);
+        if (p != NULL && (best == NULL || p->active < best->active))
+            best = p;
+    }
+    return best;
+}
+
+static void
+write_upstream_head(struct session *s, struct evbuffer *out,
+                    const struct http_parser_url *u)
+{
+    struct head *hd = &s->head;
+    const char *url = hd->buf + hd->url_off;
+    const struct cfg_version *v = req_version(s);
+    int conn[8];
+    int nconn = head_connection(hd, conn, 8);
+
+    evbuffer_add_printf(out, "%s ", http_method_str((enum http_method)s->parser.method));
+    if (v->path != NULL)
+        evbuffer_add(out, v->path, strlen(v->path));
+    else
+        evbuffer_add(out, url + u->field_data[UF_PATH].off, u->field_data[UF_PATH].len);
+    if (u->field_set & (1 << UF_QUERY)) {
+        evbuffer_add(out, "?", 1);
+        evbuffer_add(out, url + u->field_data[UF_QUERY].off, u->field_data[UF_QUERY].len);
+    }
+    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+
+    static const char *const ours[] = {"authorization", "content-length",
+        "expect", "x-forwarded-for", "x-forwarded-proto", "x-sluice-version",
+        "x-sluice-group", "x-sluice-failover", "x-request-id", NULL};
+    const char *xff = NULL;
+    uint32_t xff_len = 0;
+    for (int i = 0; i < hd->n; i++) {
+        if (head_hop_by_hop(hd, i, conn, nconn))
+            continue;
+        bool skip = false;
+        for (const char *const *o = ours; *o && !skip; o++)
+            skip = head_name_is(hd, i, *o);
+        if (skip) {
+            if (xff == NULL && head_name_is(hd, i, "x-forwarded-for")) {
+                xff = HD_VAL(hd, i);
+                xff_len = hd->h[i].val_len;
+            }
+            continue;
+        }
+        evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (xff != NULL)
+        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len,
+                            xff, s->peer);
+    else
+        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", s->peer);
+    evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\n", s->tls ? "https" : "http");
+    sluice_headers(s, out);
+    if (s->parser.flags & F_CHUNKED) {
+        s->req.chunked_up = true;
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    } else if (s->parser.flags & F_CONTENTLENGTH) {
+        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                            (unsigned long long)s->parser.content_length);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+scoring_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    bool complete = s->req.complete;
+    send_error(s, 504, "gateway_timeout",
+               "the model server did not answer within scoring_timeout_ms", !complete);
+    if (s->closed)
+        return;
+    s->req.fail_reason = "timeout";
+    if (complete) {
+        end_request(s);
+        session_parse(s);
+    } else
+        start_closing(s);
+}
+
+/* The request head is complete: route it and start the upstream request.
+ * Returns 0 to go on parsing the body, -1 to stop (an error was sent). */
+static int
+on_headers_complete(http_parser *p)
+{
+    struct session *s = p->data;
+    struct worker *w = s->w;
+    struct head *hd = &s->head;
+    char msg[256];
+
+    clock_gettime(CLOCK_MONOTONIC, &s->req.t_start);
+    s->req.cfg = config_take(w->cfg);
+    s->req.version = -1;
+    s->req.head_method = p->method == HTTP_HEAD;
+    s->keep_alive = http_should_keep_alive(p);
+    s->state = SS_BODY;
+    new_request_id(s);
+    int ex = head_find(hd, "expect");
+    s->req.expect_continue = ex >= 0 && p->http_minor >= 1 &&
+        (p->flags & (F_CHUNKED | F_CONTENTLENGTH)) && p->content_length != 0 &&
+        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
+
+    /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
+    int hosts = 0;
+    for (int i = 0; i < hd->n; i++)
+        if (head_name_is(hd, i, "host"))
+            hosts++;
+    if ((p->http_major == 1 && p->http_minor >= 1 && hosts != 1) || hosts > 1) {
+        send_error(s, 400, "bad_request", "a request needs exactly one Host header", true);
+        return -1;
+    }
+    if (p->method == HTTP_CONNECT || p->upgrade) {
+        send_error(s, 400, "bad_request", "protocol upgrades and CONNECT are not supported", true);
+        return -1;
+    }
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(hd->buf + hd->url_off, hd->url_len, 0, &u) != 0 ||
+        !(u.field_set & (1 << UF_PATH))) {
+        send_error(s, 400, "bad_request", "invalid request target", true);
+        return -1;
+    }
+    if ((p->flags & F_CONTENTLENGTH) &&
+        p->content_length > limits(s)->max_body_bytes) {
+        send_error(s, 413, "too_large", "the request body is over max_body_bytes", true);
+        return -1;
+    }
+    const char *path = hd->buf + hd->url_off + u.field_data[UF_PATH].off;
+    const char *epname;
+    size_t eplen;
+    const struct cfg_endpoint *ep = NULL;
+    if (score_path(path, u.field_data[UF_PATH].len, &epname, &eplen))
+        ep = config_endpoint(s->req.cfg, epname, eplen);
+    if (ep == NULL) {
+        snprintf(msg, sizeof(msg), "no endpoint at %.*s", (int)u.field_data[UF_PATH].len > 128 ? 128 : (int)u.field_data[UF_PATH].len, path);
+        send_error(s, 404, "not_found", msg, false);
+        return 0;
+    }
+    s->req.ep = ep;
+
+    int pin = head_find(hd, "x-sluice-version");
+    if (pin >= 0) {
+        int vi = route_pinned(ep, HD_VAL(hd, pin), hd->h[pin].val_len);
+        if (vi < 0) {
+            snprintf(msg, sizeof(msg), "endpoint %s has no version %.*s", ep->name,
+                     (int)(hd->h[pin].val_len > 64 ? 64 : hd->h[pin].val_len),
+                     HD_VAL(hd, pin));
+            send_error(s, 404, "not_found", msg, false);
+            return 0;
+        }
+        s->req.version = vi;
+        s->req.pinned = true;
+    } else {
+        s->req.version = route_split_next(&w->eps[ep - s->req.cfg->endpoints].split);
+    }
+
+    const struct cfg_version *v = req_version(s);
+    struct upool *pool = pick_upstream(s, v);
+    s->up = pool ? upconn_acquire(w, pool, s) : NULL;
+    if (s->up == NULL) {
+        send_error(s, 502, "bad_gateway", "cannot connect to the model server", false);
+        s->req.fail_reason = "upstream_connect_failed";
+        return 0;
+    }
+    s->req.pool = pool;
+    s->req.upstream_addr = pool->address;
+    write_upstream_head(s, bufferevent_get_output(s->up->bev), &u);
+
+    if (s->req.expect_continue)
+        evbuffer_add(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    arm(s->up_timer, ep->scoring_timeout_ms);
+    return 0;
+}
+
+static int
+on_body(http_parser *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+
+    s->req.body_in += len;
+    if (s->req.body_in > limits(s)->max_body_bytes) {
+        send_error(s, 413, "too_large", "the request body is over max_body_bytes", true);
+        return -1;
+    }
+    if (s->req.discard || s->up == NULL)
+        return 0;
+    struct evbuffer *out = bufferevent_get_output(s->up->bev);
+    if (s->req.chunked_up) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, at, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else
+        evbuffer_add(out, at, len);
+    return 0;
+}
+
+static int
+on_message_complete(http_parser *p)
+{
+    struct session *s = p->data;
+
+    s->req.complete = true;
+    if (s->up != NULL && s->req.chunked_up && !s->req.discard)
+        evbuffer_add(bufferevent_get_output(s->up->bev), "0\r\n\r\n", 5);
+    evtimer_del(s->timer);
+    s->state = SS_WAIT;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* ---- reading from the client ----------------------------------------- */
+
+static void
+parse_failed(struct session *s, enum http_errno e)
+{
+    if (s->req.status == 431 || e == HPE_HEADER_OVERFLOW) {
+        send_error(s, 431, "headers_too_large",
+                   "the request headers are over max_header_bytes", true);
+    } else if (!s->req.response_started) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "malformed HTTP: %s", http_errno_description(e));
+        send_error(s, 400, "bad_request", msg, true);
+    }
+    if (!s->closed)
+        start_closing(s);
+}
+
+/* Feed buffered client input to the parser for as long as it may run. */
+static void
+session_parse(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+
+    while (!s->closed && s->state != SS_CLOSING && !s->read_paused) {
+        if (HTTP_PARSER_ERRNO(&s->parser) == HPE_PAUSED) {
+            if (!s->req.response_done)
+                break;          /* resumed when the response ends */
+            end_request(s);
+            continue;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            break;
+        size_t n = http_parser_execute(&s->parser, &req_settings, v.iov_base, v.iov_len);
+        if (s->closed)
+            return;
+        evbuffer_drain(in, n);
+        s->req.bytes_in += n;
+        enum http_errno e = HTTP_PARSER_ERRNO(&s->parser);
+        if (e != HPE_OK && e != HPE_PAUSED) {
+            parse_failed(s, e);
+            return;
+        }
+        if (s->state == SS_CLOSING ||
+            (s->req.response_close && s->req.complete && s->req.response_done)) {
+            start_closing(s);
+            return;
+        }
+        if (s->up != NULL &&
+            evbuffer_get_length(bufferevent_get_output(s->up->bev)) > GW_HIGH_WATER) {
+            s->read_paused = true;
+            bufferevent_disable(s->bev, EV_READ);
+        }
+    }
+}
+
+static void
+client_read(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    if (s->state == SS_CLOSING) {
+        evbuffer_drain(bufferevent_get_input(bev),
+                       evbuffer_get_length(bufferevent_get_input(bev)));
+        return;
+    }
+    session_parse(s);
+}
+
+static void
+client_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+
+    if (s->state == SS_CLOSING) {
+        start_closing(s);
+        return;
+    }
+    if (s->up != NULL)
+        upconn_resume(s->up);
+}
+
+static void
+client_event(struct bufferevent *bev, short events, void *arg)
+{
+    struct session *s = arg;
+
+    if (s->state == SS_CLOSING || s->state == SS_IDLE) {
+        session_close(s, NULL);
+        return;
+    }
+    if (s->req.fail_reason == NULL)
+        s->req.fail_reason = (events & BEV_EVENT_EOF) ? "client_closed" : "client_error";
+    if (s->req.status == 0)
+        s->req.status = 499;
+    worker_access_log(s->w, s);
+    session_close(s, s->req.fail_reason);
+}
+
+static void
+client_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+
+    if (s->state == SS_HEAD || s->state == SS_BODY) {
+        bool headers = s->state == SS_HEAD;
+        if (headers && !s->req.response_started)
+            s->req.cfg = config_take(s->w->cfg);
+        if (s->req.id[0] == '\0')
+            new_request_id(s);
+        send_error(s, 408, "timeout", headers ?
+                   "request headers not received within header_timeout_ms" :
+                   "request body not received within header_timeout_ms", true);
+        if (!s->closed) {
+            worker_access_log(s->w, s);
+            start_closing(s);
+        }
+        return;
+    }
+    session_close(s, NULL);         /* idle keep-alive connection */
+}
+
+/* ---- upstream events (called from upstream.c) ------------------------ */
+
+void
+session_upstream_head(struct session *s, struct upconn *u)
+{
+    struct head *hd = &u->head;
+    struct evbuffer *out = client_out(s);
+    int status = u->parser.status_code;
+    int conn[8];
+    int nconn = head_connection(hd, conn, 8);
+    size_t before = evbuffer_get_length(out);
+    bool http10 = s->parser.http_minor == 0;
+
+    s->req.status = status;
+    s->req.response_started = true;
+    if (s->w->draining)
+        s->req.response_close = true;
+    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    if (hd->url_len > 0)
+        evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
+    else
+        evbuffer_add_printf(out, "%s", http_status_str((enum http_status)status));
+    evbuffer_add(out, "\r\n", 2);
+
+    static const char *const ours[] = {"content-length", "x-sluice-version",
+        "x-sluice-group", "x-request-id", NULL};
+    for (int i = 0; i < hd->n; i++) {
+        if (head_hop_by_hop(hd, i, conn, nconn))
+            continue;
+        bool skip = false;
+        for (const char *const *o = ours; *o && !skip; o++)
+            skip = head_name_is(hd, i, *o);
+        if (skip)
+            continue;
+        evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    bool has_body = !(s->req.head_method || status == 204 || status == 304);
+    if (!has_body) {
+        if (u->parser.flags & F_CONTENTLENGTH)
+            evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                                (unsigned long long)u->parser.content_length);
+    } else if (u->parser.flags & F_CONTENTLENGTH) {
+        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                            (unsigned long long)u->parser.content_length);
+    } else if (http10) {
+        s->req.response_close = true;   /* length known only by the close */
+    } else {
+        s->req.response_chunked = true;
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    sluice_headers(s, out);
+    if (s->req.response_close || !s->keep_alive)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (http10)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    s->req.bytes_out += evbuffer_get_length(out) - before;
+}
+
+void
+session_upstream_body(struct session *s, const char *at, size_t len)
+{
+    struct evbuffer *out = client_out(s);
+    size_t before = evbuffer_get_length(out);
+
+    if (s->req.response_chunked) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, at, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else
+        evbuffer_add(out, at, len);
+    s->req.bytes_out += evbuffer_get_length(out) - before;
+    if (evbuffer_get_length(out) > GW_HIGH_WATER && s->up != NULL)
+        upconn_pause(s->up);
+}
+
+void
+session_upstream_done(struct session *s, struct upconn *u, bool reusable)
+{
+    if (s->req.response_chunked) {
+        evbuffer_add(client_out(s), "0\r\n\r\n", 5);
+        s->req.bytes_out += 5;
+    }
+    evtimer_del(s->up_timer);
+    s->up = NULL;
+    s->req.response_done = true;
+    upconn_release(u, reusable && s->req.complete);
+    if (!s->req.complete) {
+        /* The model server answered before the whole request was read:
+         * the rest of it is not wanted, so the connection ends here. */
+        s->req.response_close = true;
+        worker_access_log(s->w, s);
+        start_closing(s);
+        return;
+    }
+    end_request(s);
+    if (!s->closed)
+        session_parse(s);
+}
+
+void
+session_upstream_failed(struct session *s, struct upconn *u, const char *why)
+{
+    bool complete = s->req.complete;
+
+    send_error(s, 502, "bad_gateway", why, !complete);
+    if (s->closed)
+        return;
+    s->req.fail_reason = why;
+    if (complete) {
+        end_request(s);
+        if (!s->closed)
+            session_parse(s);
+    } else {
+        worker_access_log(s->w, s);
+        start_closing(s);
+    }
+}
+
+void
+session_upstream_drained(struct session *s)
+{
+    if (s->read_paused && !s->closed) {
+        s->read_paused = false;
+        bufferevent_enable(s->bev, EV_READ);
+        session_parse(s);
+    }
+}
+
+/* ---- lifetime --------------------------------------------------------- */
+
+static void
+init_settings(void)
+{
+    if (req_settings.on_message_begin != NULL)
+        return;
+    http_parser_settings_init(&req_settings);
+    req_settings.on_message_begin = on_message_begin;
+    req_settings.on_url = on_url;
+    req_settings.on_header_field = on_header_field;
+    req_settings.on_header_value = on_header_value;
+    req_settings.on_headers_complete = on_headers_complete;
+    req_settings.on_body = on_body;
+    req_settings.on_message_complete = on_message_complete;
+}
+
+void
+session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
+            struct ssl_ctx_st *tls)
+{
+    int one = 1;
+
+    if (__atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED) >=
+        w->cfg->limits.max_connections) {
+        close(fd);
+        return;
+    }
+    init_settings();
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return;
+    }
+    s->w = w;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->peer, sizeof(s->peer));
+    } else if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->peer, sizeof(s->peer));
+    } else
+        snprintf(s->peer, sizeof(s->peer), "unix");
+    if (tls != NULL) {
+        SSL *ssl = SSL_new(tls);
+        if (ssl == NULL) {
+            close(fd);
+            free(s);
+            return;
+        }
+        s->bev = bufferevent_openssl_socket_new(w->base, fd, ssl,
+                    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+        if (s->bev != NULL)
+            bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+        s->tls = true;
+    } else {
+        s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (s->bev == NULL) {
+        close(fd);
+        free(s);
+        return;
+    }
+    http_parser_init(&s->parser, HTTP_REQUEST);
+    s->parser.data = s;
+    s->req.version = -1;
+    s->timer = evtimer_new(w->base, client_timer, s);
+    s->up_timer = evtimer_new(w->base, scoring_timeout, s);
+    bufferevent_setcb(s->bev, client_read, client_write, client_event, s);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    s->state = SS_IDLE;
+    arm(s->timer, w->cfg->limits.header_timeout_ms);
+    TAILQ_INSERT_TAIL(&w->sessions, s, link);
+    w->n_sessions++;
+    __atomic_add_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
+}
+
+void
+session_close(struct session *s, const char *why)
+{
+    struct worker *w = s->w;
+
+    if (s->closed)
+        return;
+    s->closed = true;
+    if (s->up != NULL) {
+        upconn_close(s->up);
+        s->up = NULL;
+    }
+    bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
+    bufferevent_free(s->bev);
+    s->bev = NULL;
+    event_free(s->timer);
+    event_free(s->up_timer);
+    s->timer = s->up_timer = NULL;
+    config_drop(s->req.cfg);
+    s->req.cfg = NULL;
+    TAILQ_REMOVE(&w->sessions, s, link);
+    w->n_sessions--;
+    __atomic_sub_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
+    s->gc_next = w->gc_sessions;
+    w->gc_sessions = s;
+    worker_gc(w);
+}
+
+void
+session_free(struct session *s)
+{
+    head_free(&s->head);
+    free(s);
+}
+
+void
+session_drain_all(struct worker *w)
+{
+    struct session *s, *next;
+    for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, link);
+        if (s->state == SS_IDLE)
+            session_close(s, "draining");
+        else
+            s->req.response_close = true;
+    }
+}

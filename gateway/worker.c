@@ -1,0 +1,337 @@
+/*
+ * Worker threads: one event_base each, with their own SO_REUSEPORT
+ * listeners, sessions and upstream pools. The main thread talks to a worker
+ * only through its mailbox (a mutex-guarded slot and an eventfd), never on
+ * the request path.
+ */
+#define _GNU_SOURCE
+#include "gateway/gateway.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ACCESS_FLUSH_MS 200
+#define ACCESS_FLUSH_BYTES (64 * 1024)
+
+int gw_n_workers;
+struct worker *gw_workers;
+int gw_open_connections;
+
+static int *mail_fds;
+
+uint64_t
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- config ----------------------------------------------------------- */
+
+static void
+worker_set_config(struct worker *w, struct config *cfg)
+{
+    struct ep_state *eps = calloc((size_t)cfg->n_endpoints + 1, sizeof(*eps));
+    if (eps == NULL)
+        abort();
+    for (int i = 0; i < cfg->n_endpoints; i++)
+        route_split_init(&eps[i].split, &cfg->endpoints[i]);
+    free(w->eps);
+    w->eps = eps;
+    config_drop(w->cfg);
+    w->cfg = cfg;               /* the reference passed in becomes the worker's */
+}
+
+/* ---- garbage ---------------------------------------------------------- */
+
+static void
+gc_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    while (w->gc_sessions != NULL) {
+        struct session *s = w->gc_sessions;
+        w->gc_sessions = s->gc_next;
+        session_free(s);
+    }
+    while (w->gc_upconns != NULL) {
+        struct upconn *u = w->gc_upconns;
+        w->gc_upconns = u->gc_next;
+        upconn_free(u);
+    }
+    if (w->draining && w->n_sessions == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+void
+worker_gc(struct worker *w)
+{
+    event_active(w->gc_ev, EV_TIMEOUT, 1);
+}
+
+/* ---- access log -------------------------------------------------------- */
+
+static void
+access_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (evbuffer_get_length(w->access) > 0)
+        log_access_write(w->access);
+}
+
+void
+worker_access_log(struct worker *w, const struct session *s)
+{
+    const struct request *r = &s->req;
+    const struct head *hd = &s->head;
+    char t[40];
+
+    if (!log_access_enabled())
+        return;
+    struct timespec end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    long long lat = r->t_start.tv_sec == 0 ? 0 :
+        (long long)(end.tv_sec - r->t_start.tv_sec) * 1000000 +
+        (end.tv_nsec - r->t_start.tv_nsec) / 1000;
+    log_time_iso(t, sizeof(t));
+    struct evbuffer *b = w->access;
+    const struct cfg_version *v = (r->ep && r->version >= 0) ?
+        &r->ep->versions[r->version] : NULL;
+    evbuffer_add_printf(b, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\","
+                        "\"endpoint\":", t, r->id, s->peer);
+    if (r->ep) {
+        evbuffer_add_printf(b, "\"%s\",\"version\":", r->ep->name);
+    } else
+        evbuffer_add_printf(b, "null,\"version\":");
+    if (v)
+        evbuffer_add_printf(b, "\"%s\",\"group\":\"%s\",", v->name,
+                            config_group_name(v->mirror ? CFG_GROUP_SHADOW : v->group));
+    else
+        evbuffer_add_printf(b, "null,\"group\":null,");
+    evbuffer_add_printf(b, "\"pinned\":%s,\"method\":\"%s\",\"path\":\"",
+                        r->pinned ? "true" : "false",
+                        http_method_str((enum http_method)s->parser.method));
+    size_t plen = hd->url_len > 2048 ? 2048 : hd->url_len;
+    if (hd->buf != NULL)
+        json_escape_add(b, hd->buf + hd->url_off, plen);
+    evbuffer_add_printf(b, "\",\"status\":%d,\"upstream\":", r->status);
+    if (r->upstream_addr)
+        evbuffer_add_printf(b, "\"%s\"", r->upstream_addr);
+    else
+        evbuffer_add(b, "null", 4);
+    evbuffer_add_printf(b, ",\"latency_us\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu",
+                        lat, (unsigned long long)r->bytes_in,
+                        (unsigned long long)r->bytes_out);
+    if (r->fail_reason) {
+        evbuffer_add(b, ",\"error\":\"", 10);
+        json_escape_add(b, r->fail_reason, strlen(r->fail_reason));
+        evbuffer_add(b, "\"", 1);
+    }
+    evbuffer_add(b, "}\n", 2);
+    if (evbuffer_get_length(b) > ACCESS_FLUSH_BYTES)
+        log_access_write(b);
+}
+
+/* ---- listeners and the mailbox ---------------------------------------- */
+
+static void
+accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+          int salen, void *arg)
+{
+    struct listener_rt *lr = arg;
+    session_new(lr->w, fd, sa, salen, lr->tls);
+}
+
+static void
+accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    evconnlistener_enable(arg);
+}
+
+static void
+accept_error(struct evconnlistener *l, void *arg)
+{
+    /* Out of descriptors: pause accepting for a moment rather than spin. */
+    struct listener_rt *lr = arg;
+    evconnlistener_disable(l);
+    log_event(LOG_WARN, "accept_failed", ",\"worker\":%d", lr->w->id);
+    struct timeval tv = {0, 100000};
+    event_base_once(lr->w->base, -1, EV_TIMEOUT, accept_resume, l, &tv);
+}
+
+static void
+close_listeners(struct worker *w)
+{
+    for (int i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i].ev != NULL) {
+            evconnlistener_free(w->listeners[i].ev);
+            w->listeners[i].ev = NULL;
+        }
+}
+
+static void
+mail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof(n));
+    (void)r;
+
+    pthread_mutex_lock(&w->mail_lock);
+    struct config *cfg = w->mail_cfg;
+    bool drain = w->mail_drain;
+    bool stop = w->mail_stop;
+    w->mail_cfg = NULL;
+    pthread_mutex_unlock(&w->mail_lock);
+
+    if (cfg != NULL)
+        worker_set_config(w, cfg);
+    if (stop) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    if (drain && !w->draining) {
+        w->draining = true;
+        close_listeners(w);
+        session_drain_all(w);
+        worker_gc(w);
+    }
+}
+
+static void
+post(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t r = write(mail_fds[w->id], &one, sizeof(one));
+    (void)r;
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    access_flush(-1, 0, w);
+    return NULL;
+}
+
+int
+workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
+              int n_listeners)
+{
+    gw_n_workers = n;
+    gw_workers = calloc((size_t)n, sizeof(*gw_workers));
+    mail_fds = calloc((size_t)n, sizeof(*mail_fds));
+    if (gw_workers == NULL || mail_fds == NULL)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        struct worker *w = &gw_workers[i];
+        struct event_config *ec = event_config_new();
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->id = i;
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+        if (w->base == NULL)
+            return -1;
+        TAILQ_INIT(&w->sessions);
+        pthread_mutex_init(&w->mail_lock, NULL);
+        worker_set_config(w, config_take(cfg));
+        RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
+        w->access = evbuffer_new();
+        w->gc_ev = event_new(w->base, -1, 0, gc_cb, w);
+        w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
+        struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
+        event_add(w->log_ev, &tv);
+        mail_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->mail_ev = event_new(w->base, mail_fds[i], EV_READ | EV_PERSIST, mail_cb, w);
+        event_add(w->mail_ev, NULL);
+        w->n_listeners = n_listeners;
+        w->listeners = calloc((size_t)n_listeners + 1, sizeof(*w->listeners));
+        for (int l = 0; l < n_listeners; l++) {
+            struct listener_rt *lr = &w->listeners[l];
+            lr->w = w;
+            lr->tls = ctxs[l];
+            lr->ev = evconnlistener_new(w->base, accept_cb, lr,
+                                        LEV_OPT_CLOSE_ON_FREE, 0,
+                                        fds[i * n_listeners + l]);
+            if (lr->ev == NULL)
+                return -1;
+            evconnlistener_set_error_cb(lr->ev, accept_error);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (pthread_create(&gw_workers[i].thread, NULL, worker_main, &gw_workers[i]) != 0)
+            return -1;
+    return 0;
+}
+
+void
+workers_publish(struct config *cfg)
+{
+    for (int i = 0; i < gw_n_workers; i++) {
+        struct worker *w = &gw_workers[i];
+        pthread_mutex_lock(&w->mail_lock);
+        config_drop(w->mail_cfg);
+        w->mail_cfg = config_take(cfg);
+        pthread_mutex_unlock(&w->mail_lock);
+        post(w);
+    }
+}
+
+void
+workers_drain(void)
+{
+    for (int i = 0; i < gw_n_workers; i++) {
+        struct worker *w = &gw_workers[i];
+        pthread_mutex_lock(&w->mail_lock);
+        w->mail_drain = true;
+        pthread_mutex_unlock(&w->mail_lock);
+        post(w);
+    }
+}
+
+void
+workers_stop(void)
+{
+    for (int i = 0; i < gw_n_workers; i++) {
+        struct worker *w = &gw_workers[i];
+        pthread_mutex_lock(&w->mail_lock);
+        w->mail_stop = true;
+        pthread_mutex_unlock(&w->mail_lock);
+        post(w);
+    }
+}
+
+/* Wait for every worker until deadline_ms from now; then stop the rest. */
+void
+workers_join(int deadline_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += deadline_ms / 1000;
+    ts.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    bool stopped = false;
+    for (int i = 0; i < gw_n_workers; i++) {
+        if (!stopped && pthread_timedjoin_np(gw_workers[i].thread, NULL, &ts) == 0)
+            continue;
+        if (!stopped) {
+            log_event(LOG_WARN, "drain_timeout", ",\"open_connections\":%d",
+                      __atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED));
+            workers_stop();
+            stopped = true;
+        }
+        pthread_join(gw_workers[i].thread, NULL);
+    }
+}

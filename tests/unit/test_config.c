@@ -1,0 +1,327 @@
+/* Config validation: every rule of SPEC §2.1, each with its exact path. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "check.h"
+
+/* A minimal valid config with the endpoint text substituted in. */
+static const char *base_fmt =
+    "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+    " \"endpoints\":[%s]}";
+
+static struct config *
+parse(const char *endpoints, struct cfg_errors *e)
+{
+    char doc[8192];
+    json_error_t jerr;
+    snprintf(doc, sizeof(doc), base_fmt, endpoints);
+    json_t *j = json_loads(doc, 0, &jerr);
+    if (j == NULL) {
+        fprintf(stderr, "bad test JSON: %s\n%s\n", jerr.text, doc);
+        abort();
+    }
+    cfg_errors_init(e);
+    struct config *c = config_parse(j, "/tmp", e);
+    json_decref(j);
+    return c;
+}
+
+static struct config *
+parse_root(const char *doc, struct cfg_errors *e)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(doc, 0, &jerr);
+    if (j == NULL)
+        abort();
+    cfg_errors_init(e);
+    struct config *c = config_parse(j, "/tmp", e);
+    json_decref(j);
+    return c;
+}
+
+static bool
+has_error(const struct cfg_errors *e, const char *exact)
+{
+    for (int i = 0; i < e->n; i++)
+        if (strcmp(e->msg[i], exact) == 0)
+            return true;
+    return false;
+}
+
+static void
+expect_error(const char *endpoints, const char *exact)
+{
+    struct cfg_errors e;
+    struct config *c = parse(endpoints, &e);
+    CHECK(c == NULL, "config accepted, expected: %s", exact);
+    CHECK(has_error(&e, exact), "missing error \"%s\"; got %d: %s", exact, e.n,
+          e.n ? e.msg[0] : "(none)");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+#define V(name, pct, extra) \
+    "{\"name\":\"" name "\",\"upstreams\":[\"127.0.0.1:5001\"],\"traffic_percentile\":" #pct extra "}"
+
+static void
+test_valid_example(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"mynewendpoint\",\"versions\":["
+        V("versiona", 20, ",\"is_default\":true,\"type\":\"control\"") ","
+        V("versionb", 10, "") "]}", &e);
+    CHECK(c != NULL, "valid config refused: %s", e.n ? e.msg[0] : "");
+    if (c == NULL)
+        return;
+    const struct cfg_endpoint *ep = &c->endpoints[0];
+    CHECK(ep->n_versions == 2, "%d versions", ep->n_versions);
+    CHECK(ep->default_version == 0, "default %d", ep->default_version);
+    CHECK(ep->versions[0].effective == 9000, "versiona %d", ep->versions[0].effective);
+    CHECK(ep->versions[1].effective == 1000, "versionb %d", ep->versions[1].effective);
+    CHECK(ep->versions[0].group == CFG_GROUP_CONTROL, "group");
+    CHECK(ep->versions[1].group == CFG_GROUP_TREATMENT, "default type is treatment");
+    CHECK(ep->auth_keys && !ep->auth_tokens, "auth defaults");
+    CHECK(ep->failover_to_default, "failover default");
+    CHECK(ep->scoring_timeout_ms == 60000, "scoring timeout default");
+    CHECK(c->limits.max_header_bytes == 16384, "limits default");
+    CHECK(c->limits.max_body_bytes == 16777216, "body default");
+    CHECK(c->redis.port == 6379 && c->redis.flush_interval_ms == 1000, "redis defaults");
+    CHECK(strcmp(c->admin_address, "127.0.0.1:9901") == 0, "admin default");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+static void
+test_rollout_example(void)
+{
+    /* SPEC §2.2: versionb set to 40 and made default: 20 / 80. */
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"mynewendpoint\",\"versions\":["
+        V("versiona", 20, "") "," V("versionb", 40, ",\"is_default\":true") "]}", &e);
+    CHECK(c != NULL, "refused");
+    if (c == NULL)
+        return;
+    CHECK(c->endpoints[0].versions[0].effective == 2000, "versiona");
+    CHECK(c->endpoints[0].versions[1].effective == 8000, "versionb");
+    CHECK(c->endpoints[0].default_version == 1, "default");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+static void
+test_first_is_default(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"ep1\",\"versions\":["
+        V("aaa", 0, "") "," V("bbb", 12.5, "") "]}", &e);
+    CHECK(c != NULL, "refused");
+    if (c == NULL)
+        return;
+    CHECK(c->endpoints[0].default_version == 0, "first listed is default");
+    CHECK(c->endpoints[0].versions[0].is_default, "flag set");
+    CHECK(c->endpoints[0].versions[0].effective == 8750, "remainder %d",
+          c->endpoints[0].versions[0].effective);
+    CHECK(c->endpoints[0].versions[1].effective == 1250, "decimals");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+static void
+test_names(void)
+{
+    expect_error("{\"name\":\"ab\",\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].name: \"ab\" must be 3-32 of a-z 0-9 -, starting with a letter");
+    expect_error("{\"name\":\"1abc\",\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].name: \"1abc\" must be 3-32 of a-z 0-9 -, starting with a letter");
+    expect_error("{\"name\":\"Abc\",\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].name: \"Abc\" must be 3-32 of a-z 0-9 -, starting with a letter");
+    expect_error("{\"name\":\"abcdefghijabcdefghijabcdefghijabc\",\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].name: \"abcdefghijabcdefghijabcdefghijabc\" must be 3-32 of a-z 0-9 -, starting with a letter");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("a_b", 0, "") "]}",
+                 "endpoints[0].versions[0].name: \"a_b\" must be 3-32 of a-z 0-9 -, starting with a letter");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "]},"
+                 "{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[1].name: duplicate endpoint name \"abc\"");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "," V("aaa", 0, "") "]}",
+                 "endpoints[0].versions[1].name: duplicate version name \"aaa\"");
+    CHECK(config_name_valid("a-1", 3), "a-1 valid");
+    CHECK(!config_name_valid("a.1", 3), "a.1 invalid");
+}
+
+static void
+test_version_count(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[]}",
+                 "endpoints[0].versions: an endpoint needs at least 1 version");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("va1", 0, "") "," V("va2", 0, "") ","
+                 V("va3", 0, "") "," V("va4", 0, "") "," V("va5", 0, "") "," V("va6", 0, "") ","
+                 V("va7", 0, "") "]}",
+                 "endpoints[0].versions[6]: an endpoint has at most 6 versions");
+}
+
+static void
+test_percentiles(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 101, "") "]}",
+                 "endpoints[0].versions[0].traffic_percentile: must be between 0 and 100");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", -1, "") "]}",
+                 "endpoints[0].versions[0].traffic_percentile: must be between 0 and 100");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 10.125, "") "]}",
+                 "endpoints[0].versions[0].traffic_percentile: at most two decimals");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 60, "") "," V("bbb", 40.01, "") "]}",
+                 "endpoints[0].versions: traffic_percentile values sum to 100.01, at most 100");
+}
+
+static void
+test_default_and_control(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"is_default\":true") ","
+                 V("bbb", 0, ",\"is_default\":true") "]}",
+                 "endpoints[0].versions[1].is_default: a second default version (aaa is default)");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "," V("bbb", 0, "") ","
+                 V("versiona", 0, ",\"type\":\"control\"") "]},"
+                 "{\"name\":\"def\",\"versions\":[" V("versiona", 0, ",\"type\":\"control\"") ","
+                 V("bbb", 0, "") "," V("ccc", 0, ",\"type\":\"control\"") "]}",
+                 "endpoints[1].versions[2].type: a second control version (versiona is control)");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"type\":\"canary\"") "]}",
+                 "endpoints[0].versions[0].type: must be \"control\" or \"treatment\"");
+}
+
+static void
+test_upstreams(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\"}]}",
+                 "endpoints[0].versions[0].upstreams: required: 1 to 64 upstream addresses");
+    expect_error("{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\",\"upstreams\":[]}]}",
+                 "endpoints[0].versions[0].upstreams: must hold 1 to 64 addresses, not 0");
+    expect_error("{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\",\"upstreams\":[\"localhost\"]}]}",
+                 "endpoints[0].versions[0].upstreams[0]: \"localhost\" is not host:port, [v6]:port or unix:/path");
+    expect_error("{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\",\"upstreams\":[\"h:70000\"]}]}",
+                 "endpoints[0].versions[0].upstreams[0]: \"h:70000\" is not host:port, [v6]:port or unix:/path");
+    expect_error("{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\",\"upstreams\":[\"::1:80\"]}]}",
+                 "endpoints[0].versions[0].upstreams[0]: \"::1:80\" is not host:port, [v6]:port or unix:/path");
+    char many[8192] = "{\"name\":\"abc\",\"versions\":[{\"name\":\"aaa\",\"upstreams\":[";
+    for (int i = 0; i < 65; i++)
+        strcat(many, i ? ",\"h:1\"" : "\"h:1\"");
+    strcat(many, "]}]}");
+    expect_error(many, "endpoints[0].versions[0].upstreams: must hold 1 to 64 addresses, not 65");
+
+    char *host;
+    int port;
+    bool un;
+    CHECK(config_parse_address("[::1]:8080", &host, &port, &un) == 0 &&
+          strcmp(host, "::1") == 0 && port == 8080 && !un, "v6");
+    free(host);
+    CHECK(config_parse_address("unix:/run/m.sock", &host, &port, &un) == 0 && un &&
+          strcmp(host, "/run/m.sock") == 0, "unix");
+    free(host);
+    CHECK(config_parse_address("unix:rel", &host, &port, &un) < 0, "unix needs absolute path");
+}
+
+static void
+test_mirror(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"mirror_percentile\":51") "]}",
+                 "endpoints[0].versions[1].mirror_percentile: must be between 0 and 50");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 10, ",\"mirror_percentile\":5") "]}",
+                 "endpoints[0].versions[1].mirror_percentile: a mirror version serves no live traffic: its traffic_percentile must be 0");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"mirror_percentile\":5,\"is_default\":true") "]}",
+                 "endpoints[0].versions[1].mirror_percentile: the default version cannot be a mirror");
+}
+
+static void
+test_unknown_fields_and_types(void)
+{
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"trafic_percentile\":3") "]}",
+                 "endpoints[0].versions[0].trafic_percentile: unknown field");
+    expect_error("{\"name\":\"abc\",\"colour\":1,\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].colour: unknown field");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"is_default\":1") "]}",
+                 "endpoints[0].versions[0].is_default: must be true or false");
+    expect_error("{\"name\":\"abc\",\"sticky\":{},\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].sticky: needs exactly one of \"header\" or \"cookie\"");
+    expect_error("{\"name\":\"abc\",\"keys\":{\"primary\":\"env:SLUICE_TEST_UNSET_VAR\"},\"versions\":[" V("aaa", 0, "") "]}",
+                 "endpoints[0].keys.primary: environment variable SLUICE_TEST_UNSET_VAR is not set");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"health_check\":{\"interval_ms\":0}") "]}",
+                 "endpoints[0].versions[0].health_check.interval_ms: must be between 10 and 3600000");
+
+    struct cfg_errors e;
+    struct config *c = parse_root("{\"listeners\":[],\"endpoints\":[],\"limits\":{\"max_body_byte\":1}}", &e);
+    CHECK(c == NULL, "accepted");
+    CHECK(has_error(&e, "listeners: required: an array of at least one listener"), "listeners");
+    CHECK(has_error(&e, "limits.max_body_byte: unknown field"), "limits typo");
+    cfg_errors_free(&e);
+
+    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:1\",\"tls\":{\"certificate\":\"c.pem\"}}],\"endpoints\":[]}", &e);
+    CHECK(c == NULL, "accepted");
+    CHECK(has_error(&e, "listeners[0].tls.private_key: required: a PEM file"), "key required");
+    cfg_errors_free(&e);
+
+    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:1\"}],\"endpoints\":[],\"workers\":-1}", &e);
+    CHECK(has_error(&e, "workers: must be between 0 and 1024"), "workers");
+    cfg_errors_free(&e);
+}
+
+static void
+test_secrets(void)
+{
+    struct cfg_errors e;
+    setenv("SLUICE_TEST_KEY", "k-from-env", 1);
+    FILE *f = fopen("/tmp/sluice-test-secret", "w");
+    fputs("k-from-file\n", f);
+    fclose(f);
+    struct config *c = parse("{\"name\":\"abc\",\"keys\":{\"primary\":\"env:SLUICE_TEST_KEY\","
+                             "\"secondary\":\"file:sluice-test-secret\"},\"versions\":["
+                             V("aaa", 0, "") "]}", &e);
+    CHECK(c != NULL, "refused: %s", e.n ? e.msg[0] : "");
+    if (c != NULL) {
+        CHECK(strcmp(c->endpoints[0].key_primary, "k-from-env") == 0, "env secret");
+        CHECK(strcmp(c->endpoints[0].key_secondary, "k-from-file") == 0, "file secret, newline dropped");
+    }
+    config_drop(c);
+    cfg_errors_free(&e);
+    unlink("/tmp/sluice-test-secret");
+}
+
+static void
+test_refcount(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "]}", &e);
+    CHECK(c && c->refs == 1, "fresh snapshot has one reference");
+    config_take(c);
+    CHECK(c->refs == 2, "take");
+    config_drop(c);
+    CHECK(c->refs == 1, "drop");
+    CHECK(config_endpoint(c, "abc", 3) == &c->endpoints[0], "lookup");
+    CHECK(config_endpoint(c, "abd", 3) == NULL, "lookup miss");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+int
+main(void)
+{
+    static const struct testcase tests[] = {
+        {"valid example", test_valid_example},
+        {"rollout example", test_rollout_example},
+        {"first listed is default", test_first_is_default},
+        {"names", test_names},
+        {"version count", test_version_count},
+        {"percentiles", test_percentiles},
+        {"default and control", test_default_and_control},
+        {"upstreams", test_upstreams},
+        {"mirror", test_mirror},
+        {"unknown fields and types", test_unknown_fields_and_types},
+        {"secrets", test_secrets},
+        {"refcount", test_refcount},
+        {NULL, NULL},
+    };
+    return run_tests(tests);
+}
