@@ -59,6 +59,8 @@ int head_value(struct head *hd, const char *at, size_t len);
 #define HD_NAME(hd, i) ((hd)->buf + (hd)->h[i].name_off)
 #define HD_VAL(hd, i) ((hd)->buf + (hd)->h[i].val_off)
 bool head_name_is(const struct head *hd, int i, const char *lower);
+/* Every header name is an RFC 9110 token (no spaces before the colon). */
+bool head_names_valid(const struct head *hd);
 /* Index of the first header with that (lower-case) name, -1 if none. */
 int head_find(const struct head *hd, const char *lower);
 /* A hop-by-hop header, or one that the Connection header names. */

@@ -93,6 +93,29 @@ head_name_is(const struct head *hd, int i, const char *lower)
            strncasecmp(HD_NAME(hd, i), lower, n) == 0;
 }
 
+/* RFC 9110 §5.6.2 token characters. */
+static bool
+is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+bool
+head_names_valid(const struct head *hd)
+{
+    for (int i = 0; i < hd->n; i++) {
+        const unsigned char *n = (const unsigned char *)HD_NAME(hd, i);
+        if (hd->h[i].name_len == 0)
+            return false;
+        for (uint32_t k = 0; k < hd->h[i].name_len; k++)
+            if (!is_tchar(n[k]))
+                return false;
+    }
+    return true;
+}
+
 int
 head_find(const struct head *hd, const char *lower)
 {

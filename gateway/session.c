@@ -395,6 +395,10 @@ on_headers_complete(http_parser *p)
         (p->flags & (F_CHUNKED | F_CONTENTLENGTH)) && p->content_length != 0 &&
         hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
 
+    if (!head_names_valid(hd)) {
+        send_error(s, 400, "bad_request", "invalid header field name", true);
+        return -1;
+    }
     /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
     int hosts = 0;
     for (int i = 0; i < hd->n; i++)
@@ -589,6 +593,8 @@ client_event(struct bufferevent *bev, short events, void *arg)
 {
     struct session *s = arg;
 
+    if (events & BEV_EVENT_CONNECTED)
+        return;                     /* TLS handshake done */
     if (s->state == SS_CLOSING || s->state == SS_IDLE) {
         session_close(s, NULL);
         return;

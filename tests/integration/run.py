@@ -1,0 +1,46 @@
+#!/usr/bin/python3
+"""Run the integration tests: every test_* function of every test_*.py here
+(or of the modules named on the command line). Prints one line per test and
+a last line "N passed, M failed". Exit 1 if anything failed."""
+import importlib
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
+
+
+def main():
+    names = sys.argv[1:]
+    filt = os.environ.get("SLUICE_TEST_FILTER", "")
+    if not names:
+        names = sorted(f[:-3] for f in os.listdir(HERE)
+                       if f.startswith("test_") and f.endswith(".py"))
+    passed = failed = 0
+    for modname in names:
+        mod = importlib.import_module(modname.replace(".py", ""))
+        for name in sorted(n for n in dir(mod) if n.startswith("test_")):
+            if filt and filt not in name:
+                continue
+            fn = getattr(mod, name)
+            t0 = time.time()
+            try:
+                fn()
+                passed += 1
+                print("ok   %s.%s (%.1fs)" % (modname, name, time.time() - t0), flush=True)
+            except Exception:
+                failed += 1
+                print("FAIL %s.%s (%.1fs)" % (modname, name, time.time() - t0), flush=True)
+                traceback.print_exc()
+            finally:
+                harness.cleanup()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
