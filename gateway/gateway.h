@@ -271,6 +271,7 @@ void workers_drain(void);
 void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
 void workers_join(int deadline_ms);
+void workers_free(void);
 void worker_gc(struct worker *w);
 void worker_access_log(struct worker *w, const struct session *s);
 uint64_t now_us(void);

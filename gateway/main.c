@@ -135,6 +135,10 @@ main(int argc, char **argv)
     }
     cfg_errors_free(&errs);
 
+    int rc = 1;
+    int n = 0;
+    int *fds = NULL;
+    int n_listeners = cfg->n_listeners;
     /* Certificates and addresses are part of what --check validates. */
     SSL_CTX **ctxs = calloc((size_t)cfg->n_listeners + 1, sizeof(*ctxs));
     for (int i = 0; i < cfg->n_listeners; i++) {
@@ -143,14 +147,15 @@ main(int argc, char **argv)
         ctxs[i] = tls_server_ctx(&cfg->listeners[i], err, sizeof(err));
         if (ctxs[i] == NULL) {
             fprintf(stderr, "listeners[%d].tls: %s\n", i, err);
-            return 1;
+            goto out;
         }
     }
     if (check) {
         printf("%s: valid (%d listener%s, %d endpoint%s)\n", config_path,
                cfg->n_listeners, cfg->n_listeners == 1 ? "" : "s",
                cfg->n_endpoints, cfg->n_endpoints == 1 ? "" : "s");
-        return 0;
+        rc = 0;
+        goto out;
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -159,19 +164,21 @@ main(int argc, char **argv)
     log_set_level(cfg->log.level);
     if (log_access_open(cfg->log.access_log, err, sizeof(err)) < 0) {
         fprintf(stderr, "log.access_log: %s\n", err);
-        return 1;
+        goto out;
     }
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
-    int *fds = calloc((size_t)(n * cfg->n_listeners), sizeof(*fds));
+    n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
+    fds = calloc((size_t)(n * cfg->n_listeners), sizeof(*fds));
+    for (int i = 0; i < n * cfg->n_listeners; i++)
+        fds[i] = -1;
     for (int l = 0; l < cfg->n_listeners; l++) {
         const struct cfg_listener *L = &cfg->listeners[l];
         /* Probe without SO_REUSEPORT: fails if anything holds the address. */
         int probe = listen_socket(L->host, L->port, false, err, sizeof(err));
         if (probe < 0) {
             fprintf(stderr, "listeners[%d].address %s\n", l, err);
-            return 1;
+            goto out;
         }
         close(probe);
         for (int w = 0; w < n; w++) {
@@ -179,23 +186,25 @@ main(int argc, char **argv)
                                                           err, sizeof(err));
             if (fds[w * cfg->n_listeners + l] < 0) {
                 fprintf(stderr, "listeners[%d].address %s\n", l, err);
-                return 1;
+                goto out;
             }
         }
     }
 
     main_base = event_base_new();
     cfg->generation = ++generation;
-    current = cfg;
     if (admin_start(main_base, cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "admin.address %s\n", err);
-        return 1;
+        goto out;
     }
     if (workers_start(cfg, n, fds, ctxs, cfg->n_listeners) < 0) {
         fprintf(stderr, "cannot start %d workers\n", n);
-        return 1;
+        goto out;
     }
     free(fds);
+    fds = NULL;
+    current = cfg;
+    cfg = NULL;
 
     struct event *sig_term = evsignal_new(main_base, SIGTERM, on_drain, NULL);
     struct event *sig_int = evsignal_new(main_base, SIGINT, on_drain, NULL);
@@ -207,14 +216,14 @@ main(int argc, char **argv)
     event_add(sig_usr1, NULL);
 
     struct evbuffer *lb = evbuffer_new();
-    for (int i = 0; i < cfg->n_listeners; i++)
-        evbuffer_add_printf(lb, "%s\"%s%s\"", i ? "," : "", cfg->listeners[i].tls ?
-                            "https://" : "http://", cfg->listeners[i].address);
+    for (int i = 0; i < current->n_listeners; i++)
+        evbuffer_add_printf(lb, "%s\"%s%s\"", i ? "," : "", current->listeners[i].tls ?
+                            "https://" : "http://", current->listeners[i].address);
     evbuffer_add(lb, "", 1);
     log_event(LOG_INFO, "start", ",\"version\":\"%s\",\"pid\":%d,\"workers\":%d,"
               "\"listeners\":[%s],\"admin\":\"%s\",\"endpoints\":%d,\"generation\":%llu",
               SLUICE_VERSION, (int)getpid(), n, (const char *)evbuffer_pullup(lb, -1),
-              cfg->admin_address, cfg->n_endpoints, (unsigned long long)generation);
+              current->admin_address, current->n_endpoints, (unsigned long long)generation);
     evbuffer_free(lb);
 
     event_base_dispatch(main_base);
@@ -229,7 +238,22 @@ main(int argc, char **argv)
     event_free(sig_int);
     event_free(sig_hup);
     event_free(sig_usr1);
+    workers_free();
+    rc = 0;
+out:
     admin_stop();
+    if (fds != NULL) {
+        for (int i = 0; i < n * n_listeners; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+        free(fds);
+    }
+    for (int i = 0; i < n_listeners; i++)
+        tls_ctx_free(ctxs[i]);
+    free(ctxs);
+    config_drop(cfg);
     config_drop(current);
-    return 0;
+    if (main_base != NULL)
+        event_base_free(main_base);
+    return rc;
 }

@@ -212,6 +212,7 @@ start_closing(struct session *s)
         evbuffer_drain(bufferevent_get_input(s->bev),
                        evbuffer_get_length(bufferevent_get_input(s->bev)));
         bufferevent_enable(s->bev, EV_READ);
+        evtimer_del(s->timer);
         event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
         arm(s->timer, LINGER_MS);
         return;
@@ -879,7 +880,7 @@ session_drain_all(struct worker *w)
     struct session *s, *next;
     for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
         next = TAILQ_NEXT(s, link);
-        if (s->state == SS_IDLE)
+        if (s->state == SS_IDLE || s->state == SS_CLOSING)
             session_close(s, "draining");
         else
             s->req.response_close = true;

@@ -335,3 +335,35 @@ workers_join(int deadline_ms)
         pthread_join(gw_workers[i].thread, NULL);
     }
 }
+
+/* After workers_join(): free everything the workers owned. */
+void
+workers_free(void)
+{
+    for (int i = 0; i < gw_n_workers; i++) {
+        struct worker *w = &gw_workers[i];
+        close_listeners(w);
+        while (!TAILQ_EMPTY(&w->sessions))
+            session_close(TAILQ_FIRST(&w->sessions), "stopped");
+        upool_free_all(w);
+        w->draining = false;
+        gc_cb(-1, 0, w);
+        access_flush(-1, 0, w);
+        evbuffer_free(w->access);
+        event_free(w->gc_ev);
+        event_free(w->log_ev);
+        event_free(w->mail_ev);
+        close(mail_fds[i]);
+        free(w->listeners);
+        free(w->eps);
+        config_drop(w->cfg);
+        config_drop(w->mail_cfg);
+        pthread_mutex_destroy(&w->mail_lock);
+        event_base_free(w->base);
+    }
+    free(gw_workers);
+    free(mail_fds);
+    gw_workers = NULL;
+    mail_fds = NULL;
+    gw_n_workers = 0;
+}

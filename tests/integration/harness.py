@@ -40,9 +40,12 @@ def tmpdir():
     return d
 
 
-def start(cmd, **kw):
+def start(cmd, check_exit=False, **kw):
+    """Start a process; with check_exit, cleanup() reports it if it does not
+    exit 0 on SIGTERM (under the sanitizers that is how a leak shows)."""
     p = subprocess.Popen(cmd, stdout=kw.pop("stdout", subprocess.DEVNULL),
                          stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
+    p.check_exit = check_exit
     _procs.append(p)
     return p
 
@@ -63,10 +66,18 @@ def stop(p, sig=signal.SIGTERM, timeout=10):
 
 
 def cleanup():
+    """Stop every process the test started; returns a list of complaints
+    about processes that were still running and did not exit 0."""
+    bad = []
     while _procs:
-        stop(_procs.pop())
+        p = _procs.pop()
+        running = p.poll() is None
+        rc = stop(p)
+        if running and p.check_exit and rc != 0:
+            bad.append("%s exited %d on SIGTERM" % (os.path.basename(p.args[0]), rc))
     while _tmpdirs:
         shutil.rmtree(_tmpdirs.pop(), ignore_errors=True)
+    return bad
 
 
 def wait_port(port, timeout=10, host="127.0.0.1"):
@@ -145,7 +156,8 @@ class Sluice:
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
         e = dict(os.environ)
         e.update(env or {})
-        self.proc = start([SLUICE, "-c", self.path], stderr=self.stderr, env=e)
+        self.proc = start([SLUICE, "-c", self.path], check_exit=True, stderr=self.stderr,
+                          env=e)
         if wait:
             self.wait_ready()
 

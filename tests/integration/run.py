@@ -28,16 +28,21 @@ def main():
                 continue
             fn = getattr(mod, name)
             t0 = time.time()
+            err = None
             try:
                 fn()
+            except Exception:
+                err = traceback.format_exc()
+            bad = harness.cleanup()
+            if err is None and bad:
+                err = "after the test: " + "; ".join(bad) + "\n"
+            if err is None:
                 passed += 1
                 print("ok   %s.%s (%.1fs)" % (modname, name, time.time() - t0), flush=True)
-            except Exception:
+            else:
                 failed += 1
                 print("FAIL %s.%s (%.1fs)" % (modname, name, time.time() - t0), flush=True)
-                traceback.print_exc()
-            finally:
-                harness.cleanup()
+                print(err, end="", flush=True)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

@@ -13,6 +13,7 @@ from harness import (SLUICE, Model, Sluice, endpoint, free_port, parse_responses
                      raw, stop, tmpdir, version, wait_port)
 
 SCORE = "/api/v1/service/%s/score"
+SANITIZED = os.environ.get("SLUICE_SANITIZED") == "1"
 BODY = b'{"features":[1,2,3]}'
 
 
@@ -137,7 +138,10 @@ def test_chunked_8mib_upload_streams():
     assert echo["body_fnv1a"] == fnv1a(piece * total)
     assert echo["headers"]["transfer-encoding"] == "chunked"
     peak = max(samples)
-    assert peak - base <= 4096, "RSS grew %d KiB (base %d, peak %d)" % (peak - base, base, peak)
+    # AddressSanitizer's quarantine keeps freed memory: RSS is checked on the
+    # normal build only; the body's integrity is checked on both.
+    if not SANITIZED:
+        assert peak - base <= 4096, "RSS grew %d KiB (base %d, peak %d)" % (peak - base, base, peak)
 
 
 def test_8mib_download_streams():
@@ -162,7 +166,8 @@ def test_8mib_download_streams():
     assert r.headers["Transfer-Encoding"] == "chunked"
     assert n == 8 << 20, n
     peak = max(samples)
-    assert peak - base <= 4096, "RSS grew %d KiB" % (peak - base)
+    if not SANITIZED:
+        assert peak - base <= 4096, "RSS grew %d KiB" % (peak - base)
 
 
 def test_unknown_endpoint_and_pinned_version_404():

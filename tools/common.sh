@@ -1,0 +1,71 @@
+# Shared by demo.sh, test.sh and bench/run.sh: install what is missing,
+# build, pick free ports, stop what was started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=/usr/bin/python3
+PIDS=()
+
+# Debian packages the build, tests, demo and bench need.
+DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libssl-dev
+  libjwt-dev libjansson-dev libhiredis-dev libhttp-parser-dev"
+DEPS_RUN="redis-server curl openssl python3 python3-requests procps"
+
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== installing: ${missing[*]}"
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "missing packages and not root: ${missing[*]}" >&2
+            exit 1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+        # Debian starts services on install; the project starts its own.
+        for svc in redis-server nginx haproxy; do
+            pkill -x "$svc" 2>/dev/null || true
+        done
+    fi
+}
+
+build() {   # build DIR [meson options...]
+    local dir=$1; shift
+    if [ ! -f "$ROOT/$dir/build.ninja" ]; then
+        meson setup "$ROOT/$dir" "$ROOT" "$@" >/dev/null
+    fi
+    ninja -C "$ROOT/$dir" >/dev/null
+}
+
+free_port() {
+    $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listening on port $1" >&2
+    return 1
+}
+
+spawn() {   # spawn LOGFILE CMD...: run in the background, remember the PID
+    local log=$1; shift
+    "$@" >"$log" 2>&1 &
+    PIDS+=($!)
+}
+
+stop_all() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
