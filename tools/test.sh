@@ -41,7 +41,7 @@ integration() {     # integration BUILDDIR
 }
 
 echo "== build"
-build build --buildtype=debugoptimized
+build build
 echo "== unit tests"
 unit build
 echo "== integration tests"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, builds, starts Redis, two model
+# versions and sluice with TLS, sends 1,000 scoring requests, prints the
+# observed split, then stops everything it started.
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+ensure_packages $DEPS_BUILD $DEPS_RUN
+echo "== building"
+build build
+
+RUN=$(mktemp -d /tmp/sluice-demo.XXXXXX)
+trap 'stop_all; rm -rf "$RUN"' EXIT
+
+REDIS_PORT=$(free_port); PA=$(free_port); PB=$(free_port)
+HTTPS_PORT=$(free_port); ADMIN_PORT=$(free_port)
+
+echo "== starting redis-server on 127.0.0.1:$REDIS_PORT"
+spawn "$RUN/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+echo "== starting model servers: versiona (control) on :$PA, versionb (treatment) on :$PB"
+spawn "$RUN/versiona.log" build/tools/sluice-model --listen "127.0.0.1:$PA" --name versiona --latency-ms 2 --jitter-ms 3
+spawn "$RUN/versionb.log" build/tools/sluice-model --listen "127.0.0.1:$PB" --name versionb --latency-ms 4 --jitter-ms 4 --error-rate 0.02
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$RUN/key.pem" -out "$RUN/cert.pem" -days 7 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+
+cat >"$RUN/sluice.json" <<JSON
+{
+  "workers": 2,
+  "listeners": [{"address": "127.0.0.1:$HTTPS_PORT",
+                 "tls": {"certificate": "cert.pem", "private_key": "key.pem"}}],
+  "admin": {"address": "127.0.0.1:$ADMIN_PORT", "token": "demo-admin-token"},
+  "redis": {"address": "127.0.0.1:$REDIS_PORT", "flush_interval_ms": 500},
+  "log": {"access_log": "access.log"},
+  "endpoints": [{
+    "name": "mynewendpoint",
+    "auth": {"keys": false},
+    "versions": [
+      {"name": "versiona", "upstreams": ["127.0.0.1:$PA"], "traffic_percentile": 20,
+       "is_default": true, "type": "control", "description": "current model"},
+      {"name": "versionb", "upstreams": ["127.0.0.1:$PB"], "traffic_percentile": 10,
+       "type": "treatment", "description": "candidate model"}
+    ]
+  }]
+}
+JSON
+echo "== config: versiona 20 % (default, control), versionb 10 % (treatment): effective 90 / 10"
+build/gateway/sluice -c "$RUN/sluice.json" --check
+spawn "$RUN/sluice.log" build/gateway/sluice -c "$RUN/sluice.json"
+wait_port "$REDIS_PORT"; wait_port "$PA"; wait_port "$PB"; wait_port "$HTTPS_PORT"
+
+echo "== sending 1,000 scoring requests over TLS to https://127.0.0.1:$HTTPS_PORT/api/v1/service/mynewendpoint/score"
+$PY tools/demo_client.py --url "https://127.0.0.1:$HTTPS_PORT/api/v1/service/mynewendpoint/score" \
+    --cacert "$RUN/cert.pem" --requests 1000 --expect versiona=90,versionb=10
+echo "== the gateway's event log"
+cat "$RUN/sluice.log" | head -n 5
+echo "== stopping"
