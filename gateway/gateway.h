@@ -68,6 +68,18 @@ bool head_hop_by_hop(const struct head *hd, int i, int conn_hdr_idx[], int nconn
 /* Indices of all Connection headers. */
 int head_connection(const struct head *hd, int out[], int max);
 
+/* Small writers that avoid printf on the request path. */
+#define BUF_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
+void buf_str(struct evbuffer *b, const char *str);
+void buf_u64(struct evbuffer *b, uint64_t n);
+void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
+/*
+ * Send what is queued on a bufferevent. Plain sockets keep EV_WRITE off and
+ * are written directly (direct = true); EV_WRITE is armed only when the
+ * kernel would not take everything. TLS bufferevents pass direct = false.
+ */
+void gw_flush(struct bufferevent *bev, bool direct);
+
 /* Append s to b as a JSON string body (no quotes) with escaping. */
 void json_escape_add(struct evbuffer *b, const char *s, size_t len);
 
@@ -116,6 +128,7 @@ struct upool {
     struct sockaddr_storage sa;
     socklen_t salen;
     bool resolved;
+    bool is_unix;
     int active;                     /* requests in flight on this worker */
     TAILQ_HEAD(, upconn) idle;
     int n_idle;
@@ -219,6 +232,8 @@ void session_upstream_done(struct session *s, struct upconn *u, bool reusable);
 void session_upstream_failed(struct session *s, struct upconn *u,
                              const char *why);
 void session_upstream_drained(struct session *s);
+/* Send what is queued to the client and the upstream. */
+void session_flush(struct session *s);
 /* Drain: close idle sessions now; the rest close after their response. */
 void session_drain_all(struct worker *w);
 
@@ -255,6 +270,7 @@ struct worker {
     bool mail_drain;
     bool mail_stop;
     struct evbuffer *access;        /* buffered access-log lines */
+    struct evbuffer *scratch;       /* composing heads, then moved in one go */
     struct event *log_ev;
     uint64_t req_seq;
     uint64_t id_prefix;

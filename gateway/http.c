@@ -6,6 +6,8 @@
 #include "gateway/gateway.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -192,4 +194,56 @@ json_escape_add(struct evbuffer *b, const char *s, size_t len)
     }
     if (len > start)
         evbuffer_add(b, s + start, len - start);
+}
+
+void
+buf_str(struct evbuffer *b, const char *str)
+{
+    evbuffer_add(b, str, strlen(str));
+}
+
+void
+buf_u64(struct evbuffer *b, uint64_t n)
+{
+    char tmp[24];
+    int i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    evbuffer_add(b, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+void
+buf_chunk_size(struct evbuffer *b, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[24];
+    int i = sizeof(tmp);
+    tmp[--i] = '\n';
+    tmp[--i] = '\r';
+    do {
+        tmp[--i] = hex[n & 15];
+        n >>= 4;
+    } while (n > 0);
+    evbuffer_add(b, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+void
+gw_flush(struct bufferevent *bev, bool direct)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (evbuffer_get_length(out) == 0)
+        return;
+    /* Write now rather than wait a loop turn for EV_WRITE: saves the two
+     * epoll_ctl calls per response that arming the write event costs. */
+    if (direct) {
+        /* A socket bufferevent freezes the start of its output so that only
+         * it drains it; unfreeze around the write, as it does itself. */
+        evbuffer_unfreeze(out, 1);
+        evbuffer_write(out, bufferevent_getfd(bev));
+        evbuffer_freeze(out, 1);
+    }
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(bev, EV_WRITE);
 }

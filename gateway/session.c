@@ -75,10 +75,16 @@ static void
 sluice_headers(struct session *s, struct evbuffer *out)
 {
     const struct cfg_version *v = req_version(s);
-    if (v != NULL)
-        evbuffer_add_printf(out, "X-Sluice-Version: %s\r\nX-Sluice-Group: %s\r\n",
-                            v->name, group_of(v));
-    evbuffer_add_printf(out, "X-Request-Id: %s\r\n", s->req.id);
+    if (v != NULL) {
+        BUF_LIT(out, "X-Sluice-Version: ");
+        buf_str(out, v->name);
+        BUF_LIT(out, "\r\nX-Sluice-Group: ");
+        buf_str(out, group_of(v));
+        BUF_LIT(out, "\r\n");
+    }
+    BUF_LIT(out, "X-Request-Id: ");
+    buf_str(out, s->req.id);
+    BUF_LIT(out, "\r\n");
 }
 
 /*
@@ -106,7 +112,7 @@ send_error(struct session *s, int status, const char *code, const char *msg,
     struct evbuffer *body = evbuffer_new();
     evbuffer_add_printf(body, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
     json_escape_add(body, msg, strlen(msg));
-    evbuffer_add(body, "\"}}\n", 4);
+    BUF_LIT(body, "\"}}\n");
     size_t blen = evbuffer_get_length(body);
 
     if (s->w->draining || (s->req.expect_continue && !s->req.complete))
@@ -124,7 +130,7 @@ send_error(struct session *s, int status, const char *code, const char *msg,
         evbuffer_add_printf(out, "Connection: close\r\n");
     else if (s->parser.http_minor == 0)
         evbuffer_add_printf(out, "Connection: keep-alive\r\n");
-    evbuffer_add(out, "\r\n", 2);
+    BUF_LIT(out, "\r\n");
     evbuffer_add_buffer(out, body);
     evbuffer_free(body);
     s->req.bytes_out += evbuffer_get_length(out) - before;
@@ -204,8 +210,11 @@ start_closing(struct session *s)
     if (s->closed)
         return;
     s->state = SS_CLOSING;
-    if (evbuffer_get_length(client_out(s)) > 0)
-        return;                     /* client_write finishes it */
+    if (evbuffer_get_length(client_out(s)) > 0) {
+        gw_flush(s->bev, !s->tls);
+        if (evbuffer_get_length(client_out(s)) > 0)
+            return;                 /* client_write finishes it */
+    }
     int fd = bufferevent_getfd(s->bev);
     if (fd >= 0 && !s->tls) {
         shutdown(fd, SHUT_WR);
@@ -306,16 +315,17 @@ write_upstream_head(struct session *s, struct evbuffer *out,
     int conn[8];
     int nconn = head_connection(hd, conn, 8);
 
-    evbuffer_add_printf(out, "%s ", http_method_str((enum http_method)s->parser.method));
+    buf_str(out, http_method_str((enum http_method)s->parser.method));
+    BUF_LIT(out, " ");
     if (v->path != NULL)
         evbuffer_add(out, v->path, strlen(v->path));
     else
         evbuffer_add(out, url + u->field_data[UF_PATH].off, u->field_data[UF_PATH].len);
     if (u->field_set & (1 << UF_QUERY)) {
-        evbuffer_add(out, "?", 1);
+        BUF_LIT(out, "?");
         evbuffer_add(out, url + u->field_data[UF_QUERY].off, u->field_data[UF_QUERY].len);
     }
-    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    BUF_LIT(out, " HTTP/1.1\r\n");
 
     static const char *const ours[] = {"authorization", "content-length",
         "expect", "x-forwarded-for", "x-forwarded-proto", "x-sluice-version",
@@ -336,25 +346,30 @@ write_upstream_head(struct session *s, struct evbuffer *out,
             continue;
         }
         evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
-        evbuffer_add(out, ": ", 2);
+        BUF_LIT(out, ": ");
         evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
-        evbuffer_add(out, "\r\n", 2);
+        BUF_LIT(out, "\r\n");
     }
-    if (xff != NULL)
-        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len,
-                            xff, s->peer);
+    BUF_LIT(out, "X-Forwarded-For: ");
+    if (xff != NULL) {
+        evbuffer_add(out, xff, xff_len);
+        BUF_LIT(out, ", ");
+    }
+    buf_str(out, s->peer);
+    if (s->tls)
+        BUF_LIT(out, "\r\nX-Forwarded-Proto: https\r\n");
     else
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", s->peer);
-    evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\n", s->tls ? "https" : "http");
+        BUF_LIT(out, "\r\nX-Forwarded-Proto: http\r\n");
     sluice_headers(s, out);
     if (s->parser.flags & F_CHUNKED) {
         s->req.chunked_up = true;
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        BUF_LIT(out, "Transfer-Encoding: chunked\r\n");
     } else if (s->parser.flags & F_CONTENTLENGTH) {
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                            (unsigned long long)s->parser.content_length);
+        BUF_LIT(out, "Content-Length: ");
+        buf_u64(out, s->parser.content_length);
+        BUF_LIT(out, "\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    BUF_LIT(out, "\r\n");
 }
 
 static void
@@ -372,6 +387,7 @@ scoring_timeout(evutil_socket_t fd, short what, void *arg)
         session_parse(s);
     } else
         start_closing(s);
+    session_flush(s);
 }
 
 /* The request head is complete: route it and start the upstream request.
@@ -464,10 +480,11 @@ on_headers_complete(http_parser *p)
     }
     s->req.pool = pool;
     s->req.upstream_addr = pool->address;
-    write_upstream_head(s, bufferevent_get_output(s->up->bev), &u);
+    write_upstream_head(s, w->scratch, &u);
+    evbuffer_add_buffer(bufferevent_get_output(s->up->bev), w->scratch);
 
     if (s->req.expect_continue)
-        evbuffer_add(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        BUF_LIT(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n");
     arm(s->up_timer, ep->scoring_timeout_ms);
     return 0;
 }
@@ -486,9 +503,9 @@ on_body(http_parser *p, const char *at, size_t len)
         return 0;
     struct evbuffer *out = bufferevent_get_output(s->up->bev);
     if (s->req.chunked_up) {
-        evbuffer_add_printf(out, "%zx\r\n", len);
+        buf_chunk_size(out, len);
         evbuffer_add(out, at, len);
-        evbuffer_add(out, "\r\n", 2);
+        BUF_LIT(out, "\r\n");
     } else
         evbuffer_add(out, at, len);
     return 0;
@@ -501,7 +518,7 @@ on_message_complete(http_parser *p)
 
     s->req.complete = true;
     if (s->up != NULL && s->req.chunked_up && !s->req.discard)
-        evbuffer_add(bufferevent_get_output(s->up->bev), "0\r\n\r\n", 5);
+        BUF_LIT(bufferevent_get_output(s->up->bev), "0\r\n\r\n");
     evtimer_del(s->timer);
     s->state = SS_WAIT;
     http_parser_pause(p, 1);
@@ -574,6 +591,7 @@ client_read(struct bufferevent *bev, void *arg)
         return;
     }
     session_parse(s);
+    session_flush(s);
 }
 
 static void
@@ -581,12 +599,16 @@ client_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
 
+    if (!s->tls)
+        bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
     if (s->state == SS_CLOSING) {
         start_closing(s);
         return;
     }
-    if (s->up != NULL)
+    if (s->up != NULL) {
         upconn_resume(s->up);
+        session_flush(s);
+    }
 }
 
 static void
@@ -637,23 +659,24 @@ void
 session_upstream_head(struct session *s, struct upconn *u)
 {
     struct head *hd = &u->head;
-    struct evbuffer *out = client_out(s);
+    struct evbuffer *out = s->w->scratch;
     int status = u->parser.status_code;
     int conn[8];
     int nconn = head_connection(hd, conn, 8);
-    size_t before = evbuffer_get_length(out);
     bool http10 = s->parser.http_minor == 0;
 
     s->req.status = status;
     s->req.response_started = true;
     if (s->w->draining)
         s->req.response_close = true;
-    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    BUF_LIT(out, "HTTP/1.1 ");
+    buf_u64(out, (uint64_t)status);
+    BUF_LIT(out, " ");
     if (hd->url_len > 0)
         evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
     else
-        evbuffer_add_printf(out, "%s", http_status_str((enum http_status)status));
-    evbuffer_add(out, "\r\n", 2);
+        buf_str(out, http_status_str((enum http_status)status));
+    BUF_LIT(out, "\r\n");
 
     static const char *const ours[] = {"content-length", "x-sluice-version",
         "x-sluice-group", "x-request-id", NULL};
@@ -666,31 +689,31 @@ session_upstream_head(struct session *s, struct upconn *u)
         if (skip)
             continue;
         evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
-        evbuffer_add(out, ": ", 2);
+        BUF_LIT(out, ": ");
         evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
-        evbuffer_add(out, "\r\n", 2);
+        BUF_LIT(out, "\r\n");
     }
     bool has_body = !(s->req.head_method || status == 204 || status == 304);
-    if (!has_body) {
-        if (u->parser.flags & F_CONTENTLENGTH)
-            evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                                (unsigned long long)u->parser.content_length);
-    } else if (u->parser.flags & F_CONTENTLENGTH) {
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                            (unsigned long long)u->parser.content_length);
+    if (u->parser.flags & F_CONTENTLENGTH) {
+        BUF_LIT(out, "Content-Length: ");
+        buf_u64(out, u->parser.content_length);
+        BUF_LIT(out, "\r\n");
+    } else if (!has_body) {
+        /* no body, no length */
     } else if (http10) {
         s->req.response_close = true;   /* length known only by the close */
     } else {
         s->req.response_chunked = true;
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        BUF_LIT(out, "Transfer-Encoding: chunked\r\n");
     }
     sluice_headers(s, out);
     if (s->req.response_close || !s->keep_alive)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        BUF_LIT(out, "Connection: close\r\n");
     else if (http10)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
-    s->req.bytes_out += evbuffer_get_length(out) - before;
+        BUF_LIT(out, "Connection: keep-alive\r\n");
+    BUF_LIT(out, "\r\n");
+    s->req.bytes_out += evbuffer_get_length(out);
+    evbuffer_add_buffer(client_out(s), out);
 }
 
 void
@@ -700,9 +723,9 @@ session_upstream_body(struct session *s, const char *at, size_t len)
     size_t before = evbuffer_get_length(out);
 
     if (s->req.response_chunked) {
-        evbuffer_add_printf(out, "%zx\r\n", len);
+        buf_chunk_size(out, len);
         evbuffer_add(out, at, len);
-        evbuffer_add(out, "\r\n", 2);
+        BUF_LIT(out, "\r\n");
     } else
         evbuffer_add(out, at, len);
     s->req.bytes_out += evbuffer_get_length(out) - before;
@@ -714,7 +737,7 @@ void
 session_upstream_done(struct session *s, struct upconn *u, bool reusable)
 {
     if (s->req.response_chunked) {
-        evbuffer_add(client_out(s), "0\r\n\r\n", 5);
+        BUF_LIT(client_out(s), "0\r\n\r\n");
         s->req.bytes_out += 5;
     }
     evtimer_del(s->up_timer);
@@ -732,6 +755,7 @@ session_upstream_done(struct session *s, struct upconn *u, bool reusable)
     end_request(s);
     if (!s->closed)
         session_parse(s);
+    session_flush(s);
 }
 
 void
@@ -751,6 +775,7 @@ session_upstream_failed(struct session *s, struct upconn *u, const char *why)
         worker_access_log(s->w, s);
         start_closing(s);
     }
+    session_flush(s);
 }
 
 void
@@ -760,6 +785,7 @@ session_upstream_drained(struct session *s)
         s->read_paused = false;
         bufferevent_enable(s->bev, EV_READ);
         session_parse(s);
+        session_flush(s);
     }
 }
 
@@ -831,7 +857,13 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     s->timer = evtimer_new(w->base, client_timer, s);
     s->up_timer = evtimer_new(w->base, scoring_timeout, s);
     bufferevent_setcb(s->bev, client_read, client_write, client_event, s);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    /* Plain sockets are written directly (gw_flush); TLS needs EV_WRITE. */
+    if (tls != NULL)
+        bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    else {
+        bufferevent_disable(s->bev, EV_WRITE);  /* on by default in libevent */
+        bufferevent_enable(s->bev, EV_READ);
+    }
     s->state = SS_IDLE;
     arm(s->timer, w->cfg->limits.header_timeout_ms);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
@@ -885,4 +917,15 @@ session_drain_all(struct worker *w)
         else
             s->req.response_close = true;
     }
+}
+
+void
+session_flush(struct session *s)
+{
+    if (s->closed)
+        return;
+    if (s->up != NULL && !s->up->closed)
+        gw_flush(s->up->bev, s->up->connected);
+    if (s->state != SS_CLOSING)
+        gw_flush(s->bev, !s->tls);
 }

@@ -34,6 +34,7 @@ resolve(struct upool *p, const struct cfg_upstream *u)
         sun->sun_family = AF_UNIX;
         snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", u->host);
         p->salen = sizeof(*sun);
+        p->is_unix = true;
         return 0;
     }
     struct addrinfo hints = {0}, *res = NULL;
@@ -220,13 +221,16 @@ up_read(struct bufferevent *bev, void *arg)
         upconn_close(u);
         return;
     }
+    struct session *s = u->s;       /* stays valid: sessions are freed by gc */
     up_parse(u, false);
+    session_flush(s);
 }
 
 static void
 up_write(struct bufferevent *bev, void *arg)
 {
     struct upconn *u = arg;
+    bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
     if (u->s != NULL)
         session_upstream_drained(u->s);
 }
@@ -239,7 +243,9 @@ up_event(struct bufferevent *bev, short events, void *arg)
     if (events & BEV_EVENT_CONNECTED) {
         int one = 1;
         u->connected = true;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (!u->pool->is_unix)
+            setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        gw_flush(bev, true);
         return;
     }
     if (u->s == NULL) {
@@ -286,7 +292,8 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
             return NULL;
         }
         bufferevent_setcb(u->bev, up_read, up_write, up_event, u);
-        bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+        bufferevent_disable(u->bev, EV_WRITE);  /* writes go through gw_flush */
+        bufferevent_enable(u->bev, EV_READ);
         if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&p->sa,
                                        (int)p->salen) < 0) {
             bufferevent_free(u->bev);

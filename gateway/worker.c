@@ -126,16 +126,16 @@ worker_access_log(struct worker *w, const struct session *s)
     if (r->upstream_addr)
         evbuffer_add_printf(b, "\"%s\"", r->upstream_addr);
     else
-        evbuffer_add(b, "null", 4);
+        BUF_LIT(b, "null");
     evbuffer_add_printf(b, ",\"latency_us\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu",
                         lat, (unsigned long long)r->bytes_in,
                         (unsigned long long)r->bytes_out);
     if (r->fail_reason) {
-        evbuffer_add(b, ",\"error\":\"", 10);
+        BUF_LIT(b, ",\"error\":\"");
         json_escape_add(b, r->fail_reason, strlen(r->fail_reason));
-        evbuffer_add(b, "\"", 1);
+        BUF_LIT(b, "\"");
     }
-    evbuffer_add(b, "}\n", 2);
+    BUF_LIT(b, "}\n");
     if (evbuffer_get_length(b) > ACCESS_FLUSH_BYTES)
         log_access_write(b);
 }
@@ -236,6 +236,9 @@ workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
         struct worker *w = &gw_workers[i];
         struct event_config *ec = event_config_new();
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        /* Coalesce event changes made within one loop turn into one
+         * epoll_ctl (or none, when an add is undone in the same turn). */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
         w->id = i;
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
@@ -246,6 +249,7 @@ workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
         worker_set_config(w, config_take(cfg));
         RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
         w->access = evbuffer_new();
+        w->scratch = evbuffer_new();
         w->gc_ev = event_new(w->base, -1, 0, gc_cb, w);
         w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
         struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
@@ -350,6 +354,7 @@ workers_free(void)
         gc_cb(-1, 0, w);
         access_flush(-1, 0, w);
         evbuffer_free(w->access);
+        evbuffer_free(w->scratch);
         event_free(w->gc_ev);
         event_free(w->log_ev);
         event_free(w->mail_ev);
