@@ -79,6 +79,16 @@ void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
  * kernel would not take everything. TLS bufferevents pass direct = false.
  */
 void gw_flush(struct bufferevent *bev, bool direct);
+/*
+ * Plain sockets are read through an event of our own with gw_read(), one
+ * read(2) into the bufferevent's input; returns the bytes read or one of
+ * these. TLS bufferevents read through libevent.
+ */
+#define GW_READ_SIZE 16384
+#define GW_READ_AGAIN (-1)
+#define GW_READ_EOF 0
+#define GW_READ_ERROR (-2)
+int gw_read(struct bufferevent *bev);
 
 /* Append s to b as a JSON string body (no quotes) with escaping. */
 void json_escape_add(struct evbuffer *b, const char *s, size_t len);
@@ -139,6 +149,7 @@ struct upconn {
     struct worker *w;
     struct upool *pool;
     struct bufferevent *bev;
+    struct event *rev;              /* reads (see gw_read) */
     struct session *s;              /* owner while a request uses it */
     http_parser parser;
     struct head head;
@@ -205,6 +216,7 @@ struct request {
 struct session {
     struct worker *w;
     struct bufferevent *bev;
+    struct event *rev;              /* reads on plain sockets (see gw_read) */
     bool tls;
     char peer[64];
     http_parser parser;

@@ -8,7 +8,9 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <strings.h>
 
@@ -227,6 +229,35 @@ buf_chunk_size(struct evbuffer *b, size_t n)
         n >>= 4;
     } while (n > 0);
     evbuffer_add(b, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+int
+gw_read(struct bufferevent *bev)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v;
+    int rc;
+
+    /* One read(2) into the input buffer, without the FIONREAD ioctl that
+     * libevent's own read path makes before every read. */
+    evbuffer_unfreeze(in, 0);
+    if (evbuffer_reserve_space(in, GW_READ_SIZE, &v, 1) < 1) {
+        evbuffer_freeze(in, 0);
+        return GW_READ_ERROR;
+    }
+    ssize_t n = read(bufferevent_getfd(bev), v.iov_base, v.iov_len);
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(in, &v, 1);
+        rc = (int)n;
+    } else if (n == 0)
+        rc = GW_READ_EOF;
+    else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        rc = GW_READ_AGAIN;
+    else
+        rc = GW_READ_ERROR;
+    evbuffer_freeze(in, 0);
+    return rc;
 }
 
 void

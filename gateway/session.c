@@ -34,6 +34,36 @@
 static http_parser_settings req_settings;
 
 static void session_parse(struct session *s);
+static void client_read(struct bufferevent *bev, void *arg);
+static void client_event(struct bufferevent *bev, short events, void *arg);
+
+/* Start or stop reading from the client. */
+static void
+client_reading(struct session *s, bool on)
+{
+    if (s->tls) {
+        if (on)
+            bufferevent_enable(s->bev, EV_READ);
+        else
+            bufferevent_disable(s->bev, EV_READ);
+    } else if (on)
+        event_add(s->rev, NULL);
+    else
+        event_del(s->rev);
+}
+
+static void
+client_raw_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    int n = gw_read(s->bev);
+    if (n > 0)
+        client_read(s->bev, s);
+    else if (n == GW_READ_EOF)
+        client_event(s->bev, BEV_EVENT_EOF | BEV_EVENT_READING, s);
+    else if (n == GW_READ_ERROR)
+        client_event(s->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, s);
+}
 static void start_closing(struct session *s);
 
 /* ---- helpers --------------------------------------------------------- */
@@ -220,7 +250,7 @@ start_closing(struct session *s)
         shutdown(fd, SHUT_WR);
         evbuffer_drain(bufferevent_get_input(s->bev),
                        evbuffer_get_length(bufferevent_get_input(s->bev)));
-        bufferevent_enable(s->bev, EV_READ);
+        client_reading(s, true);
         evtimer_del(s->timer);
         event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
         arm(s->timer, LINGER_MS);
@@ -576,7 +606,7 @@ session_parse(struct session *s)
         if (s->up != NULL &&
             evbuffer_get_length(bufferevent_get_output(s->up->bev)) > GW_HIGH_WATER) {
             s->read_paused = true;
-            bufferevent_disable(s->bev, EV_READ);
+            client_reading(s, false);
         }
     }
 }
@@ -783,7 +813,7 @@ session_upstream_drained(struct session *s)
 {
     if (s->read_paused && !s->closed) {
         s->read_paused = false;
-        bufferevent_enable(s->bev, EV_READ);
+        client_reading(s, true);
         session_parse(s);
         session_flush(s);
     }
@@ -861,8 +891,9 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     if (tls != NULL)
         bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     else {
-        bufferevent_disable(s->bev, EV_WRITE);  /* on by default in libevent */
-        bufferevent_enable(s->bev, EV_READ);
+        bufferevent_disable(s->bev, EV_READ | EV_WRITE);  /* EV_WRITE is on by default */
+        s->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_raw_read, s);
+        event_add(s->rev, NULL);
     }
     s->state = SS_IDLE;
     arm(s->timer, w->cfg->limits.header_timeout_ms);
@@ -883,6 +914,9 @@ session_close(struct session *s, const char *why)
         upconn_close(s->up);
         s->up = NULL;
     }
+    if (s->rev != NULL)
+        event_free(s->rev);
+    s->rev = NULL;
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     bufferevent_free(s->bev);
     s->bev = NULL;

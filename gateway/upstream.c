@@ -226,6 +226,25 @@ up_read(struct bufferevent *bev, void *arg)
     session_flush(s);
 }
 
+static void up_event(struct bufferevent *bev, short events, void *arg);
+
+static void
+up_raw_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *u = arg;
+    if (what & EV_TIMEOUT) {        /* idle too long in the pool */
+        upconn_close(u);
+        return;
+    }
+    int n = gw_read(u->bev);
+    if (n > 0)
+        up_read(u->bev, u);
+    else if (n == GW_READ_EOF)
+        up_event(u->bev, BEV_EVENT_EOF | BEV_EVENT_READING, u);
+    else if (n == GW_READ_ERROR)
+        up_event(u->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, u);
+}
+
 static void
 up_write(struct bufferevent *bev, void *arg)
 {
@@ -279,7 +298,7 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
         u->in_idle = false;
         p->n_idle--;
         u->reused = true;
-        bufferevent_set_timeouts(u->bev, NULL, NULL);
+        event_add(u->rev, NULL);    /* no idle timeout while in use */
     } else {
         u = calloc(1, sizeof(*u));
         if (u == NULL)
@@ -292,14 +311,18 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
             return NULL;
         }
         bufferevent_setcb(u->bev, up_read, up_write, up_event, u);
-        bufferevent_disable(u->bev, EV_WRITE);  /* writes go through gw_flush */
-        bufferevent_enable(u->bev, EV_READ);
+        /* Reads go through our own event and gw_read(), writes through
+         * gw_flush(); the bufferevent reports connect and write errors. */
+        bufferevent_disable(u->bev, EV_READ | EV_WRITE);
         if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&p->sa,
                                        (int)p->salen) < 0) {
             bufferevent_free(u->bev);
             free(u);
             return NULL;
         }
+        u->rev = event_new(w->base, bufferevent_getfd(u->bev), EV_READ | EV_PERSIST,
+                           up_raw_read, u);
+        event_add(u->rev, NULL);
     }
     http_parser_init(&u->parser, HTTP_RESPONSE);
     u->parser.data = u;
@@ -327,8 +350,7 @@ upconn_release(struct upconn *u, bool reusable)
         return;
     }
     struct timeval idle = {IDLE_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(u->bev, &idle, NULL);
-    bufferevent_enable(u->bev, EV_READ);
+    event_add(u->rev, &idle);
     u->paused = false;
     TAILQ_INSERT_HEAD(&p->idle, u, link);
     u->in_idle = true;
@@ -352,6 +374,8 @@ upconn_close(struct upconn *u)
         u->pool->n_idle--;
         u->in_idle = false;
     }
+    event_free(u->rev);
+    u->rev = NULL;
     bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
     bufferevent_free(u->bev);
     u->bev = NULL;
@@ -372,7 +396,7 @@ upconn_pause(struct upconn *u)
 {
     if (!u->paused) {
         u->paused = true;
-        bufferevent_disable(u->bev, EV_READ);
+        event_del(u->rev);
     }
 }
 
@@ -381,7 +405,7 @@ upconn_resume(struct upconn *u)
 {
     if (u->paused && !u->closed) {
         u->paused = false;
-        bufferevent_enable(u->bev, EV_READ);
+        event_add(u->rev, NULL);
         up_parse(u, false);
     }
 }
