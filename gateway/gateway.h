@@ -27,6 +27,7 @@ struct bufferevent;
 struct evconnlistener;
 struct evbuffer;
 struct ssl_ctx_st;
+struct ssl_st;
 
 #define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
 #define GW_MAX_HEADERS 128
@@ -119,6 +120,15 @@ void log_time_iso(char *out, size_t len);
 struct ssl_ctx_st *tls_server_ctx(const struct cfg_listener *l, char *err,
                                   size_t errlen);
 void tls_ctx_free(struct ssl_ctx_st *ctx);
+
+struct session;
+/* The TLS transport of a client session (SSL over the session's socket). */
+int tls_session_start(struct session *s, struct ssl_ctx_st *ctx, int fd);
+void tls_session_end(struct session *s);
+/* Like gw_read(): bytes read into the input, or GW_READ_*. */
+int tls_read(struct session *s);
+/* Write what is queued; arms s->wev when the socket is full. 0 or -1. */
+int tls_flush(struct session *s);
 
 /* ---- listeners (listen.c) ---------------------------------------------- */
 
@@ -216,7 +226,10 @@ struct request {
 struct session {
     struct worker *w;
     struct bufferevent *bev;
-    struct event *rev;              /* reads on plain sockets (see gw_read) */
+    struct event *rev;              /* reads (see gw_read, tls_read) */
+    struct event *wev;              /* TLS: socket writable again */
+    struct ssl_st *ssl;             /* TLS transport, NULL for plain */
+    bool tls_ready;                 /* handshake done */
     bool tls;
     char peer[64];
     http_parser parser;

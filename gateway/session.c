@@ -15,11 +15,9 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/ssl.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,26 +35,52 @@ static void session_parse(struct session *s);
 static void client_read(struct bufferevent *bev, void *arg);
 static void client_event(struct bufferevent *bev, short events, void *arg);
 
+static void client_write(struct bufferevent *bev, void *arg);
+static void client_raw_read(evutil_socket_t fd, short what, void *arg);
+
 /* Start or stop reading from the client. */
 static void
 client_reading(struct session *s, bool on)
 {
-    if (s->tls) {
-        if (on)
-            bufferevent_enable(s->bev, EV_READ);
-        else
-            bufferevent_disable(s->bev, EV_READ);
-    } else if (on)
+    if (on)
         event_add(s->rev, NULL);
     else
         event_del(s->rev);
+}
+
+/* Send what is queued for the client, through its transport. */
+static void
+client_flush(struct session *s)
+{
+    if (s->tls) {
+        if (tls_flush(s) < 0)
+            session_close(s, "tls_write_failed");
+    } else
+        gw_flush(s->bev, true);
+}
+
+/* TLS: the socket takes data again (or the handshake can go on). */
+static void
+client_tls_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    if (!s->tls_ready) {
+        client_raw_read(fd, EV_READ, s);
+        return;
+    }
+    if (tls_flush(s) < 0) {
+        session_close(s, "tls_write_failed");
+        return;
+    }
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        client_write(s->bev, s);
 }
 
 static void
 client_raw_read(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
-    int n = gw_read(s->bev);
+    int n = s->tls ? tls_read(s) : gw_read(s->bev);
     if (n > 0)
         client_read(s->bev, s);
     else if (n == GW_READ_EOF)
@@ -241,12 +265,14 @@ start_closing(struct session *s)
         return;
     s->state = SS_CLOSING;
     if (evbuffer_get_length(client_out(s)) > 0) {
-        gw_flush(s->bev, !s->tls);
+        client_flush(s);
+        if (s->closed)
+            return;
         if (evbuffer_get_length(client_out(s)) > 0)
             return;                 /* client_write finishes it */
     }
     int fd = bufferevent_getfd(s->bev);
-    if (fd >= 0 && !s->tls) {
+    if (fd >= 0) {
         shutdown(fd, SHUT_WR);
         evbuffer_drain(bufferevent_get_input(s->bev),
                        evbuffer_get_length(bufferevent_get_input(s->bev)));
@@ -861,25 +887,22 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->peer, sizeof(s->peer));
     } else
         snprintf(s->peer, sizeof(s->peer), "unix");
-    if (tls != NULL) {
-        SSL *ssl = SSL_new(tls);
-        if (ssl == NULL) {
-            close(fd);
-            free(s);
-            return;
-        }
-        s->bev = bufferevent_openssl_socket_new(w->base, fd, ssl,
-                    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-        if (s->bev != NULL)
-            bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-        s->tls = true;
-    } else {
-        s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    }
+    /* The bufferevent holds the buffers and owns the fd; reads and writes
+     * go through client_raw_read() and client_flush(). */
+    s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (s->bev == NULL) {
         close(fd);
         free(s);
         return;
+    }
+    if (tls != NULL) {
+        if (tls_session_start(s, tls, fd) < 0) {
+            bufferevent_free(s->bev);
+            free(s);
+            return;
+        }
+        s->tls = true;
+        s->wev = event_new(w->base, fd, EV_WRITE, client_tls_writable, s);
     }
     http_parser_init(&s->parser, HTTP_REQUEST);
     s->parser.data = s;
@@ -888,13 +911,9 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     s->up_timer = evtimer_new(w->base, scoring_timeout, s);
     bufferevent_setcb(s->bev, client_read, client_write, client_event, s);
     /* Plain sockets are written directly (gw_flush); TLS needs EV_WRITE. */
-    if (tls != NULL)
-        bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    else {
-        bufferevent_disable(s->bev, EV_READ | EV_WRITE);  /* EV_WRITE is on by default */
-        s->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_raw_read, s);
-        event_add(s->rev, NULL);
-    }
+    bufferevent_disable(s->bev, EV_READ | EV_WRITE);  /* EV_WRITE is on by default */
+    s->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_raw_read, s);
+    event_add(s->rev, NULL);
     s->state = SS_IDLE;
     arm(s->timer, w->cfg->limits.header_timeout_ms);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
@@ -914,9 +933,12 @@ session_close(struct session *s, const char *why)
         upconn_close(s->up);
         s->up = NULL;
     }
-    if (s->rev != NULL)
-        event_free(s->rev);
+    event_free(s->rev);
     s->rev = NULL;
+    if (s->wev != NULL)
+        event_free(s->wev);
+    s->wev = NULL;
+    tls_session_end(s);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     bufferevent_free(s->bev);
     s->bev = NULL;
@@ -961,5 +983,5 @@ session_flush(struct session *s)
     if (s->up != NULL && !s->up->closed)
         gw_flush(s->up->bev, s->up->connected);
     if (s->state != SS_CLOSING)
-        gw_flush(s->bev, !s->tls);
+        client_flush(s);
 }
