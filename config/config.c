@@ -71,6 +71,18 @@ err(struct pctx *p, const char *path, const char *fmt, ...)
     e->msg[e->n++] = s;
 }
 
+void
+cfg_errors_add(struct cfg_errors *e, const char *fmt, ...)
+{
+    struct pctx p = {.errs = e};
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    err(&p, "", "%s", msg);
+}
+
 char *
 cfg_errors_join(const struct cfg_errors *e, const char *sep)
 {

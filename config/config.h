@@ -163,6 +163,8 @@ struct cfg_errors {
 
 void cfg_errors_init(struct cfg_errors *e);
 void cfg_errors_free(struct cfg_errors *e);
+void cfg_errors_add(struct cfg_errors *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* All errors joined by "\n" into a malloc'ed string. */
 char *cfg_errors_join(const struct cfg_errors *e, const char *sep);
 
@@ -197,5 +199,40 @@ int config_parse_address(const char *addr, char **host, int *port,
                          bool *is_unix);
 
 const char *config_group_name(enum cfg_group g);
+
+/* ---- edits of the document (edit.c) ----------------------------------
+ *
+ * Each operation changes doc in place and returns 0, or an HTTP status
+ * (400, 404, 409) with a message in r; the caller works on a copy, then
+ * validates it whole with config_parse() before anything is applied.
+ */
+struct cfg_edit_result {
+    int status;
+    bool created;
+    char message[512];
+};
+
+int config_edit_create_version(struct json_t *doc, const char *ep,
+                               struct json_t *body, struct cfg_edit_result *r);
+int config_edit_update_version(struct json_t *doc, const char *ep, const char *v,
+                               struct json_t *body, struct cfg_edit_result *r);
+int config_edit_delete_version(struct json_t *doc, const char *ep, const char *v,
+                               struct cfg_edit_result *r);
+int config_edit_put_endpoint(struct json_t *doc, const char *ep,
+                             struct json_t *body, struct cfg_edit_result *r);
+int config_edit_delete_endpoint(struct json_t *doc, const char *ep,
+                                struct cfg_edit_result *r);
+/* key_type "Primary" or "Secondary" (any case). */
+int config_edit_regen_key(struct json_t *doc, const char *ep, const char *which,
+                          struct cfg_edit_result *r);
+/* Generate the keys missing for endpoints with key auth; true if any. */
+bool config_fill_keys(struct json_t *doc);
+/* 32 random bytes, base64url without padding (43 characters), malloc'ed. */
+char *config_new_key(void);
+/* The endpoint object of that name in a document, or NULL. */
+struct json_t *config_doc_endpoint(struct json_t *doc, const char *ep, size_t *index);
+/* Write doc to path atomically: temporary file, fsync, rename, fsync of the
+ * folder. 0, or -1 with a reason; on failure the old file is untouched. */
+int config_save(const char *path, struct json_t *doc, char *err, size_t errlen);
 
 #endif

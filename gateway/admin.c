@@ -1,6 +1,8 @@
 /*
  * The admin listener (SPEC §5), served by libevent's evhttp on the main
- * thread, away from the data plane.
+ * thread, away from the data plane. Every change is an edit of a copy of
+ * the config document (config/edit.c), validated whole, written to the
+ * file and applied as a new generation by control_commit() before the reply.
  */
 #include "gateway/gateway.h"
 
@@ -8,25 +10,30 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static struct evhttp *http;
-static struct config *current;      /* main thread's reference */
+static struct config *current;      /* the admin's reference */
+static struct auth_ctx *auth;       /* admin token and token signing */
 static bool draining;
 
-static void
-reply_json(struct evhttp_request *req, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#define PREFIX "/admin/v1/endpoints"
+
+/* ---- replies ------------------------------------------------------------ */
 
 static void
-reply_json(struct evhttp_request *req, int code, const char *fmt, ...)
+reply(struct evhttp_request *req, int code, json_t *body)
 {
     struct evbuffer *b = evbuffer_new();
-    va_list ap;
-    va_start(ap, fmt);
-    evbuffer_add_vprintf(b, fmt, ap);
-    va_end(ap);
+    char *text = json_dumps(body, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    evbuffer_add(b, text, strlen(text));
+    evbuffer_add(b, "\n", 1);
+    free(text);
+    json_decref(body);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "application/json");
     evhttp_send_reply(req, code, NULL, b);
@@ -34,50 +41,510 @@ reply_json(struct evhttp_request *req, int code, const char *fmt, ...)
 }
 
 static void
-on_healthz(struct evhttp_request *req, void *arg)
+reply_error(struct evhttp_request *req, int code, const char *ecode, const char *msg,
+            const struct cfg_errors *errs)
 {
-    reply_json(req, 200, "{\"status\":\"ok\"}\n");
+    json_t *e = json_pack("{s:s, s:s}", "code", ecode, "message", msg);
+    if (errs != NULL && errs->n > 0) {
+        json_t *list = json_array();
+        for (int i = 0; i < errs->n; i++)
+            json_array_append_new(list, json_string(errs->msg[i]));
+        json_object_set_new(e, "errors", list);
+    }
+    if (code == 401)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                          "Bearer");
+    reply(req, code, json_pack("{s:o}", "error", e));
 }
 
-static void
-on_readyz(struct evhttp_request *req, void *arg)
+static const char *
+status_code_name(int status)
 {
-    if (draining)
-        reply_json(req, 503, "{\"status\":\"draining\",\"generation\":%llu}\n",
-                   (unsigned long long)current->generation);
+    switch (status) {
+    case 400: return "invalid";
+    case 401: return "unauthorized";
+    case 404: return "not_found";
+    case 405: return "method_not_allowed";
+    case 409: return "conflict";
+    default: return "internal";
+    }
+}
+
+/* ---- descriptions (secrets left out) -------------------------------------- */
+
+static json_t *
+pct_json(int hundredths)
+{
+    if (hundredths % CFG_PCT_SCALE == 0)
+        return json_integer(hundredths / CFG_PCT_SCALE);
+    return json_real(hundredths / (double)CFG_PCT_SCALE);
+}
+
+static json_t *
+describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv)
+{
+    const struct cfg_version *v = &ep->versions[vi];
+    json_t *ups = json_array();
+    for (int i = 0; i < v->n_upstreams; i++)
+        json_array_append_new(ups, json_string(v->upstreams[i].address));
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(v->name));
+    json_object_set_new(o, "upstreams", ups);
+    json_object_set_new(o, "path", v->path ? json_string(v->path) : json_null());
+    json_object_set_new(o, "traffic_percentile", pct_json(v->traffic));
+    json_object_set_new(o, "effective_percentile", pct_json(v->effective));
+    json_object_set_new(o, "is_default", json_boolean(v->is_default));
+    json_object_set_new(o, "type", json_string(config_group_name(v->group)));
+    json_object_set_new(o, "description", v->description ? json_string(v->description)
+                                                         : json_null());
+    json_t *tags = docv ? json_object_get(docv, "tags") : NULL;
+    json_object_set_new(o, "tags", tags ? json_deep_copy(tags) : json_object());
+    json_object_set_new(o, "replica_max_concurrent_requests", json_integer(v->max_concurrent));
+    json_object_set_new(o, "max_request_wait_time_ms", json_integer(v->max_wait_ms));
+    json_object_set_new(o, "mirror_percentile", pct_json(v->mirror));
+    if (v->health.enabled)
+        json_object_set_new(o, "health_check", json_pack("{s:s, s:i, s:i, s:i, s:i}",
+            "path", v->health.path, "interval_ms", v->health.interval_ms,
+            "timeout_ms", v->health.timeout_ms,
+            "failure_threshold", v->health.failure_threshold,
+            "success_threshold", v->health.success_threshold));
     else
-        reply_json(req, 200, "{\"status\":\"ready\",\"generation\":%llu}\n",
-                   (unsigned long long)current->generation);
+        json_object_set_new(o, "health_check", json_null());
+    return o;
+}
+
+static json_t *
+describe_endpoint(const struct config *cfg, const struct cfg_endpoint *ep)
+{
+    json_t *doce = config_doc_endpoint(cfg->doc, ep->name, NULL);
+    json_t *vs = json_array();
+    json_t *docvs = doce ? json_object_get(doce, "versions") : NULL;
+    for (int i = 0; i < ep->n_versions; i++)
+        json_array_append_new(vs, describe_version(ep, i, json_array_get(docvs, (size_t)i)));
+    json_t *sticky = json_null();
+    if (ep->sticky == CFG_STICKY_HEADER)
+        sticky = json_pack("{s:s}", "header", ep->sticky_name);
+    else if (ep->sticky == CFG_STICKY_COOKIE)
+        sticky = json_pack("{s:s}", "cookie", ep->sticky_name);
+    return json_pack("{s:s, s:{s:b, s:b}, s:o, s:i, s:b, s:I, s:o}",
+                     "name", ep->name,
+                     "auth", "keys", ep->auth_keys, "tokens", ep->auth_tokens,
+                     "sticky", sticky,
+                     "scoring_timeout_ms", ep->scoring_timeout_ms,
+                     "failover_to_default", ep->failover_to_default,
+                     "generation", (json_int_t)cfg->generation,
+                     "versions", vs);
+}
+
+/* ---- request plumbing ---------------------------------------------------- */
+
+struct route {
+    char ep[CFG_NAME_MAX * 4];
+    char v[CFG_NAME_MAX * 4];
+    char tail[64];                  /* "", "versions", "keys", "keys/regenerate", ... */
+    bool has_ep, has_v;
+};
+
+/* Split /admin/v1/endpoints[/EP[/versions[/V]|/keys[/regenerate]|/token|/metrics]]. */
+static bool
+parse_route(const char *path, struct route *r)
+{
+    memset(r, 0, sizeof(*r));
+    size_t pl = strlen(PREFIX);
+    if (strncmp(path, PREFIX, pl) != 0)
+        return false;
+    const char *p = path + pl;
+    if (*p == '\0')
+        return true;
+    if (*p != '/')
+        return false;
+    p++;
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n == 0 || n >= sizeof(r->ep))
+        return false;
+    memcpy(r->ep, p, n);
+    r->has_ep = true;
+    if (slash == NULL)
+        return true;
+    p = slash + 1;
+    if (strncmp(p, "versions", 8) == 0 && (p[8] == '\0' || p[8] == '/')) {
+        snprintf(r->tail, sizeof(r->tail), "versions");
+        if (p[8] == '/' && p[9] != '\0') {
+            if (strlen(p + 9) >= sizeof(r->v) || strchr(p + 9, '/'))
+                return false;
+            snprintf(r->v, sizeof(r->v), "%s", p + 9);
+            r->has_v = true;
+        }
+        return true;
+    }
+    if (strlen(p) >= sizeof(r->tail))
+        return false;
+    snprintf(r->tail, sizeof(r->tail), "%s", p);
+    return true;
+}
+
+static json_t *
+read_body(struct evhttp_request *req, bool required, char *why, size_t whylen)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len == 0) {
+        if (required)
+            snprintf(why, whylen, "a JSON body is required");
+        return required ? NULL : json_object();
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)evbuffer_pullup(in, -1), len,
+                           JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL)
+        snprintf(why, whylen, "invalid JSON at line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+    else if (!json_is_object(j)) {
+        snprintf(why, whylen, "the body must be a JSON object");
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+static const struct cfg_endpoint *
+find_ep(const char *name)
+{
+    return config_endpoint(current, name, strlen(name));
+}
+
+/* Validate, persist and apply doc; then answer with what fn describes. */
+static bool
+commit(struct evhttp_request *req, json_t *doc)
+{
+    struct cfg_errors errs;
+    char err[1024];
+    cfg_errors_init(&errs);
+    int rc = control_commit(doc, &errs, err, sizeof(err));
+    if (rc == 400)
+        reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : "invalid config", &errs);
+    else if (rc != 0) {
+        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"", err);
+        reply_error(req, 500, "not_persisted", err, NULL);
+    }
+    cfg_errors_free(&errs);
+    return rc == 0;
+}
+
+/* ---- handlers ------------------------------------------------------------ */
+
+static void
+on_endpoint(struct evhttp_request *req, const struct route *r)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    struct cfg_edit_result er = {0};
+    char why[512];
+
+    if (!r->has_ep) {
+        if (m != EVHTTP_REQ_GET) {
+            reply_error(req, 405, "method_not_allowed", "GET only", NULL);
+            return;
+        }
+        json_t *list = json_array();
+        for (int i = 0; i < current->n_endpoints; i++)
+            json_array_append_new(list, describe_endpoint(current, &current->endpoints[i]));
+        reply(req, 200, json_pack("{s:o, s:I}", "endpoints", list,
+                                  "generation", (json_int_t)current->generation));
+        return;
+    }
+    if (m == EVHTTP_REQ_GET) {
+        const struct cfg_endpoint *ep = find_ep(r->ep);
+        if (ep == NULL) {
+            snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
+            reply_error(req, 404, "not_found", why, NULL);
+            return;
+        }
+        reply(req, 200, describe_endpoint(current, ep));
+        return;
+    }
+    json_t *doc = json_deep_copy(current->doc);
+    int rc;
+    if (m == EVHTTP_REQ_PUT) {
+        json_t *body = read_body(req, true, why, sizeof(why));
+        if (body == NULL) {
+            json_decref(doc);
+            reply_error(req, 400, "invalid", why, NULL);
+            return;
+        }
+        rc = config_edit_put_endpoint(doc, r->ep, body, &er);
+        json_decref(body);
+    } else if (m == EVHTTP_REQ_DELETE) {
+        rc = config_edit_delete_endpoint(doc, r->ep, &er);
+    } else {
+        json_decref(doc);
+        reply_error(req, 405, "method_not_allowed", "GET, PUT or DELETE", NULL);
+        return;
+    }
+    if (rc != 0) {
+        json_decref(doc);
+        reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
+        return;
+    }
+    bool ok = commit(req, doc);
+    json_decref(doc);
+    if (!ok)
+        return;
+    log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\"",
+              m == EVHTTP_REQ_PUT ? "put_endpoint" : "delete_endpoint", r->ep);
+    if (m == EVHTTP_REQ_DELETE)
+        reply(req, 200, json_pack("{s:s, s:I}", "deleted", r->ep,
+                                  "generation", (json_int_t)current->generation));
+    else
+        reply(req, er.created ? 201 : 200, describe_endpoint(current, find_ep(r->ep)));
 }
 
 static void
-on_other(struct evhttp_request *req, void *arg)
+on_versions(struct evhttp_request *req, const struct route *r)
 {
-    reply_json(req, 404, "{\"error\":{\"code\":\"not_found\",\"message\":\"no such admin resource\"}}\n");
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    struct cfg_edit_result er = {0};
+    char why[512];
+    const char *op;
+    json_t *body = NULL;
+    int rc;
+
+    if (!r->has_v && m == EVHTTP_REQ_GET) {
+        on_endpoint(req, r);
+        return;
+    }
+    if (r->has_v && m == EVHTTP_REQ_GET) {
+        const struct cfg_endpoint *ep = find_ep(r->ep);
+        int vi = ep ? config_version_index(ep, r->v, strlen(r->v)) : -1;
+        if (vi < 0) {
+            snprintf(why, sizeof(why), ep ? "endpoint %s has no version %s" :
+                     "no endpoint named %s", r->ep, r->v);
+            reply_error(req, 404, "not_found", why, NULL);
+            return;
+        }
+        json_t *doce = config_doc_endpoint(current->doc, ep->name, NULL);
+        reply(req, 200, describe_version(ep, vi,
+              json_array_get(json_object_get(doce, "versions"), (size_t)vi)));
+        return;
+    }
+    json_t *doc = json_deep_copy(current->doc);
+    if (!r->has_v && m == EVHTTP_REQ_POST) {
+        op = "create_version";
+        body = read_body(req, true, why, sizeof(why));
+        rc = body ? config_edit_create_version(doc, r->ep, body, &er) : -1;
+    } else if (r->has_v && m == EVHTTP_REQ_PATCH) {
+        op = "update_version";
+        body = read_body(req, true, why, sizeof(why));
+        rc = body ? config_edit_update_version(doc, r->ep, r->v, body, &er) : -1;
+    } else if (r->has_v && m == EVHTTP_REQ_DELETE) {
+        op = "delete_version";
+        rc = config_edit_delete_version(doc, r->ep, r->v, &er);
+    } else {
+        json_decref(doc);
+        reply_error(req, 405, "method_not_allowed",
+                    r->has_v ? "GET, PATCH or DELETE" : "GET or POST", NULL);
+        return;
+    }
+    if (rc == -1) {
+        json_decref(doc);
+        reply_error(req, 400, "invalid", why, NULL);
+        return;
+    }
+    const char *vname = r->has_v ? r->v :
+        json_string_value(json_object_get(body, "name"));
+    char vcopy[CFG_NAME_MAX * 4];
+    snprintf(vcopy, sizeof(vcopy), "%s", vname ? vname : "");
+    json_decref(body);
+    if (rc != 0) {
+        json_decref(doc);
+        reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
+        return;
+    }
+    bool ok = commit(req, doc);
+    json_decref(doc);
+    if (!ok)
+        return;
+    log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\",\"version\":\"%s\"",
+              op, r->ep, vcopy);
+    const struct cfg_endpoint *ep = find_ep(r->ep);
+    if (m == EVHTTP_REQ_DELETE || ep == NULL) {
+        reply(req, 200, describe_endpoint(current, ep));
+        return;
+    }
+    reply(req, m == EVHTTP_REQ_POST ? 201 : 200, describe_endpoint(current, ep));
 }
+
+static void
+on_keys(struct evhttp_request *req, const struct route *r)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    char why[512];
+    const struct cfg_endpoint *ep = find_ep(r->ep);
+    if (ep == NULL) {
+        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
+        reply_error(req, 404, "not_found", why, NULL);
+        return;
+    }
+    bool regen = strcmp(r->tail, "keys/regenerate") == 0;
+    if ((!regen && m != EVHTTP_REQ_GET) || (regen && m != EVHTTP_REQ_POST)) {
+        reply_error(req, 405, "method_not_allowed", regen ? "POST only" : "GET only", NULL);
+        return;
+    }
+    if (regen) {
+        json_t *body = read_body(req, true, why, sizeof(why));
+        if (body == NULL) {
+            reply_error(req, 400, "invalid", why, NULL);
+            return;
+        }
+        json_t *kt = json_object_get(body, "key_type");
+        struct cfg_edit_result er = {0};
+        json_t *doc = json_deep_copy(current->doc);
+        int rc = json_is_string(kt) ?
+            config_edit_regen_key(doc, r->ep, json_string_value(kt), &er) :
+            (er.status = 400, snprintf(er.message, sizeof(er.message),
+             "key_type: required, \"Primary\" or \"Secondary\""), 400);
+        json_decref(body);
+        if (rc != 0) {
+            json_decref(doc);
+            reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
+            return;
+        }
+        bool ok = commit(req, doc);
+        json_decref(doc);
+        if (!ok)
+            return;
+        log_event(LOG_INFO, "admin_change", ",\"op\":\"regen_key\",\"endpoint\":\"%s\"",
+                  r->ep);
+        ep = find_ep(r->ep);
+    }
+    reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
+                              "secondary_key", ep->key_secondary));
+}
+
+static void
+on_token(struct evhttp_request *req, const struct route *r)
+{
+    char why[512];
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply_error(req, 405, "method_not_allowed", "POST only", NULL);
+        return;
+    }
+    const struct cfg_endpoint *ep = find_ep(r->ep);
+    if (ep == NULL) {
+        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
+        reply_error(req, 404, "not_found", why, NULL);
+        return;
+    }
+    json_t *body = read_body(req, false, why, sizeof(why));
+    if (body == NULL) {
+        reply_error(req, 400, "invalid", why, NULL);
+        return;
+    }
+    json_t *sub = json_object_get(body, "subject");
+    time_t exp, refresh;
+    char *tok = auth_issue_token(auth, ep->name, json_is_string(sub) ?
+                                 json_string_value(sub) : "admin",
+                                 time(NULL), &exp, &refresh, why, sizeof(why));
+    json_decref(body);
+    if (tok == NULL) {
+        reply_error(req, 500, "internal", why, NULL);
+        return;
+    }
+    reply(req, 200, json_pack("{s:s, s:s, s:I, s:I, s:b}", "access_token", tok,
+                              "token_type", "Bearer", "expires_at", (json_int_t)exp,
+                              "refresh_by", (json_int_t)refresh,
+                              "token_auth_enabled", ep->auth_tokens));
+    free(tok);
+}
+
+static void
+on_reload(struct evhttp_request *req)
+{
+    struct cfg_errors errs;
+    char err[4096];
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply_error(req, 405, "method_not_allowed", "POST only", NULL);
+        return;
+    }
+    cfg_errors_init(&errs);
+    if (control_reload(err, sizeof(err), &errs) < 0) {
+        log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
+        reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
+    } else
+        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)current->generation));
+    cfg_errors_free(&errs);
+}
+
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (path == NULL)
+        path = "/";
+
+    if (strcmp(path, "/healthz") == 0) {
+        reply(req, 200, json_pack("{s:s}", "status", "ok"));
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        reply(req, draining ? 503 : 200, json_pack("{s:s, s:I}", "status",
+              draining ? "draining" : "ready", "generation", (json_int_t)current->generation));
+        return;
+    }
+    if (strncmp(path, "/admin/", 7) != 0) {
+        reply_error(req, 404, "not_found", "no such resource", NULL);
+        return;
+    }
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                       "Authorization");
+    if (auth == NULL || !auth_admin_ok(auth, h, h ? strlen(h) : 0)) {
+        reply_error(req, 401, "unauthorized", "a valid admin token is required", NULL);
+        return;
+    }
+    struct route r;
+    if (strcmp(path, "/admin/v1/reload") == 0) {
+        on_reload(req);
+        return;
+    }
+    if (!parse_route(path, &r)) {
+        reply_error(req, 404, "not_found", "no such admin resource", NULL);
+        return;
+    }
+    if (r.tail[0] == '\0')
+        on_endpoint(req, &r);
+    else if (strcmp(r.tail, "versions") == 0)
+        on_versions(req, &r);
+    else if (strcmp(r.tail, "keys") == 0 || strcmp(r.tail, "keys/regenerate") == 0)
+        on_keys(req, &r);
+    else if (strcmp(r.tail, "token") == 0)
+        on_token(req, &r);
+    else
+        reply_error(req, 404, "not_found", "no such admin resource", NULL);
+}
+
+/* ---- lifetime ------------------------------------------------------------- */
 
 int
 admin_start(struct event_base *base, struct config *cfg, char *err, size_t errlen)
 {
     http = evhttp_new(base);
     if (http == NULL) {
-        snprintf(err, errlen, "admin: cannot create the HTTP server");
+        snprintf(err, errlen, "cannot create the HTTP server");
         return -1;
     }
-    current = config_take(cfg);
+    admin_set_config(cfg);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
                                EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
     evhttp_set_max_body_size(http, 1 << 20);
     evhttp_set_max_headers_size(http, 64 * 1024);
     evhttp_set_timeout(http, 30);
-    evhttp_set_cb(http, "/healthz", on_healthz, NULL);
-    evhttp_set_cb(http, "/readyz", on_readyz, NULL);
-    evhttp_set_gencb(http, on_other, NULL);
+    evhttp_set_gencb(http, on_request, NULL);
     int fd = listen_socket(cfg->admin_host, cfg->admin_port, false, err, errlen);
     if (fd < 0)
         return -1;
     if (evhttp_accept_socket_with_handle(http, fd) == NULL) {
-        snprintf(err, errlen, "admin %s: cannot accept", cfg->admin_address);
+        snprintf(err, errlen, "%s: cannot accept", cfg->admin_address);
         return -1;
     }
     return 0;
@@ -86,6 +553,12 @@ admin_start(struct event_base *base, struct config *cfg, char *err, size_t errle
 void
 admin_set_config(struct config *cfg)
 {
+    char err[256];
+    struct auth_ctx *a = auth_ctx_new(cfg, err, sizeof(err));
+    if (a != NULL) {
+        auth_ctx_free(auth);
+        auth = a;
+    }
     config_drop(current);
     current = config_take(cfg);
 }
@@ -102,6 +575,8 @@ admin_stop(void)
     if (http != NULL)
         evhttp_free(http);
     http = NULL;
+    auth_ctx_free(auth);
+    auth = NULL;
     config_drop(current);
     current = NULL;
 }

@@ -20,6 +20,7 @@
 
 #include "config/config.h"
 #include "routing/routing.h"
+#include "auth/auth.h"
 
 struct event_base;
 struct event;
@@ -266,8 +267,15 @@ void session_drain_all(struct worker *w);
 
 struct listener_rt {
     struct evconnlistener *ev;
-    struct ssl_ctx_st *tls;         /* NULL for plain */
+    int fd;
+    struct ssl_ctx_st *tls;         /* the worker's reference; NULL for plain */
     struct worker *w;
+};
+
+/* One listening socket of one worker, as the main thread hands it over. */
+struct worker_listener {
+    int fd;
+    struct ssl_ctx_st *ctx;
 };
 
 struct ep_state {
@@ -280,6 +288,7 @@ struct worker {
     struct event_base *base;
     struct config *cfg;             /* the worker's reference to the current snapshot */
     struct ep_state *eps;           /* per endpoint of cfg, same index */
+    struct auth_ctx *auth;          /* built from cfg, this worker's own */
     struct listener_rt *listeners;
     int n_listeners;
     struct upool *pools;
@@ -292,6 +301,8 @@ struct worker {
     struct event *mail_ev;
     pthread_mutex_t mail_lock;      /* main thread -> worker messages only */
     struct config *mail_cfg;
+    struct worker_listener *mail_listeners;     /* this worker's, malloc'ed */
+    int mail_n_listeners;
     bool mail_drain;
     bool mail_stop;
     struct evbuffer *access;        /* buffered access-log lines */
@@ -305,9 +316,11 @@ extern int gw_n_workers;
 extern struct worker *gw_workers;
 extern int gw_open_connections;     /* atomic, all workers */
 
-int workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
+/* table holds n workers x n_listeners entries, worker-major. */
+int workers_start(struct config *cfg, int n, const struct worker_listener *table,
                   int n_listeners);
-void workers_publish(struct config *cfg);
+void workers_publish(struct config *cfg, const struct worker_listener *table,
+                     int n_listeners);
 void workers_drain(void);
 void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
@@ -316,6 +329,23 @@ void workers_free(void);
 void worker_gc(struct worker *w);
 void worker_access_log(struct worker *w, const struct session *s);
 uint64_t now_us(void);
+
+/* ---- control plane (control.c) --------------------------------------------- */
+
+struct json_t;
+/* Bind the listeners of cfg and start the workers; cfg becomes current. */
+int control_start(struct config *cfg, int workers, char *err, size_t errlen);
+/* Load a file, generating and persisting missing keys first. */
+struct config *control_load(const char *path, struct cfg_errors *errs);
+/* Re-read the config file and apply it; -1 with the reasons. */
+int control_reload(char *err, size_t errlen, struct cfg_errors *errs);
+/* Validate, persist and apply an edited document (admin changes): 0, 400
+ * (errs filled), or 500 (err: the file could not be written). */
+int control_commit(struct json_t *doc, struct cfg_errors *errs, char *err,
+                   size_t errlen);
+int control_apply(struct config *cfg, char *err, size_t errlen);
+struct config *control_current(void);
+void control_stop(void);
 
 /* ---- admin (admin.c) ------------------------------------------------------- */
 

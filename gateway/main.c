@@ -1,5 +1,5 @@
 /*
- * sluice: command line, start-up, signals, reload and drain (SPEC §1).
+ * sluice: command line, start-up, signals and drain (SPEC §1).
  */
 #include "gateway/gateway.h"
 
@@ -7,7 +7,6 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <getopt.h>
-#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +15,6 @@
 #include <unistd.h>
 
 static struct event_base *main_base;
-static struct config *current;
-static uint64_t generation;
-static const char *config_path;
 
 static void
 usage(FILE *f)
@@ -31,45 +27,20 @@ usage(FILE *f)
 }
 
 static void
-print_errors(const struct cfg_errors *e)
-{
-    for (int i = 0; i < e->n; i++)
-        fprintf(stderr, "%s\n", e->msg[i]);
-}
-
-/* Make cfg the current generation everywhere. Takes over the reference. */
-static void
-publish(struct config *cfg)
-{
-    cfg->generation = ++generation;
-    workers_publish(cfg);
-    admin_set_config(cfg);
-    config_drop(current);
-    current = cfg;
-}
-
-static void
 on_reload(evutil_socket_t sig, short what, void *arg)
 {
     struct cfg_errors errs;
+    char err[4096];
     cfg_errors_init(&errs);
-    struct config *cfg = config_load(config_path, &errs);
-    if (cfg == NULL) {
-        char *all = cfg_errors_join(&errs, "; ");
+    if (control_reload(err, sizeof(err), &errs) < 0) {
         struct evbuffer *b = evbuffer_new();
-        json_escape_add(b, all, strlen(all));
+        json_escape_add(b, err, strlen(err));
         evbuffer_add(b, "", 1);
-        log_event(LOG_ERROR, "reload_failed", ",\"errors\":\"%s\"",
+        log_event(LOG_ERROR, "reload_failed", ",\"signal\":\"SIGHUP\",\"errors\":\"%s\"",
                   (const char *)evbuffer_pullup(b, -1));
         evbuffer_free(b);
-        free(all);
-        cfg_errors_free(&errs);
-        return;
     }
     cfg_errors_free(&errs);
-    publish(cfg);
-    log_event(LOG_INFO, "reload", ",\"generation\":%llu,\"endpoints\":%d",
-              (unsigned long long)generation, cfg->n_endpoints);
 }
 
 static void
@@ -82,7 +53,7 @@ static void
 on_drain(evutil_socket_t sig, short what, void *arg)
 {
     log_event(LOG_INFO, "drain", ",\"signal\":%d,\"drain_timeout_ms\":%d",
-              (int)sig, current->limits.drain_timeout_ms);
+              (int)sig, control_current()->limits.drain_timeout_ms);
     event_base_loopexit(main_base, NULL);
 }
 
@@ -96,6 +67,47 @@ raise_fd_limit(void)
     }
 }
 
+/* --check: everything a start would check, without binding or writing. */
+static int
+check_only(const char *path)
+{
+    struct cfg_errors errs;
+    char err[1024];
+    int rc = 0;
+    cfg_errors_init(&errs);
+    struct config *cfg = config_load(path, &errs);
+    if (cfg == NULL) {
+        for (int i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.msg[i]);
+        fprintf(stderr, "%s: %d error%s\n", path, errs.n, errs.n == 1 ? "" : "s");
+        cfg_errors_free(&errs);
+        return 1;
+    }
+    cfg_errors_free(&errs);
+    for (int i = 0; i < cfg->n_listeners; i++) {
+        if (!cfg->listeners[i].tls)
+            continue;
+        struct ssl_ctx_st *ctx = tls_server_ctx(&cfg->listeners[i], err, sizeof(err));
+        if (ctx == NULL) {
+            fprintf(stderr, "listeners[%d].tls: %s\n", i, err);
+            rc = 1;
+        }
+        tls_ctx_free(ctx);
+    }
+    struct auth_ctx *a = auth_ctx_new(cfg, err, sizeof(err));
+    if (a == NULL) {
+        fprintf(stderr, "%s\n", err);
+        rc = 1;
+    }
+    auth_ctx_free(a);
+    if (rc == 0)
+        printf("%s: valid (%d listener%s, %d endpoint%s)\n", path,
+               cfg->n_listeners, cfg->n_listeners == 1 ? "" : "s",
+               cfg->n_endpoints, cfg->n_endpoints == 1 ? "" : "s");
+    config_drop(cfg);
+    return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -106,57 +118,38 @@ main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    const char *path = NULL;
     bool check = false;
     int c;
-    char err[1024];
+    char err[4096];
 
     while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': config_path = optarg; break;
+        case 'c': path = optarg; break;
         case 'k': check = true; break;
         case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (config_path == NULL || optind != argc) {
+    if (path == NULL || optind != argc) {
         usage(stderr);
         return 2;
     }
+    if (check)
+        return check_only(path);
 
     struct cfg_errors errs;
     cfg_errors_init(&errs);
-    struct config *cfg = config_load(config_path, &errs);
+    struct config *cfg = control_load(path, &errs);
     if (cfg == NULL) {
-        print_errors(&errs);
-        fprintf(stderr, "%s: %d error%s\n", config_path, errs.n, errs.n == 1 ? "" : "s");
+        for (int i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.msg[i]);
+        fprintf(stderr, "%s: %d error%s\n", path, errs.n, errs.n == 1 ? "" : "s");
         cfg_errors_free(&errs);
         return 1;
     }
     cfg_errors_free(&errs);
-
-    int rc = 1;
-    int n = 0;
-    int *fds = NULL;
-    int n_listeners = cfg->n_listeners;
-    /* Certificates and addresses are part of what --check validates. */
-    SSL_CTX **ctxs = calloc((size_t)cfg->n_listeners + 1, sizeof(*ctxs));
-    for (int i = 0; i < cfg->n_listeners; i++) {
-        if (!cfg->listeners[i].tls)
-            continue;
-        ctxs[i] = tls_server_ctx(&cfg->listeners[i], err, sizeof(err));
-        if (ctxs[i] == NULL) {
-            fprintf(stderr, "listeners[%d].tls: %s\n", i, err);
-            goto out;
-        }
-    }
-    if (check) {
-        printf("%s: valid (%d listener%s, %d endpoint%s)\n", config_path,
-               cfg->n_listeners, cfg->n_listeners == 1 ? "" : "s",
-               cfg->n_endpoints, cfg->n_endpoints == 1 ? "" : "s");
-        rc = 0;
-        goto out;
-    }
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -164,47 +157,37 @@ main(int argc, char **argv)
     log_set_level(cfg->log.level);
     if (log_access_open(cfg->log.access_log, err, sizeof(err)) < 0) {
         fprintf(stderr, "log.access_log: %s\n", err);
-        goto out;
+        config_drop(cfg);
+        return 1;
     }
+    struct auth_ctx *probe = auth_ctx_new(cfg, err, sizeof(err));
+    if (probe == NULL) {
+        fprintf(stderr, "%s\n", err);
+        config_drop(cfg);
+        return 1;
+    }
+    auth_ctx_free(probe);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
-    fds = calloc((size_t)(n * cfg->n_listeners), sizeof(*fds));
-    for (int i = 0; i < n * cfg->n_listeners; i++)
-        fds[i] = -1;
-    for (int l = 0; l < cfg->n_listeners; l++) {
-        const struct cfg_listener *L = &cfg->listeners[l];
-        /* Probe without SO_REUSEPORT: fails if anything holds the address. */
-        int probe = listen_socket(L->host, L->port, false, err, sizeof(err));
-        if (probe < 0) {
-            fprintf(stderr, "listeners[%d].address %s\n", l, err);
-            goto out;
-        }
-        close(probe);
-        for (int w = 0; w < n; w++) {
-            fds[w * cfg->n_listeners + l] = listen_socket(L->host, L->port, true,
-                                                          err, sizeof(err));
-            if (fds[w * cfg->n_listeners + l] < 0) {
-                fprintf(stderr, "listeners[%d].address %s\n", l, err);
-                goto out;
-            }
-        }
-    }
-
+    int n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
     main_base = event_base_new();
-    cfg->generation = ++generation;
     if (admin_start(main_base, cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "admin.address %s\n", err);
-        goto out;
+        admin_stop();
+        config_drop(cfg);
+        event_base_free(main_base);
+        return 1;
     }
-    if (workers_start(cfg, n, fds, ctxs, cfg->n_listeners) < 0) {
-        fprintf(stderr, "cannot start %d workers\n", n);
-        goto out;
+    if (control_start(cfg, n, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        admin_stop();
+        config_drop(cfg);
+        event_base_free(main_base);
+        return 1;
     }
-    free(fds);
-    fds = NULL;
-    current = cfg;
-    cfg = NULL;
+    if (cfg->admin_token == NULL)
+        log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "
+                  "set: everything under /admin/ answers 401\"");
 
     struct event *sig_term = evsignal_new(main_base, SIGTERM, on_drain, NULL);
     struct event *sig_int = evsignal_new(main_base, SIGINT, on_drain, NULL);
@@ -216,14 +199,14 @@ main(int argc, char **argv)
     event_add(sig_usr1, NULL);
 
     struct evbuffer *lb = evbuffer_new();
-    for (int i = 0; i < current->n_listeners; i++)
-        evbuffer_add_printf(lb, "%s\"%s%s\"", i ? "," : "", current->listeners[i].tls ?
-                            "https://" : "http://", current->listeners[i].address);
+    for (int i = 0; i < cfg->n_listeners; i++)
+        evbuffer_add_printf(lb, "%s\"%s%s\"", i ? "," : "", cfg->listeners[i].tls ?
+                            "https://" : "http://", cfg->listeners[i].address);
     evbuffer_add(lb, "", 1);
     log_event(LOG_INFO, "start", ",\"version\":\"%s\",\"pid\":%d,\"workers\":%d,"
               "\"listeners\":[%s],\"admin\":\"%s\",\"endpoints\":%d,\"generation\":%llu",
               SLUICE_VERSION, (int)getpid(), n, (const char *)evbuffer_pullup(lb, -1),
-              current->admin_address, current->n_endpoints, (unsigned long long)generation);
+              cfg->admin_address, cfg->n_endpoints, (unsigned long long)cfg->generation);
     evbuffer_free(lb);
 
     event_base_dispatch(main_base);
@@ -231,29 +214,17 @@ main(int argc, char **argv)
     /* Drain: stop accepting, let requests in flight finish. */
     admin_set_draining();
     workers_drain();
-    workers_join(current->limits.drain_timeout_ms);
-    log_event(LOG_INFO, "stop", ",\"generation\":%llu", (unsigned long long)generation);
+    workers_join(control_current()->limits.drain_timeout_ms);
+    log_event(LOG_INFO, "stop", ",\"generation\":%llu",
+              (unsigned long long)control_current()->generation);
 
     event_free(sig_term);
     event_free(sig_int);
     event_free(sig_hup);
     event_free(sig_usr1);
     workers_free();
-    rc = 0;
-out:
     admin_stop();
-    if (fds != NULL) {
-        for (int i = 0; i < n * n_listeners; i++)
-            if (fds[i] >= 0)
-                close(fds[i]);
-        free(fds);
-    }
-    for (int i = 0; i < n_listeners; i++)
-        tls_ctx_free(ctxs[i]);
-    free(ctxs);
-    config_drop(cfg);
-    config_drop(current);
-    if (main_base != NULL)
-        event_base_free(main_base);
-    return rc;
+    control_stop();
+    event_base_free(main_base);
+    return 0;
 }

@@ -510,6 +510,15 @@ on_headers_complete(http_parser *p)
     }
     s->req.ep = ep;
 
+    int az = head_find(hd, "authorization");
+    enum auth_status st = w->auth == NULL ? AUTH_NOT_ALLOWED :
+        auth_check(w->auth, ep, az >= 0 ? HD_VAL(hd, az) : NULL,
+                   az >= 0 ? hd->h[az].val_len : 0, time(NULL));
+    if (st != AUTH_OK) {
+        send_error(s, 401, "unauthorized", auth_status_reason(st), false);
+        return 0;
+    }
+
     int pin = head_find(hd, "x-sluice-version");
     if (pin >= 0) {
         int vi = route_pinned(ep, HD_VAL(hd, pin), hd->h[pin].val_len);

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,9 @@ int gw_open_connections;
 
 static int *mail_fds;
 
+static struct worker_listener *give_listeners(const struct worker_listener *row, int n);
+static void drop_listeners(struct worker_listener *ls, int n);
+
 uint64_t
 now_us(void)
 {
@@ -40,6 +44,12 @@ now_us(void)
 static void
 worker_set_config(struct worker *w, struct config *cfg)
 {
+    char err[256];
+    struct auth_ctx *auth = auth_ctx_new(cfg, err, sizeof(err));
+    if (auth == NULL)           /* validated on the main thread already */
+        log_event(LOG_ERROR, "auth_setup_failed", ",\"reason\":\"%s\"", err);
+    auth_ctx_free(w->auth);
+    w->auth = auth;
     struct ep_state *eps = calloc((size_t)cfg->n_endpoints + 1, sizeof(*eps));
     if (eps == NULL)
         abort();
@@ -170,11 +180,51 @@ accept_error(struct evconnlistener *l, void *arg)
 static void
 close_listeners(struct worker *w)
 {
-    for (int i = 0; i < w->n_listeners; i++)
-        if (w->listeners[i].ev != NULL) {
+    for (int i = 0; i < w->n_listeners; i++) {
+        if (w->listeners[i].ev != NULL)
             evconnlistener_free(w->listeners[i].ev);
-            w->listeners[i].ev = NULL;
+        w->listeners[i].ev = NULL;
+        if (w->listeners[i].tls != NULL)
+            tls_ctx_free(w->listeners[i].tls);
+        w->listeners[i].tls = NULL;
+    }
+    w->n_listeners = 0;
+}
+
+/*
+ * Make the worker's listeners those of the table: sockets it has already
+ * keep their listener (and its queue of pending connections), new ones get
+ * one, and missing ones are closed. TLS contexts are swapped in place.
+ */
+static void
+set_listeners(struct worker *w, const struct worker_listener *t, int n)
+{
+    struct listener_rt *ls = calloc((size_t)n + 1, sizeof(*ls));
+    for (int i = 0; i < n; i++) {
+        struct listener_rt *lr = &ls[i];
+        lr->w = w;
+        lr->fd = t[i].fd;
+        lr->tls = t[i].ctx;         /* the reference give_listeners() took */
+        for (int j = 0; j < w->n_listeners; j++)
+            if (w->listeners[j].fd == t[i].fd && w->listeners[j].ev != NULL) {
+                lr->ev = w->listeners[j].ev;
+                w->listeners[j].ev = NULL;
+                evconnlistener_set_cb(lr->ev, accept_cb, lr);
+            }
+        if (lr->ev == NULL) {
+            lr->ev = evconnlistener_new(w->base, accept_cb, lr, LEV_OPT_CLOSE_ON_FREE,
+                                        0, t[i].fd);
+            if (lr->ev == NULL) {
+                log_event(LOG_ERROR, "listener_failed", ",\"worker\":%d", w->id);
+                continue;
+            }
         }
+        evconnlistener_set_error_cb(lr->ev, accept_error);
+    }
+    close_listeners(w);             /* what is left over is gone */
+    free(w->listeners);
+    w->listeners = ls;
+    w->n_listeners = n;
 }
 
 static void
@@ -187,13 +237,23 @@ mail_cb(evutil_socket_t fd, short what, void *arg)
 
     pthread_mutex_lock(&w->mail_lock);
     struct config *cfg = w->mail_cfg;
+    struct worker_listener *ls = w->mail_listeners;
+    int nls = w->mail_n_listeners;
     bool drain = w->mail_drain;
     bool stop = w->mail_stop;
     w->mail_cfg = NULL;
+    w->mail_listeners = NULL;
     pthread_mutex_unlock(&w->mail_lock);
 
     if (cfg != NULL)
         worker_set_config(w, cfg);
+    if (ls != NULL) {
+        if (!w->draining) {
+            set_listeners(w, ls, nls);
+            free(ls);
+        } else
+            drop_listeners(ls, nls);
+    }
     if (stop) {
         event_base_loopbreak(w->base);
         return;
@@ -224,7 +284,7 @@ worker_main(void *arg)
 }
 
 int
-workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
+workers_start(struct config *cfg, int n, const struct worker_listener *table,
               int n_listeners)
 {
     gw_n_workers = n;
@@ -257,19 +317,9 @@ workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
         mail_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->mail_ev = event_new(w->base, mail_fds[i], EV_READ | EV_PERSIST, mail_cb, w);
         event_add(w->mail_ev, NULL);
-        w->n_listeners = n_listeners;
-        w->listeners = calloc((size_t)n_listeners + 1, sizeof(*w->listeners));
-        for (int l = 0; l < n_listeners; l++) {
-            struct listener_rt *lr = &w->listeners[l];
-            lr->w = w;
-            lr->tls = ctxs[l];
-            lr->ev = evconnlistener_new(w->base, accept_cb, lr,
-                                        LEV_OPT_CLOSE_ON_FREE, 0,
-                                        fds[i * n_listeners + l]);
-            if (lr->ev == NULL)
-                return -1;
-            evconnlistener_set_error_cb(lr->ev, accept_error);
-        }
+        struct worker_listener *mine = give_listeners(table + i * n_listeners, n_listeners);
+        set_listeners(w, mine, n_listeners);
+        free(mine);
     }
     for (int i = 0; i < n; i++)
         if (pthread_create(&gw_workers[i].thread, NULL, worker_main, &gw_workers[i]) != 0)
@@ -277,14 +327,40 @@ workers_start(struct config *cfg, int n, int *fds, struct ssl_ctx_st **ctxs,
     return 0;
 }
 
+/* A worker's copy of its row of the table, with a TLS context reference of
+ * its own per entry: the main thread may free its references at any time. */
+static struct worker_listener *
+give_listeners(const struct worker_listener *row, int n)
+{
+    struct worker_listener *mine = calloc((size_t)n + 1, sizeof(*mine));
+    memcpy(mine, row, (size_t)n * sizeof(*mine));
+    for (int i = 0; i < n; i++)
+        if (mine[i].ctx != NULL)
+            SSL_CTX_up_ref(mine[i].ctx);
+    return mine;
+}
+
+static void
+drop_listeners(struct worker_listener *ls, int n)
+{
+    for (int i = 0; ls != NULL && i < n; i++)
+        if (ls[i].ctx != NULL)
+            tls_ctx_free(ls[i].ctx);
+    free(ls);
+}
+
 void
-workers_publish(struct config *cfg)
+workers_publish(struct config *cfg, const struct worker_listener *table, int n_listeners)
 {
     for (int i = 0; i < gw_n_workers; i++) {
         struct worker *w = &gw_workers[i];
+        struct worker_listener *mine = give_listeners(table + i * n_listeners, n_listeners);
         pthread_mutex_lock(&w->mail_lock);
         config_drop(w->mail_cfg);
         w->mail_cfg = config_take(cfg);
+        drop_listeners(w->mail_listeners, w->mail_n_listeners);   /* superseded, unread */
+        w->mail_listeners = mine;
+        w->mail_n_listeners = n_listeners;
         pthread_mutex_unlock(&w->mail_lock);
         post(w);
     }
@@ -360,7 +436,9 @@ workers_free(void)
         event_free(w->mail_ev);
         close(mail_fds[i]);
         free(w->listeners);
+        drop_listeners(w->mail_listeners, w->mail_n_listeners);
         free(w->eps);
+        auth_ctx_free(w->auth);
         config_drop(w->cfg);
         config_drop(w->mail_cfg);
         pthread_mutex_destroy(&w->mail_lock);
