@@ -152,6 +152,7 @@ main(int argc, char **argv)
     cfg_errors_free(&errs);
 
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);      /* a full file is an error to report, not a death */
     raise_fd_limit();
     log_init();
     log_set_level(cfg->log.level);
