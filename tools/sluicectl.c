@@ -50,10 +50,13 @@ usage(FILE *f)
         "          --token $SLUICE_ADMIN_TOKEN\n");
 }
 
+static struct event_base *client_base;
+
 static void
 on_done(struct evhttp_request *req, void *arg)
 {
     struct response *r = arg;
+    event_base_loopexit(client_base, NULL);     /* the connection may stay open */
     if (req != NULL) {
         r->status = evhttp_request_get_response_code(req);
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -83,6 +86,7 @@ call(enum evhttp_cmd_type method, const char *path, json_t *body)
     snprintf(full, sizeof(full), "%s%s", prefix && strcmp(prefix, "/") ? prefix : "", path);
 
     struct event_base *base = event_base_new();
+    client_base = base;
     struct evhttp_connection *conn = evhttp_connection_base_new(base, NULL, host,
                                                                 (unsigned short)port);
     evhttp_connection_set_timeout(conn, 30);
