@@ -58,9 +58,20 @@ lsocks_free(struct lsock *ls, int n, bool close_fds)
  * anew (so a renewed certificate applies). NULL with a reason on failure;
  * then every socket it opened is closed again.
  */
+/* Shared per-upstream state exists before any worker sees the address. */
+static void
+register_upstreams(const struct config *cfg)
+{
+    for (int i = 0; i < cfg->n_endpoints; i++)
+        for (int v = 0; v < cfg->endpoints[i].n_versions; v++)
+            for (int k = 0; k < cfg->endpoints[i].versions[v].n_upstreams; k++)
+                route_shared_add(cfg->endpoints[i].versions[v].upstreams[k].address);
+}
+
 static struct lsock *
 lsocks_build(const struct config *cfg, bool probe, char *err, size_t errlen)
 {
+    register_upstreams(cfg);
     struct lsock *ls = calloc((size_t)cfg->n_listeners + 1, sizeof(*ls));
     if (ls == NULL)
         return NULL;
@@ -150,6 +161,7 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     lsocks = ls;
     n_lsocks = cfg->n_listeners;
     current = cfg;
+    health_apply(cfg);
     return 0;
 }
 
@@ -172,6 +184,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     n_lsocks = cfg->n_listeners;
     config_drop(current);
     current = cfg;
+    health_apply(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);
@@ -249,6 +262,7 @@ control_commit(json_t *doc, struct cfg_errors *errs, char *err, size_t errlen)
 void
 control_stop(void)
 {
+    health_stop();
     lsocks_free(lsocks, n_lsocks, false);
     lsocks = NULL;
     n_lsocks = 0;

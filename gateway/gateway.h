@@ -143,6 +143,8 @@ int listen_socket(const char *host, int port, bool reuseport, char *err,
 
 struct worker;
 struct session;
+struct shadow;
+struct ep_state;
 
 struct upool {
     char *address;
@@ -151,6 +153,8 @@ struct upool {
     bool resolved;
     bool is_unix;
     int active;                     /* requests in flight on this worker */
+    struct route_shared *shared;    /* in flight across workers, health */
+    struct route_eject eject;       /* passive ejection, this worker's view */
     TAILQ_HEAD(, upconn) idle;
     int n_idle;
     struct upool *next;             /* worker's list */
@@ -161,7 +165,9 @@ struct upconn {
     struct upool *pool;
     struct bufferevent *bev;
     struct event *rev;              /* reads (see gw_read) */
-    struct session *s;              /* owner while a request uses it */
+    struct session *s;              /* owner while a request uses it, or */
+    struct shadow *sh;              /* owner while a shadow copy uses it */
+    bool busy;                      /* owned (not idle in the pool) */
     http_parser parser;
     struct head head;
     bool connected;
@@ -216,6 +222,10 @@ struct request {
     bool expect_continue;           /* client waits for 100 Continue */
     bool response_chunked;          /* response re-chunked to the client */
     bool response_close;            /* close the client after the response */
+    bool failover;                  /* served by the default instead */
+    bool retried;                   /* already moved to another upstream once */
+    struct http_parser_url url;     /* the parsed request target */
+    struct route_shared *slot;      /* concurrency slot held, if any */
     bool head_method;
     int status;
     const char *fail_reason;
@@ -242,6 +252,10 @@ struct session {
     struct event *up_timer;         /* scoring timeout */
     bool keep_alive;                /* client wants the connection kept */
     bool read_paused;               /* backpressure from the upstream */
+    bool waiting;                   /* in the worker's queue for a slot */
+    struct shadow *shadows[CFG_MAX_VERSIONS];   /* copies still being fed */
+    int n_shadows;
+    TAILQ_ENTRY(session) wait_link;
     bool closed;
     TAILQ_ENTRY(session) link;
     struct session *gc_next;
@@ -255,13 +269,66 @@ void session_free(struct session *s);
 void session_upstream_head(struct session *s, struct upconn *u);
 void session_upstream_body(struct session *s, const char *at, size_t len);
 void session_upstream_done(struct session *s, struct upconn *u, bool reusable);
+/* conn_error: a connect failure or reset (counts toward ejection). */
 void session_upstream_failed(struct session *s, struct upconn *u,
-                             const char *why);
+                             const char *why, bool conn_error);
+/* Choose an upstream of version vi of ep (from snapshot cfg): healthy,
+ * under its concurrency limit, fewest in flight here; not avoid. On
+ * PICK_OK a slot of *out's shared counter is taken. */
+enum pick { PICK_OK, PICK_NO_HEALTHY, PICK_AT_LIMIT };
+enum pick gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep,
+                  int vi, const struct upool *avoid, struct upool **out);
+/* The request head for version v, tagged with group. */
+void gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_version *v,
+                     const char *group);
+/* Give queued requests the slots that are free now. */
+void session_dispatch_waiters(struct worker *w);
+/* Keep polling for slots while requests wait (slots free in other workers). */
+void session_poll_waiters(struct worker *w);
 void session_upstream_drained(struct session *s);
 /* Send what is queued to the client and the upstream. */
 void session_flush(struct session *s);
 /* Drain: close idle sessions now; the rest close after their response. */
 void session_drain_all(struct worker *w);
+
+/* ---- shadow traffic (shadow.c) ------------------------------------------------ */
+
+#define SHADOW_MAX_BEHIND (1024 * 1024)    /* a mirror this far behind is dropped */
+
+/* A copy of a live request sent to a mirror version; its answer is read
+ * and dropped. It never holds up the client's request: it is fed what the
+ * client sends, is abandoned if it falls behind or the client goes away
+ * mid-request, and otherwise finishes on its own. */
+struct shadow {
+    struct worker *w;
+    struct session *s;              /* while the request streams; then NULL */
+    struct upconn *u;
+    struct config *cfg;
+    const struct cfg_endpoint *ep;
+    int version;
+    struct route_shared *slot;
+    struct event *timer;            /* scoring_timeout_ms */
+    struct timespec t_start;
+    bool chunked;
+    bool head_method;
+    int status;
+    uint64_t bytes_out;
+    TAILQ_ENTRY(shadow) link;
+};
+
+/* Start the copies this request gets (mirror versions, by their share). */
+void shadows_start(struct session *s, struct ep_state *es);
+/* Feed them the request's body bytes, then its end. */
+void shadows_body(struct session *s, const char *at, size_t len);
+void shadows_complete(struct session *s);
+void shadows_flush(struct session *s);
+/* The session ends: complete copies go on alone, incomplete ones stop. */
+void shadows_detach(struct session *s);
+void shadows_free_all(struct worker *w);
+/* From upstream.c. */
+int shadow_head(struct shadow *sh, struct upconn *u);
+void shadow_done(struct shadow *sh, struct upconn *u, bool reusable);
+void shadow_failed(struct shadow *sh, struct upconn *u, const char *why, bool conn_error);
 
 /* ---- workers (worker.c) ---------------------------------------------------- */
 
@@ -280,6 +347,8 @@ struct worker_listener {
 
 struct ep_state {
     struct route_split split;
+    struct upool *pools[CFG_MAX_VERSIONS][CFG_MAX_UPSTREAMS];
+    int mirror_acc[CFG_MAX_VERSIONS];
 };
 
 struct worker {
@@ -293,6 +362,9 @@ struct worker {
     int n_listeners;
     struct upool *pools;
     TAILQ_HEAD(, session) sessions;
+    TAILQ_HEAD(, session) waiters;  /* waiting for a concurrency slot, FIFO */
+    struct event *wait_poll;        /* retries waiters: slots free in other workers too */
+    TAILQ_HEAD(, shadow) shadows;
     int n_sessions;
     bool draining;
     struct event *gc_ev;
@@ -346,6 +418,13 @@ int control_commit(struct json_t *doc, struct cfg_errors *errs, char *err,
 int control_apply(struct config *cfg, char *err, size_t errlen);
 struct config *control_current(void);
 void control_stop(void);
+
+/* ---- active health checks (health.c), main thread --------------------------- */
+
+void health_init(struct event_base *base);
+/* Check the upstreams of cfg's versions that have a health_check. */
+void health_apply(const struct config *cfg);
+void health_stop(void);
 
 /* ---- admin (admin.c) ------------------------------------------------------- */
 

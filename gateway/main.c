@@ -172,6 +172,7 @@ main(int argc, char **argv)
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
     main_base = event_base_new();
+    health_init(main_base);
     if (admin_start(main_base, cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "admin.address %s\n", err);
         admin_stop();
@@ -226,6 +227,7 @@ main(int argc, char **argv)
     workers_free();
     admin_stop();
     control_stop();
+    route_shared_free_all();
     event_base_free(main_base);
     return 0;
 }

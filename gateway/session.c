@@ -32,6 +32,8 @@
 static http_parser_settings req_settings;
 
 static void session_parse(struct session *s);
+static void release_slot(struct session *s);
+static void stop_waiting(struct session *s);
 static void client_read(struct bufferevent *bev, void *arg);
 static void client_event(struct bufferevent *bev, short events, void *arg);
 
@@ -126,19 +128,28 @@ group_of(const struct cfg_version *v)
 }
 
 static void
-sluice_headers(struct session *s, struct evbuffer *out)
+sluice_headers_for(struct session *s, struct evbuffer *out, const struct cfg_version *v,
+                   const char *group)
 {
-    const struct cfg_version *v = req_version(s);
     if (v != NULL) {
         BUF_LIT(out, "X-Sluice-Version: ");
         buf_str(out, v->name);
         BUF_LIT(out, "\r\nX-Sluice-Group: ");
-        buf_str(out, group_of(v));
+        buf_str(out, group);
         BUF_LIT(out, "\r\n");
     }
+    if (s->req.failover)
+        BUF_LIT(out, "X-Sluice-Failover: true\r\n");
     BUF_LIT(out, "X-Request-Id: ");
     buf_str(out, s->req.id);
     BUF_LIT(out, "\r\n");
+}
+
+static void
+sluice_headers(struct session *s, struct evbuffer *out)
+{
+    const struct cfg_version *v = req_version(s);
+    sluice_headers_for(s, out, v, v ? group_of(v) : NULL);
 }
 
 /*
@@ -236,6 +247,7 @@ end_request(struct session *s)
     }
     evtimer_del(s->up_timer);
     evtimer_del(s->timer);
+    release_slot(s);
     config_drop(s->req.cfg);
     bool close = s->req.response_close || !s->keep_alive || w->draining;
     memset(&s->req, 0, sizeof(s->req));
@@ -345,29 +357,13 @@ score_path(const char *path, size_t len, const char **ep, size_t *eplen)
     return memchr(*ep, '/', *eplen) == NULL;
 }
 
-static struct upool *
-pick_upstream(struct session *s, const struct cfg_version *v)
+void
+gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_version *v,
+                const char *group)
 {
-    struct worker *w = s->w;
-    struct upool *best = NULL;
-    int start = v->n_upstreams > 1 ? (int)(w->req_seq % (uint64_t)v->n_upstreams) : 0;
-
-    /* Least outstanding requests on this worker, ties broken round robin. */
-    for (int k = 0; k < v->n_upstreams; k++) {
-        struct upool *p = upool_get(w, &v->upstreams[(start + k) % v->n_upstreams]);
-        if (p != NULL && (best == NULL || p->active < best->active))
-            best = p;
-    }
-    return best;
-}
-
-static void
-write_upstream_head(struct session *s, struct evbuffer *out,
-                    const struct http_parser_url *u)
-{
+    const struct http_parser_url *u = &s->req.url;
     struct head *hd = &s->head;
     const char *url = hd->buf + hd->url_off;
-    const struct cfg_version *v = req_version(s);
     int conn[8];
     int nconn = head_connection(hd, conn, 8);
 
@@ -416,7 +412,7 @@ write_upstream_head(struct session *s, struct evbuffer *out,
         BUF_LIT(out, "\r\nX-Forwarded-Proto: https\r\n");
     else
         BUF_LIT(out, "\r\nX-Forwarded-Proto: http\r\n");
-    sluice_headers(s, out);
+    sluice_headers_for(s, out, v, group);
     if (s->parser.flags & F_CHUNKED) {
         s->req.chunked_up = true;
         BUF_LIT(out, "Transfer-Encoding: chunked\r\n");
@@ -444,6 +440,220 @@ scoring_timeout(evutil_socket_t fd, short what, void *arg)
     } else
         start_closing(s);
     session_flush(s);
+}
+
+/* The sticky key of a request: the configured header, or cookie. */
+static bool
+sticky_key(struct session *s, const struct cfg_endpoint *ep, const char **key, size_t *len)
+{
+    struct head *hd = &s->head;
+    if (ep->sticky == CFG_STICKY_HEADER) {
+        for (int i = 0; i < hd->n; i++)
+            if (head_name_is(hd, i, ep->sticky_name) && hd->h[i].val_len > 0) {
+                *key = HD_VAL(hd, i);
+                *len = hd->h[i].val_len;
+                return true;
+            }
+        return false;
+    }
+    if (ep->sticky != CFG_STICKY_COOKIE)
+        return false;
+    size_t nl = strlen(ep->sticky_name);
+    for (int i = 0; i < hd->n; i++) {
+        if (!head_name_is(hd, i, "cookie"))
+            continue;
+        const char *v = HD_VAL(hd, i), *end = v + hd->h[i].val_len;
+        while (v < end) {
+            while (v < end && (*v == ' ' || *v == ';'))
+                v++;
+            const char *semi = memchr(v, ';', (size_t)(end - v));
+            const char *stop = semi ? semi : end;
+            const char *eq = memchr(v, '=', (size_t)(stop - v));
+            if (eq && (size_t)(eq - v) == nl && memcmp(v, ep->sticky_name, nl) == 0 &&
+                stop > eq + 1) {
+                *key = eq + 1;
+                *len = (size_t)(stop - eq - 1);
+                return true;
+            }
+            v = stop;
+        }
+    }
+    return false;
+}
+
+static uint64_t
+now_ms(void)
+{
+    return now_us() / 1000;
+}
+
+static bool
+pool_usable(const struct upool *p, uint64_t now)
+{
+    return p != NULL && !__atomic_load_n(&p->shared->down, __ATOMIC_RELAXED) &&
+           p->eject.until_ms <= now;
+}
+
+enum pick
+gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep, int vi,
+        const struct upool *avoid, struct upool **out)
+{
+    const struct cfg_version *v = &ep->versions[vi];
+    /* The worker's cached pools when the request runs on its snapshot. */
+    struct ep_state *es = cfg == w->cfg ? &w->eps[ep - cfg->endpoints] : NULL;
+    uint64_t now = now_ms();
+    bool healthy = false;
+    int start = v->n_upstreams > 1 ? (int)(w->req_seq % (uint64_t)v->n_upstreams) : 0;
+
+    for (int tries = 0; tries < 2; tries++) {
+        struct upool *best = NULL;
+        for (int k = 0; k < v->n_upstreams; k++) {
+            int idx = (start + k) % v->n_upstreams;
+            struct upool *p = es ? es->pools[vi][idx] : upool_get(w, &v->upstreams[idx]);
+            if (!pool_usable(p, now) || p == avoid)
+                continue;
+            healthy = true;
+            if (v->max_concurrent > 0 &&
+                __atomic_load_n(&p->shared->inflight, __ATOMIC_RELAXED) >= v->max_concurrent)
+                continue;
+            if (best == NULL || p->active < best->active)
+                best = p;
+        }
+        if (best == NULL)
+            return healthy ? PICK_AT_LIMIT : PICK_NO_HEALTHY;
+        if (route_take_slot(best->shared, v->max_concurrent)) {
+            *out = best;
+            return PICK_OK;
+        }
+        /* another worker took the last slot in between: look again */
+    }
+    return PICK_AT_LIMIT;
+}
+
+static void
+release_slot(struct session *s)
+{
+    if (s->req.slot != NULL) {
+        route_give_slot(s->req.slot);
+        s->req.slot = NULL;
+        session_dispatch_waiters(s->w);
+    }
+}
+
+/* Connect (or reuse) and send the request head; the body follows as the
+ * parser reads it. */
+static void
+start_upstream(struct session *s, struct upool *pool)
+{
+    struct worker *w = s->w;
+    s->req.slot = pool->shared;
+    s->up = upconn_acquire(w, pool, s);
+    if (s->up == NULL) {
+        send_error(s, 502, "bad_gateway", "cannot connect to the model server", false);
+        s->req.fail_reason = "upstream_connect_failed";
+        return;
+    }
+    s->req.pool = pool;
+    s->req.upstream_addr = pool->address;
+    gw_request_head(s, w->scratch, req_version(s), group_of(req_version(s)));
+    evbuffer_add_buffer(bufferevent_get_output(s->up->bev), w->scratch);
+    if (s->req.expect_continue)
+        BUF_LIT(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n");
+    arm(s->up_timer, s->req.ep->scoring_timeout_ms);
+}
+
+static void wait_expired(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Route a request whose version is chosen: to a healthy upstream, to the
+ * default version on failover, into the wait queue at the concurrency
+ * limit, or to a 503. Returns what on_headers_complete returns.
+ */
+static int
+route_request(struct session *s)
+{
+    const struct cfg_endpoint *ep = s->req.ep;
+    struct upool *pool = NULL;
+    enum pick r = gw_pick(s->w, s->req.cfg, ep, s->req.version, NULL, &pool);
+
+    if (r == PICK_NO_HEALTHY && ep->failover_to_default && !s->req.pinned &&
+        s->req.version != ep->default_version) {
+        s->req.version = ep->default_version;
+        s->req.failover = true;
+        r = gw_pick(s->w, s->req.cfg, ep, s->req.version, NULL, &pool);
+    }
+    if (r == PICK_OK) {
+        start_upstream(s, pool);
+        return 0;
+    }
+    if (r == PICK_NO_HEALTHY) {
+        send_error(s, 503, "unavailable", "no healthy model server for this version", false);
+        return 0;
+    }
+    const struct cfg_version *v = req_version(s);
+    if (v->max_wait_ms <= 0) {
+        send_error(s, 503, "overloaded", "the version is at replica_max_concurrent_requests",
+                   false);
+        return 0;
+    }
+    /* Wait in line, with the rest of the request left unread. */
+    s->waiting = true;
+    TAILQ_INSERT_TAIL(&s->w->waiters, s, wait_link);
+    event_assign(s->up_timer, s->w->base, -1, 0, wait_expired, s);
+    arm(s->up_timer, v->max_wait_ms);
+    session_poll_waiters(s->w);
+    http_parser_pause(&s->parser, 1);
+    return 0;
+}
+
+static void
+stop_waiting(struct session *s)
+{
+    if (!s->waiting)
+        return;
+    s->waiting = false;
+    TAILQ_REMOVE(&s->w->waiters, s, wait_link);
+    evtimer_del(s->up_timer);
+    event_assign(s->up_timer, s->w->base, -1, 0, scoring_timeout, s);
+}
+
+/* A waiting request gets its turn or its answer: parse the rest of it. */
+static void
+resume_after_wait(struct session *s)
+{
+    http_parser_pause(&s->parser, 0);
+    if (!s->closed) {
+        session_parse(s);
+        session_flush(s);
+    }
+}
+
+static void
+wait_expired(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    stop_waiting(s);
+    send_error(s, 503, "overloaded",
+               "the version stayed at replica_max_concurrent_requests for longer than "
+               "max_request_wait_time_ms", false);
+    if (!s->closed)
+        resume_after_wait(s);
+}
+
+void
+session_dispatch_waiters(struct worker *w)
+{
+    struct session *s, *next;
+    for (s = TAILQ_FIRST(&w->waiters); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, wait_link);
+        struct upool *pool = NULL;
+        if (gw_pick(w, s->req.cfg, s->req.ep, s->req.version, NULL, &pool) != PICK_OK)
+            continue;       /* others of other versions may still go */
+        stop_waiting(s);
+        start_upstream(s, pool);
+        resume_after_wait(s);
+    }
+    session_poll_waiters(w);
 }
 
 /* The request head is complete: route it and start the upstream request.
@@ -519,6 +729,7 @@ on_headers_complete(http_parser *p)
         return 0;
     }
 
+    s->req.url = u;
     int pin = head_find(hd, "x-sluice-version");
     if (pin >= 0) {
         int vi = route_pinned(ep, HD_VAL(hd, pin), hd->h[pin].val_len);
@@ -532,26 +743,16 @@ on_headers_complete(http_parser *p)
         s->req.version = vi;
         s->req.pinned = true;
     } else {
-        s->req.version = route_split_next(&w->eps[ep - s->req.cfg->endpoints].split);
+        const char *key;
+        size_t klen;
+        struct ep_state *es = &w->eps[ep - s->req.cfg->endpoints];
+        if (sticky_key(s, ep, &key, &klen))
+            s->req.version = route_sticky(ep, key, klen);
+        else
+            s->req.version = route_split_next(&es->split);
+        shadows_start(s, es);
     }
-
-    const struct cfg_version *v = req_version(s);
-    struct upool *pool = pick_upstream(s, v);
-    s->up = pool ? upconn_acquire(w, pool, s) : NULL;
-    if (s->up == NULL) {
-        send_error(s, 502, "bad_gateway", "cannot connect to the model server", false);
-        s->req.fail_reason = "upstream_connect_failed";
-        return 0;
-    }
-    s->req.pool = pool;
-    s->req.upstream_addr = pool->address;
-    write_upstream_head(s, w->scratch, &u);
-    evbuffer_add_buffer(bufferevent_get_output(s->up->bev), w->scratch);
-
-    if (s->req.expect_continue)
-        BUF_LIT(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n");
-    arm(s->up_timer, ep->scoring_timeout_ms);
-    return 0;
+    return route_request(s);
 }
 
 static int
@@ -564,6 +765,8 @@ on_body(http_parser *p, const char *at, size_t len)
         send_error(s, 413, "too_large", "the request body is over max_body_bytes", true);
         return -1;
     }
+    if (s->n_shadows > 0)
+        shadows_body(s, at, len);
     if (s->req.discard || s->up == NULL)
         return 0;
     struct evbuffer *out = bufferevent_get_output(s->up->bev);
@@ -582,6 +785,8 @@ on_message_complete(http_parser *p)
     struct session *s = p->data;
 
     s->req.complete = true;
+    if (s->n_shadows > 0)
+        shadows_complete(s);
     if (s->up != NULL && s->req.chunked_up && !s->req.discard)
         BUF_LIT(bufferevent_get_output(s->up->bev), "0\r\n\r\n");
     evtimer_del(s->timer);
@@ -615,7 +820,7 @@ session_parse(struct session *s)
 
     while (!s->closed && s->state != SS_CLOSING && !s->read_paused) {
         if (HTTP_PARSER_ERRNO(&s->parser) == HPE_PAUSED) {
-            if (!s->req.response_done)
+            if (s->waiting || !s->req.response_done)
                 break;          /* resumed when the response ends */
             end_request(s);
             continue;
@@ -732,6 +937,7 @@ session_upstream_head(struct session *s, struct upconn *u)
 
     s->req.status = status;
     s->req.response_started = true;
+    route_eject_success(&u->pool->eject);
     if (s->w->draining)
         s->req.response_close = true;
     BUF_LIT(out, "HTTP/1.1 ");
@@ -824,9 +1030,42 @@ session_upstream_done(struct session *s, struct upconn *u, bool reusable)
 }
 
 void
-session_upstream_failed(struct session *s, struct upconn *u, const char *why)
+session_upstream_failed(struct session *s, struct upconn *u, const char *why,
+                        bool conn_error)
 {
+    struct worker *w = s->w;
+    struct upool *pool = u->pool;
+    const struct cfg_version *v = req_version(s);
     bool complete = s->req.complete;
+
+    if (conn_error) {
+        int threshold = v->health.enabled ? v->health.failure_threshold : 3;
+        if (route_eject_failure(&pool->eject, threshold, now_ms()))
+            log_event(LOG_WARN, "upstream_ejected", ",\"upstream\":\"%s\",\"worker\":%d,"
+                      "\"backoff_ms\":%llu", pool->address, w->id,
+                      (unsigned long long)pool->eject.backoff_ms);
+    }
+    /* Nothing went out yet: try once more on another upstream of the
+     * version, handing it the bytes queued for this one. */
+    struct upool *other = NULL;
+    if (!u->connected && !s->req.retried && !s->req.response_started &&
+        gw_pick(w, s->req.cfg, s->req.ep, s->req.version, pool, &other) == PICK_OK) {
+        struct upconn *nu = upconn_acquire(w, other, s);
+        if (nu != NULL) {
+            s->req.retried = true;
+            evbuffer_add_buffer(bufferevent_get_output(nu->bev),
+                                bufferevent_get_output(u->bev));
+            s->up = nu;
+            upconn_close(u);
+            route_give_slot(s->req.slot);
+            s->req.slot = other->shared;
+            s->req.pool = other;
+            s->req.upstream_addr = other->address;
+            session_flush(s);
+            return;
+        }
+        route_give_slot(other->shared);
+    }
 
     send_error(s, 502, "bad_gateway", why, !complete);
     if (s->closed)
@@ -937,11 +1176,14 @@ session_close(struct session *s, const char *why)
 
     if (s->closed)
         return;
-    s->closed = true;
+    stop_waiting(s);
     if (s->up != NULL) {
         upconn_close(s->up);
         s->up = NULL;
     }
+    shadows_detach(s);
+    s->closed = true;
+    release_slot(s);
     event_free(s->rev);
     s->rev = NULL;
     if (s->wev != NULL)
@@ -991,6 +1233,8 @@ session_flush(struct session *s)
         return;
     if (s->up != NULL && !s->up->closed)
         gw_flush(s->up->bev, s->up->connected);
+    if (s->n_shadows > 0)
+        shadows_flush(s);
     if (s->state != SS_CLOSING)
         client_flush(s);
 }

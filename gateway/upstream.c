@@ -62,6 +62,9 @@ upool_get(struct worker *w, const struct cfg_upstream *u)
     if (p == NULL)
         return NULL;
     p->address = strdup(u->address);
+    p->shared = route_shared_get(u->address);
+    if (p->shared == NULL)          /* the main thread adds every address first */
+        abort();
     TAILQ_INIT(&p->idle);
     p->resolved = resolve(p, u) == 0;
     if (!p->resolved)
@@ -127,6 +130,8 @@ on_headers_complete(http_parser *hp)
         u->skip_message = true;     /* 100 Continue and friends: dropped */
         return 0;
     }
+    if (u->sh != NULL)
+        return shadow_head(u->sh, u);
     if (u->s == NULL)
         return -1;
     session_upstream_head(u->s, u);
@@ -138,7 +143,7 @@ on_body(http_parser *hp, const char *at, size_t len)
 {
     struct upconn *u = hp->data;
     if (u->skip_message || u->s == NULL)
-        return 0;
+        return 0;                   /* a shadow's answer is read and dropped */
     session_upstream_body(u->s, at, len);
     return 0;
 }
@@ -172,6 +177,16 @@ init_settings(void)
     resp_settings.on_message_complete = on_message_complete;
 }
 
+/* The request on u failed: tell whoever owns it. */
+static void
+owner_failed(struct upconn *u, const char *why, bool conn_error)
+{
+    if (u->sh != NULL)
+        shadow_failed(u->sh, u, why, conn_error);
+    else if (u->s != NULL)
+        session_upstream_failed(u->s, u, why, conn_error);
+}
+
 /* Run the parser over buffered input; hand a finished response back. */
 static void
 up_parse(struct upconn *u, bool eof)
@@ -189,9 +204,9 @@ up_parse(struct upconn *u, bool eof)
             if (u->closed)
                 return;
             if (!u->response_done) {
-                session_upstream_failed(u->s, u, u->parser.status_code ?
+                owner_failed(u, u->parser.status_code ?
                     "the model server closed the connection mid-response" :
-                    "the model server closed the connection without answering");
+                    "the model server closed the connection without answering", true);
                 return;
             }
             break;
@@ -202,14 +217,17 @@ up_parse(struct upconn *u, bool eof)
         evbuffer_drain(in, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&u->parser);
         if (e != HPE_OK && e != HPE_PAUSED) {
-            session_upstream_failed(u->s, u, "invalid response from the model server");
+            owner_failed(u, "invalid response from the model server", false);
             return;
         }
     }
-    if (u->response_done && !u->closed && u->s != NULL) {
+    if (u->response_done && !u->closed && u->busy) {
         /* Bytes after a complete response mean a confused server. */
         bool reusable = u->keepalive && !eof && evbuffer_get_length(in) == 0;
-        session_upstream_done(u->s, u, reusable);
+        if (u->sh != NULL)
+            shadow_done(u->sh, u, reusable);
+        else
+            session_upstream_done(u->s, u, reusable);
     }
 }
 
@@ -217,13 +235,14 @@ static void
 up_read(struct bufferevent *bev, void *arg)
 {
     struct upconn *u = arg;
-    if (u->s == NULL) {             /* idle: the server closed or misbehaved */
+    if (!u->busy) {                 /* idle: the server closed or misbehaved */
         upconn_close(u);
         return;
     }
     struct session *s = u->s;       /* stays valid: sessions are freed by gc */
     up_parse(u, false);
-    session_flush(s);
+    if (s != NULL)
+        session_flush(s);
 }
 
 static void up_event(struct bufferevent *bev, short events, void *arg);
@@ -267,21 +286,21 @@ up_event(struct bufferevent *bev, short events, void *arg)
         gw_flush(bev, true);
         return;
     }
-    if (u->s == NULL) {
+    if (!u->busy) {
         upconn_close(u);
         return;
     }
     if (!u->connected) {
-        session_upstream_failed(u->s, u, "cannot connect to the model server");
+        owner_failed(u, "cannot connect to the model server", true);
         return;
     }
     if ((events & BEV_EVENT_EOF) && !(events & BEV_EVENT_ERROR)) {
         up_parse(u, true);
         return;
     }
-    session_upstream_failed(u->s, u, u->parser.status_code ?
+    owner_failed(u, u->parser.status_code ?
         "the model server reset the connection mid-response" :
-        "the model server reset the connection");
+        "the model server reset the connection", true);
 }
 
 /* ---- connections ------------------------------------------------------ */
@@ -331,6 +350,8 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
     u->keepalive = false;
     u->paused = false;
     u->s = s;
+    u->sh = NULL;
+    u->busy = true;
     p->active++;
     return u;
 }
@@ -340,10 +361,12 @@ upconn_release(struct upconn *u, bool reusable)
 {
     struct upool *p = u->pool;
 
-    if (u->s != NULL) {
+    if (u->busy) {
         p->active--;
-        u->s = NULL;
+        u->busy = false;
     }
+    u->s = NULL;
+    u->sh = NULL;
     if (!reusable || u->w->draining || p->n_idle >= MAX_IDLE_PER_POOL ||
         evbuffer_get_length(bufferevent_get_output(u->bev)) > 0) {
         upconn_close(u);
@@ -365,10 +388,12 @@ upconn_close(struct upconn *u)
     if (u->closed)
         return;
     u->closed = true;
-    if (u->s != NULL) {
+    if (u->busy) {
         u->pool->active--;
-        u->s = NULL;
+        u->busy = false;
     }
+    u->s = NULL;
+    u->sh = NULL;
     if (u->in_idle) {
         TAILQ_REMOVE(&u->pool->idle, u, link);
         u->pool->n_idle--;

@@ -53,8 +53,13 @@ worker_set_config(struct worker *w, struct config *cfg)
     struct ep_state *eps = calloc((size_t)cfg->n_endpoints + 1, sizeof(*eps));
     if (eps == NULL)
         abort();
-    for (int i = 0; i < cfg->n_endpoints; i++)
-        route_split_init(&eps[i].split, &cfg->endpoints[i]);
+    for (int i = 0; i < cfg->n_endpoints; i++) {
+        const struct cfg_endpoint *ep = &cfg->endpoints[i];
+        route_split_init(&eps[i].split, ep);
+        for (int v = 0; v < ep->n_versions; v++)
+            for (int k = 0; k < ep->versions[v].n_upstreams; k++)
+                eps[i].pools[v][k] = upool_get(w, &ep->versions[v].upstreams[k]);
+    }
     free(w->eps);
     w->eps = eps;
     config_drop(w->cfg);
@@ -79,6 +84,22 @@ gc_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (w->draining && w->n_sessions == 0)
         event_base_loopexit(w->base, NULL);
+}
+
+static void
+wait_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    session_dispatch_waiters(arg);
+}
+
+void
+session_poll_waiters(struct worker *w)
+{
+    /* Slots freed by other workers are seen by looking again shortly. */
+    if (!TAILQ_EMPTY(&w->waiters) && !evtimer_pending(w->wait_poll, NULL)) {
+        struct timeval tv = {0, 2000};
+        evtimer_add(w->wait_poll, &tv);
+    }
 }
 
 void
@@ -305,12 +326,15 @@ workers_start(struct config *cfg, int n, const struct worker_listener *table,
         if (w->base == NULL)
             return -1;
         TAILQ_INIT(&w->sessions);
+        TAILQ_INIT(&w->waiters);
+        TAILQ_INIT(&w->shadows);
         pthread_mutex_init(&w->mail_lock, NULL);
         worker_set_config(w, config_take(cfg));
         RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
         w->access = evbuffer_new();
         w->scratch = evbuffer_new();
         w->gc_ev = event_new(w->base, -1, 0, gc_cb, w);
+        w->wait_poll = event_new(w->base, -1, 0, wait_poll_cb, w);
         w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
         struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
         event_add(w->log_ev, &tv);
@@ -425,6 +449,7 @@ workers_free(void)
         close_listeners(w);
         while (!TAILQ_EMPTY(&w->sessions))
             session_close(TAILQ_FIRST(&w->sessions), "stopped");
+        shadows_free_all(w);
         upool_free_all(w);
         w->draining = false;
         gc_cb(-1, 0, w);
@@ -432,6 +457,7 @@ workers_free(void)
         evbuffer_free(w->access);
         evbuffer_free(w->scratch);
         event_free(w->gc_ev);
+        event_free(w->wait_poll);
         event_free(w->log_ev);
         event_free(w->mail_ev);
         close(mail_fds[i]);

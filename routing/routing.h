@@ -7,7 +7,9 @@
 #ifndef SLUICE_ROUTING_H
 #define SLUICE_ROUTING_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "config/config.h"
 
 /*
@@ -29,5 +31,55 @@ int route_split_next(struct route_split *s);
 
 /* The version named by a pin header; -1 when the endpoint has none. */
 int route_pinned(const struct cfg_endpoint *ep, const char *name, size_t len);
+
+/* Sticky assignment (sticky.c): the version for a key, the same in every
+ * process for the same split; see the method in sticky.c. */
+int route_sticky(const struct cfg_endpoint *ep, const char *key, size_t len);
+/* The seedless 64-bit hash of (version name, key) it uses. */
+uint64_t route_hash(const char *name, const char *key, size_t len);
+
+/* Shadow traffic: true for mirror/10000 of calls, evenly spread; *acc is
+ * the caller's running state (start at 0). */
+bool route_mirror_next(int *acc, int mirror);
+
+/* ---- health (health.c) -------------------------------------------------- */
+
+/* Active checks: consecutive results against the thresholds. */
+struct route_health {
+    bool healthy;               /* start true */
+    int failures, successes;
+};
+/* Record one check; true when the state flipped. */
+bool route_health_observe(struct route_health *h, bool ok, int failure_threshold,
+                          int success_threshold);
+
+/* Passive ejection after consecutive connect failures or resets, for a
+ * backoff that doubles each time (1 s to 30 s), then re-admission. */
+#define ROUTE_EJECT_MIN_MS 1000
+#define ROUTE_EJECT_MAX_MS 30000
+struct route_eject {
+    int failures;
+    uint64_t backoff_ms;
+    uint64_t until_ms;          /* ejected while now < until_ms */
+};
+/* True when this failure ejects the upstream. */
+bool route_eject_failure(struct route_eject *e, int threshold, uint64_t now_ms);
+void route_eject_success(struct route_eject *e);
+
+/* Per-upstream state shared by all workers: requests in flight (for
+ * replica_max_concurrent_requests) and the active check's verdict. */
+struct route_shared {
+    char *address;
+    int inflight;               /* atomic */
+    int down;                   /* atomic: 1 when active checks say unhealthy */
+    struct route_shared *next;
+};
+/* Lookup (any thread) and creation (main thread only, before publishing). */
+struct route_shared *route_shared_get(const char *address);
+struct route_shared *route_shared_add(const char *address);
+void route_shared_free_all(void);
+/* Take a slot if fewer than limit are in flight (limit 0: no limit). */
+bool route_take_slot(struct route_shared *s, int limit);
+void route_give_slot(struct route_shared *s);
 
 #endif
