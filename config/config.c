@@ -941,8 +941,9 @@ parse_root(struct pctx *p, json_t *root)
         err(p, "redis.address", "\"%s\" is not host:port", c->redis.address);
     get_int(p, redis, "redis", "db", &c->redis.db, 0, 0, 1000000);
     get_secret(p, redis, "redis", "password", &c->redis.password);
+    /* At most a minute: per-minute counters are collected at least that often. */
     get_int(p, redis, "redis", "flush_interval_ms", &c->redis.flush_interval_ms,
-            1000, 10, 3600000);
+            1000, 10, 60000);
     get_int(p, redis, "redis", "retention_minutes", &c->redis.retention_minutes,
             10080, 1, 5256000);
 

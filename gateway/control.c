@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 
 struct lsock {
@@ -25,6 +26,8 @@ struct lsock {
 };
 
 static struct lsock *lsocks;
+static struct metrics_backlog *backlog;
+static struct metrics_redis *writer;
 static int n_lsocks;
 static struct config *current;
 static uint64_t generation;
@@ -162,6 +165,8 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     n_lsocks = cfg->n_listeners;
     current = cfg;
     health_apply(cfg);
+    metrics_redis_set_sources(writer, workers_metrics(), n_workers);
+    metrics_redis_configure(writer, cfg);
     return 0;
 }
 
@@ -185,6 +190,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     config_drop(current);
     current = cfg;
     health_apply(cfg);
+    metrics_redis_configure(writer, cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);
@@ -260,8 +266,38 @@ control_commit(json_t *doc, struct cfg_errors *errs, char *err, size_t errlen)
 }
 
 void
+control_metrics_start(struct event_base *base)
+{
+    char host[128] = "sluice", id[256];
+    unsigned char rnd[4];
+    gethostname(host, sizeof(host) - 1);
+    RAND_bytes(rnd, sizeof(rnd));
+    snprintf(id, sizeof(id), "%s:%d:%02x%02x%02x%02x", host, (int)getpid(), rnd[0], rnd[1],
+             rnd[2], rnd[3]);
+    /* An hour of minutes for a dozen versions before folding into totals. */
+    backlog = metrics_backlog_new(60 * 64);
+    writer = metrics_redis_new(base, backlog, id);
+}
+
+struct metrics_redis *
+control_metrics(void)
+{
+    return writer;
+}
+
+struct metrics_backlog *
+control_backlog(void)
+{
+    return backlog;
+}
+
+void
 control_stop(void)
 {
+    metrics_redis_free(writer);
+    writer = NULL;
+    metrics_backlog_free(backlog);
+    backlog = NULL;
     health_stop();
     lsocks_free(lsocks, n_lsocks, false);
     lsocks = NULL;

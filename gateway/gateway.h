@@ -21,6 +21,7 @@
 #include "config/config.h"
 #include "routing/routing.h"
 #include "auth/auth.h"
+#include "metrics/metrics.h"
 
 struct event_base;
 struct event;
@@ -226,6 +227,8 @@ struct request {
     bool retried;                   /* already moved to another upstream once */
     struct http_parser_url url;     /* the parsed request target */
     struct route_shared *slot;      /* concurrency slot held, if any */
+    struct metrics_slot *mslot;     /* where it is counted */
+    bool counted;                   /* ended: counted and logged once */
     bool head_method;
     int status;
     const char *fail_reason;
@@ -311,8 +314,8 @@ struct shadow {
     struct timespec t_start;
     bool chunked;
     bool head_method;
-    int status;
-    uint64_t bytes_out;
+    int answer;                     /* status of the mirror's response head */
+    int status;                     /* the outcome once it ends; 0: not counted */
     TAILQ_ENTRY(shadow) link;
 };
 
@@ -348,6 +351,7 @@ struct worker_listener {
 struct ep_state {
     struct route_split split;
     struct upool *pools[CFG_MAX_VERSIONS][CFG_MAX_UPSTREAMS];
+    struct metrics_slot *mslot[CFG_MAX_VERSIONS];   /* live (or shadow, for mirrors) */
     int mirror_acc[CFG_MAX_VERSIONS];
 };
 
@@ -358,6 +362,7 @@ struct worker {
     struct config *cfg;             /* the worker's reference to the current snapshot */
     struct ep_state *eps;           /* per endpoint of cfg, same index */
     struct auth_ctx *auth;          /* built from cfg, this worker's own */
+    struct metrics_worker *metrics; /* this worker's counters */
     struct listener_rt *listeners;
     int n_listeners;
     struct upool *pools;
@@ -399,7 +404,12 @@ void workers_stop(void);
 void workers_join(int deadline_ms);
 void workers_free(void);
 void worker_gc(struct worker *w);
-void worker_access_log(struct worker *w, const struct session *s);
+/* A request ended: count it and write its access-log line. */
+void worker_request_done(struct worker *w, struct session *s);
+/* A shadow copy ended. */
+void worker_shadow_done(struct worker *w, const struct shadow *sh);
+/* The workers' counters, for the collector. */
+struct metrics_worker **workers_metrics(void);
 uint64_t now_us(void);
 
 /* ---- control plane (control.c) --------------------------------------------- */
@@ -418,6 +428,10 @@ int control_commit(struct json_t *doc, struct cfg_errors *errs, char *err,
 int control_apply(struct config *cfg, char *err, size_t errlen);
 struct config *control_current(void);
 void control_stop(void);
+/* The metrics writer and its backlog (main thread). */
+void control_metrics_start(struct event_base *base);
+struct metrics_redis *control_metrics(void);
+struct metrics_backlog *control_backlog(void);
 
 /* ---- active health checks (health.c), main thread --------------------------- */
 

@@ -173,6 +173,7 @@ main(int argc, char **argv)
     int n = cfg->workers > 0 ? cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
     main_base = event_base_new();
     health_init(main_base);
+    control_metrics_start(main_base);
     if (admin_start(main_base, cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "admin.address %s\n", err);
         admin_stop();
@@ -217,6 +218,8 @@ main(int argc, char **argv)
     admin_set_draining();
     workers_drain();
     workers_join(control_current()->limits.drain_timeout_ms);
+    /* Every count of every request, in Redis before exit when it can be. */
+    metrics_redis_final_flush(control_metrics(), 3000);
     log_event(LOG_INFO, "stop", ",\"generation\":%llu",
               (unsigned long long)control_current()->generation);
 
@@ -224,9 +227,9 @@ main(int argc, char **argv)
     event_free(sig_int);
     event_free(sig_hup);
     event_free(sig_usr1);
-    workers_free();
     admin_stop();
     control_stop();
+    workers_free();
     route_shared_free_all();
     event_base_free(main_base);
     return 0;

@@ -240,7 +240,7 @@ end_request(struct session *s)
 {
     struct worker *w = s->w;
 
-    worker_access_log(w, s);
+    worker_request_done(w, s);
     if (s->up != NULL) {
         upconn_close(s->up);
         s->up = NULL;
@@ -896,7 +896,7 @@ client_event(struct bufferevent *bev, short events, void *arg)
         s->req.fail_reason = (events & BEV_EVENT_EOF) ? "client_closed" : "client_error";
     if (s->req.status == 0)
         s->req.status = 499;
-    worker_access_log(s->w, s);
+    worker_request_done(s->w, s);
     session_close(s, s->req.fail_reason);
 }
 
@@ -915,7 +915,7 @@ client_timer(evutil_socket_t fd, short what, void *arg)
                    "request headers not received within header_timeout_ms" :
                    "request body not received within header_timeout_ms", true);
         if (!s->closed) {
-            worker_access_log(s->w, s);
+            worker_request_done(s->w, s);
             start_closing(s);
         }
         return;
@@ -1019,7 +1019,7 @@ session_upstream_done(struct session *s, struct upconn *u, bool reusable)
         /* The model server answered before the whole request was read:
          * the rest of it is not wanted, so the connection ends here. */
         s->req.response_close = true;
-        worker_access_log(s->w, s);
+        worker_request_done(s->w, s);
         start_closing(s);
         return;
     }
@@ -1076,7 +1076,7 @@ session_upstream_failed(struct session *s, struct upconn *u, const char *why,
         if (!s->closed)
             session_parse(s);
     } else {
-        worker_access_log(s->w, s);
+        worker_request_done(s->w, s);
         start_closing(s);
     }
     session_flush(s);

@@ -33,6 +33,8 @@ shadow_end(struct shadow *sh, const char *why)
     }
     if (sh->slot != NULL)
         route_give_slot(sh->slot);
+    if (sh->status != 0)
+        worker_shadow_done(w, sh);      /* answered, failed or timed out */
     if (why != NULL)
         log_event(LOG_DEBUG, "shadow_dropped", ",\"version\":\"%s\",\"reason\":\"%s\"",
                   sh->ep->versions[sh->version].name, why);
@@ -45,7 +47,9 @@ shadow_end(struct shadow *sh, const char *why)
 static void
 shadow_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    shadow_end(arg, "timeout");
+    struct shadow *sh = arg;
+    sh->status = 504;
+    shadow_end(sh, "timeout");
 }
 
 static void
@@ -151,7 +155,7 @@ shadows_free_all(struct worker *w)
 int
 shadow_head(struct shadow *sh, struct upconn *u)
 {
-    sh->status = u->parser.status_code;
+    sh->answer = u->parser.status_code;
     route_eject_success(&u->pool->eject);
     return sh->head_method ? 1 : 0;
 }
@@ -160,6 +164,7 @@ void
 shadow_done(struct shadow *sh, struct upconn *u, bool reusable)
 {
     sh->u = NULL;
+    sh->status = sh->answer;
     /* A copy still being fed cannot hand its connection back. */
     upconn_release(u, reusable && sh->s == NULL);
     shadow_end(sh, NULL);

@@ -27,6 +27,7 @@ struct worker *gw_workers;
 int gw_open_connections;
 
 static int *mail_fds;
+static struct metrics_worker **metrics_arr;
 
 static struct worker_listener *give_listeners(const struct worker_listener *row, int n);
 static void drop_listeners(struct worker_listener *ls, int n);
@@ -44,6 +45,8 @@ now_us(void)
 static void
 worker_set_config(struct worker *w, struct config *cfg)
 {
+    if (w->metrics == NULL)
+        w->metrics = metrics_worker_new();
     char err[256];
     struct auth_ctx *auth = auth_ctx_new(cfg, err, sizeof(err));
     if (auth == NULL)           /* validated on the main thread already */
@@ -56,9 +59,13 @@ worker_set_config(struct worker *w, struct config *cfg)
     for (int i = 0; i < cfg->n_endpoints; i++) {
         const struct cfg_endpoint *ep = &cfg->endpoints[i];
         route_split_init(&eps[i].split, ep);
-        for (int v = 0; v < ep->n_versions; v++)
-            for (int k = 0; k < ep->versions[v].n_upstreams; k++)
-                eps[i].pools[v][k] = upool_get(w, &ep->versions[v].upstreams[k]);
+        for (int v = 0; v < ep->n_versions; v++) {
+            const struct cfg_version *ver = &ep->versions[v];
+            for (int k = 0; k < ver->n_upstreams; k++)
+                eps[i].pools[v][k] = upool_get(w, &ver->upstreams[k]);
+            eps[i].mslot[v] = metrics_slot(w->metrics, ep->name, ver->name,
+                config_group_name(ver->mirror ? CFG_GROUP_SHADOW : ver->group));
+        }
     }
     free(w->eps);
     w->eps = eps;
@@ -118,20 +125,82 @@ access_flush(evutil_socket_t fd, short what, void *arg)
         log_access_write(w->access);
 }
 
-void
-worker_access_log(struct worker *w, const struct session *s)
+static uint32_t
+minute_now(struct worker *w)
 {
-    const struct request *r = &s->req;
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    return (uint32_t)(tv.tv_sec / 60);
+}
+
+static void
+count_request(struct worker *w, const struct request *r, uint64_t lat)
+{
+    if (r->ep == NULL || r->version < 0) {
+        /* Reached no version: SPEC's sluice:rejected kinds. */
+        switch (r->status) {
+        case 401: metrics_reject(w->metrics, REJ_UNAUTHORIZED); break;
+        case 404: metrics_reject(w->metrics, REJ_NOT_FOUND); break;
+        case 400: case 431: metrics_reject(w->metrics, REJ_BAD_REQUEST); break;
+        case 413: metrics_reject(w->metrics, REJ_TOO_LARGE); break;
+        case 408: metrics_reject(w->metrics, REJ_TIMEOUT); break;
+        default: break;
+        }
+        return;
+    }
+    const struct cfg_version *v = &r->ep->versions[r->version];
+    struct metrics_slot *slot = r->cfg == w->cfg ?
+        w->eps[r->ep - r->cfg->endpoints].mslot[r->version] :
+        metrics_slot(w->metrics, r->ep->name, v->name,
+                     config_group_name(v->mirror ? CFG_GROUP_SHADOW : v->group));
+    struct metrics_sample m = {
+        .status = r->status, .latency_us = lat, .bytes_in = r->bytes_in,
+        .bytes_out = r->bytes_out, .failover = r->failover, .pinned = r->pinned,
+        .upstream_error = r->status == 502,
+        .timeout = r->status == 504,
+        .overloaded = r->status == 503 && r->fail_reason &&
+                      strcmp(r->fail_reason, "overloaded") == 0,
+    };
+    metrics_record(slot, minute_now(w), &m);
+}
+
+void
+worker_shadow_done(struct worker *w, const struct shadow *sh)
+{
+    struct timespec end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    const struct cfg_version *v = &sh->ep->versions[sh->version];
+    struct metrics_slot *slot = sh->cfg == w->cfg ?
+        w->eps[sh->ep - sh->cfg->endpoints].mslot[sh->version] :
+        metrics_slot(w->metrics, sh->ep->name, v->name, "shadow");
+    struct metrics_sample m = {
+        .status = sh->status,
+        .latency_us = (uint64_t)((end.tv_sec - sh->t_start.tv_sec) * 1000000 +
+                                 (end.tv_nsec - sh->t_start.tv_nsec) / 1000),
+        .upstream_error = sh->status == 502 || sh->status == 0,
+        .timeout = sh->status == 504,
+    };
+    metrics_record(slot, minute_now(w), &m);
+}
+
+void
+worker_request_done(struct worker *w, struct session *s)
+{
+    struct request *r = &s->req;
     const struct head *hd = &s->head;
     char t[40];
 
-    if (!log_access_enabled())
+    if (r->counted)
         return;
+    r->counted = true;
     struct timespec end;
     clock_gettime(CLOCK_MONOTONIC, &end);
     long long lat = r->t_start.tv_sec == 0 ? 0 :
         (long long)(end.tv_sec - r->t_start.tv_sec) * 1000000 +
         (end.tv_nsec - r->t_start.tv_nsec) / 1000;
+    count_request(w, r, (uint64_t)lat);
+    if (!log_access_enabled())
+        return;
     log_time_iso(t, sizeof(t));
     struct evbuffer *b = w->access;
     const struct cfg_version *v = (r->ep && r->version >= 0) ?
@@ -465,6 +534,7 @@ workers_free(void)
         drop_listeners(w->mail_listeners, w->mail_n_listeners);
         free(w->eps);
         auth_ctx_free(w->auth);
+        metrics_worker_free(w->metrics);
         config_drop(w->cfg);
         config_drop(w->mail_cfg);
         pthread_mutex_destroy(&w->mail_lock);
@@ -472,7 +542,21 @@ workers_free(void)
     }
     free(gw_workers);
     free(mail_fds);
+    free(metrics_arr);
+    metrics_arr = NULL;
     gw_workers = NULL;
     mail_fds = NULL;
     gw_n_workers = 0;
+}
+
+
+struct metrics_worker **
+workers_metrics(void)
+{
+    if (metrics_arr == NULL) {
+        metrics_arr = calloc((size_t)gw_n_workers + 1, sizeof(*metrics_arr));
+        for (int i = 0; i < gw_n_workers; i++)
+            metrics_arr[i] = gw_workers[i].metrics;
+    }
+    return metrics_arr;
 }

@@ -1,0 +1,750 @@
+/*
+ * The Redis writer and reader (SPEC §4), on the main thread's event loop,
+ * with hiredis' async API and its libevent adapter.
+ *
+ * Every flush_interval_ms the collector moves the workers' counts into the
+ * backlog; if no batch is waiting for Redis, the backlog becomes one batch:
+ * a single EVALSHA of FLUSH_SCRIPT carrying every key and field to add, and
+ * this instance's next sequence number. The script applies the batch only
+ * if its number is above the one stored for the instance, and stores it,
+ * atomically. A batch stays in hand until Redis answers; after a reconnect
+ * it is sent again unchanged, so a batch whose reply was lost is applied
+ * once. While Redis is away, counts keep merging into the backlog.
+ */
+#include "metrics/metrics.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <openssl/sha.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char FLUSH_SCRIPT[] =
+    "local inst, seq, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local last = tonumber(redis.call('HGET', 'sluice:flushseq', inst) or '0')\n"
+    "if seq <= last then return 0 end\n"
+    "local i = 5\n"
+    "for k = 1, tonumber(ARGV[4]) do\n"
+    "  local key, minute, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])\n"
+    "  i = i + 3\n"
+    "  for f = 1, nf do\n"
+    "    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])\n"
+    "    i = i + 2\n"
+    "  end\n"
+    "  if minute == '1' then redis.call('EXPIRE', key, ttl) end\n"
+    "end\n"
+    "redis.call('HSET', 'sluice:flushseq', inst, seq)\n"
+    "return 1\n";
+
+struct args {
+    char **v;
+    size_t *len;
+    int n, cap;
+};
+
+struct batch {
+    uint64_t seq;
+    struct args a;              /* EVALSHA sha 0 ARGV... */
+    int keys;
+};
+
+struct metrics_redis {
+    struct event_base *base;
+    struct metrics_backlog *b;
+    struct metrics_worker **workers;
+    int n_workers;
+    char *instance;
+    char sha[41];
+    /* settings */
+    char *host;
+    int port, db, flush_ms, retention_min;
+    char *password;
+    uint64_t generation;
+    json_t *versions;           /* endpoint -> {version: json text} to write */
+    /* connection */
+    redisAsyncContext *ac;
+    bool connected;
+    struct event *flush_ev, *reconnect_ev;
+    struct batch *inflight;
+    uint64_t seq;
+    time_t started, last_flush;
+    bool warned_down;
+};
+
+static void args_add(struct args *a, const char *s, size_t len);
+static void send_batch(struct metrics_redis *r);
+static void redis_connect(struct metrics_redis *r);
+
+static void
+logf_(const char *event, const char *fmt, ...)
+{
+    /* The gateway's log format, without depending on the gateway. */
+    char t[40], line[1024];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(t + n, sizeof(t) - n, ".%06ldZ", (long)tv.tv_usec);
+    int len = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"info\",\"event\":\"%s\"",
+                       t, event);
+    va_list ap;
+    va_start(ap, fmt);
+    len += vsnprintf(line + len, sizeof(line) - (size_t)len - 3, fmt, ap);
+    va_end(ap);
+    if (len > (int)sizeof(line) - 3)
+        len = (int)sizeof(line) - 3;
+    line[len++] = '}';
+    line[len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, (size_t)len);
+    (void)w;
+}
+
+/* ---- argument lists -------------------------------------------------------- */
+
+static void
+args_add(struct args *a, const char *s, size_t len)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 64;
+        a->v = realloc(a->v, (size_t)a->cap * sizeof(*a->v));
+        a->len = realloc(a->len, (size_t)a->cap * sizeof(*a->len));
+    }
+    a->v[a->n] = malloc(len + 1);
+    memcpy(a->v[a->n], s, len);
+    a->v[a->n][len] = '\0';
+    a->len[a->n++] = len;
+}
+
+static void
+args_str(struct args *a, const char *s)
+{
+    args_add(a, s, strlen(s));
+}
+
+static void
+args_fmt(struct args *a, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    args_add(a, buf, (size_t)n);
+}
+
+static void
+args_free(struct args *a)
+{
+    for (int i = 0; i < a->n; i++)
+        free(a->v[i]);
+    free(a->v);
+    free(a->len);
+    memset(a, 0, sizeof(*a));
+}
+
+/* ---- batches ---------------------------------------------------------------- */
+
+static void
+add_key(struct batch *bt, const char *key, bool minute, const uint64_t *v)
+{
+    int nf = 0;
+    for (int k = 0; k < M_COUNT; k++)
+        nf += v[k] != 0;
+    if (nf == 0)
+        return;
+    args_str(&bt->a, key);
+    args_str(&bt->a, minute ? "1" : "0");
+    args_fmt(&bt->a, "%d", nf);
+    for (int k = 0; k < M_COUNT; k++)
+        if (v[k] != 0) {
+            args_str(&bt->a, metrics_field_names[k]);
+            args_fmt(&bt->a, "%llu", (unsigned long long)v[k]);
+        }
+    bt->keys++;
+}
+
+static void
+batch_entry(void *arg, const char *ep, const char *version, const char *group,
+            uint32_t minute, const uint64_t *v)
+{
+    struct batch *bt = arg;
+    char key[256];
+    snprintf(key, sizeof(key), "sluice:{%s}:total:%s", ep, version);
+    add_key(bt, key, false, v);
+    snprintf(key, sizeof(key), "sluice:{%s}:group:%s", ep, group);
+    add_key(bt, key, false, v);
+    if (minute == 0)
+        return;                 /* folded into totals while Redis was away */
+    snprintf(key, sizeof(key), "sluice:{%s}:minute:%s:%u", ep, version, minute);
+    add_key(bt, key, true, v);
+    snprintf(key, sizeof(key), "sluice:{%s}:groupminute:%s:%u", ep, group, minute);
+    add_key(bt, key, true, v);
+}
+
+static struct batch *
+batch_from_backlog(struct metrics_redis *r)
+{
+    struct batch *bt = calloc(1, sizeof(*bt));
+    args_str(&bt->a, "EVALSHA");
+    args_str(&bt->a, r->sha);
+    args_str(&bt->a, "0");
+    args_str(&bt->a, r->instance);
+    bt->seq = ++r->seq;
+    args_fmt(&bt->a, "%llu", (unsigned long long)bt->seq);
+    args_fmt(&bt->a, "%d", r->retention_min * 60);
+    args_str(&bt->a, "0");          /* key count, filled in below */
+    uint64_t rej[REJ_COUNT];
+    metrics_backlog_drain(r->b, batch_entry, bt, rej);
+    int nf = 0;
+    for (int k = 0; k < REJ_COUNT; k++)
+        nf += rej[k] != 0;
+    if (nf > 0) {
+        args_str(&bt->a, "sluice:rejected");
+        args_str(&bt->a, "0");
+        args_fmt(&bt->a, "%d", nf);
+        for (int k = 0; k < REJ_COUNT; k++)
+            if (rej[k]) {
+                args_str(&bt->a, metrics_rejected_names[k]);
+                args_fmt(&bt->a, "%llu", (unsigned long long)rej[k]);
+            }
+        bt->keys++;
+    }
+    free(bt->a.v[7]);
+    char n[24];
+    int l = snprintf(n, sizeof(n), "%d", bt->keys);
+    bt->a.v[7] = strdup(n);
+    bt->a.len[7] = (size_t)l;
+    return bt;
+}
+
+static void
+batch_free(struct batch *bt)
+{
+    if (bt == NULL)
+        return;
+    args_free(&bt->a);
+    free(bt);
+}
+
+static void
+on_batch_reply(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct metrics_redis *r = ac->data;
+    redisReply *rep = reply;
+    struct batch *bt = arg;
+    if (r == NULL || bt != r->inflight)
+        return;
+    if (rep == NULL)
+        return;                 /* disconnected: sent again after reconnecting */
+    if (rep->type == REDIS_REPLY_ERROR) {
+        if (strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+            /* First use on this server: send the script itself. */
+            free(bt->a.v[0]);
+            free(bt->a.v[1]);
+            bt->a.v[0] = strdup("EVAL");
+            bt->a.len[0] = 4;
+            bt->a.v[1] = strdup(FLUSH_SCRIPT);
+            bt->a.len[1] = strlen(FLUSH_SCRIPT);
+            send_batch(r);
+            return;
+        }
+        logf_("redis_flush_failed", ",\"error\":\"%.200s\"", rep->str);
+        return;                 /* kept; tried again on the next flush */
+    }
+    r->inflight = NULL;
+    r->last_flush = time(NULL);
+    batch_free(bt);
+}
+
+static void
+send_batch(struct metrics_redis *r)
+{
+    struct batch *bt = r->inflight;
+    if (bt == NULL || !r->connected)
+        return;
+    redisAsyncCommandArgv(r->ac, on_batch_reply, bt, bt->a.n, (const char **)(void *)bt->a.v,
+                          bt->a.len);
+}
+
+/* ---- connection ------------------------------------------------------------- */
+
+static void
+write_versions(struct metrics_redis *r)
+{
+    if (!r->connected || r->versions == NULL)
+        return;
+    const char *ep;
+    json_t *vs;
+    json_object_foreach(r->versions, ep, vs) {
+        char key[256];
+        snprintf(key, sizeof(key), "sluice:{%s}:versions", ep);
+        struct args a = {0};
+        redisAsyncCommand(r->ac, NULL, NULL, "MULTI");
+        redisAsyncCommand(r->ac, NULL, NULL, "DEL %s", key);
+        args_str(&a, "HSET");
+        args_str(&a, key);
+        const char *v;
+        json_t *text;
+        json_object_foreach(vs, v, text) {
+            args_str(&a, v);
+            args_str(&a, json_string_value(text));
+        }
+        redisAsyncCommandArgv(r->ac, NULL, NULL, a.n, (const char **)(void *)a.v, a.len);
+        redisAsyncCommand(r->ac, NULL, NULL, "EXEC");
+        args_free(&a);
+    }
+    json_decref(r->versions);
+    r->versions = NULL;
+}
+
+static void
+heartbeat(struct metrics_redis *r)
+{
+    if (!r->connected)
+        return;
+    char json[256];
+    snprintf(json, sizeof(json), "{\"started\":%lld,\"last_flush\":%lld,\"version\":\"%s\","
+             "\"generation\":%llu}", (long long)r->started, (long long)r->last_flush,
+             SLUICE_VERSION, (unsigned long long)r->generation);
+    redisAsyncCommand(r->ac, NULL, NULL, "HSET sluice:instances %s %s", r->instance, json);
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+    struct metrics_redis *r = ac->data;
+    if (r == NULL)
+        return;
+    if (status != REDIS_OK) {
+        if (!r->warned_down)
+            logf_("redis_unavailable", ",\"address\":\"%s:%d\",\"error\":\"%s\"", r->host,
+                  r->port, ac->errstr);
+        r->warned_down = true;
+        r->ac = NULL;           /* hiredis frees it */
+        struct timeval tv = {1, 0};
+        evtimer_add(r->reconnect_ev, &tv);
+        return;
+    }
+    r->connected = true;
+    r->warned_down = false;
+    logf_("redis_connected", ",\"address\":\"%s:%d\",\"pending_batch\":%s", r->host, r->port,
+          r->inflight ? "true" : "false");
+    write_versions(r);
+    send_batch(r);              /* a batch not yet acknowledged goes again */
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct metrics_redis *r = ac->data;
+    if (r == NULL)
+        return;
+    bool was = r->connected;
+    r->connected = false;
+    r->ac = NULL;
+    if (was)
+        logf_("redis_disconnected", ",\"address\":\"%s:%d\"", r->host, r->port);
+    r->warned_down = true;
+    struct timeval tv = {1, 0};
+    evtimer_add(r->reconnect_ev, &tv);
+}
+
+static void
+on_auth(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *rep = reply;
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
+        logf_("redis_auth_failed", ",\"error\":\"%.200s\"", rep->str);
+}
+
+static void
+redis_connect(struct metrics_redis *r)
+{
+    if (r->ac != NULL || r->host == NULL)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (ac == NULL || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        struct timeval tv = {1, 0};
+        evtimer_add(r->reconnect_ev, &tv);
+        return;
+    }
+    ac->data = r;
+    redisLibeventAttach(ac, r->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Queued ahead of everything else on this connection. */
+    if (r->password)
+        redisAsyncCommand(ac, on_auth, NULL, "AUTH %s", r->password);
+    if (r->db)
+        redisAsyncCommand(ac, on_auth, NULL, "SELECT %d", r->db);
+    r->ac = ac;
+}
+
+static void
+on_reconnect(evutil_socket_t fd, short what, void *arg)
+{
+    redis_connect(arg);
+}
+
+static void
+on_flush_timer(evutil_socket_t fd, short what, void *arg)
+{
+    metrics_redis_flush(arg);
+}
+
+/* ---- public --------------------------------------------------------------------- */
+
+struct metrics_redis *
+metrics_redis_new(struct event_base *base, struct metrics_backlog *b, const char *instance)
+{
+    struct metrics_redis *r = calloc(1, sizeof(*r));
+    r->base = base;
+    r->b = b;
+    r->instance = strdup(instance);
+    r->started = time(NULL);
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)FLUSH_SCRIPT, strlen(FLUSH_SCRIPT), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        sprintf(r->sha + 2 * i, "%02x", d[i]);
+    r->flush_ev = event_new(base, -1, EV_PERSIST, on_flush_timer, r);
+    r->reconnect_ev = evtimer_new(base, on_reconnect, r);
+    return r;
+}
+
+void
+metrics_redis_set_sources(struct metrics_redis *r, struct metrics_worker **workers, int n)
+{
+    r->workers = workers;
+    r->n_workers = n;
+}
+
+void
+metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
+{
+    const struct cfg_redis *c = &cfg->redis;
+    bool same = r->host && strcmp(r->host, c->host) == 0 && r->port == c->port &&
+                r->db == c->db && ((r->password == NULL && c->password == NULL) ||
+                (r->password && c->password && strcmp(r->password, c->password) == 0));
+    if (!same) {
+        free(r->host);
+        free(r->password);
+        r->host = strdup(c->host);
+        r->port = c->port;
+        r->db = c->db;
+        r->password = c->password ? strdup(c->password) : NULL;
+        if (r->ac != NULL) {
+            redisAsyncContext *ac = r->ac;
+            r->ac = NULL;
+            r->connected = false;
+            ac->data = NULL;
+            redisAsyncDisconnect(ac);
+        }
+        redis_connect(r);
+    }
+    r->retention_min = c->retention_minutes;
+    r->generation = cfg->generation;
+    if (r->flush_ms != c->flush_interval_ms) {
+        r->flush_ms = c->flush_interval_ms;
+        struct timeval tv = {r->flush_ms / 1000, (r->flush_ms % 1000) * 1000};
+        event_add(r->flush_ev, &tv);
+    }
+    /* sluice:{EP}:versions, rewritten for every generation. */
+    json_decref(r->versions);
+    r->versions = json_object();
+    for (int i = 0; i < cfg->n_endpoints; i++) {
+        const struct cfg_endpoint *ep = &cfg->endpoints[i];
+        json_t *vs = json_object();
+        for (int v = 0; v < ep->n_versions; v++) {
+            const struct cfg_version *ver = &ep->versions[v];
+            char text[256];
+            snprintf(text, sizeof(text), "{\"group\":\"%s\",\"traffic_percentile\":%g,"
+                     "\"effective_percentile\":%g,\"is_default\":%s,\"generation\":%llu}",
+                     config_group_name(ver->mirror ? CFG_GROUP_SHADOW : ver->group),
+                     ver->traffic / 100.0, ver->effective / 100.0,
+                     ver->is_default ? "true" : "false",
+                     (unsigned long long)cfg->generation);
+            json_object_set_new(vs, ver->name, json_string(text));
+        }
+        json_object_set_new(r->versions, ep->name, vs);
+    }
+    write_versions(r);
+}
+
+void
+metrics_redis_flush(struct metrics_redis *r)
+{
+    metrics_collect(r->b, r->workers, r->n_workers);
+    if (!r->connected) {
+        redis_connect(r);
+        return;
+    }
+    heartbeat(r);
+    if (r->inflight != NULL)
+        return;                 /* one batch at a time: it is still unanswered */
+    if (metrics_backlog_size(r->b) == 0) {
+        r->last_flush = time(NULL);
+        return;
+    }
+    r->inflight = batch_from_backlog(r);
+    send_batch(r);
+}
+
+bool
+metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms)
+{
+    struct timeval start, now;
+    gettimeofday(&start, NULL);
+    for (;;) {
+        metrics_redis_flush(r);
+        if (r->inflight == NULL && metrics_backlog_size(r->b) == 0) {
+            if (r->connected)
+                redisAsyncCommand(r->ac, NULL, NULL, "HDEL sluice:instances %s", r->instance);
+            event_base_loop(r->base, EVLOOP_NONBLOCK);
+            return true;
+        }
+        gettimeofday(&now, NULL);
+        long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_usec - start.tv_usec) / 1000;
+        if (ms > timeout_ms) {
+            logf_("redis_final_flush_incomplete", ",\"pending_entries\":%zu",
+                  metrics_backlog_size(r->b) + (r->inflight ? 1 : 0));
+            return false;
+        }
+        struct timeval tick = {0, 20000};
+        event_base_loopexit(r->base, &tick);
+        event_base_dispatch(r->base);
+    }
+}
+
+bool
+metrics_redis_connected(const struct metrics_redis *r)
+{
+    return r != NULL && r->connected;
+}
+
+void
+metrics_redis_free(struct metrics_redis *r)
+{
+    if (r == NULL)
+        return;
+    if (r->ac) {
+        r->ac->data = NULL;
+        redisAsyncFree(r->ac);
+    }
+    event_free(r->flush_ev);
+    event_free(r->reconnect_ev);
+    batch_free(r->inflight);
+    json_decref(r->versions);
+    free(r->host);
+    free(r->password);
+    free(r->instance);
+    free(r);
+}
+
+/* ---- reading: the comparison (SPEC §5 metrics) -------------------------------- */
+
+struct qrow {
+    char name[CFG_NAME_MAX + 1];
+    const char *group;
+    int configured;             /* effective share, hundredths; -1 for groups */
+    bool is_default, is_control, is_mirror;
+    uint64_t *v;                /* minutes x M_COUNT */
+};
+
+struct query {
+    struct metrics_redis *r;
+    metrics_query_cb cb;
+    void *arg;
+    char ep[CFG_NAME_MAX + 1];
+    int minutes;
+    uint32_t first;
+    struct qrow rows[CFG_MAX_VERSIONS + 3];
+    int n_rows, n_versions;
+    int pending;
+    bool failed;
+};
+
+struct qcell {
+    struct query *q;
+    int row, minute;
+};
+
+static json_t *
+summarise(const struct query *q, const struct qrow *row, uint64_t live_total, uint64_t *tot)
+{
+    memset(tot, 0, M_COUNT * sizeof(uint64_t));
+    json_t *series = json_array();
+    for (int m = 0; m < q->minutes; m++) {
+        const uint64_t *v = row->v + (size_t)m * M_COUNT;
+        for (int k = 0; k < M_COUNT; k++)
+            tot[k] += v[k];
+        json_array_append_new(series, json_pack("{s:I, s:I, s:I, s:f, s:f, s:f}",
+            "minute", (json_int_t)(q->first + (uint32_t)m),
+            "requests", (json_int_t)v[M_REQUESTS], "errors", (json_int_t)v[M_5XX],
+            "p50_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.50),
+            "p95_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.95),
+            "p99_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.99)));
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, row->configured >= 0 ? "version" : "group",
+                        json_string(row->configured >= 0 ? row->name : row->group));
+    if (row->configured >= 0) {
+        json_object_set_new(o, "group", json_string(row->group));
+        json_object_set_new(o, "is_default", json_boolean(row->is_default));
+        json_object_set_new(o, "configured_share", row->is_mirror ? json_null() :
+                            json_real(row->configured / 100.0));
+        json_object_set_new(o, "observed_share", row->is_mirror || live_total == 0 ?
+                            json_null() :
+                            json_real(100.0 * (double)tot[M_REQUESTS] / (double)live_total));
+    }
+    double n = (double)tot[M_REQUESTS];
+    json_object_set_new(o, "requests", json_integer((json_int_t)tot[M_REQUESTS]));
+    json_object_set_new(o, "errors", json_integer((json_int_t)tot[M_5XX]));
+    json_object_set_new(o, "upstream_errors", json_integer((json_int_t)tot[M_UPSTREAM_ERRORS]));
+    json_object_set_new(o, "error_rate", json_real(n > 0 ? (double)tot[M_5XX] / n : 0));
+    json_object_set_new(o, "latency_mean_ms",
+                        json_real(n > 0 ? (double)tot[M_LATENCY_SUM] / n / 1000.0 : 0));
+    json_object_set_new(o, "p50_ms", json_real(metrics_quantile_ms(tot + M_LAT_FIRST, 0.50)));
+    json_object_set_new(o, "p95_ms", json_real(metrics_quantile_ms(tot + M_LAT_FIRST, 0.95)));
+    json_object_set_new(o, "p99_ms", json_real(metrics_quantile_ms(tot + M_LAT_FIRST, 0.99)));
+    json_object_set_new(o, "series", series);
+    return o;
+}
+
+static void
+query_done(struct query *q)
+{
+    if (q->failed) {
+        q->cb(NULL, "Redis did not answer", q->arg);
+    } else {
+        uint64_t live = 0, tot[M_COUNT];
+        for (int i = 0; i < q->n_versions; i++)
+            if (!q->rows[i].is_mirror)
+                for (int m = 0; m < q->minutes; m++)
+                    live += q->rows[i].v[(size_t)m * M_COUNT + M_REQUESTS];
+        json_t *versions = json_array(), *groups = json_array(), *cmp = json_array();
+        uint64_t totals[CFG_MAX_VERSIONS][M_COUNT];
+        int control = -1, def = 0;
+        for (int i = 0; i < q->n_versions; i++) {
+            json_array_append_new(versions, summarise(q, &q->rows[i], live, totals[i]));
+            if (q->rows[i].is_control)
+                control = i;
+            if (q->rows[i].is_default)
+                def = i;
+        }
+        for (int i = q->n_versions; i < q->n_rows; i++)
+            json_array_append_new(groups, summarise(q, &q->rows[i], live, tot));
+        if (control < 0)
+            control = def;      /* no control marked: compare against the default */
+        for (int i = 0; i < q->n_versions; i++) {
+            if (i == control)
+                continue;
+            struct metrics_compare c;
+            const uint64_t *tc = totals[control], *tt = totals[i];
+            metrics_compare_errors(tc[M_REQUESTS], tc[M_5XX], tt[M_REQUESTS], tt[M_5XX], &c);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:[f, f], s:s}",
+                "treatment", q->rows[i].name, "control", q->rows[control].name,
+                "group", q->rows[i].group, "error_rate_diff", c.diff,
+                "error_rate_diff_ci95", c.lo, c.hi, "verdict", c.verdict);
+            static const struct { const char *name; double q; } qs[] = {
+                {"p50_ratio", 0.5}, {"p95_ratio", 0.95}, {"p99_ratio", 0.99}};
+            for (int k = 0; k < 3; k++) {
+                double a = metrics_quantile_ms(tt + M_LAT_FIRST, qs[k].q);
+                double b = metrics_quantile_ms(tc + M_LAT_FIRST, qs[k].q);
+                json_object_set_new(o, qs[k].name, a >= 0 && b > 0 ? json_real(a / b) : json_null());
+            }
+            json_array_append_new(cmp, o);
+        }
+        json_t *ans = json_pack("{s:s, s:i, s:I, s:I, s:I, s:o, s:o, s:o}", "endpoint", q->ep,
+                                "minutes", q->minutes, "from_minute", (json_int_t)q->first,
+                                "to_minute", (json_int_t)(q->first + (uint32_t)q->minutes - 1),
+                                "live_requests", (json_int_t)live,
+                                "versions", versions, "groups", groups, "comparisons", cmp);
+        q->cb(ans, NULL, q->arg);
+    }
+    for (int i = 0; i < q->n_rows; i++)
+        free(q->rows[i].v);
+    free(q);
+}
+
+static void
+on_hgetall(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct qcell *c = arg;
+    struct query *q = c->q;
+    redisReply *rep = reply;
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+        q->failed = true;
+    else if (rep->type == REDIS_REPLY_ARRAY) {
+        uint64_t *v = q->rows[c->row].v + (size_t)c->minute * M_COUNT;
+        for (size_t i = 0; i + 1 < rep->elements; i += 2)
+            for (int k = 0; k < M_COUNT; k++)
+                if (strcmp(rep->element[i]->str, metrics_field_names[k]) == 0)
+                    v[k] = strtoull(rep->element[i + 1]->str, NULL, 10);
+    }
+    free(c);
+    if (--q->pending == 0)
+        query_done(q);
+}
+
+void
+metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int minutes,
+                    metrics_query_cb cb, void *arg)
+{
+    if (!r->connected) {
+        cb(NULL, "Redis is not connected", arg);
+        return;
+    }
+    struct query *q = calloc(1, sizeof(*q));
+    q->r = r;
+    q->cb = cb;
+    q->arg = arg;
+    q->minutes = minutes;
+    snprintf(q->ep, sizeof(q->ep), "%s", ep->name);
+    uint32_t now = (uint32_t)(time(NULL) / 60);
+    q->first = now - (uint32_t)minutes + 1;
+    for (int i = 0; i < ep->n_versions; i++) {
+        struct qrow *row = &q->rows[q->n_rows++];
+        const struct cfg_version *v = &ep->versions[i];
+        snprintf(row->name, sizeof(row->name), "%s", v->name);
+        row->is_mirror = v->mirror > 0;
+        row->group = config_group_name(row->is_mirror ? CFG_GROUP_SHADOW : v->group);
+        row->configured = v->effective;
+        row->is_default = v->is_default;
+        row->is_control = v->group == CFG_GROUP_CONTROL && !row->is_mirror;
+    }
+    q->n_versions = q->n_rows;
+    static const char *const groups[] = {"control", "treatment", "shadow"};
+    for (int g = 0; g < 3; g++) {
+        struct qrow *row = &q->rows[q->n_rows++];
+        row->group = groups[g];
+        row->configured = -1;
+    }
+    for (int i = 0; i < q->n_rows; i++)
+        q->rows[i].v = calloc((size_t)minutes * M_COUNT, sizeof(uint64_t));
+    q->pending = q->n_rows * minutes;
+    for (int i = 0; i < q->n_rows; i++)
+        for (int m = 0; m < minutes; m++) {
+            struct qcell *c = malloc(sizeof(*c));
+            c->q = q;
+            c->row = i;
+            c->minute = m;
+            if (i < q->n_versions)
+                redisAsyncCommand(r->ac, on_hgetall, c, "HGETALL sluice:{%s}:minute:%s:%u",
+                                  ep->name, q->rows[i].name, q->first + (uint32_t)m);
+            else
+                redisAsyncCommand(r->ac, on_hgetall, c, "HGETALL sluice:{%s}:groupminute:%s:%u",
+                                  ep->name, q->rows[i].group, q->first + (uint32_t)m);
+        }
+}
