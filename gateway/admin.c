@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "dashboard.h"          /* generated from dashboard.html */
+
 static struct evhttp *http;
 static struct config *current;      /* the admin's reference */
 static struct auth_ctx *auth;       /* admin token and token signing */
@@ -458,6 +460,88 @@ on_token(struct evhttp_request *req, const struct route *r)
 }
 
 static void
+on_ep_metrics(struct evhttp_request *req, const struct route *r)
+{
+    char why[512];
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply_error(req, 405, "method_not_allowed", "GET only", NULL);
+        return;
+    }
+    const struct cfg_endpoint *ep = find_ep(r->ep);
+    if (ep == NULL) {
+        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
+        reply_error(req, 404, "not_found", why, NULL);
+        return;
+    }
+    int minutes = 60;
+    struct evkeyvalq q;
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (query && evhttp_parse_query_str(query, &q) == 0) {
+        const char *m = evhttp_find_header(&q, "minutes");
+        char *end = NULL;
+        if (m != NULL) {
+            long v = strtol(m, &end, 10);
+            if (*m == '\0' || *end != '\0' || v < 1 || v > 1440) {
+                evhttp_clear_headers(&q);
+                reply_error(req, 400, "invalid", "minutes: 1 to 1440", NULL);
+                return;
+            }
+            minutes = (int)v;
+        }
+        evhttp_clear_headers(&q);
+    }
+    /* Counts still in the workers or the backlog go first, so the answer
+     * includes what was served up to now when Redis is reachable. */
+    metrics_redis_flush(control_metrics());
+    json_t *ans = metrics_redis_query(control_metrics(), ep, minutes, why, sizeof(why));
+    if (ans == NULL) {
+        reply_error(req, 503, "redis_unavailable", why, NULL);
+        return;
+    }
+    reply(req, 200, ans);
+}
+
+static void
+on_prometheus(struct evhttp_request *req)
+{
+    metrics_collect(control_backlog(), workers_metrics(), gw_n_workers);
+    char *text = metrics_prometheus(control_backlog());
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, text, strlen(text));
+    free(text);
+    evbuffer_add_printf(b,
+        "# HELP sluice_open_connections Client connections open now.\n"
+        "# TYPE sluice_open_connections gauge\nsluice_open_connections %d\n"
+        "# HELP sluice_config_generation The configuration generation in use.\n"
+        "# TYPE sluice_config_generation gauge\nsluice_config_generation %llu\n"
+        "# HELP sluice_redis_connected 1 while the metrics writer is connected to Redis.\n"
+        "# TYPE sluice_redis_connected gauge\nsluice_redis_connected %d\n"
+        "# HELP sluice_workers Worker threads.\n"
+        "# TYPE sluice_workers gauge\nsluice_workers %d\n",
+        __atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED),
+        (unsigned long long)current->generation,
+        metrics_redis_connected(control_metrics()) ? 1 : 0, gw_n_workers);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, 200, NULL, b);
+    evbuffer_free(b);
+}
+
+static void
+on_dashboard(struct evhttp_request *req)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, dashboard_html, strlen(dashboard_html));
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
+    evhttp_add_header(h, "Content-Security-Policy",
+                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                      "connect-src 'self'; img-src data:");
+    evhttp_send_reply(req, 200, NULL, b);
+    evbuffer_free(b);
+}
+
+static void
 on_reload(struct evhttp_request *req)
 {
     struct cfg_errors errs;
@@ -492,6 +576,14 @@ on_request(struct evhttp_request *req, void *arg)
               draining ? "draining" : "ready", "generation", (json_int_t)current->generation));
         return;
     }
+    if (strcmp(path, "/metrics") == 0) {
+        on_prometheus(req);
+        return;
+    }
+    if (strcmp(path, "/dashboard") == 0 || strcmp(path, "/dashboard/") == 0) {
+        on_dashboard(req);
+        return;
+    }
     if (strncmp(path, "/admin/", 7) != 0) {
         reply_error(req, 404, "not_found", "no such resource", NULL);
         return;
@@ -519,6 +611,8 @@ on_request(struct evhttp_request *req, void *arg)
         on_keys(req, &r);
     else if (strcmp(r.tail, "token") == 0)
         on_token(req, &r);
+    else if (strcmp(r.tail, "metrics") == 0)
+        on_ep_metrics(req, &r);
     else
         reply_error(req, 404, "not_found", "no such admin resource", NULL);
 }

@@ -127,10 +127,9 @@ bool metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms);
 bool metrics_redis_connected(const struct metrics_redis *r);
 void metrics_redis_free(struct metrics_redis *r);
 
-/* Read the comparison for endpoint ep over the last minutes; cb gets the
- * JSON answer (or NULL and a reason) on the event loop. */
-typedef void (*metrics_query_cb)(struct json_t *answer, const char *error, void *arg);
-void metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep,
-                         int minutes, metrics_query_cb cb, void *arg);
+/* The comparison for endpoint ep over the last minutes, read from Redis
+ * (SPEC §5 metrics): JSON, or NULL with a reason. */
+struct json_t *metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep,
+                                   int minutes, char *err, size_t errlen);
 
 #endif

@@ -219,11 +219,11 @@ batch_from_backlog(struct metrics_redis *r)
             }
         bt->keys++;
     }
-    free(bt->a.v[7]);
+    free(bt->a.v[6]);
     char n[24];
     int l = snprintf(n, sizeof(n), "%d", bt->keys);
-    bt->a.v[7] = strdup(n);
-    bt->a.len[7] = (size_t)l;
+    bt->a.v[6] = strdup(n);
+    bt->a.len[6] = (size_t)l;
     return bt;
 }
 
@@ -485,7 +485,12 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
 void
 metrics_redis_flush(struct metrics_redis *r)
 {
+    uint64_t merged = metrics_backlog_merged(r->b);
     metrics_collect(r->b, r->workers, r->n_workers);
+    if (metrics_backlog_merged(r->b) != merged)
+        logf_("metrics_minutes_merged", ",\"merged_total\":%llu,\"reason\":\"backlog full "
+              "while Redis is away: the oldest minutes count in totals only\"",
+              (unsigned long long)metrics_backlog_merged(r->b));
     if (!r->connected) {
         redis_connect(r);
         return;
@@ -563,23 +568,12 @@ struct qrow {
 };
 
 struct query {
-    struct metrics_redis *r;
-    metrics_query_cb cb;
-    void *arg;
-    char ep[CFG_NAME_MAX + 1];
     int minutes;
     uint32_t first;
+    char ep[CFG_NAME_MAX + 1];
     struct qrow rows[CFG_MAX_VERSIONS + 3];
     int n_rows, n_versions;
-    int pending;
-    bool failed;
 };
-
-struct qcell {
-    struct query *q;
-    int row, minute;
-};
-
 static json_t *
 summarise(const struct query *q, const struct qrow *row, uint64_t live_total, uint64_t *tot)
 {
@@ -622,12 +616,11 @@ summarise(const struct query *q, const struct qrow *row, uint64_t live_total, ui
     return o;
 }
 
-static void
-query_done(struct query *q)
+static json_t *
+answer(struct query *q)
 {
-    if (q->failed) {
-        q->cb(NULL, "Redis did not answer", q->arg);
-    } else {
+    json_t *ans;
+    {
         uint64_t live = 0, tot[M_COUNT];
         for (int i = 0; i < q->n_versions; i++)
             if (!q->rows[i].is_mirror)
@@ -666,50 +659,46 @@ query_done(struct query *q)
             }
             json_array_append_new(cmp, o);
         }
-        json_t *ans = json_pack("{s:s, s:i, s:I, s:I, s:I, s:o, s:o, s:o}", "endpoint", q->ep,
+        ans = json_pack("{s:s, s:i, s:I, s:I, s:I, s:o, s:o, s:o}", "endpoint", q->ep,
                                 "minutes", q->minutes, "from_minute", (json_int_t)q->first,
                                 "to_minute", (json_int_t)(q->first + (uint32_t)q->minutes - 1),
                                 "live_requests", (json_int_t)live,
                                 "versions", versions, "groups", groups, "comparisons", cmp);
-        q->cb(ans, NULL, q->arg);
     }
-    for (int i = 0; i < q->n_rows; i++)
-        free(q->rows[i].v);
-    free(q);
+    return ans;
 }
 
 static void
-on_hgetall(redisAsyncContext *ac, void *reply, void *arg)
+take_reply(struct query *q, int row, int minute, redisReply *rep)
 {
-    struct qcell *c = arg;
-    struct query *q = c->q;
-    redisReply *rep = reply;
-    if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
-        q->failed = true;
-    else if (rep->type == REDIS_REPLY_ARRAY) {
-        uint64_t *v = q->rows[c->row].v + (size_t)c->minute * M_COUNT;
-        for (size_t i = 0; i + 1 < rep->elements; i += 2)
-            for (int k = 0; k < M_COUNT; k++)
-                if (strcmp(rep->element[i]->str, metrics_field_names[k]) == 0)
-                    v[k] = strtoull(rep->element[i + 1]->str, NULL, 10);
-    }
-    free(c);
-    if (--q->pending == 0)
-        query_done(q);
+    if (rep->type != REDIS_REPLY_ARRAY)
+        return;
+    uint64_t *v = q->rows[row].v + (size_t)minute * M_COUNT;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2)
+        for (int k = 0; k < M_COUNT; k++)
+            if (strcmp(rep->element[i]->str, metrics_field_names[k]) == 0)
+                v[k] = strtoull(rep->element[i + 1]->str, NULL, 10);
 }
 
-void
+/*
+ * A blocking read on a connection of its own: the admin API asks rarely,
+ * and an answer that outlives its request would be worse than a short
+ * wait on the main thread (bounded by a one-second timeout).
+ */
+json_t *
 metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int minutes,
-                    metrics_query_cb cb, void *arg)
+                    char *err, size_t errlen)
 {
-    if (!r->connected) {
-        cb(NULL, "Redis is not connected", arg);
-        return;
+    struct timeval tv = {1, 0};
+    redisContext *c = r->host ? redisConnectWithTimeout(r->host, r->port, tv) : NULL;
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "cannot reach Redis at %s:%d", r->host ? r->host : "?", r->port);
+        if (c)
+            redisFree(c);
+        return NULL;
     }
+    redisSetTimeout(c, tv);
     struct query *q = calloc(1, sizeof(*q));
-    q->r = r;
-    q->cb = cb;
-    q->arg = arg;
     q->minutes = minutes;
     snprintf(q->ep, sizeof(q->ep), "%s", ep->name);
     uint32_t now = (uint32_t)(time(NULL) / 60);
@@ -731,20 +720,50 @@ metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int 
         row->group = groups[g];
         row->configured = -1;
     }
-    for (int i = 0; i < q->n_rows; i++)
-        q->rows[i].v = calloc((size_t)minutes * M_COUNT, sizeof(uint64_t));
-    q->pending = q->n_rows * minutes;
-    for (int i = 0; i < q->n_rows; i++)
-        for (int m = 0; m < minutes; m++) {
-            struct qcell *c = malloc(sizeof(*c));
-            c->q = q;
-            c->row = i;
-            c->minute = m;
-            if (i < q->n_versions)
-                redisAsyncCommand(r->ac, on_hgetall, c, "HGETALL sluice:{%s}:minute:%s:%u",
-                                  ep->name, q->rows[i].name, q->first + (uint32_t)m);
-            else
-                redisAsyncCommand(r->ac, on_hgetall, c, "HGETALL sluice:{%s}:groupminute:%s:%u",
-                                  ep->name, q->rows[i].group, q->first + (uint32_t)m);
+    int pending = 0;
+    if (r->password)
+        redisAppendCommand(c, "AUTH %s", r->password), pending++;
+    if (r->db)
+        redisAppendCommand(c, "SELECT %d", r->db), pending++;
+    for (int i = 0; i < pending; i++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "Redis refused AUTH or SELECT");
+            freeReplyObject(rep);
+            redisFree(c);
+            free(q);
+            return NULL;
         }
+        freeReplyObject(rep);
+    }
+    for (int i = 0; i < q->n_rows; i++) {
+        q->rows[i].v = calloc((size_t)minutes * M_COUNT, sizeof(uint64_t));
+        for (int m = 0; m < minutes; m++) {
+            if (i < q->n_versions)
+                redisAppendCommand(c, "HGETALL sluice:{%s}:minute:%s:%u", ep->name,
+                                   q->rows[i].name, q->first + (uint32_t)m);
+            else
+                redisAppendCommand(c, "HGETALL sluice:{%s}:groupminute:%s:%u", ep->name,
+                                   q->rows[i].group, q->first + (uint32_t)m);
+        }
+    }
+    bool ok = true;
+    for (int i = 0; i < q->n_rows && ok; i++)
+        for (int m = 0; m < minutes && ok; m++) {
+            redisReply *rep = NULL;
+            if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep == NULL) {
+                ok = false;
+                break;
+            }
+            take_reply(q, i, m, rep);
+            freeReplyObject(rep);
+        }
+    redisFree(c);
+    json_t *ans = ok ? answer(q) : NULL;
+    if (!ok)
+        snprintf(err, errlen, "Redis did not answer");
+    for (int i = 0; i < q->n_rows; i++)
+        free(q->rows[i].v);
+    free(q);
+    return ans;
 }
