@@ -9,7 +9,7 @@ PIDS=()
 # Debian packages the build, tests, demo and bench need.
 DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libssl-dev
   libjwt-dev libjansson-dev libhiredis-dev libhttp-parser-dev"
-DEPS_RUN="redis-server curl openssl python3 python3-requests procps"
+DEPS_RUN="redis-server curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk"
 
 ensure_packages() {
     local missing=()

@@ -150,6 +150,8 @@ class Sluice:
         if limits:
             self.config["limits"] = limits
         if extra:
+            extra = dict(extra)
+            self.config["admin"].update(extra.pop("admin", {}))
             self.config.update(extra)
         self.path = os.path.join(self.dir, "sluice.json")
         self.write_config()
@@ -273,3 +275,35 @@ def parse_responses(data):
             body, data = rest, b""
         out.append((status, headers, body))
     return out
+
+
+class Redis:
+    """A redis-server on a free port; with persist, an append-only file
+    synced on every write, so that a SIGKILL loses nothing acknowledged."""
+
+    def __init__(self, password=None, persist=False, port=None):
+        import redis as redislib
+        self.dir = tmpdir()
+        self.port = port or free_port()
+        self.password = password
+        self.persist = persist
+        self.args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                     "--dir", self.dir, "--save", ""]
+        self.args += (["--appendonly", "yes", "--appendfsync", "always"] if persist
+                      else ["--appendonly", "no"])
+        if password:
+            self.args += ["--requirepass", password]
+        self.start()
+        self.lib = redislib
+
+    def start(self):
+        self.proc = start(self.args)
+        wait_port(self.port)
+
+    def client(self, db=0):
+        import redis as redislib
+        return redislib.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password,
+                              decode_responses=True)
+
+    def kill(self):
+        stop(self.proc, signal.SIGKILL)
