@@ -363,7 +363,11 @@ metrics_collect(struct metrics_backlog *b, struct metrics_worker **workers, int 
 size_t
 metrics_backlog_size(const struct metrics_backlog *b)
 {
-    return b->n_entries;
+    size_t n = b->n_entries;
+    for (int k = 0; k < REJ_COUNT; k++)
+        if (b->rejected[k] != 0)
+            return n + 1;           /* the rejected counts wait too */
+    return n;
 }
 
 uint64_t
