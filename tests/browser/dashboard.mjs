@@ -1,0 +1,59 @@
+// Loads sluice's /dashboard in Debian's headless Chromium, signs in with the
+// admin token, and checks that the page shows the API's numbers, with no
+// console errors and no request leaving 127.0.0.1.
+// Env: ADMIN (http://127.0.0.1:PORT), TOKEN, ENDPOINT, SCREENSHOT (optional path).
+import { chromium } from "playwright-core";
+
+const admin = process.env.ADMIN, token = process.env.TOKEN, ep = process.env.ENDPOINT;
+const problems = [];
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
+  page.on("console", m => { if (m.type() === "error") problems.push("console: " + m.text()); });
+  page.on("pageerror", e => problems.push("page error: " + e.message));
+  await page.route("**/*", route => {
+    const u = new URL(route.request().url());
+    if (u.hostname !== "127.0.0.1") {
+      problems.push("external request: " + u.href);
+      return route.abort();
+    }
+    return route.continue();
+  });
+  await page.goto(admin + "/dashboard");
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.waitForSelector("body[data-loaded='1']", { timeout: 15000 });
+  await page.waitForSelector(`section[data-endpoint='${ep}'] svg polyline`, { timeout: 15000 });
+
+  const api = await (await fetch(`${admin}/admin/v1/endpoints/${ep}/metrics?minutes=60`,
+                                 { headers: { Authorization: "Bearer " + token } })).json();
+  const shown = {};
+  for (const v of api.versions) {
+    const cell = async k => (await page.textContent(`[data-test='${k}-${v.version}']`)).trim();
+    shown[v.version] = { requests: await cell("requests"), observed: await cell("observed"),
+                         errors: await cell("errors"), p99: await cell("p99") };
+    if (shown[v.version].requests !== String(v.requests))
+      problems.push(`${v.version}: page shows ${shown[v.version].requests} requests, API ${v.requests}`);
+    if (shown[v.version].observed !== v.observed_share.toFixed(2))
+      problems.push(`${v.version}: page shows ${shown[v.version].observed} %, API ${v.observed_share}`);
+    if (shown[v.version].errors !== (100 * v.error_rate).toFixed(2))
+      problems.push(`${v.version}: error rate ${shown[v.version].errors} vs ${v.error_rate}`);
+    if (shown[v.version].p99 !== v.p99_ms.toFixed(2))
+      problems.push(`${v.version}: p99 ${shown[v.version].p99} vs ${v.p99_ms}`);
+  }
+  for (const c of api.comparisons) {
+    const t = (await page.textContent(`[data-test='verdict-${c.treatment}']`)).trim();
+    if (t !== c.verdict) problems.push(`${c.treatment}: verdict ${t} vs ${c.verdict}`);
+  }
+  const charts = await page.locator(`section[data-endpoint='${ep}'] .chart`).count();
+  if (charts < 5) problems.push(`only ${charts} charts`);
+  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  console.log(JSON.stringify({ shown, problems }));
+} finally {
+  await browser.close();
+}
+process.exit(problems.length ? 1 : 0);
