@@ -11,6 +11,15 @@ DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libs
   libjwt-dev libjansson-dev libhiredis-dev libhttp-parser-dev"
 DEPS_RUN="redis-server curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk"
 
+# The dashboard's browser test: Debian's Chromium, Node.js and playwright-core.
+ensure_browser() {
+    ensure_packages chromium
+    command -v node >/dev/null 2>&1 || ensure_packages nodejs npm
+    if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+        (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+}
+
 ensure_packages() {
     local missing=()
     for p in "$@"; do

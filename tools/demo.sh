@@ -35,7 +35,6 @@ cat >"$RUN/sluice.json" <<JSON
   "log": {"access_log": "access.log"},
   "endpoints": [{
     "name": "mynewendpoint",
-    "auth": {"keys": false},
     "versions": [
       {"name": "versiona", "upstreams": ["127.0.0.1:$PA"], "traffic_percentile": 20,
        "is_default": true, "type": "control", "description": "current model"},
@@ -50,9 +49,26 @@ build/gateway/sluice -c "$RUN/sluice.json" --check
 spawn "$RUN/sluice.log" build/gateway/sluice -c "$RUN/sluice.json"
 wait_port "$REDIS_PORT"; wait_port "$PA"; wait_port "$PB"; wait_port "$HTTPS_PORT"
 
+export SLUICE_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" SLUICE_ADMIN_TOKEN=demo-admin-token
+echo "== the endpoint, as sluicectl shows it (keys were generated and saved to the config)"
+build/tools/sluicectl show mynewendpoint
+KEY=$(build/tools/sluicectl --json keys mynewendpoint | $PY -c 'import json,sys; print(json.load(sys.stdin)["primary_key"])')
 echo "== sending 1,000 scoring requests over TLS to https://127.0.0.1:$HTTPS_PORT/api/v1/service/mynewendpoint/score"
 $PY tools/demo_client.py --url "https://127.0.0.1:$HTTPS_PORT/api/v1/service/mynewendpoint/score" \
-    --cacert "$RUN/cert.pem" --requests 1000 --expect versiona=90,versionb=10
+    --cacert "$RUN/cert.pem" --key "$KEY" --requests 1000 --expect versiona=90,versionb=10
+sleep 1
+echo "== what Redis holds: sluice:{mynewendpoint}:total:* (requests per version)"
+for v in versiona versionb; do
+    printf '%-10s %s\n' "$v" "$(redis-cli -p "$REDIS_PORT" hget "sluice:{mynewendpoint}:total:$v" requests)"
+done
+echo "== control vs treatment (sluicectl metrics mynewendpoint)"
+build/tools/sluicectl metrics mynewendpoint --minutes 5
+echo "== dashboard: http://127.0.0.1:$ADMIN_PORT/dashboard (admin token: demo-admin-token)"
+if [ "${DEMO_KEEP:-0}" = "1" ]; then
+    echo "   DEMO_KEEP=1: everything keeps running; press Ctrl-C to stop"
+    trap 'stop_all; rm -rf "$RUN"; exit 0' INT
+    while true; do sleep 3600; done
+fi
 echo "== the gateway's event log"
 cat "$RUN/sluice.log" | head -n 5
 echo "== stopping"

@@ -6,6 +6,7 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 ensure_packages $DEPS_BUILD $DEPS_RUN
+ensure_browser
 
 passed=0
 failed=0
