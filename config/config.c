@@ -464,6 +464,22 @@ config_group_name(enum cfg_group g)
     return "treatment";
 }
 
+/* The "name" of an endpoint or version (SPEC §2.1) into out. */
+static void
+get_name(struct pctx *p, json_t *obj, const char *path, char out[CFG_NAME_MAX + 1])
+{
+    char sp[PATH_MAX_LEN];
+    json_t *name = json_object_get(obj, "name");
+    subpath(sp, path, "name");
+    if (!json_is_string(name))
+        err(p, sp, "required: a string");
+    else if (!config_name_valid(json_string_value(name), json_string_length(name)))
+        err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
+            json_string_value(name));
+    else
+        snprintf(out, CFG_NAME_MAX + 1, "%s", json_string_value(name));
+}
+
 /* ---- sections ---------------------------------------------------------- */
 
 static void
@@ -549,16 +565,7 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     }
     check_fields(p, obj, path, fields);
 
-    json_t *name = json_object_get(obj, "name");
-    subpath(sp, path, "name");
-    if (!json_is_string(name))
-        err(p, sp, "required: a string");
-    else if (!config_name_valid(json_string_value(name),
-                                json_string_length(name)))
-        err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
-            json_string_value(name));
-    else
-        snprintf(v->name, sizeof(v->name), "%s", json_string_value(name));
+    get_name(p, obj, path, v->name);
 
     parse_upstreams(p, obj, path, v);
     get_str(p, obj, path, "path", &v->path, NULL);
@@ -627,16 +634,7 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
     }
     check_fields(p, obj, path, fields);
 
-    json_t *name = json_object_get(obj, "name");
-    subpath(sp, path, "name");
-    if (!json_is_string(name))
-        err(p, sp, "required: a string");
-    else if (!config_name_valid(json_string_value(name),
-                                json_string_length(name)))
-        err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
-            json_string_value(name));
-    else
-        snprintf(ep->name, sizeof(ep->name), "%s", json_string_value(name));
+    get_name(p, obj, path, ep->name);
 
     json_t *auth = get_obj(p, obj, path, "auth");
     subpath(sp, path, "auth");

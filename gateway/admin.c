@@ -216,7 +216,20 @@ find_ep(const char *name)
     return config_endpoint(current, name, strlen(name));
 }
 
-/* Validate, persist and apply doc; then answer with what fn describes. */
+/* The route's endpoint, or a 404 answered. */
+static const struct cfg_endpoint *
+ep_or_404(struct evhttp_request *req, const struct route *r)
+{
+    const struct cfg_endpoint *ep = find_ep(r->ep);
+    if (ep == NULL) {
+        char why[256];
+        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
+        reply_error(req, 404, "not_found", why, NULL);
+    }
+    return ep;
+}
+
+/* Validate, persist and apply doc. */
 static bool
 commit(struct evhttp_request *req, json_t *doc)
 {
@@ -256,13 +269,9 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
         return;
     }
     if (m == EVHTTP_REQ_GET) {
-        const struct cfg_endpoint *ep = find_ep(r->ep);
-        if (ep == NULL) {
-            snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
-            reply_error(req, 404, "not_found", why, NULL);
-            return;
-        }
-        reply(req, 200, describe_endpoint(current, ep));
+        const struct cfg_endpoint *ep = ep_or_404(req, r);
+        if (ep != NULL)
+            reply(req, 200, describe_endpoint(current, ep));
         return;
     }
     json_t *doc = json_deep_copy(current->doc);
@@ -381,12 +390,9 @@ on_keys(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     char why[512];
-    const struct cfg_endpoint *ep = find_ep(r->ep);
-    if (ep == NULL) {
-        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
-        reply_error(req, 404, "not_found", why, NULL);
+    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    if (ep == NULL)
         return;
-    }
     bool regen = strcmp(r->tail, "keys/regenerate") == 0;
     if ((!regen && m != EVHTTP_REQ_GET) || (regen && m != EVHTTP_REQ_POST)) {
         reply_error(req, 405, "method_not_allowed", regen ? "POST only" : "GET only", NULL);
@@ -431,12 +437,9 @@ on_token(struct evhttp_request *req, const struct route *r)
         reply_error(req, 405, "method_not_allowed", "POST only", NULL);
         return;
     }
-    const struct cfg_endpoint *ep = find_ep(r->ep);
-    if (ep == NULL) {
-        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
-        reply_error(req, 404, "not_found", why, NULL);
+    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    if (ep == NULL)
         return;
-    }
     json_t *body = read_body(req, false, why, sizeof(why));
     if (body == NULL) {
         reply_error(req, 400, "invalid", why, NULL);
@@ -467,12 +470,9 @@ on_ep_metrics(struct evhttp_request *req, const struct route *r)
         reply_error(req, 405, "method_not_allowed", "GET only", NULL);
         return;
     }
-    const struct cfg_endpoint *ep = find_ep(r->ep);
-    if (ep == NULL) {
-        snprintf(why, sizeof(why), "no endpoint named %s", r->ep);
-        reply_error(req, 404, "not_found", why, NULL);
+    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    if (ep == NULL)
         return;
-    }
     int minutes = 60;
     struct evkeyvalq q;
     const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));

@@ -67,23 +67,31 @@ raise_fd_limit(void)
     }
 }
 
-/* --check: everything a start would check, without binding or writing. */
-static int
-check_only(const char *path)
+/* Load with fn; on failure print every error (one a line) and a count. */
+static struct config *
+load_or_report(const char *path, struct config *(*fn)(const char *, struct cfg_errors *))
 {
     struct cfg_errors errs;
-    char err[1024];
-    int rc = 0;
     cfg_errors_init(&errs);
-    struct config *cfg = config_load(path, &errs);
+    struct config *cfg = fn(path, &errs);
     if (cfg == NULL) {
         for (int i = 0; i < errs.n; i++)
             fprintf(stderr, "%s\n", errs.msg[i]);
         fprintf(stderr, "%s: %d error%s\n", path, errs.n, errs.n == 1 ? "" : "s");
-        cfg_errors_free(&errs);
-        return 1;
     }
     cfg_errors_free(&errs);
+    return cfg;
+}
+
+/* --check: everything a start would check, without binding or writing. */
+static int
+check_only(const char *path)
+{
+    char err[1024];
+    int rc = 0;
+    struct config *cfg = load_or_report(path, config_load);
+    if (cfg == NULL)
+        return 1;
     for (int i = 0; i < cfg->n_listeners; i++) {
         if (!cfg->listeners[i].tls)
             continue;
@@ -139,17 +147,9 @@ main(int argc, char **argv)
     if (check)
         return check_only(path);
 
-    struct cfg_errors errs;
-    cfg_errors_init(&errs);
-    struct config *cfg = control_load(path, &errs);
-    if (cfg == NULL) {
-        for (int i = 0; i < errs.n; i++)
-            fprintf(stderr, "%s\n", errs.msg[i]);
-        fprintf(stderr, "%s: %d error%s\n", path, errs.n, errs.n == 1 ? "" : "s");
-        cfg_errors_free(&errs);
+    struct config *cfg = load_or_report(path, control_load);
+    if (cfg == NULL)
         return 1;
-    }
-    cfg_errors_free(&errs);
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);      /* a full file is an error to report, not a death */

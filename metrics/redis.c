@@ -511,6 +511,10 @@ metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms)
 {
     struct timeval start, now;
     gettimeofday(&start, NULL);
+    /* Not connected at exit: give one connection attempt a short while
+     * rather than the whole timeout. */
+    if (!r->connected && timeout_ms > 500)
+        timeout_ms = 500;
     for (;;) {
         metrics_redis_flush(r);
         if (r->inflight == NULL && metrics_backlog_size(r->b) == 0) {

@@ -189,19 +189,23 @@ print_header(void)
            "DEFAULT", "PERCENT", "EFFECTIVE", "UPSTREAMS");
 }
 
+/* Print an answer (a table, or the JSON as given) and free it. */
 static int
 show(struct response *r, void (*table)(json_t *))
 {
+    int rc = 0;
     if (r->status < 200 || r->status >= 300)
-        return server_error(r);
-    if (as_json) {
+        rc = server_error(r);
+    else if (as_json)
         fputs(r->body, stdout);
-        return 0;
+    else {
+        json_t *j = json_loads(r->body, 0, NULL);
+        table(j);
+        json_decref(j);
     }
-    json_t *j = json_loads(r->body, 0, NULL);
-    table(j);
-    json_decref(j);
-    return 0;
+    free(r->body);
+    r->body = NULL;
+    return rc;
 }
 
 static void
