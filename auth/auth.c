@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,10 +68,21 @@ struct auth_ctx {
     struct cache_slot *cache;
 };
 
+static EVP_MD *sha256;             /* fetched once: an implicit fetch per call is slow */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+fetch_sha256(void)
+{
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 static void
 digest_of(const void *s, size_t len, struct digest *out)
 {
-    SHA256(s, len, out->d);
+    pthread_once(&sha256_once, fetch_sha256);
+    if (sha256 == NULL || EVP_Digest(s, len, out->d, NULL, sha256, NULL) != 1)
+        SHA256(s, len, out->d);
 }
 
 bool

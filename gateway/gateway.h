@@ -41,6 +41,15 @@ struct hdr {
     uint32_t val_off, val_len;
 };
 
+/* What a header is to a proxy; computed once per message by head_classify(). */
+enum hclass {
+    HC_OTHER = 0,
+    HC_HOP,                         /* hop-by-hop, or named by Connection */
+    HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_EXPECT, HC_XFF, HC_XFP,
+    HC_SLUICE_VERSION, HC_SLUICE_GROUP, HC_SLUICE_FAILOVER, HC_REQUEST_ID, HC_COOKIE,
+    HC_COUNT,
+};
+
 /* Raw request or response head: url/status text and headers, as offsets
  * into one growing buffer owned by the message. */
 struct head {
@@ -51,6 +60,9 @@ struct head {
     int n;
     bool in_value;                  /* last callback was a header value */
     bool too_many;
+    uint8_t cls[GW_MAX_HEADERS];    /* enum hclass of each header */
+    int16_t first[HC_COUNT];        /* first header of each class, -1 if none */
+    int16_t count[HC_COUNT];
 };
 
 void head_reset(struct head *hd);
@@ -64,12 +76,8 @@ int head_value(struct head *hd, const char *at, size_t len);
 bool head_name_is(const struct head *hd, int i, const char *lower);
 /* Every header name is an RFC 9110 token (no spaces before the colon). */
 bool head_names_valid(const struct head *hd);
-/* Index of the first header with that (lower-case) name, -1 if none. */
-int head_find(const struct head *hd, const char *lower);
-/* A hop-by-hop header, or one that the Connection header names. */
-bool head_hop_by_hop(const struct head *hd, int i, int conn_hdr_idx[], int nconn);
-/* Indices of all Connection headers. */
-int head_connection(const struct head *hd, int out[], int max);
+/* Fill cls, first and count (after the head is complete). */
+void head_classify(struct head *hd);
 
 /* Small writers that avoid printf on the request path. */
 #define BUF_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)

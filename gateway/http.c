@@ -22,6 +22,10 @@ head_reset(struct head *hd)
     hd->n = 0;
     hd->in_value = false;
     hd->too_many = false;
+    for (int c = 0; c < HC_COUNT; c++) {
+        hd->first[c] = -1;          /* until head_classify() runs */
+        hd->count[c] = 0;
+    }
 }
 
 void
@@ -120,25 +124,6 @@ head_names_valid(const struct head *hd)
     return true;
 }
 
-int
-head_find(const struct head *hd, const char *lower)
-{
-    for (int i = 0; i < hd->n; i++)
-        if (head_name_is(hd, i, lower))
-            return i;
-    return -1;
-}
-
-int
-head_connection(const struct head *hd, int out[], int max)
-{
-    int n = 0;
-    for (int i = 0; i < hd->n && n < max; i++)
-        if (head_name_is(hd, i, "connection"))
-            out[n++] = i;
-    return n;
-}
-
 /* Whether the comma-separated list in value holds token (case-insensitive). */
 static bool
 list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
@@ -159,20 +144,66 @@ list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
     return false;
 }
 
-bool
-head_hop_by_hop(const struct head *hd, int i, int conn[], int nconn)
+/* Whether a Connection header names header i (RFC 9110 §7.6.1). */
+static bool
+named_by_connection(const struct head *hd, int i, const int conn[], int nconn)
 {
-    static const char *const hop[] = {"connection", "keep-alive",
-        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-        "proxy-authenticate", "proxy-authorization", NULL};
-    for (const char *const *h = hop; *h; h++)
-        if (head_name_is(hd, i, *h))
-            return true;
     for (int c = 0; c < nconn; c++)
         if (list_has(HD_VAL(hd, conn[c]), hd->h[conn[c]].val_len,
                      HD_NAME(hd, i), hd->h[i].name_len))
             return true;
     return false;
+}
+
+static const struct {
+    const char *name;
+    uint8_t len;
+    uint8_t cls;
+} known[] = {
+#define K(n, c) {n, sizeof(n) - 1, c}
+    K("te", HC_HOP), K("host", HC_HOST), K("expect", HC_EXPECT), K("cookie", HC_COOKIE),
+    K("trailer", HC_HOP), K("upgrade", HC_HOP), K("keep-alive", HC_HOP),
+    K("connection", HC_HOP), K("x-request-id", HC_REQUEST_ID),
+    K("authorization", HC_AUTHORIZATION), K("content-length", HC_CONTENT_LENGTH),
+    K("x-sluice-group", HC_SLUICE_GROUP), K("x-forwarded-for", HC_XFF),
+    K("proxy-connection", HC_HOP), K("x-sluice-version", HC_SLUICE_VERSION),
+    K("transfer-encoding", HC_HOP), K("x-forwarded-proto", HC_XFP),
+    K("x-sluice-failover", HC_SLUICE_FAILOVER), K("proxy-authenticate", HC_HOP),
+    K("proxy-authorization", HC_HOP),
+#undef K
+};
+
+void
+head_classify(struct head *hd)
+{
+    int conn[8], nconn = 0;
+    for (int c = 0; c < HC_COUNT; c++) {
+        hd->first[c] = -1;
+        hd->count[c] = 0;
+    }
+    for (int i = 0; i < hd->n; i++) {
+        uint32_t len = hd->h[i].name_len;
+        const char *name = HD_NAME(hd, i);
+        uint8_t cls = HC_OTHER;
+        for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+            if (known[k].len == len && strncasecmp(known[k].name, name, len) == 0) {
+                cls = known[k].cls;
+                break;
+            }
+        if (cls == HC_HOP && len == 10 && nconn < 8)
+            conn[nconn++] = i;      /* a Connection header */
+        hd->cls[i] = cls;
+    }
+    /* Headers that a Connection header names are hop-by-hop too. */
+    for (int i = 0; nconn > 0 && i < hd->n; i++)
+        if (hd->cls[i] != HC_HOP && named_by_connection(hd, i, conn, nconn))
+            hd->cls[i] = HC_HOP;
+    for (int i = 0; i < hd->n; i++) {
+        uint8_t c = hd->cls[i];
+        if (hd->first[c] < 0)
+            hd->first[c] = (int16_t)i;
+        hd->count[c]++;
+    }
 }
 
 void

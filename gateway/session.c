@@ -213,7 +213,7 @@ send_error(struct session *s, int status, const char *code, const char *msg,
 static void
 new_request_id(struct session *s)
 {
-    int i = head_find(&s->head, "x-request-id");
+    int i = s->head.first[HC_REQUEST_ID];
     if (i >= 0) {
         uint32_t n = s->head.h[i].val_len;
         const char *v = HD_VAL(&s->head, i);
@@ -227,10 +227,13 @@ new_request_id(struct session *s)
             return;
         }
     }
+    static const char hex[] = "0123456789abcdef";
     struct worker *w = s->w;
-    uint64_t seq = ++w->req_seq;
-    snprintf(s->req.id, sizeof(s->req.id), "%016llx%016llx",
-             (unsigned long long)w->id_prefix, (unsigned long long)seq);
+    uint64_t parts[2] = {w->id_prefix, ++w->req_seq};
+    for (int p = 0; p < 2; p++)
+        for (int k = 0; k < 16; k++)
+            s->req.id[p * 16 + k] = hex[(parts[p] >> (60 - 4 * k)) & 15];
+    s->req.id[32] = '\0';
 }
 
 /* The request and its response are both done: log it and get ready for the
@@ -364,8 +367,6 @@ gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_versio
     const struct http_parser_url *u = &s->req.url;
     struct head *hd = &s->head;
     const char *url = hd->buf + hd->url_off;
-    int conn[8];
-    int nconn = head_connection(hd, conn, 8);
 
     buf_str(out, http_method_str((enum http_method)s->parser.method));
     BUF_LIT(out, " ");
@@ -379,28 +380,25 @@ gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_versio
     }
     BUF_LIT(out, " HTTP/1.1\r\n");
 
-    static const char *const ours[] = {"authorization", "content-length",
-        "expect", "x-forwarded-for", "x-forwarded-proto", "x-sluice-version",
-        "x-sluice-group", "x-sluice-failover", "x-request-id", NULL};
     const char *xff = NULL;
     uint32_t xff_len = 0;
     for (int i = 0; i < hd->n; i++) {
-        if (head_hop_by_hop(hd, i, conn, nconn))
-            continue;
-        bool skip = false;
-        for (const char *const *o = ours; *o && !skip; o++)
-            skip = head_name_is(hd, i, *o);
-        if (skip) {
-            if (xff == NULL && head_name_is(hd, i, "x-forwarded-for")) {
+        switch (hd->cls[i]) {
+        case HC_OTHER: case HC_HOST: case HC_COOKIE:
+            evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
+            BUF_LIT(out, ": ");
+            evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
+            BUF_LIT(out, "\r\n");
+            break;
+        case HC_XFF:
+            if (xff == NULL) {
                 xff = HD_VAL(hd, i);
                 xff_len = hd->h[i].val_len;
             }
-            continue;
+            break;
+        default:
+            break;          /* hop-by-hop, or set by sluice below */
         }
-        evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
-        BUF_LIT(out, ": ");
-        evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
-        BUF_LIT(out, "\r\n");
     }
     BUF_LIT(out, "X-Forwarded-For: ");
     if (xff != NULL) {
@@ -460,7 +458,7 @@ sticky_key(struct session *s, const struct cfg_endpoint *ep, const char **key, s
         return false;
     size_t nl = strlen(ep->sticky_name);
     for (int i = 0; i < hd->n; i++) {
-        if (!head_name_is(hd, i, "cookie"))
+        if (hd->cls[i] != HC_COOKIE)
             continue;
         const char *v = HD_VAL(hd, i), *end = v + hd->h[i].val_len;
         while (v < end) {
@@ -488,10 +486,11 @@ now_ms(void)
 }
 
 static bool
-pool_usable(const struct upool *p, uint64_t now)
+pool_usable(const struct upool *p)
 {
+    /* The clock is read only for an upstream that was ejected. */
     return p != NULL && !__atomic_load_n(&p->shared->down, __ATOMIC_RELAXED) &&
-           p->eject.until_ms <= now;
+           (p->eject.until_ms == 0 || p->eject.until_ms <= now_ms());
 }
 
 enum pick
@@ -501,7 +500,6 @@ gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *e
     const struct cfg_version *v = &ep->versions[vi];
     /* The worker's cached pools when the request runs on its snapshot. */
     struct ep_state *es = cfg == w->cfg ? &w->eps[ep - cfg->endpoints] : NULL;
-    uint64_t now = now_ms();
     bool healthy = false;
     int start = v->n_upstreams > 1 ? (int)(w->req_seq % (uint64_t)v->n_upstreams) : 0;
 
@@ -510,7 +508,7 @@ gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *e
         for (int k = 0; k < v->n_upstreams; k++) {
             int idx = (start + k) % v->n_upstreams;
             struct upool *p = es ? es->pools[vi][idx] : upool_get(w, &v->upstreams[idx]);
-            if (!pool_usable(p, now) || p == avoid)
+            if (!pool_usable(p) || p == avoid)
                 continue;
             healthy = true;
             if (v->max_concurrent > 0 &&
@@ -667,13 +665,14 @@ on_headers_complete(http_parser *p)
     char msg[256];
 
     clock_gettime(CLOCK_MONOTONIC, &s->req.t_start);
+    head_classify(hd);
     s->req.cfg = config_take(w->cfg);
     s->req.version = -1;
     s->req.head_method = p->method == HTTP_HEAD;
     s->keep_alive = http_should_keep_alive(p);
     s->state = SS_BODY;
     new_request_id(s);
-    int ex = head_find(hd, "expect");
+    int ex = hd->first[HC_EXPECT];
     s->req.expect_continue = ex >= 0 && p->http_minor >= 1 &&
         (p->flags & (F_CHUNKED | F_CONTENTLENGTH)) && p->content_length != 0 &&
         hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
@@ -683,10 +682,7 @@ on_headers_complete(http_parser *p)
         return -1;
     }
     /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
-    int hosts = 0;
-    for (int i = 0; i < hd->n; i++)
-        if (head_name_is(hd, i, "host"))
-            hosts++;
+    int hosts = hd->count[HC_HOST];
     if ((p->http_major == 1 && p->http_minor >= 1 && hosts != 1) || hosts > 1) {
         send_error(s, 400, "bad_request", "a request needs exactly one Host header", true);
         return -1;
@@ -720,7 +716,7 @@ on_headers_complete(http_parser *p)
     }
     s->req.ep = ep;
 
-    int az = head_find(hd, "authorization");
+    int az = hd->first[HC_AUTHORIZATION];
     enum auth_status st = w->auth == NULL ? AUTH_NOT_ALLOWED :
         auth_check(w->auth, ep, az >= 0 ? HD_VAL(hd, az) : NULL,
                    az >= 0 ? hd->h[az].val_len : 0, time(NULL));
@@ -730,7 +726,7 @@ on_headers_complete(http_parser *p)
     }
 
     s->req.url = u;
-    int pin = head_find(hd, "x-sluice-version");
+    int pin = hd->first[HC_SLUICE_VERSION];
     if (pin >= 0) {
         int vi = route_pinned(ep, HD_VAL(hd, pin), hd->h[pin].val_len);
         if (vi < 0) {
@@ -931,8 +927,6 @@ session_upstream_head(struct session *s, struct upconn *u)
     struct head *hd = &u->head;
     struct evbuffer *out = s->w->scratch;
     int status = u->parser.status_code;
-    int conn[8];
-    int nconn = head_connection(hd, conn, 8);
     bool http10 = s->parser.http_minor == 0;
 
     s->req.status = status;
@@ -949,16 +943,15 @@ session_upstream_head(struct session *s, struct upconn *u)
         buf_str(out, http_status_str((enum http_status)status));
     BUF_LIT(out, "\r\n");
 
-    static const char *const ours[] = {"content-length", "x-sluice-version",
-        "x-sluice-group", "x-request-id", NULL};
+    head_classify(hd);
     for (int i = 0; i < hd->n; i++) {
-        if (head_hop_by_hop(hd, i, conn, nconn))
-            continue;
-        bool skip = false;
-        for (const char *const *o = ours; *o && !skip; o++)
-            skip = head_name_is(hd, i, *o);
-        if (skip)
-            continue;
+        switch (hd->cls[i]) {
+        case HC_HOP: case HC_CONTENT_LENGTH: case HC_SLUICE_VERSION:
+        case HC_SLUICE_GROUP: case HC_REQUEST_ID:
+            continue;               /* hop-by-hop, or set by sluice below */
+        default:
+            break;
+        }
         evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
         BUF_LIT(out, ": ");
         evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
@@ -1154,6 +1147,7 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     }
     http_parser_init(&s->parser, HTTP_REQUEST);
     s->parser.data = s;
+    head_reset(&s->head);
     s->req.version = -1;
     s->timer = evtimer_new(w->base, client_timer, s);
     s->up_timer = evtimer_new(w->base, scoring_timeout, s);
