@@ -66,6 +66,7 @@ struct auth_ctx {
     int leeway;
     int ttl;
     struct cache_slot *cache;
+    EVP_MD_CTX *md;             /* reused for every check */
 };
 
 static EVP_MD *sha256;             /* fetched once: an implicit fetch per call is slow */
@@ -83,6 +84,17 @@ digest_of(const void *s, size_t len, struct digest *out)
     pthread_once(&sha256_once, fetch_sha256);
     if (sha256 == NULL || EVP_Digest(s, len, out->d, NULL, sha256, NULL) != 1)
         SHA256(s, len, out->d);
+}
+
+/* The request path's digest: the context's own EVP_MD_CTX, reused, so a
+ * check allocates nothing. */
+static void
+ctx_digest(struct auth_ctx *c, const void *s, size_t len, struct digest *out)
+{
+    unsigned int n;
+    if (c->md == NULL || EVP_DigestInit_ex2(c->md, sha256, NULL) != 1 ||
+        EVP_DigestUpdate(c->md, s, len) != 1 || EVP_DigestFinal_ex(c->md, out->d, &n) != 1)
+        digest_of(s, len, out);
 }
 
 bool
@@ -132,6 +144,8 @@ auth_ctx_new(const struct config *cfg, char *err, size_t errlen)
     if (c == NULL)
         return NULL;
     c->cfg = cfg;
+    pthread_once(&sha256_once, fetch_sha256);
+    c->md = EVP_MD_CTX_new();
     c->leeway = cfg->tokens.leeway_s;
     c->ttl = cfg->tokens.ttl_s;
     c->eps = calloc((size_t)cfg->n_endpoints + 1, sizeof(*c->eps));
@@ -203,6 +217,7 @@ auth_ctx_free(struct auth_ctx *c)
     free(c->issuers);
     free(c->eps);
     free(c->cache);
+    EVP_MD_CTX_free(c->md);
     free(c);
 }
 
@@ -393,10 +408,20 @@ out:
     return st;
 }
 
+bool
+auth_same(const void *a, const void *b, size_t len)
+{
+    return CRYPTO_memcmp(a, b, len) == 0;
+}
+
 enum auth_status
 auth_check(struct auth_ctx *c, const struct cfg_endpoint *ep, const char *header,
-           size_t len, time_t now)
+           size_t len, time_t now, time_t *valid_until)
 {
+    time_t dummy;
+    if (valid_until == NULL)
+        valid_until = &dummy;
+    *valid_until = 0;
     if (!ep->auth_keys && !ep->auth_tokens)
         return AUTH_OK;
     const char *tok;
@@ -406,14 +431,14 @@ auth_check(struct auth_ctx *c, const struct cfg_endpoint *ep, const char *header
         return st;
     int epi = (int)(ep - c->cfg->endpoints);
     struct digest d;
-    digest_of(tok, toklen, &d);
+    ctx_digest(c, tok, toklen, &d);
     if (ep->auth_keys) {
         const struct ep_keys *k = &c->eps[epi];
         /* Both comparisons always run: no early exit on the first. */
         int p = k->has_primary ? CRYPTO_memcmp(d.d, k->primary.d, sizeof(d.d)) == 0 : 0;
         int s = k->has_secondary ? CRYPTO_memcmp(d.d, k->secondary.d, sizeof(d.d)) == 0 : 0;
         if (p | s)
-            return AUTH_OK;
+            return AUTH_OK;         /* a key: valid while this config is */
         if (!ep->auth_tokens)
             return AUTH_BAD_KEY;
     }
@@ -424,9 +449,15 @@ auth_check(struct auth_ctx *c, const struct cfg_endpoint *ep, const char *header
         CRYPTO_memcmp(cs->token.d, d.d, sizeof(d.d)) == 0) {
         if (now > cs->exp + c->leeway)
             return AUTH_TOKEN_EXPIRED;
+        *valid_until = cs->exp + c->leeway;
         return AUTH_OK;
     }
     st = check_token(c, epi, tok, toklen, now);
+    if (st == AUTH_OK) {
+        uint32_t slot2;
+        memcpy(&slot2, d.d, sizeof(slot2));
+        *valid_until = c->cache[slot2 & (CACHE_SLOTS - 1)].exp + c->leeway;
+    }
     if (st == AUTH_TOKEN_MALFORMED && ep->auth_keys)
         return AUTH_BAD_KEY;        /* most likely a wrong key, not a token */
     return st;

@@ -44,9 +44,14 @@ void auth_ctx_free(struct auth_ctx *ctx);
 
 /* Check an Authorization header value (NULL when absent) for endpoint ep
  * of the context's config. An endpoint with keys and tokens both off is
- * open: AUTH_OK. */
+ * open: AUTH_OK. On AUTH_OK, *valid_until (if given) is the accepted
+ * token's exp plus leeway, or 0 for a key (valid until the config changes). */
 enum auth_status auth_check(struct auth_ctx *ctx, const struct cfg_endpoint *ep,
-                            const char *header, size_t len, time_t now);
+                            const char *header, size_t len, time_t now,
+                            time_t *valid_until);
+
+/* Constant-time equality of two byte strings of the same length. */
+bool auth_same(const void *a, const void *b, size_t len);
 
 /* Check the admin token; false when none is configured. */
 bool auth_admin_ok(const struct auth_ctx *ctx, const char *header, size_t len);

@@ -264,6 +264,14 @@ struct session {
     bool keep_alive;                /* client wants the connection kept */
     bool read_paused;               /* backpressure from the upstream */
     bool waiting;                   /* in the worker's queue for a slot */
+    /* The credential this connection last authenticated with: the same
+     * bytes again (compared in constant time) on the same endpoint and
+     * config snapshot need no new check. */
+    char *auth_cred;
+    uint32_t auth_cred_len;
+    uint64_t auth_gen;              /* config generation it was checked on */
+    int auth_ep;                    /* endpoint index in that generation */
+    time_t auth_until;              /* 0: until the config changes */
     struct shadow *shadows[CFG_MAX_VERSIONS];   /* copies still being fed */
     int n_shadows;
     TAILQ_ENTRY(session) wait_link;

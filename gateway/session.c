@@ -654,6 +654,49 @@ session_dispatch_waiters(struct worker *w)
     session_poll_waiters(w);
 }
 
+/* Authenticate the request for ep (SPEC §3.2); 0, or -1 with a 401 sent. */
+static int
+check_auth(struct session *s, const struct cfg_endpoint *ep)
+{
+    struct worker *w = s->w;
+    struct head *hd = &s->head;
+    int az = hd->first[HC_AUTHORIZATION];
+    const char *cred = az >= 0 ? HD_VAL(hd, az) : NULL;
+    uint32_t len = az >= 0 ? hd->h[az].val_len : 0;
+    time_t now = 0;
+
+    if (!ep->auth_keys && !ep->auth_tokens)
+        return 0;
+    int epi = (int)(ep - s->req.cfg->endpoints);
+    /* Generations are never reused (an address could be). */
+    if (cred != NULL && s->auth_cred != NULL && s->auth_gen == s->req.cfg->generation &&
+        s->auth_ep == epi && len == s->auth_cred_len &&
+        auth_same(cred, s->auth_cred, len)) {
+        if (s->auth_until == 0)
+            return 0;
+        now = time(NULL);
+        if (now <= s->auth_until)
+            return 0;
+    }
+    time_t until = 0;
+    enum auth_status st = w->auth == NULL ? AUTH_NOT_ALLOWED :
+        auth_check(w->auth, ep, cred, len, now ? now : time(NULL), &until);
+    if (st != AUTH_OK) {
+        send_error(s, 401, "unauthorized", auth_status_reason(st), false);
+        return -1;
+    }
+    char *copy = realloc(s->auth_cred, len ? len : 1);
+    if (copy != NULL) {
+        memcpy(copy, cred, len);
+        s->auth_cred = copy;
+        s->auth_cred_len = len;
+        s->auth_gen = s->req.cfg->generation;
+        s->auth_ep = epi;
+        s->auth_until = until;
+    }
+    return 0;
+}
+
 /* The request head is complete: route it and start the upstream request.
  * Returns 0 to go on parsing the body, -1 to stop (an error was sent). */
 static int
@@ -716,14 +759,8 @@ on_headers_complete(http_parser *p)
     }
     s->req.ep = ep;
 
-    int az = hd->first[HC_AUTHORIZATION];
-    enum auth_status st = w->auth == NULL ? AUTH_NOT_ALLOWED :
-        auth_check(w->auth, ep, az >= 0 ? HD_VAL(hd, az) : NULL,
-                   az >= 0 ? hd->h[az].val_len : 0, time(NULL));
-    if (st != AUTH_OK) {
-        send_error(s, 401, "unauthorized", auth_status_reason(st), false);
+    if (check_auth(s, ep) < 0)
         return 0;
-    }
 
     s->req.url = u;
     int pin = hd->first[HC_SLUICE_VERSION];
@@ -1203,6 +1240,10 @@ session_close(struct session *s, const char *why)
 void
 session_free(struct session *s)
 {
+    if (s->auth_cred != NULL) {
+        explicit_bzero(s->auth_cred, s->auth_cred_len);
+        free(s->auth_cred);
+    }
     head_free(&s->head);
     free(s);
 }

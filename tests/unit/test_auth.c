@@ -37,7 +37,7 @@ static const char *CFG =
 static enum auth_status
 check(struct auth_ctx *a, const struct config *c, int ep, const char *hdr, time_t now)
 {
-    return auth_check(a, &c->endpoints[ep], hdr, hdr ? strlen(hdr) : 0, now);
+    return auth_check(a, &c->endpoints[ep], hdr, hdr ? strlen(hdr) : 0, now, NULL);
 }
 
 static char *
