@@ -258,6 +258,22 @@ def wrk_script(d, auth, sticky):
     return path
 
 
+def backends(d):
+    """A self-signed certificate and the two model servers every proxy uses."""
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "7", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    models = []
+    for name in ("versiona", "versionb"):
+        port = free_port()
+        spawn([MODEL, "--listen", "127.0.0.1:%d" % port, "--name", name],
+              open(os.path.join(d, name + ".log"), "w"))
+        wait_port(port)
+        models.append("127.0.0.1:%d" % port)
+    return cert, key, models
+
+
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -311,17 +327,7 @@ def main():
 
     d = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
-        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "7", "-subj", "/CN=localhost"], check=True, capture_output=True)
-        models = []
-        for name in ("versiona", "versionb"):
-            port = free_port()
-            spawn([MODEL, "--listen", "127.0.0.1:%d" % port, "--name", name],
-                  open(os.path.join(d, name + ".log"), "w"))
-            wait_port(port)
-            models.append("127.0.0.1:%d" % port)
+        cert, key, models = backends(d)
         redis_port = free_port()
         variants = [v for v in a.variants.split(",") if v]
         if "metrics" in variants:

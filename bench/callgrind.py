@@ -92,17 +92,7 @@ def main():
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sluice-cg-")
     try:
-        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "7", "-subj", "/CN=localhost"], check=True, capture_output=True)
-        models = []
-        for name in ("versiona", "versionb"):
-            port = bench.free_port()
-            bench.spawn([bench.MODEL, "--listen", "127.0.0.1:%d" % port, "--name", name],
-                        open(os.path.join(d, name + ".log"), "w"))
-            bench.wait_port(port)
-            models.append("127.0.0.1:%d" % port)
+        cert, key, models = bench.backends(d)
         redis_port = bench.free_port()
         bench.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
                      "--save", "", "--appendonly", "no"], open(os.path.join(d, "redis.log"), "w"))

@@ -229,6 +229,22 @@ ep_or_404(struct evhttp_request *req, const struct route *r)
     return ep;
 }
 
+static bool commit(struct evhttp_request *req, json_t *doc);
+
+/* The end of every change: answer the edit's own error (rc != 0), or
+ * validate, persist and apply doc. Frees doc; true when applied. */
+static bool
+finish_edit(struct evhttp_request *req, json_t *doc, int rc, const struct cfg_edit_result *er)
+{
+    bool ok = false;
+    if (rc != 0)
+        reply_error(req, er->status, status_code_name(er->status), er->message, NULL);
+    else
+        ok = commit(req, doc);
+    json_decref(doc);
+    return ok;
+}
+
 /* Validate, persist and apply doc. */
 static bool
 commit(struct evhttp_request *req, json_t *doc)
@@ -292,14 +308,7 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
         reply_error(req, 405, "method_not_allowed", "GET, PUT or DELETE", NULL);
         return;
     }
-    if (rc != 0) {
-        json_decref(doc);
-        reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
-        return;
-    }
-    bool ok = commit(req, doc);
-    json_decref(doc);
-    if (!ok)
+    if (!finish_edit(req, doc, rc, &er))
         return;
     log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\"",
               m == EVHTTP_REQ_PUT ? "put_endpoint" : "delete_endpoint", r->ep);
@@ -366,14 +375,7 @@ on_versions(struct evhttp_request *req, const struct route *r)
     char vcopy[CFG_NAME_MAX * 4];
     snprintf(vcopy, sizeof(vcopy), "%s", vname ? vname : "");
     json_decref(body);
-    if (rc != 0) {
-        json_decref(doc);
-        reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
-        return;
-    }
-    bool ok = commit(req, doc);
-    json_decref(doc);
-    if (!ok)
+    if (!finish_edit(req, doc, rc, &er))
         return;
     log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\",\"version\":\"%s\"",
               op, r->ep, vcopy);
@@ -412,14 +414,7 @@ on_keys(struct evhttp_request *req, const struct route *r)
             (er.status = 400, snprintf(er.message, sizeof(er.message),
              "key_type: required, \"Primary\" or \"Secondary\""), 400);
         json_decref(body);
-        if (rc != 0) {
-            json_decref(doc);
-            reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
-            return;
-        }
-        bool ok = commit(req, doc);
-        json_decref(doc);
-        if (!ok)
+        if (!finish_edit(req, doc, rc, &er))
             return;
         log_event(LOG_INFO, "admin_change", ",\"op\":\"regen_key\",\"endpoint\":\"%s\"",
                   r->ep);
