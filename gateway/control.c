@@ -239,6 +239,8 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
         config_drop(cfg);
         return -1;
     }
+    log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", cfg->path,
+              (unsigned long long)cfg->generation);
     return 0;
 }
 
