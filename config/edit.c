@@ -32,38 +32,33 @@ fail(struct cfg_edit_result *r, int status, const char *fmt, ...)
     return status;
 }
 
-json_t *
-config_doc_endpoint(json_t *doc, const char *ep, size_t *index)
-{
-    json_t *eps = json_object_get(doc, "endpoints");
-    size_t i;
-    json_t *e;
-    json_array_foreach(eps, i, e) {
-        json_t *n = json_object_get(e, "name");
-        if (json_is_string(n) && strcmp(json_string_value(n), ep) == 0) {
-            if (index)
-                *index = i;
-            return e;
-        }
-    }
-    return NULL;
-}
-
+/* The member of array whose "name" is name (and its index), or NULL. */
 static json_t *
-find_version(json_t *e, const char *v, size_t *index)
+find_named(json_t *array, const char *name, size_t *index)
 {
-    json_t *vs = json_object_get(e, "versions");
     size_t i;
     json_t *x;
-    json_array_foreach(vs, i, x) {
+    json_array_foreach(array, i, x) {
         json_t *n = json_object_get(x, "name");
-        if (json_is_string(n) && strcmp(json_string_value(n), v) == 0) {
+        if (json_is_string(n) && strcmp(json_string_value(n), name) == 0) {
             if (index)
                 *index = i;
             return x;
         }
     }
     return NULL;
+}
+
+json_t *
+config_doc_endpoint(json_t *doc, const char *ep, size_t *index)
+{
+    return find_named(json_object_get(doc, "endpoints"), ep, index);
+}
+
+static json_t *
+find_version(json_t *e, const char *v, size_t *index)
+{
+    return find_named(json_object_get(e, "versions"), v, index);
 }
 
 static const char *

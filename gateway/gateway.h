@@ -399,6 +399,8 @@ struct worker {
     bool mail_drain;
     bool mail_stop;
     struct evbuffer *access;        /* buffered access-log lines */
+    time_t log_sec;                 /* the second log_date holds */
+    char log_date[24];
     struct evbuffer *scratch;       /* composing heads, then moved in one go */
     struct event *log_ev;
     uint64_t req_seq;

@@ -201,7 +201,16 @@ worker_request_done(struct worker *w, struct session *s)
     count_request(w, r, (uint64_t)lat);
     if (!log_access_enabled())
         return;
-    log_time_iso(t, sizeof(t));
+    /* The loop's cached clock, and the date formatted once a second. */
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    if (tv.tv_sec != w->log_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        strftime(w->log_date, sizeof(w->log_date), "%Y-%m-%dT%H:%M:%S", &tm);
+        w->log_sec = tv.tv_sec;
+    }
+    snprintf(t, sizeof(t), "%s.%06ldZ", w->log_date, (long)tv.tv_usec);
     struct evbuffer *b = w->access;
     const struct cfg_version *v = (r->ep && r->version >= 0) ?
         &r->ep->versions[r->version] : NULL;
