@@ -880,7 +880,9 @@ parse_root(struct pctx *p, json_t *root)
         "flush_interval_ms", "retention_minutes", NULL};
     static const char *const limit_fields[] = {"max_header_bytes",
         "max_body_bytes", "header_timeout_ms", "idle_timeout_ms",
-        "max_connections", "drain_timeout_ms", NULL};
+        "max_connections", "drain_timeout_ms", "max_pipelined",
+        "max_client_output_bytes", "send_timeout_ms", "upstream_idle_timeout_ms",
+        "max_shadow_inflight", "shadow_timeout_ms", NULL};
     static const char *const log_fields[] = {"access_log", "level", NULL};
     char sp[PATH_MAX_LEN];
     bool is_unix;
@@ -963,6 +965,17 @@ parse_root(struct pctx *p, json_t *root)
             20000, 1, 10000000);
     get_int(p, lim, "limits", "drain_timeout_ms", &c->limits.drain_timeout_ms,
             10000, 0, 3600000);
+    get_int(p, lim, "limits", "max_pipelined", &c->limits.max_pipelined, 16, 1, 1024);
+    get_u64(p, lim, "limits", "max_client_output_bytes",
+            &c->limits.max_client_output_bytes, 1048576, 4096, (uint64_t)1 << 30);
+    get_int(p, lim, "limits", "send_timeout_ms", &c->limits.send_timeout_ms,
+            30000, 1, 3600000);
+    get_int(p, lim, "limits", "upstream_idle_timeout_ms",
+            &c->limits.upstream_idle_timeout_ms, 4000, 1, 3600000);
+    get_int(p, lim, "limits", "max_shadow_inflight", &c->limits.max_shadow_inflight,
+            256, 0, 100000);
+    get_int(p, lim, "limits", "shadow_timeout_ms", &c->limits.shadow_timeout_ms,
+            5000, 1, 3600000);
 
     json_t *log = get_obj(p, root, "", "log");
     if (log != NULL)

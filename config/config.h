@@ -98,6 +98,12 @@ struct cfg_limits {
     int idle_timeout_ms;
     int max_connections;
     int drain_timeout_ms;
+    int max_pipelined;              /* requests read ahead of the response written */
+    uint64_t max_client_output_bytes;   /* reading pauses above this much unsent output */
+    int send_timeout_ms;            /* a client that takes no bytes this long is closed */
+    int upstream_idle_timeout_ms;   /* idle pooled upstream connections close after this */
+    int max_shadow_inflight;        /* shadow copies per worker */
+    int shadow_timeout_ms;
 };
 
 struct cfg_redis {

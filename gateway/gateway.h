@@ -6,16 +6,27 @@
  * Threads: the main thread owns signals, the admin listener and config
  * publishing; each worker thread owns one event_base, its listeners, its
  * sessions and its upstream pools. Nothing on the request path takes a lock.
+ *
+ * Who calls whom (one way, top to bottom):
+ *   main.c -> control.c -> worker.c        process, generations, threads
+ *   admin.c -> control.c                   the admin API reads and commits
+ *   worker.c -> session.c                  accept, drain, free
+ *   session.c -> shadow.c, upstream.c, request.c, compose.c, account.c
+ *   shadow.c -> upstream.c, compose.c, account.c
+ *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
+ * OpenSSL is seen by tls.c, worker.c (context references) and control.c;
+ * llhttp by session.c, upstream.c and request.c.
  */
 #ifndef SLUICE_GATEWAY_H
 #define SLUICE_GATEWAY_H
 
-#include <http_parser.h>
+#include <llhttp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -34,7 +45,7 @@ struct ssl_st;
 #define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
 #define GW_MAX_HEADERS 128
 
-/* ---- header storage shared by both parsers (http.c) -------------------- */
+/* ---- heads: header storage and classification (http.c) ------------------ */
 
 struct hdr {
     uint32_t name_off, name_len;
@@ -45,64 +56,100 @@ struct hdr {
 enum hclass {
     HC_OTHER = 0,
     HC_HOP,                         /* hop-by-hop, or named by Connection */
-    HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_EXPECT, HC_XFF, HC_XFP,
-    HC_SLUICE_VERSION, HC_SLUICE_GROUP, HC_SLUICE_FAILOVER, HC_REQUEST_ID, HC_COOKIE,
+    HC_CONNECTION,                  /* Connection itself (hop-by-hop) */
+    HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_TRANSFER_ENCODING, HC_EXPECT,
+    HC_XFF, HC_XFP, HC_SLUICE, HC_REQUEST_ID, HC_COOKIE,
     HC_COUNT,
 };
 
-/* Raw request or response head: url/status text and headers, as offsets
- * into one growing buffer owned by the message. */
+/* A request or response head: url/reason text and headers, as offsets into
+ * one growing buffer owned by the message. */
 struct head {
     char *buf;
     size_t len, cap;
-    uint32_t url_off, url_len;      /* request URL or response reason */
+    uint32_t url_off, url_len;      /* request target or response reason */
     struct hdr h[GW_MAX_HEADERS];
     int n;
     bool in_value;                  /* last callback was a header value */
-    bool too_many;
     uint8_t cls[GW_MAX_HEADERS];    /* enum hclass of each header */
     int16_t first[HC_COUNT];        /* first header of each class, -1 if none */
     int16_t count[HC_COUNT];
+    int16_t pin;                    /* X-Sluice-Version, -1 if none */
 };
 
 void head_reset(struct head *hd);
 void head_free(struct head *hd);
+/* Append a piece of the url (reason), a header name or a value; -1 when
+ * out of memory or past GW_MAX_HEADERS. */
 int head_url(struct head *hd, const char *at, size_t len);
 int head_field(struct head *hd, const char *at, size_t len);
 int head_value(struct head *hd, const char *at, size_t len);
-/* Header i's name or value as a pointer into the buffer. */
 #define HD_NAME(hd, i) ((hd)->buf + (hd)->h[i].name_off)
 #define HD_VAL(hd, i) ((hd)->buf + (hd)->h[i].val_off)
 bool head_name_is(const struct head *hd, int i, const char *lower);
-/* Every header name is an RFC 9110 token (no spaces before the colon). */
-bool head_names_valid(const struct head *hd);
-/* Fill cls, first and count (after the head is complete). */
+/* Fill cls, first, count and pin once the head is complete. Headers that a
+ * Connection header names become HC_HOP (RFC 9110 §7.6.1). */
 void head_classify(struct head *hd);
+/* Whether the comma-separated list v holds tok (case-insensitive). */
+bool http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen);
 
 /* Small writers that avoid printf on the request path. */
 #define BUF_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
 void buf_str(struct evbuffer *b, const char *str);
 void buf_u64(struct evbuffer *b, uint64_t n);
 void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
+/* Append s to b as a JSON string body (no quotes), escaped. Bytes that are
+ * not valid UTF-8 are escaped as \u00XX so the output is always JSON. */
+void json_escape_add(struct evbuffer *b, const char *s, size_t len);
+/* The reason phrase of a status, "Unknown" when there is none. */
+const char *http_reason(int status);
+
+/* ---- transports (transport.c, tls.c) ----------------------------------- */
+
 /*
- * Send what is queued on a bufferevent. Plain sockets keep EV_WRITE off and
- * are written directly (direct = true); EV_WRITE is armed only when the
- * kernel would not take everything. TLS bufferevents pass direct = false.
+ * A connection's I/O: the bufferevent holds the buffers and owns the fd;
+ * reads go through rev and tp->read() (one read(2), or SSL_read), writes
+ * through tp->flush(). Plain sockets are written directly and arm the
+ * bufferevent's EV_WRITE only when the kernel would not take everything;
+ * TLS arms wev.
  */
-void gw_flush(struct bufferevent *bev, bool direct);
-/*
- * Plain sockets are read through an event of our own with gw_read(), one
- * read(2) into the bufferevent's input; returns the bytes read or one of
- * these. TLS bufferevents read through libevent.
- */
+struct conn_io {
+    struct bufferevent *bev;
+    struct event *rev;
+    struct event *wev;              /* TLS: socket writable again */
+    struct ssl_st *ssl;
+    struct timeval send_timeout;    /* TLS: a write that waits this long fails */
+    bool tls_ready;                 /* TLS handshake done */
+};
+
 #define GW_READ_SIZE 16384
 #define GW_READ_AGAIN (-1)
 #define GW_READ_EOF 0
 #define GW_READ_ERROR (-2)
-int gw_read(struct bufferevent *bev);
 
-/* Append s to b as a JSON string body (no quotes) with escaping. */
-void json_escape_add(struct evbuffer *b, const char *s, size_t len);
+struct transport {
+    const char *proto;              /* "http" or "https" */
+    /* Bytes read into the input buffer, or GW_READ_*. */
+    int (*read)(struct conn_io *io);
+    /* Send what is queued; 0, or -1 when the connection failed. */
+    int (*flush)(struct conn_io *io);
+    /* Free the transport's state (not the bufferevent). */
+    void (*end)(struct conn_io *io);
+};
+
+extern const struct transport transport_plain;
+extern const struct transport transport_tls;
+/* Plain reads and writes, also used for upstream connections. */
+int gw_read(struct bufferevent *bev);
+void gw_flush(struct bufferevent *bev, bool direct);
+
+/* A server context for a listener: TLS 1.2-1.3, modern ciphers, ALPN
+ * http/1.1, session cache and tickets. NULL with a reason naming the file. */
+struct ssl_ctx_st *tls_server_ctx(const struct cfg_listener *l, char *err,
+                                  size_t errlen);
+void tls_ctx_free(struct ssl_ctx_st *ctx);
+/* Attach a server-side SSL on fd to io; 0 or -1. */
+int tls_start(struct conn_io *io, struct ssl_ctx_st *ctx, int fd);
 
 /* ---- logs (log.c) -------------------------------------------------------- */
 
@@ -112,7 +159,7 @@ void log_init(void);
 void log_set_level(const char *level);
 /* One JSON event line on stderr: {"time","level","event",...fields}.
  * fields is either NULL or a string of already-encoded JSON members
- * (",\"k\":v..."); built with log_kv helpers or by hand. */
+ * (",\"k\":v..."); every interpolated string must be escaped. */
 void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Open (or reopen, for SIGUSR1) the access log target; 0 or -1. */
@@ -123,23 +170,6 @@ bool log_access_enabled(void);
 void log_access_write(struct evbuffer *b);
 void log_time_iso(char *out, size_t len);
 
-/* ---- TLS (tls.c) --------------------------------------------------------- */
-
-/* A server context for a listener: TLS 1.2-1.3, modern ciphers, ALPN
- * http/1.1, session cache and tickets. NULL with a reason naming the file. */
-struct ssl_ctx_st *tls_server_ctx(const struct cfg_listener *l, char *err,
-                                  size_t errlen);
-void tls_ctx_free(struct ssl_ctx_st *ctx);
-
-struct session;
-/* The TLS transport of a client session (SSL over the session's socket). */
-int tls_session_start(struct session *s, struct ssl_ctx_st *ctx, int fd);
-void tls_session_end(struct session *s);
-/* Like gw_read(): bytes read into the input, or GW_READ_*. */
-int tls_read(struct session *s);
-/* Write what is queued; arms s->wev when the socket is full. 0 or -1. */
-int tls_flush(struct session *s);
-
 /* ---- listeners (listen.c) ---------------------------------------------- */
 
 /* A bound, listening, non-blocking TCP socket; with reuseport, one of a
@@ -148,12 +178,167 @@ int tls_flush(struct session *s);
 int listen_socket(const char *host, int port, bool reuseport, char *err,
                   size_t errlen);
 
-/* ---- upstream pools (upstream.c) ----------------------------------------- */
+/* ---- request validation and routing inputs (request.c) -------------------
+ *
+ * Pure functions of a parsed head: no sockets, no state. */
+
+/* Why a request ended; each has its status, log code and rejected kind
+ * (account.c's table), so the log, the counters and the reply agree. */
+enum req_cause {
+    RC_OK = 0,                      /* relayed the model server's response */
+    RC_BAD_REQUEST,                 /* 400 */
+    RC_BAD_VERSION,                 /* 505 */
+    RC_UNAUTHORIZED,                /* 401 */
+    RC_NOT_FOUND,                   /* 404 */
+    RC_CLIENT_TIMEOUT,              /* 408 */
+    RC_TOO_LARGE,                   /* 413 */
+    RC_HEADERS_TOO_LARGE,           /* 431 */
+    RC_UNAVAILABLE,                 /* 503, no healthy upstream */
+    RC_OVERLOADED,                  /* 503, concurrency limit */
+    RC_UPSTREAM_CONNECT,            /* 502 */
+    RC_UPSTREAM_RESET,              /* 502, or cut mid-response */
+    RC_UPSTREAM_CLOSED,             /* 502, closed without (a complete) answer */
+    RC_UPSTREAM_INVALID,            /* 502 */
+    RC_UPSTREAM_TIMEOUT,            /* 504 */
+    RC_CLIENT_CLOSED,               /* the client left before its answer */
+    RC_CLIENT_ERROR,                /* reset, or TLS failure */
+    RC_SEND_TIMEOUT,                /* the client took no bytes for send_timeout_ms */
+    RC_SHUTDOWN,                    /* the worker stopped */
+    RC_COUNT,
+};
+
+struct req_cause_info {
+    int status;                     /* for the reply; 0 when none is sent */
+    const char *code;               /* the JSON error code of the reply */
+    const char *why;                /* the access log's "error" */
+    int rejected;                   /* enum rejected_kind, -1 if not one */
+};
+const struct req_cause_info *req_cause_info(enum req_cause c);
+
+/* What a request line and head say, as the parser reported them. */
+struct req_line {
+    int method;                     /* llhttp_method_t */
+    int major, minor;
+    bool chunked;                   /* Transfer-Encoding: chunked */
+    bool has_length;                /* Content-Length given */
+    uint64_t content_length;
+    bool upgrade;
+};
+
+/* The request target split up: offsets into the head's buffer. */
+struct req_target {
+    uint32_t path_off, path_len;
+    uint32_t query_off, query_len;  /* without '?'; query_len 0 when none */
+    bool has_query;
+};
+
+struct req_verdict {
+    enum req_cause cause;           /* RC_OK when the request may be routed */
+    const char *message;            /* static text for the reply */
+    bool close;                     /* framing no longer trustworthy */
+};
+
+/* Check what SPEC §3.7 asks of a request head beyond llhttp's own checks
+ * (version, Host, framing headers, names, targets, sizes); fill *t. */
+struct req_verdict req_validate(const struct head *hd, const struct req_line *rl,
+                                const struct cfg_limits *lim, struct req_target *t);
+/* The endpoint name in /api/v1/service/{ep}/score; false when the path is
+ * not a scoring URL. */
+bool req_score_path(const char *path, size_t len, const char **ep, size_t *eplen);
+/* The sticky key of a request: the configured header, or cookie. */
+bool req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep,
+                    const char **key, size_t *len);
+/* A usable incoming X-Request-Id (printable, no quotes, < 64 bytes). */
+bool req_id_acceptable(const char *v, size_t len);
+/* A fresh id: 32 hex digits from a per-worker prefix and a sequence. */
+void req_id_make(char out[33], uint64_t prefix, uint64_t seq);
+/* The mapping of an llhttp error to the cause of the reply. */
+enum req_cause req_parse_error_cause(int llhttp_errno);
+/* Host syntax (RFC 9110 §7.2: reg-name, IPv4 or [IPv6], optional port). */
+bool req_host_valid(const char *v, size_t len);
+
+/* ---- composing heads (compose.c) -------------------------------------------
+ *
+ * Values in, bytes out: nothing here looks at a session. */
+
+/* The tags Sluice adds (SPEC §3.5). */
+struct tags {
+    const char *version;            /* NULL: no version was chosen */
+    const char *group;
+    const char *request_id;
+    bool failover;
+};
+
+enum framing {
+    FRAME_NONE,                     /* no body */
+    FRAME_LENGTH,                   /* Content-Length */
+    FRAME_CHUNKED,                  /* Transfer-Encoding: chunked */
+    FRAME_CLOSE,                    /* until the connection closes (HTTP/1.0) */
+};
+
+struct upstream_request {
+    const char *method;
+    const char *path;               /* the version's path, or the received one */
+    size_t path_len;
+    const char *query;              /* NULL when none */
+    size_t query_len;
+    const struct head *hd;          /* the client's head, classified */
+    const char *peer;               /* client address for X-Forwarded-For */
+    const char *default_host;       /* Host when the client sent none (HTTP/1.0) */
+    const char *proto;              /* "http" or "https" */
+    struct tags tags;
+    enum framing framing;
+    uint64_t content_length;
+};
+
+/* The request head for the upstream: hop-by-hop headers, Authorization and
+ * the client's X-Sluice-* / X-Forwarded-Proto dropped, ours added. */
+void compose_request_head(struct evbuffer *out, const struct upstream_request *r);
+
+enum conn_header { CONN_NONE, CONN_CLOSE, CONN_KEEP_ALIVE };
+
+/* The response head for the client from an upstream head (classified):
+ * hop-by-hop, framing and X-Sluice-* headers dropped, ours added. */
+void compose_response_head(struct evbuffer *out, int status, const struct head *up,
+                           const struct tags *tags, enum framing framing,
+                           uint64_t content_length, enum conn_header conn);
+/* A JSON error reply (SPEC §3.6) with our tags. */
+void compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
+                   const char *code, const char *message, const struct tags *tags,
+                   enum conn_header conn);
+
+/* ---- accounting (account.c) ----------------------------------------------- */
 
 struct worker;
-struct session;
-struct shadow;
-struct ep_state;
+
+/* Everything the access log and the counters need of one finished request. */
+struct req_record {
+    const struct config *cfg;
+    const struct cfg_endpoint *ep;  /* NULL: reached no endpoint */
+    int version;                    /* -1: reached no version */
+    bool pinned, failover;
+    int status;                     /* sent to the client; 0: nothing sent */
+    enum req_cause cause;
+    uint64_t latency_us;
+    uint64_t bytes_in, bytes_out;
+    const char *request_id;
+    const char *peer;
+    const char *method;
+    const char *path;               /* the request target as received */
+    size_t path_len;
+    const char *upstream;           /* address, NULL when none */
+};
+
+/* One access-log line and one count (SPEC §3.7, §4). */
+void account_request(struct worker *w, const struct req_record *r);
+/* A shadow copy ended with status (0: no answer) after latency_us. */
+void account_shadow(struct worker *w, const struct config *cfg,
+                    const struct cfg_endpoint *ep, int version, int status,
+                    uint64_t latency_us, bool dropped);
+/* Write the worker's buffered access lines. */
+void account_flush(struct worker *w);
+
+/* ---- upstream pools and connections (upstream.c) -------------------------- */
 
 struct upool {
     char *address;
@@ -169,185 +354,123 @@ struct upool {
     struct upool *next;             /* worker's list */
 };
 
+/* Why an exchange with an upstream failed. */
+enum up_fail {
+    UPF_CONNECT,                    /* could not connect */
+    UPF_RESET,                      /* reset by the server */
+    UPF_CLOSED,                     /* closed before the response ended */
+    UPF_INVALID,                    /* not a valid HTTP/1.x response */
+};
+
+/*
+ * How a connection reports to whoever holds it (a client request or a
+ * shadow copy); set by upconn_acquire(). The connection never names its
+ * owner's type. Each callback may release or close the connection.
+ */
+struct upconn_ops {
+    /* The response head is complete (classified, in u->head). Return 1 when
+     * the response has no body (HEAD), else 0. */
+    int (*on_head)(void *owner, struct upconn *u);
+    void (*on_body)(void *owner, struct upconn *u, const char *at, size_t len);
+    /* The response ended; reusable when the connection may serve again. */
+    void (*on_done)(void *owner, struct upconn *u, bool reusable);
+    /* early: nothing of a response arrived, so a retry is safe. */
+    void (*on_failed)(void *owner, struct upconn *u, enum up_fail why, bool early);
+    /* The request bytes queued for the upstream were written. */
+    void (*on_drained)(void *owner, struct upconn *u);
+    /* A read was parsed and the response goes on: pass on what it gave. */
+    void (*on_progress)(void *owner, struct upconn *u);
+};
+
 struct upconn {
     struct worker *w;
     struct upool *pool;
     struct bufferevent *bev;
-    struct event *rev;              /* reads (see gw_read) */
-    struct session *s;              /* owner while a request uses it, or */
-    struct shadow *sh;              /* owner while a shadow copy uses it */
-    bool busy;                      /* owned (not idle in the pool) */
-    http_parser parser;
+    struct event *rev;              /* reads (see gw_read); idle timeout */
+    const struct upconn_ops *ops;   /* the owner's, while busy */
+    void *owner;
+    llhttp_t parser;
     struct head head;
+    int status;
+    bool busy;                      /* owned (not idle in the pool) */
     bool connected;
-    bool reused;
+    bool reused;                    /* served a request before this one */
     bool closed;
-    bool skip_message;              /* a 1xx response being dropped */
+    bool got_bytes;                 /* a response byte arrived */
     bool response_done;
     bool keepalive;                 /* the response allows reuse */
+    bool keepalive_denied;          /* a bodiless response announced a body */
+    bool no_body;                   /* response to HEAD, 1xx, 204, 304 */
     bool paused;                    /* client output is full */
     bool in_idle;
     TAILQ_ENTRY(upconn) link;       /* pool idle list */
     struct upconn *gc_next;
 };
 
+void upstream_worker_init(struct worker *w);
 struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
-/* An idle pooled connection or a new one being connected, owned by s. */
+/* An idle pooled connection or a new one being connected, reporting to
+ * owner through ops. NULL when no connection could be started. */
 struct upconn *upconn_acquire(struct worker *w, struct upool *p,
-                              struct session *s);
+                              const struct upconn_ops *ops, void *owner, bool fresh);
 /* Give a finished connection back to its pool (or close it). */
 void upconn_release(struct upconn *u, bool reusable);
 void upconn_close(struct upconn *u);
 /* Backpressure from the client side: stop / restart reading the response. */
 void upconn_pause(struct upconn *u);
 void upconn_resume(struct upconn *u);
-void upconn_free(struct upconn *u);
-void upool_free_all(struct worker *w);
+/* Send what is queued for the upstream. */
+void upconn_flush(struct upconn *u);
+struct evbuffer *upconn_output(struct upconn *u);
+void upstream_free_all(struct worker *w);
+void upstream_gc(struct worker *w);
 
-/* ---- sessions (session.c) ------------------------------------------------ */
+/*
+ * Choose an upstream of version vi of ep (snapshot cfg) for a request:
+ * route_pick_upstream() over the pools' state, then a concurrency slot.
+ * On PICK_OK *out holds the slot of (*out)->shared.
+ */
+enum pick { PICK_OK, PICK_NO_HEALTHY, PICK_AT_LIMIT };
+enum pick upstream_pick(struct worker *w, const struct config *cfg,
+                        const struct cfg_endpoint *ep, int vi,
+                        const struct upool *avoid, struct upool **out);
+/* A connect failure or reset of p (counts toward passive ejection). */
+void upstream_failed(struct worker *w, struct upool *p, const struct cfg_version *v);
 
-enum sess_state {
-    SS_IDLE,            /* waiting for the first byte of a request */
-    SS_HEAD,            /* reading request headers */
-    SS_BODY,            /* streaming the request body */
-    SS_WAIT,            /* request read, waiting for the response to end */
-    SS_CLOSING,         /* flushing output, then close */
-};
+/* ---- shadow traffic (shadow.c) -------------------------------------------- */
 
-struct request {
-    struct config *cfg;             /* snapshot this request runs on */
-    const struct cfg_endpoint *ep;
-    int version;
-    bool pinned;
-    struct upool *pool;
-    uint64_t body_in;               /* request body bytes received */
-    uint64_t bytes_in;              /* all request bytes */
-    uint64_t bytes_out;             /* all response bytes to the client */
-    bool chunked_up;                /* request body is re-chunked upstream */
-    bool complete;                  /* request fully read */
-    bool discard;                   /* body read and dropped (error sent) */
-    bool response_started;          /* response head sent to the client */
-    bool response_done;             /* response fully queued to the client */
-    bool expect_continue;           /* client waits for 100 Continue */
-    bool response_chunked;          /* response re-chunked to the client */
-    bool response_close;            /* close the client after the response */
-    bool failover;                  /* served by the default instead */
-    bool retried;                   /* already moved to another upstream once */
-    struct http_parser_url url;     /* the parsed request target */
-    struct route_shared *slot;      /* concurrency slot held, if any */
-    struct metrics_slot *mslot;     /* where it is counted */
-    bool counted;                   /* ended: counted and logged once */
-    bool head_method;
-    int status;
-    const char *fail_reason;
-    struct timespec t_start;        /* end of request headers */
-    char id[64];
-    const char *upstream_addr;
-};
+/* A mirror this far behind its live request is dropped. */
+#define SHADOW_MAX_BEHIND (1024 * 1024)
 
-struct session {
-    struct worker *w;
-    struct bufferevent *bev;
-    struct event *rev;              /* reads (see gw_read, tls_read) */
-    struct event *wev;              /* TLS: socket writable again */
-    struct ssl_st *ssl;             /* TLS transport, NULL for plain */
-    bool tls_ready;                 /* handshake done */
-    bool tls;
-    char peer[64];
-    http_parser parser;
-    struct head head;
-    enum sess_state state;
-    struct request req;
-    struct upconn *up;
-    struct event *timer;            /* header/body deadline or idle timeout */
-    struct event *up_timer;         /* scoring timeout */
-    bool keep_alive;                /* client wants the connection kept */
-    bool read_paused;               /* backpressure from the upstream */
-    bool waiting;                   /* in the worker's queue for a slot */
-    /* The credential this connection last authenticated with: the same
-     * bytes again (compared in constant time) on the same endpoint and
-     * config snapshot need no new check. */
-    char *auth_cred;
-    uint32_t auth_cred_len;
-    uint64_t auth_gen;              /* config generation it was checked on */
-    int auth_ep;                    /* endpoint index in that generation */
-    time_t auth_until;              /* 0: until the config changes */
-    struct shadow *shadows[CFG_MAX_VERSIONS];   /* copies still being fed */
-    int n_shadows;
-    TAILQ_ENTRY(session) wait_link;
-    bool closed;
-    TAILQ_ENTRY(session) link;
-    struct session *gc_next;
-};
+struct shadow;
 
+/*
+ * Start a copy of a request for mirror version vi: head holds its composed
+ * request head (moved out). The copy is fed the body with shadow_body() and
+ * nothing is sent before shadow_complete(), so a request found malformed
+ * after its head never reaches the mirror. NULL when it is not sent (no
+ * room, no healthy mirror: counted as shadow_dropped).
+ */
+struct shadow *shadow_start(struct worker *w, struct config *cfg,
+                            const struct cfg_endpoint *ep, int vi,
+                            struct evbuffer *head, bool chunked, bool head_method);
+void shadow_body(struct shadow *sh, const char *at, size_t len);
+/* The live request was read whole: send the copy, let it go on alone. */
+void shadow_complete(struct shadow *sh);
+/* The live request failed before it was complete: drop the copy. */
+void shadow_abandon(struct shadow *sh);
+void shadows_free_all(struct worker *w);
+
+/* ---- client sessions (session.c) ----------------------------------------- */
+
+struct session;
+void session_worker_init(struct worker *w);
 void session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
                  struct ssl_ctx_st *tls);
-void session_close(struct session *s, const char *why);
-void session_free(struct session *s);
-/* Callbacks from upstream.c. */
-void session_upstream_head(struct session *s, struct upconn *u);
-void session_upstream_body(struct session *s, const char *at, size_t len);
-void session_upstream_done(struct session *s, struct upconn *u, bool reusable);
-/* conn_error: a connect failure or reset (counts toward ejection). */
-void session_upstream_failed(struct session *s, struct upconn *u,
-                             const char *why, bool conn_error);
-/* Choose an upstream of version vi of ep (from snapshot cfg): healthy,
- * under its concurrency limit, fewest in flight here; not avoid. On
- * PICK_OK a slot of *out's shared counter is taken. */
-enum pick { PICK_OK, PICK_NO_HEALTHY, PICK_AT_LIMIT };
-enum pick gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep,
-                  int vi, const struct upool *avoid, struct upool **out);
-/* The request head for version v, tagged with group. */
-void gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_version *v,
-                     const char *group);
-/* Give queued requests the slots that are free now. */
-void session_dispatch_waiters(struct worker *w);
-/* Keep polling for slots while requests wait (slots free in other workers). */
-void session_poll_waiters(struct worker *w);
-void session_upstream_drained(struct session *s);
-/* Send what is queued to the client and the upstream. */
-void session_flush(struct session *s);
 /* Drain: close idle sessions now; the rest close after their response. */
 void session_drain_all(struct worker *w);
-
-/* ---- shadow traffic (shadow.c) ------------------------------------------------ */
-
-#define SHADOW_MAX_BEHIND (1024 * 1024)    /* a mirror this far behind is dropped */
-
-/* A copy of a live request sent to a mirror version; its answer is read
- * and dropped. It never holds up the client's request: it is fed what the
- * client sends, is abandoned if it falls behind or the client goes away
- * mid-request, and otherwise finishes on its own. */
-struct shadow {
-    struct worker *w;
-    struct session *s;              /* while the request streams; then NULL */
-    struct upconn *u;
-    struct config *cfg;
-    const struct cfg_endpoint *ep;
-    int version;
-    struct route_shared *slot;
-    struct event *timer;            /* scoring_timeout_ms */
-    struct timespec t_start;
-    bool chunked;
-    bool head_method;
-    int answer;                     /* status of the mirror's response head */
-    int status;                     /* the outcome once it ends; 0: not counted */
-    TAILQ_ENTRY(shadow) link;
-};
-
-/* Start the copies this request gets (mirror versions, by their share). */
-void shadows_start(struct session *s, struct ep_state *es);
-/* Feed them the request's body bytes, then its end. */
-void shadows_body(struct session *s, const char *at, size_t len);
-void shadows_complete(struct session *s);
-void shadows_flush(struct session *s);
-/* The session ends: complete copies go on alone, incomplete ones stop. */
-void shadows_detach(struct session *s);
-void shadows_free_all(struct worker *w);
-/* From upstream.c. */
-int shadow_head(struct shadow *sh, struct upconn *u);
-void shadow_done(struct shadow *sh, struct upconn *u, bool reusable);
-void shadow_failed(struct shadow *sh, struct upconn *u, const char *why, bool conn_error);
+void sessions_free_all(struct worker *w);
+void session_gc(struct worker *w);
 
 /* ---- workers (worker.c) ---------------------------------------------------- */
 
@@ -364,12 +487,15 @@ struct worker_listener {
     struct ssl_ctx_st *ctx;
 };
 
+/* A worker's state for one endpoint of its current snapshot. */
 struct ep_state {
     struct route_split split;
     struct upool *pools[CFG_MAX_VERSIONS][CFG_MAX_UPSTREAMS];
     struct metrics_slot *mslot[CFG_MAX_VERSIONS];   /* live (or shadow, for mirrors) */
     int mirror_acc[CFG_MAX_VERSIONS];
 };
+
+struct request;
 
 struct worker {
     int id;
@@ -382,15 +508,22 @@ struct worker {
     struct listener_rt *listeners;
     int n_listeners;
     struct upool *pools;
+    /* sessions (session.c) */
     TAILQ_HEAD(, session) sessions;
-    TAILQ_HEAD(, session) waiters;  /* waiting for a concurrency slot, FIFO */
-    struct event *wait_poll;        /* retries waiters: slots free in other workers too */
-    TAILQ_HEAD(, shadow) shadows;
+    TAILQ_HEAD(, request) waiters;  /* waiting for a concurrency slot, FIFO */
+    struct event *wait_poll;        /* slots free in other workers too */
+    struct request *free_reqs;      /* recycled request structs */
+    int n_free_reqs;
     int n_sessions;
-    bool draining;
-    struct event *gc_ev;
     struct session *gc_sessions;
+    struct event *session_gc_ev;
+    /* upstreams and shadows (upstream.c, shadow.c) */
     struct upconn *gc_upconns;
+    struct event *upstream_gc_ev;
+    TAILQ_HEAD(, shadow) shadows;
+    int n_shadows;
+    bool draining;
+    /* the mailbox from the main thread */
     struct event *mail_ev;
     pthread_mutex_t mail_lock;      /* main thread -> worker messages only */
     struct config *mail_cfg;
@@ -398,11 +531,13 @@ struct worker {
     int mail_n_listeners;
     bool mail_drain;
     bool mail_stop;
+    /* accounting (account.c) */
     struct evbuffer *access;        /* buffered access-log lines */
     time_t log_sec;                 /* the second log_date holds */
     char log_date[24];
-    struct evbuffer *scratch;       /* composing heads, then moved in one go */
     struct event *log_ev;
+    struct evbuffer *scratch;       /* composing heads, then moved in one go */
+    struct evbuffer *scratch2;
     uint64_t req_seq;
     uint64_t id_prefix;
 };
@@ -410,6 +545,8 @@ struct worker {
 extern int gw_n_workers;
 extern struct worker *gw_workers;
 extern int gw_open_connections;     /* atomic, all workers */
+extern int gw_open_fds;             /* atomic: client and upstream sockets */
+extern int gw_fd_limit;             /* RLIMIT_NOFILE at start */
 
 /* table holds n workers x n_listeners entries, worker-major. */
 int workers_start(struct config *cfg, int n, const struct worker_listener *table,
@@ -421,11 +558,6 @@ void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
 void workers_join(int deadline_ms);
 void workers_free(void);
-void worker_gc(struct worker *w);
-/* A request ended: count it and write its access-log line. */
-void worker_request_done(struct worker *w, struct session *s);
-/* A shadow copy ended. */
-void worker_shadow_done(struct worker *w, const struct shadow *sh);
 /* The workers' counters, for the collector. */
 struct metrics_worker **workers_metrics(void);
 uint64_t now_us(void);

@@ -1,16 +1,14 @@
 /*
- * Header storage for http_parser callbacks. The parser may hand a name or
- * value over in several pieces (when it spans two reads), so pieces are
- * appended to the last entry until the other kind of callback arrives.
+ * Heads: header storage for llhttp callbacks and what each header is to a
+ * proxy. The parser may hand a name or value over in several pieces (when
+ * it spans two reads), so pieces are appended to the last entry until the
+ * other kind of callback arrives. Also the small writers that keep printf
+ * off the request path.
  */
 #include "gateway/gateway.h"
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
-#include <errno.h>
 #include <stdlib.h>
-#include <unistd.h>
 #include <string.h>
 #include <strings.h>
 
@@ -21,7 +19,7 @@ head_reset(struct head *hd)
     hd->url_off = hd->url_len = 0;
     hd->n = 0;
     hd->in_value = false;
-    hd->too_many = false;
+    hd->pin = -1;
     for (int c = 0; c < HC_COUNT; c++) {
         hd->first[c] = -1;          /* until head_classify() runs */
         hd->count[c] = 0;
@@ -66,14 +64,12 @@ int
 head_field(struct head *hd, const char *at, size_t len)
 {
     if (hd->n == 0 || hd->in_value) {
-        if (hd->n == GW_MAX_HEADERS) {
-            hd->too_many = true;
+        if (hd->n == GW_MAX_HEADERS)
             return -1;
-        }
         struct hdr *h = &hd->h[hd->n++];
         h->name_off = (uint32_t)hd->len;
         h->name_len = 0;
-        h->val_off = 0;
+        h->val_off = (uint32_t)hd->len;
         h->val_len = 0;
         hd->in_value = false;
     }
@@ -84,6 +80,8 @@ head_field(struct head *hd, const char *at, size_t len)
 int
 head_value(struct head *hd, const char *at, size_t len)
 {
+    if (hd->n == 0)
+        return -1;
     struct hdr *h = &hd->h[hd->n - 1];
     if (!hd->in_value) {
         h->val_off = (uint32_t)hd->len;
@@ -101,32 +99,8 @@ head_name_is(const struct head *hd, int i, const char *lower)
            strncasecmp(HD_NAME(hd, i), lower, n) == 0;
 }
 
-/* RFC 9110 §5.6.2 token characters. */
-static bool
-is_tchar(unsigned char c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
 bool
-head_names_valid(const struct head *hd)
-{
-    for (int i = 0; i < hd->n; i++) {
-        const unsigned char *n = (const unsigned char *)HD_NAME(hd, i);
-        if (hd->h[i].name_len == 0)
-            return false;
-        for (uint32_t k = 0; k < hd->h[i].name_len; k++)
-            if (!is_tchar(n[k]))
-                return false;
-    }
-    return true;
-}
-
-/* Whether the comma-separated list in value holds token (case-insensitive). */
-static bool
-list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
+http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
 {
     size_t i = 0;
     while (i < vlen) {
@@ -144,17 +118,6 @@ list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
     return false;
 }
 
-/* Whether a Connection header names header i (RFC 9110 §7.6.1). */
-static bool
-named_by_connection(const struct head *hd, int i, const int conn[], int nconn)
-{
-    for (int c = 0; c < nconn; c++)
-        if (list_has(HD_VAL(hd, conn[c]), hd->h[conn[c]].val_len,
-                     HD_NAME(hd, i), hd->h[i].name_len))
-            return true;
-    return false;
-}
-
 static const struct {
     const char *name;
     uint8_t len;
@@ -163,12 +126,12 @@ static const struct {
 #define K(n, c) {n, sizeof(n) - 1, c}
     K("te", HC_HOP), K("host", HC_HOST), K("expect", HC_EXPECT), K("cookie", HC_COOKIE),
     K("trailer", HC_HOP), K("upgrade", HC_HOP), K("keep-alive", HC_HOP),
-    K("connection", HC_HOP), K("x-request-id", HC_REQUEST_ID),
+    K("connection", HC_CONNECTION), K("x-request-id", HC_REQUEST_ID),
     K("authorization", HC_AUTHORIZATION), K("content-length", HC_CONTENT_LENGTH),
-    K("x-sluice-group", HC_SLUICE_GROUP), K("x-forwarded-for", HC_XFF),
-    K("proxy-connection", HC_HOP), K("x-sluice-version", HC_SLUICE_VERSION),
-    K("transfer-encoding", HC_HOP), K("x-forwarded-proto", HC_XFP),
-    K("x-sluice-failover", HC_SLUICE_FAILOVER), K("proxy-authenticate", HC_HOP),
+    K("x-sluice-group", HC_SLUICE), K("x-forwarded-for", HC_XFF),
+    K("proxy-connection", HC_HOP), K("x-sluice-version", HC_SLUICE),
+    K("transfer-encoding", HC_TRANSFER_ENCODING), K("x-forwarded-proto", HC_XFP),
+    K("x-sluice-failover", HC_SLUICE), K("proxy-authenticate", HC_HOP),
     K("proxy-authorization", HC_HOP),
 #undef K
 };
@@ -176,7 +139,8 @@ static const struct {
 void
 head_classify(struct head *hd)
 {
-    int conn[8], nconn = 0;
+    int nconn = 0;
+    hd->pin = -1;
     for (int c = 0; c < HC_COUNT; c++) {
         hd->first[c] = -1;
         hd->count[c] = 0;
@@ -190,14 +154,30 @@ head_classify(struct head *hd)
                 cls = known[k].cls;
                 break;
             }
-        if (cls == HC_HOP && len == 10 && nconn < 8)
-            conn[nconn++] = i;      /* a Connection header */
+        if (cls == HC_OTHER && len > 9 && strncasecmp(name, "x-sluice-", 9) == 0)
+            cls = HC_SLUICE;        /* every X-Sluice-* is ours to set */
+        if (cls == HC_CONNECTION)
+            nconn++;
+        else if (cls == HC_SLUICE && len == 16 && hd->pin < 0 &&
+                 strncasecmp(name, "x-sluice-version", 16) == 0)
+            hd->pin = (int16_t)i;
         hd->cls[i] = cls;
     }
-    /* Headers that a Connection header names are hop-by-hop too. */
-    for (int i = 0; nconn > 0 && i < hd->n; i++)
-        if (hd->cls[i] != HC_HOP && named_by_connection(hd, i, conn, nconn))
-            hd->cls[i] = HC_HOP;
+    /* Headers that any Connection header names are hop-by-hop too; every
+     * Connection header counts, however many there are. */
+    for (int i = 0; nconn > 0 && i < hd->n; i++) {
+        if (hd->cls[i] == HC_HOP || hd->cls[i] == HC_CONNECTION)
+            continue;
+        for (int c = 0; c < hd->n; c++)
+            if (hd->cls[c] == HC_CONNECTION &&
+                http_list_has(HD_VAL(hd, c), hd->h[c].val_len, HD_NAME(hd, i),
+                              hd->h[i].name_len)) {
+                if (hd->cls[i] == HC_SLUICE && i == hd->pin)
+                    hd->pin = -1;
+                hd->cls[i] = HC_HOP;
+                break;
+            }
+    }
     for (int i = 0; i < hd->n; i++) {
         uint8_t c = hd->cls[i];
         if (hd->first[c] < 0)
@@ -206,27 +186,70 @@ head_classify(struct head *hd)
     }
 }
 
+/* Length of the valid UTF-8 sequence at s (of n bytes), 0 if invalid. */
+static size_t
+utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else
+        return 0;
+    if (n < len)
+        return 0;
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[k] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
 void
-json_escape_add(struct evbuffer *b, const char *s, size_t len)
+json_escape_add(struct evbuffer *b, const char *str, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
     size_t start = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f)
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
+            i++;
             continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_seq(s + i, len - i);
+            if (k > 0) {
+                i += k;
+                continue;
+            }
+        }
         if (i > start)
-            evbuffer_add(b, s + start, i - start);
+            evbuffer_add(b, str + start, i - start);
         char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
         if (c == '"' || c == '\\') {
             esc[1] = (char)c;
             evbuffer_add(b, esc, 2);
         } else
             evbuffer_add(b, esc, 6);
-        start = i + 1;
+        start = ++i;
     }
     if (len > start)
-        evbuffer_add(b, s + start, len - start);
+        evbuffer_add(b, str + start, len - start);
 }
 
 void
@@ -262,50 +285,35 @@ buf_chunk_size(struct evbuffer *b, size_t n)
     evbuffer_add(b, tmp + i, sizeof(tmp) - (size_t)i);
 }
 
-int
-gw_read(struct bufferevent *bev)
+const char *
+http_reason(int status)
 {
-    struct evbuffer *in = bufferevent_get_input(bev);
-    struct evbuffer_iovec v;
-    int rc;
-
-    /* One read(2) into the input buffer, without the FIONREAD ioctl that
-     * libevent's own read path makes before every read. */
-    evbuffer_unfreeze(in, 0);
-    if (evbuffer_reserve_space(in, GW_READ_SIZE, &v, 1) < 1) {
-        evbuffer_freeze(in, 0);
-        return GW_READ_ERROR;
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
     }
-    ssize_t n = read(bufferevent_getfd(bev), v.iov_base, v.iov_len);
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(in, &v, 1);
-        rc = (int)n;
-    } else if (n == 0)
-        rc = GW_READ_EOF;
-    else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-        rc = GW_READ_AGAIN;
-    else
-        rc = GW_READ_ERROR;
-    evbuffer_freeze(in, 0);
-    return rc;
-}
-
-void
-gw_flush(struct bufferevent *bev, bool direct)
-{
-    struct evbuffer *out = bufferevent_get_output(bev);
-    if (evbuffer_get_length(out) == 0)
-        return;
-    /* Write now rather than wait a loop turn for EV_WRITE: saves the two
-     * epoll_ctl calls per response that arming the write event costs. */
-    if (direct) {
-        /* A socket bufferevent freezes the start of its output so that only
-         * it drains it; unfreeze around the write, as it does itself. */
-        evbuffer_unfreeze(out, 1);
-        evbuffer_write(out, bufferevent_getfd(bev));
-        evbuffer_freeze(out, 1);
-    }
-    if (evbuffer_get_length(out) > 0)
-        bufferevent_enable(bev, EV_WRITE);
 }

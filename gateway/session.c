@@ -1,14 +1,32 @@
 /*
- * A client connection and the requests on it.
+ * A client connection and the requests on it: the request lifecycle.
  *
- * Requests are parsed with http_parser straight from the bufferevent's input
- * and streamed to the upstream as they arrive. One request is in progress at
- * a time: the parser is paused when a request ends and resumed once its
- * response is done, so pipelined requests are answered in order.
+ * A connection reads requests one at a time with llhttp (strict mode): the
+ * parser pauses when a request has been read whole and resumes when that
+ * request has ended, so pipelined requests are answered in order. A request
+ * goes through these phases, one at a time:
  *
- * Every end of a session goes through session_close(); the struct itself is
- * freed later by the worker's gc event, so code still on the stack may look
- * at s->closed after a call that could have closed it.
+ *   RP_HEAD      its head is being read (the header deadline runs)
+ *   RP_QUEUED    routed, waiting for a concurrency slot; its body unread
+ *   RP_UPSTREAM  sent (or being sent) to a model server, no answer yet
+ *   RP_RESPONDING  the model server's response streams to the client
+ *   RP_ANSWERED  its response was handed whole to the client: relayed, or
+ *                Sluice's own reply (the rest of the body is read and
+ *                dropped, or the connection closes)
+ *
+ * A request ends in exactly one place, request_end(), once it is answered
+ * and read whole (or its connection is closing): it writes the access-log
+ * line and counts it once (account.c), releases its slot, leaves the wait
+ * queue, lets go of its shadow copies and its upstream connection, drops
+ * its config snapshot, and either gets the connection ready for the next
+ * request or closes it. Why it ended is an enum req_cause.
+ *
+ * Reading is bounded per connection (SPEC §3.7): it pauses while more than
+ * limits.max_client_output_bytes wait to be sent, while max_pipelined
+ * answers wait unsent, and while unparsed input exceeds one head's worth.
+ *
+ * A session ends in session_close() only; the struct itself is freed from
+ * the worker's gc event, so code still on the stack may look at s->closed.
  */
 #include "gateway/gateway.h"
 
@@ -25,74 +43,84 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define SCORE_PREFIX "/api/v1/service/"
-#define SCORE_SUFFIX "/score"
 #define LINGER_MS 2000
+#define REPLAY_MAX (64 * 1024)      /* request bytes kept for one retry */
+#define FREE_REQS_MAX 64
 
-static http_parser_settings req_settings;
+enum req_phase { RP_HEAD, RP_QUEUED, RP_UPSTREAM, RP_RESPONDING, RP_ANSWERED };
 
-static void session_parse(struct session *s);
-static void release_slot(struct session *s);
-static void stop_waiting(struct session *s);
-static void client_read(struct bufferevent *bev, void *arg);
-static void client_event(struct bufferevent *bev, short events, void *arg);
+struct request {
+    struct session *s;
+    struct config *cfg;             /* snapshot this request runs on */
+    enum req_phase phase;
+    enum req_cause cause;
+    const struct cfg_endpoint *ep;
+    int version;                    /* -1 until one is chosen */
+    bool pinned, failover, retried, head_method, expect_continue;
+    bool routed;                    /* the head was accepted and routed */
+    bool body_done;                 /* read whole */
+    bool discard;                   /* answered early: the rest is dropped */
+    bool head_too_large;
+    enum framing up_framing;        /* the body's framing to the upstream */
+    enum framing resp_framing;      /* the response's framing to the client */
+    struct upool *pool;
+    struct route_shared *slot;      /* concurrency slot held, if any */
+    struct upconn *up;
+    struct evbuffer *replay;        /* what went to a reused connection */
+    struct event *timer;            /* scoring timeout, or the wait deadline */
+    struct shadow *shadows[CFG_MAX_VERSIONS];
+    int n_shadows;
+    struct req_line line;
+    struct req_target target;
+    int status;                     /* sent to the client */
+    uint64_t body_in, bytes_in, bytes_out;
+    uint64_t extra_bytes;           /* chunk extensions */
+    uint64_t t_start_us;            /* end of the request head */
+    char id[64];
+    struct head head;
+    TAILQ_ENTRY(request) wait_link;
+    bool waiting;
+    struct request *next_free;
+};
 
-static void client_write(struct bufferevent *bev, void *arg);
-static void client_raw_read(evutil_socket_t fd, short what, void *arg);
+struct session {
+    struct worker *w;
+    const struct transport *tp;
+    struct conn_io io;
+    llhttp_t parser;
+    struct request *req;            /* the request being read or answered */
+    struct event *timer;            /* header deadline, idle timeout, linger */
+    bool keep_alive;                /* the client wants the connection kept */
+    bool close_after;               /* close once the current request ends */
+    bool closing;                   /* flushing its last output, then linger */
+    bool lingering;
+    bool closed;
+    int unsent_answers;             /* answers queued since output was empty */
+    char peer[INET6_ADDRSTRLEN];
+    /* The credential this connection last authenticated with: the same
+     * bytes again (compared in constant time) on the same endpoint and
+     * config snapshot need no new check. */
+    char *auth_cred;
+    uint32_t auth_cred_len;
+    uint64_t auth_gen;              /* config generation it was checked on */
+    int auth_ep;                    /* endpoint index in that generation */
+    time_t auth_until;              /* 0: until the config changes */
+    TAILQ_ENTRY(session) link;
+    struct session *gc_next;
+};
 
-/* Start or stop reading from the client. */
-static void
-client_reading(struct session *s, bool on)
-{
-    if (on)
-        event_add(s->rev, NULL);
-    else
-        event_del(s->rev);
-}
+static llhttp_settings_t req_settings;
 
-/* Send what is queued for the client, through its transport. */
-static void
-client_flush(struct session *s)
-{
-    if (s->tls) {
-        if (tls_flush(s) < 0)
-            session_close(s, "tls_write_failed");
-    } else
-        gw_flush(s->bev, true);
-}
-
-/* TLS: the socket takes data again (or the handshake can go on). */
-static void
-client_tls_writable(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    if (!s->tls_ready) {
-        client_raw_read(fd, EV_READ, s);
-        return;
-    }
-    if (tls_flush(s) < 0) {
-        session_close(s, "tls_write_failed");
-        return;
-    }
-    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-        client_write(s->bev, s);
-}
-
-static void
-client_raw_read(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    int n = s->tls ? tls_read(s) : gw_read(s->bev);
-    if (n > 0)
-        client_read(s->bev, s);
-    else if (n == GW_READ_EOF)
-        client_event(s->bev, BEV_EVENT_EOF | BEV_EVENT_READING, s);
-    else if (n == GW_READ_ERROR)
-        client_event(s->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, s);
-}
+static void session_run(struct session *s);
+static void session_close(struct session *s);
+static void request_reply(struct session *s, enum req_cause cause, const char *msg,
+                          bool close);
+static void request_maybe_end(struct session *s);
 static void start_closing(struct session *s);
+static void dispatch_waiters(struct worker *w);
+static void update_reading(struct session *s);
 
-/* ---- helpers --------------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------- */
 
 static void
 arm(struct event *ev, int ms)
@@ -110,15 +138,13 @@ limits(const struct session *s)
 static struct evbuffer *
 client_out(struct session *s)
 {
-    return bufferevent_get_output(s->bev);
+    return bufferevent_get_output(s->io.bev);
 }
 
 static const struct cfg_version *
-req_version(const struct session *s)
+req_version(const struct request *r)
 {
-    if (s->req.ep == NULL || s->req.version < 0)
-        return NULL;
-    return &s->req.ep->versions[s->req.version];
+    return r->ep != NULL && r->version >= 0 ? &r->ep->versions[r->version] : NULL;
 }
 
 static const char *
@@ -127,147 +153,969 @@ group_of(const struct cfg_version *v)
     return config_group_name(v->mirror > 0 ? CFG_GROUP_SHADOW : v->group);
 }
 
-static void
-sluice_headers_for(struct session *s, struct evbuffer *out, const struct cfg_version *v,
-                   const char *group)
+static struct tags
+req_tags(const struct request *r)
 {
-    if (v != NULL) {
-        BUF_LIT(out, "X-Sluice-Version: ");
-        buf_str(out, v->name);
-        BUF_LIT(out, "\r\nX-Sluice-Group: ");
-        buf_str(out, group);
-        BUF_LIT(out, "\r\n");
+    const struct cfg_version *v = req_version(r);
+    struct tags t = {v ? v->name : NULL, v ? group_of(v) : NULL, r->id, r->failover};
+    return t;
+}
+
+/* Send what is queued for the client. */
+static void
+client_flush(struct session *s)
+{
+    if (s->closed)
+        return;
+    if (s->tp->flush(&s->io) < 0) {
+        session_close(s);
+        return;
     }
-    if (s->req.failover)
-        BUF_LIT(out, "X-Sluice-Failover: true\r\n");
-    BUF_LIT(out, "X-Request-Id: ");
-    buf_str(out, s->req.id);
-    BUF_LIT(out, "\r\n");
+    if (evbuffer_get_length(client_out(s)) == 0)
+        s->unsent_answers = 0;
 }
 
 static void
-sluice_headers(struct session *s, struct evbuffer *out)
+ensure_id(struct request *r)
 {
-    const struct cfg_version *v = req_version(s);
-    sluice_headers_for(s, out, v, v ? group_of(v) : NULL);
+    if (r->id[0] == '\0') {
+        struct worker *w = r->s->w;
+        req_id_make(r->id, w->id_prefix, ++w->req_seq);
+    }
+}
+
+/* ---- requests: birth and recycling --------------------------------------- */
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static struct request *
+request_new(struct session *s)
+{
+    struct worker *w = s->w;
+    struct request *r = w->free_reqs;
+    if (r != NULL) {
+        w->free_reqs = r->next_free;
+        w->n_free_reqs--;
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+        r->timer = evtimer_new(w->base, req_timer_cb, r);
+        if (r->timer == NULL) {
+            free(r);
+            return NULL;
+        }
+    }
+    struct event *timer = r->timer;
+    struct head hd = r->head;
+    memset(r, 0, offsetof(struct request, head));
+    r->timer = timer;
+    r->head = hd;
+    head_reset(&r->head);
+    r->s = s;
+    r->version = -1;
+    r->cfg = config_take(w->cfg);
+    return r;
+}
+
+static void
+request_recycle(struct worker *w, struct request *r)
+{
+    if (r->replay != NULL) {
+        evbuffer_free(r->replay);
+        r->replay = NULL;
+    }
+    if (w->n_free_reqs < FREE_REQS_MAX && !w->draining) {
+        r->next_free = w->free_reqs;
+        w->free_reqs = r;
+        w->n_free_reqs++;
+        return;
+    }
+    event_free(r->timer);
+    head_free(&r->head);
+    free(r);
+}
+
+static void
+free_reqs_all(struct worker *w)
+{
+    while (w->free_reqs != NULL) {
+        struct request *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        event_free(r->timer);
+        head_free(&r->head);
+        free(r);
+    }
+    w->n_free_reqs = 0;
+}
+
+/* ---- the one end of a request ----------------------------------------------- */
+
+/* Leave the wait queue; the parser, paused at the end of the head while
+ * the request waited, reads the body again. */
+static void
+stop_waiting(struct request *r)
+{
+    if (r->waiting) {
+        r->waiting = false;
+        TAILQ_REMOVE(&r->s->w->waiters, r, wait_link);
+        if (llhttp_get_errno(&r->s->parser) == HPE_PAUSED)
+            llhttp_resume(&r->s->parser);
+    }
+}
+
+static void
+release_slot(struct request *r)
+{
+    if (r->slot != NULL) {
+        route_give_slot(r->slot);
+        r->slot = NULL;
+        dispatch_waiters(r->s->w);
+    }
+}
+
+static void
+drop_shadows(struct request *r)
+{
+    for (int i = 0; i < r->n_shadows; i++)
+        shadow_abandon(r->shadows[i]);
+    r->n_shadows = 0;
 }
 
 /*
- * Answer with a JSON error (SPEC §3.6). With close, the connection ends
- * after the answer: used whenever the request's framing can no longer be
- * trusted or the rest of it will not be read.
+ * The request is over: answered whole and read whole, or its connection is
+ * going away. Log and count it once, release everything it holds, and get
+ * the connection ready for the next request (or close it).
  */
 static void
-send_error(struct session *s, int status, const char *code, const char *msg,
-           bool close)
+request_end(struct session *s)
 {
-    if (s->req.fail_reason == NULL)
-        s->req.fail_reason = code;
-    if (s->up != NULL) {
-        upconn_close(s->up);
-        s->up = NULL;
+    struct worker *w = s->w;
+    struct request *r = s->req;
+
+    s->req = NULL;
+    if (r->status == 0 && r->cause == RC_CLIENT_CLOSED)
+        r->status = 499;            /* nginx's code for a client that left */
+    const char *url = r->head.buf ? r->head.buf + r->head.url_off : NULL;
+    struct req_record rec = {
+        .cfg = r->cfg, .ep = r->ep, .version = r->version, .pinned = r->pinned,
+        .failover = r->failover, .status = r->status, .cause = r->cause,
+        .latency_us = r->t_start_us ? now_us() - r->t_start_us : 0,
+        .bytes_in = r->bytes_in, .bytes_out = r->bytes_out, .request_id = r->id,
+        .peer = s->peer,
+        .method = r->routed || r->head.n > 0 ? llhttp_method_name(r->line.method) : NULL,
+        .path = url, .path_len = url ? r->head.url_len : 0,
+        .upstream = r->pool ? r->pool->address : NULL,
+    };
+    if (rec.request_id[0] == '\0')
+        ensure_id(r);
+    account_request(w, &rec);
+
+    stop_waiting(r);
+    evtimer_del(r->timer);
+    if (r->up != NULL) {
+        upconn_close(r->up);        /* unfinished exchange: not reusable */
+        r->up = NULL;
     }
-    evtimer_del(s->up_timer);
-    if (s->req.response_started) {
-        /* Too late for a status: the client sees the connection end. */
-        session_close(s, code);
+    drop_shadows(r);
+    release_slot(r);
+    config_drop(r->cfg);
+    r->cfg = NULL;
+    if (evbuffer_get_length(client_out(s)) > 0)
+        s->unsent_answers++;
+    request_recycle(w, r);
+
+    if (s->closed)
         return;
-    }
-    struct evbuffer *out = client_out(s);
-    struct evbuffer *body = evbuffer_new();
-    evbuffer_add_printf(body, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
-    json_escape_add(body, msg, strlen(msg));
-    BUF_LIT(body, "\"}}\n");
-    size_t blen = evbuffer_get_length(body);
-
-    if (s->w->draining || (s->req.expect_continue && !s->req.complete))
-        close = true;
-    size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n", status,
-                        http_status_str((enum http_status)status), blen);
-    sluice_headers(s, out);
-    if (status == 401)
-        evbuffer_add_printf(out, "WWW-Authenticate: Bearer\r\n");
-    if (status == 503)
-        evbuffer_add_printf(out, "Retry-After: 1\r\n");
-    if (close || !s->keep_alive)
-        evbuffer_add_printf(out, "Connection: close\r\n");
-    else if (s->parser.http_minor == 0)
-        evbuffer_add_printf(out, "Connection: keep-alive\r\n");
-    BUF_LIT(out, "\r\n");
-    evbuffer_add_buffer(out, body);
-    evbuffer_free(body);
-    s->req.bytes_out += evbuffer_get_length(out) - before;
-    s->req.status = status;
-    s->req.response_started = true;
-    s->req.response_done = true;
-    s->req.response_close = close || !s->keep_alive;
-    s->req.discard = true;
-    if (close)
-        s->req.complete = true;     /* nothing more will be read */
-}
-
-/* ---- request lifecycle ------------------------------------------------- */
-
-static void
-new_request_id(struct session *s)
-{
-    int i = s->head.first[HC_REQUEST_ID];
-    if (i >= 0) {
-        uint32_t n = s->head.h[i].val_len;
-        const char *v = HD_VAL(&s->head, i);
-        bool ok = n > 0 && n < sizeof(s->req.id);
-        for (uint32_t k = 0; ok && k < n; k++)
-            if (v[k] <= 0x20 || v[k] >= 0x7f || v[k] == '"' || v[k] == '\\')
-                ok = false;
-        if (ok) {
-            memcpy(s->req.id, v, n);
-            s->req.id[n] = '\0';
-            return;
-        }
-    }
-    static const char hex[] = "0123456789abcdef";
-    struct worker *w = s->w;
-    uint64_t parts[2] = {w->id_prefix, ++w->req_seq};
-    for (int p = 0; p < 2; p++)
-        for (int k = 0; k < 16; k++)
-            s->req.id[p * 16 + k] = hex[(parts[p] >> (60 - 4 * k)) & 15];
-    s->req.id[32] = '\0';
-}
-
-/* The request and its response are both done: log it and get ready for the
- * next one, or close. */
-static void
-end_request(struct session *s)
-{
-    struct worker *w = s->w;
-
-    worker_request_done(w, s);
-    if (s->up != NULL) {
-        upconn_close(s->up);
-        s->up = NULL;
-    }
-    evtimer_del(s->up_timer);
-    evtimer_del(s->timer);
-    release_slot(s);
-    config_drop(s->req.cfg);
-    bool close = s->req.response_close || !s->keep_alive || w->draining;
-    memset(&s->req, 0, sizeof(s->req));
-    s->req.version = -1;
-    if (close) {
+    if (s->close_after || !s->keep_alive || w->draining) {
         start_closing(s);
         return;
     }
-    s->state = SS_IDLE;
     arm(s->timer, limits(s)->idle_timeout_ms);
-    http_parser_pause(&s->parser, 0);
+    if (llhttp_get_errno(&s->parser) == HPE_PAUSED)
+        llhttp_resume(&s->parser);
+}
+
+/* Answered and read whole (or closing): end it. */
+static void
+request_maybe_end(struct session *s)
+{
+    struct request *r = s->req;
+    if (r != NULL && r->phase == RP_ANSWERED && (r->body_done || s->close_after))
+        request_end(s);
+}
+
+/* ---- Sluice's own replies ----------------------------------------------------- */
+
+/*
+ * Answer the request with a JSON error (SPEC §3.6) for cause. With close,
+ * the connection ends after the answer: whenever the request's framing can
+ * no longer be trusted or the rest of it will not be read. After a response
+ * has started, only the connection's end can tell the client.
+ */
+static void
+request_reply(struct session *s, enum req_cause cause, const char *msg, bool close)
+{
+    struct request *r = s->req;
+    const struct req_cause_info *ci = req_cause_info(cause);
+
+    r->cause = cause;
+    if (r->up != NULL) {
+        upconn_close(r->up);
+        r->up = NULL;
+    }
+    evtimer_del(r->timer);
+    stop_waiting(r);
+    if (!r->body_done)
+        drop_shadows(r);
+    if (r->phase == RP_RESPONDING || r->phase == RP_ANSWERED || ci->status == 0) {
+        s->close_after = true;
+        r->phase = RP_ANSWERED;
+        return;
+    }
+    if (s->w->draining || (r->expect_continue && !r->body_done))
+        close = true;
+    if (close)
+        s->close_after = true;
+    ensure_id(r);
+    /* A request refused for its own sake reached no version. */
+    if (cause == RC_BAD_REQUEST || cause == RC_BAD_VERSION || cause == RC_TOO_LARGE ||
+        cause == RC_HEADERS_TOO_LARGE || cause == RC_UNAUTHORIZED ||
+        (cause == RC_CLIENT_TIMEOUT && !r->routed))
+        r->version = -1;
+    struct tags t = req_tags(r);
+    struct evbuffer *out = client_out(s);
+    size_t before = evbuffer_get_length(out);
+    enum conn_header conn = s->close_after || !s->keep_alive ? CONN_CLOSE :
+        r->line.minor == 0 ? CONN_KEEP_ALIVE : CONN_NONE;
+    compose_error(out, s->w->scratch, ci->status, ci->code, msg, &t, conn);
+    r->bytes_out += evbuffer_get_length(out) - before;
+    r->status = ci->status;
+    r->phase = RP_ANSWERED;
+    r->discard = true;
+}
+
+/* ---- upstream exchange (the connection reports through req_ops) ---------------- */
+
+static const struct upconn_ops req_ops;
+
+static void
+send_to_upstream(struct request *r, const void *data, size_t len)
+{
+    evbuffer_add(upconn_output(r->up), data, len);
+    if (r->replay != NULL) {
+        if (evbuffer_get_length(r->replay) + len <= REPLAY_MAX)
+            evbuffer_add(r->replay, data, len);
+        else {
+            evbuffer_free(r->replay);   /* too big to retry */
+            r->replay = NULL;
+        }
+    }
+}
+
+/* Hand the request to pool's connection: the head now, the body as it is
+ * read. fresh: a new connection, never an idle one (a retry). */
+static bool
+start_upstream(struct session *s, struct upool *pool, bool fresh, struct evbuffer *resend)
+{
+    struct request *r = s->req;
+    struct worker *w = s->w;
+
+    r->slot = pool->shared;
+    r->pool = pool;
+    r->up = upconn_acquire(w, pool, &req_ops, r, fresh);
+    if (r->up == NULL) {
+        request_reply(s, RC_UPSTREAM_CONNECT, "cannot connect to the model server",
+                      !r->body_done);
+        return false;
+    }
+    /* Keep what goes to a reused connection: if the server closed it just
+     * as we sent, the request is retried once on a new one (SPEC §3.7). */
+    if (r->up->reused && !r->retried)
+        r->replay = evbuffer_new();
+    if (resend != NULL) {
+        size_t n = evbuffer_get_length(resend);
+        send_to_upstream(r, evbuffer_pullup(resend, (ev_ssize_t)n), n);
+    } else {
+        const struct cfg_version *v = req_version(r);
+        const struct head *hd = &r->head;
+        struct upstream_request ur = {
+            .method = llhttp_method_name(r->line.method),
+            .path = v->path ? v->path : hd->buf + r->target.path_off,
+            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .query = r->target.has_query ? hd->buf + r->target.query_off : NULL,
+            .query_len = r->target.query_len,
+            .hd = hd, .peer = s->peer, .proto = s->tp->proto,
+            .default_host = pool->address,
+            .tags = req_tags(r), .framing = r->up_framing,
+            .content_length = r->line.content_length,
+        };
+        compose_request_head(w->scratch, &ur);
+        size_t n = evbuffer_get_length(w->scratch);
+        send_to_upstream(r, evbuffer_pullup(w->scratch, (ev_ssize_t)n), n);
+        evbuffer_drain(w->scratch, n);
+        if (r->expect_continue && !r->body_done)
+            BUF_LIT(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    r->phase = RP_UPSTREAM;
+    arm(r->timer, r->ep->scoring_timeout_ms);
+    return true;
+}
+
+static int
+rq_head(void *owner, struct upconn *u)
+{
+    struct request *r = owner;
+    struct session *s = r->s;
+    bool http10 = r->line.minor == 0;
+    bool no_body = r->head_method || u->status == 204 || u->status == 304;
+    bool has_length = (u->parser.flags & F_CONTENT_LENGTH) != 0;
+
+    r->status = u->status;
+    r->phase = RP_RESPONDING;
+    route_eject_success(&u->pool->eject);
+    if (r->replay != NULL) {
+        evbuffer_free(r->replay);   /* an answer came: no retry from here on */
+        r->replay = NULL;
+    }
+    if (s->w->draining)
+        s->close_after = true;
+    if (no_body)
+        /* A HEAD or 304 answer may carry the length of the body it leaves
+         * out; a 204 never does. */
+        r->resp_framing = has_length && u->status != 204 ? FRAME_LENGTH : FRAME_NONE;
+    else if (has_length)
+        r->resp_framing = FRAME_LENGTH;
+    else if (http10) {
+        r->resp_framing = FRAME_CLOSE;
+        s->close_after = true;      /* the length is known only by the close */
+    } else
+        r->resp_framing = FRAME_CHUNKED;
+    struct tags t = req_tags(r);
+    enum conn_header conn = s->close_after || !s->keep_alive ? CONN_CLOSE :
+        http10 ? CONN_KEEP_ALIVE : CONN_NONE;
+    struct evbuffer *out = s->w->scratch;
+    compose_response_head(out, u->status, &u->head, &t,
+                          r->resp_framing == FRAME_CLOSE ? FRAME_NONE : r->resp_framing,
+                          u->parser.content_length, conn);
+    r->bytes_out += evbuffer_get_length(out);
+    evbuffer_add_buffer(client_out(s), out);
+    return r->head_method;
+}
+
+static void
+rq_body(void *owner, struct upconn *u, const char *at, size_t len)
+{
+    struct request *r = owner;
+    struct evbuffer *out = client_out(r->s);
+    size_t before = evbuffer_get_length(out);
+
+    if (r->resp_framing == FRAME_CHUNKED) {
+        buf_chunk_size(out, len);
+        evbuffer_add(out, at, len);
+        BUF_LIT(out, "\r\n");
+    } else
+        evbuffer_add(out, at, len);
+    r->bytes_out += evbuffer_get_length(out) - before;
+    if (evbuffer_get_length(out) > GW_HIGH_WATER)
+        upconn_pause(u);
+}
+
+static void
+rq_done(void *owner, struct upconn *u, bool reusable)
+{
+    struct request *r = owner;
+    struct session *s = r->s;
+
+    if (r->resp_framing == FRAME_CHUNKED) {
+        BUF_LIT(client_out(s), "0\r\n\r\n");
+        r->bytes_out += 5;
+    }
+    evtimer_del(r->timer);
+    r->up = NULL;
+    upconn_release(u, reusable && r->body_done);
+    r->phase = RP_ANSWERED;
+    r->cause = RC_OK;
+    if (!r->body_done)
+        /* The model server answered before the whole request was read:
+         * the rest of it is not wanted, so the connection ends here. */
+        s->close_after = true;
+    request_maybe_end(s);
+    session_run(s);
+}
+
+static enum req_cause
+fail_cause(enum up_fail why)
+{
+    switch (why) {
+    case UPF_CONNECT: return RC_UPSTREAM_CONNECT;
+    case UPF_RESET: return RC_UPSTREAM_RESET;
+    case UPF_CLOSED: return RC_UPSTREAM_CLOSED;
+    default: return RC_UPSTREAM_INVALID;
+    }
+}
+
+static const char *
+fail_message(enum up_fail why, bool early)
+{
+    switch (why) {
+    case UPF_CONNECT: return "cannot connect to the model server";
+    case UPF_RESET: return early ? "the model server reset the connection" :
+                                   "the model server reset the connection mid-response";
+    case UPF_CLOSED: return early ? "the model server closed the connection without answering" :
+                                    "the model server closed the connection mid-response";
+    default: return "invalid response from the model server";
+    }
+}
+
+static void
+rq_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
+{
+    struct request *r = owner;
+    struct session *s = r->s;
+    struct worker *w = s->w;
+    struct upool *pool = u->pool;
+    bool connect_failed = !u->connected;
+
+    if (why == UPF_CONNECT || why == UPF_RESET)
+        upstream_failed(w, pool, req_version(r));
+    /* Retry once when it is safe: nothing was sent (connect failed: on
+     * another upstream), or a reused connection closed before any answer
+     * (the keep-alive race: on a new connection, with what was sent). */
+    if (early && !r->retried && r->phase == RP_UPSTREAM &&
+        (connect_failed || (u->reused && r->replay != NULL))) {
+        struct evbuffer *resend = NULL;
+        if (connect_failed) {
+            resend = evbuffer_new();
+            if (resend != NULL)
+                evbuffer_add_buffer(resend, upconn_output(u));
+        } else {
+            resend = r->replay;
+            r->replay = NULL;
+        }
+        struct upool *other = NULL;
+        enum pick pk = PICK_AT_LIMIT;
+        route_give_slot(r->slot);
+        r->slot = NULL;
+        if (resend != NULL)
+            pk = upstream_pick(w, r->cfg, r->ep, r->version, connect_failed ? pool : NULL,
+                               &other);
+        if (pk == PICK_OK) {
+            r->up = NULL;
+            upconn_close(u);
+            r->retried = true;
+            start_upstream(s, other, true, resend);
+            evbuffer_free(resend);
+            session_run(s);
+            return;
+        }
+        if (resend != NULL)
+            evbuffer_free(resend);
+    }
+    r->up = NULL;
+    upconn_close(u);
+    request_reply(s, fail_cause(why), fail_message(why, early), !r->body_done);
+    request_maybe_end(s);
+    session_run(s);
+}
+
+static void
+rq_drained(void *owner, struct upconn *u)
+{
+    session_run(((struct request *)owner)->s);
+}
+
+static void
+rq_progress(void *owner, struct upconn *u)
+{
+    struct session *s = ((struct request *)owner)->s;
+    client_flush(s);
+    update_reading(s);
+}
+
+static const struct upconn_ops req_ops = {
+    .on_head = rq_head, .on_body = rq_body, .on_done = rq_done,
+    .on_failed = rq_failed, .on_drained = rq_drained, .on_progress = rq_progress,
+};
+
+/* ---- routing a request ------------------------------------------------------ */
+
+static void
+req_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct request *r = arg;
+    struct session *s = r->s;
+
+    if (r->phase == RP_QUEUED)
+        request_reply(s, RC_OVERLOADED, "the version stayed at replica_max_concurrent_requests "
+                      "for longer than max_request_wait_time_ms", false);
+    else
+        request_reply(s, RC_UPSTREAM_TIMEOUT,
+                      "the model server did not answer within scoring_timeout_ms",
+                      !r->body_done);
+    request_maybe_end(s);
+    session_run(s);
+}
+
+/* Route a request whose version is chosen: to a healthy upstream, to the
+ * default version on failover, into the wait queue at the concurrency
+ * limit, or to a 503. */
+static void
+route_request(struct session *s)
+{
+    struct request *r = s->req;
+    const struct cfg_endpoint *ep = r->ep;
+    struct upool *pool = NULL;
+    enum pick pk = upstream_pick(s->w, r->cfg, ep, r->version, NULL, &pool);
+
+    if (pk == PICK_NO_HEALTHY && ep->failover_to_default && !r->pinned &&
+        r->version != ep->default_version) {
+        r->version = ep->default_version;
+        r->failover = true;
+        pk = upstream_pick(s->w, r->cfg, ep, r->version, NULL, &pool);
+    }
+    if (pk == PICK_OK) {
+        start_upstream(s, pool, false, NULL);
+        return;
+    }
+    if (pk == PICK_NO_HEALTHY) {
+        request_reply(s, RC_UNAVAILABLE, "no healthy model server for this version", false);
+        return;
+    }
+    const struct cfg_version *v = req_version(r);
+    if (v->max_wait_ms <= 0) {
+        request_reply(s, RC_OVERLOADED, "the version is at replica_max_concurrent_requests",
+                      false);
+        return;
+    }
+    /* Wait in line, with the rest of the request left unread. */
+    r->phase = RP_QUEUED;
+    r->waiting = true;
+    TAILQ_INSERT_TAIL(&s->w->waiters, r, wait_link);
+    arm(r->timer, v->max_wait_ms);
+    if (!evtimer_pending(s->w->wait_poll, NULL)) {
+        struct timeval tv = {0, 2000};
+        evtimer_add(s->w->wait_poll, &tv);
+    }
+}
+
+/* Give queued requests the slots that are free now, in order. */
+static void
+dispatch_waiters(struct worker *w)
+{
+    struct request *r, *next;
+    for (r = TAILQ_FIRST(&w->waiters); r != NULL; r = next) {
+        next = TAILQ_NEXT(r, wait_link);
+        struct upool *pool = NULL;
+        if (upstream_pick(w, r->cfg, r->ep, r->version, NULL, &pool) != PICK_OK)
+            continue;       /* others of other versions may still go */
+        stop_waiting(r);
+        evtimer_del(r->timer);
+        start_upstream(r->s, pool, false, NULL);
+        session_run(r->s);
+    }
+    /* Slots freed by other workers are seen by looking again shortly. */
+    if (!TAILQ_EMPTY(&w->waiters) && !evtimer_pending(w->wait_poll, NULL)) {
+        struct timeval tv = {0, 2000};
+        evtimer_add(w->wait_poll, &tv);
+    }
+}
+
+static void
+wait_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dispatch_waiters(arg);
+}
+
+/* Authenticate the request for ep (SPEC §3.2); false with a 401 sent. */
+static bool
+check_auth(struct session *s, const struct cfg_endpoint *ep)
+{
+    struct request *r = s->req;
+    struct head *hd = &r->head;
+    int az = hd->first[HC_AUTHORIZATION];
+    const char *cred = az >= 0 ? HD_VAL(hd, az) : NULL;
+    uint32_t len = az >= 0 ? hd->h[az].val_len : 0;
+    time_t now = 0;
+
+    if (!ep->auth_keys && !ep->auth_tokens)
+        return true;
+    int epi = (int)(ep - r->cfg->endpoints);
+    /* Generations are never reused (an address could be). */
+    if (cred != NULL && s->auth_cred != NULL && s->auth_gen == r->cfg->generation &&
+        s->auth_ep == epi && len == s->auth_cred_len &&
+        auth_same(cred, s->auth_cred, len)) {
+        if (s->auth_until == 0)
+            return true;
+        now = time(NULL);
+        if (now <= s->auth_until)
+            return true;
+    }
+    time_t until = 0;
+    enum auth_status st = s->w->auth == NULL || r->cfg != s->w->cfg ? AUTH_NOT_ALLOWED :
+        auth_check(s->w->auth, ep, cred, len, now ? now : time(NULL), &until);
+    if (st != AUTH_OK) {
+        request_reply(s, RC_UNAUTHORIZED, auth_status_reason(st), false);
+        return false;
+    }
+    char *copy = realloc(s->auth_cred, len ? len : 1);
+    if (copy != NULL) {
+        memcpy(copy, cred, len);
+        s->auth_cred = copy;
+        s->auth_cred_len = len;
+        s->auth_gen = r->cfg->generation;
+        s->auth_ep = epi;
+        s->auth_until = until;
+    }
+    return true;
+}
+
+/* Start the shadow copies of this request (mirror versions, by share). */
+static void
+start_shadows(struct session *s, struct ep_state *es)
+{
+    struct request *r = s->req;
+    const struct cfg_endpoint *ep = r->ep;
+    for (int i = 0; i < ep->n_versions; i++) {
+        if (ep->versions[i].mirror <= 0 ||
+            !route_mirror_next(&es->mirror_acc[i], ep->versions[i].mirror))
+            continue;
+        const struct cfg_version *v = &ep->versions[i];
+        struct upstream_request ur = {
+            .method = llhttp_method_name(r->line.method),
+            .path = v->path ? v->path : r->head.buf + r->target.path_off,
+            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .query = r->target.has_query ? r->head.buf + r->target.query_off : NULL,
+            .query_len = r->target.query_len,
+            .hd = &r->head, .peer = s->peer, .proto = s->tp->proto,
+            .default_host = v->upstreams[0].address,
+            .tags = {v->name, "shadow", r->id, false},
+            .framing = r->up_framing, .content_length = r->line.content_length,
+        };
+        compose_request_head(s->w->scratch2, &ur);
+        struct shadow *sh = shadow_start(s->w, r->cfg, ep, i, s->w->scratch2,
+                                         r->up_framing == FRAME_CHUNKED, r->head_method);
+        if (sh != NULL)
+            r->shadows[r->n_shadows++] = sh;
+    }
+}
+
+/* ---- llhttp callbacks for requests ------------------------------------------- */
+
+static int
+on_message_begin(llhttp_t *p)
+{
+    struct session *s = p->data;
+    s->req = request_new(s);
+    if (s->req == NULL)
+        return HPE_USER;
+    /* The header deadline runs from the first byte of each request (from
+     * accept for the first one). */
+    arm(s->timer, limits(s)->header_timeout_ms);
+    return 0;
+}
+
+static int
+head_piece(struct session *s, int rc)
+{
+    struct request *r = s->req;
+    /* Trailers land here too, after the head: one budget for both. */
+    if (rc < 0 || r->head.len + r->extra_bytes > limits(s)->max_header_bytes) {
+        r->head_too_large = true;
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int
+on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return head_piece(s, head_url(&s->req->head, at, len));
+}
+
+static int
+on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return head_piece(s, head_field(&s->req->head, at, len));
+}
+
+static int
+on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    return head_piece(s, head_value(&s->req->head, at, len));
+}
+
+/* Chunk extensions and trailers count toward max_header_bytes (SPEC §3.7). */
+static int
+on_extra_bytes(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    struct request *r = s->req;
+    r->extra_bytes += len;
+    if (r->head.len + r->extra_bytes > limits(s)->max_header_bytes) {
+        r->head_too_large = true;
+        return HPE_USER;
+    }
+    return 0;
+}
+
+/*
+ * The head is complete: validate it (request.c), find the endpoint,
+ * authenticate, choose the version, start the shadows and the upstream
+ * request. Returns 0 to go on reading the body (forwarded, or dropped after
+ * an answer), HPE_USER to stop reading (the connection closes).
+ */
+static int
+on_headers_complete(llhttp_t *p)
+{
+    struct session *s = p->data;
+    struct worker *w = s->w;
+    struct request *r = s->req;
+    struct head *hd = &r->head;
+    char msg[200];
+
+    r->t_start_us = now_us();
+    head_classify(hd);
+    r->line = (struct req_line){
+        .method = p->method, .major = p->http_major, .minor = p->http_minor,
+        .chunked = (p->flags & F_CHUNKED) != 0,
+        .has_length = (p->flags & F_CONTENT_LENGTH) != 0,
+        .content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0,
+        .upgrade = p->upgrade != 0 || (p->flags & F_UPGRADE) != 0,
+    };
+    r->head_method = p->method == HTTP_HEAD;
+    s->keep_alive = llhttp_should_keep_alive(p);
+    int rid = hd->first[HC_REQUEST_ID];
+    if (rid >= 0 && req_id_acceptable(HD_VAL(hd, rid), hd->h[rid].val_len)) {
+        memcpy(r->id, HD_VAL(hd, rid), hd->h[rid].val_len);
+        r->id[hd->h[rid].val_len] = '\0';
+    } else
+        ensure_id(r);
+
+    struct req_verdict vd = req_validate(hd, &r->line, limits(s), &r->target);
+    if (vd.cause != RC_OK) {
+        request_reply(s, vd.cause, vd.message, vd.close);
+        return vd.close ? HPE_USER : 0;
+    }
+    r->up_framing = r->line.chunked ? FRAME_CHUNKED :
+        r->line.has_length ? FRAME_LENGTH : FRAME_NONE;
+    int ex = hd->first[HC_EXPECT];
+    /* The client waits for 100 Continue before its body; there is none to
+     * wait for with Content-Length: 0. */
+    r->expect_continue = ex >= 0 && r->line.minor >= 1 && r->up_framing != FRAME_NONE &&
+        !(r->line.has_length && r->line.content_length == 0) &&
+        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
+
+    const char *path = hd->buf + r->target.path_off;
+    const char *epname;
+    size_t eplen;
+    const struct cfg_endpoint *ep = NULL;
+    if (req_score_path(path, r->target.path_len, &epname, &eplen))
+        ep = config_endpoint(r->cfg, epname, eplen);
+    if (ep == NULL) {
+        int pl = r->target.path_len > 128 ? 128 : (int)r->target.path_len;
+        snprintf(msg, sizeof(msg), "no endpoint at %.*s", pl, path);
+        request_reply(s, RC_NOT_FOUND, msg, false);
+        return 0;
+    }
+    r->ep = ep;
+    if (!check_auth(s, ep))
+        return 0;
+    if (hd->pin >= 0) {
+        int vi = route_pinned(ep, HD_VAL(hd, hd->pin), hd->h[hd->pin].val_len);
+        if (vi < 0) {
+            int vl = hd->h[hd->pin].val_len > 64 ? 64 : (int)hd->h[hd->pin].val_len;
+            snprintf(msg, sizeof(msg), "endpoint %s has no version %.*s", ep->name, vl,
+                     HD_VAL(hd, hd->pin));
+            request_reply(s, RC_NOT_FOUND, msg, false);
+            return 0;
+        }
+        r->version = vi;
+        r->pinned = true;
+    } else {
+        const char *key;
+        size_t klen;
+        struct ep_state *es = r->cfg == w->cfg ? &w->eps[ep - r->cfg->endpoints] : NULL;
+        if (req_sticky_key(hd, ep, &key, &klen))
+            r->version = route_sticky(ep, key, klen);
+        else if (es != NULL)
+            r->version = route_split_next(&es->split);
+        else
+            r->version = ep->default_version;
+        if (es != NULL)
+            start_shadows(s, es);
+    }
+    r->routed = true;
+    route_request(s);
+    /* A queued request's body stays unread until it gets a slot. */
+    return r->phase == RP_QUEUED ? HPE_PAUSED : 0;
+}
+
+static int
+on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    struct request *r = s->req;
+
+    r->body_in += len;
+    if (r->body_in > limits(s)->max_body_bytes) {
+        request_reply(s, RC_TOO_LARGE, "the request body is over max_body_bytes", true);
+        return HPE_USER;
+    }
+    for (int i = 0; i < r->n_shadows; i++)
+        shadow_body(r->shadows[i], at, len);
+    if (r->discard || r->up == NULL)
+        return 0;
+    if (r->up_framing == FRAME_CHUNKED) {
+        char size[24];
+        struct evbuffer *tmp = s->w->scratch;
+        buf_chunk_size(tmp, len);
+        size_t n = evbuffer_remove(tmp, size, sizeof(size));
+        send_to_upstream(r, size, n);
+        send_to_upstream(r, at, len);
+        send_to_upstream(r, "\r\n", 2);
+    } else
+        send_to_upstream(r, at, len);
+    return 0;
+}
+
+static int
+on_message_complete(llhttp_t *p)
+{
+    struct session *s = p->data;
+    struct request *r = s->req;
+
+    r->body_done = true;
+    for (int i = 0; i < r->n_shadows; i++)
+        shadow_complete(r->shadows[i]);
+    r->n_shadows = 0;
+    if (r->up != NULL && r->up_framing == FRAME_CHUNKED && !r->discard)
+        send_to_upstream(r, "0\r\n\r\n", 5);
+    evtimer_del(s->timer);
+    return HPE_PAUSED;              /* the next request waits for this one's end */
+}
+
+/* ---- reading from the client ------------------------------------------------- */
+
+/* A parse error: the request gets a 400 (or 431, 505) and the connection
+ * closes; if it was already answered, the connection just closes. */
+static void
+parse_failed(struct session *s, enum llhttp_errno e)
+{
+    if (s->req == NULL) {
+        s->req = request_new(s);
+        if (s->req == NULL) {
+            session_close(s);
+            return;
+        }
+    }
+    struct request *r = s->req;
+    if (r->phase == RP_ANSWERED || (r->phase != RP_HEAD && r->discard)) {
+        s->close_after = true;
+    } else if (r->head_too_large) {
+        request_reply(s, r->routed ? RC_BAD_REQUEST : RC_HEADERS_TOO_LARGE, r->routed ?
+                      "chunk extensions or trailers over max_header_bytes" :
+                      "the request headers are over max_header_bytes", true);
+    } else {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "malformed HTTP: %s", llhttp_get_error_reason(&s->parser) ?
+                 llhttp_get_error_reason(&s->parser) : llhttp_errno_name(e));
+        request_reply(s, req_parse_error_cause(e), msg, true);
+    }
+    s->close_after = true;
+    request_maybe_end(s);
+}
+
+/* Whether the parser may take more input now. */
+static bool
+may_parse(struct session *s)
+{
+    struct request *r = s->req;
+    if (s->closing || s->closed)
+        return false;
+    if (evbuffer_get_length(client_out(s)) > limits(s)->max_client_output_bytes)
+        return false;               /* a client that does not read */
+    if (r == NULL)                  /* a new request starts here */
+        return s->unsent_answers < limits(s)->max_pipelined;
+    if (r->body_done || r->phase == RP_QUEUED)
+        return false;
+    if (r->up != NULL && evbuffer_get_length(upconn_output(r->up)) > GW_HIGH_WATER)
+        return false;               /* the model server does not keep up */
+    return true;
+}
+
+/* Feed buffered client input to the parser for as long as it may run. */
+static void
+session_feed(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->io.bev);
+
+    while (may_parse(s)) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            break;
+        enum llhttp_errno e = llhttp_execute(&s->parser, v.iov_base, v.iov_len);
+        if (s->closed)
+            return;
+        size_t n = v.iov_len;
+        if (e == HPE_PAUSED)
+            n = (size_t)(llhttp_get_error_pos(&s->parser) - (const char *)v.iov_base);
+        if (s->req != NULL)
+            s->req->bytes_in += n;
+        evbuffer_drain(in, n);
+        if (e != HPE_OK && e != HPE_PAUSED) {
+            parse_failed(s, e);
+            return;
+        }
+        if (e == HPE_PAUSED && s->req != NULL && s->req->body_done)
+            request_maybe_end(s);   /* answered early, now read whole */
+    }
+}
+
+/* Read from the client only while there is room: bounded input ahead of
+ * the parser, bounded output behind it. */
+static void
+update_reading(struct session *s)
+{
+    if (s->closed || s->io.rev == NULL)
+        return;
+    bool on = s->lingering || (!s->closing &&
+        evbuffer_get_length(bufferevent_get_input(s->io.bev)) <
+            limits(s)->max_header_bytes + GW_READ_SIZE &&
+        evbuffer_get_length(client_out(s)) <= limits(s)->max_client_output_bytes);
+    if (on)
+        event_add(s->io.rev, NULL);
+    else
+        event_del(s->io.rev);
+}
+
+/* Move everything along after any event: parse, flush, end what is done,
+ * decide whether to read. */
+static void
+session_run(struct session *s)
+{
+    if (s->closed)
+        return;
+    session_feed(s);
+    if (s->closed)
+        return;
+    if (s->req != NULL && s->req->up != NULL)
+        upconn_flush(s->req->up);
+    if (s->closing) {
+        start_closing(s);
+        return;
+    }
+    client_flush(s);
+    update_reading(s);
 }
 
 static void
 linger_done(evutil_socket_t fd, short what, void *arg)
 {
-    session_close(arg, NULL);
+    session_close(arg);
 }
 
 /* Flush what is queued for the client, then close. The socket is shut for
@@ -276,865 +1124,150 @@ linger_done(evutil_socket_t fd, short what, void *arg)
 static void
 start_closing(struct session *s)
 {
-    if (s->closed)
+    if (s->closed || s->lingering)
         return;
-    s->state = SS_CLOSING;
+    s->closing = true;
+    if (s->req != NULL) {
+        s->close_after = true;
+        if (s->req->cause == RC_OK && s->req->phase != RP_ANSWERED)
+            s->req->cause = RC_CLIENT_CLOSED;
+        request_end(s);
+        if (s->closed)
+            return;
+    }
     if (evbuffer_get_length(client_out(s)) > 0) {
         client_flush(s);
-        if (s->closed)
-            return;
-        if (evbuffer_get_length(client_out(s)) > 0)
-            return;                 /* client_write finishes it */
+        if (s->closed || evbuffer_get_length(client_out(s)) > 0)
+            return;                 /* the write callback comes back here */
     }
-    int fd = bufferevent_getfd(s->bev);
-    if (fd >= 0) {
-        shutdown(fd, SHUT_WR);
-        evbuffer_drain(bufferevent_get_input(s->bev),
-                       evbuffer_get_length(bufferevent_get_input(s->bev)));
-        client_reading(s, true);
-        evtimer_del(s->timer);
-        event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
-        arm(s->timer, LINGER_MS);
+    int fd = bufferevent_getfd(s->io.bev);
+    if (fd < 0) {
+        session_close(s);
         return;
     }
-    session_close(s, NULL);
-}
-
-/* ---- http_parser callbacks for requests ------------------------------ */
-
-static int
-on_message_begin(http_parser *p)
-{
-    struct session *s = p->data;
-    head_reset(&s->head);
-    s->state = SS_HEAD;
-    s->req.version = -1;
-    /* The header deadline runs from the first byte of each request (from
-     * accept for the first one, armed in session_new). */
-    if (s->keep_alive)
-        arm(s->timer, limits(s)->header_timeout_ms);
-    return 0;
-}
-
-static int
-check_head_size(struct session *s, int rc)
-{
-    if (rc < 0 || s->head.len > limits(s)->max_header_bytes) {
-        s->req.status = 431;
-        return -1;
-    }
-    return 0;
-}
-
-static int
-on_url(http_parser *p, const char *at, size_t len)
-{
-    struct session *s = p->data;
-    return check_head_size(s, head_url(&s->head, at, len));
-}
-
-static int
-on_header_field(http_parser *p, const char *at, size_t len)
-{
-    struct session *s = p->data;
-    return check_head_size(s, head_field(&s->head, at, len));
-}
-
-static int
-on_header_value(http_parser *p, const char *at, size_t len)
-{
-    struct session *s = p->data;
-    return check_head_size(s, head_value(&s->head, at, len));
-}
-
-/* Find the endpoint name in /api/v1/service/{ep}/score. */
-static bool
-score_path(const char *path, size_t len, const char **ep, size_t *eplen)
-{
-    size_t pl = sizeof(SCORE_PREFIX) - 1, sl = sizeof(SCORE_SUFFIX) - 1;
-    if (len <= pl + sl || memcmp(path, SCORE_PREFIX, pl) != 0 ||
-        memcmp(path + len - sl, SCORE_SUFFIX, sl) != 0)
-        return false;
-    *ep = path + pl;
-    *eplen = len - pl - sl;
-    return memchr(*ep, '/', *eplen) == NULL;
-}
-
-void
-gw_request_head(struct session *s, struct evbuffer *out, const struct cfg_version *v,
-                const char *group)
-{
-    const struct http_parser_url *u = &s->req.url;
-    struct head *hd = &s->head;
-    const char *url = hd->buf + hd->url_off;
-
-    buf_str(out, http_method_str((enum http_method)s->parser.method));
-    BUF_LIT(out, " ");
-    if (v->path != NULL)
-        evbuffer_add(out, v->path, strlen(v->path));
-    else
-        evbuffer_add(out, url + u->field_data[UF_PATH].off, u->field_data[UF_PATH].len);
-    if (u->field_set & (1 << UF_QUERY)) {
-        BUF_LIT(out, "?");
-        evbuffer_add(out, url + u->field_data[UF_QUERY].off, u->field_data[UF_QUERY].len);
-    }
-    BUF_LIT(out, " HTTP/1.1\r\n");
-
-    const char *xff = NULL;
-    uint32_t xff_len = 0;
-    for (int i = 0; i < hd->n; i++) {
-        switch (hd->cls[i]) {
-        case HC_OTHER: case HC_HOST: case HC_COOKIE:
-            evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
-            BUF_LIT(out, ": ");
-            evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
-            BUF_LIT(out, "\r\n");
-            break;
-        case HC_XFF:
-            if (xff == NULL) {
-                xff = HD_VAL(hd, i);
-                xff_len = hd->h[i].val_len;
-            }
-            break;
-        default:
-            break;          /* hop-by-hop, or set by sluice below */
-        }
-    }
-    BUF_LIT(out, "X-Forwarded-For: ");
-    if (xff != NULL) {
-        evbuffer_add(out, xff, xff_len);
-        BUF_LIT(out, ", ");
-    }
-    buf_str(out, s->peer);
-    if (s->tls)
-        BUF_LIT(out, "\r\nX-Forwarded-Proto: https\r\n");
-    else
-        BUF_LIT(out, "\r\nX-Forwarded-Proto: http\r\n");
-    sluice_headers_for(s, out, v, group);
-    if (s->parser.flags & F_CHUNKED) {
-        s->req.chunked_up = true;
-        BUF_LIT(out, "Transfer-Encoding: chunked\r\n");
-    } else if (s->parser.flags & F_CONTENTLENGTH) {
-        BUF_LIT(out, "Content-Length: ");
-        buf_u64(out, s->parser.content_length);
-        BUF_LIT(out, "\r\n");
-    }
-    BUF_LIT(out, "\r\n");
-}
-
-static void
-scoring_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    bool complete = s->req.complete;
-    send_error(s, 504, "gateway_timeout",
-               "the model server did not answer within scoring_timeout_ms", !complete);
-    if (s->closed)
-        return;
-    s->req.fail_reason = "timeout";
-    if (complete) {
-        end_request(s);
-        session_parse(s);
-    } else
-        start_closing(s);
-    session_flush(s);
-}
-
-/* The sticky key of a request: the configured header, or cookie. */
-static bool
-sticky_key(struct session *s, const struct cfg_endpoint *ep, const char **key, size_t *len)
-{
-    struct head *hd = &s->head;
-    if (ep->sticky == CFG_STICKY_HEADER) {
-        for (int i = 0; i < hd->n; i++)
-            if (head_name_is(hd, i, ep->sticky_name) && hd->h[i].val_len > 0) {
-                *key = HD_VAL(hd, i);
-                *len = hd->h[i].val_len;
-                return true;
-            }
-        return false;
-    }
-    if (ep->sticky != CFG_STICKY_COOKIE)
-        return false;
-    size_t nl = strlen(ep->sticky_name);
-    for (int i = 0; i < hd->n; i++) {
-        if (hd->cls[i] != HC_COOKIE)
-            continue;
-        const char *v = HD_VAL(hd, i), *end = v + hd->h[i].val_len;
-        while (v < end) {
-            while (v < end && (*v == ' ' || *v == ';'))
-                v++;
-            const char *semi = memchr(v, ';', (size_t)(end - v));
-            const char *stop = semi ? semi : end;
-            const char *eq = memchr(v, '=', (size_t)(stop - v));
-            if (eq && (size_t)(eq - v) == nl && memcmp(v, ep->sticky_name, nl) == 0 &&
-                stop > eq + 1) {
-                *key = eq + 1;
-                *len = (size_t)(stop - eq - 1);
-                return true;
-            }
-            v = stop;
-        }
-    }
-    return false;
-}
-
-static uint64_t
-now_ms(void)
-{
-    return now_us() / 1000;
-}
-
-static bool
-pool_usable(const struct upool *p)
-{
-    /* The clock is read only for an upstream that was ejected. */
-    return p != NULL && !__atomic_load_n(&p->shared->down, __ATOMIC_RELAXED) &&
-           (p->eject.until_ms == 0 || p->eject.until_ms <= now_ms());
-}
-
-enum pick
-gw_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep, int vi,
-        const struct upool *avoid, struct upool **out)
-{
-    const struct cfg_version *v = &ep->versions[vi];
-    /* The worker's cached pools when the request runs on its snapshot. */
-    struct ep_state *es = cfg == w->cfg ? &w->eps[ep - cfg->endpoints] : NULL;
-    bool healthy = false;
-    int start = v->n_upstreams > 1 ? (int)(w->req_seq % (uint64_t)v->n_upstreams) : 0;
-
-    for (int tries = 0; tries < 2; tries++) {
-        struct upool *best = NULL;
-        for (int k = 0; k < v->n_upstreams; k++) {
-            int idx = (start + k) % v->n_upstreams;
-            struct upool *p = es ? es->pools[vi][idx] : upool_get(w, &v->upstreams[idx]);
-            if (!pool_usable(p) || p == avoid)
-                continue;
-            healthy = true;
-            if (v->max_concurrent > 0 &&
-                __atomic_load_n(&p->shared->inflight, __ATOMIC_RELAXED) >= v->max_concurrent)
-                continue;
-            if (best == NULL || p->active < best->active)
-                best = p;
-        }
-        if (best == NULL)
-            return healthy ? PICK_AT_LIMIT : PICK_NO_HEALTHY;
-        if (route_take_slot(best->shared, v->max_concurrent)) {
-            *out = best;
-            return PICK_OK;
-        }
-        /* another worker took the last slot in between: look again */
-    }
-    return PICK_AT_LIMIT;
-}
-
-static void
-release_slot(struct session *s)
-{
-    if (s->req.slot != NULL) {
-        route_give_slot(s->req.slot);
-        s->req.slot = NULL;
-        session_dispatch_waiters(s->w);
-    }
-}
-
-/* Connect (or reuse) and send the request head; the body follows as the
- * parser reads it. */
-static void
-start_upstream(struct session *s, struct upool *pool)
-{
-    struct worker *w = s->w;
-    s->req.slot = pool->shared;
-    s->up = upconn_acquire(w, pool, s);
-    if (s->up == NULL) {
-        send_error(s, 502, "bad_gateway", "cannot connect to the model server", false);
-        s->req.fail_reason = "upstream_connect_failed";
-        return;
-    }
-    s->req.pool = pool;
-    s->req.upstream_addr = pool->address;
-    gw_request_head(s, w->scratch, req_version(s), group_of(req_version(s)));
-    evbuffer_add_buffer(bufferevent_get_output(s->up->bev), w->scratch);
-    if (s->req.expect_continue)
-        BUF_LIT(client_out(s), "HTTP/1.1 100 Continue\r\n\r\n");
-    arm(s->up_timer, s->req.ep->scoring_timeout_ms);
-}
-
-static void wait_expired(evutil_socket_t fd, short what, void *arg);
-
-/*
- * Route a request whose version is chosen: to a healthy upstream, to the
- * default version on failover, into the wait queue at the concurrency
- * limit, or to a 503. Returns what on_headers_complete returns.
- */
-static int
-route_request(struct session *s)
-{
-    const struct cfg_endpoint *ep = s->req.ep;
-    struct upool *pool = NULL;
-    enum pick r = gw_pick(s->w, s->req.cfg, ep, s->req.version, NULL, &pool);
-
-    if (r == PICK_NO_HEALTHY && ep->failover_to_default && !s->req.pinned &&
-        s->req.version != ep->default_version) {
-        s->req.version = ep->default_version;
-        s->req.failover = true;
-        r = gw_pick(s->w, s->req.cfg, ep, s->req.version, NULL, &pool);
-    }
-    if (r == PICK_OK) {
-        start_upstream(s, pool);
-        return 0;
-    }
-    if (r == PICK_NO_HEALTHY) {
-        send_error(s, 503, "unavailable", "no healthy model server for this version", false);
-        return 0;
-    }
-    const struct cfg_version *v = req_version(s);
-    if (v->max_wait_ms <= 0) {
-        send_error(s, 503, "overloaded", "the version is at replica_max_concurrent_requests",
-                   false);
-        return 0;
-    }
-    /* Wait in line, with the rest of the request left unread. */
-    s->waiting = true;
-    TAILQ_INSERT_TAIL(&s->w->waiters, s, wait_link);
-    event_assign(s->up_timer, s->w->base, -1, 0, wait_expired, s);
-    arm(s->up_timer, v->max_wait_ms);
-    session_poll_waiters(s->w);
-    http_parser_pause(&s->parser, 1);
-    return 0;
-}
-
-static void
-stop_waiting(struct session *s)
-{
-    if (!s->waiting)
-        return;
-    s->waiting = false;
-    TAILQ_REMOVE(&s->w->waiters, s, wait_link);
-    evtimer_del(s->up_timer);
-    event_assign(s->up_timer, s->w->base, -1, 0, scoring_timeout, s);
-}
-
-/* A waiting request gets its turn or its answer: parse the rest of it. */
-static void
-resume_after_wait(struct session *s)
-{
-    http_parser_pause(&s->parser, 0);
-    if (!s->closed) {
-        session_parse(s);
-        session_flush(s);
-    }
-}
-
-static void
-wait_expired(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    stop_waiting(s);
-    send_error(s, 503, "overloaded",
-               "the version stayed at replica_max_concurrent_requests for longer than "
-               "max_request_wait_time_ms", false);
-    if (!s->closed)
-        resume_after_wait(s);
-}
-
-void
-session_dispatch_waiters(struct worker *w)
-{
-    struct session *s, *next;
-    for (s = TAILQ_FIRST(&w->waiters); s != NULL; s = next) {
-        next = TAILQ_NEXT(s, wait_link);
-        struct upool *pool = NULL;
-        if (gw_pick(w, s->req.cfg, s->req.ep, s->req.version, NULL, &pool) != PICK_OK)
-            continue;       /* others of other versions may still go */
-        stop_waiting(s);
-        start_upstream(s, pool);
-        resume_after_wait(s);
-    }
-    session_poll_waiters(w);
-}
-
-/* Authenticate the request for ep (SPEC §3.2); 0, or -1 with a 401 sent. */
-static int
-check_auth(struct session *s, const struct cfg_endpoint *ep)
-{
-    struct worker *w = s->w;
-    struct head *hd = &s->head;
-    int az = hd->first[HC_AUTHORIZATION];
-    const char *cred = az >= 0 ? HD_VAL(hd, az) : NULL;
-    uint32_t len = az >= 0 ? hd->h[az].val_len : 0;
-    time_t now = 0;
-
-    if (!ep->auth_keys && !ep->auth_tokens)
-        return 0;
-    int epi = (int)(ep - s->req.cfg->endpoints);
-    /* Generations are never reused (an address could be). */
-    if (cred != NULL && s->auth_cred != NULL && s->auth_gen == s->req.cfg->generation &&
-        s->auth_ep == epi && len == s->auth_cred_len &&
-        auth_same(cred, s->auth_cred, len)) {
-        if (s->auth_until == 0)
-            return 0;
-        now = time(NULL);
-        if (now <= s->auth_until)
-            return 0;
-    }
-    time_t until = 0;
-    enum auth_status st = w->auth == NULL ? AUTH_NOT_ALLOWED :
-        auth_check(w->auth, ep, cred, len, now ? now : time(NULL), &until);
-    if (st != AUTH_OK) {
-        send_error(s, 401, "unauthorized", auth_status_reason(st), false);
-        return -1;
-    }
-    char *copy = realloc(s->auth_cred, len ? len : 1);
-    if (copy != NULL) {
-        memcpy(copy, cred, len);
-        s->auth_cred = copy;
-        s->auth_cred_len = len;
-        s->auth_gen = s->req.cfg->generation;
-        s->auth_ep = epi;
-        s->auth_until = until;
-    }
-    return 0;
-}
-
-/* The request head is complete: route it and start the upstream request.
- * Returns 0 to go on parsing the body, -1 to stop (an error was sent). */
-static int
-on_headers_complete(http_parser *p)
-{
-    struct session *s = p->data;
-    struct worker *w = s->w;
-    struct head *hd = &s->head;
-    char msg[256];
-
-    clock_gettime(CLOCK_MONOTONIC, &s->req.t_start);
-    head_classify(hd);
-    s->req.cfg = config_take(w->cfg);
-    s->req.version = -1;
-    s->req.head_method = p->method == HTTP_HEAD;
-    s->keep_alive = http_should_keep_alive(p);
-    s->state = SS_BODY;
-    new_request_id(s);
-    int ex = hd->first[HC_EXPECT];
-    s->req.expect_continue = ex >= 0 && p->http_minor >= 1 &&
-        (p->flags & (F_CHUNKED | F_CONTENTLENGTH)) && p->content_length != 0 &&
-        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
-
-    if (!head_names_valid(hd)) {
-        send_error(s, 400, "bad_request", "invalid header field name", true);
-        return -1;
-    }
-    /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
-    int hosts = hd->count[HC_HOST];
-    if ((p->http_major == 1 && p->http_minor >= 1 && hosts != 1) || hosts > 1) {
-        send_error(s, 400, "bad_request", "a request needs exactly one Host header", true);
-        return -1;
-    }
-    if (p->method == HTTP_CONNECT || p->upgrade) {
-        send_error(s, 400, "bad_request", "protocol upgrades and CONNECT are not supported", true);
-        return -1;
-    }
-    struct http_parser_url u;
-    http_parser_url_init(&u);
-    if (http_parser_parse_url(hd->buf + hd->url_off, hd->url_len, 0, &u) != 0 ||
-        !(u.field_set & (1 << UF_PATH))) {
-        send_error(s, 400, "bad_request", "invalid request target", true);
-        return -1;
-    }
-    if ((p->flags & F_CONTENTLENGTH) &&
-        p->content_length > limits(s)->max_body_bytes) {
-        send_error(s, 413, "too_large", "the request body is over max_body_bytes", true);
-        return -1;
-    }
-    const char *path = hd->buf + hd->url_off + u.field_data[UF_PATH].off;
-    const char *epname;
-    size_t eplen;
-    const struct cfg_endpoint *ep = NULL;
-    if (score_path(path, u.field_data[UF_PATH].len, &epname, &eplen))
-        ep = config_endpoint(s->req.cfg, epname, eplen);
-    if (ep == NULL) {
-        snprintf(msg, sizeof(msg), "no endpoint at %.*s", (int)u.field_data[UF_PATH].len > 128 ? 128 : (int)u.field_data[UF_PATH].len, path);
-        send_error(s, 404, "not_found", msg, false);
-        return 0;
-    }
-    s->req.ep = ep;
-
-    if (check_auth(s, ep) < 0)
-        return 0;
-
-    s->req.url = u;
-    int pin = hd->first[HC_SLUICE_VERSION];
-    if (pin >= 0) {
-        int vi = route_pinned(ep, HD_VAL(hd, pin), hd->h[pin].val_len);
-        if (vi < 0) {
-            snprintf(msg, sizeof(msg), "endpoint %s has no version %.*s", ep->name,
-                     (int)(hd->h[pin].val_len > 64 ? 64 : hd->h[pin].val_len),
-                     HD_VAL(hd, pin));
-            send_error(s, 404, "not_found", msg, false);
-            return 0;
-        }
-        s->req.version = vi;
-        s->req.pinned = true;
-    } else {
-        const char *key;
-        size_t klen;
-        struct ep_state *es = &w->eps[ep - s->req.cfg->endpoints];
-        if (sticky_key(s, ep, &key, &klen))
-            s->req.version = route_sticky(ep, key, klen);
-        else
-            s->req.version = route_split_next(&es->split);
-        shadows_start(s, es);
-    }
-    return route_request(s);
-}
-
-static int
-on_body(http_parser *p, const char *at, size_t len)
-{
-    struct session *s = p->data;
-
-    s->req.body_in += len;
-    if (s->req.body_in > limits(s)->max_body_bytes) {
-        send_error(s, 413, "too_large", "the request body is over max_body_bytes", true);
-        return -1;
-    }
-    if (s->n_shadows > 0)
-        shadows_body(s, at, len);
-    if (s->req.discard || s->up == NULL)
-        return 0;
-    struct evbuffer *out = bufferevent_get_output(s->up->bev);
-    if (s->req.chunked_up) {
-        buf_chunk_size(out, len);
-        evbuffer_add(out, at, len);
-        BUF_LIT(out, "\r\n");
-    } else
-        evbuffer_add(out, at, len);
-    return 0;
-}
-
-static int
-on_message_complete(http_parser *p)
-{
-    struct session *s = p->data;
-
-    s->req.complete = true;
-    if (s->n_shadows > 0)
-        shadows_complete(s);
-    if (s->up != NULL && s->req.chunked_up && !s->req.discard)
-        BUF_LIT(bufferevent_get_output(s->up->bev), "0\r\n\r\n");
+    shutdown(fd, SHUT_WR);
+    s->lingering = true;
+    evbuffer_drain(bufferevent_get_input(s->io.bev),
+                   evbuffer_get_length(bufferevent_get_input(s->io.bev)));
+    event_add(s->io.rev, NULL);
     evtimer_del(s->timer);
-    s->state = SS_WAIT;
-    http_parser_pause(p, 1);
-    return 0;
+    event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
+    arm(s->timer, LINGER_MS);
 }
 
-/* ---- reading from the client ----------------------------------------- */
-
 static void
-parse_failed(struct session *s, enum http_errno e)
+client_gone(struct session *s, enum req_cause cause)
 {
-    if (s->req.status == 431 || e == HPE_HEADER_OVERFLOW) {
-        send_error(s, 431, "headers_too_large",
-                   "the request headers are over max_header_bytes", true);
-    } else if (!s->req.response_started) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "malformed HTTP: %s", http_errno_description(e));
-        send_error(s, 400, "bad_request", msg, true);
-    }
-    if (!s->closed)
-        start_closing(s);
-}
-
-/* Feed buffered client input to the parser for as long as it may run. */
-static void
-session_parse(struct session *s)
-{
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-
-    while (!s->closed && s->state != SS_CLOSING && !s->read_paused) {
-        if (HTTP_PARSER_ERRNO(&s->parser) == HPE_PAUSED) {
-            if (s->waiting || !s->req.response_done)
-                break;          /* resumed when the response ends */
-            end_request(s);
-            continue;
-        }
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-            break;
-        size_t n = http_parser_execute(&s->parser, &req_settings, v.iov_base, v.iov_len);
-        if (s->closed)
-            return;
-        evbuffer_drain(in, n);
-        s->req.bytes_in += n;
-        enum http_errno e = HTTP_PARSER_ERRNO(&s->parser);
-        if (e != HPE_OK && e != HPE_PAUSED) {
-            parse_failed(s, e);
-            return;
-        }
-        if (s->state == SS_CLOSING ||
-            (s->req.response_close && s->req.complete && s->req.response_done)) {
-            start_closing(s);
-            return;
-        }
-        if (s->up != NULL &&
-            evbuffer_get_length(bufferevent_get_output(s->up->bev)) > GW_HIGH_WATER) {
-            s->read_paused = true;
-            client_reading(s, false);
-        }
-    }
+    struct request *r = s->req;
+    if (r != NULL && r->cause == RC_OK && r->phase != RP_ANSWERED)
+        r->cause = cause;
+    session_close(s);
 }
 
 static void
-client_read(struct bufferevent *bev, void *arg)
+client_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
-    if (s->state == SS_CLOSING) {
-        evbuffer_drain(bufferevent_get_input(bev),
-                       evbuffer_get_length(bufferevent_get_input(bev)));
+    int n = s->tp->read(&s->io);
+
+    if (s->lingering) {
+        evbuffer_drain(bufferevent_get_input(s->io.bev),
+                       evbuffer_get_length(bufferevent_get_input(s->io.bev)));
+        if (n == GW_READ_EOF || n == GW_READ_ERROR)
+            session_close(s);
         return;
     }
-    session_parse(s);
-    session_flush(s);
+    if (n == GW_READ_EOF || n == GW_READ_ERROR) {
+        /* Parse what came before the end first: it may finish a request. */
+        session_feed(s);
+        if (!s->closed)
+            client_gone(s, n == GW_READ_EOF ? RC_CLIENT_CLOSED : RC_CLIENT_ERROR);
+        return;
+    }
+    if (n > 0)
+        session_run(s);
 }
 
+/* The client took everything queued (plain), or its socket takes more (TLS). */
 static void
-client_write(struct bufferevent *bev, void *arg)
+client_writable(struct session *s)
 {
-    struct session *s = arg;
-
-    if (!s->tls)
-        bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
-    if (s->state == SS_CLOSING) {
-        start_closing(s);
-        return;
-    }
-    if (s->up != NULL) {
-        upconn_resume(s->up);
-        session_flush(s);
-    }
-}
-
-static void
-client_event(struct bufferevent *bev, short events, void *arg)
-{
-    struct session *s = arg;
-
-    if (events & BEV_EVENT_CONNECTED)
-        return;                     /* TLS handshake done */
-    if (s->state == SS_CLOSING || s->state == SS_IDLE) {
-        session_close(s, NULL);
-        return;
-    }
-    if (s->req.fail_reason == NULL)
-        s->req.fail_reason = (events & BEV_EVENT_EOF) ? "client_closed" : "client_error";
-    if (s->req.status == 0)
-        s->req.status = 499;
-    worker_request_done(s->w, s);
-    session_close(s, s->req.fail_reason);
-}
-
-static void
-client_timer(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-
-    if (s->state == SS_HEAD || s->state == SS_BODY) {
-        bool headers = s->state == SS_HEAD;
-        if (headers && !s->req.response_started)
-            s->req.cfg = config_take(s->w->cfg);
-        if (s->req.id[0] == '\0')
-            new_request_id(s);
-        send_error(s, 408, "timeout", headers ?
-                   "request headers not received within header_timeout_ms" :
-                   "request body not received within header_timeout_ms", true);
-        if (!s->closed) {
-            worker_request_done(s->w, s);
-            start_closing(s);
-        }
-        return;
-    }
-    session_close(s, NULL);         /* idle keep-alive connection */
-}
-
-/* ---- upstream events (called from upstream.c) ------------------------ */
-
-void
-session_upstream_head(struct session *s, struct upconn *u)
-{
-    struct head *hd = &u->head;
-    struct evbuffer *out = s->w->scratch;
-    int status = u->parser.status_code;
-    bool http10 = s->parser.http_minor == 0;
-
-    s->req.status = status;
-    s->req.response_started = true;
-    route_eject_success(&u->pool->eject);
-    if (s->w->draining)
-        s->req.response_close = true;
-    BUF_LIT(out, "HTTP/1.1 ");
-    buf_u64(out, (uint64_t)status);
-    BUF_LIT(out, " ");
-    if (hd->url_len > 0)
-        evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
-    else
-        buf_str(out, http_status_str((enum http_status)status));
-    BUF_LIT(out, "\r\n");
-
-    head_classify(hd);
-    for (int i = 0; i < hd->n; i++) {
-        switch (hd->cls[i]) {
-        case HC_HOP: case HC_CONTENT_LENGTH: case HC_SLUICE_VERSION:
-        case HC_SLUICE_GROUP: case HC_REQUEST_ID:
-            continue;               /* hop-by-hop, or set by sluice below */
-        default:
-            break;
-        }
-        evbuffer_add(out, HD_NAME(hd, i), hd->h[i].name_len);
-        BUF_LIT(out, ": ");
-        evbuffer_add(out, HD_VAL(hd, i), hd->h[i].val_len);
-        BUF_LIT(out, "\r\n");
-    }
-    bool has_body = !(s->req.head_method || status == 204 || status == 304);
-    if (u->parser.flags & F_CONTENTLENGTH) {
-        BUF_LIT(out, "Content-Length: ");
-        buf_u64(out, u->parser.content_length);
-        BUF_LIT(out, "\r\n");
-    } else if (!has_body) {
-        /* no body, no length */
-    } else if (http10) {
-        s->req.response_close = true;   /* length known only by the close */
-    } else {
-        s->req.response_chunked = true;
-        BUF_LIT(out, "Transfer-Encoding: chunked\r\n");
-    }
-    sluice_headers(s, out);
-    if (s->req.response_close || !s->keep_alive)
-        BUF_LIT(out, "Connection: close\r\n");
-    else if (http10)
-        BUF_LIT(out, "Connection: keep-alive\r\n");
-    BUF_LIT(out, "\r\n");
-    s->req.bytes_out += evbuffer_get_length(out);
-    evbuffer_add_buffer(client_out(s), out);
-}
-
-void
-session_upstream_body(struct session *s, const char *at, size_t len)
-{
-    struct evbuffer *out = client_out(s);
-    size_t before = evbuffer_get_length(out);
-
-    if (s->req.response_chunked) {
-        buf_chunk_size(out, len);
-        evbuffer_add(out, at, len);
-        BUF_LIT(out, "\r\n");
-    } else
-        evbuffer_add(out, at, len);
-    s->req.bytes_out += evbuffer_get_length(out) - before;
-    if (evbuffer_get_length(out) > GW_HIGH_WATER && s->up != NULL)
-        upconn_pause(s->up);
-}
-
-void
-session_upstream_done(struct session *s, struct upconn *u, bool reusable)
-{
-    if (s->req.response_chunked) {
-        BUF_LIT(client_out(s), "0\r\n\r\n");
-        s->req.bytes_out += 5;
-    }
-    evtimer_del(s->up_timer);
-    s->up = NULL;
-    s->req.response_done = true;
-    upconn_release(u, reusable && s->req.complete);
-    if (!s->req.complete) {
-        /* The model server answered before the whole request was read:
-         * the rest of it is not wanted, so the connection ends here. */
-        s->req.response_close = true;
-        worker_request_done(s->w, s);
-        start_closing(s);
-        return;
-    }
-    end_request(s);
-    if (!s->closed)
-        session_parse(s);
-    session_flush(s);
-}
-
-void
-session_upstream_failed(struct session *s, struct upconn *u, const char *why,
-                        bool conn_error)
-{
-    struct worker *w = s->w;
-    struct upool *pool = u->pool;
-    const struct cfg_version *v = req_version(s);
-    bool complete = s->req.complete;
-
-    if (conn_error) {
-        int threshold = v->health.enabled ? v->health.failure_threshold : 3;
-        if (route_eject_failure(&pool->eject, threshold, now_ms()))
-            log_event(LOG_WARN, "upstream_ejected", ",\"upstream\":\"%s\",\"worker\":%d,"
-                      "\"backoff_ms\":%llu", pool->address, w->id,
-                      (unsigned long long)pool->eject.backoff_ms);
-    }
-    /* Nothing went out yet: try once more on another upstream of the
-     * version, handing it the bytes queued for this one. */
-    struct upool *other = NULL;
-    if (!u->connected && !s->req.retried && !s->req.response_started &&
-        gw_pick(w, s->req.cfg, s->req.ep, s->req.version, pool, &other) == PICK_OK) {
-        struct upconn *nu = upconn_acquire(w, other, s);
-        if (nu != NULL) {
-            s->req.retried = true;
-            evbuffer_add_buffer(bufferevent_get_output(nu->bev),
-                                bufferevent_get_output(u->bev));
-            s->up = nu;
-            upconn_close(u);
-            route_give_slot(s->req.slot);
-            s->req.slot = other->shared;
-            s->req.pool = other;
-            s->req.upstream_addr = other->address;
-            session_flush(s);
-            return;
-        }
-        route_give_slot(other->shared);
-    }
-
-    send_error(s, 502, "bad_gateway", why, !complete);
+    client_flush(s);
     if (s->closed)
         return;
-    s->req.fail_reason = why;
-    if (complete) {
-        end_request(s);
-        if (!s->closed)
-            session_parse(s);
-    } else {
-        worker_request_done(s->w, s);
+    if (s->closing) {
         start_closing(s);
+        return;
     }
-    session_flush(s);
+    if (s->req != NULL && s->req->up != NULL &&
+        evbuffer_get_length(client_out(s)) <= GW_HIGH_WATER)
+        upconn_resume(s->req->up);
+    if (!s->closed)
+        session_run(s);
 }
 
-void
-session_upstream_drained(struct session *s)
+static void
+plain_write_cb(struct bufferevent *bev, void *arg)
 {
-    if (s->read_paused && !s->closed) {
-        s->read_paused = false;
-        client_reading(s, true);
-        session_parse(s);
-        session_flush(s);
-    }
+    struct session *s = arg;
+    bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
+    client_writable(s);
 }
 
-/* ---- lifetime --------------------------------------------------------- */
+static void
+plain_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    /* Write errors, and the send timeout while EV_WRITE waits. */
+    client_gone(arg, (events & BEV_EVENT_TIMEOUT) ? RC_SEND_TIMEOUT : RC_CLIENT_ERROR);
+}
+
+static void
+tls_writable_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    if (what & EV_TIMEOUT) {
+        client_gone(s, RC_SEND_TIMEOUT);
+        return;
+    }
+    if (!s->io.tls_ready) {         /* the handshake wanted to write */
+        client_readable(fd, EV_READ, s);
+        return;
+    }
+    client_writable(s);
+}
+
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    struct request *r = s->req;
+
+    if (r != NULL && !r->body_done && r->phase != RP_ANSWERED) {
+        request_reply(s, RC_CLIENT_TIMEOUT, r->routed ?
+                      "request body not received within header_timeout_ms" :
+                      "request headers not received within header_timeout_ms", true);
+        request_maybe_end(s);
+        session_run(s);
+        return;
+    }
+    if (r == NULL)
+        session_close(s);           /* idle keep-alive connection */
+}
+
+/* ---- lifetime ----------------------------------------------------------------- */
 
 static void
 init_settings(void)
 {
     if (req_settings.on_message_begin != NULL)
         return;
-    http_parser_settings_init(&req_settings);
+    llhttp_settings_init(&req_settings);
     req_settings.on_message_begin = on_message_begin;
     req_settings.on_url = on_url;
     req_settings.on_header_field = on_header_field;
     req_settings.on_header_value = on_header_value;
+    req_settings.on_chunk_extension_name = on_extra_bytes;
+    req_settings.on_chunk_extension_value = on_extra_bytes;
     req_settings.on_headers_complete = on_headers_complete;
     req_settings.on_body = on_body;
     req_settings.on_message_complete = on_message_complete;
@@ -1144,10 +1277,10 @@ void
 session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
             struct ssl_ctx_st *tls)
 {
+    const struct cfg_limits *lim = &w->cfg->limits;
     int one = 1;
 
-    if (__atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED) >=
-        w->cfg->limits.max_connections) {
+    if (__atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED) >= lim->max_connections) {
         close(fd);
         return;
     }
@@ -1158,94 +1291,129 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
         return;
     }
     s->w = w;
+    s->tp = tls ? &transport_tls : &transport_plain;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (sa->sa_family == AF_INET) {
+    if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->peer, sizeof(s->peer));
-    } else if (sa->sa_family == AF_INET6) {
+    else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->peer, sizeof(s->peer));
-    } else
+    else
         snprintf(s->peer, sizeof(s->peer), "unix");
-    /* The bufferevent holds the buffers and owns the fd; reads and writes
-     * go through client_raw_read() and client_flush(). */
-    s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (s->bev == NULL) {
+    s->io.bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (s->io.bev == NULL) {
         close(fd);
         free(s);
         return;
     }
+    struct timeval send_to = {lim->send_timeout_ms / 1000,
+                              (lim->send_timeout_ms % 1000) * 1000};
     if (tls != NULL) {
-        if (tls_session_start(s, tls, fd) < 0) {
-            bufferevent_free(s->bev);
+        s->io.wev = event_new(w->base, fd, EV_WRITE, tls_writable_cb, s);
+        if (s->io.wev == NULL || tls_start(&s->io, tls, fd) < 0) {
+            if (s->io.wev)
+                event_free(s->io.wev);
+            bufferevent_free(s->io.bev);
             free(s);
             return;
         }
-        s->tls = true;
-        s->wev = event_new(w->base, fd, EV_WRITE, client_tls_writable, s);
+        s->io.send_timeout = send_to;
     }
-    http_parser_init(&s->parser, HTTP_REQUEST);
+    s->io.rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_readable, s);
+    s->timer = evtimer_new(w->base, session_timer_cb, s);
+    if (s->io.rev == NULL || s->timer == NULL) {
+        if (s->io.rev)
+            event_free(s->io.rev);
+        if (s->io.wev)
+            event_free(s->io.wev);
+        s->tp->end(&s->io);
+        bufferevent_free(s->io.bev);
+        free(s);
+        return;
+    }
+    llhttp_init(&s->parser, HTTP_REQUEST, &req_settings);
     s->parser.data = s;
-    head_reset(&s->head);
-    s->req.version = -1;
-    s->timer = evtimer_new(w->base, client_timer, s);
-    s->up_timer = evtimer_new(w->base, scoring_timeout, s);
-    bufferevent_setcb(s->bev, client_read, client_write, client_event, s);
-    /* Plain sockets are written directly (gw_flush); TLS needs EV_WRITE. */
-    bufferevent_disable(s->bev, EV_READ | EV_WRITE);  /* EV_WRITE is on by default */
-    s->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_raw_read, s);
-    event_add(s->rev, NULL);
-    s->state = SS_IDLE;
-    arm(s->timer, w->cfg->limits.header_timeout_ms);
+    bufferevent_setcb(s->io.bev, NULL, plain_write_cb, plain_event_cb, s);
+    /* Reads go through io.rev; plain writes are direct (EV_WRITE is armed
+     * only when the kernel would not take everything), with the send
+     * timeout on it. */
+    bufferevent_disable(s->io.bev, EV_READ | EV_WRITE);
+    bufferevent_set_timeouts(s->io.bev, NULL, &send_to);
+    event_add(s->io.rev, NULL);
+    arm(s->timer, lim->header_timeout_ms);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
     w->n_sessions++;
     __atomic_add_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
 }
 
-void
-session_close(struct session *s, const char *why)
+/* The only way a session dies: its request (if any) ends first, with the
+ * cause it has. */
+static void
+session_close(struct session *s)
 {
     struct worker *w = s->w;
 
     if (s->closed)
         return;
-    stop_waiting(s);
-    if (s->up != NULL) {
-        upconn_close(s->up);
-        s->up = NULL;
+    s->closing = true;
+    s->close_after = true;
+    if (s->req != NULL) {
+        if (s->req->cause == RC_OK && s->req->phase != RP_ANSWERED)
+            s->req->cause = RC_CLIENT_CLOSED;
+        s->closed = true;           /* request_end must not start closing again */
+        request_end(s);
     }
-    shadows_detach(s);
     s->closed = true;
-    release_slot(s);
-    event_free(s->rev);
-    s->rev = NULL;
-    if (s->wev != NULL)
-        event_free(s->wev);
-    s->wev = NULL;
-    tls_session_end(s);
-    bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
-    bufferevent_free(s->bev);
-    s->bev = NULL;
+    event_free(s->io.rev);
+    s->io.rev = NULL;
+    if (s->io.wev != NULL)
+        event_free(s->io.wev);
+    s->io.wev = NULL;
+    s->tp->end(&s->io);
+    bufferevent_setcb(s->io.bev, NULL, NULL, NULL, NULL);
+    bufferevent_free(s->io.bev);
+    s->io.bev = NULL;
     event_free(s->timer);
-    event_free(s->up_timer);
-    s->timer = s->up_timer = NULL;
-    config_drop(s->req.cfg);
-    s->req.cfg = NULL;
+    s->timer = NULL;
     TAILQ_REMOVE(&w->sessions, s, link);
     w->n_sessions--;
     __atomic_sub_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
     s->gc_next = w->gc_sessions;
     w->gc_sessions = s;
-    worker_gc(w);
+    event_active(w->session_gc_ev, EV_TIMEOUT, 1);
 }
 
 void
-session_free(struct session *s)
+session_gc(struct worker *w)
 {
-    if (s->auth_cred != NULL) {
-        explicit_bzero(s->auth_cred, s->auth_cred_len);
-        free(s->auth_cred);
+    while (w->gc_sessions != NULL) {
+        struct session *s = w->gc_sessions;
+        w->gc_sessions = s->gc_next;
+        if (s->auth_cred != NULL) {
+            explicit_bzero(s->auth_cred, s->auth_cred_len);
+            free(s->auth_cred);
+        }
+        free(s);
     }
-    head_free(&s->head);
-    free(s);
+    if (w->draining && w->n_sessions == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void
+gc_cb(evutil_socket_t fd, short what, void *arg)
+{
+    session_gc(arg);
+    upstream_gc(arg);
+}
+
+void
+session_worker_init(struct worker *w)
+{
+    TAILQ_INIT(&w->sessions);
+    TAILQ_INIT(&w->waiters);
+    w->session_gc_ev = event_new(w->base, -1, 0, gc_cb, w);
+    w->wait_poll = event_new(w->base, -1, 0, wait_poll_cb, w);
 }
 
 void
@@ -1254,22 +1422,25 @@ session_drain_all(struct worker *w)
     struct session *s, *next;
     for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
         next = TAILQ_NEXT(s, link);
-        if (s->state == SS_IDLE || s->state == SS_CLOSING)
-            session_close(s, "draining");
+        if (s->req == NULL || s->closing)
+            session_close(s);
         else
-            s->req.response_close = true;
+            s->close_after = true;
     }
+    session_gc(w);
 }
 
 void
-session_flush(struct session *s)
+sessions_free_all(struct worker *w)
 {
-    if (s->closed)
-        return;
-    if (s->up != NULL && !s->up->closed)
-        gw_flush(s->up->bev, s->up->connected);
-    if (s->n_shadows > 0)
-        shadows_flush(s);
-    if (s->state != SS_CLOSING)
-        client_flush(s);
+    while (!TAILQ_EMPTY(&w->sessions)) {
+        struct session *s = TAILQ_FIRST(&w->sessions);
+        if (s->req != NULL && s->req->cause == RC_OK && s->req->phase != RP_ANSWERED)
+            s->req->cause = RC_SHUTDOWN;
+        session_close(s);
+    }
+    session_gc(w);
+    free_reqs_all(w);
+    event_free(w->session_gc_ev);
+    event_free(w->wait_poll);
 }

@@ -1,10 +1,21 @@
 /*
- * Shadow traffic (SPEC §3.5): a copy of mirror_percentile of an endpoint's
- * requests goes to the mirror version, tagged X-Sluice-Group: shadow. The
- * copy is fed the same bytes as the live request while it streams, but the
- * live request never waits for it: a copy that falls SHADOW_MAX_BEHIND
- * behind, or whose client leaves mid-request, is dropped; its answer is
- * read and thrown away; a slow or dead mirror only costs the copy.
+ * Shadow traffic (SPEC §3.5, §3.7): a copy of mirror_percentile of an
+ * endpoint's requests goes to the mirror version, tagged X-Sluice-Group:
+ * shadow. The live request never waits for its copy and never loses a
+ * descriptor or a slot to it:
+ * - at most limits.max_shadow_inflight copies per worker, and none while
+ *   the process holds half of its descriptor limit; each copy is cut after
+ *   limits.shadow_timeout_ms. A copy over a bound is dropped and counted
+ *   as shadow_dropped;
+ * - the copy's bytes are held until the live request is read whole (or
+ *   past SHADOW_HOLD, then streamed), so a request refused part-way never
+ *   reaches the mirror as a complete request; a copy that falls
+ *   SHADOW_MAX_BEHIND behind is dropped;
+ * - its answer is read and thrown away.
+ *
+ * While the live request feeds it, a copy is "attached" and its owner (the
+ * request) holds a pointer; a copy that ends then is only marked finished
+ * and freed when the request lets go (shadow_complete / shadow_abandon).
  */
 #include "gateway/gateway.h"
 
@@ -14,170 +25,234 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SHADOW_HOLD (64 * 1024)
+
+struct shadow {
+    struct worker *w;
+    struct upconn *u;
+    struct config *cfg;
+    const struct cfg_endpoint *ep;
+    int version;
+    struct route_shared *slot;
+    struct event *timer;            /* shadow_timeout_ms */
+    struct evbuffer *held;          /* bytes not yet handed to the connection */
+    uint64_t t_start_us;
+    bool chunked;
+    bool head_method;
+    bool attached;                  /* the live request still feeds it */
+    bool streaming;                 /* past SHADOW_HOLD: bytes go out as they come */
+    bool finished;                  /* ended while attached; freed on detach */
+    int answer;                     /* status of the mirror's response head */
+    TAILQ_ENTRY(shadow) link;
+};
+
+int gw_open_fds;
+int gw_fd_limit;
+
 static void
-shadow_end(struct shadow *sh, const char *why)
+shadow_free(struct shadow *sh)
 {
     struct worker *w = sh->w;
+    if (sh->timer != NULL)
+        event_free(sh->timer);
+    if (sh->held != NULL)
+        evbuffer_free(sh->held);
+    TAILQ_REMOVE(&w->shadows, sh, link);
+    w->n_shadows--;
+    config_drop(sh->cfg);
+    free(sh);
+}
+
+/*
+ * The copy is over: release its connection and slot, count it (status 0 and
+ * not dropped: abandoned with its live request, not counted), and free it
+ * unless the live request still holds it.
+ */
+static void
+shadow_end(struct shadow *sh, int status, bool dropped, bool count)
+{
+    if (sh->finished)
+        return;
+    sh->finished = true;
     if (sh->u != NULL) {
         upconn_close(sh->u);
         sh->u = NULL;
     }
-    if (sh->s != NULL) {
-        struct session *s = sh->s;
-        for (int i = 0; i < s->n_shadows; i++)
-            if (s->shadows[i] == sh) {
-                s->shadows[i] = s->shadows[--s->n_shadows];
-                break;
-            }
-        sh->s = NULL;
-    }
-    if (sh->slot != NULL)
+    if (sh->slot != NULL) {
         route_give_slot(sh->slot);
-    if (sh->status != 0)
-        worker_shadow_done(w, sh);      /* answered, failed or timed out */
-    if (why != NULL)
-        log_event(LOG_DEBUG, "shadow_dropped", ",\"version\":\"%s\",\"reason\":\"%s\"",
-                  sh->ep->versions[sh->version].name, why);
-    event_free(sh->timer);
-    TAILQ_REMOVE(&w->shadows, sh, link);
-    config_drop(sh->cfg);
-    free(sh);
+        sh->slot = NULL;
+    }
+    evtimer_del(sh->timer);
+    if (count)
+        account_shadow(sh->w, sh->cfg, sh->ep, sh->version, status,
+                       now_us() - sh->t_start_us, dropped);
+    if (!sh->attached)
+        shadow_free(sh);
 }
 
 static void
 shadow_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    struct shadow *sh = arg;
-    sh->status = 504;
-    shadow_end(sh, "timeout");
+    shadow_end(arg, 504, true, true);
+}
+
+/* ---- the connection's reports ----------------------------------------- */
+
+static int
+sh_head(void *owner, struct upconn *u)
+{
+    struct shadow *sh = owner;
+    sh->answer = u->status;
+    route_eject_success(&u->pool->eject);
+    return sh->head_method ? 1 : 0;
 }
 
 static void
-shadow_start(struct session *s, int vi)
+sh_body(void *owner, struct upconn *u, const char *at, size_t len)
 {
-    struct worker *w = s->w;
+    /* read and dropped */
+}
+
+static void
+sh_done(void *owner, struct upconn *u, bool reusable)
+{
+    struct shadow *sh = owner;
+    sh->u = NULL;
+    /* A copy still being fed cannot hand its connection back. */
+    upconn_release(u, reusable && !sh->attached);
+    shadow_end(sh, sh->answer, false, true);
+}
+
+static void
+sh_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
+{
+    struct shadow *sh = owner;
+    if (why == UPF_CONNECT || why == UPF_RESET)
+        upstream_failed(sh->w, u->pool, &sh->ep->versions[sh->version]);
+    shadow_end(sh, 502, false, true);
+}
+
+static void
+sh_drained(void *owner, struct upconn *u)
+{
+}
+
+static const struct upconn_ops shadow_ops = {
+    .on_head = sh_head, .on_body = sh_body, .on_done = sh_done,
+    .on_failed = sh_failed, .on_drained = sh_drained, .on_progress = sh_drained,
+};
+
+/* ---- feeding ------------------------------------------------------------ */
+
+static void
+release_held(struct shadow *sh)
+{
+    if (sh->u == NULL)
+        return;
+    evbuffer_add_buffer(upconn_output(sh->u), sh->held);
+    upconn_flush(sh->u);
+}
+
+struct shadow *
+shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
+             struct evbuffer *head, bool chunked, bool head_method)
+{
+    const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
-    if (gw_pick(w, s->req.cfg, s->req.ep, vi, NULL, &pool) != PICK_OK)
-        return;                     /* no room or no healthy mirror: no copy */
+
+    if (w->n_shadows >= lim->max_shadow_inflight ||
+        __atomic_load_n(&gw_open_fds, __ATOMIC_RELAXED) >= gw_fd_limit / 2 ||
+        upstream_pick(w, cfg, ep, vi, NULL, &pool) != PICK_OK) {
+        evbuffer_drain(head, evbuffer_get_length(head));
+        account_shadow(w, cfg, ep, vi, 0, 0, true);
+        return NULL;
+    }
     struct shadow *sh = calloc(1, sizeof(*sh));
     if (sh == NULL) {
         route_give_slot(pool->shared);
-        return;
+        evbuffer_drain(head, evbuffer_get_length(head));
+        return NULL;
     }
     sh->w = w;
-    sh->s = s;
-    sh->cfg = config_take(s->req.cfg);
-    sh->ep = s->req.ep;
+    sh->cfg = config_take(cfg);
+    sh->ep = ep;
     sh->version = vi;
     sh->slot = pool->shared;
-    sh->head_method = s->req.head_method;
-    clock_gettime(CLOCK_MONOTONIC, &sh->t_start);
-    sh->timer = evtimer_new(w->base, shadow_timeout, sh);
+    sh->chunked = chunked;
+    sh->head_method = head_method;
+    sh->attached = true;
+    sh->t_start_us = now_us();
     TAILQ_INSERT_TAIL(&w->shadows, sh, link);
-    sh->u = upconn_acquire(w, pool, NULL);
-    if (sh->u == NULL) {
-        shadow_end(sh, "connect");
+    w->n_shadows++;
+    sh->timer = evtimer_new(w->base, shadow_timeout, sh);
+    sh->held = evbuffer_new();
+    if (sh->timer == NULL || sh->held == NULL ||
+        (sh->u = upconn_acquire(w, pool, &shadow_ops, sh, false)) == NULL) {
+        evbuffer_drain(head, evbuffer_get_length(head));
+        shadow_end(sh, 502, false, true);
+        return sh;                  /* finished; freed when the request lets go */
+    }
+    evbuffer_add_buffer(sh->held, head);
+    struct timeval tv = {lim->shadow_timeout_ms / 1000,
+                         (lim->shadow_timeout_ms % 1000) * 1000};
+    evtimer_add(sh->timer, &tv);
+    return sh;
+}
+
+void
+shadow_body(struct shadow *sh, const char *at, size_t len)
+{
+    if (sh->finished)
+        return;
+    struct evbuffer *out = sh->held;
+    if (sh->streaming &&
+        evbuffer_get_length(upconn_output(sh->u)) + len > SHADOW_MAX_BEHIND) {
+        shadow_end(sh, 0, true, true);      /* the mirror cannot keep up */
         return;
     }
-    sh->u->sh = sh;
-    s->shadows[s->n_shadows++] = sh;
-    gw_request_head(s, w->scratch, &sh->ep->versions[vi], "shadow");
-    sh->chunked = s->req.chunked_up;
-    evbuffer_add_buffer(bufferevent_get_output(sh->u->bev), w->scratch);
-    struct timeval tv = {sh->ep->scoring_timeout_ms / 1000,
-                         (sh->ep->scoring_timeout_ms % 1000) * 1000};
-    evtimer_add(sh->timer, &tv);
-}
-
-void
-shadows_start(struct session *s, struct ep_state *es)
-{
-    const struct cfg_endpoint *ep = s->req.ep;
-    for (int i = 0; i < ep->n_versions; i++)
-        if (ep->versions[i].mirror > 0 &&
-            route_mirror_next(&es->mirror_acc[i], ep->versions[i].mirror))
-            shadow_start(s, i);
-}
-
-void
-shadows_body(struct session *s, const char *at, size_t len)
-{
-    for (int i = 0; i < s->n_shadows;) {
-        struct shadow *sh = s->shadows[i];
-        struct evbuffer *out = bufferevent_get_output(sh->u->bev);
-        if (evbuffer_get_length(out) > SHADOW_MAX_BEHIND) {
-            shadow_end(sh, "behind");       /* removes it from s->shadows */
-            continue;
-        }
-        if (sh->chunked)
-            buf_chunk_size(out, len);
-        evbuffer_add(out, at, len);
-        if (sh->chunked)
-            BUF_LIT(out, "\r\n");
-        i++;
+    if (sh->chunked)
+        buf_chunk_size(out, len);
+    evbuffer_add(out, at, len);
+    if (sh->chunked)
+        BUF_LIT(out, "\r\n");
+    if (sh->streaming || evbuffer_get_length(out) > SHADOW_HOLD) {
+        sh->streaming = true;
+        release_held(sh);
     }
 }
 
 void
-shadows_complete(struct session *s)
+shadow_complete(struct shadow *sh)
 {
-    for (int i = 0; i < s->n_shadows; i++) {
-        struct shadow *sh = s->shadows[i];
-        if (sh->chunked)
-            BUF_LIT(bufferevent_get_output(sh->u->bev), "0\r\n\r\n");
-        gw_flush(sh->u->bev, sh->u->connected);
-        sh->s = NULL;               /* complete: it goes on alone */
+    sh->attached = false;
+    if (sh->finished) {
+        shadow_free(sh);
+        return;
     }
-    s->n_shadows = 0;
+    if (sh->chunked)
+        BUF_LIT(sh->held, "0\r\n\r\n");
+    release_held(sh);
 }
 
 void
-shadows_flush(struct session *s)
+shadow_abandon(struct shadow *sh)
 {
-    for (int i = 0; i < s->n_shadows; i++)
-        gw_flush(s->shadows[i]->u->bev, s->shadows[i]->u->connected);
-}
-
-void
-shadows_detach(struct session *s)
-{
-    while (s->n_shadows > 0)
-        shadow_end(s->shadows[0], "client left mid-request");
+    sh->attached = false;
+    if (sh->finished)
+        shadow_free(sh);
+    else
+        shadow_end(sh, 0, false, false);
 }
 
 void
 shadows_free_all(struct worker *w)
 {
-    while (!TAILQ_EMPTY(&w->shadows))
-        shadow_end(TAILQ_FIRST(&w->shadows), NULL);
-}
-
-int
-shadow_head(struct shadow *sh, struct upconn *u)
-{
-    sh->answer = u->parser.status_code;
-    route_eject_success(&u->pool->eject);
-    return sh->head_method ? 1 : 0;
-}
-
-void
-shadow_done(struct shadow *sh, struct upconn *u, bool reusable)
-{
-    sh->u = NULL;
-    sh->status = sh->answer;
-    /* A copy still being fed cannot hand its connection back. */
-    upconn_release(u, reusable && sh->s == NULL);
-    shadow_end(sh, NULL);
-}
-
-void
-shadow_failed(struct shadow *sh, struct upconn *u, const char *why, bool conn_error)
-{
-    if (conn_error) {
-        const struct cfg_version *v = &sh->ep->versions[sh->version];
-        int threshold = v->health.enabled ? v->health.failure_threshold : 3;
-        route_eject_failure(&u->pool->eject, threshold, now_us() / 1000);
+    while (!TAILQ_EMPTY(&w->shadows)) {
+        struct shadow *sh = TAILQ_FIRST(&w->shadows);
+        sh->attached = false;
+        if (sh->finished)
+            shadow_free(sh);
+        else
+            shadow_end(sh, 0, false, false);
     }
-    sh->status = 502;
-    shadow_end(sh, why);
 }

@@ -1,5 +1,6 @@
-/* TLS server contexts for listeners. Only this file and session.c's accept
- * path see OpenSSL. */
+/* TLS: server contexts for listeners, and the TLS transport of client
+ * connections. Besides this file, only worker.c (context references) and
+ * control.c (building contexts off to the side) see OpenSSL types. */
 #include "gateway/gateway.h"
 
 #include <openssl/err.h>
@@ -84,7 +85,7 @@ tls_ctx_free(struct ssl_ctx_st *ctx)
     SSL_CTX_free(ctx);
 }
 
-/* ---- the TLS transport for client sessions ------------------------------
+/* ---- the TLS transport for client connections ------------------------------
  *
  * Our own, rather than bufferevent_openssl: it reads until OpenSSL wants
  * more from the socket (read-ahead on, so one read(2) usually brings a whole
@@ -102,14 +103,14 @@ tls_ctx_free(struct ssl_ctx_st *ctx)
 #define TLS_WRITE_CHUNK 16384
 
 static void
-tls_want_write(struct session *s)
+tls_want_write(struct conn_io *io)
 {
-    if (!event_pending(s->wev, EV_WRITE, NULL))
-        event_add(s->wev, NULL);
+    if (!event_pending(io->wev, EV_WRITE, NULL))
+        event_add(io->wev, &io->send_timeout);
 }
 
 int
-tls_session_start(struct session *s, struct ssl_ctx_st *ctx, int fd)
+tls_start(struct conn_io *io, struct ssl_ctx_st *ctx, int fd)
 {
     SSL *ssl = SSL_new(ctx);
     if (ssl == NULL)
@@ -119,32 +120,32 @@ tls_session_start(struct session *s, struct ssl_ctx_st *ctx, int fd)
         return -1;
     }
     SSL_set_accept_state(ssl);
-    s->ssl = ssl;
+    io->ssl = ssl;
     return 0;
 }
 
-void
-tls_session_end(struct session *s)
+static void
+tls_end(struct conn_io *io)
 {
-    if (s->ssl == NULL)
+    if (io->ssl == NULL)
         return;
-    if (s->tls_ready) {
+    if (io->tls_ready) {
         ERR_clear_error();
-        SSL_shutdown(s->ssl);       /* best effort close_notify; never waits */
+        SSL_shutdown(io->ssl);      /* best effort close_notify; never waits */
     }
-    SSL_free(s->ssl);
-    s->ssl = NULL;
+    SSL_free(io->ssl);
+    io->ssl = NULL;
     ERR_clear_error();
 }
 
-int
-tls_read(struct session *s)
+static int
+tls_read(struct conn_io *io)
 {
-    SSL *ssl = s->ssl;
+    SSL *ssl = io->ssl;
     int total = 0;
 
     ERR_clear_error();
-    if (!s->tls_ready) {
+    if (!io->tls_ready) {
         int r = SSL_do_handshake(ssl);
         if (r != 1) {
             int e = SSL_get_error(ssl, r);
@@ -152,14 +153,14 @@ tls_read(struct session *s)
             if (e == SSL_ERROR_WANT_READ)
                 return GW_READ_AGAIN;
             if (e == SSL_ERROR_WANT_WRITE) {
-                tls_want_write(s);
+                tls_want_write(io);
                 return GW_READ_AGAIN;
             }
             return GW_READ_ERROR;
         }
-        s->tls_ready = true;
+        io->tls_ready = true;
     }
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = bufferevent_get_input(io->bev);
     evbuffer_unfreeze(in, 0);
     while (total < TLS_MAX_READ_PER_EVENT) {
         struct evbuffer_iovec v;
@@ -181,7 +182,7 @@ tls_read(struct session *s)
         if (e == SSL_ERROR_WANT_READ)
             break;
         if (e == SSL_ERROR_WANT_WRITE) {
-            tls_want_write(s);
+            tls_want_write(io);
             break;
         }
         evbuffer_freeze(in, 0);
@@ -194,13 +195,13 @@ tls_read(struct session *s)
     return total > 0 ? total : GW_READ_AGAIN;
 }
 
-int
-tls_flush(struct session *s)
+static int
+tls_flush(struct conn_io *io)
 {
-    struct evbuffer *out = bufferevent_get_output(s->bev);
+    struct evbuffer *out = bufferevent_get_output(io->bev);
     int rc = 0;
 
-    if (!s->tls_ready)
+    if (!io->tls_ready)
         return 0;                   /* written once the handshake is done */
     ERR_clear_error();
     evbuffer_unfreeze(out, 1);
@@ -210,15 +211,15 @@ tls_flush(struct session *s)
             len = TLS_WRITE_CHUNK;
         /* One record per write: join the head and body pieces first. */
         unsigned char *p = evbuffer_pullup(out, (ev_ssize_t)len);
-        int n = SSL_write(s->ssl, p, (int)len);
+        int n = SSL_write(io->ssl, p, (int)len);
         if (n > 0) {
             evbuffer_drain(out, (size_t)n);
             continue;
         }
-        int e = SSL_get_error(s->ssl, n);
+        int e = SSL_get_error(io->ssl, n);
         ERR_clear_error();
         if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
-            tls_want_write(s);
+            tls_want_write(io);
         else
             rc = -1;
         break;
@@ -226,3 +227,7 @@ tls_flush(struct session *s)
     evbuffer_freeze(out, 1);
     return rc;
 }
+
+const struct transport transport_tls = {
+    .proto = "https", .read = tls_read, .flush = tls_flush, .end = tls_end,
+};

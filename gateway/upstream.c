@@ -1,9 +1,15 @@
 /*
  * Upstream pools and connections. Each worker keeps one pool per upstream
  * address (surviving config generations), with idle keep-alive connections
- * reused across requests. A connection belongs to one session while its
- * request runs; responses are parsed with http_parser and handed to the
- * session piece by piece, so bodies stream.
+ * reused across requests and closed after upstream_idle_timeout_ms. While a
+ * connection is busy it reports to its owner (a client request or a shadow
+ * copy) through the owner's upconn_ops, piece by piece, so bodies stream;
+ * this file never names its owners.
+ *
+ * Responses are parsed with llhttp in strict mode and framed as RFC 9112
+ * §6.3 says: a response to HEAD, a 1xx, 204 or 304 has no body, whatever
+ * its headers claim; a connection whose server sent bytes that no response
+ * accounts for is closed, never reused.
  */
 #include "gateway/gateway.h"
 
@@ -19,10 +25,9 @@
 #include <sys/un.h>
 
 #define MAX_IDLE_PER_POOL 256
-#define IDLE_TIMEOUT_S 30
 #define MAX_RESPONSE_HEAD (64 * 1024)
 
-static http_parser_settings resp_settings;
+static llhttp_settings_t resp_settings;
 
 /* ---- pools ------------------------------------------------------------ */
 
@@ -63,19 +68,100 @@ upool_get(struct worker *w, const struct cfg_upstream *u)
         return NULL;
     p->address = strdup(u->address);
     p->shared = route_shared_get(u->address);
-    if (p->shared == NULL)          /* the main thread adds every address first */
-        abort();
+    if (p->address == NULL || p->shared == NULL) {
+        /* The main thread registers every address before publishing. */
+        free(p->address);
+        free(p);
+        return NULL;
+    }
     TAILQ_INIT(&p->idle);
     p->resolved = resolve(p, u) == 0;
-    if (!p->resolved)
-        log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"", u->address);
+    if (!p->resolved) {
+        struct evbuffer *b = evbuffer_new();
+        if (b != NULL) {
+            json_escape_add(b, u->address, strlen(u->address));
+            evbuffer_add(b, "", 1);
+            log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"",
+                      (const char *)evbuffer_pullup(b, -1));
+            evbuffer_free(b);
+        }
+    }
     p->next = w->pools;
     w->pools = p;
     return p->resolved ? p : NULL;
 }
 
+static uint64_t
+now_ms(void)
+{
+    return now_us() / 1000;
+}
+
+enum pick
+upstream_pick(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep,
+              int vi, const struct upool *avoid, struct upool **out)
+{
+    const struct cfg_version *v = &ep->versions[vi];
+    /* The worker's cached pools when the request runs on its snapshot. */
+    struct ep_state *es = cfg == w->cfg ? &w->eps[ep - cfg->endpoints] : NULL;
+    struct route_candidate c[CFG_MAX_UPSTREAMS];
+    struct upool *pools[CFG_MAX_UPSTREAMS];
+    int n = v->n_upstreams;
+    bool ejected = false;
+
+    for (int tries = 0; tries < 2; tries++) {
+        for (int k = 0; k < n; k++) {
+            struct upool *p = es ? es->pools[vi][k] : upool_get(w, &v->upstreams[k]);
+            pools[k] = p;
+            if (p == NULL) {
+                c[k] = (struct route_candidate){.down = true};
+                continue;
+            }
+            c[k].down = __atomic_load_n(&p->shared->down, __ATOMIC_RELAXED) != 0;
+            c[k].avoid = p == avoid;
+            c[k].ejected_until_ms = p->eject.until_ms;
+            c[k].inflight = v->max_concurrent > 0 ?
+                __atomic_load_n(&p->shared->inflight, __ATOMIC_RELAXED) : 0;
+            c[k].active = p->active;
+            ejected |= p->eject.until_ms != 0;
+        }
+        int i;
+        /* The clock is read only when an upstream was ejected. */
+        enum route_pick_status st = route_pick_upstream(c, n,
+            n > 1 ? (int)(w->req_seq % (uint64_t)n) : 0, v->max_concurrent,
+            ejected ? now_ms() : 0, &i);
+        if (st == ROUTE_PICK_NO_HEALTHY)
+            return PICK_NO_HEALTHY;
+        if (st == ROUTE_PICK_AT_LIMIT)
+            return PICK_AT_LIMIT;
+        if (route_take_slot(pools[i]->shared, v->max_concurrent)) {
+            *out = pools[i];
+            return PICK_OK;
+        }
+        /* another worker took the last slot in between: look again */
+    }
+    return PICK_AT_LIMIT;
+}
+
 void
-upool_free_all(struct worker *w)
+upstream_failed(struct worker *w, struct upool *p, const struct cfg_version *v)
+{
+    int threshold = v->health.enabled ? v->health.failure_threshold : 3;
+    if (route_eject_failure(&p->eject, threshold, now_ms())) {
+        struct evbuffer *b = evbuffer_new();
+        if (b == NULL)
+            return;
+        json_escape_add(b, p->address, strlen(p->address));
+        evbuffer_add(b, "", 1);
+        log_event(LOG_WARN, "upstream_ejected", ",\"upstream\":\"%s\",\"worker\":%d,"
+                  "\"backoff_ms\":%llu", (const char *)evbuffer_pullup(b, -1), w->id,
+                  (unsigned long long)p->eject.backoff_ms);
+        evbuffer_free(b);
+    }
+}
+
+void
+upstream_free_all(struct worker *w)
 {
     struct upool *p, *next;
     for (p = w->pools; p != NULL; p = next) {
@@ -90,76 +176,90 @@ upool_free_all(struct worker *w)
 
 /* ---- response parsing ------------------------------------------------- */
 
+static bool skip_message(const struct upconn *u)
+{
+    return u->status >= 100 && u->status < 200;
+}
+
 static int
-on_message_begin(http_parser *hp)
+on_message_begin(llhttp_t *hp)
 {
     struct upconn *u = hp->data;
     head_reset(&u->head);
+    u->status = 0;
     return 0;
 }
 
 static int
-on_status(http_parser *hp, const char *at, size_t len)
+head_piece(struct upconn *u, int rc)
 {
-    struct upconn *u = hp->data;
-    return head_url(&u->head, at, len) < 0 || u->head.len > MAX_RESPONSE_HEAD ? -1 : 0;
+    return rc < 0 || u->head.len > MAX_RESPONSE_HEAD ? HPE_USER : 0;
 }
 
 static int
-on_header_field(http_parser *hp, const char *at, size_t len)
+on_status(llhttp_t *hp, const char *at, size_t len)
 {
     struct upconn *u = hp->data;
-    return head_field(&u->head, at, len) < 0 || u->head.len > MAX_RESPONSE_HEAD ? -1 : 0;
+    return head_piece(u, head_url(&u->head, at, len));
 }
 
 static int
-on_header_value(http_parser *hp, const char *at, size_t len)
+on_header_field(llhttp_t *hp, const char *at, size_t len)
 {
     struct upconn *u = hp->data;
-    return head_value(&u->head, at, len) < 0 || u->head.len > MAX_RESPONSE_HEAD ? -1 : 0;
+    return head_piece(u, head_field(&u->head, at, len));
 }
 
 static int
-on_headers_complete(http_parser *hp)
+on_header_value(llhttp_t *hp, const char *at, size_t len)
+{
+    struct upconn *u = hp->data;
+    return head_piece(u, head_value(&u->head, at, len));
+}
+
+static int
+on_headers_complete(llhttp_t *hp)
 {
     struct upconn *u = hp->data;
 
-    if (hp->status_code / 100 == 1) {
-        if (hp->status_code == 101)
-            return -1;              /* no upgrades through a scoring URL */
-        u->skip_message = true;     /* 100 Continue and friends: dropped */
-        return 0;
+    u->status = hp->status_code;
+    if (skip_message(u))
+        /* 101 would switch protocols: not through a scoring URL. Other
+         * 1xx are interim answers, dropped (Sluice answers 100 itself). */
+        return u->status == 101 ? -1 : 1;
+    head_classify(&u->head);
+    int no_body = u->ops->on_head(u->owner, u);
+    if (u->closed)
+        return HPE_USER;
+    if (no_body || u->status == 204 || u->status == 304) {
+        u->no_body = true;
+        /* Headers that announce a body nobody reads: the bytes, if the
+         * server sends them, must not be taken for the next response. */
+        if ((hp->flags & F_CHUNKED) || ((hp->flags & F_CONTENT_LENGTH) &&
+                                        hp->content_length > 0))
+            u->keepalive_denied = true;
+        return 1;
     }
-    if (u->sh != NULL)
-        return shadow_head(u->sh, u);
-    if (u->s == NULL)
-        return -1;
-    session_upstream_head(u->s, u);
-    return u->s->req.head_method ? 1 : 0;
-}
-
-static int
-on_body(http_parser *hp, const char *at, size_t len)
-{
-    struct upconn *u = hp->data;
-    if (u->skip_message || u->s == NULL)
-        return 0;                   /* a shadow's answer is read and dropped */
-    session_upstream_body(u->s, at, len);
     return 0;
 }
 
 static int
-on_message_complete(http_parser *hp)
+on_body(llhttp_t *hp, const char *at, size_t len)
 {
     struct upconn *u = hp->data;
-    if (u->skip_message) {
-        u->skip_message = false;
-        return 0;
-    }
-    u->keepalive = http_should_keep_alive(hp);
+    u->ops->on_body(u->owner, u, at, len);
+    return u->closed ? HPE_USER : 0;
+}
+
+static int
+on_message_complete(llhttp_t *hp)
+{
+    struct upconn *u = hp->data;
+    if (skip_message(u))
+        return 0;                   /* the real response follows */
+    u->keepalive = llhttp_should_keep_alive(hp) && !u->keepalive_denied;
     u->response_done = true;
-    http_parser_pause(hp, 1);
-    return 0;
+    return HPE_PAUSED;
 }
 
 static void
@@ -167,7 +267,7 @@ init_settings(void)
 {
     if (resp_settings.on_message_begin != NULL)
         return;
-    http_parser_settings_init(&resp_settings);
+    llhttp_settings_init(&resp_settings);
     resp_settings.on_message_begin = on_message_begin;
     resp_settings.on_status = on_status;
     resp_settings.on_header_field = on_header_field;
@@ -177,14 +277,12 @@ init_settings(void)
     resp_settings.on_message_complete = on_message_complete;
 }
 
-/* The request on u failed: tell whoever owns it. */
+/* The exchange failed: tell the owner once. */
 static void
-owner_failed(struct upconn *u, const char *why, bool conn_error)
+owner_failed(struct upconn *u, enum up_fail why)
 {
-    if (u->sh != NULL)
-        shadow_failed(u->sh, u, why, conn_error);
-    else if (u->s != NULL)
-        session_upstream_failed(u->s, u, why, conn_error);
+    if (u->busy && !u->closed)
+        u->ops->on_failed(u->owner, u, why, !u->got_bytes);
 }
 
 /* Run the parser over buffered input; hand a finished response back. */
@@ -192,60 +290,47 @@ static void
 up_parse(struct upconn *u, bool eof)
 {
     struct evbuffer *in = bufferevent_get_input(u->bev);
+    bool peer_closed = eof;
 
-    while (!u->closed && !u->paused && !u->response_done) {
+    while (!u->closed && u->busy && !u->paused && !u->response_done) {
         struct evbuffer_iovec v;
-        size_t n;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
             if (!eof)
                 return;
-            http_parser_execute(&u->parser, &resp_settings, NULL, 0);
             eof = false;
+            /* A response delimited by the close ends here. */
+            if (u->got_bytes)
+                llhttp_finish(&u->parser);
             if (u->closed)
                 return;
             if (!u->response_done) {
-                owner_failed(u, u->parser.status_code ?
-                    "the model server closed the connection mid-response" :
-                    "the model server closed the connection without answering", true);
+                owner_failed(u, UPF_CLOSED);
                 return;
             }
             break;
         }
-        n = http_parser_execute(&u->parser, &resp_settings, v.iov_base, v.iov_len);
+        enum llhttp_errno e = llhttp_execute(&u->parser, v.iov_base, v.iov_len);
         if (u->closed)
             return;
-        evbuffer_drain(in, n);
-        enum http_errno e = HTTP_PARSER_ERRNO(&u->parser);
-        if (e != HPE_OK && e != HPE_PAUSED) {
-            owner_failed(u, "invalid response from the model server", false);
+        size_t n = v.iov_len;
+        if (e == HPE_PAUSED) {
+            n = (size_t)(llhttp_get_error_pos(&u->parser) - (const char *)v.iov_base);
+            llhttp_resume(&u->parser);
+        } else if (e != HPE_OK) {
+            owner_failed(u, UPF_INVALID);
             return;
         }
+        evbuffer_drain(in, n);
     }
     if (u->response_done && !u->closed && u->busy) {
         /* Bytes after a complete response mean a confused server. */
-        bool reusable = u->keepalive && !eof && evbuffer_get_length(in) == 0;
-        if (u->sh != NULL)
-            shadow_done(u->sh, u, reusable);
-        else
-            session_upstream_done(u->s, u, reusable);
+        bool reusable = u->keepalive && !peer_closed && evbuffer_get_length(in) == 0;
+        u->ops->on_done(u->owner, u, reusable);
     }
 }
 
 static void
-up_read(struct bufferevent *bev, void *arg)
-{
-    struct upconn *u = arg;
-    if (!u->busy) {                 /* idle: the server closed or misbehaved */
-        upconn_close(u);
-        return;
-    }
-    struct session *s = u->s;       /* stays valid: sessions are freed by gc */
-    up_parse(u, false);
-    if (s != NULL)
-        session_flush(s);
-}
-
-static void up_event(struct bufferevent *bev, short events, void *arg);
+up_event(struct bufferevent *bev, short events, void *arg);
 
 static void
 up_raw_read(evutil_socket_t fd, short what, void *arg)
@@ -256,9 +341,16 @@ up_raw_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     int n = gw_read(u->bev);
-    if (n > 0)
-        up_read(u->bev, u);
-    else if (n == GW_READ_EOF)
+    if (n > 0) {
+        if (!u->busy) {             /* idle: the server closed or misbehaved */
+            upconn_close(u);
+            return;
+        }
+        u->got_bytes = true;
+        up_parse(u, false);
+        if (u->busy && !u->closed && !u->response_done)
+            u->ops->on_progress(u->owner, u);
+    } else if (n == GW_READ_EOF)
         up_event(u->bev, BEV_EVENT_EOF | BEV_EVENT_READING, u);
     else if (n == GW_READ_ERROR)
         up_event(u->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, u);
@@ -269,8 +361,8 @@ up_write(struct bufferevent *bev, void *arg)
 {
     struct upconn *u = arg;
     bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
-    if (u->s != NULL)
-        session_upstream_drained(u->s);
+    if (u->busy)
+        u->ops->on_drained(u->owner, u);
 }
 
 static void
@@ -291,27 +383,26 @@ up_event(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (!u->connected) {
-        owner_failed(u, "cannot connect to the model server", true);
+        owner_failed(u, UPF_CONNECT);
         return;
     }
     if ((events & BEV_EVENT_EOF) && !(events & BEV_EVENT_ERROR)) {
         up_parse(u, true);
         return;
     }
-    owner_failed(u, u->parser.status_code ?
-        "the model server reset the connection mid-response" :
-        "the model server reset the connection", true);
+    owner_failed(u, UPF_RESET);
 }
 
 /* ---- connections ------------------------------------------------------ */
 
 struct upconn *
-upconn_acquire(struct worker *w, struct upool *p, struct session *s)
+upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
+               void *owner, bool fresh)
 {
     struct upconn *u;
 
     init_settings();
-    if (!TAILQ_EMPTY(&p->idle)) {
+    if (!fresh && !TAILQ_EMPTY(&p->idle)) {
         u = TAILQ_FIRST(&p->idle);
         TAILQ_REMOVE(&p->idle, u, link);
         u->in_idle = false;
@@ -329,7 +420,7 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
             free(u);
             return NULL;
         }
-        bufferevent_setcb(u->bev, up_read, up_write, up_event, u);
+        bufferevent_setcb(u->bev, NULL, up_write, up_event, u);
         /* Reads go through our own event and gw_read(), writes through
          * gw_flush(); the bufferevent reports connect and write errors. */
         bufferevent_disable(u->bev, EV_READ | EV_WRITE);
@@ -341,19 +432,40 @@ upconn_acquire(struct worker *w, struct upool *p, struct session *s)
         }
         u->rev = event_new(w->base, bufferevent_getfd(u->bev), EV_READ | EV_PERSIST,
                            up_raw_read, u);
+        if (u->rev == NULL) {
+            bufferevent_free(u->bev);
+            free(u);
+            return NULL;
+        }
         event_add(u->rev, NULL);
+        __atomic_add_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
+        llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
+        u->parser.data = u;
     }
-    http_parser_init(&u->parser, HTTP_RESPONSE);
-    u->parser.data = u;
+    llhttp_reset(&u->parser);
+    u->status = 0;
     u->response_done = false;
-    u->skip_message = false;
     u->keepalive = false;
+    u->keepalive_denied = false;
+    u->no_body = false;
     u->paused = false;
-    u->s = s;
-    u->sh = NULL;
+    u->got_bytes = false;
+    u->ops = ops;
+    u->owner = owner;
     u->busy = true;
     p->active++;
     return u;
+}
+
+static void
+unbusy(struct upconn *u)
+{
+    if (u->busy) {
+        u->pool->active--;
+        u->busy = false;
+    }
+    u->ops = NULL;
+    u->owner = NULL;
 }
 
 void
@@ -361,18 +473,15 @@ upconn_release(struct upconn *u, bool reusable)
 {
     struct upool *p = u->pool;
 
-    if (u->busy) {
-        p->active--;
-        u->busy = false;
-    }
-    u->s = NULL;
-    u->sh = NULL;
+    unbusy(u);
     if (!reusable || u->w->draining || p->n_idle >= MAX_IDLE_PER_POOL ||
-        evbuffer_get_length(bufferevent_get_output(u->bev)) > 0) {
+        evbuffer_get_length(bufferevent_get_output(u->bev)) > 0 ||
+        evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
         upconn_close(u);
         return;
     }
-    struct timeval idle = {IDLE_TIMEOUT_S, 0};
+    int ms = u->w->cfg->limits.upstream_idle_timeout_ms;
+    struct timeval idle = {ms / 1000, (ms % 1000) * 1000};
     event_add(u->rev, &idle);
     u->paused = false;
     TAILQ_INSERT_HEAD(&p->idle, u, link);
@@ -388,12 +497,7 @@ upconn_close(struct upconn *u)
     if (u->closed)
         return;
     u->closed = true;
-    if (u->busy) {
-        u->pool->active--;
-        u->busy = false;
-    }
-    u->s = NULL;
-    u->sh = NULL;
+    unbusy(u);
     if (u->in_idle) {
         TAILQ_REMOVE(&u->pool->idle, u, link);
         u->pool->n_idle--;
@@ -401,25 +505,19 @@ upconn_close(struct upconn *u)
     }
     event_free(u->rev);
     u->rev = NULL;
+    __atomic_sub_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
     bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
     bufferevent_free(u->bev);
     u->bev = NULL;
     u->gc_next = w->gc_upconns;
     w->gc_upconns = u;
-    worker_gc(w);
-}
-
-void
-upconn_free(struct upconn *u)
-{
-    head_free(&u->head);
-    free(u);
+    event_active(w->upstream_gc_ev, EV_TIMEOUT, 1);
 }
 
 void
 upconn_pause(struct upconn *u)
 {
-    if (!u->paused) {
+    if (!u->paused && !u->closed) {
         u->paused = true;
         event_del(u->rev);
     }
@@ -433,4 +531,44 @@ upconn_resume(struct upconn *u)
         event_add(u->rev, NULL);
         up_parse(u, false);
     }
+}
+
+void
+upconn_flush(struct upconn *u)
+{
+    if (!u->closed)
+        gw_flush(u->bev, u->connected);
+}
+
+struct evbuffer *
+upconn_output(struct upconn *u)
+{
+    return bufferevent_get_output(u->bev);
+}
+
+/* ---- deferred frees ------------------------------------------------------ */
+
+/* Connections are freed from their own event, never inside a callback of
+ * theirs still on the stack. */
+void
+upstream_gc(struct worker *w)
+{
+    while (w->gc_upconns != NULL) {
+        struct upconn *u = w->gc_upconns;
+        w->gc_upconns = u->gc_next;
+        head_free(&u->head);
+        free(u);
+    }
+}
+
+static void
+gc_cb(evutil_socket_t fd, short what, void *arg)
+{
+    upstream_gc(arg);
+}
+
+void
+upstream_worker_init(struct worker *w)
+{
+    w->upstream_gc_ev = event_new(w->base, -1, 0, gc_cb, w);
 }

@@ -2,7 +2,8 @@
  * Worker threads: one event_base each, with their own SO_REUSEPORT
  * listeners, sessions and upstream pools. The main thread talks to a worker
  * only through its mailbox (a mutex-guarded slot and an eventfd), never on
- * the request path.
+ * the request path. A worker hands accepted sockets to session.c and keeps
+ * its per-endpoint state (split, pools, counters) for the current snapshot.
  */
 #define _GNU_SOURCE
 #include "gateway/gateway.h"
@@ -16,11 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #define ACCESS_FLUSH_MS 200
-#define ACCESS_FLUSH_BYTES (64 * 1024)
 
 int gw_n_workers;
 struct worker *gw_workers;
@@ -73,180 +74,10 @@ worker_set_config(struct worker *w, struct config *cfg)
     w->cfg = cfg;               /* the reference passed in becomes the worker's */
 }
 
-/* ---- garbage ---------------------------------------------------------- */
-
-static void
-gc_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct worker *w = arg;
-    while (w->gc_sessions != NULL) {
-        struct session *s = w->gc_sessions;
-        w->gc_sessions = s->gc_next;
-        session_free(s);
-    }
-    while (w->gc_upconns != NULL) {
-        struct upconn *u = w->gc_upconns;
-        w->gc_upconns = u->gc_next;
-        upconn_free(u);
-    }
-    if (w->draining && w->n_sessions == 0)
-        event_base_loopexit(w->base, NULL);
-}
-
-static void
-wait_poll_cb(evutil_socket_t fd, short what, void *arg)
-{
-    session_dispatch_waiters(arg);
-}
-
-void
-session_poll_waiters(struct worker *w)
-{
-    /* Slots freed by other workers are seen by looking again shortly. */
-    if (!TAILQ_EMPTY(&w->waiters) && !evtimer_pending(w->wait_poll, NULL)) {
-        struct timeval tv = {0, 2000};
-        evtimer_add(w->wait_poll, &tv);
-    }
-}
-
-void
-worker_gc(struct worker *w)
-{
-    event_active(w->gc_ev, EV_TIMEOUT, 1);
-}
-
-/* ---- access log -------------------------------------------------------- */
-
 static void
 access_flush(evutil_socket_t fd, short what, void *arg)
 {
-    struct worker *w = arg;
-    if (evbuffer_get_length(w->access) > 0)
-        log_access_write(w->access);
-}
-
-static uint32_t
-minute_now(struct worker *w)
-{
-    struct timeval tv;
-    event_base_gettimeofday_cached(w->base, &tv);
-    return (uint32_t)(tv.tv_sec / 60);
-}
-
-static void
-count_request(struct worker *w, const struct request *r, uint64_t lat)
-{
-    if (r->ep == NULL || r->version < 0) {
-        /* Reached no version: SPEC's sluice:rejected kinds. */
-        switch (r->status) {
-        case 401: metrics_reject(w->metrics, REJ_UNAUTHORIZED); break;
-        case 404: metrics_reject(w->metrics, REJ_NOT_FOUND); break;
-        case 400: case 431: metrics_reject(w->metrics, REJ_BAD_REQUEST); break;
-        case 413: metrics_reject(w->metrics, REJ_TOO_LARGE); break;
-        case 408: metrics_reject(w->metrics, REJ_TIMEOUT); break;
-        default: break;
-        }
-        return;
-    }
-    const struct cfg_version *v = &r->ep->versions[r->version];
-    struct metrics_slot *slot = r->cfg == w->cfg ?
-        w->eps[r->ep - r->cfg->endpoints].mslot[r->version] :
-        metrics_slot(w->metrics, r->ep->name, v->name,
-                     config_group_name(v->mirror ? CFG_GROUP_SHADOW : v->group));
-    struct metrics_sample m = {
-        .status = r->status, .latency_us = lat, .bytes_in = r->bytes_in,
-        .bytes_out = r->bytes_out, .failover = r->failover, .pinned = r->pinned,
-        .upstream_error = r->status == 502,
-        .timeout = r->status == 504,
-        .overloaded = r->status == 503 && r->fail_reason &&
-                      strcmp(r->fail_reason, "overloaded") == 0,
-    };
-    metrics_record(slot, minute_now(w), &m);
-}
-
-void
-worker_shadow_done(struct worker *w, const struct shadow *sh)
-{
-    struct timespec end;
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    const struct cfg_version *v = &sh->ep->versions[sh->version];
-    struct metrics_slot *slot = sh->cfg == w->cfg ?
-        w->eps[sh->ep - sh->cfg->endpoints].mslot[sh->version] :
-        metrics_slot(w->metrics, sh->ep->name, v->name, "shadow");
-    struct metrics_sample m = {
-        .status = sh->status,
-        .latency_us = (uint64_t)((end.tv_sec - sh->t_start.tv_sec) * 1000000 +
-                                 (end.tv_nsec - sh->t_start.tv_nsec) / 1000),
-        .upstream_error = sh->status == 502 || sh->status == 0,
-        .timeout = sh->status == 504,
-    };
-    metrics_record(slot, minute_now(w), &m);
-}
-
-void
-worker_request_done(struct worker *w, struct session *s)
-{
-    struct request *r = &s->req;
-    const struct head *hd = &s->head;
-    char t[40];
-
-    if (r->counted)
-        return;
-    r->counted = true;
-    struct timespec end;
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    long long lat = r->t_start.tv_sec == 0 ? 0 :
-        (long long)(end.tv_sec - r->t_start.tv_sec) * 1000000 +
-        (end.tv_nsec - r->t_start.tv_nsec) / 1000;
-    count_request(w, r, (uint64_t)lat);
-    if (!log_access_enabled())
-        return;
-    /* The loop's cached clock, and the date formatted once a second. */
-    struct timeval tv;
-    event_base_gettimeofday_cached(w->base, &tv);
-    if (tv.tv_sec != w->log_sec) {
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
-        strftime(w->log_date, sizeof(w->log_date), "%Y-%m-%dT%H:%M:%S", &tm);
-        w->log_sec = tv.tv_sec;
-    }
-    snprintf(t, sizeof(t), "%s.%06ldZ", w->log_date, (long)tv.tv_usec);
-    struct evbuffer *b = w->access;
-    const struct cfg_version *v = (r->ep && r->version >= 0) ?
-        &r->ep->versions[r->version] : NULL;
-    evbuffer_add_printf(b, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\","
-                        "\"endpoint\":", t, r->id, s->peer);
-    if (r->ep) {
-        evbuffer_add_printf(b, "\"%s\",\"version\":", r->ep->name);
-    } else
-        evbuffer_add_printf(b, "null,\"version\":");
-    if (v)
-        evbuffer_add_printf(b, "\"%s\",\"group\":\"%s\",", v->name,
-                            config_group_name(v->mirror ? CFG_GROUP_SHADOW : v->group));
-    else
-        evbuffer_add_printf(b, "null,\"group\":null,");
-    evbuffer_add_printf(b, "\"pinned\":%s,\"method\":\"%s\",\"path\":\"",
-                        r->pinned ? "true" : "false",
-                        http_method_str((enum http_method)s->parser.method));
-    size_t plen = hd->url_len > 2048 ? 2048 : hd->url_len;
-    if (hd->buf != NULL)
-        json_escape_add(b, hd->buf + hd->url_off, plen);
-    evbuffer_add_printf(b, "\",\"status\":%d,\"upstream\":", r->status);
-    if (r->upstream_addr)
-        evbuffer_add_printf(b, "\"%s\"", r->upstream_addr);
-    else
-        BUF_LIT(b, "null");
-    evbuffer_add_printf(b, ",\"latency_us\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu",
-                        lat, (unsigned long long)r->bytes_in,
-                        (unsigned long long)r->bytes_out);
-    if (r->fail_reason) {
-        BUF_LIT(b, ",\"error\":\"");
-        json_escape_add(b, r->fail_reason, strlen(r->fail_reason));
-        BUF_LIT(b, "\"");
-    }
-    BUF_LIT(b, "}\n");
-    if (evbuffer_get_length(b) > ACCESS_FLUSH_BYTES)
-        log_access_write(b);
+    account_flush(arg);
 }
 
 /* ---- listeners and the mailbox ---------------------------------------- */
@@ -361,7 +192,6 @@ mail_cb(evutil_socket_t fd, short what, void *arg)
         w->draining = true;
         close_listeners(w);
         session_drain_all(w);
-        worker_gc(w);
     }
 }
 
@@ -386,6 +216,9 @@ int
 workers_start(struct config *cfg, int n, const struct worker_listener *table,
               int n_listeners)
 {
+    struct rlimit rl;
+    gw_fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)INT32_MAX ?
+        (int)rl.rlim_cur : INT32_MAX;
     gw_n_workers = n;
     gw_workers = calloc((size_t)n, sizeof(*gw_workers));
     mail_fds = calloc((size_t)n, sizeof(*mail_fds));
@@ -403,16 +236,15 @@ workers_start(struct config *cfg, int n, const struct worker_listener *table,
         event_config_free(ec);
         if (w->base == NULL)
             return -1;
-        TAILQ_INIT(&w->sessions);
-        TAILQ_INIT(&w->waiters);
+        session_worker_init(w);
+        upstream_worker_init(w);
         TAILQ_INIT(&w->shadows);
         pthread_mutex_init(&w->mail_lock, NULL);
         worker_set_config(w, config_take(cfg));
         RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
         w->access = evbuffer_new();
         w->scratch = evbuffer_new();
-        w->gc_ev = event_new(w->base, -1, 0, gc_cb, w);
-        w->wait_poll = event_new(w->base, -1, 0, wait_poll_cb, w);
+        w->scratch2 = evbuffer_new();
         w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
         struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
         event_add(w->log_ev, &tv);
@@ -525,17 +357,16 @@ workers_free(void)
     for (int i = 0; i < gw_n_workers; i++) {
         struct worker *w = &gw_workers[i];
         close_listeners(w);
-        while (!TAILQ_EMPTY(&w->sessions))
-            session_close(TAILQ_FIRST(&w->sessions), "stopped");
-        shadows_free_all(w);
-        upool_free_all(w);
         w->draining = false;
-        gc_cb(-1, 0, w);
-        access_flush(-1, 0, w);
+        sessions_free_all(w);
+        shadows_free_all(w);
+        upstream_free_all(w);
+        upstream_gc(w);
+        event_free(w->upstream_gc_ev);
+        account_flush(w);
         evbuffer_free(w->access);
         evbuffer_free(w->scratch);
-        event_free(w->gc_ev);
-        event_free(w->wait_poll);
+        evbuffer_free(w->scratch2);
         event_free(w->log_ev);
         event_free(w->mail_ev);
         close(mail_fds[i]);

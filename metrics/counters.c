@@ -19,7 +19,7 @@
 const char *const metrics_field_names[M_COUNT] = {
     "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
     "upstream_errors", "timeouts", "overloaded", "failover", "pinned",
-    "bytes_in", "bytes_out", "latency_us_sum",
+    "shadow_dropped", "bytes_in", "bytes_out", "latency_us_sum",
     "lat_le_500", "lat_le_1000", "lat_le_2500", "lat_le_5000", "lat_le_10000",
     "lat_le_25000", "lat_le_50000", "lat_le_100000", "lat_le_250000", "lat_le_500000",
     "lat_le_1000000", "lat_le_2500000", "lat_le_5000000", "lat_le_10000000", "lat_le_inf",
@@ -126,6 +126,10 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
         __atomic_store_n(&c->minute, minute, __ATOMIC_RELEASE);
     }
     uint64_t *v = c->v;
+    if (s->shadow_dropped) {
+        add(&v[M_SHADOW_DROPPED], 1);
+        return;
+    }
     add(&v[M_REQUESTS], 1);
     int cls = s->status / 100;
     if (cls >= 2 && cls <= 5)
@@ -417,6 +421,8 @@ metrics_prometheus(const struct metrics_backlog *b)
         {M_OVERLOADED, "sluice_overloaded_total", "Requests refused at the concurrency limit."},
         {M_FAILOVER, "sluice_failover_total", "Requests served by the default version instead."},
         {M_PINNED, "sluice_pinned_total", "Requests pinned with X-Sluice-Version."},
+        {M_SHADOW_DROPPED, "sluice_shadow_dropped_total",
+         "Shadow copies dropped at max_shadow_inflight or shadow_timeout_ms."},
         {M_BYTES_IN, "sluice_request_bytes_total", "Bytes received from clients."},
         {M_BYTES_OUT, "sluice_response_bytes_total", "Bytes sent to clients."},
     };

@@ -28,7 +28,7 @@ struct json_t;
 /* Counter fields, in SPEC §4's order. */
 enum metric {
     M_REQUESTS, M_2XX, M_3XX, M_4XX, M_5XX, M_UPSTREAM_ERRORS, M_TIMEOUTS,
-    M_OVERLOADED, M_FAILOVER, M_PINNED, M_BYTES_IN, M_BYTES_OUT, M_LATENCY_SUM,
+    M_OVERLOADED, M_FAILOVER, M_PINNED, M_SHADOW_DROPPED, M_BYTES_IN, M_BYTES_OUT, M_LATENCY_SUM,
     M_LAT_FIRST,                    /* 15 histogram buckets follow */
     M_COUNT = M_LAT_FIRST + 15,
 };
@@ -49,6 +49,7 @@ struct metrics_sample {
     uint64_t latency_us;
     uint64_t bytes_in, bytes_out;
     bool upstream_error, timeout, overloaded, failover, pinned;
+    bool shadow_dropped;            /* a shadow copy not sent: counts only that */
 };
 
 /* ---- per worker (counters.c) ------------------------------------------ */

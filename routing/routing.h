@@ -42,6 +42,26 @@ uint64_t route_hash(const char *name, const char *key, size_t len);
  * the caller's running state (start at 0). */
 bool route_mirror_next(int *acc, int mirror);
 
+/* ---- choosing an upstream within a version (pick.c) ------------------------ */
+
+/* What the caller knows of one upstream of the version. */
+struct route_candidate {
+    bool down;                  /* active checks say unhealthy */
+    bool avoid;                 /* just failed this request */
+    uint64_t ejected_until_ms;  /* passive ejection; 0 when not ejected */
+    int inflight;               /* in flight across workers (the limit's count) */
+    int active;                 /* in flight on this worker */
+};
+enum route_pick_status { ROUTE_PICK_OK, ROUTE_PICK_NO_HEALTHY, ROUTE_PICK_AT_LIMIT };
+/* The usable candidate with the fewest active requests, scanning from
+ * start; limit is replica_max_concurrent_requests (0: none). now_ms need
+ * only be set when a candidate has ejected_until_ms. NO_HEALTHY when every
+ * candidate is down, ejected or avoided; AT_LIMIT when the usable ones are
+ * all at the limit. */
+enum route_pick_status route_pick_upstream(const struct route_candidate *c, int n,
+                                           int start, int limit, uint64_t now_ms,
+                                           int *out);
+
 /* ---- health (health.c) -------------------------------------------------- */
 
 /* Active checks: consecutive results against the thresholds. */
