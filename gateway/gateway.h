@@ -512,6 +512,7 @@ struct worker {
     TAILQ_HEAD(, session) sessions;
     TAILQ_HEAD(, request) waiters;  /* waiting for a concurrency slot, FIFO */
     struct event *wait_poll;        /* slots free in other workers too */
+    bool dispatching, dispatch_again;
     struct request *free_reqs;      /* recycled request structs */
     int n_free_reqs;
     int n_sessions;

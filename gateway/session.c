@@ -303,7 +303,7 @@ request_end(struct session *s)
         .latency_us = r->t_start_us ? now_us() - r->t_start_us : 0,
         .bytes_in = r->bytes_in, .bytes_out = r->bytes_out, .request_id = r->id,
         .peer = s->peer,
-        .method = r->routed || r->head.n > 0 ? llhttp_method_name(r->line.method) : NULL,
+        .method = r->t_start_us ? llhttp_method_name(r->line.method) : NULL,
         .path = url, .path_len = url ? r->head.url_len : 0,
         .upstream = r->pool ? r->pool->address : NULL,
     };
@@ -699,21 +699,35 @@ route_request(struct session *s)
     }
 }
 
-/* Give queued requests the slots that are free now, in order. */
+/* Give queued requests the slots that are free now, in order. Starting a
+ * request can end another (and free a slot) on the way: a nested call only
+ * asks the running one to look again. */
 static void
 dispatch_waiters(struct worker *w)
 {
-    struct request *r, *next;
-    for (r = TAILQ_FIRST(&w->waiters); r != NULL; r = next) {
-        next = TAILQ_NEXT(r, wait_link);
-        struct upool *pool = NULL;
-        if (upstream_pick(w, r->cfg, r->ep, r->version, NULL, &pool) != PICK_OK)
-            continue;       /* others of other versions may still go */
-        stop_waiting(r);
-        evtimer_del(r->timer);
-        start_upstream(r->s, pool, false, NULL);
-        session_run(r->s);
+    if (w->dispatching) {
+        w->dispatch_again = true;
+        return;
     }
+    w->dispatching = true;
+    do {
+        w->dispatch_again = false;
+        struct request *r;
+        TAILQ_FOREACH(r, &w->waiters, wait_link) {
+            struct upool *pool = NULL;
+            if (upstream_pick(w, r->cfg, r->ep, r->version, NULL, &pool) != PICK_OK)
+                continue;   /* others of other versions may still go */
+            stop_waiting(r);
+            evtimer_del(r->timer);
+            if (start_upstream(r->s, pool, false, NULL))
+                session_run(r->s);
+            else
+                request_maybe_end(r->s);
+            w->dispatch_again = true;   /* the list changed: start over */
+            break;
+        }
+    } while (w->dispatch_again);
+    w->dispatching = false;
     /* Slots freed by other workers are seen by looking again shortly. */
     if (!TAILQ_EMPTY(&w->waiters) && !evtimer_pending(w->wait_poll, NULL)) {
         struct timeval tv = {0, 2000};
@@ -752,7 +766,7 @@ check_auth(struct session *s, const struct cfg_endpoint *ep)
             return true;
     }
     time_t until = 0;
-    enum auth_status st = s->w->auth == NULL || r->cfg != s->w->cfg ? AUTH_NOT_ALLOWED :
+    enum auth_status st = s->w->auth == NULL ? AUTH_NOT_ALLOWED :
         auth_check(s->w->auth, ep, cred, len, now ? now : time(NULL), &until);
     if (st != AUTH_OK) {
         request_reply(s, RC_UNAUTHORIZED, auth_status_reason(st), false);
@@ -878,6 +892,10 @@ on_headers_complete(llhttp_t *p)
     char msg[200];
 
     r->t_start_us = now_us();
+    if (r->cfg != w->cfg) {         /* a new generation since the first byte */
+        config_drop(r->cfg);
+        r->cfg = config_take(w->cfg);
+    }
     head_classify(hd);
     r->line = (struct req_line){
         .method = p->method, .major = p->http_major, .minor = p->http_minor,
@@ -1128,12 +1146,12 @@ start_closing(struct session *s)
         return;
     s->closing = true;
     if (s->req != NULL) {
+        /* End the request first; its end comes back here to close. */
         s->close_after = true;
         if (s->req->cause == RC_OK && s->req->phase != RP_ANSWERED)
             s->req->cause = RC_CLIENT_CLOSED;
         request_end(s);
-        if (s->closed)
-            return;
+        return;
     }
     if (evbuffer_get_length(client_out(s)) > 0) {
         client_flush(s);
@@ -1252,6 +1270,8 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (r == NULL)
         session_close(s);           /* idle keep-alive connection */
+    else if (r->phase == RP_ANSWERED && !r->body_done)
+        start_closing(s);           /* answered, but the rest never came */
 }
 
 /* ---- lifetime ----------------------------------------------------------------- */

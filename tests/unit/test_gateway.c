@@ -1,0 +1,329 @@
+/* The gateway's pure parts: header classification and hop-by-hop handling,
+ * request validation, head composition, JSON escaping, sticky keys, request
+ * ids, and the choice of an upstream within a version. */
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/gateway.h"
+#include "check.h"
+
+/* Build a classified head from "Name: value" lines (one per argument). */
+static void
+make_head(struct head *hd, const char *url, const char *const *lines)
+{
+    memset(hd, 0, sizeof(*hd));
+    head_reset(hd);
+    head_url(hd, url, strlen(url));
+    for (; *lines; lines++) {
+        const char *colon = strchr(*lines, ':');
+        head_field(hd, *lines, (size_t)(colon - *lines));
+        const char *v = colon + 1;
+        while (*v == ' ')
+            v++;
+        head_value(hd, v, strlen(v));
+    }
+    head_classify(hd);
+}
+
+static char *
+drain(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    char *s = malloc(n + 1);
+    evbuffer_remove(b, s, n);
+    s[n] = '\0';
+    return s;
+}
+
+static const struct req_line HTTP11 = {.method = HTTP_POST, .major = 1, .minor = 1};
+
+static struct cfg_limits
+lims(void)
+{
+    struct cfg_limits l = {.max_header_bytes = 16384, .max_body_bytes = 1000};
+    return l;
+}
+
+static void
+test_classify_connection_lists(void)
+{
+    struct head hd;
+    /* Keep-Alive is a header, not a list of header names. */
+    make_head(&hd, "/", (const char *const[]){"Host: a", "Keep-Alive: x-foo",
+              "X-Foo: bar", NULL});
+    CHECK(hd.cls[1] == HC_HOP, "keep-alive is hop-by-hop");
+    CHECK(hd.cls[2] == HC_OTHER, "X-Foo stays (got %d)", hd.cls[2]);
+    head_free(&hd);
+
+    /* Every Connection header counts, the ninth too. */
+    make_head(&hd, "/", (const char *const[]){"Host: a", "Connection: a", "Connection: b",
+              "Connection: c", "Connection: d", "Connection: e", "Connection: f",
+              "Connection: g", "Connection: h", "Connection: x-secret",
+              "X-Secret: 1", "X-Other: 2", NULL});
+    CHECK(hd.cls[10] == HC_HOP, "named by the ninth Connection header");
+    CHECK(hd.cls[11] == HC_OTHER, "not named");
+    CHECK(hd.count[HC_CONNECTION] == 9, "%d", hd.count[HC_CONNECTION]);
+    head_free(&hd);
+
+    /* Every X-Sluice-* is ours; the pin is found once. */
+    make_head(&hd, "/", (const char *const[]){"X-Sluice-Failover: true",
+              "x-sluice-version: v2", "X-Sluice-Anything: 1", NULL});
+    CHECK(hd.cls[0] == HC_SLUICE && hd.cls[1] == HC_SLUICE && hd.cls[2] == HC_SLUICE, "ours");
+    CHECK(hd.pin == 1, "pin %d", hd.pin);
+    head_free(&hd);
+}
+
+static void
+test_request_head_drops_hop_by_hop(void)
+{
+    struct head hd;
+    make_head(&hd, "/api/v1/service/ep/score?x=1", (const char *const[]){
+              "Host: example", "Connection: keep-alive, X-Drop", "X-Drop: 1",
+              "Authorization: Bearer k", "X-Forwarded-For: 10.0.0.1",
+              "X-Forwarded-Proto: https", "X-Sluice-Group: control", "TE: trailers",
+              "Transfer-Encoding: chunked", "Cookie: a=b", "X-Keep: yes", NULL});
+    struct evbuffer *b = evbuffer_new();
+    struct upstream_request r = {
+        .method = "POST", .path = "/score", .path_len = 6, .query = "x=1", .query_len = 3,
+        .hd = &hd, .peer = "127.0.0.1", .proto = "http", .default_host = "up:1",
+        .tags = {"versionb", "treatment", "abc", false}, .framing = FRAME_CHUNKED,
+    };
+    compose_request_head(b, &r);
+    char *s = drain(b);
+    CHECK(strncmp(s, "POST /score?x=1 HTTP/1.1\r\n", 26) == 0, "%s", s);
+    CHECK(strstr(s, "Host: example\r\n") != NULL, "host kept");
+    CHECK(strstr(s, "X-Keep: yes\r\n") != NULL, "other kept");
+    CHECK(strstr(s, "Cookie: a=b\r\n") != NULL, "cookie kept");
+    CHECK(strstr(s, "X-Drop") == NULL, "named by Connection: dropped");
+    CHECK(strstr(s, "Authorization") == NULL, "credentials dropped");
+    CHECK(strstr(s, "TE:") == NULL && strstr(s, "Connection") == NULL, "hop-by-hop dropped");
+    CHECK(strstr(s, "X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n") != NULL, "xff appended");
+    CHECK(strstr(s, "X-Forwarded-Proto: http\r\n") != NULL &&
+          strstr(s, "X-Forwarded-Proto: https") == NULL, "xfp set");
+    CHECK(strstr(s, "X-Sluice-Group: treatment\r\n") != NULL &&
+          strstr(s, "X-Sluice-Group: control") == NULL, "group ours");
+    CHECK(strstr(s, "Transfer-Encoding: chunked\r\n") != NULL, "framing");
+    CHECK(strstr(s, "X-Request-Id: abc\r\n") != NULL, "id");
+    CHECK(strcmp(s + strlen(s) - 4, "\r\n\r\n") == 0, "ends the head");
+    free(s);
+    head_free(&hd);
+
+    /* HTTP/1.0 without Host: the upstream still gets one. */
+    make_head(&hd, "/", (const char *const[]){NULL});
+    r.hd = &hd;
+    r.framing = FRAME_NONE;
+    compose_request_head(b, &r);
+    s = drain(b);
+    CHECK(strstr(s, "Host: up:1\r\n") != NULL, "%s", s);
+    free(s);
+    head_free(&hd);
+    evbuffer_free(b);
+}
+
+static void
+test_response_head(void)
+{
+    struct head hd;
+    make_head(&hd, "Not Modified", (const char *const[]){"ETag: \"x\"",
+              "Content-Length: 12", "X-Sluice-Failover: true", "X-Sluice-Version: evil",
+              "Connection: close", "Keep-Alive: timeout=5", "X-Request-Id: theirs", NULL});
+    struct evbuffer *b = evbuffer_new();
+    struct tags t = {"versiona", "control", "rid", false};
+    compose_response_head(b, 304, &hd, &t, FRAME_LENGTH, 12, CONN_NONE);
+    char *s = drain(b);
+    CHECK(strncmp(s, "HTTP/1.1 304 Not Modified\r\n", 27) == 0, "%s", s);
+    CHECK(strstr(s, "ETag: \"x\"\r\n") != NULL, "kept");
+    CHECK(strstr(s, "Failover") == NULL, "upstream's X-Sluice-Failover removed");
+    CHECK(strstr(s, "evil") == NULL, "upstream's X-Sluice-Version removed");
+    CHECK(strstr(s, "X-Sluice-Version: versiona\r\n") != NULL, "ours added");
+    CHECK(strstr(s, "theirs") == NULL && strstr(s, "X-Request-Id: rid\r\n") != NULL, "id");
+    CHECK(strstr(s, "Keep-Alive") == NULL && strstr(s, "Connection") == NULL, "hop");
+    CHECK(strstr(s, "Content-Length: 12\r\n") != NULL, "length");
+    free(s);
+    head_free(&hd);
+
+    /* An error reply: JSON body, its length, our headers. */
+    struct evbuffer *scratch = evbuffer_new();
+    struct tags none = {NULL, NULL, "rid2", false};
+    compose_error(b, scratch, 401, "unauthorized", "bad \"key\"", &none, CONN_CLOSE);
+    s = drain(b);
+    const char *body = strstr(s, "\r\n\r\n") + 4;
+    CHECK(strncmp(s, "HTTP/1.1 401 Unauthorized\r\n", 27) == 0, "%s", s);
+    CHECK(strcmp(body, "{\"error\":{\"code\":\"unauthorized\",\"message\":\"bad \\\"key\\\"\"}}\n")
+          == 0, "%s", body);
+    char cl[64];
+    snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", strlen(body));
+    CHECK(strstr(s, cl) != NULL, "length of the body");
+    CHECK(strstr(s, "WWW-Authenticate: Bearer\r\n") != NULL, "challenge");
+    CHECK(strstr(s, "X-Sluice-Version") == NULL, "no version on a refusal");
+    CHECK(strstr(s, "X-Request-Id: rid2\r\n") != NULL, "id on every reply");
+    CHECK(strstr(s, "Connection: close\r\n") != NULL, "close");
+    free(s);
+    evbuffer_free(scratch);
+    evbuffer_free(b);
+}
+
+static enum req_cause
+verdict(const char *url, const struct req_line *rl, const char *const *lines)
+{
+    struct head hd;
+    struct req_target t;
+    struct cfg_limits l = lims();
+    make_head(&hd, url, lines);
+    struct req_verdict v = req_validate(&hd, rl, &l, &t);
+    head_free(&hd);
+    return v.cause;
+}
+
+static void
+test_validation(void)
+{
+    const char *const host[] = {"Host: example.com:8080", NULL};
+    CHECK(verdict("/p?q", &HTTP11, host) == RC_OK, "valid");
+    struct req_line v09 = HTTP11, v20 = HTTP11, v10 = HTTP11;
+    v09.major = 0; v09.minor = 9;
+    v20.major = 2; v20.minor = 0;
+    v10.minor = 0;
+    CHECK(verdict("/", &v09, host) == RC_BAD_REQUEST, "HTTP/0.9: 400");
+    CHECK(verdict("/", &v20, host) == RC_BAD_VERSION, "HTTP/2.0: 505");
+    CHECK(verdict("/", &v10, (const char *const[]){NULL}) == RC_OK, "1.0 needs no Host");
+    CHECK(verdict("/", &HTTP11, (const char *const[]){NULL}) == RC_BAD_REQUEST, "1.1 needs Host");
+    CHECK(verdict("/", &HTTP11, (const char *const[]){"Host: a", "Host: a", NULL})
+          == RC_BAD_REQUEST, "two Hosts");
+    static const char *const bad_hosts[] = {"bad host", "a/b", "[::1", "a:99999x", "",
+                                            "a@b", "[zz]", NULL};
+    for (const char *const *h = bad_hosts; *h; h++) {
+        char line[64];
+        snprintf(line, sizeof(line), "Host: %s", *h);
+        CHECK(verdict("/", &HTTP11, (const char *const[]){line, NULL}) == RC_BAD_REQUEST,
+              "bad Host %s", *h);
+    }
+    static const char *const good_hosts[] = {"localhost", "127.0.0.1:80", "[::1]:8443",
+                                             "a-b.example", "x:", NULL};
+    for (const char *const *h = good_hosts; *h; h++)
+        CHECK(req_host_valid(*h, strlen(*h)), "good Host %s", *h);
+    CHECK(verdict("/", &HTTP11, (const char *const[]){"Host: a",
+          "Transfer-Encoding: chunked, identity", NULL}) == RC_BAD_REQUEST, "TE list");
+    CHECK(verdict("/", &HTTP11, (const char *const[]){"Host: a",
+          "Transfer-Encoding: gzip", NULL}) == RC_BAD_REQUEST, "TE gzip");
+    CHECK(verdict("/", &HTTP11, (const char *const[]){"Host: a", "X: a\r\n b", NULL})
+          == RC_BAD_REQUEST, "obs-fold");
+    CHECK(verdict("/", &HTTP11, (const char *const[]){"Host: a", "Bad Name: 1", NULL})
+          == RC_BAD_REQUEST, "space in a name");
+    CHECK(verdict("*", &HTTP11, host) == RC_BAD_REQUEST, "asterisk");
+    CHECK(verdict("http://example.com/p", &HTTP11, host) == RC_OK, "absolute form");
+    CHECK(verdict("ftp://x/p", &HTTP11, host) == RC_BAD_REQUEST, "other scheme");
+    struct req_line big = HTTP11;
+    big.has_length = true;
+    big.content_length = 1001;
+    CHECK(verdict("/", &big, host) == RC_TOO_LARGE, "413 from Content-Length");
+    struct req_line conn = HTTP11;
+    conn.method = HTTP_CONNECT;
+    CHECK(verdict("/", &conn, host) == RC_BAD_REQUEST, "CONNECT");
+
+    struct head hd;
+    struct req_target t;
+    struct cfg_limits l = lims();
+    make_head(&hd, "/a/b?x=1&y", host);
+    req_validate(&hd, &HTTP11, &l, &t);
+    CHECK(t.path_len == 4 && memcmp(hd.buf + t.path_off, "/a/b", 4) == 0, "path");
+    CHECK(t.has_query && t.query_len == 5 && memcmp(hd.buf + t.query_off, "x=1&y", 5) == 0,
+          "query");
+    head_free(&hd);
+
+    CHECK(req_cause_info(RC_BAD_VERSION)->status == 505, "505");
+    CHECK(req_cause_info(RC_UPSTREAM_RESET)->status == 502 &&
+          strcmp(req_cause_info(RC_UPSTREAM_RESET)->code, "bad_gateway") == 0, "502 code");
+    CHECK(req_cause_info(RC_UNAUTHORIZED)->rejected == REJ_UNAUTHORIZED, "rejected kind");
+    CHECK(req_parse_error_cause(HPE_INVALID_VERSION) == RC_BAD_VERSION, "version error");
+    CHECK(req_parse_error_cause(HPE_INVALID_CHUNK_SIZE) == RC_BAD_REQUEST, "chunk error");
+}
+
+static void
+test_score_path_and_sticky(void)
+{
+    const char *ep;
+    size_t n;
+    CHECK(req_score_path("/api/v1/service/abc/score", 25, &ep, &n) && n == 3 &&
+          memcmp(ep, "abc", 3) == 0, "score path");
+    CHECK(!req_score_path("/api/v1/service/a/b/score", 25, &ep, &n), "nested");
+    CHECK(!req_score_path("/api/v1/service//score", 22, &ep, &n) || n == 0, "empty");
+
+    struct cfg_endpoint e;
+    memset(&e, 0, sizeof(e));
+    e.sticky = CFG_STICKY_COOKIE;
+    e.sticky_name = "uid";
+    struct head hd;
+    make_head(&hd, "/", (const char *const[]){"Cookie: a=1; uidx=2; uid=alice; z=3", NULL});
+    const char *k;
+    size_t kl;
+    CHECK(req_sticky_key(&hd, &e, &k, &kl) && kl == 5 && memcmp(k, "alice", 5) == 0,
+          "cookie key");
+    head_free(&hd);
+    e.sticky = CFG_STICKY_HEADER;
+    e.sticky_name = "x-user-id";
+    make_head(&hd, "/", (const char *const[]){"X-User-Id: bob", NULL});
+    CHECK(req_sticky_key(&hd, &e, &k, &kl) && kl == 3, "header key");
+    head_free(&hd);
+    make_head(&hd, "/", (const char *const[]){"X-User-Id: ", NULL});
+    CHECK(!req_sticky_key(&hd, &e, &k, &kl), "empty key: none");
+    head_free(&hd);
+
+    char id[33];
+    req_id_make(id, 0x0123456789abcdefULL, 1);
+    CHECK(strcmp(id, "0123456789abcdef0000000000000001") == 0, "%s", id);
+    CHECK(req_id_acceptable("abc-1", 5), "ok id");
+    CHECK(!req_id_acceptable("a\"b", 3) && !req_id_acceptable("a b", 3) &&
+          !req_id_acceptable("", 0), "bad ids");
+}
+
+static void
+test_json_escape(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    const char in[] = "a\"\\\n\x01 \xc3\xa9 \xff \xe2\x82";
+    json_escape_add(b, in, sizeof(in) - 1);
+    char *s = drain(b);
+    CHECK(strcmp(s, "a\\\"\\\\\\u000a\\u0001 \xc3\xa9 \\u00ff \\u00e2\\u0082") == 0, "%s", s);
+    free(s);
+    evbuffer_free(b);
+}
+
+static void
+test_pick(void)
+{
+    struct route_candidate c[3] = {
+        {.active = 2}, {.active = 1}, {.active = 1},
+    };
+    int i = -1;
+    CHECK(route_pick_upstream(c, 3, 0, 0, 0, &i) == ROUTE_PICK_OK && i == 1, "fewest, first");
+    CHECK(route_pick_upstream(c, 3, 2, 0, 0, &i) == ROUTE_PICK_OK && i == 2, "rotating start");
+    c[1].down = true;
+    c[2].ejected_until_ms = 5000;
+    CHECK(route_pick_upstream(c, 3, 0, 0, 4000, &i) == ROUTE_PICK_OK && i == 0, "skip down");
+    CHECK(route_pick_upstream(c, 3, 0, 0, 5000, &i) == ROUTE_PICK_OK && i == 2,
+          "ejection over");
+    c[0].inflight = 4;
+    c[2].inflight = 4;
+    CHECK(route_pick_upstream(c, 3, 0, 4, 6000, &i) == ROUTE_PICK_AT_LIMIT, "at limit");
+    c[0].avoid = true;
+    c[2].down = true;
+    CHECK(route_pick_upstream(c, 3, 0, 4, 6000, &i) == ROUTE_PICK_NO_HEALTHY, "none");
+}
+
+int
+main(void)
+{
+    static const struct testcase tests[] = {
+        {"classify_connection_lists", test_classify_connection_lists},
+        {"request_head_drops_hop_by_hop", test_request_head_drops_hop_by_hop},
+        {"response_head", test_response_head},
+        {"validation", test_validation},
+        {"score_path_and_sticky", test_score_path_and_sticky},
+        {"json_escape", test_json_escape},
+        {"pick", test_pick},
+        {NULL, NULL},
+    };
+    return run_tests(tests);
+}
