@@ -33,13 +33,6 @@ static struct metrics_worker **metrics_arr;
 static struct worker_listener *give_listeners(const struct worker_listener *row, int n);
 static void drop_listeners(struct worker_listener *ls, int n);
 
-uint64_t
-now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- config ----------------------------------------------------------- */
 
