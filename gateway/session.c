@@ -95,6 +95,7 @@ struct session {
     bool closing;                   /* flushing its last output, then linger */
     bool lingering;
     bool closed;
+    bool reading;                   /* io.rev is added */
     int unsent_answers;             /* answers queued since output was empty */
     char peer[INET6_ADDRSTRLEN];
     /* The credential this connection last authenticated with: the same
@@ -1093,17 +1094,30 @@ session_feed(struct session *s)
     }
 }
 
-/* Read from the client only while there is room: bounded input ahead of
- * the parser, bounded output behind it. */
+/* Read from the client only while there is room: while the parser can
+ * take input, up to one head's worth ahead of it; while it cannot (the
+ * request waits for its answer, the client does not read its answers), one
+ * read at most, only to notice the client leaving. The rest waits in the
+ * kernel, and TCP pushes back on the client. */
 static void
 update_reading(struct session *s)
 {
     if (s->closed || s->io.rev == NULL)
         return;
-    bool on = s->lingering || (!s->closing &&
-        evbuffer_get_length(bufferevent_get_input(s->io.bev)) <
-            limits(s)->max_header_bytes + GW_READ_SIZE &&
-        evbuffer_get_length(client_out(s)) <= limits(s)->max_client_output_bytes);
+    size_t in = evbuffer_get_length(bufferevent_get_input(s->io.bev));
+    bool on;
+    if (s->lingering)
+        on = true;
+    else if (s->closing ||
+             evbuffer_get_length(client_out(s)) > limits(s)->max_client_output_bytes)
+        on = false;
+    else if (may_parse(s))
+        on = in < limits(s)->max_header_bytes + GW_READ_SIZE;
+    else
+        on = in == 0;
+    if (on == s->reading)
+        return;
+    s->reading = on;
     if (on)
         event_add(s->io.rev, NULL);
     else
@@ -1167,6 +1181,7 @@ start_closing(struct session *s)
     s->lingering = true;
     evbuffer_drain(bufferevent_get_input(s->io.bev),
                    evbuffer_get_length(bufferevent_get_input(s->io.bev)));
+    s->reading = true;
     event_add(s->io.rev, NULL);
     evtimer_del(s->timer);
     event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
@@ -1358,6 +1373,7 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
      * timeout on it. */
     bufferevent_disable(s->io.bev, EV_READ | EV_WRITE);
     bufferevent_set_timeouts(s->io.bev, NULL, &send_to);
+    s->reading = true;
     event_add(s->io.rev, NULL);
     arm(s->timer, lim->header_timeout_ms);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
