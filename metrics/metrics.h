@@ -124,7 +124,9 @@ double metrics_normal_quantile(double tail);
  * (version - control) error rate exceeds max_error_rate_increase. The
  * interval is 95 % over the whole rollout, not per look: alpha is spent
  * across the looks (stats.c says how and why), so checking it at every step
- * rolls back an equal version at most 2.5 % of the time. */
+ * rolls back a version that is within the allowed increase, for its error
+ * rate, at most 2.5 % of the time over the whole rollout (one tail of a
+ * two-sided 95 %; normal approximation within each window). */
 
 enum metrics_gate_verdict {
     METRICS_GATE_PASS,          /* go to the next step */
