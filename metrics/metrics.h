@@ -110,6 +110,87 @@ struct metrics_compare {
 void metrics_compare_errors(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t,
                             struct metrics_compare *out);
 #define METRICS_MIN_SAMPLES 100
+/* The interval both use: (treatment - control) error rate +- z standard
+ * errors (Wald, unpooled). */
+void metrics_error_interval(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t, double z,
+                            double *diff, double *lo, double *hi);
+/* z with P(Z > z) = tail for a standard normal Z (0 < tail < 1). */
+double metrics_normal_quantile(double tail);
+
+/* ---- the rollout gate (stats.c; SPEC §8) --------------------------------
+ * A pure function of one step's numbers: the driver reads both sides' counters
+ * for the step's window from Redis (the whole fleet) and asks for a verdict.
+ *
+ * Error rates: the step fails when the lower bound of an interval of
+ * (version - control) error rate exceeds max_error_rate_increase. The
+ * interval is 95 % over the whole rollout, not per look: alpha is spent
+ * across the looks (stats.c says how and why), so checking it at every step
+ * rolls back a version that is within the allowed increase, for its error
+ * rate, at most 2.5 % of the time over the whole rollout (one tail of a
+ * two-sided 95 %; normal approximation within each window). */
+
+enum metrics_gate_verdict {
+    METRICS_GATE_PASS,          /* go to the next step */
+    METRICS_GATE_HOLD,          /* ask again later: the step is not over or has too little data */
+    METRICS_GATE_FAIL,          /* roll back */
+};
+
+struct metrics_gate_side {
+    uint64_t requests;
+    uint64_t errors;                    /* status_5xx (upstream errors included) */
+    uint64_t lat[METRICS_BUCKETS];      /* lat_le_* counts, one bucket per request */
+};
+
+struct metrics_gate_params {            /* the plan's "gate" */
+    uint64_t min_requests;              /* per side, and comparisons for agreement */
+    double max_error_rate_increase;     /* a fraction: 0.01 is one percentage point */
+    double max_p99_ratio;               /* version p99 / control p99; 0: not checked */
+    double min_agreement;               /* equal / compared, for a mirrored version */
+};
+
+struct metrics_gate_agreement {         /* shadow comparison counts (SPEC §7) */
+    uint64_t compared;                  /* cmp_total - cmp_unknown */
+    uint64_t equal;                     /* cmp_equal */
+};
+
+struct metrics_gate_input {
+    struct metrics_gate_side control, version;  /* over this step's window only */
+    /* Non-NULL: the check a mirrored version passes before its first live
+     * step. Only agreement is judged then (the version serves no live
+     * traffic yet) and no alpha is spent. */
+    const struct metrics_gate_agreement *agreement;
+    int look;                           /* 1 for the first step's gate, ... */
+    int looks;                          /* the plan's number of steps */
+    double elapsed_s;                   /* time since the step started */
+    double step_s;                      /* the plan's step_s */
+};
+
+struct metrics_gate_result {
+    enum metrics_gate_verdict verdict;
+    char reason[200];
+    uint64_t n_control, n_version;
+    double err_control, err_version;    /* fractions; -1 without requests */
+    double diff, lo, hi;                /* version - control error rate and its interval */
+    double alpha;                       /* two-sided level spent on this look */
+    double z;                           /* half-width of the interval in standard errors */
+    double p99_control_ms, p99_version_ms;  /* -1 without data */
+    double p99_ratio;                   /* -1 when either p99 is missing */
+    bool has_agreement;
+    uint64_t compared, equal;
+    double agreement, agreement_lo, agreement_hi;   /* rate and its 95 % Wilson interval */
+};
+
+#define METRICS_GATE_ALPHA 0.05         /* for the whole rollout, two-sided */
+#define METRICS_GATE_HOLD_STEPS 3       /* too little data fails after 3 x step_s */
+
+/* Fill a side from a counter array in enum metric order (M_COUNT values). */
+void metrics_gate_side_from(struct metrics_gate_side *s, const uint64_t *counters);
+/* The level spent on look (1-based) of looks planned; the sum over every
+ * look, planned or not, is at most METRICS_GATE_ALPHA. */
+double metrics_gate_alpha(int look, int looks);
+void metrics_gate(const struct metrics_gate_params *p, const struct metrics_gate_input *in,
+                  struct metrics_gate_result *out);
+const char *metrics_gate_verdict_name(enum metrics_gate_verdict v);
 
 /* ---- the Redis writer (redis.c) --------------------------------------- */
 

@@ -2,6 +2,9 @@
 #include "metrics/metrics.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 
 double
 metrics_quantile_ms(const uint64_t *buckets, double q)
@@ -30,17 +33,24 @@ metrics_quantile_ms(const uint64_t *buckets, double q)
 }
 
 void
-metrics_compare_errors(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t,
-                       struct metrics_compare *out)
+metrics_error_interval(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t, double z,
+                       double *diff, double *lo, double *hi)
 {
     double pc = n_c ? (double)e_c / (double)n_c : 0;
     double pt = n_t ? (double)e_t / (double)n_t : 0;
-    out->diff = pt - pc;
     double se = 0;
     if (n_c && n_t)
         se = sqrt(pt * (1 - pt) / (double)n_t + pc * (1 - pc) / (double)n_c);
-    out->lo = out->diff - 1.96 * se;
-    out->hi = out->diff + 1.96 * se;
+    *diff = pt - pc;
+    *lo = *diff - z * se;
+    *hi = *diff + z * se;
+}
+
+void
+metrics_compare_errors(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t,
+                       struct metrics_compare *out)
+{
+    metrics_error_interval(n_c, e_c, n_t, e_t, 1.96, &out->diff, &out->lo, &out->hi);
     if (n_c < METRICS_MIN_SAMPLES || n_t < METRICS_MIN_SAMPLES)
         out->verdict = "too little data";
     else if (out->lo > 0)
@@ -49,4 +59,203 @@ metrics_compare_errors(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t,
         out->verdict = "better";
     else
         out->verdict = "no significant difference";
+}
+
+double
+metrics_normal_quantile(double tail)
+{
+    /* Bisection on the upper tail 0.5 erfc(z / sqrt 2): 80 halvings of
+     * [-40, 40] reach double precision, and a gate asks a few times per
+     * step, so nothing cleverer pays for itself. */
+    double lo = -40, hi = 40;
+    for (int i = 0; i < 80; i++) {
+        double mid = (lo + hi) / 2;
+        if (0.5 * erfc(mid / M_SQRT2) > tail)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return (lo + hi) / 2;
+}
+
+/*
+ * The rollout gate (SPEC §8).
+ *
+ * Why a sequential method: a rollout looks at the data once per step, and a
+ * plain 95 % interval checked at each of four looks rolls back an equal
+ * version about four times as often as one look would (tests/unit/
+ * test_rollout.c measures it). The error budget has to be for the whole
+ * rollout.
+ *
+ * Which one: alpha spent across the steps (Bonferroni). Each gate sees only
+ * its own step's window, so the looks are tests on disjoint samples; the
+ * chance that any of them wrongly fails is at most the sum of their levels,
+ * with nothing asymptotic beyond each window's normal approximation. A
+ * mixture SPRT would instead need the counts accumulated over the whole
+ * rollout, while a step's window is what the gate must judge (the version's
+ * behaviour at its current share). Planned looks share the budget equally
+ * (a Pocock-like split rather than O'Brien-Fleming's): the first gate has
+ * the least data and must still be able to fail fast. A small reserve pays
+ * for looks beyond the plan (a step evaluated again after a restart), in
+ * halving shares, so no number of looks exceeds the budget.
+ *
+ * Only a look that tests spends alpha. A hold depends on the request counts
+ * alone, never on the errors, so asking again after a hold is free; the
+ * first answer with enough data on both sides is the step's one test.
+ */
+#define GATE_RESERVE 0.05       /* of the budget, for looks beyond the plan */
+
+double
+metrics_gate_alpha(int look, int looks)
+{
+    if (looks < 1)
+        looks = 1;
+    if (look < 1)
+        look = 1;
+    if (look <= looks)
+        return METRICS_GATE_ALPHA * (1 - GATE_RESERVE) / looks;
+    int beyond = look - looks;
+    return METRICS_GATE_ALPHA * GATE_RESERVE * ldexp(1, -(beyond < 60 ? beyond : 60));
+}
+
+void
+metrics_gate_side_from(struct metrics_gate_side *s, const uint64_t *counters)
+{
+    s->requests = counters[M_REQUESTS];
+    s->errors = counters[M_5XX];
+    for (int i = 0; i < METRICS_BUCKETS; i++)
+        s->lat[i] = counters[M_LAT_FIRST + i];
+}
+
+const char *
+metrics_gate_verdict_name(enum metrics_gate_verdict v)
+{
+    switch (v) {
+    case METRICS_GATE_PASS: return "pass";
+    case METRICS_GATE_HOLD: return "hold";
+    case METRICS_GATE_FAIL: return "fail";
+    }
+    return "?";
+}
+
+static enum metrics_gate_verdict
+verdict(struct metrics_gate_result *out, enum metrics_gate_verdict v, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static enum metrics_gate_verdict
+verdict(struct metrics_gate_result *out, enum metrics_gate_verdict v, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof(out->reason), fmt, ap);
+    va_end(ap);
+    out->verdict = v;
+    return v;
+}
+
+/* Too little data: hold, until the step has run METRICS_GATE_HOLD_STEPS
+ * times its length. */
+static void
+short_of_data(struct metrics_gate_result *out, const struct metrics_gate_input *in,
+              const char *what)
+{
+    if (in->elapsed_s >= METRICS_GATE_HOLD_STEPS * in->step_s)
+        verdict(out, METRICS_GATE_FAIL, "%s after %d x step_s", what, METRICS_GATE_HOLD_STEPS);
+    else
+        verdict(out, METRICS_GATE_HOLD, "%s", what);
+}
+
+static void
+gate_agreement(const struct metrics_gate_params *p, const struct metrics_gate_input *in,
+               struct metrics_gate_result *out)
+{
+    const struct metrics_gate_agreement *a = in->agreement;
+    uint64_t n = a->compared, eq = a->equal <= n ? a->equal : n;
+
+    out->has_agreement = true;
+    out->compared = n;
+    out->equal = eq;
+    out->agreement = out->agreement_lo = out->agreement_hi = -1;
+    if (n > 0) {
+        /* Wilson's interval: sensible at rates near 1, where a Wald
+         * interval would reach past 100 %. */
+        double r = (double)eq / (double)n, z = 1.96, z2 = z * z, dn = (double)n;
+        double mid = (r + z2 / (2 * dn)) / (1 + z2 / dn);
+        double half = z / (1 + z2 / dn) * sqrt(r * (1 - r) / dn + z2 / (4 * dn * dn));
+        out->agreement = r;
+        out->agreement_lo = mid - half;
+        out->agreement_hi = mid + half;
+    }
+    if (in->elapsed_s < in->step_s) {
+        verdict(out, METRICS_GATE_HOLD, "step running");
+        return;
+    }
+    if (n < p->min_requests) {
+        char what[96];
+        snprintf(what, sizeof(what), "%llu comparisons, min_requests %llu",
+                 (unsigned long long)n, (unsigned long long)p->min_requests);
+        short_of_data(out, in, what);
+        return;
+    }
+    /* The observed rate must reach the threshold: a bound would keep a
+     * perfectly agreeing version out until thousands of comparisons. */
+    if (out->agreement < p->min_agreement)
+        verdict(out, METRICS_GATE_FAIL, "agreement %.4f below min_agreement %.4f",
+                out->agreement, p->min_agreement);
+    else
+        verdict(out, METRICS_GATE_PASS, "agreement %.4f reaches %.4f", out->agreement,
+                p->min_agreement);
+}
+
+void
+metrics_gate(const struct metrics_gate_params *p, const struct metrics_gate_input *in,
+             struct metrics_gate_result *out)
+{
+    const struct metrics_gate_side *c = &in->control, *v = &in->version;
+
+    memset(out, 0, sizeof(*out));
+    out->n_control = c->requests;
+    out->n_version = v->requests;
+    out->err_control = c->requests ? (double)c->errors / (double)c->requests : -1;
+    out->err_version = v->requests ? (double)v->errors / (double)v->requests : -1;
+    out->alpha = metrics_gate_alpha(in->look, in->looks);
+    out->z = metrics_normal_quantile(out->alpha / 2);
+    metrics_error_interval(c->requests, c->errors, v->requests, v->errors, out->z, &out->diff,
+                           &out->lo, &out->hi);
+    out->p99_control_ms = metrics_quantile_ms(c->lat, 0.99);
+    out->p99_version_ms = metrics_quantile_ms(v->lat, 0.99);
+    out->p99_ratio = out->p99_control_ms > 0 && out->p99_version_ms >= 0
+        ? out->p99_version_ms / out->p99_control_ms : -1;
+
+    if (in->agreement) {
+        gate_agreement(p, in, out);
+        return;
+    }
+    if (in->elapsed_s < in->step_s) {
+        verdict(out, METRICS_GATE_HOLD, "step running");
+        return;
+    }
+    if (c->requests < p->min_requests || v->requests < p->min_requests) {
+        char what[128];
+        snprintf(what, sizeof(what), "too little data: %llu control and %llu version "
+                 "requests, min_requests %llu", (unsigned long long)c->requests,
+                 (unsigned long long)v->requests, (unsigned long long)p->min_requests);
+        short_of_data(out, in, what);
+        return;
+    }
+    if (out->lo > p->max_error_rate_increase) {
+        verdict(out, METRICS_GATE_FAIL, "error rate %.2f %% vs %.2f %%: the difference is at "
+                "least %+.2f points (look %d, level %.4f), over the %.2f allowed",
+                100 * out->err_version, 100 * out->err_control, 100 * out->lo, in->look,
+                out->alpha, 100 * p->max_error_rate_increase);
+        return;
+    }
+    if (p->max_p99_ratio > 0 && out->p99_ratio > p->max_p99_ratio) {
+        verdict(out, METRICS_GATE_FAIL, "p99 %.1f ms vs %.1f ms: ratio %.2f over %.2f",
+                out->p99_version_ms, out->p99_control_ms, out->p99_ratio, p->max_p99_ratio);
+        return;
+    }
+    verdict(out, METRICS_GATE_PASS, "error rate %.2f %% vs %.2f %% (difference at least "
+            "%+.2f points), p99 ratio %.2f", 100 * out->err_version, 100 * out->err_control,
+            100 * out->lo, out->p99_ratio);
 }

@@ -33,10 +33,14 @@ int route_split_next(struct route_split *s);
 int route_pinned(const struct cfg_endpoint *ep, const char *name, size_t len);
 
 /* Sticky assignment (sticky.c): the version for a key, the same in every
- * process for the same split; see the method in sticky.c. */
+ * process for the same split. With at most two non-default versions a
+ * share change moves keys only between the default and the version that
+ * changed; with more it stays consistent but not exact. See sticky.c. */
 int route_sticky(const struct cfg_endpoint *ep, const char *key, size_t len);
 /* The seedless 64-bit hash of (version name, key) it uses. */
 uint64_t route_hash(const char *name, const char *key, size_t len);
+/* A key's point in [0, 10000) basis points, for the exact layout. */
+int route_key_point(const char *key, size_t len);
 
 /* Shadow traffic: true for mirror/10000 of calls, evenly spread; *acc is
  * the caller's running state (start at 0). */
