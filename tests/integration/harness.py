@@ -8,12 +8,14 @@ import atexit
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 
 import requests
@@ -26,6 +28,7 @@ SLUICECTL = os.path.join(BUILD, "tools", "sluicectl")
 
 _procs = []
 _tmpdirs = []
+_closers = []       # in-process servers (Tap, Upstream): closed at cleanup
 
 
 # Ports. A port found free by binding port 0 lies in the kernel's ephemeral
@@ -258,6 +261,11 @@ def cleanup():
     """Stop every process the test started; returns a list of complaints
     about processes that were still running and did not exit 0."""
     bad = []
+    while _closers:
+        try:
+            _closers.pop()()
+        except Exception:       # a closer must not hide the test's result
+            pass
     while _procs:
         p = _procs.pop()
         running = p.poll() is None
@@ -585,3 +593,256 @@ class Redis:
 
     def kill(self):
         stop(self.proc, signal.SIGKILL)
+
+
+# ---- raw HTTP on sockets: scripted upstreams, a recording proxy ------------
+
+class Reader:
+    """Buffered reads from a socket with the socket's timeout (set one:
+    every read in a test is bounded). EOF raises EOFError."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def until(self, sep, limit=1 << 20):
+        while sep not in self.buf:
+            if len(self.buf) > limit:
+                raise AssertionError("no %r within %d bytes" % (sep, limit))
+            self._more()
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def exact(self, n):
+        while len(self.buf) < n:
+            self._more()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def rest(self):
+        """Everything until the peer closes (or the timeout passes)."""
+        try:
+            while True:
+                self._more()
+        except (EOFError, socket.timeout, ConnectionResetError):
+            pass
+        out, self.buf = self.buf, b""
+        return out
+
+
+def _parse_head(head):
+    lines = head.decode("latin-1").split("\r\n")
+    fields = []
+    for l in lines[1:]:
+        if l:
+            k, _, v = l.partition(":")
+            fields.append((k.strip().lower(), v.strip()))
+    return lines[0], fields
+
+
+def _read_body(r, fields, no_body=False):
+    h = dict(fields)
+    if no_body:
+        return b""
+    if h.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int(r.until(b"\r\n").split(b";")[0].strip(), 16)
+            if size == 0:
+                while r.until(b"\r\n") != b"\r\n":
+                    pass            # trailers
+                return body
+            body += r.exact(size)
+            r.exact(2)
+    if "content-length" in h:
+        return r.exact(int(h["content-length"]))
+    return None
+
+
+def read_response(r, head_request=False):
+    """One response from Reader r: (status, [(name, value)...], body).
+    Skips interim 1xx responses. A body without framing reads to close."""
+    while True:
+        head = r.until(b"\r\n\r\n")
+        line, fields = _parse_head(head)
+        if not re.match(r"HTTP/1\.[01] [1-5][0-9][0-9]( |$)", line):
+            raise AssertionError("not a status line: %r" % head[:200])
+        status = int(line.split()[1])
+        if status >= 200:
+            break
+    no_body = head_request or status in (204, 304)
+    body = _read_body(r, fields, no_body)
+    if body is None:
+        body = r.rest()
+    return status, fields, body
+
+
+def read_request(r):
+    """One request from Reader r: (request line, [(name, value)...], body);
+    None when the peer closed between requests."""
+    try:
+        head = r.until(b"\r\n\r\n")
+    except EOFError:
+        return None
+    line, fields = _parse_head(head)
+    body = _read_body(r, fields)
+    return line, fields, body or b""
+
+
+def header(fields, name):
+    """All values of a header in a (name, value) list."""
+    return [v for k, v in fields if k == name.lower()]
+
+
+class _Server:
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for attempt in range(START_ATTEMPTS):
+            self.port = free_port()
+            try:
+                self.sock.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+        self.sock.listen(1024)
+        self.addr = "127.0.0.1:%d" % self.port
+        self.conns = []
+        self.closing = False
+        self.lock = threading.Lock()
+        _closers.append(self.close)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closing:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def close(self):
+        self.closing = True
+        for c in [self.sock] + self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+class Upstream(_Server):
+    """A scripted upstream on a harness port: handler(sock, upstream) runs
+    in a thread for each connection; .n_conns counts them. For answers no
+    well-behaved model server gives (bodies on 204/304, X-Sluice-* headers)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.n_conns = 0
+        super().__init__()
+
+    def _serve(self, c):
+        with self.lock:
+            self.n_conns += 1
+        c.settimeout(30)
+        try:
+            self.handler(c, self)
+        except (OSError, EOFError):
+            pass
+        finally:
+            c.close()
+
+
+class Tap(_Server):
+    """A recording TCP proxy in front of an upstream address: what sluice
+    sent there is .sent() (all connections, in order of connection)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.streams = []
+        super().__init__()
+
+    def _serve(self, c):
+        host, port = self.target.rsplit(":", 1)
+        try:
+            u = socket.create_connection((host, int(port)), 5)
+        except OSError:
+            c.close()
+            return
+        u.settimeout(None)
+        c.settimeout(None)
+        rec = bytearray()
+        with self.lock:
+            self.conns.append(u)
+            self.streams.append(rec)
+
+        def pump(src, dst, record):
+            try:
+                while True:
+                    d = src.recv(65536)
+                    if not d:
+                        break
+                    if record is not None:
+                        with self.lock:
+                            record.extend(d)
+                    dst.sendall(d)
+            except OSError:
+                pass
+            for x in (src, dst):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        threading.Thread(target=pump, args=(u, c, None), daemon=True).start()
+        pump(c, u, rec)
+
+    def sent(self):
+        with self.lock:
+            return b"".join(bytes(r) for r in self.streams)
+
+
+def connect(port, tls=False, timeout=5):
+    """A client socket to 127.0.0.1:port (TLS without verification), with
+    every read bounded by timeout."""
+    s = socket.create_connection(("127.0.0.1", port), timeout)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s)
+    s.settimeout(timeout)
+    return s
+
+
+def exchange(port, data, tls=False, timeout=3):
+    """Send data on a new connection and read until the server closes:
+    (bytes received, closed). closed is False when the timeout passed with
+    the connection still open."""
+    s = connect(port, tls, timeout)
+    out = b""
+    closed = False
+    try:
+        s.sendall(data)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                closed = True
+                break
+            out += d
+    except socket.timeout:
+        pass
+    except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+        closed = True
+    finally:
+        s.close()
+    return out, closed
