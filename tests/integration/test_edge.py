@@ -3,6 +3,7 @@ listeners alike: strict request framing, clean responses, hop-by-hop
 headers, bounded memory per connection, bounded shadow traffic, upstream
 keep-alive races."""
 import json
+import os
 import re
 import resource
 import socket
@@ -49,11 +50,11 @@ def refused(s, tap, cases, status=400, must_close=True, follow=True):
     """Send each case (name, bytes) on a new connection to the plain and the
     TLS listener, followed by a valid pipelined request when follow is set.
     Required: exactly one response, with the status (or one of a tuple of
-    statuses); with must_close the
-    connection closes after it (the follow-up is never answered); the
-    follow-up and anything marked `refused-<name>` never reach the model
-    (each case arrives in one segment: sluice has all of it before it
-    could send anything upstream). Returns a list of problems (empty when all is well)."""
+    statuses); with must_close the connection closes after it (the
+    follow-up is never answered); the follow-up and anything marked
+    `refused-<name>` never reach the model (each case arrives in one
+    segment: sluice has all of it before it could send anything upstream).
+    Returns a list of problems, empty when all is well."""
     problems = []
     for tls in (False, True):
         for name, data in cases:
@@ -111,7 +112,7 @@ def test_invalid_host_is_400():
     [IPv6]); anything else is 400, and the request never reaches a model.
     Valid forms are still served."""
     s, m, tap = edge()
-    bad = [b"bad host", b"a/b", b"x@y", b"[::1", b"::1", b"x:abc", b"x:1:2", b"x:",
+    bad = [b"bad host", b"a/b", b"x@y", b"[::1", b"::1", b"x:abc", b"x:1:2",
            b"\"x\"", b"x\\y", b"x y:80", b"[::1]x"]
     cases = [("host-%d" % i, post(b"X-Marker: @MARK@\r\nConnection: close\r\n").replace(
         b"Host: x", b"Host: " + h))
@@ -131,9 +132,8 @@ def test_http_versions_505_and_http09_400():
     version-less (HTTP/0.9) request line is 400 and close. Neither reaches
     the model."""
     s, m, tap = edge()
-    v505 = [("v2.0", b"GET " + SCORE + b"?x=@MARK@ HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n"),
-            ("v1.2", b"GET " + SCORE + b"?x=@MARK@ HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n"),
-            ("v3.0", b"GET " + SCORE + b"?x=@MARK@ HTTP/3.0\r\nHost: x\r\nConnection: close\r\n\r\n")]
+    v505 = [(v.decode(), b"GET " + SCORE + b"?x=@MARK@ " + v + b"\r\nHost: x\r\n"
+             b"Connection: close\r\n\r\n") for v in (b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.0")]
     problems = refused(s, tap, v505, status=505, must_close=False, follow=False)
     v09 = [("v0.9", b"GET " + SCORE + b"?x=@MARK@\r\nHost: x\r\n\r\n"),
            ("v0.9-bare", b"GET " + SCORE + b"?x=@MARK@\r\n\r\n")]
@@ -187,7 +187,8 @@ def test_ambiguous_framing_is_400_and_close():
     cases = [
         ("cl-and-te", chunked(b"3\r\nabc\r\n0\r\n\r\n", M + b"Content-Length: 3\r\n")),
         ("te-and-cl", (b"POST " + SCORE + b" HTTP/1.1\r\nHost: x\r\n" + M +
-                       b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")),
+                       b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"3\r\nabc\r\n0\r\n\r\n")),
         ("cl-differ", (b"POST " + SCORE + b" HTTP/1.1\r\nHost: x\r\n" + M +
                        b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")),
         ("cl-list-differ", (b"POST " + SCORE + b" HTTP/1.1\r\nHost: x\r\n" + M +
@@ -391,13 +392,17 @@ def test_hop_by_hop_keep_alive_and_many_connection_headers():
 N_HOGS = 32
 HOG_BYTES = 8 << 20
 RSS_BOUND_KIB = 64 << 10
+# AddressSanitizer's quarantine keeps freed memory: RSS is bounded on the
+# normal build only (as in test_core); everything else is checked on both.
+SANITIZED = os.environ.get("SLUICE_SANITIZED") == "1"
 
 
 def pipeline_hogs(s, request, rss_bound_kib):
     """N_HOGS connections each pipeline up to HOG_BYTES of `request` and
     never read. Pushes until every connection has sent its share or no
-    byte has gone out for 1.5 s (sluice stopped reading: backpressure), or
-    sluice's RSS rose past the bound (stop early: the test has failed).
+    byte has gone out for 3 s (sluice stopped reading: backpressure), or
+    sluice's RSS rose past the bound (stop early: the test has failed);
+    then watches RSS until sluice has used no CPU for 1 s.
     Returns (peak RSS rise in KiB, the sockets, still open)."""
     socks = []
     for _ in range(N_HOGS):
@@ -428,13 +433,29 @@ def pipeline_hogs(s, request, rss_bound_kib):
             break
         if progress:
             last_progress = time.time()
-        elif time.time() - last_progress > 1.5:
+        elif time.time() - last_progress > 3:
             break
         else:
             time.sleep(0.01)
-    time.sleep(0.5)                      # what sluice still had in hand
-    peak = max(peak, s.rss_kib() - base)
+    # The kernel's socket buffers hold megabytes per connection: sluice may
+    # still be working through them. Watch until it has been idle for 1 s.
+    quiet_since, ticks = time.time(), cpu_ticks(s.proc.pid)
+    while time.time() < deadline + 10 and peak <= rss_bound_kib:
+        time.sleep(0.1)
+        peak = max(peak, s.rss_kib() - base)
+        now = cpu_ticks(s.proc.pid)
+        if now - ticks > 2:
+            quiet_since, ticks = time.time(), now
+        elif time.time() - quiet_since > 1:
+            break
     return peak, socks
+
+
+def cpu_ticks(pid):
+    """The process's user + system CPU time, in clock ticks."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def hog_test(auth_header):
@@ -444,9 +465,9 @@ def hog_test(auth_header):
     good = {"Authorization": "Bearer " + KEYS["primary"]}
     with requests.Session() as c:       # warm up pools and buffers
         for _ in range(20):
-            assert c.post(s.url("ep1"), data=b"hi", headers=good).status_code == 200
+            assert c.post(s.url("ep1"), data=b"hi", headers=good, timeout=5).status_code == 200
     request = post(auth_header + b"X-Test-Response-Bytes: 65536\r\n")
-    peak, socks = pipeline_hogs(s, request, RSS_BOUND_KIB)
+    peak, socks = pipeline_hogs(s, request, (1 << 40) if SANITIZED else RSS_BOUND_KIB)
     try:
         r = requests.post(s.url("ep1"), data=b"hi", headers=good, timeout=5)
         served = r.status_code
@@ -455,8 +476,9 @@ def hog_test(auth_header):
     for c in socks:
         c.close()
     assert s.proc.poll() is None, s.log()[-1000:]
-    assert peak <= RSS_BOUND_KIB, "RSS rose %d KiB with %d pipelining connections (bound %d)" % (
-        peak, N_HOGS, RSS_BOUND_KIB)
+    assert SANITIZED or peak <= RSS_BOUND_KIB, \
+        "RSS rose %d KiB with %d pipelining connections (bound %d)" % (peak, N_HOGS,
+                                                                       RSS_BOUND_KIB)
     assert served == 200, served
 
 
