@@ -87,12 +87,16 @@ def _claim(port, owner):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             try:
-                with open(path) as f:
-                    pid = int(f.read().strip() or 0)
                 age = time.time() - os.stat(path).st_mtime
-            except (OSError, ValueError):
-                pid, age = 0, 0
-            if _pid_alive(pid) and age < 86400:
+                with open(path) as f:
+                    text = f.read().strip()
+            except OSError:
+                return False
+            if not text.isdigit():
+                if age < 10:
+                    return False    # just created: its owner is writing its PID
+                text = "0"
+            if _pid_alive(int(text)) and age < 86400:
                 return False
             try:
                 os.unlink(path)
