@@ -504,6 +504,39 @@ def test_pipelining_memory_bounded_unauthenticated():
     hog_test(b"Authorization: Bearer wrong-key\r\n")
 
 
+def test_client_accepting_nothing_is_closed_after_send_timeout():
+    """SPEC §3.7: a client that accepts no bytes for limits.send_timeout_ms
+    (1000 here) is closed. The client asks for a 64 MiB response and reads
+    nothing for 3 s; when it then reads, it gets what the kernel buffered
+    and then the end of the connection, well short of 64 MiB. Plain and
+    TLS."""
+    a = Model("versiona")
+    s = Sluice([endpoint("ep1", [version("versiona", [a.addr], 100)])], tls=True,
+               limits={"send_timeout_ms": 1000})
+    total = 64 << 20
+    for tls in (False, True):
+        c = connect(s.tls_port if tls else s.port, tls, timeout=5)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.sendall(post(b"X-Test-Response-Bytes: %d\r\n" % total))
+        time.sleep(3)
+        got, closed = 0, False
+        try:
+            while got < total + 4096:
+                d = c.recv(1 << 20)
+                if not d:
+                    closed = True
+                    break
+                got += len(d)
+        except (ConnectionResetError, ssl.SSLError):
+            closed = True
+        except socket.timeout:
+            pass
+        c.close()
+        assert closed and got < total, "%s: %d bytes received, closed %s" % (
+            "tls" if tls else "plain", got, closed)
+    assert s.proc.poll() is None
+
+
 # ---- shadow traffic ---------------------------------------------------------------
 
 def never_answers(sock, up):
