@@ -50,8 +50,13 @@ build() {   # build DIR [meson options...]
     ninja -C "$ROOT/$dir" >/dev/null
 }
 
+# A port below the kernel's ephemeral range (no client socket can be given
+# it), test-bound, and claimed for this shell's PID in /tmp/sluice-ports so
+# that no later call, and no concurrent test run, hands it out again while
+# this shell lives. Same allocator as the integration harness.
 free_port() {
-    $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    $PY -c 'import sys; sys.path.insert(0, sys.argv[1]); import harness
+print(harness.free_port(owner=int(sys.argv[2])))' "$ROOT/tests/integration" "$$"
 }
 
 wait_port() {
