@@ -61,6 +61,11 @@ struct request {
     bool body_done;                 /* read whole */
     bool discard;                   /* answered early: the rest is dropped */
     bool head_too_large;
+    bool line_scan;                 /* the end of the head not seen yet */
+    bool bad_line;                  /* a line of the head ended in a bare LF */
+    size_t line_bytes;              /* of the head line being scanned */
+    bool version_seen;              /* llhttp accepted the version number */
+    bool trailers;                  /* trailer fields began */
     enum framing up_framing;        /* the body's framing to the upstream */
     enum framing resp_framing;      /* the response's framing to the client */
     struct upool *pool;
@@ -97,6 +102,8 @@ struct session {
     bool closed;
     bool reading;                   /* io.rev is added */
     int unsent_answers;             /* answers queued since output was empty */
+    const char *chunk, *chunk_end;  /* the input llhttp_execute() runs over */
+    char prev_byte;                 /* the last byte of the chunk before */
     char peer[INET6_ADDRSTRLEN];
     /* The credential this connection last authenticated with: the same
      * bytes again (compared in constant time) on the same endpoint and
@@ -842,6 +849,62 @@ head_piece(struct session *s, int rc)
     return 0;
 }
 
+/*
+ * llhttp (strict) holds field lines to CR LF, but accepts a bare LF after
+ * the request line and as the empty line that ends the head. So the head's
+ * line ends are checked here, from the method on to the empty line, in the
+ * read where it starts and, if the head spans reads, in the next ones.
+ * false when a line ends in a bare LF.
+ */
+static bool
+scan_head(struct session *s, const char *from)
+{
+    struct request *r = s->req;
+    while (from < s->chunk_end) {
+        const char *lf = memchr(from, '\n', (size_t)(s->chunk_end - from));
+        if (lf == NULL) {
+            r->line_bytes += (size_t)(s->chunk_end - from);
+            return true;            /* the next read goes on */
+        }
+        char before = lf > s->chunk ? lf[-1] : s->prev_byte;
+        if (before != '\r') {
+            r->bad_line = true;
+            r->line_scan = false;
+            return false;
+        }
+        size_t line = r->line_bytes + (size_t)(lf - from);
+        r->line_bytes = 0;
+        from = lf + 1;
+        if (line == 1) {            /* CR alone: the end of the head */
+            r->line_scan = false;
+            return true;
+        }
+    }
+    return true;
+}
+
+static int
+on_method(llhttp_t *p, const char *at, size_t len)
+{
+    struct session *s = p->data;
+    struct request *r = s->req;
+    if (!r->line_scan && r->head.url_len == 0 && !r->bad_line) {
+        r->line_scan = true;
+        r->line_bytes = 0;
+        if (!scan_head(s, at))
+            return HPE_USER;
+    }
+    return 0;
+}
+
+static int
+on_version_complete(llhttp_t *p)
+{
+    struct session *s = p->data;
+    s->req->version_seen = true;
+    return 0;
+}
+
 static int
 on_url(llhttp_t *p, const char *at, size_t len)
 {
@@ -853,7 +916,16 @@ static int
 on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct session *s = p->data;
-    return head_piece(s, head_field(&s->req->head, at, len));
+    struct request *r = s->req;
+    if (r->t_start_us != 0 && !r->trailers) {
+        /* The first trailer: its lines are checked like the head's. */
+        r->trailers = true;
+        r->line_scan = true;
+        r->line_bytes = 0;
+        if (!scan_head(s, at))
+            return HPE_USER;
+    }
+    return head_piece(s, head_field(&r->head, at, len));
 }
 
 static int
@@ -1038,11 +1110,16 @@ parse_failed(struct session *s, enum llhttp_errno e)
         request_reply(s, r->routed ? RC_BAD_REQUEST : RC_HEADERS_TOO_LARGE, r->routed ?
                       "chunk extensions or trailers over max_header_bytes" :
                       "the request headers are over max_header_bytes", true);
+    } else if (r->bad_line) {
+        request_reply(s, RC_BAD_REQUEST, "malformed HTTP: a line of the head ends in a bare LF",
+                      true);
     } else {
         char msg[160];
-        snprintf(msg, sizeof(msg), "malformed HTTP: %s", llhttp_get_error_reason(&s->parser) ?
-                 llhttp_get_error_reason(&s->parser) : llhttp_errno_name(e));
-        request_reply(s, req_parse_error_cause(e), msg, true);
+        const char *why = llhttp_get_error_reason(&s->parser);
+        snprintf(msg, sizeof(msg), "malformed HTTP: %s", why ? why : llhttp_errno_name(e));
+        /* 505 for a well-formed version other than 1.0 and 1.1; a line
+         * that goes wrong after its version is malformed (400). */
+        request_reply(s, r->version_seen ? RC_BAD_REQUEST : req_parse_error_cause(e), msg, true);
     }
     s->close_after = true;
     request_maybe_end(s);
@@ -1076,12 +1153,21 @@ session_feed(struct session *s)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
-        enum llhttp_errno e = llhttp_execute(&s->parser, v.iov_base, v.iov_len);
+        s->chunk = v.iov_base;
+        s->chunk_end = s->chunk + v.iov_len;
+        enum llhttp_errno e;
+        if (s->req != NULL && s->req->line_scan && !scan_head(s, s->chunk)) {
+            e = HPE_USER;
+            llhttp_set_error_reason(&s->parser, "bare LF after the request line");
+        } else
+            e = llhttp_execute(&s->parser, v.iov_base, v.iov_len);
         if (s->closed)
             return;
         size_t n = v.iov_len;
         if (e == HPE_PAUSED)
             n = (size_t)(llhttp_get_error_pos(&s->parser) - (const char *)v.iov_base);
+        if (n > 0)
+            s->prev_byte = s->chunk[n - 1];
         if (s->req != NULL)
             s->req->bytes_in += n;
         evbuffer_drain(in, n);
@@ -1298,6 +1384,8 @@ init_settings(void)
         return;
     llhttp_settings_init(&req_settings);
     req_settings.on_message_begin = on_message_begin;
+    req_settings.on_method = on_method;
+    req_settings.on_version_complete = on_version_complete;
     req_settings.on_url = on_url;
     req_settings.on_header_field = on_header_field;
     req_settings.on_header_value = on_header_value;
