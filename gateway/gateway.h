@@ -135,6 +135,9 @@ struct transport {
     int (*flush)(struct conn_io *io);
     /* Free the transport's state (not the bufferevent). */
     void (*end)(struct conn_io *io);
+    /* Bytes already read from the socket but not yet handed over (TLS
+     * records OpenSSL holds): the socket will not signal them. */
+    bool (*pending)(const struct conn_io *io);
 };
 
 extern const struct transport transport_plain;
@@ -254,6 +257,20 @@ bool req_id_acceptable(const char *v, size_t len);
 void req_id_make(char out[33], uint64_t prefix, uint64_t seq);
 /* The mapping of an llhttp error to the cause of the reply. */
 enum req_cause req_parse_error_cause(int llhttp_errno);
+/*
+ * llhttp (strict) holds field lines to CR LF but accepts a bare LF after the
+ * request line and as the empty line that ends the head (or the trailers).
+ * req_scan_lines() checks the line ends from the method (or the first
+ * trailer) on, one read at a time, until the empty line: chunk..end is the
+ * read, from where to look in it, prev the last byte of the read before.
+ */
+struct line_scan {
+    bool active;                    /* the empty line not seen yet */
+    size_t line_bytes;              /* of the line being scanned, so far */
+};
+enum req_scan { SCAN_MORE, SCAN_END, SCAN_BARE_LF };
+enum req_scan req_scan_lines(struct line_scan *sc, const char *from, const char *chunk,
+                             const char *end, char prev);
 /* Host syntax (RFC 9110 §7.2: reg-name, IPv4 or [IPv6], optional port). */
 bool req_host_valid(const char *v, size_t len);
 

@@ -198,6 +198,32 @@ req_validate(const struct head *hd, const struct req_line *rl,
     return refuse(RC_OK, NULL, false);
 }
 
+enum req_scan
+req_scan_lines(struct line_scan *sc, const char *from, const char *chunk, const char *end,
+               char prev)
+{
+    while (from < end) {
+        const char *lf = memchr(from, '\n', (size_t)(end - from));
+        if (lf == NULL) {
+            sc->line_bytes += (size_t)(end - from);
+            return SCAN_MORE;       /* the next read goes on */
+        }
+        char before = lf > chunk ? lf[-1] : prev;
+        if (before != '\r') {
+            sc->active = false;
+            return SCAN_BARE_LF;
+        }
+        size_t line = sc->line_bytes + (size_t)(lf - from);
+        sc->line_bytes = 0;
+        from = lf + 1;
+        if (line == 1) {            /* CR alone: the empty line */
+            sc->active = false;
+            return SCAN_END;
+        }
+    }
+    return SCAN_MORE;
+}
+
 bool
 req_score_path(const char *path, size_t len, const char **ep, size_t *eplen)
 {

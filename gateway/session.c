@@ -61,9 +61,8 @@ struct request {
     bool body_done;                 /* read whole */
     bool discard;                   /* answered early: the rest is dropped */
     bool head_too_large;
-    bool line_scan;                 /* the end of the head not seen yet */
+    struct line_scan scan;          /* the head's line ends, until its end */
     bool bad_line;                  /* a line of the head ended in a bare LF */
-    size_t line_bytes;              /* of the head line being scanned */
     bool version_seen;              /* llhttp accepted the version number */
     bool trailers;                  /* trailer fields began */
     enum framing up_framing;        /* the body's framing to the upstream */
@@ -849,38 +848,15 @@ head_piece(struct session *s, int rc)
     return 0;
 }
 
-/*
- * llhttp (strict) holds field lines to CR LF, but accepts a bare LF after
- * the request line and as the empty line that ends the head. So the head's
- * line ends are checked here, from the method on to the empty line, in the
- * read where it starts and, if the head spans reads, in the next ones.
- * false when a line ends in a bare LF.
- */
+/* Check the head's (or the trailers') line ends in this read. */
 static bool
 scan_head(struct session *s, const char *from)
 {
     struct request *r = s->req;
-    while (from < s->chunk_end) {
-        const char *lf = memchr(from, '\n', (size_t)(s->chunk_end - from));
-        if (lf == NULL) {
-            r->line_bytes += (size_t)(s->chunk_end - from);
-            return true;            /* the next read goes on */
-        }
-        char before = lf > s->chunk ? lf[-1] : s->prev_byte;
-        if (before != '\r') {
-            r->bad_line = true;
-            r->line_scan = false;
-            return false;
-        }
-        size_t line = r->line_bytes + (size_t)(lf - from);
-        r->line_bytes = 0;
-        from = lf + 1;
-        if (line == 1) {            /* CR alone: the end of the head */
-            r->line_scan = false;
-            return true;
-        }
-    }
-    return true;
+    enum req_scan st = req_scan_lines(&r->scan, from, s->chunk, s->chunk_end, s->prev_byte);
+    if (st == SCAN_BARE_LF)
+        r->bad_line = true;
+    return st != SCAN_BARE_LF;
 }
 
 static int
@@ -888,9 +864,8 @@ on_method(llhttp_t *p, const char *at, size_t len)
 {
     struct session *s = p->data;
     struct request *r = s->req;
-    if (!r->line_scan && r->head.url_len == 0 && !r->bad_line) {
-        r->line_scan = true;
-        r->line_bytes = 0;
+    if (!r->scan.active && r->head.url_len == 0 && !r->bad_line) {
+        r->scan = (struct line_scan){.active = true};
         if (!scan_head(s, at))
             return HPE_USER;
     }
@@ -920,8 +895,7 @@ on_header_field(llhttp_t *p, const char *at, size_t len)
     if (r->t_start_us != 0 && !r->trailers) {
         /* The first trailer: its lines are checked like the head's. */
         r->trailers = true;
-        r->line_scan = true;
-        r->line_bytes = 0;
+        r->scan = (struct line_scan){.active = true};
         if (!scan_head(s, at))
             return HPE_USER;
     }
@@ -1156,7 +1130,7 @@ session_feed(struct session *s)
         s->chunk = v.iov_base;
         s->chunk_end = s->chunk + v.iov_len;
         enum llhttp_errno e;
-        if (s->req != NULL && s->req->line_scan && !scan_head(s, s->chunk)) {
+        if (s->req != NULL && s->req->scan.active && !scan_head(s, s->chunk)) {
             e = HPE_USER;
             llhttp_set_error_reason(&s->parser, "bare LF after the request line");
         } else
@@ -1201,6 +1175,8 @@ update_reading(struct session *s)
         on = in < limits(s)->max_header_bytes + GW_READ_SIZE;
     else
         on = in == 0;
+    if (on && in == 0 && s->tp->pending(&s->io))
+        event_active(s->io.rev, EV_READ, 1);
     if (on == s->reading)
         return;
     s->reading = on;

@@ -228,6 +228,13 @@ tls_flush(struct conn_io *io)
     return rc;
 }
 
+static bool
+tls_pending(const struct conn_io *io)
+{
+    return io->ssl != NULL && io->tls_ready && SSL_has_pending(io->ssl);
+}
+
 const struct transport transport_tls = {
     .proto = "https", .read = tls_read, .flush = tls_flush, .end = tls_end,
+    .pending = tls_pending,
 };

@@ -74,6 +74,13 @@ plain_end(struct conn_io *io)
 {
 }
 
+static bool
+plain_pending(const struct conn_io *io)
+{
+    return false;
+}
+
 const struct transport transport_plain = {
     .proto = "http", .read = plain_read, .flush = plain_flush, .end = plain_end,
+    .pending = plain_pending,
 };

@@ -290,6 +290,36 @@ test_json_escape(void)
     evbuffer_free(b);
 }
 
+/* Scan text split into reads at every position. */
+static enum req_scan
+scan_split(const char *text, size_t cut)
+{
+    struct line_scan sc = {.active = true};
+    size_t n = strlen(text);
+    enum req_scan st = req_scan_lines(&sc, text, text, text + cut, 0);
+    if (st != SCAN_MORE || cut == n)
+        return st;
+    return req_scan_lines(&sc, text + cut, text + cut, text + n, text[cut - 1]);
+}
+
+static void
+test_scan_lines(void)
+{
+    static const char good[] = "POST / HTTP/1.1\r\nHost: a\r\n\r\nbody\nwith LF";
+    static const char bad_line[] = "POST / HTTP/1.1\nHost: a\r\n\r\n";
+    static const char bad_end[] = "POST / HTTP/1.1\r\nHost: a\r\n\n";
+    for (size_t cut = 1; cut <= strlen(good); cut++) {
+        CHECK(scan_split(good, cut) == SCAN_END || cut < 30, "good at %zu", cut);
+        CHECK(scan_split(bad_line, cut > strlen(bad_line) ? strlen(bad_line) : cut) !=
+              SCAN_END, "bare LF after the request line at %zu", cut);
+    }
+    for (size_t cut = 1; cut <= strlen(bad_end); cut++)
+        CHECK(scan_split(bad_end, cut) == SCAN_BARE_LF || cut < strlen(bad_end) - 1,
+              "bare LF ending the head at %zu", cut);
+    CHECK(scan_split(bad_end, strlen(bad_end)) == SCAN_BARE_LF, "whole");
+    CHECK(scan_split(good, strlen(good)) == SCAN_END, "the body is not scanned");
+}
+
 static void
 test_pick(void)
 {
@@ -322,6 +352,7 @@ main(void)
         {"validation", test_validation},
         {"score_path_and_sticky", test_score_path_and_sticky},
         {"json_escape", test_json_escape},
+        {"scan_lines", test_scan_lines},
         {"pick", test_pick},
         {NULL, NULL},
     };
