@@ -199,6 +199,21 @@ config_utf8_fix(char *s)
     }
 }
 
+const char *
+config_utf8_clip(char *out, size_t cap, const char *s)
+{
+    size_t len = strlen(s);
+    if (len < cap) {
+        memcpy(out, s, len + 1);
+    } else {
+        size_t n = config_utf8_cut(s, cap - 4);
+        memcpy(out, s, n);
+        memcpy(out + n, "...", 4);
+    }
+    config_utf8_fix(out);
+    return out;
+}
+
 bool
 config_text_plain(const char *s)
 {
@@ -627,9 +642,11 @@ get_name(struct pctx *p, json_t *obj, const char *path, char out[CFG_NAME_MAX + 
     subpath(sp, path, "name");
     if (!json_is_string(name))
         err(p, sp, "required: a string");
-    else if (!config_name_valid(json_string_value(name), json_string_length(name)))
+    else if (!config_name_valid(json_string_value(name), json_string_length(name))) {
+        char q[48];
         err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
-            json_string_value(name));
+            config_utf8_clip(q, sizeof(q), json_string_value(name)));
+    }
     else
         snprintf(out, CFG_NAME_MAX + 1, "%s", json_string_value(name));
 }
@@ -726,8 +743,9 @@ parse_upstreams(struct pctx *p, json_t *obj, const char *path,
         }
         if (config_parse_address(json_string_value(a), &u->host, &u->port,
                                  &u->is_unix) < 0) {
+            char q[128];
             err(p, ip, "\"%s\" is not host:port, [v6]:port or unix:/path",
-                json_string_value(a));
+                config_utf8_clip(q, sizeof(q), json_string_value(a)));
             continue;
         }
         u->address = xstrdup(json_string_value(a));

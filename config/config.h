@@ -210,6 +210,9 @@ size_t config_utf8_cut(const char *s, size_t len);
  * is dropped, any other invalid byte becomes '?'. For error texts that may
  * have been cut by a fixed-size buffer. */
 void config_utf8_fix(char *s);
+/* s shortened for quoting in a message: copied into out (cap >= 8) whole,
+ * or cut at a character boundary with "..." appended. Returns out. */
+const char *config_utf8_clip(char *out, size_t cap, const char *s);
 /* True when s has no control characters (C0, DEL) and no spaces: for
  * paths and addresses that end up in request lines. */
 bool config_text_plain(const char *s);

@@ -92,9 +92,11 @@ version_conflicts(struct cfg_edit_result *r, json_t *e, json_t *nv, json_t *self
         if (x == self)
             continue;
         const char *xn = str_of(x, "name");
-        if (name && xn && strcmp(name, xn) == 0)
+        if (name && xn && strcmp(name, xn) == 0) {
+            char q[64];
             return fail(r, 409, "endpoint %s already has a version named %s",
-                        str_of(e, "name"), name);
+                        str_of(e, "name"), config_utf8_clip(q, sizeof(q), name));
+        }
         const char *xt = str_of(x, "type");
         if (type && strcmp(type, "control") == 0 && xt && strcmp(xt, "control") == 0)
             return fail(r, 409, "a second control version (%s is control)", xn ? xn : "?");
@@ -144,8 +146,11 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
         bool ok = false;
         for (const char *const *a = allowed; *a; a++)
             ok |= strcmp(*a, k) == 0;
-        if (!ok)
-            return fail(r, 400, "%s: cannot be changed by update_version", k);
+        if (!ok) {
+            char q[64];
+            return fail(r, 400, "%s: cannot be changed by update_version",
+                        config_utf8_clip(q, sizeof(q), k));
+        }
     }
     json_t *probe = json_deep_copy(x);
     json_object_update(probe, body);
@@ -195,8 +200,11 @@ config_edit_put_endpoint(json_t *doc, const char *ep, json_t *body,
     if (!json_is_object(body))
         return fail(r, 400, "the body must be an endpoint object");
     const char *n = str_of(body, "name");
-    if (n != NULL && strcmp(n, ep) != 0)
-        return fail(r, 400, "name: \"%s\" does not match the URL's %s", n, ep);
+    if (n != NULL && strcmp(n, ep) != 0) {
+        char q[64];
+        return fail(r, 400, "name: \"%s\" does not match the URL's %s",
+                    config_utf8_clip(q, sizeof(q), n), ep);
+    }
     json_t *ne = json_deep_copy(body);
     json_object_set_new(ne, "name", json_string(ep));
     size_t idx;
