@@ -571,6 +571,13 @@ on_prometheus(struct evhttp_request *req)
     metrics_collect(control_backlog(), workers_metrics(), gw_n_workers);
     char *text = metrics_prometheus(control_backlog());
     struct evbuffer *b = evbuffer_new();
+    if (text == NULL || b == NULL) {
+        free(text);
+        if (b != NULL)
+            evbuffer_free(b);
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
     evbuffer_add(b, text, strlen(text));
     free(text);
     evbuffer_add_printf(b,
@@ -595,6 +602,10 @@ static void
 on_dashboard(struct evhttp_request *req)
 {
     struct evbuffer *b = evbuffer_new();
+    if (b == NULL) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
     evbuffer_add(b, dashboard_html, strlen(dashboard_html));
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
