@@ -3,7 +3,8 @@
 #   tools/fuzz.sh [SECONDS]
 # Builds build-fuzz (clang, -Dfuzz=true, ASan+UBSan) if needed. A target is
 # tests/fuzz/fuzz_NAME.c listed in tests/fuzz/meson.build with a seed corpus
-# in tests/fuzz/corpus/NAME/; every corpus folder is run. New inputs go to
+# in tests/fuzz/corpus/NAME/ (and optionally a libFuzzer dictionary
+# tests/fuzz/NAME.dict); every corpus folder is run. New inputs go to
 # build-fuzz/fuzz-work/NAME/corpus (the seeds in the repo stay as they are),
 # crashes to build-fuzz/fuzz-work/NAME/crashes/. Prints per target the
 # executions and the verdict, then "N passed, M failed" (a target passes
@@ -39,11 +40,13 @@ for dir in "$ROOT"/tests/fuzz/corpus/*/; do
         continue
     fi
     mkdir -p "$work/corpus" "$work/crashes"
+    dict=()
+    [ -f "$ROOT/tests/fuzz/$name.dict" ] && dict=(-dict="$ROOT/tests/fuzz/$name.dict")
     log="$work/last.log"
     rc=0
     # stdin from /dev/null: a fuzzed "file:/dev/stdin" secret must not block.
     "$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix="$work/crashes/" \
+        -print_final_stats=1 -artifact_prefix="$work/crashes/" "${dict[@]}" \
         "$work/corpus" "$dir" </dev/null >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     if [ "$rc" -eq 0 ] && ! grep -q "^==[0-9]*==ERROR\|runtime error:\|^SUMMARY:" "$log"; then

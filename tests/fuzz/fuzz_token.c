@@ -8,7 +8,11 @@
  *           {"alg":"HS256"}), signed with the config's HS256 key, so that
  *           exp/nbf/iss/aud checks are reached with any values;
  *   mode 2: the same, with the signature part replaced by the rest's tail;
- *   mode 3: the admin token check.
+ *   mode 3: the admin token check;
+ *   mode 4: a signed token whose exp and nbf are the next two 64-bit values
+ *           (byte 25 says which are present; the rest is appended to the
+ *           payload as extra members), so that time arithmetic sees every
+ *           boundary value without the fuzzer having to spell 19 digits.
  * Each credential is checked twice: the second answer comes from the cache
  * and must be the same.
  */
@@ -81,11 +85,35 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
     if (size < 9 || size > 6000)
         return 0;
-    int mode = data[0] % 4;
+    int mode = data[0] % 5;
     int64_t now;
     memcpy(&now, data + 1, sizeof(now));
     const unsigned char *rest = data + 9;
     size_t rlen = size - 9;
+    char *built = NULL;
+    if (mode == 4) {
+        if (rlen < 17)
+            return 0;
+        int64_t exp, nbf;
+        memcpy(&exp, rest, 8);
+        memcpy(&nbf, rest + 8, 8);
+        unsigned flags = rest[16];
+        size_t extra = rlen - 17;
+        built = malloc(extra + 200);
+        if (built == NULL)
+            return 0;
+        int n = snprintf(built, 200, "{\"iss\":\"sluice\",\"aud\":\"alpha\"");
+        if (flags & 1)
+            n += snprintf(built + n, 200 - (size_t)n, ",\"exp\":%lld", (long long)exp);
+        if (flags & 2)
+            n += snprintf(built + n, 200 - (size_t)n, ",\"nbf\":%lld", (long long)nbf);
+        memcpy(built + n, rest + 17, extra);
+        n += (int)extra;
+        built[n++] = '}';
+        rest = (const unsigned char *)built;
+        rlen = (size_t)n;
+        mode = 1;
+    }
     char *hdr = malloc(16 + 2 * rlen + 128);
     if (hdr == NULL)
         return 0;
@@ -136,5 +164,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)auth_status_reason(a);
     }
     free(hdr);
+    free(built);
     return 0;
 }
