@@ -16,7 +16,8 @@ case "$SECONDS_EACH" in
     ''|*[!0-9]*) echo "usage: tools/fuzz.sh [SECONDS]" >&2; exit 2 ;;
 esac
 
-ensure_packages clang libfuzzer-14-dev libclang-rt-14-dev
+# shellcheck disable=SC2086
+ensure_packages $DEPS_BUILD clang libfuzzer-14-dev libclang-rt-14-dev
 BUILD_DIR=build-fuzz
 if [ ! -f "$ROOT/$BUILD_DIR/build.ninja" ]; then
     CC=clang meson setup "$ROOT/$BUILD_DIR" "$ROOT" -Dfuzz=true \
