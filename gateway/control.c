@@ -230,6 +230,7 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
         if (errs->n > 0) {
             char *all = cfg_errors_join(errs, "; ");
             snprintf(err, errlen, "%s", all);
+            config_utf8_fix(err);   /* a long list is cut: not inside a character */
             free(all);
         } else
             snprintf(err, errlen, "cannot persist generated keys");
