@@ -83,6 +83,12 @@ def test_raw_invalid_utf8_in_admin_url():
         assert status == 400, out
         assert json.loads(body)["error"]["message"] == "the URL must be valid UTF-8", body
         assert_still_serving(s)
+    # Bodies: strings and member names must be UTF-8 too (jansson checks).
+    for body in (b'{"description": "\xff"}', b'{"\xc3": 1}', b'{"description": "\ud800"}'):
+        r = requests.patch(api(s, "/%s/versions/versiona" % EP), headers=H, data=body,
+                           timeout=5)
+        assert_error(r, 400, "invalid JSON")
+    assert_still_serving(s)
 
 
 def test_binary_file_key_refused_on_reload():
