@@ -49,7 +49,7 @@ struct issuer {
 
 struct cache_slot {
     struct digest token;
-    long exp;
+    int64_t exp;
     int endpoint;
     bool used;
 };
@@ -104,6 +104,31 @@ auth_equal(const char *a, size_t alen, const char *b, size_t blen)
     digest_of(a, alen, &da);
     digest_of(b, blen, &db);
     return CRYPTO_memcmp(da.d, db.d, sizeof(da.d)) == 0;
+}
+
+/* Token times come from the token: any 64-bit value. Sums saturate
+ * instead of overflowing (a signed overflow is undefined behaviour). */
+static int64_t
+time_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+/* The same, clamped to time_t (which may be narrower than int64_t). */
+static time_t
+time_clamp(int64_t t)
+{
+    if (sizeof(time_t) < sizeof(int64_t)) {
+        int64_t max = (int64_t)(((uint64_t)1 << (sizeof(time_t) * 8 - 1)) - 1);
+        if (t > max)
+            return (time_t)max;
+        if (t < -max - 1)
+            return (time_t)(-max - 1);
+    }
+    return (time_t)t;
 }
 
 static jwt_alg_t
@@ -287,6 +312,8 @@ part_json(const char *s, size_t len)
     if (len == 0 || len % 4 == 1)
         return NULL;
     char *out = malloc(len);
+    if (out == NULL)
+        return NULL;
     size_t o = 0;
     unsigned acc = 0;
     int bits = 0;
@@ -380,11 +407,13 @@ check_token(struct auth_ctx *c, int epi, const char *tok, size_t len, time_t now
     /* The payload we read is the one just verified: same bytes. */
     json_t *exp = json_object_get(body, "exp");
     json_t *nbf = json_object_get(body, "nbf");
-    if (!json_is_integer(exp) || now > json_integer_value(exp) + c->leeway) {
+    if (!json_is_integer(exp) ||
+        (int64_t)now > time_add(json_integer_value(exp), c->leeway)) {
         st = AUTH_TOKEN_EXPIRED;
         goto out;
     }
-    if (nbf != NULL && (!json_is_integer(nbf) || now + c->leeway < json_integer_value(nbf))) {
+    if (nbf != NULL && (!json_is_integer(nbf) ||
+                        time_add(now, c->leeway) < json_integer_value(nbf))) {
         st = AUTH_TOKEN_NOT_YET_VALID;
         goto out;
     }
@@ -399,7 +428,7 @@ check_token(struct auth_ctx *c, int epi, const char *tok, size_t len, time_t now
     memcpy(&slot, d.d, sizeof(slot));
     struct cache_slot *cs = &c->cache[slot & (CACHE_SLOTS - 1)];
     cs->token = d;
-    cs->exp = (long)json_integer_value(exp);
+    cs->exp = json_integer_value(exp);
     cs->endpoint = epi;
     cs->used = true;
 out:
@@ -447,16 +476,17 @@ auth_check(struct auth_ctx *c, const struct cfg_endpoint *ep, const char *header
     const struct cache_slot *cs = &c->cache[slot & (CACHE_SLOTS - 1)];
     if (cs->used && cs->endpoint == epi &&
         CRYPTO_memcmp(cs->token.d, d.d, sizeof(d.d)) == 0) {
-        if (now > cs->exp + c->leeway)
+        if ((int64_t)now > time_add(cs->exp, c->leeway))
             return AUTH_TOKEN_EXPIRED;
-        *valid_until = cs->exp + c->leeway;
+        *valid_until = time_clamp(time_add(cs->exp, c->leeway));
         return AUTH_OK;
     }
     st = check_token(c, epi, tok, toklen, now);
     if (st == AUTH_OK) {
         uint32_t slot2;
         memcpy(&slot2, d.d, sizeof(slot2));
-        *valid_until = c->cache[slot2 & (CACHE_SLOTS - 1)].exp + c->leeway;
+        *valid_until = time_clamp(time_add(c->cache[slot2 & (CACHE_SLOTS - 1)].exp,
+                                           c->leeway));
     }
     if (st == AUTH_TOKEN_MALFORMED && ep->auth_keys)
         return AUTH_BAD_KEY;        /* most likely a wrong key, not a token */
@@ -497,14 +527,14 @@ auth_issue_token(const struct auth_ctx *c, const char *ep, const char *subject,
         jwt_add_grant(jwt, "sub", subject) != 0 ||
         jwt_add_grant_int(jwt, "iat", (long)now) != 0 ||
         jwt_add_grant_int(jwt, "nbf", (long)now) != 0 ||
-        jwt_add_grant_int(jwt, "exp", (long)now + c->ttl) != 0 ||
+        jwt_add_grant_int(jwt, "exp", (long)time_add(now, c->ttl)) != 0 ||
         (out = jwt_encode_str(jwt)) == NULL) {
         snprintf(err, errlen, "cannot sign a token with %s", own->alg_name);
         jwt_free(jwt);
         return NULL;
     }
     jwt_free(jwt);
-    *expires_at = now + c->ttl;
-    *refresh_by = now + c->ttl / 2;
+    *expires_at = time_clamp(time_add(now, c->ttl));
+    *refresh_by = time_clamp(time_add(now, c->ttl / 2));
     return out;
 }

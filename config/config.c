@@ -68,6 +68,10 @@ err(struct pctx *p, const char *path, const char *fmt, ...)
         snprintf(s, len, "%s: %s", path, reason);
     else
         snprintf(s, len, "%s", reason);
+    /* Names and values quoted in a reason may have been cut mid-character
+     * by the fixed buffer (or be bytes from a file name): errors end up in
+     * JSON replies and logs, which need valid UTF-8. */
+    config_utf8_fix(s);
     e->msg[e->n++] = s;
 }
 
@@ -99,6 +103,171 @@ cfg_errors_join(const struct cfg_errors *e, const char *sep)
     return s;
 }
 
+/* ---- text ------------------------------------------------------------- */
+
+/* The length of the well-formed UTF-8 character at s[0..avail), 0 when the
+ * bytes there are not one (RFC 3629: no overlongs, no surrogates, at most
+ * U+10FFFF); *need is the length its lead byte announces. */
+static size_t
+utf8_char(const unsigned char *s, size_t avail, size_t *need)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned min, cp;
+    if (c < 0x80) {
+        *need = 1;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2, min = 0x80, cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3, min = 0x800, cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4, min = 0x10000, cp = c & 0x07;
+    } else {
+        *need = 1;
+        return 0;
+    }
+    *need = n;
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+bool
+config_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, need;
+    while (i < len) {
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_char(u + i, len - i, &need);
+        if (n == 0)
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+size_t
+config_utf8_cut(const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    /* A lead byte within the last three whose character does not fit. */
+    for (size_t back = 1; back <= 3 && back <= len; back++) {
+        unsigned c = u[len - back];
+        if ((c & 0xc0) == 0x80)
+            continue;               /* a continuation byte: look further back */
+        if (c < 0x80)
+            return len;
+        size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        return need > back ? len - back : len;
+    }
+    return len;
+}
+
+void
+config_utf8_fix(char *s)
+{
+    unsigned char *u = (unsigned char *)s;
+    size_t len = strlen(s), i = 0, need;
+    while (i < len) {
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_char(u + i, len - i, &need);
+        if (n > 0) {
+            i += n;
+            continue;
+        }
+        if (need > len - i && config_utf8_cut(s, len) == i) {
+            u[i] = '\0';            /* a character cut at the end */
+            return;
+        }
+        u[i++] = '?';
+    }
+}
+
+const char *
+config_utf8_clip(char *out, size_t cap, const char *s)
+{
+    size_t len = strlen(s);
+    if (len < cap) {
+        memcpy(out, s, len + 1);
+    } else {
+        size_t n = config_utf8_cut(s, cap - 4);
+        memcpy(out, s, n);
+        memcpy(out + n, "...", 4);
+    }
+    config_utf8_fix(out);
+    return out;
+}
+
+bool
+config_text_plain(const char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+        if (*c <= 0x20 || *c == 0x7f)
+            return false;
+    return true;
+}
+
+/*
+ * s[0..len) as the inside of a JSON string into out (at most cap - 1 bytes
+ * and a NUL); stops before a character or an escape that does not fit
+ * whole. Returns the bytes written.
+ */
+size_t
+config_json_escape(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+    while (i < len) {
+        unsigned c = u[i];
+        char esc[8];
+        const char *w = esc;
+        size_t wn, adv = 1;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\', esc[1] = (char)c, wn = 2;
+        } else if (c == '\n') {
+            w = "\\n", wn = 2;
+        } else if (c == '\t') {
+            w = "\\t", wn = 2;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4], esc[5] = hex[c & 15], wn = 6;
+        } else if (c < 0x80) {
+            esc[0] = (char)c, wn = 1;
+        } else {
+            size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            if (need <= len - i && config_utf8_valid(s + i, need)) {
+                w = s + i, wn = need, adv = need;
+            } else {
+                w = "\\ufffd", wn = 6;   /* one invalid byte, one replacement */
+            }
+        }
+        if (o + wn >= cap)
+            break;
+        memcpy(out + o, w, wn);
+        o += wn;
+        i += adv;
+    }
+    out[o] = '\0';
+    return o;
+}
+
 /* ---- small helpers ---------------------------------------------------- */
 
 static char *
@@ -120,7 +289,7 @@ path_join(char *out, const char *a, const char *sep, const char *b)
     for (const char *parts[3] = {a, sep, b}, **p = parts; p < parts + 3; p++)
         for (const char *c = *p; *c && n < PATH_MAX_LEN - 1; c++)
             out[n++] = *c;
-    out[n] = '\0';
+    out[config_utf8_cut(out, n)] = '\0';
 }
 
 static void
@@ -473,14 +642,48 @@ get_name(struct pctx *p, json_t *obj, const char *path, char out[CFG_NAME_MAX + 
     subpath(sp, path, "name");
     if (!json_is_string(name))
         err(p, sp, "required: a string");
-    else if (!config_name_valid(json_string_value(name), json_string_length(name)))
+    else if (!config_name_valid(json_string_value(name), json_string_length(name))) {
+        char q[48];
         err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
-            json_string_value(name));
+            config_utf8_clip(q, sizeof(q), json_string_value(name)));
+    }
     else
         snprintf(out, CFG_NAME_MAX + 1, "%s", json_string_value(name));
 }
 
 /* ---- sections ---------------------------------------------------------- */
+
+/* A path that goes into an upstream request line (version and health
+ * check paths): a CR, LF or space there would split or forge the request. */
+static void
+check_request_path(struct pctx *p, const char *parent, const char *value)
+{
+    char sp[PATH_MAX_LEN];
+    if (value == NULL)
+        return;
+    subpath(sp, parent, "path");
+    if (value[0] != '/')
+        err(p, sp, "must start with /");
+    else if (!config_text_plain(value))
+        err(p, sp, "must not contain control characters or spaces");
+}
+
+/* Keys are presented in an Authorization header and returned as JSON by
+ * the admin API: text, whatever source they came from. */
+static void
+check_key_text(struct pctx *p, const char *parent, const char *key, const char *value)
+{
+    char sp[PATH_MAX_LEN];
+    if (value == NULL)
+        return;
+    bool ok = config_utf8_valid(value, strlen(value));
+    for (const unsigned char *c = (const unsigned char *)value; ok && *c; c++)
+        ok = *c >= 0x20 && *c != 0x7f;
+    if (!ok) {
+        subpath(sp, parent, key);
+        err(p, sp, "must be text (UTF-8 without control characters)");
+    }
+}
 
 static void
 parse_health(struct pctx *p, json_t *obj, const char *path,
@@ -495,11 +698,7 @@ parse_health(struct pctx *p, json_t *obj, const char *path,
     check_fields(p, obj, path, fields);
     h->enabled = true;
     get_str(p, obj, path, "path", &h->path, "/");
-    if (h->path != NULL && h->path[0] != '/') {
-        char sp[PATH_MAX_LEN];
-        subpath(sp, path, "path");
-        err(p, sp, "must start with /");
-    }
+    check_request_path(p, path, h->path);
     get_int(p, obj, path, "interval_ms", &h->interval_ms, 2000, 10, 3600000);
     get_int(p, obj, path, "timeout_ms", &h->timeout_ms, 1000, 1, 3600000);
     get_int(p, obj, path, "failure_threshold", &h->failure_threshold, 3, 1, 100);
@@ -538,10 +737,15 @@ parse_upstreams(struct pctx *p, json_t *obj, const char *path,
             continue;
         }
         struct cfg_upstream *u = &v->upstreams[v->n_upstreams];
+        if (!config_text_plain(json_string_value(a))) {
+            err(p, ip, "must not contain control characters or spaces");
+            continue;
+        }
         if (config_parse_address(json_string_value(a), &u->host, &u->port,
                                  &u->is_unix) < 0) {
+            char q[128];
             err(p, ip, "\"%s\" is not host:port, [v6]:port or unix:/path",
-                json_string_value(a));
+                config_utf8_clip(q, sizeof(q), json_string_value(a)));
             continue;
         }
         u->address = xstrdup(json_string_value(a));
@@ -569,10 +773,7 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
 
     parse_upstreams(p, obj, path, v);
     get_str(p, obj, path, "path", &v->path, NULL);
-    if (v->path != NULL && v->path[0] != '/') {
-        subpath(sp, path, "path");
-        err(p, sp, "must start with /");
-    }
+    check_request_path(p, path, v->path);
     get_pct(p, obj, path, "traffic_percentile", &v->traffic, 100);
     get_bool(p, obj, path, "is_default", &v->is_default, false);
 
@@ -649,6 +850,8 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
         check_fields(p, keys, sp, key_fields);
         get_secret(p, keys, sp, "primary", &ep->key_primary);
         get_secret(p, keys, sp, "secondary", &ep->key_secondary);
+        check_key_text(p, sp, "primary", ep->key_primary);
+        check_key_text(p, sp, "secondary", ep->key_secondary);
     }
 
     json_t *sticky = get_obj(p, obj, path, "sticky");

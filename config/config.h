@@ -206,6 +206,27 @@ int config_parse_address(const char *addr, char **host, int *port,
 
 const char *config_group_name(enum cfg_group g);
 
+/* Text checks shared by the config, the admin API and the logs. */
+/* True when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
+bool config_utf8_valid(const char *s, size_t len);
+/* The largest n <= len such that s[0..n) does not end inside a multi-byte
+ * character: where a text of len bytes may be cut. */
+size_t config_utf8_cut(const char *s, size_t len);
+/* Make a NUL-ended string valid UTF-8 in place: a character cut at the end
+ * is dropped, any other invalid byte becomes '?'. For error texts that may
+ * have been cut by a fixed-size buffer. */
+void config_utf8_fix(char *s);
+/* s shortened for quoting in a message: copied into out (cap >= 8) whole,
+ * or cut at a character boundary with "..." appended. Returns out. */
+const char *config_utf8_clip(char *out, size_t cap, const char *s);
+/* True when s has no control characters (C0, DEL) and no spaces: for
+ * paths and addresses that end up in request lines. */
+bool config_text_plain(const char *s);
+/* s[0..len) escaped as the inside of a JSON string into out: at most
+ * cap - 1 bytes and a NUL (cap >= 1), never cutting a character or an
+ * escape; invalid UTF-8 bytes become \ufffd. Returns the bytes written. */
+size_t config_json_escape(char *out, size_t cap, const char *s, size_t len);
+
 /* ---- edits of the document (edit.c) ----------------------------------
  *
  * Each operation changes doc in place and returns 0, or an HTTP status
@@ -231,6 +252,12 @@ int config_edit_delete_endpoint(struct json_t *doc, const char *ep,
 /* key_type "Primary" or "Secondary" (any case). */
 int config_edit_regen_key(struct json_t *doc, const char *ep, const char *which,
                           struct cfg_edit_result *r);
+/* Secrets set through the admin API take literal values only (SPEC §3.7):
+ * every env:/file: secret of `after` must be the same value at the same
+ * place in `before` (carried along from the operator's file). 0, or 400
+ * with the secret's JSON path in r. */
+int config_edit_check_secrets(struct json_t *before, struct json_t *after,
+                              struct cfg_edit_result *r);
 /* Generate the keys missing for endpoints with key auth; true if any. */
 bool config_fill_keys(struct json_t *doc);
 /* 32 random bytes, base64url without padding (43 characters), malloc'ed. */

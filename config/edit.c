@@ -28,6 +28,7 @@ fail(struct cfg_edit_result *r, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->message, sizeof(r->message), fmt, ap);
     va_end(ap);
+    config_utf8_fix(r->message);    /* names quoted in it may have been cut */
     r->status = status;
     return status;
 }
@@ -91,9 +92,11 @@ version_conflicts(struct cfg_edit_result *r, json_t *e, json_t *nv, json_t *self
         if (x == self)
             continue;
         const char *xn = str_of(x, "name");
-        if (name && xn && strcmp(name, xn) == 0)
+        if (name && xn && strcmp(name, xn) == 0) {
+            char q[64];
             return fail(r, 409, "endpoint %s already has a version named %s",
-                        str_of(e, "name"), name);
+                        str_of(e, "name"), config_utf8_clip(q, sizeof(q), name));
+        }
         const char *xt = str_of(x, "type");
         if (type && strcmp(type, "control") == 0 && xt && strcmp(xt, "control") == 0)
             return fail(r, 409, "a second control version (%s is control)", xn ? xn : "?");
@@ -143,8 +146,11 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
         bool ok = false;
         for (const char *const *a = allowed; *a; a++)
             ok |= strcmp(*a, k) == 0;
-        if (!ok)
-            return fail(r, 400, "%s: cannot be changed by update_version", k);
+        if (!ok) {
+            char q[64];
+            return fail(r, 400, "%s: cannot be changed by update_version",
+                        config_utf8_clip(q, sizeof(q), k));
+        }
     }
     json_t *probe = json_deep_copy(x);
     json_object_update(probe, body);
@@ -194,8 +200,11 @@ config_edit_put_endpoint(json_t *doc, const char *ep, json_t *body,
     if (!json_is_object(body))
         return fail(r, 400, "the body must be an endpoint object");
     const char *n = str_of(body, "name");
-    if (n != NULL && strcmp(n, ep) != 0)
-        return fail(r, 400, "name: \"%s\" does not match the URL's %s", n, ep);
+    if (n != NULL && strcmp(n, ep) != 0) {
+        char q[64];
+        return fail(r, 400, "name: \"%s\" does not match the URL's %s",
+                    config_utf8_clip(q, sizeof(q), n), ep);
+    }
     json_t *ne = json_deep_copy(body);
     json_object_set_new(ne, "name", json_string(ep));
     size_t idx;
@@ -221,6 +230,65 @@ config_edit_delete_endpoint(json_t *doc, const char *ep, struct cfg_edit_result 
     if (config_doc_endpoint(doc, ep, &idx) == NULL)
         return fail(r, 404, "no endpoint named %s", ep);
     json_array_remove(json_object_get(doc, "endpoints"), idx);
+    return 0;
+}
+
+static bool
+is_reference(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s != NULL && (strncmp(s, "env:", 4) == 0 || strncmp(s, "file:", 5) == 0);
+}
+
+/* obj.key of after, when it is a reference, must equal obj.key of before. */
+static int
+secret_same(struct cfg_edit_result *r, json_t *before_obj, json_t *after_obj,
+            const char *key, const char *path)
+{
+    json_t *a = json_is_object(after_obj) ? json_object_get(after_obj, key) : NULL;
+    if (!is_reference(a))
+        return 0;
+    json_t *b = json_is_object(before_obj) ? json_object_get(before_obj, key) : NULL;
+    if (b != NULL && json_equal(a, b))
+        return 0;
+    return fail(r, 400, "%s.%s: secrets set through the admin API take literal values "
+                "only (env: and file: belong to the config file)", path, key);
+}
+
+int
+config_edit_check_secrets(json_t *before, json_t *after, struct cfg_edit_result *r)
+{
+    char path[96];
+    if (secret_same(r, json_object_get(before, "admin"), json_object_get(after, "admin"),
+                    "token", "admin") ||
+        secret_same(r, json_object_get(before, "redis"), json_object_get(after, "redis"),
+                    "password", "redis"))
+        return r->status;
+    json_t *bt = json_object_get(before, "tokens"), *at = json_object_get(after, "tokens");
+    if (secret_same(r, bt, at, "signing_key", "tokens"))
+        return r->status;
+    json_t *bti = json_is_object(bt) ? json_object_get(bt, "trusted_issuers") : NULL;
+    json_t *ati = json_is_object(at) ? json_object_get(at, "trusted_issuers") : NULL;
+    size_t i;
+    json_t *x;
+    json_array_foreach(ati, i, x) {
+        snprintf(path, sizeof(path), "tokens.trusted_issuers[%zu]", i);
+        if (secret_same(r, json_array_get(bti, i), x, "public_key", path))
+            return r->status;
+    }
+    /* Endpoints are matched by name: an edit may reorder or rename them. */
+    json_array_foreach(json_object_get(after, "endpoints"), i, x) {
+        json_t *ak = json_is_object(x) ? json_object_get(x, "keys") : NULL;
+        if (!json_is_object(ak))
+            continue;
+        const char *name = str_of(x, "name");
+        json_t *be = name ? config_doc_endpoint(before, name, NULL) : NULL;
+        json_t *bk = be ? json_object_get(be, "keys") : NULL;
+        snprintf(path, sizeof(path), "endpoints[%zu].keys", i);
+        if (secret_same(r, bk, ak, "primary", path) ||
+            secret_same(r, bk, ak, "secondary", path))
+            return r->status;
+    }
     return 0;
 }
 

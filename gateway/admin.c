@@ -3,6 +3,13 @@
  * thread, away from the data plane. Every change is an edit of a copy of
  * the config document (config/edit.c), validated whole, written to the
  * file and applied as a new generation by control_commit() before the reply.
+ * The generation in use is read from the control plane on every request;
+ * the control plane does not call in here.
+ *
+ * Input is hostile until checked: the URL and every text must be UTF-8
+ * (jansson enforces it for bodies), texts quoted back are cut only at
+ * character boundaries, and every JSON value built here is checked, so no
+ * request can end in a NULL dereference.
  */
 #include "gateway/gateway.h"
 
@@ -19,21 +26,54 @@
 #include "dashboard.h"          /* generated from dashboard.html */
 
 static struct evhttp *http;
-static struct config *current;      /* the admin's reference */
+static struct config *auth_cfg;     /* the generation auth was built from (a reference) */
 static struct auth_ctx *auth;       /* admin token and token signing */
 static bool draining;
+
+/* The generation in use; the admin token and signing keys follow it. If a
+ * new generation's auth cannot be built, the last one keeps answering. */
+static struct config *
+cur(void)
+{
+    struct config *c = control_current();
+    if (c != NULL && c != auth_cfg) {
+        char err[256];
+        struct auth_ctx *a = auth_ctx_new(c, err, sizeof(err));
+        if (a != NULL) {
+            auth_ctx_free(auth);
+            auth = a;
+            config_drop(auth_cfg);
+            auth_cfg = config_take(c);
+        }
+    }
+    return c;
+}
 
 #define PREFIX "/admin/v1/endpoints"
 
 /* ---- replies ------------------------------------------------------------ */
 
+/* Send body (consumed). A body that could not be built or serialised is a
+ * 500 with a fixed text: never a crash, never half a document. */
 static void
 reply(struct evhttp_request *req, int code, json_t *body)
 {
+    static const char failed[] = "{\n  \"error\": {\n    \"code\": \"internal\",\n"
+        "    \"message\": \"the reply could not be encoded\"\n  }\n}\n";
     struct evbuffer *b = evbuffer_new();
-    char *text = json_dumps(body, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    evbuffer_add(b, text, strlen(text));
-    evbuffer_add(b, "\n", 1);
+    if (b == NULL) {
+        json_decref(body);
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    char *text = body ? json_dumps(body, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (text == NULL) {
+        code = 500;
+        evbuffer_add(b, failed, sizeof(failed) - 1);
+    } else {
+        evbuffer_add(b, text, strlen(text));
+        evbuffer_add(b, "\n", 1);
+    }
     free(text);
     json_decref(body);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
@@ -42,15 +82,36 @@ reply(struct evhttp_request *req, int code, json_t *body)
     evbuffer_free(b);
 }
 
+/* A JSON string of any text: invalid UTF-8 (which should not reach here)
+ * is repaired rather than dropped. */
+static json_t *
+text_json(const char *s)
+{
+    json_t *j = json_string(s ? s : "");
+    if (j == NULL && s != NULL) {
+        char *copy = strdup(s);
+        if (copy != NULL) {
+            config_utf8_fix(copy);
+            j = json_string(copy);
+            free(copy);
+        }
+    }
+    return j;
+}
+
 static void
 reply_error(struct evhttp_request *req, int code, const char *ecode, const char *msg,
             const struct cfg_errors *errs)
 {
-    json_t *e = json_pack("{s:s, s:s}", "code", ecode, "message", msg);
-    if (errs != NULL && errs->n > 0) {
+    json_t *e = json_object();
+    if (e != NULL) {
+        json_object_set_new(e, "code", text_json(ecode));
+        json_object_set_new(e, "message", text_json(msg));
+    }
+    if (e != NULL && errs != NULL && errs->n > 0) {
         json_t *list = json_array();
         for (int i = 0; i < errs->n; i++)
-            json_array_append_new(list, json_string(errs->msg[i]));
+            json_array_append_new(list, text_json(errs->msg[i]));
         json_object_set_new(e, "errors", list);
     }
     if (code == 401)
@@ -213,7 +274,7 @@ read_body(struct evhttp_request *req, bool required, char *why, size_t whylen)
 static const struct cfg_endpoint *
 find_ep(const char *name)
 {
-    return config_endpoint(current, name, strlen(name));
+    return config_endpoint(cur(), name, strlen(name));
 }
 
 /* The route's endpoint, or a 404 answered. */
@@ -234,9 +295,11 @@ static bool commit(struct evhttp_request *req, json_t *doc);
 /* The end of every change: answer the edit's own error (rc != 0), or
  * validate, persist and apply doc. Frees doc; true when applied. */
 static bool
-finish_edit(struct evhttp_request *req, json_t *doc, int rc, const struct cfg_edit_result *er)
+finish_edit(struct evhttp_request *req, json_t *doc, int rc, struct cfg_edit_result *er)
 {
     bool ok = false;
+    if (rc == 0)
+        rc = config_edit_check_secrets(cur()->doc, doc, er);
     if (rc != 0)
         reply_error(req, er->status, status_code_name(er->status), er->message, NULL);
     else
@@ -256,7 +319,8 @@ commit(struct evhttp_request *req, json_t *doc)
     if (rc == 400)
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : "invalid config", &errs);
     else if (rc != 0) {
-        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"", err);
+        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"",
+                  log_json(err));
         reply_error(req, 500, "not_persisted", err, NULL);
     }
     cfg_errors_free(&errs);
@@ -278,19 +342,19 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
             return;
         }
         json_t *list = json_array();
-        for (int i = 0; i < current->n_endpoints; i++)
-            json_array_append_new(list, describe_endpoint(current, &current->endpoints[i]));
+        for (int i = 0; i < cur()->n_endpoints; i++)
+            json_array_append_new(list, describe_endpoint(cur(), &cur()->endpoints[i]));
         reply(req, 200, json_pack("{s:o, s:I}", "endpoints", list,
-                                  "generation", (json_int_t)current->generation));
+                                  "generation", (json_int_t)cur()->generation));
         return;
     }
     if (m == EVHTTP_REQ_GET) {
         const struct cfg_endpoint *ep = ep_or_404(req, r);
         if (ep != NULL)
-            reply(req, 200, describe_endpoint(current, ep));
+            reply(req, 200, describe_endpoint(cur(), ep));
         return;
     }
-    json_t *doc = json_deep_copy(current->doc);
+    json_t *doc = json_deep_copy(cur()->doc);
     int rc;
     if (m == EVHTTP_REQ_PUT) {
         json_t *body = read_body(req, true, why, sizeof(why));
@@ -311,12 +375,12 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
     if (!finish_edit(req, doc, rc, &er))
         return;
     log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\"",
-              m == EVHTTP_REQ_PUT ? "put_endpoint" : "delete_endpoint", r->ep);
+              m == EVHTTP_REQ_PUT ? "put_endpoint" : "delete_endpoint", log_json(r->ep));
     if (m == EVHTTP_REQ_DELETE)
         reply(req, 200, json_pack("{s:s, s:I}", "deleted", r->ep,
-                                  "generation", (json_int_t)current->generation));
+                                  "generation", (json_int_t)cur()->generation));
     else
-        reply(req, er.created ? 201 : 200, describe_endpoint(current, find_ep(r->ep)));
+        reply(req, er.created ? 201 : 200, describe_endpoint(cur(), find_ep(r->ep)));
 }
 
 static void
@@ -342,12 +406,12 @@ on_versions(struct evhttp_request *req, const struct route *r)
             reply_error(req, 404, "not_found", why, NULL);
             return;
         }
-        json_t *doce = config_doc_endpoint(current->doc, ep->name, NULL);
+        json_t *doce = config_doc_endpoint(cur()->doc, ep->name, NULL);
         reply(req, 200, describe_version(ep, vi,
               json_array_get(json_object_get(doce, "versions"), (size_t)vi)));
         return;
     }
-    json_t *doc = json_deep_copy(current->doc);
+    json_t *doc = json_deep_copy(cur()->doc);
     if (!r->has_v && m == EVHTTP_REQ_POST) {
         op = "create_version";
         body = read_body(req, true, why, sizeof(why));
@@ -374,17 +438,22 @@ on_versions(struct evhttp_request *req, const struct route *r)
         json_string_value(json_object_get(body, "name"));
     char vcopy[CFG_NAME_MAX * 4];
     snprintf(vcopy, sizeof(vcopy), "%s", vname ? vname : "");
+    config_utf8_fix(vcopy);
     json_decref(body);
     if (!finish_edit(req, doc, rc, &er))
         return;
     log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\",\"version\":\"%s\"",
-              op, r->ep, vcopy);
+              op, log_json(r->ep), log_json(vcopy));
     const struct cfg_endpoint *ep = find_ep(r->ep);
-    if (m == EVHTTP_REQ_DELETE || ep == NULL) {
-        reply(req, 200, describe_endpoint(current, ep));
+    if (ep == NULL) {               /* cannot happen: the edit kept the endpoint */
+        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
         return;
     }
-    reply(req, m == EVHTTP_REQ_POST ? 201 : 200, describe_endpoint(current, ep));
+    if (m == EVHTTP_REQ_DELETE) {
+        reply(req, 200, describe_endpoint(cur(), ep));
+        return;
+    }
+    reply(req, m == EVHTTP_REQ_POST ? 201 : 200, describe_endpoint(cur(), ep));
 }
 
 static void
@@ -408,7 +477,7 @@ on_keys(struct evhttp_request *req, const struct route *r)
         }
         json_t *kt = json_object_get(body, "key_type");
         struct cfg_edit_result er = {0};
-        json_t *doc = json_deep_copy(current->doc);
+        json_t *doc = json_deep_copy(cur()->doc);
         int rc = json_is_string(kt) ?
             config_edit_regen_key(doc, r->ep, json_string_value(kt), &er) :
             (er.status = 400, snprintf(er.message, sizeof(er.message),
@@ -417,7 +486,7 @@ on_keys(struct evhttp_request *req, const struct route *r)
         if (!finish_edit(req, doc, rc, &er))
             return;
         log_event(LOG_INFO, "admin_change", ",\"op\":\"regen_key\",\"endpoint\":\"%s\"",
-                  r->ep);
+                  log_json(r->ep));
         ep = find_ep(r->ep);
     }
     reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
@@ -502,6 +571,13 @@ on_prometheus(struct evhttp_request *req)
     metrics_collect(control_backlog(), workers_metrics(), gw_n_workers);
     char *text = metrics_prometheus(control_backlog());
     struct evbuffer *b = evbuffer_new();
+    if (text == NULL || b == NULL) {
+        free(text);
+        if (b != NULL)
+            evbuffer_free(b);
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
     evbuffer_add(b, text, strlen(text));
     free(text);
     evbuffer_add_printf(b,
@@ -514,7 +590,7 @@ on_prometheus(struct evhttp_request *req)
         "# HELP sluice_workers Worker threads.\n"
         "# TYPE sluice_workers gauge\nsluice_workers %d\n",
         __atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED),
-        (unsigned long long)current->generation,
+        (unsigned long long)cur()->generation,
         metrics_redis_connected(control_metrics()) ? 1 : 0, gw_n_workers);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
@@ -526,6 +602,10 @@ static void
 on_dashboard(struct evhttp_request *req)
 {
     struct evbuffer *b = evbuffer_new();
+    if (b == NULL) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
     evbuffer_add(b, dashboard_html, strlen(dashboard_html));
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
@@ -550,7 +630,7 @@ on_reload(struct evhttp_request *req)
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else
-        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)current->generation));
+        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
     cfg_errors_free(&errs);
 }
 
@@ -559,8 +639,18 @@ on_request(struct evhttp_request *req, void *arg)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *target = evhttp_request_get_uri(req);
     if (path == NULL)
         path = "/";
+    /* Names from the URL are quoted back in errors and logs. */
+    if (target == NULL || !config_utf8_valid(target, strlen(target))) {
+        reply_error(req, 400, "invalid", "the URL must be valid UTF-8", NULL);
+        return;
+    }
+    if (cur() == NULL) {
+        reply_error(req, 503, "starting", "no configuration applied yet", NULL);
+        return;
+    }
 
     if (strcmp(path, "/healthz") == 0) {
         reply(req, 200, json_pack("{s:s}", "status", "ok"));
@@ -568,7 +658,7 @@ on_request(struct evhttp_request *req, void *arg)
     }
     if (strcmp(path, "/readyz") == 0) {
         reply(req, draining ? 503 : 200, json_pack("{s:s, s:I}", "status",
-              draining ? "draining" : "ready", "generation", (json_int_t)current->generation));
+              draining ? "draining" : "ready", "generation", (json_int_t)cur()->generation));
         return;
     }
     if (strcmp(path, "/metrics") == 0) {
@@ -622,7 +712,6 @@ admin_start(struct event_base *base, struct config *cfg, char *err, size_t errle
         snprintf(err, errlen, "cannot create the HTTP server");
         return -1;
     }
-    admin_set_config(cfg);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
                                EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
     evhttp_set_max_body_size(http, 1 << 20);
@@ -640,19 +729,6 @@ admin_start(struct event_base *base, struct config *cfg, char *err, size_t errle
 }
 
 void
-admin_set_config(struct config *cfg)
-{
-    char err[256];
-    struct auth_ctx *a = auth_ctx_new(cfg, err, sizeof(err));
-    if (a != NULL) {
-        auth_ctx_free(auth);
-        auth = a;
-    }
-    config_drop(current);
-    current = config_take(cfg);
-}
-
-void
 admin_set_draining(void)
 {
     draining = true;
@@ -666,6 +742,6 @@ admin_stop(void)
     http = NULL;
     auth_ctx_free(auth);
     auth = NULL;
-    config_drop(current);
-    current = NULL;
+    config_drop(auth_cfg);
+    auth_cfg = NULL;
 }

@@ -5,7 +5,8 @@
  * A new generation is built completely off to the side (parsed, validated,
  * sockets bound, certificates loaded) before anything changes; if any step
  * fails, the old generation keeps serving and the new parts are thrown
- * away. Then it is handed to every worker and to the admin listener.
+ * away. Then it is handed to every worker; the admin listener reads the
+ * current generation from here (control_current()) on each request.
  */
 #include "gateway/gateway.h"
 
@@ -181,7 +182,6 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     struct worker_listener *t = table_for(ls, cfg->n_listeners);
     workers_publish(cfg, t, cfg->n_listeners);
     free(t);
-    admin_set_config(cfg);
     /* Sockets no longer listed are closed by the workers as they drop
      * their listeners; here only the bookkeeping goes. */
     lsocks_free(lsocks, n_lsocks, false);
@@ -216,7 +216,7 @@ control_load(const char *path, struct cfg_errors *errs)
         cfg_errors_add(errs, "cannot persist generated keys: %s", err);
         return NULL;
     }
-    log_event(LOG_INFO, "keys_generated", ",\"file\":\"%s\"", path);
+    log_event(LOG_INFO, "keys_generated", ",\"file\":\"%s\"", log_json(path));
     json_decref(doc);
     config_drop(cfg);
     return config_load(path, errs);
@@ -230,6 +230,7 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
         if (errs->n > 0) {
             char *all = cfg_errors_join(errs, "; ");
             snprintf(err, errlen, "%s", all);
+            config_utf8_fix(err);   /* a long list is cut: not inside a character */
             free(all);
         } else
             snprintf(err, errlen, "cannot persist generated keys");
@@ -239,7 +240,7 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
         config_drop(cfg);
         return -1;
     }
-    log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", cfg->path,
+    log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", log_json(cfg->path),
               (unsigned long long)cfg->generation);
     return 0;
 }

@@ -161,10 +161,24 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 void log_init(void);
 void log_set_level(const char *level);
 /* One JSON event line on stderr: {"time","level","event",...fields}.
- * fields is either NULL or a string of already-encoded JSON members
- * (",\"k\":v..."); every interpolated string must be escaped. */
+ * fmt is either NULL or a printf format of already-encoded JSON members
+ * (",\"k\":v..."); every interpolated text goes through log_json():
+ *   log_event(LOG_WARN, "x", ",\"upstream\":\"%s\"", log_json(addr));
+ * A line that is not valid JSON all the same (a caller that forgot) is
+ * written as {"time","level","event","unescaped":"<the fields as text>"}. */
 void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* s escaped for use inside a JSON string ("" for NULL): quotes, backslashes
+ * and control characters escaped, invalid UTF-8 as U+FFFD, cut (at a
+ * character boundary) to at most LOG_JSON_MAX bytes of output. The result
+ * lives in a small per-thread ring of LOG_JSON_RING buffers: valid until
+ * that many more calls on the same thread, so one log_event() call may use
+ * up to LOG_JSON_RING of them. */
+#define LOG_JSON_MAX 1023
+#define LOG_JSON_RING 8
+const char *log_json(const char *s);
+/* The same for len bytes of s (need not be NUL-ended). */
+const char *log_jsonn(const char *s, size_t len);
 /* Open (or reopen, for SIGUSR1) the access log target; 0 or -1. */
 int log_access_open(const char *target, char *err, size_t errlen);
 int log_access_reopen(void);
@@ -610,9 +624,10 @@ void health_stop(void);
 
 /* ---- admin (admin.c) ------------------------------------------------------- */
 
+/* Listen on cfg's admin address; requests are answered from the control
+ * plane's current generation (control_current()). */
 int admin_start(struct event_base *base, struct config *cfg, char *err,
                 size_t errlen);
-void admin_set_config(struct config *cfg);
 void admin_set_draining(void);
 void admin_stop(void);
 

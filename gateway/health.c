@@ -54,7 +54,8 @@ on_reply(struct evhttp_request *req, void *arg)
     if (route_health_observe(&c->state, ok, c->fail_th, c->ok_th)) {
         __atomic_store_n(&c->shared->down, c->state.healthy ? 0 : 1, __ATOMIC_RELEASE);
         log_event(c->state.healthy ? LOG_INFO : LOG_WARN, "upstream_health",
-                  ",\"upstream\":\"%s\",\"healthy\":%s,\"status\":%d", c->shared->address,
+                  ",\"upstream\":\"%s\",\"healthy\":%s,\"status\":%d",
+                  log_json(c->shared->address),
                   c->state.healthy ? "true" : "false", code);
     }
 }

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,16 @@ static enum log_level min_level = LOG_INFO;
 static int access_fd = -1;          /* -1: off */
 static char access_path[4096];      /* empty: stderr */
 static pthread_mutex_t event_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* One JSON object, parsed: the safety net for lines built by callers. */
+static bool
+json_valid_line(const char *line, size_t len)
+{
+    json_t *j = json_loadb(line, len, 0, NULL);
+    bool ok = json_is_object(j);
+    json_decref(j);
+    return ok;
+}
 
 void
 log_init(void)
@@ -49,28 +60,59 @@ log_time_iso(char *out, size_t len)
     snprintf(out + n, len - n, ".%06ldZ", (long)tv.tv_usec);
 }
 
+const char *
+log_jsonn(const char *s, size_t len)
+{
+    static __thread char ring[LOG_JSON_RING][LOG_JSON_MAX + 1];
+    static __thread unsigned next;
+    char *out = ring[next++ % LOG_JSON_RING];
+    if (s == NULL)
+        len = 0;
+    config_json_escape(out, LOG_JSON_MAX + 1, s ? s : "", len);
+    return out;
+}
+
+const char *
+log_json(const char *s)
+{
+    return log_jsonn(s, s ? strlen(s) : 0);
+}
+
 void
 log_event(enum log_level lvl, const char *event, const char *fmt, ...)
 {
     static const char *const names[] = {"debug", "info", "warn", "error"};
     char t[40], line[4096];
-    int n;
+    int n, head;
 
     if (lvl < min_level)
         return;
     log_time_iso(t, sizeof(t));
-    n = snprintf(line, sizeof(line),
-                 "{\"time\":\"%s\",\"level\":\"%s\",\"event\":\"%s\"",
-                 t, names[lvl], event);
+    head = n = snprintf(line, sizeof(line),
+                        "{\"time\":\"%s\",\"level\":\"%s\",\"event\":\"%s\"",
+                        t, names[lvl], event);
     if (fmt != NULL && n < (int)sizeof(line)) {
         va_list ap;
         va_start(ap, fmt);
         n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
         va_end(ap);
     }
-    if (n > (int)sizeof(line) - 3)
+    bool cut = n > (int)sizeof(line) - 3;
+    if (cut)
         n = (int)sizeof(line) - 3;
     line[n++] = '}';
+    /* Event lines are rare: checking each costs little and keeps every
+     * line parseable even when a caller interpolated raw text. */
+    if (cut || !json_valid_line(line, (size_t)n)) {
+        char fields[2048];
+        size_t fl = (size_t)(n - 1 - head);
+        config_json_escape(fields, sizeof(fields), line + head, fl);
+        n = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\","
+                     "\"event\":\"%s\",\"unescaped\":\"%s\"%s}", t, names[lvl],
+                     log_json(event), fields, cut ? ",\"truncated\":true" : "");
+        if (n > (int)sizeof(line) - 2)
+            n = (int)sizeof(line) - 2;     /* cannot happen: 2 KiB of fields */
+    }
     line[n++] = '\n';
     pthread_mutex_lock(&event_lock);
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
@@ -120,10 +162,11 @@ log_access_reopen(void)
     char path[sizeof(access_path)];
     memcpy(path, access_path, sizeof(path));
     if (log_access_open(path, err, sizeof(err)) < 0) {
-        log_event(LOG_ERROR, "access_log_reopen_failed", ",\"reason\":\"%s\"", err);
+        log_event(LOG_ERROR, "access_log_reopen_failed", ",\"reason\":\"%s\"",
+                  log_json(err));
         return -1;
     }
-    log_event(LOG_INFO, "access_log_reopened", ",\"path\":\"%s\"", path);
+    log_event(LOG_INFO, "access_log_reopened", ",\"path\":\"%s\"", log_json(path));
     return 0;
 }
 

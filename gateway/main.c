@@ -33,12 +33,8 @@ on_reload(evutil_socket_t sig, short what, void *arg)
     char err[4096];
     cfg_errors_init(&errs);
     if (control_reload(err, sizeof(err), &errs) < 0) {
-        struct evbuffer *b = evbuffer_new();
-        json_escape_add(b, err, strlen(err));
-        evbuffer_add(b, "", 1);
         log_event(LOG_ERROR, "reload_failed", ",\"signal\":\"SIGHUP\",\"errors\":\"%s\"",
-                  (const char *)evbuffer_pullup(b, -1));
-        evbuffer_free(b);
+                  log_json(err));
     }
     cfg_errors_free(&errs);
 }
@@ -204,12 +200,13 @@ main(int argc, char **argv)
     struct evbuffer *lb = evbuffer_new();
     for (int i = 0; i < cfg->n_listeners; i++)
         evbuffer_add_printf(lb, "%s\"%s%s\"", i ? "," : "", cfg->listeners[i].tls ?
-                            "https://" : "http://", cfg->listeners[i].address);
+                            "https://" : "http://", log_json(cfg->listeners[i].address));
     evbuffer_add(lb, "", 1);
     log_event(LOG_INFO, "start", ",\"version\":\"%s\",\"pid\":%d,\"workers\":%d,"
               "\"listeners\":[%s],\"admin\":\"%s\",\"endpoints\":%d,\"generation\":%llu",
               SLUICE_VERSION, (int)getpid(), n, (const char *)evbuffer_pullup(lb, -1),
-              cfg->admin_address, cfg->n_endpoints, (unsigned long long)cfg->generation);
+              log_json(cfg->admin_address), cfg->n_endpoints,
+              (unsigned long long)cfg->generation);
     evbuffer_free(lb);
 
     event_base_dispatch(main_base);

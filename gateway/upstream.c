@@ -76,16 +76,9 @@ upool_get(struct worker *w, const struct cfg_upstream *u)
     }
     TAILQ_INIT(&p->idle);
     p->resolved = resolve(p, u) == 0;
-    if (!p->resolved) {
-        struct evbuffer *b = evbuffer_new();
-        if (b != NULL) {
-            json_escape_add(b, u->address, strlen(u->address));
-            evbuffer_add(b, "", 1);
-            log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"",
-                      (const char *)evbuffer_pullup(b, -1));
-            evbuffer_free(b);
-        }
-    }
+    if (!p->resolved)
+        log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"",
+                  log_json(u->address));
     p->next = w->pools;
     w->pools = p;
     return p->resolved ? p : NULL;
@@ -147,17 +140,10 @@ void
 upstream_failed(struct worker *w, struct upool *p, const struct cfg_version *v)
 {
     int threshold = v->health.enabled ? v->health.failure_threshold : 3;
-    if (route_eject_failure(&p->eject, threshold, now_ms())) {
-        struct evbuffer *b = evbuffer_new();
-        if (b == NULL)
-            return;
-        json_escape_add(b, p->address, strlen(p->address));
-        evbuffer_add(b, "", 1);
+    if (route_eject_failure(&p->eject, threshold, now_ms()))
         log_event(LOG_WARN, "upstream_ejected", ",\"upstream\":\"%s\",\"worker\":%d,"
-                  "\"backoff_ms\":%llu", (const char *)evbuffer_pullup(b, -1), w->id,
+                  "\"backoff_ms\":%llu", log_json(p->address), w->id,
                   (unsigned long long)p->eject.backoff_ms);
-        evbuffer_free(b);
-    }
 }
 
 void

@@ -44,7 +44,7 @@ worker_set_config(struct worker *w, struct config *cfg)
     char err[256];
     struct auth_ctx *auth = auth_ctx_new(cfg, err, sizeof(err));
     if (auth == NULL)           /* validated on the main thread already */
-        log_event(LOG_ERROR, "auth_setup_failed", ",\"reason\":\"%s\"", err);
+        log_event(LOG_ERROR, "auth_setup_failed", ",\"reason\":\"%s\"", log_json(err));
     auth_ctx_free(w->auth);
     w->auth = auth;
     struct ep_state *eps = calloc((size_t)cfg->n_endpoints + 1, sizeof(*eps));

@@ -109,6 +109,18 @@ logf_(const char *event, const char *fmt, ...)
     (void)w;
 }
 
+/* Text from Redis or the config for a log line, escaped (main thread only;
+ * a ring of four, enough for one line). */
+static const char *
+jstr(const char *s)
+{
+    static char ring[4][512];
+    static unsigned next;
+    char *out = ring[next++ % 4];
+    config_json_escape(out, sizeof(ring[0]), s ? s : "", s ? strlen(s) : 0);
+    return out;
+}
+
 /* ---- argument lists -------------------------------------------------------- */
 
 static void
@@ -258,7 +270,7 @@ on_batch_reply(redisAsyncContext *ac, void *reply, void *arg)
             send_batch(r);
             return;
         }
-        logf_("redis_flush_failed", ",\"error\":\"%.200s\"", rep->str);
+        logf_("redis_flush_failed", ",\"error\":\"%s\"", jstr(rep->str));
         return;                 /* kept; tried again on the next flush */
     }
     r->inflight = NULL;
@@ -327,8 +339,8 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     if (status != REDIS_OK) {
         if (!r->warned_down)
-            logf_("redis_unavailable", ",\"address\":\"%s:%d\",\"error\":\"%s\"", r->host,
-                  r->port, ac->errstr);
+            logf_("redis_unavailable", ",\"address\":\"%s:%d\",\"error\":\"%s\"",
+                  jstr(r->host), r->port, jstr(ac->errstr));
         r->warned_down = true;
         r->ac = NULL;           /* hiredis frees it */
         struct timeval tv = {1, 0};
@@ -337,7 +349,8 @@ on_connect(const redisAsyncContext *ac, int status)
     }
     r->connected = true;
     r->warned_down = false;
-    logf_("redis_connected", ",\"address\":\"%s:%d\",\"pending_batch\":%s", r->host, r->port,
+    logf_("redis_connected", ",\"address\":\"%s:%d\",\"pending_batch\":%s", jstr(r->host),
+          r->port,
           r->inflight ? "true" : "false");
     write_versions(r);
     send_batch(r);              /* a batch not yet acknowledged goes again */
@@ -353,7 +366,7 @@ on_disconnect(const redisAsyncContext *ac, int status)
     r->connected = false;
     r->ac = NULL;
     if (was)
-        logf_("redis_disconnected", ",\"address\":\"%s:%d\"", r->host, r->port);
+        logf_("redis_disconnected", ",\"address\":\"%s:%d\"", jstr(r->host), r->port);
     r->warned_down = true;
     struct timeval tv = {1, 0};
     evtimer_add(r->reconnect_ev, &tv);
@@ -364,7 +377,7 @@ on_auth(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *rep = reply;
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
-        logf_("redis_auth_failed", ",\"error\":\"%.200s\"", rep->str);
+        logf_("redis_auth_failed", ",\"error\":\"%s\"", jstr(rep->str));
 }
 
 static void

@@ -1,6 +1,7 @@
 /* Key lookup and token checks, without sockets. */
 #include <jansson.h>
 #include <jwt.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -130,12 +131,57 @@ test_tokens(void)
     config_drop(c);
 }
 
+
+/* Token times are any 64-bit values: sums with the leeway saturate. */
+static void
+test_token_time_overflow(void)
+{
+    struct config *c = load(CFG);
+    char err[256], hdr[4096];
+    struct auth_ctx *a = auth_ctx_new(c, err, sizeof(err));
+    time_t now = time(NULL), until = 0;
+    char *tok = hs_token("sluice", "beta", now, INT64_MAX, "0123456789abcdef0123456789abcdef");
+    snprintf(hdr, sizeof(hdr), "Bearer %s", tok);
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), now, &until) == AUTH_OK,
+          "exp = 2^63-1 is far in the future, not expired");
+    CHECK(until == INT64_MAX, "valid until saturates: %lld", (long long)until);
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), now, &until) == AUTH_OK &&
+          until == INT64_MAX, "cached");
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), INT64_MAX, &until) == AUTH_OK,
+          "now = 2^63-1");
+    free(tok);
+    tok = hs_token("sluice", "beta", now, INT64_MIN, "0123456789abcdef0123456789abcdef");
+    snprintf(hdr, sizeof(hdr), "Bearer %s", tok);
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), now, &until) ==
+          AUTH_TOKEN_EXPIRED, "exp = -2^63");
+    free(tok);
+    /* nbf checked against now + leeway, with now at the very end of time. */
+    jwt_t *j;
+    jwt_new(&j);
+    jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)"0123456789abcdef0123456789abcdef", 32);
+    jwt_add_grant(j, "iss", "sluice");
+    jwt_add_grant(j, "aud", "beta");
+    jwt_add_grant_int(j, "exp", INT64_MAX);
+    jwt_add_grant_int(j, "nbf", INT64_MAX);
+    tok = jwt_encode_str(j);
+    jwt_free(j);
+    snprintf(hdr, sizeof(hdr), "Bearer %s", tok);
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), now, &until) ==
+          AUTH_TOKEN_NOT_YET_VALID, "nbf = 2^63-1 now");
+    CHECK(auth_check(a, &c->endpoints[1], hdr, strlen(hdr), INT64_MAX - 5, &until) == AUTH_OK,
+          "nbf = 2^63-1 at the end of time (now + leeway saturates)");
+    free(tok);
+    auth_ctx_free(a);
+    config_drop(c);
+}
+
 int
 main(void)
 {
     static const struct testcase tests[] = {
         {"keys", test_keys},
         {"tokens", test_tokens},
+        {"token time overflow", test_token_time_overflow},
         {NULL, NULL},
     };
     return run_tests(tests);

@@ -305,6 +305,151 @@ test_refcount(void)
     cfg_errors_free(&e);
 }
 
+
+/* SPEC §3.7: paths and addresses go into request lines. */
+static void
+test_plain_paths_and_addresses(void)
+{
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"],"
+                 "\"path\":\"/score\\r\\nX-Injected: 1\"}]}",
+                 "endpoints[0].versions[0].path: must not contain control characters or spaces");
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"],"
+                 "\"path\":\"/a b\"}]}",
+                 "endpoints[0].versions[0].path: must not contain control characters or spaces");
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"],"
+                 "\"path\":\"/a\\u007f\"}]}",
+                 "endpoints[0].versions[0].path: must not contain control characters or spaces");
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"],"
+                 "\"health_check\":{\"path\":\"/h\\n\"}}]}",
+                 "endpoints[0].versions[0].health_check.path: must not contain control "
+                 "characters or spaces");
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\","
+                 "\"upstreams\":[\"h:1\",\"unix:/tmp/a\\tb\"]}]}",
+                 "endpoints[0].versions[0].upstreams[1]: must not contain control characters "
+                 "or spaces");
+    expect_error("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\","
+                 "\"upstreams\":[\"h:1\\r\\n\"]}]}",
+                 "endpoints[0].versions[0].upstreams[0]: must not contain control characters "
+                 "or spaces");
+    /* Non-ASCII and quotes are neither: allowed (and escaped in logs). */
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"ep1\",\"versions\":[{\"name\":\"va1\","
+                             "\"upstreams\":[\"unix:/tmp/a\\\"b.sock\"],\"path\":\"/s\\u00e9\"}]}",
+                             &e);
+    CHECK(c != NULL, "refused: %s", e.n ? e.msg[0] : "");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
+/* Keys are returned as JSON and presented in a header: text only. */
+static void
+test_key_text(void)
+{
+    const char *f = "/tmp/sluice-test-binary.key";
+    FILE *fp = fopen(f, "wb");
+    fwrite("\xff\xfe\x80" "abc", 1, 6, fp);
+    fclose(fp);
+    expect_error("{\"name\":\"ep1\",\"keys\":{\"primary\":\"file:sluice-test-binary.key\"},"
+                 "\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"]}]}",
+                 "endpoints[0].keys.primary: must be text (UTF-8 without control characters)");
+    expect_error("{\"name\":\"ep1\",\"keys\":{\"secondary\":\"ab\\u0001cd\"},"
+                 "\"versions\":[{\"name\":\"va1\",\"upstreams\":[\"h:1\"]}]}",
+                 "endpoints[0].keys.secondary: must be text (UTF-8 without control characters)");
+    unlink(f);
+}
+
+/* Error texts quote hostile names: cut only between characters. */
+static void
+test_error_texts_utf8(void)
+{
+    char name[700], doc[2048];
+    for (int lead = 0; lead < 3; lead++) {
+        size_t n = 0;
+        for (int i = 0; i < lead; i++)
+            name[n++] = 'v';
+        while (n < 600) {
+            memcpy(name + n, "\xe2\x82\xac", 3);      /* U+20AC, 3 bytes */
+            n += 3;
+        }
+        name[n] = '\0';
+        snprintf(doc, sizeof(doc), "{\"name\":\"ep1\",\"versions\":[{\"name\":\"%s\","
+                 "\"upstreams\":[\"h:1\"],\"%s\":1}]}", name, name);
+        struct cfg_errors e;
+        struct config *c = parse(doc, &e);
+        CHECK(c == NULL && e.n == 2, "%d errors", e.n);
+        for (int i = 0; i < e.n; i++)
+            CHECK(config_utf8_valid(e.msg[i], strlen(e.msg[i])), "invalid UTF-8: %s", e.msg[i]);
+        CHECK(has_error(&e, "endpoints[0].versions[0].name: \"" "\xe2\x82\xac\xe2\x82\xac"
+                        "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+                        "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+                        "\xe2\x82\xac\xe2\x82\xac..." "\" must be 3-32 of a-z 0-9 -, "
+                        "starting with a letter") || lead > 0, "%s", e.n ? e.msg[1] : "");
+        bool named = false;
+        for (int i = 0; i < e.n; i++)
+            named |= strstr(e.msg[i], "must be 3-32 of a-z 0-9 -") != NULL;
+        CHECK(named, "the name's reason is not cut off");
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+    char out[16];
+    CHECK(config_utf8_cut("a\xc3\xa9", 2) == 1, "cut inside a 2-byte character");
+    CHECK(config_utf8_cut("a\xc3\xa9", 3) == 3, "whole");
+    CHECK(config_utf8_cut("\xf0\x9f\x98\x80", 3) == 0, "cut inside a 4-byte character");
+    CHECK(strcmp(config_utf8_clip(out, sizeof(out), "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                                  "\xc3\xa9\xc3\xa9\xc3\xa9"), "\xc3\xa9\xc3\xa9\xc3\xa9"
+                                  "\xc3\xa9\xc3\xa9\xc3\xa9...") == 0, "clip: %s", out);
+    char fix[] = "ok\xff" "x\xe2\x82";
+    config_utf8_fix(fix);
+    CHECK(strcmp(fix, "ok?x") == 0, "fix: %s", fix);
+    CHECK(config_utf8_valid("\xed\xa0\x80", 3) == false, "surrogate");
+    CHECK(config_utf8_valid("\xc0\xaf", 2) == false, "overlong");
+    CHECK(config_utf8_valid("\xf4\x90\x80\x80", 4) == false, "above U+10FFFF");
+    char esc[32];
+    config_json_escape(esc, sizeof(esc), "a\"b\\c\n\x01\xff", 8);
+    CHECK(strcmp(esc, "a\\\"b\\\\c\\n\\u0001\\ufffd") == 0, "escape: %s", esc);
+    config_json_escape(esc, 8, "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", 8);
+    CHECK(strcmp(esc, "\xc3\xa9\xc3\xa9\xc3\xa9") == 0, "escape cut: %s", esc);
+}
+
+/* SPEC §3.7: env:/file: only from the operator's file. */
+static void
+test_admin_secrets(void)
+{
+    json_t *before = json_loads("{\"admin\":{\"token\":\"env:ADMIN\"},\"endpoints\":["
+        "{\"name\":\"aaa\",\"keys\":{\"primary\":\"file:op.key\",\"secondary\":\"lit\"}}]}",
+        0, NULL);
+    struct cfg_edit_result r = {0};
+    CHECK(config_edit_check_secrets(before, before, &r) == 0, "unchanged: %s", r.message);
+    json_t *after = json_deep_copy(before);
+    json_array_append_new(json_object_get(after, "endpoints"), json_loads(
+        "{\"name\":\"bbb\",\"keys\":{\"primary\":\"lit\",\"secondary\":\"file:/etc/shadow\"}}",
+        0, NULL));
+    memset(&r, 0, sizeof(r));
+    CHECK(config_edit_check_secrets(before, after, &r) == 400, "new reference");
+    CHECK(strstr(r.message, "endpoints[1].keys.secondary: secrets set through the admin API "
+                 "take literal values only") == r.message, "%s", r.message);
+    json_decref(after);
+    /* The same reference moved to another endpoint is not carried along. */
+    after = json_loads("{\"admin\":{\"token\":\"env:ADMIN\"},\"endpoints\":["
+        "{\"name\":\"ccc\",\"keys\":{\"primary\":\"file:op.key\"}}]}", 0, NULL);
+    memset(&r, 0, sizeof(r));
+    CHECK(config_edit_check_secrets(before, after, &r) == 400, "moved reference");
+    CHECK(strstr(r.message, "endpoints[0].keys.primary") == r.message, "%s", r.message);
+    json_decref(after);
+    after = json_loads("{\"admin\":{\"token\":\"env:OTHER\"},\"endpoints\":[]}", 0, NULL);
+    memset(&r, 0, sizeof(r));
+    CHECK(config_edit_check_secrets(before, after, &r) == 400 &&
+          strstr(r.message, "admin.token") == r.message, "%s", r.message);
+    json_decref(after);
+    /* Literals of any kind are fine. */
+    after = json_loads("{\"endpoints\":[{\"name\":\"aaa\",\"keys\":{\"primary\":\"envy:x\","
+                       "\"secondary\":\"files:y\"}}]}", 0, NULL);
+    memset(&r, 0, sizeof(r));
+    CHECK(config_edit_check_secrets(before, after, &r) == 0, "%s", r.message);
+    json_decref(after);
+    json_decref(before);
+}
+
 int
 main(void)
 {
@@ -321,6 +466,10 @@ main(void)
         {"unknown fields and types", test_unknown_fields_and_types},
         {"secrets", test_secrets},
         {"refcount", test_refcount},
+        {"plain paths and addresses", test_plain_paths_and_addresses},
+        {"key text", test_key_text},
+        {"error texts are UTF-8", test_error_texts_utf8},
+        {"admin secrets are literal", test_admin_secrets},
         {NULL, NULL},
     };
     return run_tests(tests);
