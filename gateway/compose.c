@@ -122,7 +122,7 @@ compose_response_head(struct evbuffer *out, int status, const struct head *up,
                       const struct tags *tags, enum framing framing,
                       uint64_t content_length, enum conn_header conn)
 {
-    status_line(out, status, up->buf + up->url_off, up->url_len);
+    status_line(out, status, up->buf != NULL ? up->buf + up->url_off : NULL, up->url_len);
     for (int i = 0; i < up->n; i++) {
         switch (up->cls[i]) {
         case HC_HOP: case HC_CONNECTION: case HC_CONTENT_LENGTH:

@@ -34,10 +34,12 @@ head_free(struct head *hd)
     memset(hd, 0, sizeof(*hd));
 }
 
+/* Append a piece; the buffer exists after the first piece, even an empty
+ * one, so names and values always point into it. */
 static int
 append(struct head *hd, const char *at, size_t len)
 {
-    if (hd->len + len > hd->cap) {
+    if (hd->buf == NULL || hd->len + len > hd->cap) {
         size_t cap = hd->cap ? hd->cap : 1024;
         while (cap < hd->len + len)
             cap *= 2;
@@ -47,7 +49,8 @@ append(struct head *hd, const char *at, size_t len)
         hd->buf = b;
         hd->cap = cap;
     }
-    memcpy(hd->buf + hd->len, at, len);
+    if (len > 0)
+        memcpy(hd->buf + hd->len, at, len);
     hd->len += len;
     return 0;
 }

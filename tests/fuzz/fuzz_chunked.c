@@ -100,7 +100,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!parse(&b, (const char *)evbuffer_pullup(a.rechunked, -1), n, NULL))
             abort();                /* what we forward must parse */
         size_t la = evbuffer_get_length(a.body), lb = evbuffer_get_length(b.body);
-        if (la != lb || memcmp(evbuffer_pullup(a.body, -1), evbuffer_pullup(b.body, -1), la))
+        if (la != lb ||
+            (la > 0 && memcmp(evbuffer_pullup(a.body, -1), evbuffer_pullup(b.body, -1), la)))
             abort();                /* and carry the same bytes */
         evbuffer_free(b.body);
     }

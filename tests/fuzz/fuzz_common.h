@@ -3,6 +3,7 @@
  * at fuzzer-chosen places (so that every header, chunk size and line end
  * also arrives in pieces), and heads are stored as the gateway stores them.
  */
+#define _GNU_SOURCE             /* memmem */
 #ifndef SLUICE_FUZZ_COMMON_H
 #define SLUICE_FUZZ_COMMON_H
 #include <stdint.h>

@@ -67,11 +67,14 @@ on_headers(llhttp_t *p)
     size_t n = evbuffer_get_length(out);
     const char *s = (const char *)evbuffer_pullup(out, -1);
     check_head_lines(s, n);
-    /* Ours only: one X-Sluice-Version line, the one we added. */
-    const char *v = memmem(s, n, "X-Sluice-Version: versiona\r\n", 28);
-    if (v == NULL || memmem(v + 1, n - (size_t)(v + 1 - s), "\nX-Sluice-Version", 17))
+    /* Ours only: one X-Sluice-Version field line (after the status line,
+     * whose reason phrase may say anything printable), the one we added. */
+    const char *fields = (const char *)memmem(s, n, "\r\n", 2) + 2;
+    size_t fn = n - (size_t)(fields - s);
+    const char *v = memmem(fields - 2, fn + 2, "\r\nX-Sluice-Version: versiona\r\n", 30);
+    if (v == NULL || memmem(v + 2, (size_t)(s + n - (v + 2)), "\nX-Sluice-Version", 17))
         abort();
-    for (const char *l = s; l < s + n; ) {
+    for (const char *l = fields; l < s + n; ) {
         const char *e = memmem(l, (size_t)(s + n - l), "\r\n", 2);
         if (e == NULL)
             break;
