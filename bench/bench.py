@@ -152,15 +152,20 @@ class Proxy:
 DIRECT = "direct"                           # wrk straight at a model server
 
 
-def start_nginx(d, models, cert, key):
+def start_nginx(d, models, cert, key, conns=4096, auth=None):
+    """auth: the one Authorization value let through (others get 401)."""
     http, https = free_port(), free_port()
+    check = ""
+    if auth:
+        check = 'if ($http_authorization != "%s") { return 401; }' % auth
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write("""
 worker_processes 1;
+worker_rlimit_nofile %(nofile)d;
 pid %(d)s/nginx.pid;
 error_log %(d)s/nginx-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections %(conns)d; }
 http {
     access_log off;
     client_body_temp_path %(d)s/nginx-body;
@@ -179,6 +184,7 @@ http {
         ssl_session_cache shared:SSL:10m;
         keepalive_requests 100000;
         location / {
+            %(check)s
             proxy_pass http://models;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -186,15 +192,21 @@ http {
         }
     }
 }
-""" % dict(d=d, a=models[0], b=models[1], http=http, https=https, cert=cert, key=key))
+""" % dict(d=d, a=models[0], b=models[1], http=http, https=https, cert=cert, key=key,
+           conns=conns, nofile=2 * conns + 100, check=check))
     p = spawn(["nginx", "-c", conf, "-p", d, "-g", "daemon off;"],
               open(os.path.join(d, "nginx.log"), "w"))
     wait_port(http)
     return Proxy("nginx", p, http, https)
 
 
-def start_haproxy(d, models, cert, key):
+def start_haproxy(d, models, cert, key, maxconn=8000, auth=None):
+    """auth: the one Authorization value let through (others get 401)."""
     http, https = free_port(), free_port()
+    check = ""
+    if auth:
+        check = 'http-request deny deny_status 401 unless { req.hdr(authorization) -m str "%s" }' \
+            % auth
     pem = os.path.join(d, "haproxy.pem")
     with open(pem, "w") as f:
         f.write(open(cert).read() + open(key).read())
@@ -203,7 +215,7 @@ def start_haproxy(d, models, cert, key):
         f.write("""
 global
     nbthread 1
-    maxconn 8000
+    maxconn %(maxconn)d
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
@@ -216,13 +228,15 @@ frontend fe
     bind 127.0.0.1:%(http)d
     bind 127.0.0.1:%(https)d ssl crt %(pem)s alpn http/1.1
     option forwardfor
+    %(check)s
     default_backend models
 backend models
     balance roundrobin
     http-reuse always
     server versiona %(a)s weight 90
     server versionb %(b)s weight 10
-""" % dict(a=models[0], b=models[1], http=http, https=https, pem=pem))
+""" % dict(a=models[0], b=models[1], http=http, https=https, pem=pem, maxconn=maxconn,
+           check=check))
     p = spawn(["haproxy", "-f", conf, "-db"], open(os.path.join(d, "haproxy.log"), "w"))
     wait_port(http)
     return Proxy("haproxy", p, http, https)
@@ -253,7 +267,7 @@ def sluice_config(variant, models, redis_port, d):
     return ep, extra
 
 
-def start_sluice(d, variant, models, cert, key, redis_port):
+def start_sluice(d, variant, models, cert, key, redis_port, limits=None):
     http, https, admin = free_port(), free_port(), free_port()
     ep, extra = sluice_config(variant, models, redis_port, d)
     cfg = {"workers": 1,
@@ -263,6 +277,8 @@ def start_sluice(d, variant, models, cert, key, redis_port):
            "admin": {"address": "127.0.0.1:%d" % admin},
            "log": {"access_log": "off"},
            "endpoints": [ep]}
+    if limits:
+        cfg["limits"] = limits
     cfg.update(extra)
     if "admin" in extra:
         cfg["admin"]["address"] = "127.0.0.1:%d" % admin
