@@ -497,13 +497,19 @@ fast_head(struct fast_conn *c, const char *p, size_t len)
     return 0;
 }
 
-/* Parse what is buffered; 0 to go on, -1 to close. */
+/* Parse what is buffered: 0 when it needs more input, 1 when it stopped
+ * with the output at its mark (call again once written), -1 to close. */
 static int
 fast_parse(struct fast_conn *c)
 {
     size_t pos = 0;
+    int ret = 0;
 
-    while (pos < c->in_len && !c->closing && c->out_len - c->out_off < FAST_OUT_HIGH) {
+    while (pos < c->in_len && !c->closing) {
+        if (c->out_len - c->out_off >= FAST_OUT_HIGH) {
+            ret = 1;
+            break;
+        }
         char *p = c->in + pos;
         size_t avail = c->in_len - pos;
         char *e;
@@ -581,7 +587,7 @@ more:
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
     }
-    return 0;
+    return ret;
 }
 
 static void fast_on_read(evutil_socket_t fd, short what, void *arg);
@@ -592,7 +598,13 @@ static int
 fast_progress(struct fast_conn *c)
 {
     for (;;) {
-        if (fast_parse(c) < 0)
+        if (c->out_off > 0) {           /* keep the buffer to what is unsent */
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        int parsed = fast_parse(c);
+        if (parsed < 0)
             return -1;
         while (c->out_off < c->out_len) {
             ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
@@ -607,9 +619,9 @@ fast_progress(struct fast_conn *c)
         c->out_off = c->out_len = 0;
         if (c->closing)
             return -1;
-        /* parsing stopped at the output mark: there may be more to parse */
-        if (c->in_len == 0 || c->state != FS_HEAD || !memmem(c->in, c->in_len, "\r\n\r\n", 4))
+        if (parsed == 0)
             return 0;
+        /* parsing stopped at the output mark: go on with what is buffered */
     }
 }
 
