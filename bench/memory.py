@@ -8,6 +8,7 @@ process tree (nginx's workers included) from /proc.
 idle     N keep-alive connections (default 5,000) each send one request,
          read the answer and stay open: RSS increase / N = KiB per idle
          connection.
+idle-tls The same over TLS (TLS 1.3, ECDSA P-256 certificate).
 valid    Non-reading pipelining clients: M connections (default 1,000) each
 wrong    write up to 8 MiB of small pipelined requests
          (GET /api/v1/service/bench/score, with a Host header, and a valid
@@ -34,7 +35,7 @@ import resource
 import selectors
 import shutil
 import socket
-import statistics
+import ssl
 import sys
 import tempfile
 import threading
@@ -131,21 +132,36 @@ def warm_up(port, n=200):
     time.sleep(0.5)
 
 
-def idle_case(p, n):
+def idle_case(p, n, tls=False):
     warm_up(p.http_port)
+    ctx = None
+    port = p.http_port
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        port = p.https_port
+        for _ in range(20):                 # the TLS path warmed up too
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+            s.sendall(request(KEY))
+            read_response(s)
+            s.close()
+        time.sleep(0.5)
     rss0 = bench.rss_kib(p.proc.pid)
     socks, ok, failed = [], 0, 0
     t0 = time.time()
     for _ in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", p.http_port), timeout=5)
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if ctx is not None:
+                s = ctx.wrap_socket(s)
             s.sendall(request(KEY))
             st, _ = read_response(s)
             ok += st == 200
             socks.append(s)
         except OSError:
             failed += 1
-        if time.time() - t0 > 120:
+        if time.time() - t0 > 180:
             break
     time.sleep(1.0)
     rss1 = bench.rss_kib(p.proc.pid)
@@ -155,7 +171,7 @@ def idle_case(p, n):
         s.setblocking(False)
         try:
             open_ += s.recv(1) != b""
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             open_ += 1
         except OSError:
             pass
@@ -297,7 +313,7 @@ def fmt(v, spec):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxies", default="nginx,haproxy,sluice")
-    ap.add_argument("--cases", default="idle,valid,wrong")
+    ap.add_argument("--cases", default="idle,idle-tls,valid,wrong")
     ap.add_argument("--idle-connections", type=int, default=5000)
     ap.add_argument("--attack-connections", type=int, default=1000)
     ap.add_argument("--attack-mib", type=int, default=8, help="MiB each attacker connection sends")
@@ -312,7 +328,9 @@ def main():
     need = max(a.idle_connections, a.attack_connections) + 200
     if nofile < need:
         sys.exit("RLIMIT_NOFILE hard limit %d is below the %d descriptors needed" % (nofile, need))
-    conns = max(a.idle_connections, a.attack_connections) * 2 + 1000
+    # client connections; upstream ones are few (pooled). HAProxy needs two
+    # descriptors per maxconn, under the same hard limit.
+    conns = max(a.idle_connections, a.attack_connections) + 1000
     sluice_limits = json.loads(a.sluice_limits)
 
     d = tempfile.mkdtemp(prefix="sluice-mem-")
@@ -324,11 +342,11 @@ def main():
                 p = start_proxy(kind, d, models, cert, key, bench.free_port(), conns,
                                 sluice_limits)
                 try:
-                    if case == "idle":
-                        r = idle_case(p, a.idle_connections)
-                        print("idle   %-8s %5d connections (%d ok, %d still open): "
+                    if case in ("idle", "idle-tls"):
+                        r = idle_case(p, a.idle_connections, tls=case == "idle-tls")
+                        print("%-8s %-8s %5d connections (%d ok, %d still open): "
                               "RSS %.1f -> %.1f MiB, %.2f KiB per connection" % (
-                                  kind, r["connections"], r["ok"], r["still_open"],
+                                  case, kind, r["connections"], r["ok"], r["still_open"],
                                   r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
                                   r["kib_per_conn"]), flush=True)
                     else:
@@ -359,11 +377,13 @@ def main():
 
         print("\nSummary (one worker each; RSS of the process tree)")
         kinds = a.proxies.split(",")
-        if "idle" in a.cases:
-            print("  idle keep-alive, KiB per connection: " + ", ".join(
-                "%s %.2f" % (k, results["idle|%s" % k]["kib_per_conn"]) for k in kinds))
+        for case, label in (("idle", "idle keep-alive"), ("idle-tls", "idle TLS keep-alive")):
+            if case in a.cases.split(","):
+                print("  %s, KiB per connection: " % label + ", ".join(
+                    "%s %.2f" % (k, results["%s|%s" % (case, k)]["kib_per_conn"])
+                    for k in kinds))
         for case in ("valid", "wrong"):
-            if case not in a.cases:
+            if case not in a.cases.split(","):
                 continue
             print("  %d non-reading pipelining clients, %s key:" % (a.attack_connections, case))
             print("    %-8s %14s %12s %12s %14s %14s %9s %9s" % (
@@ -380,6 +400,11 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(results, f, indent=1)
+    except RuntimeError:
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".log"):
+                print("--- %s\n%s" % (f, open(os.path.join(d, f)).read()[-2000:]))
+        raise
     finally:
         bench.stop_all()
         shutil.rmtree(d, ignore_errors=True)
