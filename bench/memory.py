@@ -249,7 +249,7 @@ class NormalClient(threading.Thread):
     def window(self, t0, t1):
         ent = [(t, l) for t, l in self.log if t0 <= t < t1]
         lat = sorted(l for _, l in ent if l is not None)
-        okt = [t for t, l in ent if l is not None]
+        okt = [t + l / 1000.0 for t, l in ent if l is not None]   # answer times
         gaps = [b - a for a, b in zip([t0] + okt, okt + [t1])]
         q = (lambda f: lat[min(int(f * len(lat)), len(lat) - 1)] if lat else None)
         return {"requests": len(lat), "failures": len(ent) - len(lat),
@@ -294,11 +294,14 @@ def attack_case(p, key, nconns, mib, seconds, cap_mib):
         att.join(5)
     if stats is None and parent.poll(1):
         stats = parent.recv()
+    # A proxy may still be working through what it read: look once more.
     time.sleep(1.0)
+    rss_closed = bench.rss_kib(p.proc.pid)
+    peak = max(peak, rss_end, rss_closed)
     nc.stop.set()
     nc.join(10)
     return {"rss_before_kib": rss0, "rss_peak_kib": peak, "rss_end_kib": rss_end,
-            "rss_after_close_kib": bench.rss_kib(p.proc.pid),
+            "rss_after_close_kib": rss_closed,
             "increase_mib": (peak - rss0) / 1024.0, "capped": capped,
             "proxy_alive": p.proc.poll() is None,
             "attack": stats or {}, "attack_seconds": t_end - t_start,
