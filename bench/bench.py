@@ -503,14 +503,20 @@ def main():
                     fmt(m["model_cpu_us"], 9, 1), sum(x["errors"] for x in runs)))
             fastest = max(proxies, key=lambda p: med(results[(sname, p.name)], "rps"))
             f_rps = med(results[(sname, fastest.name)], "rps")
-            print("  direct / fastest proxy (%s): %.2fx" % (fastest.name, d_rps / f_rps))
+            # the share of a core the models used behind the fastest proxy:
+            # near 1 the backend is saturated; far below, the machine is busy
+            f_model = f_rps * med(results[(sname, fastest.name)], "model_cpu_us") / 1e6
+            print("  direct / fastest proxy (%s): %.2fx; models used %.0f %% of a core behind it"
+                  % (fastest.name, d_rps / f_rps, 100 * f_model))
             if not d_rps >= 2 * f_rps:
-                warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s" % (
-                    sname, d_rps, fastest.name, f_rps))
+                warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s (models at %.0f %% "
+                                "of a core)" % (sname, d_rps, fastest.name, f_rps, 100 * f_model))
         if warnings:
             print("\n" + "!" * 78)
             print("!!! WARNING: the model server is not at least 2x faster than the fastest proxy.")
             print("!!! The backend may limit the proxies, so their ratios understate differences.")
+            print("!!! (If the models used far less than a core, the machine was busy instead:")
+            print("!!! other load shares the 2 cores; rerun, or compare CPU per request.)")
             for w in warnings:
                 print("!!!   " + w)
             print("!" * 78)
