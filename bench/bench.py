@@ -474,6 +474,11 @@ def main():
 
         dr = results[("direct", DIRECT)]
         d_rps = med(dr, "rps")
+        # What one core of the model could serve, from its CPU per request in
+        # the direct runs: unlike the direct rate, this does not depend on
+        # how much of the machine wrk and other load left to the run.
+        d_cpu = med(dr, "model_cpu_us")
+        capacity = 1e6 / d_cpu if d_cpu and d_cpu == d_cpu else float("nan")
         print()
         print("Medians over %d rounds of %d s, %d connections, one worker each; ratio to nginx in ()"
               % (a.rounds, a.duration, a.connections))
@@ -506,8 +511,9 @@ def main():
             # the share of a core the models used behind the fastest proxy:
             # near 1 the backend is saturated; far below, the machine is busy
             f_model = f_rps * med(results[(sname, fastest.name)], "model_cpu_us") / 1e6
-            print("  direct / fastest proxy (%s): %.2fx; models used %.0f %% of a core behind it"
-                  % (fastest.name, d_rps / f_rps, 100 * f_model))
+            print("  direct / fastest proxy (%s): %.2fx; models used %.0f %% of a core behind it; "
+                  "model capacity %.0f req/s per core (%.1fx)"
+                  % (fastest.name, d_rps / f_rps, 100 * f_model, capacity, capacity / f_rps))
             if not d_rps >= 2 * f_rps:
                 warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s (models at %.0f %% "
                                 "of a core)" % (sname, d_rps, fastest.name, f_rps, 100 * f_model))
