@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests against real processes,
-# and the same again on a build with AddressSanitizer and UBSan.
+# the same again on a build with AddressSanitizer and UBSan, and a short run
+# of every libFuzzer target.
 # Ends with one line "N passed, M failed".
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -57,6 +58,15 @@ echo "== unit tests (sanitized)"
 unit build-asan
 echo "== integration tests (sanitized)"
 integration build-asan
+
+echo "== fuzzing: every libFuzzer target for ${SLUICE_FUZZ_SECONDS:-20} s (ASan, UBSan)"
+fuzz() {
+    local log; log=$(mktemp)
+    bash "$ROOT/tools/fuzz.sh" "${SLUICE_FUZZ_SECONDS:-20}" 2>&1 | tee "$log" || true
+    count "$log"
+    rm -f "$log"
+}
+fuzz
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
