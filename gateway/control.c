@@ -268,9 +268,16 @@ control_commit(json_t *doc, struct cfg_errors *errs, char *err, size_t errlen)
     return 0;
 }
 
+static void
+metrics_log(const char *event, const char *fields)
+{
+    log_event(LOG_INFO, event, "%s", fields);
+}
+
 void
 control_metrics_start(struct event_base *base)
 {
+    metrics_set_logger(metrics_log);
     char host[128] = "sluice", id[256];
     unsigned char rnd[4];
     gethostname(host, sizeof(host) - 1);

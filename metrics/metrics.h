@@ -196,6 +196,10 @@ const char *metrics_gate_verdict_name(enum metrics_gate_verdict v);
 
 struct metrics_redis;
 
+/* Where the writer's events (redis_connected, redis_unavailable, …) go:
+ * fn(event, fields) with fields already-encoded JSON members. */
+typedef void (*metrics_log_fn)(const char *event, const char *fields);
+void metrics_set_logger(metrics_log_fn fn);
 struct metrics_redis *metrics_redis_new(struct event_base *base, struct metrics_backlog *b,
                                         const char *instance_id);
 /* Settings and endpoint descriptions from a new config generation. */

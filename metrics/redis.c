@@ -84,29 +84,31 @@ static void args_add(struct args *a, const char *s, size_t len);
 static void send_batch(struct metrics_redis *r);
 static void redis_connect(struct metrics_redis *r);
 
+static metrics_log_fn log_hook;
+
+void
+metrics_set_logger(metrics_log_fn fn)
+{
+    log_hook = fn;
+}
+
+/* An event line through the gateway's logger (metrics_set_logger); without
+ * one (unit tests), a bare line on stderr. */
 static void
 logf_(const char *event, const char *fmt, ...)
 {
-    /* The gateway's log format, without depending on the gateway. */
-    char t[40], line[1024];
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(t + n, sizeof(t) - n, ".%06ldZ", (long)tv.tv_usec);
-    int len = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"info\",\"event\":\"%s\"",
-                       t, event);
+    char fields[1024];
     va_list ap;
     va_start(ap, fmt);
-    len += vsnprintf(line + len, sizeof(line) - (size_t)len - 3, fmt, ap);
+    int n = vsnprintf(fields, sizeof(fields), fmt, ap);
     va_end(ap);
-    if (len > (int)sizeof(line) - 3)
-        len = (int)sizeof(line) - 3;
-    line[len++] = '}';
-    line[len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, line, (size_t)len);
-    (void)w;
+    if (n < 0 || n >= (int)sizeof(fields))
+        snprintf(fields, sizeof(fields), ",\"truncated\":true");
+    if (log_hook != NULL) {
+        log_hook(event, fields);
+        return;
+    }
+    fprintf(stderr, "{\"event\":\"%s\"%s}\n", event, fields);
 }
 
 /* Text from Redis or the config for a log line, escaped (main thread only;
