@@ -108,8 +108,8 @@ cfg_errors_join(const struct cfg_errors *e, const char *sep)
 /* The length of the well-formed UTF-8 character at s[0..avail), 0 when the
  * bytes there are not one (RFC 3629: no overlongs, no surrogates, at most
  * U+10FFFF); *need is the length its lead byte announces. */
-static size_t
-utf8_char(const unsigned char *s, size_t avail, size_t *need)
+size_t
+config_utf8_char(const unsigned char *s, size_t avail, size_t *need)
 {
     unsigned c = s[0];
     size_t n;
@@ -151,7 +151,7 @@ config_utf8_valid(const char *s, size_t len)
             i++;
             continue;
         }
-        size_t n = utf8_char(u + i, len - i, &need);
+        size_t n = config_utf8_char(u + i, len - i, &need);
         if (n == 0)
             return false;
         i += n;
@@ -186,7 +186,7 @@ config_utf8_fix(char *s)
             i++;
             continue;
         }
-        size_t n = utf8_char(u + i, len - i, &need);
+        size_t n = config_utf8_char(u + i, len - i, &need);
         if (n > 0) {
             i += n;
             continue;

@@ -208,6 +208,9 @@ const char *config_group_name(enum cfg_group g);
 
 /* Text checks shared by the config, the admin API and the logs. */
 /* True when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
+/* The length of the well-formed UTF-8 character at s[0..avail), 0 when the
+ * bytes there are not one; *need is the length its lead byte announces. */
+size_t config_utf8_char(const unsigned char *s, size_t avail, size_t *need);
 bool config_utf8_valid(const char *s, size_t len);
 /* The largest n <= len such that s[0..n) does not end inside a multi-byte
  * character: where a text of len bytes may be cut. */

@@ -190,39 +190,6 @@ head_classify(struct head *hd)
     }
 }
 
-/* Length of the valid UTF-8 sequence at s (of n bytes), 0 if invalid. */
-static size_t
-utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t k = 1; k < len; k++) {
-        if ((s[k] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[k] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
 void
 json_escape_add(struct evbuffer *b, const char *str, size_t len)
 {
@@ -236,7 +203,7 @@ json_escape_add(struct evbuffer *b, const char *str, size_t len)
             continue;
         }
         if (c >= 0x80) {
-            size_t k = utf8_seq(s + i, len - i);
+            size_t need, k = config_utf8_char(s + i, len - i, &need);
             if (k > 0) {
                 i += k;
                 continue;
