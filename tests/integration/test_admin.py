@@ -172,10 +172,9 @@ def test_kill9_during_changes_leaves_last_acknowledged():
     assert requests.post(url, json={"name": "versionb", "upstreams": [a.addr]},
                          headers=H).status_code == 201
     acked = []
-    stop_at = time.time() + random.uniform(0.5, 1.5)
     with requests.Session() as c:
         pct = 0
-        while time.time() < stop_at:
+        for _ in range(random.randint(11, 60)):
             pct = pct % 50 + 1
             r = c.patch(url + "/versionb", json={"traffic_percentile": pct}, headers=H)
             assert r.status_code == 200
