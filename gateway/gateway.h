@@ -107,19 +107,21 @@ const char *http_reason(int status);
 /* ---- transports (transport.c, tls.c) ----------------------------------- */
 
 /*
- * A connection's I/O: the bufferevent holds the buffers and owns the fd;
- * reads go through rev and tp->read() (one read(2), or SSL_read), writes
- * through tp->flush(). Plain sockets are written directly and arm the
- * bufferevent's EV_WRITE only when the kernel would not take everything;
- * TLS arms wev.
+ * A client connection's I/O, kept lean for idle keep-alive connections:
+ * the buffers exist only while there is something in them (they come from
+ * a per-worker pool), and one read event carries the idle deadline as its
+ * timeout. Reads go through tp->read() (one read(2), or SSL_read) into in;
+ * writes through tp->flush() from out, directly; wev is created the first
+ * time the socket does not take everything (want_write).
  */
 struct conn_io {
-    struct bufferevent *bev;
+    int fd;
+    struct evbuffer *in, *out;      /* NULL while idle */
     struct event *rev;
-    struct event *wev;              /* TLS: socket writable again */
+    struct event *wev;
     struct ssl_st *ssl;
-    struct timeval send_timeout;    /* TLS: a write that waits this long fails */
     bool tls_ready;                 /* TLS handshake done */
+    bool want_write;                /* blocked until the socket takes more */
 };
 
 #define GW_READ_SIZE 16384
@@ -129,9 +131,11 @@ struct conn_io {
 
 struct transport {
     const char *proto;              /* "http" or "https" */
-    /* Bytes read into the input buffer, or GW_READ_*. */
+    /* Bytes read into io->in, or GW_READ_*; sets want_write when the TLS
+     * handshake must write first. */
     int (*read)(struct conn_io *io);
-    /* Send what is queued; 0, or -1 when the connection failed. */
+    /* Send what io->out holds; 0 (want_write set when some is left), or -1
+     * when the connection failed. */
     int (*flush)(struct conn_io *io);
     /* Free the transport's state (not the bufferevent). */
     void (*end)(struct conn_io *io);
@@ -142,7 +146,9 @@ struct transport {
 
 extern const struct transport transport_plain;
 extern const struct transport transport_tls;
-/* Plain reads and writes, also used for upstream connections. */
+/* One read(2) of fd into in: bytes, or GW_READ_*. */
+int gw_read_fd(int fd, struct evbuffer *in);
+/* Plain reads and writes of upstream connections (bufferevents). */
 int gw_read(struct bufferevent *bev);
 void gw_flush(struct bufferevent *bev, bool direct);
 
@@ -546,6 +552,8 @@ struct worker {
     bool dispatching, dispatch_again;
     struct request *free_reqs;      /* recycled request structs */
     int n_free_reqs;
+    struct evbuffer *free_bufs[64]; /* client buffers, recycled */
+    int n_free_bufs;
     int n_sessions;
     struct session *gc_sessions;
     struct event *session_gc_ev;

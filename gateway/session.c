@@ -32,7 +32,6 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -51,6 +50,7 @@ enum req_phase { RP_HEAD, RP_QUEUED, RP_UPSTREAM, RP_RESPONDING, RP_ANSWERED };
 
 struct request {
     struct session *s;
+    llhttp_t parser;                /* from the request's first byte */
     struct config *cfg;             /* snapshot this request runs on */
     enum req_phase phase;
     enum req_cause cause;
@@ -72,6 +72,7 @@ struct request {
     struct upconn *up;
     struct evbuffer *replay;        /* what went to a reused connection */
     struct event *timer;            /* scoring timeout, or the wait deadline */
+    struct event *hdr_timer;        /* header_timeout_ms: head and body read */
     struct shadow *shadows[CFG_MAX_VERSIONS];
     int n_shadows;
     struct req_line line;
@@ -91,15 +92,18 @@ struct session {
     struct worker *w;
     const struct transport *tp;
     struct conn_io io;
-    llhttp_t parser;
-    struct request *req;            /* the request being read or answered */
-    struct event *timer;            /* header deadline, idle timeout, linger */
+    struct request *req;            /* the request being read or answered,
+                                     * with its parser; NULL while idle */
+    uint64_t first_deadline_us;     /* the first request's head, from accept */
+    uint64_t linger_until_us;
     bool keep_alive;                /* the client wants the connection kept */
     bool close_after;               /* close once the current request ends */
     bool closing;                   /* flushing its last output, then linger */
     bool lingering;
     bool closed;
     bool reading;                   /* io.rev is added */
+    int rev_ms;                     /* the deadline on io.rev, 0 for none */
+    bool served;                    /* a request was read on it */
     int unsent_answers;             /* answers queued since output was empty */
     const char *chunk, *chunk_end;  /* the input llhttp_execute() runs over */
     char prev_byte;                 /* the last byte of the chunk before */
@@ -145,7 +149,13 @@ limits(const struct session *s)
 static struct evbuffer *
 client_out(struct session *s)
 {
-    return bufferevent_get_output(s->io.bev);
+    return s->io.out;               /* there while a request runs */
+}
+
+static size_t
+out_len(const struct session *s)
+{
+    return s->io.out != NULL ? evbuffer_get_length(s->io.out) : 0;
 }
 
 static const struct cfg_version *
@@ -169,6 +179,24 @@ req_tags(const struct request *r)
 }
 
 /* Send what is queued for the client. */
+static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Wait for the socket to take more; a client that takes nothing for
+ * send_timeout_ms is closed (SPEC §3.7). */
+static void
+arm_write(struct session *s)
+{
+    if (s->io.wev == NULL) {
+        s->io.wev = event_new(s->w->base, s->io.fd, EV_WRITE, client_write_cb, s);
+        if (s->io.wev == NULL) {
+            session_close(s);
+            return;
+        }
+    }
+    if (!event_pending(s->io.wev, EV_WRITE, NULL))
+        arm(s->io.wev, limits(s)->send_timeout_ms);
+}
+
 static void
 client_flush(struct session *s)
 {
@@ -178,8 +206,53 @@ client_flush(struct session *s)
         session_close(s);
         return;
     }
-    if (evbuffer_get_length(client_out(s)) == 0)
+    if (s->io.want_write)
+        arm_write(s);
+    else if (s->io.out != NULL && evbuffer_get_length(s->io.out) == 0)
         s->unsent_answers = 0;
+}
+
+/* ---- buffers: from a per-worker pool, only while in use ------------------- */
+
+static struct evbuffer *
+buf_get(struct worker *w)
+{
+    return w->n_free_bufs > 0 ? w->free_bufs[--w->n_free_bufs] : evbuffer_new();
+}
+
+static void
+buf_put(struct worker *w, struct evbuffer *b)
+{
+    if (b == NULL)
+        return;
+    if (w->n_free_bufs < (int)(sizeof(w->free_bufs) / sizeof(w->free_bufs[0])) &&
+        evbuffer_get_length(b) == 0)
+        w->free_bufs[w->n_free_bufs++] = b;
+    else
+        evbuffer_free(b);
+}
+
+static bool
+ensure_bufs(struct session *s)
+{
+    if (s->io.in == NULL)
+        s->io.in = buf_get(s->w);
+    if (s->io.out == NULL)
+        s->io.out = buf_get(s->w);
+    return s->io.in != NULL && s->io.out != NULL;
+}
+
+/* An idle connection keeps no buffers. */
+static void
+release_bufs(struct session *s)
+{
+    if (s->req != NULL || s->closed || s->io.in == NULL ||
+        evbuffer_get_length(s->io.in) > 0 || evbuffer_get_length(s->io.out) > 0 ||
+        s->tp->pending(&s->io))
+        return;
+    buf_put(s->w, s->io.in);
+    buf_put(s->w, s->io.out);
+    s->io.in = s->io.out = NULL;
 }
 
 static void
@@ -194,6 +267,7 @@ ensure_id(struct request *r)
 /* ---- requests: birth and recycling --------------------------------------- */
 
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void hdr_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 static struct request *
 request_new(struct session *s)
@@ -208,20 +282,26 @@ request_new(struct session *s)
         if (r == NULL)
             return NULL;
         r->timer = evtimer_new(w->base, req_timer_cb, r);
-        if (r->timer == NULL) {
+        r->hdr_timer = evtimer_new(w->base, hdr_timer_cb, r);
+        if (r->timer == NULL || r->hdr_timer == NULL) {
+            if (r->timer)
+                event_free(r->timer);
             free(r);
             return NULL;
         }
     }
-    struct event *timer = r->timer;
+    struct event *timer = r->timer, *hdr_timer = r->hdr_timer;
     struct head hd = r->head;
     memset(r, 0, offsetof(struct request, head));
     r->timer = timer;
+    r->hdr_timer = hdr_timer;
     r->head = hd;
     head_reset(&r->head);
     r->s = s;
     r->version = -1;
     r->cfg = config_take(w->cfg);
+    llhttp_init(&r->parser, HTTP_REQUEST, &req_settings);
+    r->parser.data = s;
     return r;
 }
 
@@ -239,6 +319,7 @@ request_recycle(struct worker *w, struct request *r)
         return;
     }
     event_free(r->timer);
+    event_free(r->hdr_timer);
     head_free(&r->head);
     free(r);
 }
@@ -250,6 +331,7 @@ free_reqs_all(struct worker *w)
         struct request *r = w->free_reqs;
         w->free_reqs = r->next_free;
         event_free(r->timer);
+        event_free(r->hdr_timer);
         head_free(&r->head);
         free(r);
     }
@@ -266,8 +348,8 @@ stop_waiting(struct request *r)
     if (r->waiting) {
         r->waiting = false;
         TAILQ_REMOVE(&r->s->w->waiters, r, wait_link);
-        if (llhttp_get_errno(&r->s->parser) == HPE_PAUSED)
-            llhttp_resume(&r->s->parser);
+        if (llhttp_get_errno(&r->parser) == HPE_PAUSED)
+            llhttp_resume(&r->parser);
     }
 }
 
@@ -320,6 +402,7 @@ request_end(struct session *s)
 
     stop_waiting(r);
     evtimer_del(r->timer);
+    evtimer_del(r->hdr_timer);
     if (r->up != NULL) {
         upconn_close(r->up);        /* unfinished exchange: not reusable */
         r->up = NULL;
@@ -328,7 +411,7 @@ request_end(struct session *s)
     release_slot(r);
     config_drop(r->cfg);
     r->cfg = NULL;
-    if (evbuffer_get_length(client_out(s)) > 0)
+    if (out_len(s) > 0)
         s->unsent_answers++;
     request_recycle(w, r);
 
@@ -338,9 +421,7 @@ request_end(struct session *s)
         start_closing(s);
         return;
     }
-    arm(s->timer, limits(s)->idle_timeout_ms);
-    if (llhttp_get_errno(&s->parser) == HPE_PAUSED)
-        llhttp_resume(&s->parser);
+    update_reading(s);              /* idle: the idle deadline on the read event */
 }
 
 /* Answered and read whole (or closing): end it. */
@@ -827,12 +908,19 @@ static int
 on_message_begin(llhttp_t *p)
 {
     struct session *s = p->data;
-    s->req = request_new(s);
-    if (s->req == NULL)
-        return HPE_USER;
-    /* The header deadline runs from the first byte of each request (from
-     * accept for the first one). */
-    arm(s->timer, limits(s)->header_timeout_ms);
+    /* The header deadline runs from the first byte of each request, from
+     * accept for the first one; no idle deadline while a request runs. */
+    int ms = limits(s)->header_timeout_ms;
+    if (!s->served) {
+        uint64_t now = now_us();
+        ms = s->first_deadline_us > now ? (int)((s->first_deadline_us - now) / 1000) + 1 : 1;
+        s->served = true;
+    }
+    arm(s->req->hdr_timer, ms);
+    if (s->rev_ms != 0) {
+        event_remove_timer(s->io.rev);
+        s->rev_ms = 0;
+    }
     return 0;
 }
 
@@ -1059,7 +1147,7 @@ on_message_complete(llhttp_t *p)
     r->n_shadows = 0;
     if (r->up != NULL && r->up_framing == FRAME_CHUNKED && !r->discard)
         send_to_upstream(r, "0\r\n\r\n", 5);
-    evtimer_del(s->timer);
+    evtimer_del(r->hdr_timer);
     return HPE_PAUSED;              /* the next request waits for this one's end */
 }
 
@@ -1089,7 +1177,7 @@ parse_failed(struct session *s, enum llhttp_errno e)
                       true);
     } else {
         char msg[160];
-        const char *why = llhttp_get_error_reason(&s->parser);
+        const char *why = llhttp_get_error_reason(&r->parser);
         snprintf(msg, sizeof(msg), "malformed HTTP: %s", why ? why : llhttp_errno_name(e));
         /* 505 for a well-formed version other than 1.0 and 1.1; a line
          * that goes wrong after its version is malformed (400). */
@@ -1106,7 +1194,7 @@ may_parse(struct session *s)
     struct request *r = s->req;
     if (s->closing || s->closed)
         return false;
-    if (evbuffer_get_length(client_out(s)) > limits(s)->max_client_output_bytes)
+    if (out_len(s) > limits(s)->max_client_output_bytes)
         return false;               /* a client that does not read */
     if (r == NULL)                  /* a new request starts here */
         return s->unsent_answers < limits(s)->max_pipelined;
@@ -1121,29 +1209,35 @@ may_parse(struct session *s)
 static void
 session_feed(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->io.bev);
+    struct evbuffer *in = s->io.in;
 
-    while (may_parse(s)) {
+    while (in != NULL && may_parse(s)) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
+        /* A request (and its parser) exists from its first byte on: an
+         * idle connection holds none. */
+        if (s->req == NULL && (s->req = request_new(s)) == NULL) {
+            session_close(s);
+            return;
+        }
+        struct request *r = s->req;
         s->chunk = v.iov_base;
         s->chunk_end = s->chunk + v.iov_len;
         enum llhttp_errno e;
-        if (s->req != NULL && s->req->scan.active && !scan_head(s, s->chunk)) {
+        if (r->scan.active && !scan_head(s, s->chunk)) {
             e = HPE_USER;
-            llhttp_set_error_reason(&s->parser, "bare LF after the request line");
+            llhttp_set_error_reason(&r->parser, "bare LF in the head");
         } else
-            e = llhttp_execute(&s->parser, v.iov_base, v.iov_len);
+            e = llhttp_execute(&r->parser, v.iov_base, v.iov_len);
         if (s->closed)
             return;
         size_t n = v.iov_len;
         if (e == HPE_PAUSED)
-            n = (size_t)(llhttp_get_error_pos(&s->parser) - (const char *)v.iov_base);
+            n = (size_t)(llhttp_get_error_pos(&r->parser) - (const char *)v.iov_base);
         if (n > 0)
             s->prev_byte = s->chunk[n - 1];
-        if (s->req != NULL)
-            s->req->bytes_in += n;
+        r->bytes_in += n;
         evbuffer_drain(in, n);
         if (e != HPE_OK && e != HPE_PAUSED) {
             parse_failed(s, e);
@@ -1164,12 +1258,11 @@ update_reading(struct session *s)
 {
     if (s->closed || s->io.rev == NULL)
         return;
-    size_t in = evbuffer_get_length(bufferevent_get_input(s->io.bev));
+    size_t in = s->io.in ? evbuffer_get_length(s->io.in) : 0;
     bool on;
     if (s->lingering)
         on = true;
-    else if (s->closing ||
-             evbuffer_get_length(client_out(s)) > limits(s)->max_client_output_bytes)
+    else if (s->closing || out_len(s) > limits(s)->max_client_output_bytes)
         on = false;
     else if (may_parse(s))
         on = in < limits(s)->max_header_bytes + GW_READ_SIZE;
@@ -1177,13 +1270,23 @@ update_reading(struct session *s)
         on = in == 0;
     if (on && in == 0 && s->tp->pending(&s->io))
         event_active(s->io.rev, EV_READ, 1);
-    if (on == s->reading)
+    /* With no request, the read event carries the deadline: the first
+     * head's (from accept), the idle timeout, or the linger. */
+    int ms = !on ? 0 : s->lingering ? LINGER_MS : s->req != NULL ? 0 :
+        s->served ? limits(s)->idle_timeout_ms : limits(s)->header_timeout_ms;
+    if (on == s->reading && ms == s->rev_ms)
         return;
-    s->reading = on;
-    if (on)
-        event_add(s->io.rev, NULL);
-    else
+    if (!on)
         event_del(s->io.rev);
+    else if (ms > 0) {
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_add(s->io.rev, &tv);
+    } else if (s->reading)
+        event_remove_timer(s->io.rev);
+    else
+        event_add(s->io.rev, NULL);
+    s->reading = on;
+    s->rev_ms = ms;
 }
 
 /* Move everything along after any event: parse, flush, end what is done,
@@ -1204,12 +1307,7 @@ session_run(struct session *s)
     }
     client_flush(s);
     update_reading(s);
-}
-
-static void
-linger_done(evutil_socket_t fd, short what, void *arg)
-{
-    session_close(arg);
+    release_bufs(s);
 }
 
 /* Flush what is queued for the client, then close. The socket is shut for
@@ -1229,25 +1327,17 @@ start_closing(struct session *s)
         request_end(s);
         return;
     }
-    if (evbuffer_get_length(client_out(s)) > 0) {
+    if (out_len(s) > 0) {
         client_flush(s);
-        if (s->closed || evbuffer_get_length(client_out(s)) > 0)
+        if (s->closed || out_len(s) > 0)
             return;                 /* the write callback comes back here */
     }
-    int fd = bufferevent_getfd(s->io.bev);
-    if (fd < 0) {
-        session_close(s);
-        return;
-    }
-    shutdown(fd, SHUT_WR);
+    shutdown(s->io.fd, SHUT_WR);
     s->lingering = true;
-    evbuffer_drain(bufferevent_get_input(s->io.bev),
-                   evbuffer_get_length(bufferevent_get_input(s->io.bev)));
-    s->reading = true;
-    event_add(s->io.rev, NULL);
-    evtimer_del(s->timer);
-    event_assign(s->timer, s->w->base, -1, 0, linger_done, s);
-    arm(s->timer, LINGER_MS);
+    s->linger_until_us = now_us() + LINGER_MS * 1000;
+    if (s->io.in != NULL)
+        evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
+    update_reading(s);
 }
 
 static void
@@ -1263,12 +1353,23 @@ static void
 client_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
-    int n = s->tp->read(&s->io);
 
+    if (what & EV_TIMEOUT) {
+        /* The idle deadline, the first head's, or the linger's end. */
+        if (s->req == NULL || s->lingering)
+            session_close(s);
+        return;
+    }
+    if (!ensure_bufs(s)) {
+        session_close(s);
+        return;
+    }
+    int n = s->tp->read(&s->io);
+    if (s->io.want_write)
+        arm_write(s);               /* the TLS handshake wants to write */
     if (s->lingering) {
-        evbuffer_drain(bufferevent_get_input(s->io.bev),
-                       evbuffer_get_length(bufferevent_get_input(s->io.bev)));
-        if (n == GW_READ_EOF || n == GW_READ_ERROR)
+        evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
+        if (n == GW_READ_EOF || n == GW_READ_ERROR || now_us() > s->linger_until_us)
             session_close(s);
         return;
     }
@@ -1281,6 +1382,8 @@ client_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (n > 0)
         session_run(s);
+    else
+        release_bufs(s);
 }
 
 /* The client took everything queued (plain), or its socket takes more (TLS). */
@@ -1295,47 +1398,33 @@ client_writable(struct session *s)
         return;
     }
     if (s->req != NULL && s->req->up != NULL &&
-        evbuffer_get_length(client_out(s)) <= GW_HIGH_WATER)
+        out_len(s) <= GW_HIGH_WATER)
         upconn_resume(s->req->up);
     if (!s->closed)
         session_run(s);
 }
 
 static void
-plain_write_cb(struct bufferevent *bev, void *arg)
-{
-    struct session *s = arg;
-    bufferevent_disable(bev, EV_WRITE);     /* drained: back to direct writes */
-    client_writable(s);
-}
-
-static void
-plain_event_cb(struct bufferevent *bev, short events, void *arg)
-{
-    /* Write errors, and the send timeout while EV_WRITE waits. */
-    client_gone(arg, (events & BEV_EVENT_TIMEOUT) ? RC_SEND_TIMEOUT : RC_CLIENT_ERROR);
-}
-
-static void
-tls_writable_cb(evutil_socket_t fd, short what, void *arg)
+client_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
     if (what & EV_TIMEOUT) {
         client_gone(s, RC_SEND_TIMEOUT);
         return;
     }
-    if (!s->io.tls_ready) {         /* the handshake wanted to write */
-        client_readable(fd, EV_READ, s);
+    if (!s->io.tls_ready && s->io.ssl != NULL) {
+        client_readable(fd, EV_READ, s);    /* the handshake wanted to write */
         return;
     }
     client_writable(s);
 }
 
+/* header_timeout_ms passed before the request was read whole. */
 static void
-session_timer_cb(evutil_socket_t fd, short what, void *arg)
+hdr_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct session *s = arg;
-    struct request *r = s->req;
+    struct request *r = arg;
+    struct session *s = r->s;
 
     if (r != NULL && !r->body_done && r->phase != RP_ANSWERED) {
         request_reply(s, RC_CLIENT_TIMEOUT, r->routed ?
@@ -1345,9 +1434,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
         session_run(s);
         return;
     }
-    if (r == NULL)
-        session_close(s);           /* idle keep-alive connection */
-    else if (r->phase == RP_ANSWERED && !r->body_done)
+    if (r->phase == RP_ANSWERED && !r->body_done)
         start_closing(s);           /* answered, but the rest never came */
 }
 
@@ -1398,48 +1485,23 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->peer, sizeof(s->peer));
     else
         snprintf(s->peer, sizeof(s->peer), "unix");
-    s->io.bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (s->io.bev == NULL) {
+    s->io.fd = fd;
+    evutil_make_socket_nonblocking(fd);
+    if (tls != NULL && tls_start(&s->io, tls, fd) < 0) {
         close(fd);
         free(s);
         return;
     }
-    struct timeval send_to = {lim->send_timeout_ms / 1000,
-                              (lim->send_timeout_ms % 1000) * 1000};
-    if (tls != NULL) {
-        s->io.wev = event_new(w->base, fd, EV_WRITE, tls_writable_cb, s);
-        if (s->io.wev == NULL || tls_start(&s->io, tls, fd) < 0) {
-            if (s->io.wev)
-                event_free(s->io.wev);
-            bufferevent_free(s->io.bev);
-            free(s);
-            return;
-        }
-        s->io.send_timeout = send_to;
-    }
     s->io.rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_readable, s);
-    s->timer = evtimer_new(w->base, session_timer_cb, s);
-    if (s->io.rev == NULL || s->timer == NULL) {
-        if (s->io.rev)
-            event_free(s->io.rev);
-        if (s->io.wev)
-            event_free(s->io.wev);
+    if (s->io.rev == NULL) {
         s->tp->end(&s->io);
-        bufferevent_free(s->io.bev);
+        close(fd);
         free(s);
         return;
     }
-    llhttp_init(&s->parser, HTTP_REQUEST, &req_settings);
-    s->parser.data = s;
-    bufferevent_setcb(s->io.bev, NULL, plain_write_cb, plain_event_cb, s);
-    /* Reads go through io.rev; plain writes are direct (EV_WRITE is armed
-     * only when the kernel would not take everything), with the send
-     * timeout on it. */
-    bufferevent_disable(s->io.bev, EV_READ | EV_WRITE);
-    bufferevent_set_timeouts(s->io.bev, NULL, &send_to);
-    s->reading = true;
-    event_add(s->io.rev, NULL);
-    arm(s->timer, lim->header_timeout_ms);
+    /* The first request's head must arrive within header_timeout_ms. */
+    s->first_deadline_us = now_us() + (uint64_t)lim->header_timeout_ms * 1000;
+    update_reading(s);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
     w->n_sessions++;
     __atomic_add_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
@@ -1470,11 +1532,17 @@ session_close(struct session *s)
         event_free(s->io.wev);
     s->io.wev = NULL;
     s->tp->end(&s->io);
-    bufferevent_setcb(s->io.bev, NULL, NULL, NULL, NULL);
-    bufferevent_free(s->io.bev);
-    s->io.bev = NULL;
-    event_free(s->timer);
-    s->timer = NULL;
+    close(s->io.fd);
+    s->io.fd = -1;
+    if (s->io.in != NULL) {
+        evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
+        buf_put(w, s->io.in);
+    }
+    if (s->io.out != NULL) {
+        evbuffer_drain(s->io.out, evbuffer_get_length(s->io.out));
+        buf_put(w, s->io.out);
+    }
+    s->io.in = s->io.out = NULL;
     TAILQ_REMOVE(&w->sessions, s, link);
     w->n_sessions--;
     __atomic_sub_fetch(&gw_open_connections, 1, __ATOMIC_RELAXED);
@@ -1541,6 +1609,8 @@ sessions_free_all(struct worker *w)
     }
     session_gc(w);
     free_reqs_all(w);
+    while (w->n_free_bufs > 0)
+        evbuffer_free(w->free_bufs[--w->n_free_bufs]);
     event_free(w->session_gc_ev);
     event_free(w->wait_poll);
 }

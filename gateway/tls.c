@@ -105,8 +105,7 @@ tls_ctx_free(struct ssl_ctx_st *ctx)
 static void
 tls_want_write(struct conn_io *io)
 {
-    if (!event_pending(io->wev, EV_WRITE, NULL))
-        event_add(io->wev, &io->send_timeout);
+    io->want_write = true;          /* the session arms its write event */
 }
 
 int
@@ -160,8 +159,7 @@ tls_read(struct conn_io *io)
         }
         io->tls_ready = true;
     }
-    struct evbuffer *in = bufferevent_get_input(io->bev);
-    evbuffer_unfreeze(in, 0);
+    struct evbuffer *in = io->in;
     while (total < TLS_MAX_READ_PER_EVENT) {
         struct evbuffer_iovec v;
         if (evbuffer_reserve_space(in, GW_READ_SIZE, &v, 1) < 1)
@@ -185,26 +183,24 @@ tls_read(struct conn_io *io)
             tls_want_write(io);
             break;
         }
-        evbuffer_freeze(in, 0);
         if (total > 0)
             return total;           /* the EOF or error shows on the next read */
         return e == SSL_ERROR_ZERO_RETURN ? GW_READ_EOF :
                (e == SSL_ERROR_SYSCALL && errno == 0) ? GW_READ_EOF : GW_READ_ERROR;
     }
-    evbuffer_freeze(in, 0);
     return total > 0 ? total : GW_READ_AGAIN;
 }
 
 static int
 tls_flush(struct conn_io *io)
 {
-    struct evbuffer *out = bufferevent_get_output(io->bev);
+    struct evbuffer *out = io->out;
     int rc = 0;
 
-    if (!io->tls_ready)
+    if (!io->tls_ready || out == NULL)
         return 0;                   /* written once the handshake is done */
+    io->want_write = false;
     ERR_clear_error();
-    evbuffer_unfreeze(out, 1);
     while (evbuffer_get_length(out) > 0) {
         size_t len = evbuffer_get_length(out);
         if (len > TLS_WRITE_CHUNK)
@@ -224,7 +220,6 @@ tls_flush(struct conn_io *io)
             rc = -1;
         break;
     }
-    evbuffer_freeze(out, 1);
     return rc;
 }
 

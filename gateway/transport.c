@@ -1,8 +1,9 @@
 /*
- * The plain transport: one read(2) per read event straight into the
- * bufferevent's input, and direct writes. libevent's own socket
- * bufferevent would make a FIONREAD ioctl before every read and arm
- * EV_WRITE (two epoll_ctl calls) for every response.
+ * The plain transport: one read(2) per read event straight into the input
+ * buffer, and direct writes. libevent's own socket bufferevent would make
+ * a FIONREAD ioctl before every read and arm EV_WRITE (two epoll_ctl
+ * calls) for every response. Upstream connections keep their bufferevents
+ * (connects, write events) and use gw_read()/gw_flush().
  */
 #include "gateway/gateway.h"
 
@@ -13,28 +14,31 @@
 #include <unistd.h>
 
 int
-gw_read(struct bufferevent *bev)
+gw_read_fd(int fd, struct evbuffer *in)
 {
-    struct evbuffer *in = bufferevent_get_input(bev);
     struct evbuffer_iovec v;
-    int rc;
-
-    evbuffer_unfreeze(in, 0);
-    if (evbuffer_reserve_space(in, GW_READ_SIZE, &v, 1) < 1) {
-        evbuffer_freeze(in, 0);
+    if (evbuffer_reserve_space(in, GW_READ_SIZE, &v, 1) < 1)
         return GW_READ_ERROR;
-    }
-    ssize_t n = read(bufferevent_getfd(bev), v.iov_base, v.iov_len);
+    ssize_t n = read(fd, v.iov_base, v.iov_len);
     if (n > 0) {
         v.iov_len = (size_t)n;
         evbuffer_commit_space(in, &v, 1);
-        rc = (int)n;
-    } else if (n == 0)
-        rc = GW_READ_EOF;
-    else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-        rc = GW_READ_AGAIN;
-    else
-        rc = GW_READ_ERROR;
+        return (int)n;
+    }
+    if (n == 0)
+        return GW_READ_EOF;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? GW_READ_AGAIN :
+                                                                       GW_READ_ERROR;
+}
+
+int
+gw_read(struct bufferevent *bev)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    /* A socket bufferevent freezes the end of its input so that only it
+     * fills it; unfreeze around the read, as it does itself. */
+    evbuffer_unfreeze(in, 0);
+    int rc = gw_read_fd(bufferevent_getfd(bev), in);
     evbuffer_freeze(in, 0);
     return rc;
 }
@@ -59,13 +63,20 @@ gw_flush(struct bufferevent *bev, bool direct)
 static int
 plain_read(struct conn_io *io)
 {
-    return gw_read(io->bev);
+    return gw_read_fd(io->fd, io->in);
 }
 
 static int
 plain_flush(struct conn_io *io)
 {
-    gw_flush(io->bev, true);
+    if (io->out == NULL || evbuffer_get_length(io->out) == 0) {
+        io->want_write = false;
+        return 0;
+    }
+    if (evbuffer_write(io->out, io->fd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+        errno != EINTR)
+        return -1;
+    io->want_write = evbuffer_get_length(io->out) > 0;
     return 0;
 }
 
