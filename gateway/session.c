@@ -62,6 +62,7 @@ struct request {
     bool discard;                   /* answered early: the rest is dropped */
     bool head_too_large;
     struct line_scan scan;          /* the head's line ends, until its end */
+    const char *chunk, *chunk_end;  /* the input llhttp_execute() runs over */
     bool bad_line;                  /* a line of the head ended in a bare LF */
     bool version_seen;              /* llhttp accepted the version number */
     bool trailers;                  /* trailer fields began */
@@ -94,19 +95,17 @@ struct session {
     struct conn_io io;
     struct request *req;            /* the request being read or answered,
                                      * with its parser; NULL while idle */
-    uint64_t first_deadline_us;     /* the first request's head, from accept */
-    uint64_t linger_until_us;
-    bool keep_alive;                /* the client wants the connection kept */
-    bool close_after;               /* close once the current request ends */
-    bool closing;                   /* flushing its last output, then linger */
-    bool lingering;
-    bool closed;
-    bool reading;                   /* io.rev is added */
+    uint64_t deadline_us;           /* the first head's (from accept), or the linger's */
     int rev_ms;                     /* the deadline on io.rev, 0 for none */
-    bool served;                    /* a request was read on it */
     int unsent_answers;             /* answers queued since output was empty */
-    const char *chunk, *chunk_end;  /* the input llhttp_execute() runs over */
-    char prev_byte;                 /* the last byte of the chunk before */
+    bool keep_alive : 1;            /* the client wants the connection kept */
+    bool close_after : 1;           /* close once the current request ends */
+    bool closing : 1;               /* flushing its last output, then linger */
+    bool lingering : 1;
+    bool closed : 1;
+    bool reading : 1;               /* io.rev is added */
+    bool served : 1;                /* a request was read on it */
+    char prev_byte;                 /* the last byte of the read before */
     char peer[INET6_ADDRSTRLEN];
     /* The credential this connection last authenticated with: the same
      * bytes again (compared in constant time) on the same endpoint and
@@ -913,7 +912,7 @@ on_message_begin(llhttp_t *p)
     int ms = limits(s)->header_timeout_ms;
     if (!s->served) {
         uint64_t now = now_us();
-        ms = s->first_deadline_us > now ? (int)((s->first_deadline_us - now) / 1000) + 1 : 1;
+        ms = s->deadline_us > now ? (int)((s->deadline_us - now) / 1000) + 1 : 1;
         s->served = true;
     }
     arm(s->req->hdr_timer, ms);
@@ -941,7 +940,7 @@ static bool
 scan_head(struct session *s, const char *from)
 {
     struct request *r = s->req;
-    enum req_scan st = req_scan_lines(&r->scan, from, s->chunk, s->chunk_end, s->prev_byte);
+    enum req_scan st = req_scan_lines(&r->scan, from, r->chunk, r->chunk_end, s->prev_byte);
     if (st == SCAN_BARE_LF)
         r->bad_line = true;
     return st != SCAN_BARE_LF;
@@ -1222,10 +1221,10 @@ session_feed(struct session *s)
             return;
         }
         struct request *r = s->req;
-        s->chunk = v.iov_base;
-        s->chunk_end = s->chunk + v.iov_len;
+        r->chunk = v.iov_base;
+        r->chunk_end = r->chunk + v.iov_len;
         enum llhttp_errno e;
-        if (r->scan.active && !scan_head(s, s->chunk)) {
+        if (r->scan.active && !scan_head(s, r->chunk)) {
             e = HPE_USER;
             llhttp_set_error_reason(&r->parser, "bare LF in the head");
         } else
@@ -1236,7 +1235,7 @@ session_feed(struct session *s)
         if (e == HPE_PAUSED)
             n = (size_t)(llhttp_get_error_pos(&r->parser) - (const char *)v.iov_base);
         if (n > 0)
-            s->prev_byte = s->chunk[n - 1];
+            s->prev_byte = r->chunk[n - 1];
         r->bytes_in += n;
         evbuffer_drain(in, n);
         if (e != HPE_OK && e != HPE_PAUSED) {
@@ -1334,7 +1333,7 @@ start_closing(struct session *s)
     }
     shutdown(s->io.fd, SHUT_WR);
     s->lingering = true;
-    s->linger_until_us = now_us() + LINGER_MS * 1000;
+    s->deadline_us = now_us() + LINGER_MS * 1000;
     if (s->io.in != NULL)
         evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
     update_reading(s);
@@ -1369,7 +1368,7 @@ client_readable(evutil_socket_t fd, short what, void *arg)
         arm_write(s);               /* the TLS handshake wants to write */
     if (s->lingering) {
         evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
-        if (n == GW_READ_EOF || n == GW_READ_ERROR || now_us() > s->linger_until_us)
+        if (n == GW_READ_EOF || n == GW_READ_ERROR || now_us() > s->deadline_us)
             session_close(s);
         return;
     }
@@ -1500,7 +1499,7 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
         return;
     }
     /* The first request's head must arrive within header_timeout_ms. */
-    s->first_deadline_us = now_us() + (uint64_t)lim->header_timeout_ms * 1000;
+    s->deadline_us = now_us() + (uint64_t)lim->header_timeout_ms * 1000;
     update_reading(s);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
     w->n_sessions++;
