@@ -322,8 +322,10 @@ enum change_op { CH_PUT_EP, CH_DELETE_EP, CH_CREATE_V, CH_UPDATE_V, CH_DELETE_V,
 static const char *const change_op_names[] = {"put_endpoint", "delete_endpoint",
     "create_version", "update_version", "delete_version", "regen_key"};
 
-/* A request answered later: the connection may close meanwhile, and then
- * libevent frees the request. */
+/* A request answered later. Its connection may close meanwhile: libevent
+ * then frees the connection but keeps a request the user still holds, and
+ * frees it when it is answered; only the close callback must not outlive
+ * us. */
 struct waiting {
     struct evhttp_request *req;
     struct evhttp_connection *conn;
@@ -342,7 +344,6 @@ static void
 on_waiting_closed(struct evhttp_connection *conn, void *arg)
 {
     struct waiting *w = arg;
-    w->req = NULL;
     w->conn = NULL;
 }
 
@@ -355,8 +356,8 @@ wait_begin(struct waiting *w, struct evhttp_request *req)
         evhttp_connection_set_closecb(w->conn, on_waiting_closed, w);
 }
 
-/* The request to answer now, or NULL when its client has gone. The close
- * callback goes first: answering may free the connection. */
+/* The request to answer now. The close callback goes first: answering may
+ * free the connection. */
 static struct evhttp_request *
 wait_end(struct waiting *w)
 {
@@ -452,11 +453,7 @@ fleet_done_cb(void *arg, int status, const char *message, const struct cfg_error
     if (status == 500)
         log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"",
                   log_json(message ? message : ""));
-    if (req == NULL) {
-        if (status == 0)
-            log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\","
-                      "\"client\":\"gone\"", change_op_names[c->op], log_json(c->r.ep));
-    } else if (status == 0)
+    if (status == 0)
         change_answer(req, c);
     else if (status == 400 && errs != NULL && errs->n > 0)
         reply_error(req, 400, "invalid", errs->msg[0], errs);
@@ -772,10 +769,6 @@ fleet_listed(void *arg, int status, json_t *body, const char *why)
     struct waiting *w = arg;
     struct evhttp_request *req = wait_end(w);
     free(w);
-    if (req == NULL) {
-        json_decref(body);
-        return;
-    }
     if (status == 200)
         reply(req, 200, body);
     else {

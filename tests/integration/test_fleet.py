@@ -242,3 +242,30 @@ def test_restart_while_redis_away_starts_from_cache():
                      APPLY_S - (time.time() - t0)) == (200, "versiona")
     with open(cache) as f:
         assert json.load(f)["generation"] == 3
+
+
+def test_client_gone_while_change_waits_for_redis():
+    """A change waits for Redis on the main loop; a client that hangs up
+    meanwhile costs nothing: the change still lands everywhere."""
+    import socket
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
+    # A script that keeps Redis busy for a while: the change's CAS waits.
+    busy = threading.Thread(target=lambda: r.client().eval(
+        "for i = 1, 100000000 do end return 1", 0))
+    busy.start()
+    time.sleep(0.1)
+    body = b'{"traffic_percentile": 100}'
+    c = socket.create_connection(("127.0.0.1", fleet[0].admin_port))
+    c.sendall(b"PATCH /admin/v1/endpoints/fleetep/versions/versionb HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+              % (TOKEN.encode(), len(body), body))
+    time.sleep(0.1)
+    c.close()
+    busy.join()
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versionb"), 5) == (200, "versionb")
+        assert s.proc.poll() is None
+    assert redis_config(r)["generation"] == 2
+    assert patch(fleet[0], "versionb", {"traffic_percentile": 0}).status_code == 200
