@@ -269,3 +269,34 @@ def test_client_gone_while_change_waits_for_redis():
         assert s.proc.poll() is None
     assert redis_config(r)["generation"] == 2
     assert patch(fleet[0], "versionb", {"traffic_percentile": 0}).status_code == 200
+
+
+def test_missed_message_caught_by_poll_and_bad_changes_refused():
+    """A generation written without a message (an operator's own SET, or a
+    message lost) is picked up by the 5 s poll; changes that fail the rules
+    are refused with their paths and leave the generation alone."""
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
+    resp = patch(fleet[0], "versionb", {"traffic_percentile": 101})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["errors"] == [
+        "endpoints[0].versions[1].traffic_percentile: must be between 0 and 100"], resp.text
+    assert patch(fleet[1], "nosuch", {"traffic_percentile": 1}).status_code == 404
+    assert redis_config(r)["generation"] == 1
+
+    cfg = redis_config(r)
+    cfg["generation"] = 2
+    cfg["endpoints"][0]["versions"][1]["traffic_percentile"] = 100
+    r.client().set(KEY, json.dumps(cfg))        # no PUBLISH
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versionb"), 5 + APPLY_S) == (200, "versionb")
+        assert '"via":"poll"' in s.log()
+
+
+def test_fleet_listing_outside_a_fleet():
+    a = Model("versiona")
+    s = Sluice([endpoint("lone", [version("versiona", [a.addr], 100)])],
+               extra={"admin": {"token": TOKEN}})
+    resp = requests.get(s.admin("/admin/v1/fleet"), headers=H, timeout=5)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
