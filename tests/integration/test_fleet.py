@@ -291,7 +291,8 @@ def test_missed_message_caught_by_poll_and_bad_changes_refused():
     r.client().set(KEY, json.dumps(cfg))        # no PUBLISH
     for s in fleet:
         assert until(lambda: served_by(s), (200, "versionb"), 5 + APPLY_S) == (200, "versionb")
-        assert '"via":"poll"' in s.log()
+        # Logged just after the workers have it (the cache file is written first).
+        assert until(lambda: '"via":"poll"' in s.log(), True, 5), s.log()[-2000:]
 
 
 def test_fleet_listing_outside_a_fleet():
