@@ -301,3 +301,29 @@ def test_fleet_listing_outside_a_fleet():
                extra={"admin": {"token": TOKEN}})
     resp = requests.get(s.admin("/admin/v1/fleet"), headers=H, timeout=5)
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+
+
+def test_reload_rereads_the_instance_part_only():
+    """SIGHUP and POST /admin/v1/reload in a fleet: the file's endpoints are
+    only the seed, so a reload keeps the fleet's; changing the fleet's name
+    needs a restart (400, nothing changes)."""
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    s = fleet_member(r, split_endpoints(a, b))
+    s.config["endpoints"][0]["versions"][1]["traffic_percentile"] = 100
+    s.config["limits"] = {"max_body_bytes": 1000}
+    s.write_config()
+    resp = requests.post(s.admin("/admin/v1/reload"), headers=H, timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert served_by(s) == (200, "versiona")           # the fleet's 0 %, not the file's 100
+    big = requests.post(s.url("fleetep"), data=b"x" * 2000, timeout=5)
+    assert big.status_code == 413                       # the instance part did apply
+    assert redis_config(r)["generation"] == 1
+
+    s.config["fleet"]["name"] = "staging"
+    s.write_config()
+    resp = requests.post(s.admin("/admin/v1/reload"), headers=H, timeout=5)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == \
+        "fleet.name: joining, leaving or changing a fleet needs a restart"
+    assert served_by(s) == (200, "versiona")
