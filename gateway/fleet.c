@@ -35,7 +35,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define FLEET_RETRIES 3             /* re-edits after a lost race, then 409 */
 #define FLEET_POLL_S 5
@@ -130,10 +129,9 @@ static void
 cache_write(json_t *shared)
 {
     char err[512];
+    /* config_save: mode 0600, temporary file, fsync, rename. */
     if (config_save(F.cache_path, shared, err, sizeof(err)) < 0)
         log_event(LOG_WARN, "fleet_cache_not_written", ",\"reason\":\"%s\"", log_json(err));
-    else
-        chmod(F.cache_path, 0600);
 }
 
 static json_t *
