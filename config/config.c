@@ -1077,7 +1077,8 @@ static struct config *
 parse_root(struct pctx *p, json_t *root)
 {
     static const char *const fields[] = {"workers", "listeners", "admin",
-        "redis", "tokens", "limits", "log", "endpoints", NULL};
+        "redis", "tokens", "limits", "log", "endpoints", "fleet", NULL};
+    static const char *const fleet_fields[] = {"name", NULL};
     static const char *const admin_fields[] = {"address", "token", NULL};
     static const char *const redis_fields[] = {"address", "db", "password",
         "flush_interval_ms", "retention_minutes", NULL};
@@ -1198,6 +1199,18 @@ parse_root(struct pctx *p, json_t *root)
         strcmp(c->log.level, "error"))
         err(p, "log.level", "must be debug, info, warn or error");
 
+    json_t *fleet = get_obj(p, root, "", "fleet");
+    if (fleet != NULL) {
+        check_fields(p, fleet, "fleet", fleet_fields);
+        get_str(p, fleet, "fleet", "name", &c->fleet_name, NULL);
+        json_t *fn = json_object_get(fleet, "name");
+        if (fn == NULL || json_is_null(fn))
+            err(p, "fleet.name", "required: 1 to 64 of A-Z a-z 0-9 . _ -");
+        else if (c->fleet_name != NULL && !config_fleet_name_valid(c->fleet_name))
+            err(p, "fleet.name", "\"%s\" is not 1 to 64 of A-Z a-z 0-9 . _ -",
+                c->fleet_name);
+    }
+
     json_t *eps = json_object_get(root, "endpoints");
     if (!json_is_array(eps)) {
         err(p, "endpoints", "required: an array of endpoints");
@@ -1271,6 +1284,7 @@ config_free(struct config *c)
     free(c->tokens.trusted);
     free(c->log.access_log);
     free(c->log.level);
+    free(c->fleet_name);
     free(c->path);
     free(c->basedir);
     if (c->doc)

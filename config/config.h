@@ -158,6 +158,7 @@ struct config {
     struct cfg_log log;
     struct cfg_endpoint *endpoints;
     int n_endpoints;
+    char *fleet_name;           /* "fleet": {"name"}; NULL outside a fleet */
 };
 
 /* Errors collected while parsing: each is "json.path: reason". */
@@ -270,5 +271,33 @@ struct json_t *config_doc_endpoint(struct json_t *doc, const char *ep, size_t *i
 /* Write doc to path atomically: temporary file, fsync, rename, fsync of the
  * folder. 0, or -1 with a reason; on failure the old file is untouched. */
 int config_save(const char *path, struct json_t *doc, char *err, size_t errlen);
+
+/* ---- fleets: the shared part of a config (fleet.c, SPEC §6) -------------
+ *
+ * A fleet keeps `endpoints` and `tokens` in Redis as one JSON text
+ * {"generation": N, "endpoints": [...], "tokens": {...}}; everything else
+ * stays in each instance's file. The effective document is the file's
+ * instance part with the shared part put in.
+ */
+#define CFG_FLEET_NAME_MAX 64
+
+/* 1 to CFG_FLEET_NAME_MAX of A-Z a-z 0-9 . _ - (it goes into Redis keys,
+ * inside a hash tag, so never a brace). */
+bool config_fleet_name_valid(const char *name);
+/* The shared part of doc at generation gen: a new object with deep copies
+ * of doc's endpoints and tokens (tokens left out when doc has none). */
+struct json_t *config_fleet_shared(struct json_t *doc, uint64_t gen);
+/* A new document: instance's fields other than endpoints and tokens, with
+ * shared's endpoints and tokens in their place. */
+struct json_t *config_fleet_merge(struct json_t *instance, struct json_t *shared);
+/* Check a shared part read from Redis or a cache file: an object with a
+ * positive integer generation, an endpoints array, an optional tokens
+ * object and nothing else. The new object (a reference) and its generation,
+ * or NULL with a reason. */
+struct json_t *config_fleet_parse(const char *text, size_t len, uint64_t *gen,
+                                  char *err, size_t errlen);
+/* Whether a generation seen in Redis should replace the one applied: only
+ * a newer one does, so a late or repeated message never goes back. */
+bool config_fleet_newer(uint64_t applied, uint64_t seen);
 
 #endif

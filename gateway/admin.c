@@ -129,6 +129,7 @@ status_code_name(int status)
     case 404: return "not_found";
     case 405: return "method_not_allowed";
     case 409: return "conflict";
+    case 503: return "unavailable";
     default: return "internal";
     }
 }
@@ -290,24 +291,6 @@ ep_or_404(struct evhttp_request *req, const struct route *r)
     return ep;
 }
 
-static bool commit(struct evhttp_request *req, json_t *doc);
-
-/* The end of every change: answer the edit's own error (rc != 0), or
- * validate, persist and apply doc. Frees doc; true when applied. */
-static bool
-finish_edit(struct evhttp_request *req, json_t *doc, int rc, struct cfg_edit_result *er)
-{
-    bool ok = false;
-    if (rc == 0)
-        rc = config_edit_check_secrets(cur()->doc, doc, er);
-    if (rc != 0)
-        reply_error(req, er->status, status_code_name(er->status), er->message, NULL);
-    else
-        ok = commit(req, doc);
-    json_decref(doc);
-    return ok;
-}
-
 /* Validate, persist and apply doc. */
 static bool
 commit(struct evhttp_request *req, json_t *doc)
@@ -327,13 +310,207 @@ commit(struct evhttp_request *req, json_t *doc)
     return rc == 0;
 }
 
+/* ---- changes -------------------------------------------------------------
+ *
+ * A change is kept as what was asked (operation, names, body) rather than
+ * as an edited document, so that in a fleet it can be edited again on a
+ * newer generation after losing a race (fleet.c), and answered later.
+ */
+
+enum change_op { CH_PUT_EP, CH_DELETE_EP, CH_CREATE_V, CH_UPDATE_V, CH_DELETE_V, CH_REGEN_KEY };
+
+static const char *const change_op_names[] = {"put_endpoint", "delete_endpoint",
+    "create_version", "update_version", "delete_version", "regen_key"};
+
+/* A request answered later. Its connection may close meanwhile: libevent
+ * then frees the connection but keeps a request the user still holds, and
+ * frees it when it is answered; only the close callback must not outlive
+ * us. */
+struct waiting {
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+};
+
+struct change {
+    struct waiting w;               /* first: on_waiting_closed sees a struct waiting */
+    enum change_op op;
+    struct route r;
+    json_t *body;                   /* NULL for deletes */
+    char vname[CFG_NAME_MAX * 4];   /* the version, for the log */
+    bool created;
+};
+
+static void
+on_waiting_closed(struct evhttp_connection *conn, void *arg)
+{
+    struct waiting *w = arg;
+    w->conn = NULL;
+}
+
+static void
+wait_begin(struct waiting *w, struct evhttp_request *req)
+{
+    w->req = req;
+    w->conn = evhttp_request_get_connection(req);
+    if (w->conn != NULL)
+        evhttp_connection_set_closecb(w->conn, on_waiting_closed, w);
+}
+
+/* The request to answer now. The close callback goes first: answering may
+ * free the connection. */
+static struct evhttp_request *
+wait_end(struct waiting *w)
+{
+    if (w->conn != NULL)
+        evhttp_connection_set_closecb(w->conn, NULL, NULL);
+    w->conn = NULL;
+    return w->req;
+}
+
+static void
+change_free(struct change *c)
+{
+    json_decref(c->body);
+    free(c);
+}
+
+/* The operation on doc, then the secrets rule; 0 or a status with er. */
+static int
+change_edit(struct change *c, json_t *doc, struct cfg_edit_result *er)
+{
+    int rc = 0;
+    json_t *kt;
+    switch (c->op) {
+    case CH_PUT_EP: rc = config_edit_put_endpoint(doc, c->r.ep, c->body, er); break;
+    case CH_DELETE_EP: rc = config_edit_delete_endpoint(doc, c->r.ep, er); break;
+    case CH_CREATE_V: rc = config_edit_create_version(doc, c->r.ep, c->body, er); break;
+    case CH_UPDATE_V: rc = config_edit_update_version(doc, c->r.ep, c->r.v, c->body, er); break;
+    case CH_DELETE_V: rc = config_edit_delete_version(doc, c->r.ep, c->r.v, er); break;
+    case CH_REGEN_KEY:
+        kt = json_object_get(c->body, "key_type");
+        if (!json_is_string(kt)) {
+            er->status = 400;
+            snprintf(er->message, sizeof(er->message),
+                     "key_type: required, \"Primary\" or \"Secondary\"");
+            return 400;
+        }
+        if (config_doc_endpoint(doc, c->r.ep, NULL) == NULL) {
+            er->status = 404;
+            snprintf(er->message, sizeof(er->message), "no endpoint named %s", c->r.ep);
+            config_utf8_fix(er->message);
+            return 404;
+        }
+        rc = config_edit_regen_key(doc, c->r.ep, json_string_value(kt), er);
+        break;
+    }
+    if (rc == 0)
+        rc = config_edit_check_secrets(cur()->doc, doc, er);
+    if (rc == 0)
+        c->created = er->created;
+    return rc;
+}
+
+/* The answer to a change applied: from the generation now in use. */
+static void
+change_answer(struct evhttp_request *req, struct change *c)
+{
+    const char *op = change_op_names[c->op];
+    if (c->op == CH_PUT_EP || c->op == CH_DELETE_EP || c->op == CH_REGEN_KEY)
+        log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\"", op,
+                  log_json(c->r.ep));
+    else
+        log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\","
+                  "\"version\":\"%s\"", op, log_json(c->r.ep), log_json(c->vname));
+    const struct cfg_endpoint *ep = find_ep(c->r.ep);
+    if (c->op == CH_DELETE_EP || ep == NULL) {
+        /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
+        reply(req, 200, c->op == CH_DELETE_EP ?
+              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation",
+                        (json_int_t)cur()->generation) :
+              json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+        return;
+    }
+    if (c->op == CH_REGEN_KEY) {
+        reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
+                                  "secondary_key", ep->key_secondary));
+        return;
+    }
+    int code = (c->op == CH_CREATE_V || (c->op == CH_PUT_EP && c->created)) ? 201 : 200;
+    reply(req, code, describe_endpoint(cur(), ep));
+}
+
+static int
+fleet_edit_cb(void *arg, json_t *doc, struct cfg_edit_result *er)
+{
+    return change_edit(arg, doc, er);
+}
+
+static void
+fleet_done_cb(void *arg, int status, const char *message, const struct cfg_errors *errs)
+{
+    struct change *c = arg;
+    struct evhttp_request *req = wait_end(&c->w);
+    if (status == 500)
+        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"",
+                  log_json(message ? message : ""));
+    if (status == 0)
+        change_answer(req, c);
+    else if (status == 400 && errs != NULL && errs->n > 0)
+        reply_error(req, 400, "invalid", errs->msg[0], errs);
+    else
+        reply_error(req, status, status == 500 ? "not_persisted" : status_code_name(status),
+                    message ? message : "", NULL);
+    change_free(c);
+}
+
+/* Edit, validate, persist and apply, then answer: at once for a lone
+ * instance (written to its file), later in a fleet (written to Redis). */
+static void
+change_run(struct evhttp_request *req, struct change *c)
+{
+    if (fleet_enabled()) {
+        wait_begin(&c->w, req);
+        fleet_change(fleet_edit_cb, fleet_done_cb, c);
+        return;
+    }
+    struct cfg_edit_result er = {0};
+    json_t *doc = json_deep_copy(cur()->doc);
+    int rc = doc ? change_edit(c, doc, &er) : (er.status = 500,
+        snprintf(er.message, sizeof(er.message), "out of memory"), 500);
+    if (rc != 0)
+        reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
+    else if (commit(req, doc))
+        change_answer(req, c);
+    json_decref(doc);
+    change_free(c);
+}
+
+/* A change of op on route r with body (taken over); NULL when out of memory
+ * (answered). */
+static struct change *
+change_new(struct evhttp_request *req, enum change_op op, const struct route *r, json_t *body)
+{
+    struct change *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        json_decref(body);
+        reply_error(req, 500, "internal", "out of memory", NULL);
+        return NULL;
+    }
+    c->op = op;
+    c->r = *r;
+    c->body = body;
+    const char *vname = r->has_v ? r->v : json_string_value(json_object_get(body, "name"));
+    snprintf(c->vname, sizeof(c->vname), "%s", vname ? vname : "");
+    config_utf8_fix(c->vname);
+    return c;
+}
+
 /* ---- handlers ------------------------------------------------------------ */
 
 static void
 on_endpoint(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    struct cfg_edit_result er = {0};
     char why[512];
 
     if (!r->has_ep) {
@@ -354,44 +531,27 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
             reply(req, 200, describe_endpoint(cur(), ep));
         return;
     }
-    json_t *doc = json_deep_copy(cur()->doc);
-    int rc;
+    json_t *body = NULL;
     if (m == EVHTTP_REQ_PUT) {
-        json_t *body = read_body(req, true, why, sizeof(why));
+        body = read_body(req, true, why, sizeof(why));
         if (body == NULL) {
-            json_decref(doc);
             reply_error(req, 400, "invalid", why, NULL);
             return;
         }
-        rc = config_edit_put_endpoint(doc, r->ep, body, &er);
-        json_decref(body);
-    } else if (m == EVHTTP_REQ_DELETE) {
-        rc = config_edit_delete_endpoint(doc, r->ep, &er);
-    } else {
-        json_decref(doc);
+    } else if (m != EVHTTP_REQ_DELETE) {
         reply_error(req, 405, "method_not_allowed", "GET, PUT or DELETE", NULL);
         return;
     }
-    if (!finish_edit(req, doc, rc, &er))
-        return;
-    log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\"",
-              m == EVHTTP_REQ_PUT ? "put_endpoint" : "delete_endpoint", log_json(r->ep));
-    if (m == EVHTTP_REQ_DELETE)
-        reply(req, 200, json_pack("{s:s, s:I}", "deleted", r->ep,
-                                  "generation", (json_int_t)cur()->generation));
-    else
-        reply(req, er.created ? 201 : 200, describe_endpoint(cur(), find_ep(r->ep)));
+    struct change *c = change_new(req, m == EVHTTP_REQ_PUT ? CH_PUT_EP : CH_DELETE_EP, r, body);
+    if (c != NULL)
+        change_run(req, c);
 }
 
 static void
 on_versions(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    struct cfg_edit_result er = {0};
     char why[512];
-    const char *op;
-    json_t *body = NULL;
-    int rc;
 
     if (!r->has_v && m == EVHTTP_REQ_GET) {
         on_endpoint(req, r);
@@ -411,49 +571,26 @@ on_versions(struct evhttp_request *req, const struct route *r)
               json_array_get(json_object_get(doce, "versions"), (size_t)vi)));
         return;
     }
-    json_t *doc = json_deep_copy(cur()->doc);
-    if (!r->has_v && m == EVHTTP_REQ_POST) {
-        op = "create_version";
-        body = read_body(req, true, why, sizeof(why));
-        rc = body ? config_edit_create_version(doc, r->ep, body, &er) : -1;
-    } else if (r->has_v && m == EVHTTP_REQ_PATCH) {
-        op = "update_version";
-        body = read_body(req, true, why, sizeof(why));
-        rc = body ? config_edit_update_version(doc, r->ep, r->v, body, &er) : -1;
-    } else if (r->has_v && m == EVHTTP_REQ_DELETE) {
-        op = "delete_version";
-        rc = config_edit_delete_version(doc, r->ep, r->v, &er);
-    } else {
-        json_decref(doc);
+    enum change_op op;
+    if (!r->has_v && m == EVHTTP_REQ_POST)
+        op = CH_CREATE_V;
+    else if (r->has_v && m == EVHTTP_REQ_PATCH)
+        op = CH_UPDATE_V;
+    else if (r->has_v && m == EVHTTP_REQ_DELETE)
+        op = CH_DELETE_V;
+    else {
         reply_error(req, 405, "method_not_allowed",
                     r->has_v ? "GET, PATCH or DELETE" : "GET or POST", NULL);
         return;
     }
-    if (rc == -1) {
-        json_decref(doc);
+    json_t *body = NULL;
+    if (op != CH_DELETE_V && (body = read_body(req, true, why, sizeof(why))) == NULL) {
         reply_error(req, 400, "invalid", why, NULL);
         return;
     }
-    const char *vname = r->has_v ? r->v :
-        json_string_value(json_object_get(body, "name"));
-    char vcopy[CFG_NAME_MAX * 4];
-    snprintf(vcopy, sizeof(vcopy), "%s", vname ? vname : "");
-    config_utf8_fix(vcopy);
-    json_decref(body);
-    if (!finish_edit(req, doc, rc, &er))
-        return;
-    log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\",\"version\":\"%s\"",
-              op, log_json(r->ep), log_json(vcopy));
-    const struct cfg_endpoint *ep = find_ep(r->ep);
-    if (ep == NULL) {               /* cannot happen: the edit kept the endpoint */
-        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
-        return;
-    }
-    if (m == EVHTTP_REQ_DELETE) {
-        reply(req, 200, describe_endpoint(cur(), ep));
-        return;
-    }
-    reply(req, m == EVHTTP_REQ_POST ? 201 : 200, describe_endpoint(cur(), ep));
+    struct change *c = change_new(req, op, r, body);
+    if (c != NULL)
+        change_run(req, c);
 }
 
 static void
@@ -475,19 +612,10 @@ on_keys(struct evhttp_request *req, const struct route *r)
             reply_error(req, 400, "invalid", why, NULL);
             return;
         }
-        json_t *kt = json_object_get(body, "key_type");
-        struct cfg_edit_result er = {0};
-        json_t *doc = json_deep_copy(cur()->doc);
-        int rc = json_is_string(kt) ?
-            config_edit_regen_key(doc, r->ep, json_string_value(kt), &er) :
-            (er.status = 400, snprintf(er.message, sizeof(er.message),
-             "key_type: required, \"Primary\" or \"Secondary\""), 400);
-        json_decref(body);
-        if (!finish_edit(req, doc, rc, &er))
-            return;
-        log_event(LOG_INFO, "admin_change", ",\"op\":\"regen_key\",\"endpoint\":\"%s\"",
-                  log_json(r->ep));
-        ep = find_ep(r->ep);
+        struct change *c = change_new(req, CH_REGEN_KEY, r, body);
+        if (c != NULL)
+            change_run(req, c);
+        return;
     }
     reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
                               "secondary_key", ep->key_secondary));
@@ -634,6 +762,43 @@ on_reload(struct evhttp_request *req)
     cfg_errors_free(&errs);
 }
 
+/* GET /admin/v1/fleet (SPEC §6): answered once Redis has. */
+static void
+fleet_listed(void *arg, int status, json_t *body, const char *why)
+{
+    struct waiting *w = arg;
+    struct evhttp_request *req = wait_end(w);
+    free(w);
+    if (status == 200)
+        reply(req, 200, body);
+    else {
+        json_decref(body);
+        reply_error(req, status, status == 503 ? "redis_unavailable" : "internal",
+                    why ? why : "", NULL);
+    }
+}
+
+static void
+on_fleet(struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply_error(req, 405, "method_not_allowed", "GET only", NULL);
+        return;
+    }
+    if (!fleet_enabled()) {
+        reply_error(req, 404, "not_found", "this instance is in no fleet (no \"fleet\" in "
+                    "its config)", NULL);
+        return;
+    }
+    struct waiting *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        reply_error(req, 500, "internal", "out of memory", NULL);
+        return;
+    }
+    wait_begin(w, req);
+    fleet_status(fleet_listed, w);
+}
+
 static void
 on_request(struct evhttp_request *req, void *arg)
 {
@@ -682,6 +847,10 @@ on_request(struct evhttp_request *req, void *arg)
     struct route r;
     if (strcmp(path, "/admin/v1/reload") == 0) {
         on_reload(req);
+        return;
+    }
+    if (strcmp(path, "/admin/v1/fleet") == 0) {
+        on_fleet(req);
         return;
     }
     if (!parse_route(path, &r)) {

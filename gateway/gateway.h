@@ -10,6 +10,8 @@
  * Who calls whom (one way, top to bottom):
  *   main.c -> control.c -> worker.c        process, generations, threads
  *   admin.c -> control.c                   the admin API reads and commits
+ *   admin.c, control.c -> fleet.c          fleet members: shared config in Redis
+ *   fleet.c -> control.c (control_apply)   a fleet generation applies like a reload
  *   worker.c -> session.c                  accept, drain, free
  *   session.c -> shadow.c, upstream.c, request.c, compose.c, account.c
  *   shadow.c -> upstream.c, compose.c, account.c
@@ -622,6 +624,34 @@ void control_stop(void);
 void control_metrics_start(struct event_base *base);
 struct metrics_redis *control_metrics(void);
 struct metrics_backlog *control_backlog(void);
+
+/* ---- fleet (fleet.c), main thread: shared config in Redis (SPEC §6) ------- */
+
+/* For a config with "fleet": the config to start with: the file's instance
+ * part with the fleet's shared part from Redis (seeded from the file when
+ * absent), else from the cache file, else the file as it is. file_cfg is
+ * taken over; NULL with errs. Without "fleet", file_cfg itself. */
+struct config *fleet_boot(struct config *file_cfg, struct cfg_errors *errs);
+/* Connect, subscribe and poll (after control_start). */
+void fleet_start(struct event_base *base);
+void fleet_stop(void);
+bool fleet_enabled(void);
+bool fleet_connected(void);
+const char *fleet_name(void);
+uint64_t fleet_generation(void);
+/* A re-read file's document with the shared part in use put in (new ref). */
+struct json_t *fleet_merge_current(struct json_t *file_doc);
+/* An admin change in a fleet: edit() changes a copy of the document in use
+ * and returns 0 or an HTTP status with er filled; it may run again on a
+ * newer generation after a lost race. done() gets 0 once the change is in
+ * Redis and applied here, else 400 (errs), 404, 409, 500 or 503. */
+typedef int (*fleet_edit_fn)(void *arg, struct json_t *doc, struct cfg_edit_result *er);
+typedef void (*fleet_done_fn)(void *arg, int status, const char *message,
+                              const struct cfg_errors *errs);
+void fleet_change(fleet_edit_fn edit, fleet_done_fn done, void *arg);
+/* GET /admin/v1/fleet: status 200 with a body (taken over), or an error. */
+typedef void (*fleet_status_fn)(void *arg, int status, struct json_t *body, const char *why);
+void fleet_status(fleet_status_fn done, void *arg);
 
 /* ---- active health checks (health.c), main thread --------------------------- */
 

@@ -79,6 +79,22 @@ load_or_report(const char *path, struct config *(*fn)(const char *, struct cfg_e
     return cfg;
 }
 
+/* A fleet member starts from the fleet's shared config (SPEC §6). */
+static struct config *
+fleet_boot_or_report(const char *path, struct config *cfg)
+{
+    struct cfg_errors errs;
+    cfg_errors_init(&errs);
+    cfg = fleet_boot(cfg, &errs);
+    if (cfg == NULL) {
+        for (int i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.msg[i]);
+        fprintf(stderr, "%s: %d error%s\n", path, errs.n, errs.n == 1 ? "" : "s");
+    }
+    cfg_errors_free(&errs);
+    return cfg;
+}
+
 /* --check: everything a start would check, without binding or writing. */
 static int
 check_only(const char *path)
@@ -146,6 +162,11 @@ main(int argc, char **argv)
     struct config *cfg = load_or_report(path, control_load);
     if (cfg == NULL)
         return 1;
+    if (cfg->fleet_name != NULL) {
+        log_init();
+        if ((cfg = fleet_boot_or_report(path, cfg)) == NULL)
+            return 1;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);      /* a full file is an error to report, not a death */
@@ -184,6 +205,7 @@ main(int argc, char **argv)
         event_base_free(main_base);
         return 1;
     }
+    fleet_start(main_base);
     if (cfg->admin_token == NULL)
         log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "
                   "set: everything under /admin/ answers 401\"");
@@ -224,6 +246,7 @@ main(int argc, char **argv)
     event_free(sig_int);
     event_free(sig_hup);
     event_free(sig_usr1);
+    fleet_stop();                   /* changes still owed are answered before admin goes */
     admin_stop();
     control_stop();
     workers_free();

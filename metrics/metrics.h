@@ -211,6 +211,11 @@ void metrics_redis_flush(struct metrics_redis *r);
 /* Flush and run the loop up to timeout_ms until Redis has taken everything. */
 bool metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms);
 bool metrics_redis_connected(const struct metrics_redis *r);
+/* Fleet membership for sluice:instances ("fleet", "fleet_generation"),
+ * written at once and with every flush. */
+void metrics_redis_set_fleet(struct metrics_redis *r, const char *fleet, uint64_t generation);
+/* This instance's id in sluice:instances. */
+const char *metrics_redis_instance(const struct metrics_redis *r);
 void metrics_redis_free(struct metrics_redis *r);
 
 /* The comparison for endpoint ep over the last minutes, read from Redis

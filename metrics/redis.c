@@ -78,6 +78,8 @@ struct metrics_redis {
     uint64_t seq;
     time_t started, last_flush;
     bool warned_down;
+    char *fleet;                /* fleet name, NULL outside a fleet */
+    uint64_t fleet_generation;
 };
 
 static void args_add(struct args *a, const char *s, size_t len);
@@ -326,10 +328,17 @@ heartbeat(struct metrics_redis *r)
 {
     if (!r->connected)
         return;
-    char json[256];
-    snprintf(json, sizeof(json), "{\"started\":%lld,\"last_flush\":%lld,\"version\":\"%s\","
-             "\"generation\":%llu}", (long long)r->started, (long long)r->last_flush,
-             SLUICE_VERSION, (unsigned long long)r->generation);
+    char json[512];
+    int n = snprintf(json, sizeof(json), "{\"started\":%lld,\"last_flush\":%lld,"
+                     "\"version\":\"%s\",\"generation\":%llu", (long long)r->started,
+                     (long long)r->last_flush, SLUICE_VERSION,
+                     (unsigned long long)r->generation);
+    /* Fleet names are plain (config_fleet_name_valid): no escaping needed. */
+    if (r->fleet != NULL)
+        n += snprintf(json + n, sizeof(json) - (size_t)n, ",\"fleet\":\"%s\","
+                      "\"fleet_generation\":%llu", r->fleet,
+                      (unsigned long long)r->fleet_generation);
+    snprintf(json + n, sizeof(json) - (size_t)n, "}");
     redisAsyncCommand(r->ac, NULL, NULL, "HSET sluice:instances %s %s", r->instance, json);
 }
 
@@ -551,6 +560,25 @@ metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms)
     }
 }
 
+void
+metrics_redis_set_fleet(struct metrics_redis *r, const char *fleet, uint64_t generation)
+{
+    if (r == NULL)
+        return;
+    if (fleet != NULL && (r->fleet == NULL || strcmp(r->fleet, fleet) != 0)) {
+        free(r->fleet);
+        r->fleet = strdup(fleet);
+    }
+    r->fleet_generation = generation;
+    heartbeat(r);
+}
+
+const char *
+metrics_redis_instance(const struct metrics_redis *r)
+{
+    return r ? r->instance : NULL;
+}
+
 bool
 metrics_redis_connected(const struct metrics_redis *r)
 {
@@ -573,6 +601,7 @@ metrics_redis_free(struct metrics_redis *r)
     free(r->host);
     free(r->password);
     free(r->instance);
+    free(r->fleet);
     free(r);
 }
 

@@ -46,6 +46,7 @@ usage(FILE *f)
         "  token EP                           issue a token for the endpoint\n"
         "  reload                             re-read the config file\n"
         "  metrics EP [--minutes N]           compare the versions (from Redis)\n"
+        "  fleet                              the fleet's instances and their generations\n"
         "defaults: --admin $SLUICE_ADMIN_URL or http://127.0.0.1:9901,\n"
         "          --token $SLUICE_ADMIN_TOKEN\n");
 }
@@ -296,6 +297,29 @@ table_metrics(json_t *j)
     }
 }
 
+static void
+table_fleet(json_t *j)
+{
+    json_t *g = json_object_get(j, "generation");
+    printf("fleet %s, newest generation %s%lld\n", json_string_value(json_object_get(j, "fleet")),
+           json_is_integer(g) ? "" : "unknown ", (long long)json_integer_value(g));
+    printf("%-40s %10s %-7s %-20s %s\n", "INSTANCE", "GENERATION", "NEWEST", "LAST FLUSH",
+           "VERSION");
+    size_t i;
+    json_t *in;
+    json_array_foreach(json_object_get(j, "instances"), i, in) {
+        time_t lf = (time_t)json_integer_value(json_object_get(in, "last_flush"));
+        char ls[32] = "never";
+        if (lf > 0)
+            strftime(ls, sizeof(ls), "%Y-%m-%dT%H:%M:%SZ", gmtime(&lf));
+        printf("%-40s %10lld %-7s %-20s %s%s\n", json_string_value(json_object_get(in, "id")),
+               (long long)json_integer_value(json_object_get(in, "generation")),
+               json_is_true(json_object_get(in, "applied_newest")) ? "yes" : "no", ls,
+               json_string_value(json_object_get(in, "version")),
+               json_is_true(json_object_get(in, "self")) ? "  (this one)" : "");
+    }
+}
+
 /* Options of version create/update into a JSON body. */
 static json_t *
 version_body(int argc, char **argv, const char *name, bool create)
@@ -486,6 +510,10 @@ main(int argc, char **argv)
                  minutes);
         r = call(EVHTTP_REQ_GET, path, NULL);
         return show(&r, table_metrics);
+    }
+    if (strcmp(cmd, "fleet") == 0 && argc == 1) {
+        r = call(EVHTTP_REQ_GET, "/admin/v1/fleet", NULL);
+        return show(&r, table_fleet);
     }
     usage(stderr);
     return 2;

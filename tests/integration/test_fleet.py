@@ -1,0 +1,329 @@
+"""Fleet: many instances, one gateway (SPEC §6, issue 11). Three sluice
+processes and one Redis; every convergence is polled against a bounded
+deadline and checked by routing (X-Sluice-Version, 401/200), not only by
+the admin API."""
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+
+import requests
+
+from harness import SLUICECTL, Model, Redis, Sluice, endpoint, version
+
+TOKEN = "fleet-admin-token"
+H = {"Authorization": "Bearer " + TOKEN}
+FLEET = "prod"
+KEY = "sluice:fleet:{%s}:config" % FLEET
+KEYS = {"primary": "fleet-primary-0123456789abc", "secondary": "fleet-secondary-0123456789"}
+APPLY_S = 1.0       # SPEC §6: in tests, every instance applies a change within 1 s
+
+
+def fleet_member(redis, endpoints, **kw):
+    extra = {"fleet": {"name": FLEET}, "admin": {"token": TOKEN},
+             "redis": {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100}}
+    return Sluice(endpoints, extra=extra, **kw)
+
+
+def split_endpoints(a, b, b_pct=0, **kw):
+    return [endpoint("fleetep", [version("versiona", [a.addr], 0, is_default=True, type="control"),
+                            version("versionb", [b.addr], b_pct)], **kw)]
+
+
+def served_by(s, headers=None):
+    r = requests.post(s.url("fleetep"), data=b'{"x":1}', headers=headers or {}, timeout=5)
+    return r.status_code, r.headers.get("X-Sluice-Version")
+
+
+def until(fn, want, timeout):
+    """Poll fn() until it returns want or the deadline passes; the last value."""
+    deadline = time.time() + timeout
+    got = fn()
+    while got != want and time.time() < deadline:
+        time.sleep(0.01)
+        got = fn()
+    return got
+
+
+def redis_config(r):
+    text = r.client().get(KEY)
+    return json.loads(text) if text is not None else None
+
+
+def patch(s, v, body, ep="fleetep"):
+    return requests.patch(s.admin("/admin/v1/endpoints/%s/versions/%s" % (ep, v)),
+                          headers=H, json=body, timeout=10)
+
+
+def test_split_change_served_by_all_within_1s():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(3)]
+    seeded = redis_config(r)
+    assert seeded["generation"] == 1
+    assert [v["name"] for v in seeded["endpoints"][0]["versions"]] == ["versiona", "versionb"]
+    assert sorted(seeded) == ["endpoints", "generation", "tokens"]
+    for s in fleet:
+        assert served_by(s) == (200, "versiona")
+
+    resp = patch(fleet[0], "versionb", {"traffic_percentile": 100})
+    assert resp.status_code == 200, resp.text
+    t0 = time.time()
+    # Applied on the instance that took the change before it answered.
+    assert served_by(fleet[0]) == (200, "versionb")
+    for s in fleet[1:]:
+        assert until(lambda: served_by(s), (200, "versionb"),
+                     APPLY_S - (time.time() - t0)) == (200, "versionb")
+    assert redis_config(r)["generation"] == 2
+    assert redis_config(r)["endpoints"][0]["versions"][1]["traffic_percentile"] == 100
+    # Not written to the file: in a fleet the file's endpoints are the seed.
+    with open(fleet[0].path) as f:
+        assert json.load(f)["endpoints"][0]["versions"][1]["traffic_percentile"] == 0
+
+    # The listing: every instance at the newest generation (heartbeats
+    # every flush_interval_ms).
+    def listing():
+        j = requests.get(fleet[2].admin("/admin/v1/fleet"), headers=H, timeout=5).json()
+        return (j["fleet"], j["generation"], len(j["instances"]),
+                all(i["generation"] == 2 and i["applied_newest"] for i in j["instances"]),
+                sum(i["self"] for i in j["instances"]))
+    assert until(listing, (FLEET, 2, 3, True, 1), 5) == (FLEET, 2, 3, True, 1)
+    out = subprocess.run([SLUICECTL, "--admin", fleet[1].admin(""), "--token", TOKEN, "fleet"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "fleet prod, newest generation 2", out.stdout
+    assert len(lines) == 2 + 3 and sum("(this one)" in l for l in lines) == 1, out.stdout
+    assert all(" 2 yes " in l for l in lines[2:]), out.stdout
+
+
+def test_two_operators_at_once_both_succeed():
+    """Two operators change different versions on two instances at the same
+    moment, many times over: every change answers 200, and each takes
+    exactly one generation (nothing lost, nothing applied twice)."""
+    r = Redis()
+    ms = [Model("versiona"), Model("versionb"), Model("versionc")]
+    eps = [endpoint("fleetep", [version("versiona", [ms[0].addr], 0, is_default=True),
+                           version("versionb", [ms[1].addr], 0),
+                           version("versionc", [ms[2].addr], 0)])]
+    fleet = [fleet_member(r, eps) for _ in range(3)]
+    rounds = 15
+    statuses = []
+    for i in range(rounds):
+        go = threading.Barrier(2)
+        results = {}
+
+        def op(s, v, n):
+            go.wait()
+            resp = patch(s, v, {"description": "%s-%d" % (v, n), "traffic_percentile": n})
+            results[v] = resp.status_code
+        ts = [threading.Thread(target=op, args=(fleet[0], "versionb", i)),
+              threading.Thread(target=op, args=(fleet[1], "versionc", i + 1))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        statuses.append(results)
+    assert statuses == [{"versionb": 200, "versionc": 200}] * rounds
+    cfg = redis_config(r)
+    assert cfg["generation"] == 1 + 2 * rounds
+    vs = {v["name"]: v for v in cfg["endpoints"][0]["versions"]}
+    assert vs["versionb"]["description"] == "versionb-%d" % (rounds - 1)
+    assert vs["versionc"]["description"] == "versionc-%d" % rounds
+    # Every instance converges on the same generation and serves it.
+    for s in fleet:
+        def seen(s=s):
+            j = requests.get(s.admin("/admin/v1/endpoints/fleetep"), headers=H, timeout=5).json()
+            d = {v["name"]: (v["description"], v["traffic_percentile"]) for v in j["versions"]}
+            return d["versionb"], d["versionc"]
+        want = (("versionb-%d" % (rounds - 1), rounds - 1), ("versionc-%d" % rounds, rounds))
+        assert until(seen, want, APPLY_S) == want
+
+
+def test_regen_key_refused_everywhere_and_tokens_shared():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    eps = split_endpoints(a, b, auth={"keys": True, "tokens": True}, keys=dict(KEYS))
+    fleet = [fleet_member(r, eps) for _ in range(3)]
+    old = {"Authorization": "Bearer " + KEYS["primary"]}
+    second = {"Authorization": "Bearer " + KEYS["secondary"]}
+    for s in fleet:
+        assert served_by(s, old) == (200, "versiona")
+        assert served_by(s) == (401, None)
+    # A token issued by one instance works on all: the signing secret is shared.
+    tok = requests.post(fleet[0].admin("/admin/v1/endpoints/fleetep/token"), headers=H, json={},
+                        timeout=5).json()["access_token"]
+    for s in fleet:
+        assert served_by(s, {"Authorization": "Bearer " + tok}) == (200, "versiona")
+
+    resp = requests.post(fleet[1].admin("/admin/v1/endpoints/fleetep/keys/regenerate"), headers=H,
+                         json={"key_type": "Primary"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    t0 = time.time()
+    new = resp.json()["primary_key"]
+    assert new != KEYS["primary"] and resp.json()["secondary_key"] == KEYS["secondary"]
+    assert served_by(fleet[1], old) == (401, None)
+    for s in (fleet[0], fleet[2]):
+        assert until(lambda: served_by(s, old)[0], 401, APPLY_S - (time.time() - t0)) == 401
+    for s in fleet:
+        assert served_by(s, {"Authorization": "Bearer " + new}) == (200, "versiona")
+        assert served_by(s, second) == (200, "versiona")
+        assert served_by(s, {"Authorization": "Bearer " + tok}) == (200, "versiona")
+        keys = requests.get(s.admin("/admin/v1/endpoints/fleetep/keys"), headers=H, timeout=5).json()
+        assert keys == {"primary_key": new, "secondary_key": KEYS["secondary"]}
+
+
+def test_redis_away_keeps_serving_refuses_changes_and_catches_up():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(3)]
+    assert patch(fleet[0], "versionb", {"traffic_percentile": 100}).status_code == 200
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versionb"), APPLY_S) == (200, "versionb")
+
+    r.kill()
+    for s in fleet:
+        # Refused once the instance has seen Redis go (at once for a closed socket).
+        got = until(lambda: patch(s, "versionb", {"traffic_percentile": 0}).status_code, 503, 5)
+        assert got == 503
+        resp = patch(s, "versionb", {"traffic_percentile": 0})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+        assert requests.get(s.admin("/admin/v1/fleet"), headers=H,
+                            timeout=5).status_code == 503
+        for _ in range(20):
+            assert served_by(s) == (200, "versionb")
+
+    # Back, empty (no persistence): the instances put generation 2 back,
+    # then changes go through again and reach everyone.
+    r.start()
+    assert until(lambda: (redis_config(r) or {}).get("generation"), 2, 5) == 2
+    assert until(lambda: patch(fleet[2], "versionb", {"traffic_percentile": 0}).status_code,
+                 200, 5) == 200
+    t0 = time.time()
+    assert redis_config(r)["generation"] == 3
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versiona"),
+                     APPLY_S - (time.time() - t0)) == (200, "versiona")
+    for s in fleet:
+        assert '"event":"fleet_redis_disconnected"' in s.log()
+
+
+def test_restart_while_redis_away_starts_from_cache():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
+    assert patch(fleet[0], "versionb", {"traffic_percentile": 100}).status_code == 200
+    s = fleet[1]
+    assert until(lambda: served_by(s), (200, "versionb"), APPLY_S) == (200, "versionb")
+    cache = s.path + ".fleet-cache"
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
+    with open(cache) as f:
+        assert json.load(f)["generation"] == 2
+
+    r.kill()
+    assert s.stop() == 0
+    s.spawn()
+    s.wait_ready()
+    # The file still says 0 %: the cache's generation 2 is what serves.
+    assert '"source":"cache"' in s.log()
+    for _ in range(20):
+        assert served_by(s) == (200, "versionb")
+    assert patch(s, "versionb", {"traffic_percentile": 0}).status_code == 503
+
+    r.start()
+    assert until(lambda: patch(s, "versionb", {"traffic_percentile": 0}).status_code,
+                 200, 5) == 200
+    t0 = time.time()
+    assert redis_config(r)["generation"] == 3
+    for m in fleet:
+        assert until(lambda: served_by(m), (200, "versiona"),
+                     APPLY_S - (time.time() - t0)) == (200, "versiona")
+    with open(cache) as f:
+        assert json.load(f)["generation"] == 3
+
+
+def test_client_gone_while_change_waits_for_redis():
+    """A change waits for Redis on the main loop; a client that hangs up
+    meanwhile costs nothing: the change still lands everywhere."""
+    import socket
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
+    # A script that keeps Redis busy for a while: the change's CAS waits.
+    busy = threading.Thread(target=lambda: r.client().eval(
+        "for i = 1, 100000000 do end return 1", 0))
+    busy.start()
+    time.sleep(0.1)
+    body = b'{"traffic_percentile": 100}'
+    c = socket.create_connection(("127.0.0.1", fleet[0].admin_port))
+    c.sendall(b"PATCH /admin/v1/endpoints/fleetep/versions/versionb HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+              % (TOKEN.encode(), len(body), body))
+    time.sleep(0.1)
+    c.close()
+    busy.join()
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versionb"), 5) == (200, "versionb")
+        assert s.proc.poll() is None
+    assert redis_config(r)["generation"] == 2
+    assert patch(fleet[0], "versionb", {"traffic_percentile": 0}).status_code == 200
+
+
+def test_missed_message_caught_by_poll_and_bad_changes_refused():
+    """A generation written without a message (an operator's own SET, or a
+    message lost) is picked up by the 5 s poll; changes that fail the rules
+    are refused with their paths and leave the generation alone."""
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
+    resp = patch(fleet[0], "versionb", {"traffic_percentile": 101})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["errors"] == [
+        "endpoints[0].versions[1].traffic_percentile: must be between 0 and 100"], resp.text
+    assert patch(fleet[1], "nosuch", {"traffic_percentile": 1}).status_code == 404
+    assert redis_config(r)["generation"] == 1
+
+    cfg = redis_config(r)
+    cfg["generation"] = 2
+    cfg["endpoints"][0]["versions"][1]["traffic_percentile"] = 100
+    r.client().set(KEY, json.dumps(cfg))        # no PUBLISH
+    for s in fleet:
+        assert until(lambda: served_by(s), (200, "versionb"), 5 + APPLY_S) == (200, "versionb")
+        # Logged just after the workers have it (the cache file is written first).
+        assert until(lambda: '"via":"poll"' in s.log(), True, 5), s.log()[-2000:]
+
+
+def test_fleet_listing_outside_a_fleet():
+    a = Model("versiona")
+    s = Sluice([endpoint("lone", [version("versiona", [a.addr], 100)])],
+               extra={"admin": {"token": TOKEN}})
+    resp = requests.get(s.admin("/admin/v1/fleet"), headers=H, timeout=5)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+
+
+def test_reload_rereads_the_instance_part_only():
+    """SIGHUP and POST /admin/v1/reload in a fleet: the file's endpoints are
+    only the seed, so a reload keeps the fleet's; changing the fleet's name
+    needs a restart (400, nothing changes)."""
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    s = fleet_member(r, split_endpoints(a, b))
+    s.config["endpoints"][0]["versions"][1]["traffic_percentile"] = 100
+    s.config["limits"] = {"max_body_bytes": 1000}
+    s.write_config()
+    resp = requests.post(s.admin("/admin/v1/reload"), headers=H, timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert served_by(s) == (200, "versiona")           # the fleet's 0 %, not the file's 100
+    big = requests.post(s.url("fleetep"), data=b"x" * 2000, timeout=5)
+    assert big.status_code == 413                       # the instance part did apply
+    assert redis_config(r)["generation"] == 1
+
+    s.config["fleet"]["name"] = "staging"
+    s.write_config()
+    resp = requests.post(s.admin("/admin/v1/reload"), headers=H, timeout=5)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == \
+        "fleet.name: joining, leaving or changing a fleet needs a restart"
+    assert served_by(s) == (200, "versiona")
