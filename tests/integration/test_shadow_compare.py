@@ -133,6 +133,11 @@ def test_noise_within_tolerance_agrees_and_above_differs():
         assert abs(float(x["live"]) - float(x["shadow"])) <= 1e-3 + 1e-12, x
         assert len(x["request_id"]) > 0 and x["time"].endswith("Z"), x
     assert len(diffs(s2, limit=2)) == 2
+    out = subprocess.run([SLUICECTL, "--admin", "http://127.0.0.1:%d" % s2.admin_port,
+                          "--token", "adm", "shadow", "ep1"], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 0 and "differences 100" in out.stdout, out.stdout
+    assert out.stdout.count(" at score") == 5, out.stdout
 
 
 def test_ignored_random_field_causes_no_difference():
