@@ -310,3 +310,27 @@ def test_compare_config_errors_and_admin_patch():
     assert counts(rc)["cmp_total"] == 10
     r = requests.get(s.admin("/admin/v1/endpoints/ep1/versions/nope/diffs"), headers=ADMIN)
     assert r.status_code == 404
+
+
+def test_dashboard_shows_agreement_and_differences():
+    """The dashboard in headless Chromium: the mirror's agreement cells are
+    the API's numbers, and its latest differences are listed."""
+    import os
+    from harness import ROOT, tmpdir
+    live = Model("live")
+    mirror = Model("mirror", "--noise", "1e-3")
+    s, rc = setup(live, mirror, {"mode": "json", "ignore": ECHO, "abs_tol": 1e-6,
+                                 "samples": 4})
+    send(s, 100)
+    wait_compared(rc, 50)
+    browser = os.path.join(ROOT, "tests", "browser")
+    shot = os.path.join(tmpdir(), "dashboard.png")
+    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="adm",
+               ENDPOINT="ep1", SCREENSHOT=os.environ.get("SLUICE_SCREENSHOT", shot))
+    out = subprocess.run(["node", os.path.join(browser, "dashboard.mjs")], cwd=browser,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["problems"] == []
+    m = res["shown"]["mirror"]
+    assert m["compared"] == "50" and m["differences"] == "50" and m["diff_rows"] == 4, m
