@@ -347,6 +347,17 @@ excerpt_value(char *out, size_t cap, json_t *v, bool present)
         snprintf(out, cap, "(absent)");
         return;
     }
+    if (json_is_real(v)) {
+        /* The shortest text that reads back as the same double, as the
+         * model most likely wrote it (jansson always writes 17 digits). */
+        double x = json_real_value(v);
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(out, cap, "%.*g", prec, x);
+            if (strtod(out, NULL) == x)
+                break;
+        }
+        return;
+    }
     char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     if (text == NULL) {
         out[0] = '\0';
