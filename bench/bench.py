@@ -24,6 +24,10 @@ issues whose performance targets compare against the plain core:
   keys      key authentication
   token     token authentication, one token per connection
   metrics   counting with a Redis writer
+  mirror    metrics, plus a mirror version receiving 50 % of requests as shadow
+            copies (answers read and dropped)
+  compare   the same mirror with shadow comparison on (SPEC §7, json mode):
+            the cost of comparing is compare vs mirror (printed at the end)
 """
 import argparse
 import json
@@ -264,7 +268,35 @@ def sluice_config(variant, models, redis_port, d):
         extra["admin"] = {"token": "bench-admin-token"}
     if variant == "metrics":
         extra["redis"] = {"address": "127.0.0.1:%d" % redis_port, "flush_interval_ms": 1000}
+    if variant in ("mirror", "compare"):
+        shadow_variant(variant, versions, extra, models, redis_port)
     return ep, extra
+
+
+def shadow_variant(variant, versions, extra, models, redis_port):
+    """mirror: 50 % shadow copies to a mirror version (on the second model
+    server); compare: the same with shadow comparison on, so the two differ
+    in the comparison only. Both count to Redis like the metrics variant."""
+    extra["redis"] = {"address": "127.0.0.1:%d" % redis_port, "flush_interval_ms": 1000}
+    mirror = {"name": "mirrorv", "upstreams": [models[1]], "traffic_percentile": 0,
+              "mirror_percentile": 50}
+    if variant == "compare":
+        mirror["compare"] = {"mode": "json", "abs_tol": 1e-6, "ignore": ["meta.timing_ms"]}
+    versions.append(mirror)
+
+
+def shadow_cost(results, scen, med):
+    """The cost of comparison: compare vs mirror, per scenario."""
+    if not any(k[1] == "sluice-compare" for k in results) or \
+            not any(k[1] == "sluice-mirror" for k in results):
+        return
+    print("\nshadow comparison cost (sluice-compare vs sluice-mirror, 50 % mirrored):")
+    for sname, _, _ in scen:
+        m = {k: med(results[(sname, "sluice-mirror")], k) for k in ("rps", "p99", "cpu_us")}
+        c = {k: med(results[(sname, "sluice-compare")], k) for k in ("rps", "p99", "cpu_us")}
+        print("  %-32s req/s %+6.1f %%  p99 %+6.1f %%  cpu/req %+6.1f %%" % (
+            sname, 100 * (c["rps"] / m["rps"] - 1), 100 * (c["p99"] / m["p99"] - 1),
+            100 * (c["cpu_us"] / m["cpu_us"] - 1)))
 
 
 def start_sluice(d, variant, models, cert, key, redis_port, limits=None):
@@ -419,7 +451,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--variants", default="core",
-                    help="sluice variants: core,routing,keys,token,metrics")
+                    help="sluice variants: core,routing,keys,token,metrics,mirror,compare")
     ap.add_argument("--scenarios", default="0,1,2", help="indices into the scenario list")
     ap.add_argument("--evhttp-model", action="store_true",
                     help="use the full evhttp model server instead of --fast (the old bench)")
@@ -431,7 +463,7 @@ def main():
         cert, key, models = backends(d, fast=not a.evhttp_model)
         redis_port = free_port()
         variants = [v for v in a.variants.split(",") if v]
-        if "metrics" in variants:
+        if {"metrics", "mirror", "compare"} & set(variants):
             spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
                    "--save", "", "--appendonly", "no"], open(os.path.join(d, "redis.log"), "w"))
             wait_port(redis_port)
@@ -517,6 +549,7 @@ def main():
             if not d_rps >= 2 * f_rps:
                 warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s (models at %.0f %% "
                                 "of a core)" % (sname, d_rps, fastest.name, f_rps, 100 * f_model))
+        shadow_cost(results, scen, med)
         if warnings:
             print("\n" + "!" * 78)
             print("!!! WARNING: the model server is not at least 2x faster than the fastest proxy.")

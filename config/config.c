@@ -753,6 +753,104 @@ parse_upstreams(struct pctx *p, json_t *obj, const char *path,
     }
 }
 
+const char *
+config_compare_mode_name(enum cfg_compare_mode m)
+{
+    return m == CFG_COMPARE_JSON ? "json" : m == CFG_COMPARE_EXACT ? "exact" : "off";
+}
+
+bool
+config_compare_path_valid(const char *s)
+{
+    size_t len = strlen(s), seg = 0;
+    if (len == 0 || len > 256 || !config_utf8_valid(s, len))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return false;
+        if (c == '.') {
+            if (seg == 0)
+                return false;
+            seg = 0;
+        } else
+            seg++;
+    }
+    return seg > 0;
+}
+
+/* A non-negative finite number at obj.key (integer or real). */
+static void
+get_tol(struct pctx *p, json_t *obj, const char *path, const char *key, double *dst)
+{
+    json_t *v = json_object_get(obj, key);
+    char sp[PATH_MAX_LEN];
+
+    *dst = 0;
+    if (v == NULL || json_is_null(v))
+        return;
+    subpath(sp, path, key);
+    if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1e300) {
+        err(p, sp, "must be a non-negative number");
+        return;
+    }
+    *dst = json_number_value(v);
+}
+
+/* The "compare" object of a mirror version (SPEC §7). */
+static void
+parse_compare(struct pctx *p, json_t *obj, const char *path, struct cfg_compare *c)
+{
+    static const char *const fields[] = {"mode", "abs_tol", "rel_tol", "ignore",
+        "max_bytes", "samples", NULL};
+    char sp[PATH_MAX_LEN], ip[PATH_MAX_LEN];
+
+    memset(c, 0, sizeof(*c));
+    if (obj == NULL)
+        return;
+    check_fields(p, obj, path, fields);
+    char *mode = NULL;
+    get_str(p, obj, path, "mode", &mode, "json");
+    c->mode = CFG_COMPARE_JSON;
+    if (mode != NULL && strcmp(mode, "exact") == 0)
+        c->mode = CFG_COMPARE_EXACT;
+    else if (mode != NULL && strcmp(mode, "json") != 0) {
+        subpath(sp, path, "mode");
+        err(p, sp, "must be \"json\" or \"exact\"");
+    }
+    free(mode);
+    get_tol(p, obj, path, "abs_tol", &c->abs_tol);
+    get_tol(p, obj, path, "rel_tol", &c->rel_tol);
+    get_u64(p, obj, path, "max_bytes", &c->max_bytes, 65536, 1, (uint64_t)64 << 20);
+    get_int(p, obj, path, "samples", &c->samples, 0, 0, CFG_COMPARE_MAX_SAMPLES);
+    json_t *ign = json_object_get(obj, "ignore");
+    if (ign == NULL || json_is_null(ign))
+        return;
+    subpath(sp, path, "ignore");
+    if (!json_is_array(ign)) {
+        err(p, sp, "must be an array of member paths like \"meta.timing_ms\"");
+        return;
+    }
+    size_t n = json_array_size(ign);
+    if (n > CFG_COMPARE_MAX_IGNORE) {
+        err(p, sp, "at most %d paths, not %zu", CFG_COMPARE_MAX_IGNORE, n);
+        return;
+    }
+    c->ignore = calloc(n + 1, sizeof(*c->ignore));
+    if (c->ignore == NULL)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(ign, i);
+        indexpath(ip, sp, i);
+        if (!json_is_string(e) || !config_compare_path_valid(json_string_value(e))) {
+            err(p, ip, "must be a member path: names joined by \".\", none empty, "
+                "no control characters, at most 256 bytes");
+            continue;
+        }
+        c->ignore[c->n_ignore++] = xstrdup(json_string_value(e));
+    }
+}
+
 static void
 parse_version(struct pctx *p, json_t *obj, const char *path,
               struct cfg_version *v)
@@ -760,7 +858,7 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     static const char *const fields[] = {"name", "upstreams", "path",
         "traffic_percentile", "is_default", "type", "description", "tags",
         "replica_max_concurrent_requests", "max_request_wait_time_ms",
-        "mirror_percentile", "health_check", NULL};
+        "mirror_percentile", "health_check", "compare", NULL};
     char sp[PATH_MAX_LEN];
 
     if (!json_is_object(obj)) {
@@ -816,6 +914,8 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
 
     subpath(sp, path, "health_check");
     parse_health(p, get_obj(p, obj, path, "health_check"), sp, &v->health);
+    subpath(sp, path, "compare");
+    parse_compare(p, get_obj(p, obj, path, "compare"), sp, &v->compare);
 }
 
 static void
@@ -1086,7 +1186,7 @@ parse_root(struct pctx *p, json_t *root)
         "max_body_bytes", "header_timeout_ms", "idle_timeout_ms",
         "max_connections", "drain_timeout_ms", "max_pipelined",
         "max_client_output_bytes", "send_timeout_ms", "upstream_idle_timeout_ms",
-        "max_shadow_inflight", "shadow_timeout_ms", NULL};
+        "max_shadow_inflight", "shadow_timeout_ms", "compare_budget_bytes", NULL};
     static const char *const log_fields[] = {"access_log", "level", NULL};
     char sp[PATH_MAX_LEN];
     bool is_unix;
@@ -1180,6 +1280,8 @@ parse_root(struct pctx *p, json_t *root)
             256, 0, 100000);
     get_int(p, lim, "limits", "shadow_timeout_ms", &c->limits.shadow_timeout_ms,
             5000, 1, 3600000);
+    get_u64(p, lim, "limits", "compare_budget_bytes", &c->limits.compare_budget_bytes,
+            16777216, 0, (uint64_t)1 << 34);
 
     json_t *log = get_obj(p, root, "", "log");
     if (log != NULL)
@@ -1254,6 +1356,9 @@ config_free(struct config *c)
             free(v->path);
             free(v->description);
             free(v->health.path);
+            for (int k = 0; k < v->compare.n_ignore; k++)
+                free(v->compare.ignore[k]);
+            free(v->compare.ignore);
         }
     }
     free(c->endpoints);

@@ -51,6 +51,25 @@ struct cfg_upstream {
     bool is_unix;
 };
 
+/* Shadow comparison of a mirror version (SPEC §7). */
+enum cfg_compare_mode {
+    CFG_COMPARE_OFF = 0,
+    CFG_COMPARE_JSON,           /* both bodies parsed, compared as JSON */
+    CFG_COMPARE_EXACT,          /* byte for byte, by streaming SHA-256 */
+};
+
+#define CFG_COMPARE_MAX_IGNORE 32
+#define CFG_COMPARE_MAX_SAMPLES 1000
+
+struct cfg_compare {
+    enum cfg_compare_mode mode;
+    double abs_tol, rel_tol;        /* numbers equal within either */
+    char **ignore;                  /* member paths "a.b.c", removed before comparing */
+    int n_ignore;
+    uint64_t max_bytes;             /* json: a larger body is "unknown" */
+    int samples;                    /* disagreements kept in Redis, 0: none */
+};
+
 struct cfg_version {
     char name[CFG_NAME_MAX + 1];
     struct cfg_upstream *upstreams;
@@ -65,6 +84,7 @@ struct cfg_version {
     int max_concurrent;         /* replica_max_concurrent_requests, 0 = off */
     int max_wait_ms;            /* max_request_wait_time_ms */
     struct cfg_health health;
+    struct cfg_compare compare;
 };
 
 struct cfg_endpoint {
@@ -104,6 +124,7 @@ struct cfg_limits {
     int upstream_idle_timeout_ms;   /* idle pooled upstream connections close after this */
     int max_shadow_inflight;        /* shadow copies per worker */
     int shadow_timeout_ms;
+    uint64_t compare_budget_bytes;  /* bodies retained for comparison, per worker */
 };
 
 struct cfg_redis {
@@ -206,6 +227,10 @@ int config_parse_address(const char *addr, char **host, int *port,
                          bool *is_unix);
 
 const char *config_group_name(enum cfg_group g);
+const char *config_compare_mode_name(enum cfg_compare_mode m);
+/* A member path for compare.ignore: names joined by '.', none empty, no
+ * control characters, at most 256 bytes. */
+bool config_compare_path_valid(const char *s);
 
 /* Text checks shared by the config, the admin API and the logs. */
 /* True when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */

@@ -131,7 +131,7 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
                            struct cfg_edit_result *r)
 {
     static const char *const allowed[] = {"traffic_percentile", "is_default", "type",
-        "description", "tags", "upstreams", "mirror_percentile", NULL};
+        "description", "tags", "upstreams", "mirror_percentile", "compare", NULL};
     json_t *e = config_doc_endpoint(doc, ep, NULL);
     if (e == NULL)
         return fail(r, 404, "no endpoint named %s", ep);

@@ -141,6 +141,54 @@ account_shadow(struct worker *w, const struct config *cfg, const struct cfg_endp
     metrics_record(slot_of(w, cfg, ep, version), minute_now(w), &m);
 }
 
+static void
+sample_str(struct evbuffer *b, const char *key, const char *s)
+{
+    buf_str(b, key);
+    if (s == NULL) {
+        BUF_LIT(b, "null");
+        return;
+    }
+    BUF_LIT(b, "\"");
+    json_escape_add(b, s, strlen(s));
+    BUF_LIT(b, "\"");
+}
+
+void
+account_compare(struct worker *w, const struct config *cfg, const struct cfg_endpoint *ep,
+                int vi, enum cmp_result res, const struct cmp_diff *d)
+{
+    static const int field[] = {
+        [CMP_EQUAL] = M_CMP_EQUAL, [CMP_DIFFERENT] = M_CMP_DIFFERENT,
+        [CMP_STATUS_MISMATCH] = M_CMP_STATUS_MISMATCH, [CMP_UNKNOWN] = M_CMP_UNKNOWN,
+    };
+    struct metrics_sample m = {.cmp_field = field[res]};
+    metrics_record(slot_of(w, cfg, ep, vi), minute_now(w), &m);
+    const struct cfg_version *v = &ep->versions[vi];
+    if (d == NULL || v->compare.samples <= 0)
+        return;
+    /* {"time","request_id","live_status","shadow_status","path","live","shadow"} */
+    struct evbuffer *b = evbuffer_new();     /* rare: only disagreements are sampled */
+    char t[40];
+    if (b == NULL)
+        return;
+    log_time_iso(t, sizeof(t));
+    sample_str(b, "{\"time\":", t);
+    sample_str(b, ",\"request_id\":", d->request_id);
+    BUF_LIT(b, ",\"live_status\":");
+    buf_u64(b, (uint64_t)d->live_status);
+    BUF_LIT(b, ",\"shadow_status\":");
+    buf_u64(b, (uint64_t)d->shadow_status);
+    sample_str(b, ",\"path\":", d->path);
+    sample_str(b, ",\"live\":", d->live);
+    sample_str(b, ",\"shadow\":", d->shadow);
+    BUF_LIT(b, "}");
+    BUF_LIT(b, "\0");
+    metrics_diff_push(w->metrics, ep->name, v->name, v->compare.samples,
+                      (const char *)evbuffer_pullup(b, -1));
+    evbuffer_free(b);
+}
+
 void
 account_flush(struct worker *w)
 {

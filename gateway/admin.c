@@ -145,6 +145,20 @@ pct_json(int hundredths)
 }
 
 static json_t *
+describe_compare(const struct cfg_compare *c)
+{
+    if (c->mode == CFG_COMPARE_OFF)
+        return json_null();
+    json_t *ign = json_array();
+    for (int i = 0; i < c->n_ignore; i++)
+        json_array_append_new(ign, json_string(c->ignore[i]));
+    return json_pack("{s:s, s:f, s:f, s:o, s:I, s:i}", "mode",
+                     config_compare_mode_name(c->mode), "abs_tol", c->abs_tol,
+                     "rel_tol", c->rel_tol, "ignore", ign,
+                     "max_bytes", (json_int_t)c->max_bytes, "samples", c->samples);
+}
+
+static json_t *
 describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv)
 {
     const struct cfg_version *v = &ep->versions[vi];
@@ -174,6 +188,7 @@ describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv)
             "success_threshold", v->health.success_threshold));
     else
         json_object_set_new(o, "health_check", json_null());
+    json_object_set_new(o, "compare", describe_compare(&v->compare));
     return o;
 }
 
@@ -235,9 +250,17 @@ parse_route(const char *path, struct route *r)
     if (strncmp(p, "versions", 8) == 0 && (p[8] == '\0' || p[8] == '/')) {
         snprintf(r->tail, sizeof(r->tail), "versions");
         if (p[8] == '/' && p[9] != '\0') {
-            if (strlen(p + 9) >= sizeof(r->v) || strchr(p + 9, '/'))
+            const char *vs = strchr(p + 9, '/');
+            size_t vn = vs ? (size_t)(vs - (p + 9)) : strlen(p + 9);
+            if (vn == 0 || vn >= sizeof(r->v))
                 return false;
-            snprintf(r->v, sizeof(r->v), "%s", p + 9);
+            if (vs != NULL) {
+                /* versions/V/diffs: the shadow comparison's samples */
+                if (strcmp(vs, "/diffs") != 0)
+                    return false;
+                snprintf(r->tail, sizeof(r->tail), "diffs");
+            }
+            memcpy(r->v, p + 9, vn);
             r->has_v = true;
         }
         return true;
@@ -693,6 +716,56 @@ on_ep_metrics(struct evhttp_request *req, const struct route *r)
     reply(req, 200, ans);
 }
 
+/* GET …/versions/{v}/diffs[?limit=N]: the latest disagreement samples. */
+static void
+on_diffs(struct evhttp_request *req, const struct route *r)
+{
+    char why[512];
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply_error(req, 405, "method_not_allowed", "GET only", NULL);
+        return;
+    }
+    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    if (ep == NULL)
+        return;
+    int vi = config_version_index(ep, r->v, strlen(r->v));
+    if (vi < 0) {
+        snprintf(why, sizeof(why), "endpoint %s has no version %s", ep->name, r->v);
+        reply_error(req, 404, "not_found", why, NULL);
+        return;
+    }
+    const struct cfg_version *v = &ep->versions[vi];
+    int limit = v->compare.samples > 0 ? v->compare.samples : CFG_COMPARE_MAX_SAMPLES;
+    struct evkeyvalq q;
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (query && evhttp_parse_query_str(query, &q) == 0) {
+        const char *l = evhttp_find_header(&q, "limit");
+        char *end = NULL;
+        if (l != NULL) {
+            long n = strtol(l, &end, 10);
+            if (*l == '\0' || *end != '\0' || n < 1 || n > CFG_COMPARE_MAX_SAMPLES) {
+                evhttp_clear_headers(&q);
+                reply_error(req, 400, "invalid", "limit: 1 to 1000", NULL);
+                return;
+            }
+            limit = (int)n;
+        }
+        evhttp_clear_headers(&q);
+    }
+    /* Samples still in the workers go first. */
+    metrics_redis_flush(control_metrics());
+    json_t *arr = metrics_redis_diffs(control_metrics(), ep->name, v->name, limit, why,
+                                      sizeof(why));
+    if (arr == NULL) {
+        reply_error(req, 503, "redis_unavailable", why, NULL);
+        return;
+    }
+    reply(req, 200, json_pack("{s:s, s:s, s:s, s:i, s:o}", "endpoint", ep->name,
+                              "version", v->name, "mode",
+                              config_compare_mode_name(v->compare.mode),
+                              "samples", v->compare.samples, "diffs", arr));
+}
+
 static void
 on_prometheus(struct evhttp_request *req)
 {
@@ -867,6 +940,8 @@ on_request(struct evhttp_request *req, void *arg)
         on_token(req, &r);
     else if (strcmp(r.tail, "metrics") == 0)
         on_ep_metrics(req, &r);
+    else if (strcmp(r.tail, "diffs") == 0)
+        on_diffs(req, &r);
     else
         reply_error(req, 404, "not_found", "no such admin resource", NULL);
 }

@@ -13,8 +13,9 @@
  *   admin.c, control.c -> fleet.c          fleet members: shared config in Redis
  *   fleet.c -> control.c (control_apply)   a fleet generation applies like a reload
  *   worker.c -> session.c                  accept, drain, free
- *   session.c -> shadow.c, upstream.c, request.c, compose.c, account.c
- *   shadow.c -> upstream.c, compose.c, account.c
+ *   session.c -> shadow.c, compare.c, upstream.c, request.c, compose.c, account.c
+ *   shadow.c -> compare.c, upstream.c, compose.c, account.c
+ *   compare.c -> account.c                 (shadow comparison, SPEC §7)
  *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
  * OpenSSL is seen by tls.c, worker.c (context references) and control.c;
  * llhttp by session.c, upstream.c and request.c.
@@ -377,6 +378,53 @@ void account_shadow(struct worker *w, const struct config *cfg,
 /* Write the worker's buffered access lines. */
 void account_flush(struct worker *w);
 
+/* ---- shadow comparison (compare.c; SPEC §7) ---------------------------------- */
+
+enum cmp_result { CMP_EQUAL, CMP_DIFFERENT, CMP_STATUS_MISMATCH, CMP_UNKNOWN };
+enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
+#define CMP_EXCERPT 256             /* bytes of each side kept in a sample */
+
+/* A disagreement to keep as a sample (SPEC §7 samples). */
+struct cmp_diff {
+    const char *request_id;
+    int live_status, shadow_status;
+    const char *path;               /* first differing JSON path; NULL for none */
+    const char *live, *shadow;      /* excerpts, valid UTF-8, at most CMP_EXCERPT bytes */
+    bool excerpts_set;
+};
+
+/* Count one comparison of version vi's copy; d (may be NULL) is sampled
+ * when the version keeps samples. */
+void account_compare(struct worker *w, const struct config *cfg,
+                     const struct cfg_endpoint *ep, int vi, enum cmp_result res,
+                     const struct cmp_diff *d);
+
+/* Pure: remove the member paths from doc; compare two documents with cc's
+ * tolerances, filling path (cap bytes, "$" for the root, "a.b[2].c") and
+ * the differing values (either NULL when absent on that side). */
+struct json_t;
+void cmp_json_strip(struct json_t *doc, char *const *ignore, int n);
+bool cmp_json_equal(struct json_t *a, struct json_t *b, const struct cfg_compare *cc,
+                    char *path, size_t cap, struct json_t **da, struct json_t **db);
+/* len bytes of s into out (cap bytes with the NUL), cut at a character
+ * boundary, invalid bytes as '?'; the length written. */
+size_t cmp_excerpt(char *out, size_t cap, const char *s, size_t len);
+
+/*
+ * The comparison of one copy, shared by its live request and its copy:
+ * created by shadow_start() for a version with "compare"; each side reports
+ * its head, body bytes and end (cmp_end exactly once per side), and the
+ * second end compares, counts and frees it. NULL when the version does not
+ * compare (or out of memory: counted unknown).
+ */
+struct shadow_cmp;
+struct shadow_cmp *cmp_new(struct worker *w, struct config *cfg,
+                           const struct cfg_endpoint *ep, int vi, const char *request_id);
+void cmp_head(struct shadow_cmp *c, enum cmp_who who, int status);
+void cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len);
+/* ok: that side's response arrived complete. */
+void cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok);
+
 /* ---- upstream pools and connections (upstream.c) -------------------------- */
 
 struct upool {
@@ -492,11 +540,15 @@ struct shadow;
  */
 struct shadow *shadow_start(struct worker *w, struct config *cfg,
                             const struct cfg_endpoint *ep, int vi,
-                            struct evbuffer *head, bool chunked, bool head_method);
+                            struct evbuffer *head, bool chunked, bool head_method,
+                            const char *request_id);
 void shadow_body(struct shadow *sh, const char *at, size_t len);
-/* The live request was read whole: send the copy, let it go on alone. */
-void shadow_complete(struct shadow *sh);
-/* The live request failed before it was complete: drop the copy. */
+/* The live request was read whole: send the copy, let it go on alone.
+ * Returns the live side of its comparison (NULL when none): from here the
+ * request feeds it its response and ends it (cmp_end) once. */
+struct shadow_cmp *shadow_complete(struct shadow *sh);
+/* The live request failed before it was complete: drop the copy (and end
+ * both sides of its comparison: unknown). */
 void shadow_abandon(struct shadow *sh);
 void shadows_free_all(struct worker *w);
 
@@ -564,6 +616,7 @@ struct worker {
     struct event *upstream_gc_ev;
     TAILQ_HEAD(, shadow) shadows;
     int n_shadows;
+    uint64_t cmp_retained;          /* response bytes held for comparisons (compare.c) */
     bool draining;
     /* the mailbox from the main thread */
     struct event *mail_ev;

@@ -76,6 +76,10 @@ struct request {
     struct event *hdr_timer;        /* header_timeout_ms: head and body read */
     struct shadow *shadows[CFG_MAX_VERSIONS];
     int n_shadows;
+    /* The live sides of its copies' comparisons (SPEC §7), taken when the
+     * copies are let go: fed the response, ended in request_end(). */
+    struct shadow_cmp *cmps[CFG_MAX_VERSIONS];
+    int n_cmps;
     struct req_line line;
     struct req_target target;
     int status;                     /* sent to the client */
@@ -370,6 +374,17 @@ drop_shadows(struct request *r)
     r->n_shadows = 0;
 }
 
+/* The live outcome for the comparisons: only a relayed, complete response
+ * is compared; anything else makes them unknown. */
+static void
+end_comparisons(struct request *r)
+{
+    bool ok = r->cause == RC_OK && r->status != 0;
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_end(r->cmps[i], CMP_LIVE, ok);
+    r->n_cmps = 0;
+}
+
 /*
  * The request is over: answered whole and read whole, or its connection is
  * going away. Log and count it once, release everything it holds, and get
@@ -407,6 +422,7 @@ request_end(struct session *s)
         r->up = NULL;
     }
     drop_shadows(r);
+    end_comparisons(r);
     release_slot(r);
     config_drop(r->cfg);
     r->cfg = NULL;
@@ -587,6 +603,8 @@ rq_head(void *owner, struct upconn *u)
                           u->parser.content_length, conn);
     r->bytes_out += evbuffer_get_length(out);
     evbuffer_add_buffer(client_out(s), out);
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_head(r->cmps[i], CMP_LIVE, u->status);
     return r->head_method;
 }
 
@@ -604,6 +622,9 @@ rq_body(void *owner, struct upconn *u, const char *at, size_t len)
     } else
         evbuffer_add(out, at, len);
     r->bytes_out += evbuffer_get_length(out) - before;
+    /* Bytes already on their way to the client: hashed or copied, never held. */
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_body(r->cmps[i], CMP_LIVE, at, len);
     if (evbuffer_get_length(out) > GW_HIGH_WATER)
         upconn_pause(u);
 }
@@ -895,7 +916,8 @@ start_shadows(struct session *s, struct ep_state *es)
         };
         compose_request_head(s->w->scratch2, &ur);
         struct shadow *sh = shadow_start(s->w, r->cfg, ep, i, s->w->scratch2,
-                                         r->up_framing == FRAME_CHUNKED, r->head_method);
+                                         r->up_framing == FRAME_CHUNKED, r->head_method,
+                                         r->id);
         if (sh != NULL)
             r->shadows[r->n_shadows++] = sh;
     }
@@ -1141,8 +1163,15 @@ on_message_complete(llhttp_t *p)
     struct request *r = s->req;
 
     r->body_done = true;
-    for (int i = 0; i < r->n_shadows; i++)
-        shadow_complete(r->shadows[i]);
+    for (int i = 0; i < r->n_shadows; i++) {
+        struct shadow_cmp *c = shadow_complete(r->shadows[i]);
+        if (c == NULL)
+            continue;
+        if (r->phase == RP_RESPONDING || r->phase == RP_ANSWERED)
+            cmp_end(c, CMP_LIVE, false);    /* its answer began unseen: unknown */
+        else
+            r->cmps[r->n_cmps++] = c;
+    }
     r->n_shadows = 0;
     if (r->up != NULL && r->up_framing == FRAME_CHUNKED && !r->discard)
         send_to_upstream(r, "0\r\n\r\n", 5);

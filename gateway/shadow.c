@@ -11,7 +11,9 @@
  *   past SHADOW_HOLD, then streamed), so a request refused part-way never
  *   reaches the mirror as a complete request; a copy that falls
  *   SHADOW_MAX_BEHIND behind is dropped;
- * - its answer is read and thrown away.
+ * - its answer is read and thrown away, unless the version compares
+ *   (SPEC §7): then its status and body bytes go to the copy's comparison
+ *   (compare.c), whose shadow side this file ends exactly once.
  *
  * While the live request feeds it, a copy is "attached" and its owner (the
  * request) holds a pointer; a copy that ends then is only marked finished
@@ -42,17 +44,35 @@ struct shadow {
     bool attached;                  /* the live request still feeds it */
     bool streaming;                 /* past SHADOW_HOLD: bytes go out as they come */
     bool finished;                  /* ended while attached; freed on detach */
+    bool answered_whole;            /* the mirror's response arrived complete */
     int answer;                     /* status of the mirror's response head */
+    struct shadow_cmp *cmp;         /* its comparison, NULL when none */
+    bool live_handed;               /* the request holds the live side of cmp */
     TAILQ_ENTRY(shadow) link;
 };
 
 int gw_open_fds;
 int gw_fd_limit;
 
+/* End the copy's sides of its comparison: the shadow side always, the
+ * live side too when the request never took it. */
+static void
+cmp_detach(struct shadow *sh)
+{
+    if (sh->cmp == NULL)
+        return;
+    struct shadow_cmp *c = sh->cmp;
+    sh->cmp = NULL;
+    if (!sh->live_handed)
+        cmp_end(c, CMP_LIVE, false);
+    cmp_end(c, CMP_SHADOW, sh->answered_whole);
+}
+
 static void
 shadow_free(struct shadow *sh)
 {
     struct worker *w = sh->w;
+    cmp_detach(sh);
     if (sh->timer != NULL)
         event_free(sh->timer);
     if (sh->held != NULL)
@@ -83,6 +103,8 @@ shadow_end(struct shadow *sh, int status, bool dropped, bool count)
         sh->slot = NULL;
     }
     evtimer_del(sh->timer);
+    if (sh->cmp != NULL && (sh->live_handed || !sh->attached))
+        cmp_detach(sh);
     if (count)
         account_shadow(sh->w, sh->cfg, sh->ep, sh->version, status,
                        now_us() - sh->t_start_us, dropped);
@@ -104,13 +126,18 @@ sh_head(void *owner, struct upconn *u)
     struct shadow *sh = owner;
     sh->answer = u->status;
     route_eject_success(&u->pool->eject);
+    if (sh->cmp != NULL)
+        cmp_head(sh->cmp, CMP_SHADOW, u->status);
     return sh->head_method ? 1 : 0;
 }
 
 static void
 sh_body(void *owner, struct upconn *u, const char *at, size_t len)
 {
-    /* read and dropped */
+    struct shadow *sh = owner;
+    if (sh->cmp != NULL)
+        cmp_body(sh->cmp, CMP_SHADOW, at, len);
+    /* else read and dropped */
 }
 
 static void
@@ -120,6 +147,7 @@ sh_done(void *owner, struct upconn *u, bool reusable)
     sh->u = NULL;
     /* A copy still being fed cannot hand its connection back. */
     upconn_release(u, reusable && !sh->attached);
+    sh->answered_whole = true;
     shadow_end(sh, sh->answer, false, true);
 }
 
@@ -155,24 +183,31 @@ release_held(struct shadow *sh)
 
 struct shadow *
 shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
-             struct evbuffer *head, bool chunked, bool head_method)
+             struct evbuffer *head, bool chunked, bool head_method, const char *request_id)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
+    bool compares = ep->versions[vi].compare.mode != CFG_COMPARE_OFF;
 
     if (w->n_shadows >= lim->max_shadow_inflight ||
         __atomic_load_n(&gw_open_fds, __ATOMIC_RELAXED) >= gw_fd_limit / 2 ||
         upstream_pick(w, cfg, ep, vi, NULL, &pool) != PICK_OK) {
         evbuffer_drain(head, evbuffer_get_length(head));
         account_shadow(w, cfg, ep, vi, 0, 0, true);
+        if (compares)               /* a dropped copy is an unknown comparison */
+            account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
         return NULL;
     }
     struct shadow *sh = calloc(1, sizeof(*sh));
     if (sh == NULL) {
         route_give_slot(pool->shared);
         evbuffer_drain(head, evbuffer_get_length(head));
+        if (compares)
+            account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
         return NULL;
     }
+    if (compares)
+        sh->cmp = cmp_new(w, cfg, ep, vi, request_id);
     sh->w = w;
     sh->cfg = config_take(cfg);
     sh->ep = ep;
@@ -221,17 +256,20 @@ shadow_body(struct shadow *sh, const char *at, size_t len)
     }
 }
 
-void
+struct shadow_cmp *
 shadow_complete(struct shadow *sh)
 {
+    struct shadow_cmp *c = sh->cmp;
     sh->attached = false;
+    sh->live_handed = c != NULL;
     if (sh->finished) {
-        shadow_free(sh);
-        return;
+        shadow_free(sh);            /* ends the shadow side; the live side is the request's */
+        return c;
     }
     if (sh->chunked)
         BUF_LIT(sh->held, "0\r\n\r\n");
     release_held(sh);
+    return c;
 }
 
 void

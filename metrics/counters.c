@@ -10,6 +10,7 @@
  */
 #include "metrics/metrics.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ const char *const metrics_field_names[M_COUNT] = {
     "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
     "upstream_errors", "timeouts", "overloaded", "failover", "pinned",
     "shadow_dropped", "bytes_in", "bytes_out", "latency_us_sum",
+    "cmp_total", "cmp_equal", "cmp_different", "cmp_status_mismatch", "cmp_unknown",
     "lat_le_500", "lat_le_1000", "lat_le_2500", "lat_le_5000", "lat_le_10000",
     "lat_le_25000", "lat_le_50000", "lat_le_100000", "lat_le_250000", "lat_le_500000",
     "lat_le_1000000", "lat_le_2500000", "lat_le_5000000", "lat_le_10000000", "lat_le_inf",
@@ -64,8 +66,18 @@ struct metrics_slot {
     struct metrics_slot *next;
 };
 
+struct diff_entry {
+    char ep[CFG_NAME_MAX + 1];
+    char version[CFG_NAME_MAX + 1];
+    int keep;
+    char *text;
+};
+
 struct metrics_worker {
     struct metrics_slot *slots;     /* atomic head; appended by the worker */
+    pthread_mutex_t diff_lock;
+    struct diff_entry diffs[METRICS_DIFF_RING];
+    unsigned diff_first, diff_n;
     uint64_t rejected[REJ_COUNT];
     uint64_t rej_seen[REJ_COUNT];   /* the collector's */
 };
@@ -73,7 +85,10 @@ struct metrics_worker {
 struct metrics_worker *
 metrics_worker_new(void)
 {
-    return calloc(1, sizeof(struct metrics_worker));
+    struct metrics_worker *mw = calloc(1, sizeof(struct metrics_worker));
+    if (mw != NULL)
+        pthread_mutex_init(&mw->diff_lock, NULL);
+    return mw;
 }
 
 void
@@ -86,6 +101,9 @@ metrics_worker_free(struct metrics_worker *mw)
         n = s->next;
         free(s);
     }
+    for (unsigned i = 0; i < METRICS_DIFF_RING; i++)
+        free(mw->diffs[i].text);
+    pthread_mutex_destroy(&mw->diff_lock);
     free(mw);
 }
 
@@ -126,6 +144,11 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
         __atomic_store_n(&c->minute, minute, __ATOMIC_RELEASE);
     }
     uint64_t *v = c->v;
+    if (s->cmp_field != 0) {
+        add(&v[M_CMP_TOTAL], 1);
+        add(&v[s->cmp_field], 1);
+        return;
+    }
     if (s->shadow_dropped) {
         add(&v[M_SHADOW_DROPPED], 1);
         return;
@@ -154,6 +177,55 @@ void
 metrics_reject(struct metrics_worker *mw, enum rejected_kind k)
 {
     add(&mw->rejected[k], 1);
+}
+
+/* ---- disagreement samples ------------------------------------------------ */
+
+void
+metrics_diff_push(struct metrics_worker *mw, const char *ep, const char *version, int keep,
+                  const char *json_text)
+{
+    char *text = strdup(json_text);
+    if (text == NULL)
+        return;
+    pthread_mutex_lock(&mw->diff_lock);
+    struct diff_entry *e;
+    if (mw->diff_n == METRICS_DIFF_RING) {
+        /* Full (Redis away): the oldest goes, as LTRIM would drop it. */
+        e = &mw->diffs[mw->diff_first];
+        mw->diff_first = (mw->diff_first + 1) % METRICS_DIFF_RING;
+        free(e->text);
+    } else
+        e = &mw->diffs[(mw->diff_first + mw->diff_n++) % METRICS_DIFF_RING];
+    snprintf(e->ep, sizeof(e->ep), "%s", ep);
+    snprintf(e->version, sizeof(e->version), "%s", version);
+    e->keep = keep;
+    e->text = text;
+    pthread_mutex_unlock(&mw->diff_lock);
+}
+
+void
+metrics_diff_take(struct metrics_worker *mw,
+                  void (*fn)(void *arg, const char *ep, const char *version, int keep,
+                             const char *text),
+                  void *arg)
+{
+    struct diff_entry taken[METRICS_DIFF_RING];
+    unsigned n;
+    pthread_mutex_lock(&mw->diff_lock);
+    n = mw->diff_n;
+    for (unsigned i = 0; i < n; i++) {
+        struct diff_entry *e = &mw->diffs[(mw->diff_first + i) % METRICS_DIFF_RING];
+        taken[i] = *e;
+        e->text = NULL;
+    }
+    mw->diff_first = 0;
+    mw->diff_n = 0;
+    pthread_mutex_unlock(&mw->diff_lock);
+    for (unsigned i = 0; i < n; i++) {
+        fn(arg, taken[i].ep, taken[i].version, taken[i].keep, taken[i].text);
+        free(taken[i].text);
+    }
 }
 
 /* ---- the backlog -------------------------------------------------------- */
@@ -433,6 +505,21 @@ metrics_prometheus(const struct metrics_backlog *b)
             P("%s{endpoint=\"%s\",version=\"%s\",group=\"%s\"} %llu\n", simple[f].name, s->ep,
               s->version, s->group, (unsigned long long)s->total[simple[f].f]);
         }
+    }
+    P("# HELP sluice_shadow_comparisons_total Shadow comparisons of mirror versions "
+      "by result (SPEC §7).\n# TYPE sluice_shadow_comparisons_total counter\n");
+    static const struct { int f; const char *name; } cmp_results[] = {
+        {M_CMP_EQUAL, "equal"}, {M_CMP_DIFFERENT, "different"},
+        {M_CMP_STATUS_MISMATCH, "status_mismatch"}, {M_CMP_UNKNOWN, "unknown"},
+    };
+    for (int i = 0; i < b->n_series; i++) {
+        const struct series *s = &b->series[i];
+        if (s->total[M_CMP_TOTAL] == 0)
+            continue;
+        for (int k = 0; k < 4; k++)
+            P("sluice_shadow_comparisons_total{endpoint=\"%s\",version=\"%s\",result=\"%s\"} "
+              "%llu\n", s->ep, s->version, cmp_results[k].name,
+              (unsigned long long)s->total[cmp_results[k].f]);
     }
     P("# HELP sluice_request_duration_seconds From the end of the request headers to the "
       "last byte of the response.\n# TYPE sluice_request_duration_seconds histogram\n");

@@ -29,6 +29,8 @@ struct json_t;
 enum metric {
     M_REQUESTS, M_2XX, M_3XX, M_4XX, M_5XX, M_UPSTREAM_ERRORS, M_TIMEOUTS,
     M_OVERLOADED, M_FAILOVER, M_PINNED, M_SHADOW_DROPPED, M_BYTES_IN, M_BYTES_OUT, M_LATENCY_SUM,
+    /* shadow comparison (SPEC §7), on the mirror version's counters */
+    M_CMP_TOTAL, M_CMP_EQUAL, M_CMP_DIFFERENT, M_CMP_STATUS_MISMATCH, M_CMP_UNKNOWN,
     M_LAT_FIRST,                    /* 15 histogram buckets follow */
     M_COUNT = M_LAT_FIRST + 15,
 };
@@ -50,6 +52,9 @@ struct metrics_sample {
     uint64_t bytes_in, bytes_out;
     bool upstream_error, timeout, overloaded, failover, pinned;
     bool shadow_dropped;            /* a shadow copy not sent: counts only that */
+    /* A comparison: counts only cmp_total and this one of M_CMP_EQUAL..
+     * M_CMP_UNKNOWN (0: not a comparison). */
+    int cmp_field;
 };
 
 /* ---- per worker (counters.c) ------------------------------------------ */
@@ -67,6 +72,19 @@ struct metrics_slot *metrics_slot(struct metrics_worker *mw, const char *ep,
 void metrics_record(struct metrics_slot *slot, uint32_t minute,
                     const struct metrics_sample *s);
 void metrics_reject(struct metrics_worker *mw, enum rejected_kind k);
+
+/* A disagreement sample (SPEC §7), JSON text, for sluice:{ep}:diffs:version
+ * trimmed to keep entries. Each worker keeps the latest METRICS_DIFF_RING
+ * until the collector takes them (a short per-worker lock, taken only when
+ * a sample is kept, never for counting). */
+#define METRICS_DIFF_RING 64
+void metrics_diff_push(struct metrics_worker *mw, const char *ep, const char *version,
+                       int keep, const char *json_text);
+/* Hand each waiting sample to fn (oldest first) and forget it. */
+void metrics_diff_take(struct metrics_worker *mw,
+                       void (*fn)(void *arg, const char *ep, const char *version, int keep,
+                                  const char *text),
+                       void *arg);
 
 /* ---- collecting and the backlog (counters.c) -------------------------- */
 
@@ -106,6 +124,8 @@ struct metrics_compare {
     double lo, hi;              /* 95 % confidence interval of diff */
     const char *verdict;        /* better, worse, no significant difference, too little data */
 };
+/* The 95 % Wilson interval of eq successes in n (n > 0). */
+void metrics_wilson(uint64_t eq, uint64_t n, double *lo, double *hi);
 /* Two-proportion comparison of error rates (normal approximation). */
 void metrics_compare_errors(uint64_t n_c, uint64_t e_c, uint64_t n_t, uint64_t e_t,
                             struct metrics_compare *out);
@@ -222,5 +242,9 @@ void metrics_redis_free(struct metrics_redis *r);
  * (SPEC §5 metrics): JSON, or NULL with a reason. */
 struct json_t *metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep,
                                    int minutes, char *err, size_t errlen);
+/* The latest (at most limit) disagreement samples of a mirror version,
+ * newest first (SPEC §7): a JSON array, or NULL with a reason. */
+struct json_t *metrics_redis_diffs(struct metrics_redis *r, const char *ep,
+                                   const char *version, int limit, char *err, size_t errlen);
 
 #endif

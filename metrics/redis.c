@@ -506,6 +506,27 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
     write_versions(r);
 }
 
+/* Disagreement samples (SPEC §7): LPUSH + LTRIM, best effort. They are
+ * taken from the workers only while connected; until then each worker's
+ * ring keeps the latest METRICS_DIFF_RING. */
+static void
+send_diff(void *arg, const char *ep, const char *version, int keep, const char *text)
+{
+    struct metrics_redis *r = arg;
+    char key[256];
+    snprintf(key, sizeof(key), "sluice:{%s}:diffs:%s", ep, version);
+    redisAsyncCommand(r->ac, NULL, NULL, "LPUSH %s %s", key, text);
+    redisAsyncCommand(r->ac, NULL, NULL, "LTRIM %s 0 %d", key, keep - 1);
+}
+
+static void
+flush_diffs(struct metrics_redis *r)
+{
+    for (int i = 0; i < r->n_workers; i++)
+        if (r->workers[i] != NULL)
+            metrics_diff_take(r->workers[i], send_diff, r);
+}
+
 void
 metrics_redis_flush(struct metrics_redis *r)
 {
@@ -520,6 +541,7 @@ metrics_redis_flush(struct metrics_redis *r)
         return;
     }
     heartbeat(r);
+    flush_diffs(r);
     if (r->inflight != NULL)
         return;                 /* one batch at a time: it is still unanswered */
     if (metrics_backlog_size(r->b) == 0) {
@@ -622,6 +644,41 @@ struct query {
     struct qrow rows[CFG_MAX_VERSIONS + 3];
     int n_rows, n_versions;
 };
+/* Per minute: comparisons with a result and how many were equal. */
+static void
+series_agreement(json_t *pt, const uint64_t *v)
+{
+    uint64_t compared = v[M_CMP_TOTAL] - v[M_CMP_UNKNOWN];
+    json_object_set_new(pt, "compared", json_integer((json_int_t)compared));
+    json_object_set_new(pt, "equal", json_integer((json_int_t)v[M_CMP_EQUAL]));
+}
+
+/* SPEC §7: a mirror version's agreement with the live answers. */
+static json_t *
+agreement(const uint64_t *tot)
+{
+    uint64_t total = tot[M_CMP_TOTAL], unknown = tot[M_CMP_UNKNOWN];
+    uint64_t compared = total >= unknown ? total - unknown : 0, eq = tot[M_CMP_EQUAL];
+    json_t *o = json_object();
+    json_object_set_new(o, "total", json_integer((json_int_t)total));
+    json_object_set_new(o, "compared", json_integer((json_int_t)compared));
+    json_object_set_new(o, "equal", json_integer((json_int_t)eq));
+    json_object_set_new(o, "status_mismatches",
+                        json_integer((json_int_t)tot[M_CMP_STATUS_MISMATCH]));
+    json_object_set_new(o, "differences", json_integer((json_int_t)tot[M_CMP_DIFFERENT]));
+    json_object_set_new(o, "unknown", json_integer((json_int_t)unknown));
+    if (compared > 0) {
+        double lo, hi;
+        metrics_wilson(eq, compared, &lo, &hi);
+        json_object_set_new(o, "equal_rate", json_real((double)eq / (double)compared));
+        json_object_set_new(o, "equal_rate_ci95", json_pack("[f, f]", lo, hi));
+    } else {
+        json_object_set_new(o, "equal_rate", json_null());
+        json_object_set_new(o, "equal_rate_ci95", json_null());
+    }
+    return o;
+}
+
 static json_t *
 summarise(const struct query *q, const struct qrow *row, uint64_t live_total, uint64_t *tot)
 {
@@ -631,12 +688,15 @@ summarise(const struct query *q, const struct qrow *row, uint64_t live_total, ui
         const uint64_t *v = row->v + (size_t)m * M_COUNT;
         for (int k = 0; k < M_COUNT; k++)
             tot[k] += v[k];
-        json_array_append_new(series, json_pack("{s:I, s:I, s:I, s:f, s:f, s:f}",
+        json_t *pt = json_pack("{s:I, s:I, s:I, s:f, s:f, s:f}",
             "minute", (json_int_t)(q->first + (uint32_t)m),
             "requests", (json_int_t)v[M_REQUESTS], "errors", (json_int_t)v[M_5XX],
             "p50_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.50),
             "p95_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.95),
-            "p99_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.99)));
+            "p99_ms", metrics_quantile_ms(v + M_LAT_FIRST, 0.99));
+        if (row->is_mirror && row->configured >= 0)
+            series_agreement(pt, v);
+        json_array_append_new(series, pt);
     }
     json_t *o = json_object();
     json_object_set_new(o, row->configured >= 0 ? "version" : "group",
@@ -661,6 +721,8 @@ summarise(const struct query *q, const struct qrow *row, uint64_t live_total, ui
     json_object_set_new(o, "p95_ms", json_real(metrics_quantile_ms(tot + M_LAT_FIRST, 0.95)));
     json_object_set_new(o, "p99_ms", json_real(metrics_quantile_ms(tot + M_LAT_FIRST, 0.99)));
     json_object_set_new(o, "series", series);
+    if (row->is_mirror && row->configured >= 0)
+        json_object_set_new(o, "agreement", agreement(tot));
     return o;
 }
 
@@ -814,4 +876,59 @@ metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int 
         free(q->rows[i].v);
     free(q);
     return ans;
+}
+
+/* ---- reading: disagreement samples (SPEC §7) ---------------------------------- */
+
+json_t *
+metrics_redis_diffs(struct metrics_redis *r, const char *ep, const char *version, int limit,
+                    char *err, size_t errlen)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = r->host ? redisConnectWithTimeout(r->host, r->port, tv) : NULL;
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "cannot reach Redis at %s:%d", r->host ? r->host : "?", r->port);
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    redisReply *rep = NULL;
+    if (r->password) {
+        rep = redisCommand(c, "AUTH %s", r->password);
+        bool bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+        if (bad)
+            goto refused;
+    }
+    if (r->db) {
+        rep = redisCommand(c, "SELECT %d", r->db);
+        bool bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+        if (bad)
+            goto refused;
+    }
+    rep = redisCommand(c, "LRANGE sluice:{%s}:diffs:%s 0 %d", ep, version, limit - 1);
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "Redis did not answer");
+        freeReplyObject(rep);
+        redisFree(c);
+        return NULL;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        json_t *j = json_loadb(e->str, e->len, 0, NULL);
+        if (j != NULL)
+            json_array_append_new(arr, j);
+    }
+    freeReplyObject(rep);
+    redisFree(c);
+    return arr;
+refused:
+    snprintf(err, errlen, "Redis refused AUTH or SELECT");
+    redisFree(c);
+    return NULL;
 }

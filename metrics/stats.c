@@ -165,6 +165,16 @@ short_of_data(struct metrics_gate_result *out, const struct metrics_gate_input *
         verdict(out, METRICS_GATE_HOLD, "%s", what);
 }
 
+void
+metrics_wilson(uint64_t eq, uint64_t n, double *lo, double *hi)
+{
+    double r = (double)eq / (double)n, z = 1.96, z2 = z * z, dn = (double)n;
+    double mid = (r + z2 / (2 * dn)) / (1 + z2 / dn);
+    double half = z / (1 + z2 / dn) * sqrt(r * (1 - r) / dn + z2 / (4 * dn * dn));
+    *lo = mid - half < 0 ? 0 : mid - half;
+    *hi = mid + half > 1 ? 1 : mid + half;
+}
+
 static void
 gate_agreement(const struct metrics_gate_params *p, const struct metrics_gate_input *in,
                struct metrics_gate_result *out)

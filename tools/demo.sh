@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds, starts Redis, two model
-# versions and sluice with TLS, sends 1,000 scoring requests, prints the
-# observed split, then stops everything it started.
+# versions, a shadow version (a mirror whose scores differ a little) and
+# sluice with TLS, sends 1,000 scoring requests, prints the observed split
+# and the shadow version's agreement, then stops everything it started.
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
@@ -12,7 +13,7 @@ build build
 RUN=$(mktemp -d /tmp/sluice-demo.XXXXXX)
 trap 'stop_all; rm -rf "$RUN"' EXIT
 
-REDIS_PORT=$(free_port); PA=$(free_port); PB=$(free_port)
+REDIS_PORT=$(free_port); PA=$(free_port); PB=$(free_port); PC=$(free_port)
 HTTPS_PORT=$(free_port); ADMIN_PORT=$(free_port)
 
 echo "== starting redis-server on 127.0.0.1:$REDIS_PORT"
@@ -20,6 +21,11 @@ spawn "$RUN/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save
 echo "== starting model servers: versiona (control) on :$PA, versionb (treatment) on :$PB"
 spawn "$RUN/versiona.log" build/tools/sluice-model --listen "127.0.0.1:$PA" --name versiona --latency-ms 2 --jitter-ms 3
 spawn "$RUN/versionb.log" build/tools/sluice-model --listen "127.0.0.1:$PB" --name versionb --latency-ms 4 --jitter-ms 4 --error-rate 0.02
+echo "== starting the shadow model versionc on :$PC: scores off by up to 1.03e-4, 1 % errors"
+# Its four scores each differ from the live ones by up to 1.03e-4, so about
+# 89 % of its answers are within compare.abs_tol (1e-4) and the rest differ;
+# its errors (and versionb's) show as status mismatches.
+spawn "$RUN/versionc.log" build/tools/sluice-model --listen "127.0.0.1:$PC" --name versionc --latency-ms 3 --noise 0.000103 --error-rate 0.01
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -keyout "$RUN/key.pem" -out "$RUN/cert.pem" -days 7 -subj /CN=localhost \
@@ -39,7 +45,11 @@ cat >"$RUN/sluice.json" <<JSON
       {"name": "versiona", "upstreams": ["127.0.0.1:$PA"], "traffic_percentile": 20,
        "is_default": true, "type": "control", "description": "current model"},
       {"name": "versionb", "upstreams": ["127.0.0.1:$PB"], "traffic_percentile": 10,
-       "type": "treatment", "description": "candidate model"}
+       "type": "treatment", "description": "candidate model"},
+      {"name": "versionc", "upstreams": ["127.0.0.1:$PC"], "traffic_percentile": 0,
+       "mirror_percentile": 50, "description": "shadow: the next model, compared",
+       "compare": {"mode": "json", "abs_tol": 0.0001, "ignore": ["version", "headers"],
+                   "samples": 5}}
     ]
   }]
 }
@@ -47,7 +57,7 @@ JSON
 echo "== config: versiona 20 % (default, control), versionb 10 % (treatment): effective 90 / 10"
 build/gateway/sluice -c "$RUN/sluice.json" --check
 spawn "$RUN/sluice.log" build/gateway/sluice -c "$RUN/sluice.json"
-wait_port "$REDIS_PORT"; wait_port "$PA"; wait_port "$PB"; wait_port "$HTTPS_PORT"
+wait_port "$REDIS_PORT"; wait_port "$PA"; wait_port "$PB"; wait_port "$PC"; wait_port "$HTTPS_PORT"
 
 export SLUICE_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" SLUICE_ADMIN_TOKEN=demo-admin-token
 echo "== the endpoint, as sluicectl shows it (keys were generated and saved to the config)"
@@ -63,6 +73,8 @@ for v in versiona versionb; do
 done
 echo "== control vs treatment (sluicectl metrics mynewendpoint)"
 build/tools/sluicectl metrics mynewendpoint --minutes 5
+echo "== the shadow version versionc: does it answer like the live versions? (sluicectl shadow)"
+build/tools/sluicectl shadow mynewendpoint --minutes 5
 echo "== dashboard: http://127.0.0.1:$ADMIN_PORT/dashboard (admin token: demo-admin-token)"
 if [ "${DEMO_KEEP:-0}" = "1" ]; then
     echo "   DEMO_KEEP=1: everything keeps running; press Ctrl-C to stop"

@@ -47,6 +47,8 @@ usage(FILE *f)
         "  reload                             re-read the config file\n"
         "  metrics EP [--minutes N]           compare the versions (from Redis)\n"
         "  fleet                              the fleet's instances and their generations\n"
+        "  shadow EP [--minutes N]            mirror versions: agreement with the live\n"
+        "                                     answers and the latest differences\n"
         "defaults: --admin $SLUICE_ADMIN_URL or http://127.0.0.1:9901,\n"
         "          --token $SLUICE_ADMIN_TOKEN\n");
 }
@@ -320,6 +322,101 @@ table_fleet(json_t *j)
     }
 }
 
+/* ---- shadow: agreement of mirror versions (SPEC §7) ---------------------------- */
+
+static void
+print_diffs(json_t *d)
+{
+    size_t i;
+    json_t *x;
+    if (json_array_size(d) == 0) {
+        printf("  no differences sampled (compare.samples 0, or none yet)\n");
+        return;
+    }
+    printf("  latest differences:\n");
+    json_array_foreach(d, i, x) {
+        json_t *path = json_object_get(x, "path");
+        printf("  %s  %s  status %lld/%lld  at %s\n",
+               json_string_value(json_object_get(x, "time")),
+               json_string_value(json_object_get(x, "request_id")),
+               (long long)json_integer_value(json_object_get(x, "live_status")),
+               (long long)json_integer_value(json_object_get(x, "shadow_status")),
+               json_is_string(path) ? json_string_value(path) : "(status)");
+        printf("    live:   %.120s\n    shadow: %.120s\n",
+               json_string_value(json_object_get(x, "live")),
+               json_string_value(json_object_get(x, "shadow")));
+    }
+}
+
+static int
+cmd_shadow(const char *ep, int minutes)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "/admin/v1/endpoints/%s/metrics?minutes=%d", ep, minutes);
+    struct response r = call(EVHTTP_REQ_GET, path, NULL);
+    if (r.status != 200) {
+        int rc = server_error(&r);
+        free(r.body);
+        return rc;
+    }
+    json_t *m = json_loads(r.body, 0, NULL);
+    free(r.body);
+    json_t *out = json_object();
+    size_t i;
+    json_t *v;
+    int mirrors = 0;
+    if (!as_json)
+        printf("endpoint %s, last %d minutes\n", ep, minutes);
+    json_array_foreach(json_object_get(m, "versions"), i, v) {
+        json_t *a = json_object_get(v, "agreement");
+        const char *name = json_string_value(json_object_get(v, "version"));
+        if (!json_is_object(a) || name == NULL)
+            continue;
+        mirrors++;
+        snprintf(path, sizeof(path), "/admin/v1/endpoints/%s/versions/%s/diffs?limit=5", ep,
+                 name);
+        struct response d = call(EVHTTP_REQ_GET, path, NULL);
+        json_t *dj = d.status == 200 ? json_loads(d.body, 0, NULL) : NULL;
+        free(d.body);
+        json_t *diffs = json_object_get(dj, "diffs");
+        if (as_json) {
+            json_object_set_new(out, name, json_pack("{s:O, s:O}", "agreement", a,
+                                "diffs", diffs ? diffs : json_null()));
+            json_decref(dj);
+            continue;
+        }
+        json_t *ci = json_object_get(a, "equal_rate_ci95");
+        printf("%s (mode %s): compared %lld of %lld, equal %lld",
+               name, dj ? json_string_value(json_object_get(dj, "mode")) : "?",
+               (long long)json_integer_value(json_object_get(a, "compared")),
+               (long long)json_integer_value(json_object_get(a, "total")),
+               (long long)json_integer_value(json_object_get(a, "equal")));
+        if (json_is_number(json_object_get(a, "equal_rate")))
+            printf(" = %.2f%% [%.2f%%, %.2f%%]",
+                   100 * json_number_value(json_object_get(a, "equal_rate")),
+                   100 * json_number_value(json_array_get(ci, 0)),
+                   100 * json_number_value(json_array_get(ci, 1)));
+        printf("\n  differences %lld, status mismatches %lld, unknown %lld\n",
+               (long long)json_integer_value(json_object_get(a, "differences")),
+               (long long)json_integer_value(json_object_get(a, "status_mismatches")),
+               (long long)json_integer_value(json_object_get(a, "unknown")));
+        if (diffs != NULL)
+            print_diffs(diffs);
+        else
+            printf("  differences unavailable (%d)\n", d.status);
+        json_decref(dj);
+    }
+    if (as_json) {
+        char *text = json_dumps(out, JSON_INDENT(2));
+        printf("%s\n", text);
+        free(text);
+    } else if (mirrors == 0)
+        printf("no mirror versions\n");
+    json_decref(out);
+    json_decref(m);
+    return 0;
+}
+
 /* Options of version create/update into a JSON body. */
 static json_t *
 version_body(int argc, char **argv, const char *name, bool create)
@@ -514,6 +611,14 @@ main(int argc, char **argv)
     if (strcmp(cmd, "fleet") == 0 && argc == 1) {
         r = call(EVHTTP_REQ_GET, "/admin/v1/fleet", NULL);
         return show(&r, table_fleet);
+    }
+    if (strcmp(cmd, "shadow") == 0 && (argc == 2 || argc == 4)) {
+        int minutes = 60;
+        if (argc == 4 && (strcmp(argv[2], "--minutes") != 0 || (minutes = atoi(argv[3])) <= 0)) {
+            usage(stderr);
+            return 2;
+        }
+        return cmd_shadow(argv[1], minutes);
     }
     usage(stderr);
     return 2;

@@ -38,16 +38,37 @@ try {
                          errors: await cell("errors"), p99: await cell("p99") };
     if (shown[v.version].requests !== String(v.requests))
       problems.push(`${v.version}: page shows ${shown[v.version].requests} requests, API ${v.requests}`);
-    if (shown[v.version].observed !== v.observed_share.toFixed(2))
+    // the page's fmt(): "–" for a missing value (a mirror has no observed share)
+    const fx = x => (x === null || x === undefined || x < 0) ? "–" : Number(x).toFixed(2);
+    if (shown[v.version].observed !== fx(v.observed_share))
       problems.push(`${v.version}: page shows ${shown[v.version].observed} %, API ${v.observed_share}`);
     if (shown[v.version].errors !== (100 * v.error_rate).toFixed(2))
       problems.push(`${v.version}: error rate ${shown[v.version].errors} vs ${v.error_rate}`);
-    if (shown[v.version].p99 !== v.p99_ms.toFixed(2))
+    if (shown[v.version].p99 !== fx(v.p99_ms))
       problems.push(`${v.version}: p99 ${shown[v.version].p99} vs ${v.p99_ms}`);
   }
   for (const c of api.comparisons) {
     const t = (await page.textContent(`[data-test='verdict-${c.treatment}']`)).trim();
     if (t !== c.verdict) problems.push(`${c.treatment}: verdict ${t} vs ${c.verdict}`);
+  }
+  // Shadow agreement (SPEC §7): the mirror versions' cells and differences.
+  for (const v of api.versions.filter(v => v.agreement)) {
+    const cell = async k => (await page.textContent(`[data-test='${k}-${v.version}']`)).trim();
+    const a = v.agreement;
+    shown[v.version] = Object.assign(shown[v.version] || {},
+      { compared: await cell("agree-compared"), agreement: await cell("agree-rate"),
+        differences: await cell("agree-different") });
+    if (shown[v.version].compared !== String(a.compared))
+      problems.push(`${v.version}: compared ${shown[v.version].compared} vs ${a.compared}`);
+    if (a.equal_rate !== null && shown[v.version].agreement !== (100 * a.equal_rate).toFixed(2))
+      problems.push(`${v.version}: agreement ${shown[v.version].agreement} vs ${a.equal_rate}`);
+    if (shown[v.version].differences !== String(a.differences))
+      problems.push(`${v.version}: differences ${shown[v.version].differences} vs ${a.differences}`);
+    if (a.differences > 0) {
+      const rows = await page.locator(`[data-test='diffs-${v.version}'] tr`).count();
+      shown[v.version].diff_rows = rows - 1;
+      if (rows < 2) problems.push(`${v.version}: no differences listed`);
+    }
   }
   const charts = await page.locator(`section[data-endpoint='${ep}'] .chart`).count();
   if (charts < 5) problems.push(`only ${charts} charts`);

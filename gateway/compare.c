@@ -1,0 +1,449 @@
+/*
+ * Shadow comparison (SPEC §7): does the mirror answer like the live version?
+ *
+ * Two parts:
+ * - pure functions of two answers (cmp_json_*, cmp_excerpt): JSON compared
+ *   with tolerances and ignored member paths, reporting the first differing
+ *   path; unit tested in tests/unit/test_compare.c;
+ * - the comparison of one shadow copy (struct shadow_cmp): a small object
+ *   shared by the live request (session.c) and its copy (shadow.c), each
+ *   holding one side. Each side reports its status, its body bytes, and its
+ *   end exactly once; the side that ends second runs the comparison and
+ *   counts it (account_compare). The live response is never delayed: the
+ *   live side only copies bytes already on their way to the client (json
+ *   mode, up to max_bytes) or hashes them (exact mode).
+ *
+ * Memory: bodies retained for json mode count against the worker's
+ * limits.compare_budget_bytes; a comparison that would go past it becomes
+ * "unknown" and lets go of what it held, so a slow mirror with large bodies
+ * costs comparisons, never memory growth. Exact mode retains nothing but a
+ * SHA-256 state and, for samples, the first CMP_EXCERPT bytes of each side.
+ */
+#include "gateway/gateway.h"
+
+#include <event2/buffer.h>
+#include <jansson.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- pure comparison --------------------------------------------------------- */
+
+/* Remove one member path ("a.b.c") from doc, wherever the objects lead;
+ * arrays on the way are not entered (paths name members only). */
+static void
+strip_path(json_t *doc, const char *path)
+{
+    const char *dot = strchr(path, '.');
+    if (!json_is_object(doc))
+        return;
+    if (dot == NULL) {
+        json_object_del(doc, path);
+        return;
+    }
+    json_t *child = json_object_getn(doc, path, (size_t)(dot - path));
+    if (child != NULL)
+        strip_path(child, dot + 1);
+}
+
+void
+cmp_json_strip(json_t *doc, char *const *ignore, int n)
+{
+    for (int i = 0; i < n; i++)
+        strip_path(doc, ignore[i]);
+}
+
+static bool
+numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
+{
+    double x = json_number_value(a), y = json_number_value(b), d;
+    if (json_is_integer(a) && json_is_integer(b)) {
+        /* Exactly: doubles cannot tell large integers apart. */
+        __int128 diff = (__int128)json_integer_value(a) - json_integer_value(b);
+        if (diff == 0)
+            return true;
+        d = fabs((double)diff);
+    } else if (x == y)
+        return true;
+    else
+        d = fabs(x - y);
+    if (d <= abs_tol)
+        return true;
+    double m = fabs(x) > fabs(y) ? fabs(x) : fabs(y);
+    return d <= rel_tol * m;
+}
+
+/* Append a member name or an index to the path being built. */
+static void
+path_push_key(char *path, size_t cap, size_t at, const char *key)
+{
+    if (at >= cap)
+        return;
+    snprintf(path + at, cap - at, at == 0 ? "%s" : ".%s", key);
+}
+
+static void
+path_push_index(char *path, size_t cap, size_t at, size_t i)
+{
+    if (at >= cap)
+        return;
+    snprintf(path + at, cap - at, "[%zu]", i);
+}
+
+static bool
+json_eq(json_t *a, json_t *b, const struct cfg_compare *cc, char *path, size_t cap,
+        json_t **da, json_t **db)
+{
+    size_t at = strlen(path);
+    if (json_is_number(a) && json_is_number(b)) {
+        if (numbers_equal(a, b, cc->abs_tol, cc->rel_tol))
+            return true;
+        goto differ;
+    }
+    if (json_typeof(a) != json_typeof(b))
+        goto differ;
+    switch (json_typeof(a)) {
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *va;
+        json_object_foreach(a, k, va) {
+            json_t *vb = json_object_get(b, k);
+            path_push_key(path, cap, at, k);
+            if (vb == NULL) {
+                *da = va;
+                *db = NULL;
+                return false;
+            }
+            if (!json_eq(va, vb, cc, path, cap, da, db))
+                return false;
+            path[at] = '\0';
+        }
+        json_t *vb;
+        json_object_foreach(b, k, vb) {
+            if (json_object_get(a, k) == NULL) {
+                path_push_key(path, cap, at, k);
+                *da = NULL;
+                *db = vb;
+                return false;
+            }
+        }
+        return true;
+    }
+    case JSON_ARRAY: {
+        size_t na = json_array_size(a), nb = json_array_size(b);
+        for (size_t i = 0; i < na && i < nb; i++) {
+            path_push_index(path, cap, at, i);
+            if (!json_eq(json_array_get(a, i), json_array_get(b, i), cc, path, cap, da, db))
+                return false;
+            path[at] = '\0';
+        }
+        if (na == nb)
+            return true;
+        /* The first element one side has and the other lacks. */
+        size_t i = na < nb ? na : nb;
+        path_push_index(path, cap, at, i);
+        *da = na > i ? json_array_get(a, i) : NULL;
+        *db = nb > i ? json_array_get(b, i) : NULL;
+        return false;
+    }
+    case JSON_STRING:
+        if (json_string_length(a) == json_string_length(b) &&
+            memcmp(json_string_value(a), json_string_value(b), json_string_length(a)) == 0)
+            return true;
+        goto differ;
+    default:                        /* true, false, null: same type is equal */
+        return true;
+    }
+differ:
+    *da = a;
+    *db = b;
+    return false;
+}
+
+bool
+cmp_json_equal(json_t *a, json_t *b, const struct cfg_compare *cc, char *path, size_t cap,
+               json_t **da, json_t **db)
+{
+    path[0] = '\0';
+    *da = *db = NULL;
+    bool eq = json_eq(a, b, cc, path, cap, da, db);
+    if (!eq && path[0] == '\0')
+        snprintf(path, cap, "$");   /* the documents differ at their root */
+    return eq;
+}
+
+size_t
+cmp_excerpt(char *out, size_t cap, const char *s, size_t len)
+{
+    if (cap == 0)
+        return 0;
+    size_t n = len < cap - 1 ? len : cap - 1;
+    if (n < len)
+        n = config_utf8_cut(s, n);
+    memcpy(out, s, n);
+    out[n] = '\0';
+    config_utf8_fix(out);           /* bytes that are not text become '?' */
+    return strlen(out);
+}
+
+/* ---- one copy's comparison ------------------------------------------------------ */
+
+struct cmp_side {
+    int status;                     /* 0: no response head */
+    bool ended;
+    bool ok;                        /* a complete response */
+    uint64_t bytes;
+    struct evbuffer *body;          /* json mode: the body, up to max_bytes */
+    EVP_MD_CTX *sha;                /* exact mode */
+    char head[CMP_EXCERPT + 1];     /* the first bytes, for samples */
+    size_t head_len;
+};
+
+struct shadow_cmp {
+    int refs;                       /* one per side still to end */
+    struct worker *w;
+    struct config *cfg;
+    const struct cfg_endpoint *ep;
+    int version;
+    const struct cfg_compare *cc;
+    bool unknown;                   /* decided already: over max_bytes or the budget */
+    uint64_t retained;              /* bytes of both bodies, charged to the worker */
+    char request_id[64];
+    struct cmp_side side[2];
+};
+
+static void
+side_release(struct shadow_cmp *c, struct cmp_side *s)
+{
+    if (s->body != NULL) {
+        evbuffer_free(s->body);
+        s->body = NULL;
+    }
+    if (s->sha != NULL) {
+        EVP_MD_CTX_free(s->sha);
+        s->sha = NULL;
+    }
+}
+
+/* Give up on comparing bodies: the result is unknown; free what is held. */
+static void
+make_unknown(struct shadow_cmp *c)
+{
+    c->unknown = true;
+    side_release(c, &c->side[0]);
+    side_release(c, &c->side[1]);
+    c->w->cmp_retained -= c->retained;
+    c->retained = 0;
+}
+
+struct shadow_cmp *
+cmp_new(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
+        const char *request_id)
+{
+    const struct cfg_compare *cc = &ep->versions[vi].compare;
+    if (cc->mode == CFG_COMPARE_OFF)
+        return NULL;
+    struct shadow_cmp *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
+        return NULL;
+    }
+    c->refs = 2;
+    c->w = w;
+    c->cfg = config_take(cfg);
+    c->ep = ep;
+    c->version = vi;
+    c->cc = cc;
+    snprintf(c->request_id, sizeof(c->request_id), "%s", request_id ? request_id : "");
+    for (int i = 0; i < 2; i++) {
+        if (cc->mode == CFG_COMPARE_EXACT) {
+            c->side[i].sha = EVP_MD_CTX_new();
+            if (c->side[i].sha == NULL ||
+                EVP_DigestInit_ex(c->side[i].sha, EVP_sha256(), NULL) != 1)
+                c->unknown = true;
+        } else if ((c->side[i].body = evbuffer_new()) == NULL)
+            c->unknown = true;
+    }
+    if (c->unknown)
+        make_unknown(c);
+    return c;
+}
+
+void
+cmp_head(struct shadow_cmp *c, enum cmp_who who, int status)
+{
+    struct cmp_side *s = &c->side[who];
+    s->status = status;
+    /* A retried or repeated head starts the body again. */
+    s->bytes = 0;
+    s->head_len = 0;
+    if (c->unknown)
+        return;
+    if (s->body != NULL) {
+        c->retained -= evbuffer_get_length(s->body);
+        c->w->cmp_retained -= evbuffer_get_length(s->body);
+        evbuffer_drain(s->body, evbuffer_get_length(s->body));
+    }
+    if (s->sha != NULL && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
+        make_unknown(c);
+}
+
+void
+cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len)
+{
+    struct cmp_side *s = &c->side[who];
+    if (s->ended)
+        return;
+    s->bytes += len;
+    if (s->head_len < CMP_EXCERPT && c->cc->samples > 0) {
+        size_t n = CMP_EXCERPT - s->head_len < len ? CMP_EXCERPT - s->head_len : len;
+        memcpy(s->head + s->head_len, at, n);
+        s->head_len += n;
+    }
+    if (c->unknown)
+        return;
+    if (s->sha != NULL) {
+        if (EVP_DigestUpdate(s->sha, at, len) != 1)
+            make_unknown(c);
+        return;
+    }
+    if (s->bytes > c->cc->max_bytes ||
+        c->w->cmp_retained + len > c->cfg->limits.compare_budget_bytes) {
+        make_unknown(c);
+        return;
+    }
+    if (evbuffer_add(s->body, at, len) != 0) {
+        make_unknown(c);
+        return;
+    }
+    c->retained += len;
+    c->w->cmp_retained += len;
+}
+
+static json_t *
+parse_body(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    const char *p = n ? (const char *)evbuffer_pullup(b, -1) : "";
+    return json_loadb(p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
+static bool
+bodies_identical(struct evbuffer *a, struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(a);
+    if (n != evbuffer_get_length(b))
+        return false;
+    return n == 0 || memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0;
+}
+
+/* An excerpt of a value at the differing path, or of the body's start. */
+static void
+excerpt_value(char *out, size_t cap, json_t *v, bool present)
+{
+    if (!present) {
+        snprintf(out, cap, "(absent)");
+        return;
+    }
+    if (json_is_real(v)) {
+        /* The shortest text that reads back as the same double, as the
+         * model most likely wrote it (jansson always writes 17 digits). */
+        double x = json_real_value(v);
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(out, cap, "%.*g", prec, x);
+            if (strtod(out, NULL) == x)
+                break;
+        }
+        return;
+    }
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (text == NULL) {
+        out[0] = '\0';
+        return;
+    }
+    cmp_excerpt(out, cap, text, strlen(text));
+    free(text);
+}
+
+/* Both sides ended: decide, count, and sample a disagreement. */
+static void
+cmp_run(struct shadow_cmp *c)
+{
+    struct cmp_side *live = &c->side[CMP_LIVE], *sh = &c->side[CMP_SHADOW];
+    struct cmp_diff d = {
+        .request_id = c->request_id, .live_status = live->status,
+        .shadow_status = sh->status,
+    };
+    char path[256] = "", lx[CMP_EXCERPT + 1] = "", sx[CMP_EXCERPT + 1] = "";
+    enum cmp_result res;
+
+    if (!live->ok || !sh->ok || live->status == 0 || sh->status == 0)
+        res = CMP_UNKNOWN;
+    else if (live->status != sh->status)
+        res = CMP_STATUS_MISMATCH;
+    else if (c->unknown)
+        res = CMP_UNKNOWN;
+    else if (c->cc->mode == CFG_COMPARE_EXACT) {
+        unsigned char h1[EVP_MAX_MD_SIZE], h2[EVP_MAX_MD_SIZE];
+        unsigned int n1 = 0, n2 = 0;
+        if (EVP_DigestFinal_ex(live->sha, h1, &n1) != 1 ||
+            EVP_DigestFinal_ex(sh->sha, h2, &n2) != 1)
+            res = CMP_UNKNOWN;
+        else
+            res = live->bytes == sh->bytes && n1 == n2 && memcmp(h1, h2, n1) == 0 ?
+                  CMP_EQUAL : CMP_DIFFERENT;
+    } else if (bodies_identical(live->body, sh->body))
+        res = CMP_EQUAL;
+    else {
+        json_t *a = parse_body(live->body), *b = parse_body(sh->body);
+        if (a == NULL || b == NULL) {
+            /* Not JSON on one side and not the same bytes. */
+            res = CMP_DIFFERENT;
+            snprintf(path, sizeof(path), "$");
+        } else {
+            cmp_json_strip(a, c->cc->ignore, c->cc->n_ignore);
+            cmp_json_strip(b, c->cc->ignore, c->cc->n_ignore);
+            json_t *da, *db;
+            res = cmp_json_equal(a, b, c->cc, path, sizeof(path), &da, &db) ?
+                  CMP_EQUAL : CMP_DIFFERENT;
+            if (res == CMP_DIFFERENT && c->cc->samples > 0) {
+                excerpt_value(lx, sizeof(lx), da, da != NULL);
+                excerpt_value(sx, sizeof(sx), db, db != NULL);
+                d.excerpts_set = true;
+            }
+        }
+        json_decref(a);
+        json_decref(b);
+    }
+    if ((res == CMP_DIFFERENT || res == CMP_STATUS_MISMATCH) && c->cc->samples > 0) {
+        if (!d.excerpts_set) {
+            cmp_excerpt(lx, sizeof(lx), live->head, live->head_len);
+            cmp_excerpt(sx, sizeof(sx), sh->head, sh->head_len);
+        }
+        d.path = path[0] ? path : NULL;
+        d.live = lx;
+        d.shadow = sx;
+        account_compare(c->w, c->cfg, c->ep, c->version, res, &d);
+    } else
+        account_compare(c->w, c->cfg, c->ep, c->version, res, NULL);
+}
+
+void
+cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
+{
+    struct cmp_side *s = &c->side[who];
+    if (s->ended)
+        return;
+    s->ended = true;
+    s->ok = ok;
+    if (!ok && !c->unknown)
+        make_unknown(c);            /* nothing to compare: free it now */
+    if (--c->refs > 0)
+        return;
+    cmp_run(c);
+    make_unknown(c);                /* releases both sides and the budget */
+    config_drop(c->cfg);
+    free(c);
+}
