@@ -583,3 +583,75 @@ def test_redis_primary_service_follows_a_failover():
     held.set("k", "v2")
     assert b.client().get("k") == "v2"
     stop(hap)
+
+
+def _run_start_script(script, host, sentinels_say):
+    """Run a start script of redis.yaml with stand-ins for hostname,
+    redis-cli (the Sentinels' answer, or none reachable) and redis-server
+    (prints the config it was given): what would the pod start as?"""
+    docs = manifests()
+    text = find(docs, "ConfigMap", "redis-scripts")["data"][script]
+    d = tmpdir()
+    bindir = os.path.join(d, "bin")
+    os.mkdir(bindir)
+    shims = {
+        "hostname": "echo %s\n" % host,
+        "redis-cli": ('printf "%%s\\n6379\\n" %s\n' % sentinels_say) if sentinels_say
+                     else "exit 1\n",
+        "redis-server": 'cat "$1"; shift; echo "ARGS: $*"\n',
+    }
+    for name, body in shims.items():
+        with open(os.path.join(bindir, name), "w") as f:
+            f.write("#!/bin/sh\n" + body)
+        os.chmod(os.path.join(bindir, name), 0o755)
+    path = os.path.join(d, script)
+    with open(path, "w") as f:
+        f.write(text)
+    env = dict(os.environ, PATH=bindir + ":/usr/bin:/bin", REDIS_PASSWORD="pw1",
+               REDIS_RUN_DIR=d)
+    out = subprocess.run(["sh", path], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_redis_start_scripts_never_make_a_second_primary():
+    run = _run_start_script
+    base = ["include /etc/redis-scripts/redis.conf", "requirepass pw1", "masterauth pw1"]
+    # First start of the set: no Sentinel knows a primary; redis-0 is it.
+    out = run("redis-start.sh", "redis-0", None)
+    assert sorted(out) == sorted(base + ["replica-announce-ip redis-0.redis", "ARGS: "])
+    out = run("redis-start.sh", "redis-1", None)
+    assert "replicaof redis-0.redis 6379" in out and "replica-announce-ip redis-1.redis" in out
+    # After a failover redis-2 is the primary: a restarted redis-0 follows it,
+    # and redis-2 itself starts as the primary.
+    out = run("redis-start.sh", "redis-0", "redis-2.redis")
+    assert "replicaof redis-2.redis 6379" in out
+    out = run("redis-start.sh", "redis-2", "redis-2.redis")
+    assert not any(l.startswith("replicaof") for l in out), out
+    # Sentinels monitor what their peers know, else redis-0.
+    out = run("sentinel-start.sh", "redis-sentinel-1", None)
+    assert "sentinel monitor mymaster redis-0.redis 6379 2" in out
+    assert "sentinel announce-ip redis-sentinel-1.redis-sentinel" in out
+    assert "sentinel auth-pass mymaster pw1" in out and out[-1] == "ARGS: --sentinel"
+    out = run("sentinel-start.sh", "redis-sentinel-1", "redis-2.redis")
+    assert "sentinel monitor mymaster redis-2.redis 6379 2" in out
+    # resolve-hostnames comes before the monitor line, whose address is a name.
+    assert out.index("sentinel resolve-hostnames yes") < out.index(
+        "sentinel monitor mymaster redis-2.redis 6379 2")
+
+
+def test_redis_conf_is_accepted_by_redis_server():
+    docs = manifests()
+    text = find(docs, "ConfigMap", "redis-scripts")["data"]["redis.conf"]
+    r = Redis()         # a port, a folder and a client; restarted with the conf
+    stop(r.proc)
+    conf = os.path.join(r.dir, "redis.conf")
+    with open(conf, "w") as f:
+        f.write(text.replace("dir /data", "dir %s" % r.dir))
+        f.write("port %d\nbind 127.0.0.1\n" % r.port)
+    r.args = ["redis-server", conf]
+    r.start()
+    c = r.client()
+    assert c.config_get("appendonly") == {"appendonly": "yes"}
+    assert c.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
+    assert c.config_get("protected-mode") == {"protected-mode": "no"}
