@@ -491,6 +491,17 @@ def test_systemd_unit_verifies():
     rc, complaints = _verify_unit(local.replace("NoNewPrivileges=", "NoNewPrivilegs=")
                                   .replace("KillMode=mixed", "KillMode=mixd"))
     assert len(complaints) == 2, complaints
+    # systemd's own rating of the sandbox (0 = locked down, 10 = exposed):
+    # "OK" is below 2; this unit rates 1.4, with only network access open.
+    d = tmpdir()
+    path = os.path.join(d, "sluice.service")
+    with open(path, "w") as f:
+        f.write(local)
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", path],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for sluice.service: ([0-9.]+) (\w+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    assert float(m.group(1)) <= 1.5 and m.group(2) == "OK", m.group(0)
     keys = {}
     for line in unit.splitlines():
         if "=" in line and not line.startswith("#"):
