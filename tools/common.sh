@@ -20,6 +20,22 @@ ensure_browser() {
     fi
 }
 
+# The deployment files' tests (tests/integration/test_deploy.py): Node.js
+# with kubernetes-models and yaml (tests/deploy), systemd-analyze (package
+# systemd; installing it starts nothing here), HAProxy (the route to the
+# Redis primary) and apt's package lists (apt-cache show).
+ensure_deploy() {
+    ensure_packages systemd haproxy
+    command -v node >/dev/null 2>&1 || ensure_packages nodejs npm
+    if [ ! -d "$ROOT/tests/deploy/node_modules/kubernetes-models" ] \
+       || [ ! -d "$ROOT/tests/deploy/node_modules/yaml" ]; then
+        (cd "$ROOT/tests/deploy" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+    if ! apt-cache show --no-all-versions libjwt0 >/dev/null 2>&1; then
+        [ "$(id -u)" -eq 0 ] && apt-get update -q >/dev/null
+    fi
+}
+
 ensure_packages() {
     local missing=()
     for p in "$@"; do

@@ -1,0 +1,673 @@
+"""The deployment files of deploy/ (issue 11): what can be checked on one
+machine without a container engine or a cluster. The Kubernetes manifests
+against the API schemas (tests/deploy/validate.mjs, npm kubernetes-models),
+the instance config with `sluice --check`, the Grafana dashboard's queries
+against a live /metrics, the Dockerfile's runtime packages against what the
+binary loads, the health probe, the systemd unit with systemd-analyze, and
+the HAProxy route to the Redis primary against real redis-servers."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import requests
+
+from harness import (ROOT, SLUICE, SLUICECTL, Model, Redis, Sluice, Upstream, endpoint,
+                     free_port, make_cert, read_request, start, stop, tmpdir, version, Reader)
+
+DEPLOY = os.path.join(ROOT, "deploy")
+K8S = os.path.join(DEPLOY, "kubernetes")
+VALIDATOR = os.path.join(ROOT, "tests", "deploy", "validate.mjs")
+PROBE = os.path.join(DEPLOY, "sluice-healthcheck")
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def validate(*files):
+    """Run the manifest validator: (exit code, {"documents", "problems"})."""
+    out = subprocess.run(["node", VALIDATOR] + list(files), capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip(), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def manifests():
+    files = sorted(os.path.join(K8S, f) for f in os.listdir(K8S) if f.endswith(".yaml"))
+    rc, res = validate(*files)
+    assert res["problems"] == [] and rc == 0, "\n".join(res["problems"])
+    return res["documents"]
+
+
+def find(docs, kind, name):
+    hits = [d["doc"] for d in docs if d["kind"] == kind and d["name"] == name]
+    assert len(hits) == 1, "%s/%s: %d documents" % (kind, name, len(hits))
+    return hits[0]
+
+
+def instance_config():
+    return json.loads(_read(os.path.join(K8S, "sluice.json")))
+
+
+# ---- Kubernetes ------------------------------------------------------------
+
+def test_manifests_validate_against_the_kubernetes_schemas():
+    docs = manifests()
+    kinds = sorted("%s %s/%s" % (d["apiVersion"], d["kind"], d["name"]) for d in docs
+                   if d["kind"] != "Kustomization")
+    assert kinds == [
+        "apps/v1 Deployment/redis-primary", "apps/v1 Deployment/sluice",
+        "apps/v1 StatefulSet/redis", "apps/v1 StatefulSet/redis-sentinel",
+        "autoscaling/v2 HorizontalPodAutoscaler/sluice",
+        "policy/v1 PodDisruptionBudget/redis", "policy/v1 PodDisruptionBudget/redis-sentinel",
+        "policy/v1 PodDisruptionBudget/sluice",
+        "v1 ConfigMap/redis-scripts", "v1 ConfigMap/sluice-config", "v1 Namespace/sluice",
+        "v1 Secret/redis-auth", "v1 Secret/sluice-admin", "v1 Secret/sluice-tls",
+        "v1 Service/redis", "v1 Service/redis-primary", "v1 Service/redis-sentinel",
+        "v1 Service/sluice", "v1 Service/sluice-admin"], kinds
+
+
+def test_the_validator_refuses_bad_manifests():
+    d = tmpdir()
+    bad = _read(os.path.join(K8S, "deployment.yaml"))
+    bad = bad.replace("readinessProbe:", "readinesProbe:", 1)
+    bad = bad.replace("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: \"45\"")
+    bad = bad.replace("sizeLimit: 64Mi", "sizeLimt: 64Mi")
+    listed = os.path.join(d, "kustomization.yaml")
+    with open(os.path.join(d, "deployment.yaml"), "w") as f:
+        f.write(bad)
+    with open(os.path.join(d, "extra.yaml"), "w") as f:
+        f.write("apiVersion: v1\nkind: Servce\nmetadata:\n  name: x\n")
+    with open(listed, "w") as f:
+        f.write("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                "resources:\n  - deployment.yaml\n  - missing.yaml\n")
+    rc, res = validate(os.path.join(d, "deployment.yaml"), os.path.join(d, "extra.yaml"), listed)
+    assert rc == 1
+    p = res["problems"]
+    assert len(p) == 6, p
+    assert "spec/terminationGracePeriodSeconds must be integer" in p[0], p
+    assert p[1].endswith("Deployment.spec.template.spec.containers[0].readinesProbe: unknown field")
+    assert p[2].endswith("Deployment.spec.template.spec.volumes[1].emptyDir.sizeLimt: unknown field")
+    assert p[3] == "extra.yaml#0 Servce/x: unknown apiVersion/kind v1/Servce"
+    assert p[4].endswith("kustomization.yaml: resource missing.yaml does not exist")
+    assert p[5].endswith("kustomization.yaml: extra.yaml is not listed in resources")
+
+
+def test_configmap_embeds_exactly_sluice_json():
+    docs = manifests()
+    cm = find(docs, "ConfigMap", "sluice-config")
+    assert cm["data"]["sluice.json"] == _read(os.path.join(K8S, "sluice.json"))
+
+
+def test_deployment_probes_drain_and_resources_fit_the_config():
+    docs = manifests()
+    cfg = instance_config()
+    dep = find(docs, "Deployment", "sluice")
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 3
+    labels = spec["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in spec["selector"]["matchLabels"].items())
+    (c,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080, "https": 8443, "admin": 9901}
+    # The ports are the config's listeners and admin address.
+    assert sorted(l["address"] for l in cfg["listeners"]) == ["0.0.0.0:8080", "0.0.0.0:8443"]
+    assert cfg["admin"]["address"] == "0.0.0.0:9901"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    live = c["livenessProbe"]
+    # preStop pause, then the drain, all inside the grace period.
+    cmd = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert cmd[0] == "sleep" and len(cmd) == 2
+    pause_s = int(cmd[1])
+    assert pause_s >= 5
+    drain_s = cfg["limits"]["drain_timeout_ms"] / 1000
+    assert pod["terminationGracePeriodSeconds"] > pause_s + drain_s + 5
+    # The admin port does not answer during a drain: liveness must not give
+    # up on a pod before its drain can end.
+    assert live["periodSeconds"] * live["failureThreshold"] > drain_s + live["timeoutSeconds"]
+    # Resources; one worker per CPU of the limit, not of the node.
+    res = c["resources"]
+    assert set(res) == {"requests", "limits"}
+    assert set(res["requests"]) == set(res["limits"]) == {"cpu", "memory"}
+    assert cfg["workers"] == int(res["limits"]["cpu"])
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    # The config sluice runs is the ConfigMap's, copied into a writable folder
+    # where the TLS Secret is mounted at the config's relative paths.
+    assert c["args"] == ["-c", "/var/lib/sluice/sluice.json"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols[mounts["/var/lib/sluice"]]
+    tls = cfg["listeners"][1]["tls"]
+    assert tls == {"certificate": "tls/tls.crt", "private_key": "tls/tls.key"}
+    assert vols[mounts["/var/lib/sluice/tls"]]["secret"]["secretName"] == "sluice-tls"
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["cp", "/etc/sluice-seed/sluice.json", "/var/lib/sluice/sluice.json"]
+    seed = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}["/etc/sluice-seed"]
+    assert vols[seed]["configMap"]["name"] == "sluice-config"
+    # Secrets: every env reference exists, and the config reads those variables.
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+    for ref in env.values():
+        assert ref["key"] in find(docs, "Secret", ref["name"])["stringData"]
+    assert cfg["admin"]["token"] == "env:SLUICE_ADMIN_TOKEN" and "SLUICE_ADMIN_TOKEN" in env
+    assert cfg["redis"]["password"] == "env:SLUICE_REDIS_PASSWORD" and "SLUICE_REDIS_PASSWORD" in env
+    assert set(find(docs, "Secret", "sluice-tls")["stringData"]) == {"tls.crt", "tls.key"}
+    for name in ("sluice-admin", "sluice-tls", "redis-auth"):
+        for v in find(docs, "Secret", name)["stringData"].values():
+            assert "REPLACE-ME" in v, "%s: a placeholder must say REPLACE-ME" % name
+
+
+def test_services_pdb_hpa_and_redis_fit_the_deployment():
+    docs = manifests()
+    cfg = instance_config()
+    dep = find(docs, "Deployment", "sluice")
+    sel = dep["spec"]["selector"]["matchLabels"]
+    names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    svc = find(docs, "Service", "sluice")
+    assert svc["spec"]["selector"] == sel
+    assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(80, "http"), (443, "https")}
+    admin = find(docs, "Service", "sluice-admin")
+    assert admin["spec"]["type"] == "ClusterIP" and admin["spec"]["selector"] == sel
+    assert [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
+    assert {"http", "https", "admin"} <= names
+    pdb = find(docs, "PodDisruptionBudget", "sluice")
+    assert pdb["spec"]["selector"]["matchLabels"] == sel
+    hpa = find(docs, "HorizontalPodAutoscaler", "sluice")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "sluice"}
+    assert hpa["spec"]["minReplicas"] == dep["spec"]["replicas"] == 3
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    # The fleet and its Redis: redis.address is the Service that leads to the
+    # Sentinel-managed primary.
+    assert cfg["fleet"] == {"name": "prod"}
+    host, port = cfg["redis"]["address"].rsplit(":", 1)
+    primary = find(docs, "Service", host)
+    assert [p["port"] for p in primary["spec"]["ports"]] == [int(port)]
+    proxy = find(docs, "Deployment", "redis-primary")
+    assert primary["spec"]["selector"] == proxy["spec"]["selector"]["matchLabels"]
+    assert find(docs, "StatefulSet", "redis")["spec"]["replicas"] == 3
+    assert find(docs, "StatefulSet", "redis-sentinel")["spec"]["replicas"] == 3
+
+
+# ---- the instance config -----------------------------------------------------
+
+def test_instance_config_passes_check():
+    """`sluice --check` on the text of deploy/kubernetes/sluice.json, beside
+    a certificate at its relative paths and with its env secrets set, as in
+    the pod. Needs the fleet field (SPEC §6) in the config parser."""
+    d = tmpdir()
+    shutil.copy(os.path.join(K8S, "sluice.json"), os.path.join(d, "sluice.json"))
+    os.mkdir(os.path.join(d, "tls"))
+    cert, key = make_cert(d)
+    os.rename(cert, os.path.join(d, "tls", "tls.crt"))
+    os.rename(key, os.path.join(d, "tls", "tls.key"))
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN="t" * 32, SLUICE_REDIS_PASSWORD="p" * 32)
+    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid (2 listeners, 1 endpoint)" in out.stdout + out.stderr
+    # Without the token's variable it is invalid: the check reads it.
+    del env["SLUICE_ADMIN_TOKEN"]
+    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 1
+    assert "admin.token: environment variable SLUICE_ADMIN_TOKEN is not set" in out.stdout + out.stderr
+
+
+# ---- Grafana -----------------------------------------------------------------
+
+def dashboard_queries():
+    dash = json.loads(_read(os.path.join(DEPLOY, "grafana", "sluice.json")))
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            exprs.append(v["query"]["query"])
+    return dash, exprs
+
+
+def metrics_text_index(text):
+    """{metric name: {label: set of values}} from Prometheus text."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? ', line)
+        assert m, line
+        labels = out.setdefault(m.group(1), {})
+        for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"', m.group(3) or ""):
+            labels.setdefault(k, set()).add(v)
+    return out
+
+
+def query_problems(exprs, index):
+    """What the queries use that /metrics does not have: metric names, label
+    names (by, ignoring, label_values, matchers) and exact-match values."""
+    problems = []
+    all_labels = {k for labels in index.values() for k in labels}
+    all_labels |= {"instance", "job"}       # added by Prometheus when scraping
+    for e in exprs:
+        names = set(re.findall(r"\bsluice_[a-z0-9_]+", e))
+        if not names:
+            problems.append("%s: uses no sluice metric" % e)
+        for n in names:
+            if n not in index:
+                problems.append("%s: no metric %s" % (e, n))
+        used = set()
+        for group in re.findall(r"\b(?:by|ignoring|on|without)\s*\(([^)]*)\)", e):
+            used |= {x.strip() for x in group.split(",") if x.strip()}
+        for _, label in re.findall(r"label_values\((\w+),\s*(\w+)\)", e):
+            used.add(label)
+        for sel in re.findall(r"(sluice_[a-z0-9_]+)\{([^}]*)\}", e):
+            metric, body = sel
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"', body):
+                used.add(label)
+                if op == "=" and value not in index.get(metric, {}).get(label, set()):
+                    problems.append('%s: %s has no %s="%s"' % (e, metric, label, value))
+        for label in used - all_labels:
+            problems.append("%s: no label %s" % (e, label))
+    return problems
+
+
+def test_grafana_queries_use_metrics_that_exist():
+    r = Redis()
+    ok, bad = Model("versiona"), Model("versionb", "--error-rate", "1")
+    s = Sluice([endpoint("ep1", [
+        version("versiona", [ok.addr], 50, is_default=True, type="control"),
+        version("versionb", [bad.addr], 50)])],
+        extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100}})
+    codes = []
+    with requests.Session() as c:
+        for _ in range(20):
+            codes.append(c.post(s.url("ep1"), data=b'{"x":1}').status_code)
+    assert codes.count(200) == 10 and len([c for c in codes if c >= 500]) == 10, codes
+    text = requests.get(s.admin("/metrics"), timeout=5).text
+    index = metrics_text_index(text)
+    dash, exprs = dashboard_queries()
+    assert len(exprs) >= 20
+    assert query_problems(exprs, index) == []
+    # Every metric sluice exports is on the dashboard, so a new one is not forgotten.
+    used = {n for e in exprs for n in re.findall(r"\bsluice_[a-z0-9_]+", e)}
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("sluice_request_duration")
+                else n for n in index}
+    assert families - {re.sub(r"_(bucket|sum|count)$", "", n) for n in used} == set(), families
+    # The check can fail: a renamed metric, label or value is reported.
+    assert query_problems(['rate(sluice_request_total[5m])',
+                           'sum by (versoin) (rate(sluice_requests_total[5m]))',
+                           'rate(sluice_requests_total{status="500"}[5m])'], index) == [
+        'rate(sluice_request_total[5m]): no metric sluice_request_total',
+        'sum by (versoin) (rate(sluice_requests_total[5m])): no label versoin',
+        'rate(sluice_requests_total{status="500"}[5m]): sluice_requests_total has no status="500"']
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# ---- container image ---------------------------------------------------------
+
+def dockerfile_stages():
+    """{stage index: [apt package names]} and the whole text, continuation
+    lines joined."""
+    text = _read(os.path.join(DEPLOY, "Dockerfile"))
+    joined = re.sub(r"\\\n", " ", text)
+    stages = []
+    for line in joined.splitlines():
+        if line.startswith("FROM "):
+            stages.append({"from": line.split()[1], "packages": []})
+        m = re.search(r"apt-get install -y --no-install-recommends ([^&]+)", line)
+        if m:
+            stages[-1]["packages"] += m.group(1).split()
+    return stages, text
+
+
+def apt_show(packages):
+    """{package: set of its Depends and Pre-Depends} for the packages apt
+    knows (one apt-cache call: it is slow)."""
+    out = subprocess.run(["apt-cache", "show", "--no-all-versions"] + list(packages),
+                         capture_output=True, text=True, timeout=300)
+    found = {}
+    for stanza in out.stdout.split("\n\n"):
+        m = re.search(r"^Package: (\S+)$", stanza, re.M)
+        if not m:
+            continue
+        deps = set()
+        for line in stanza.splitlines():
+            if line.startswith(("Depends:", "Pre-Depends:")):
+                for alt in line.split(":", 1)[1].split(","):
+                    deps.add(re.split(r"[ (:]", alt.strip())[0])
+        found[m.group(1)] = deps
+    return found
+
+
+def library_owners(binaries):
+    """{library path: the Debian package that installed it} for every shared
+    library the binaries load (ldd, then dpkg -S on the real paths)."""
+    libs = set()
+    for b in binaries:
+        out = subprocess.run(["ldd", b], capture_output=True, text=True, check=True).stdout
+        libs |= set(re.findall(r"=> (/\S+)", out))
+    # dpkg knows each file by the path its package ships it at: /lib/… or
+    # /usr/lib/… (merged /usr), so ask for both the linked and the real path.
+    paths = libs | {os.path.realpath(l) for l in libs}
+    out = subprocess.run(["dpkg", "-S"] + sorted(paths), capture_output=True, text=True,
+                         timeout=120)
+    by_path = {}
+    for line in out.stdout.splitlines():
+        pkg, _, path = line.partition(": ")
+        by_path[path] = pkg.split(":")[0]
+    owners = {}
+    for l in libs:
+        pkg = by_path.get(l) or by_path.get(os.path.realpath(l))
+        assert pkg, "no package owns %s" % l
+        owners[l] = pkg
+    # A -fsanitize build (tools/test.sh's second pass) also loads the
+    # sanitizers' runtime, which the image's release build does not.
+    if "libasan8" in owners.values():
+        owners = {l: p for l, p in owners.items()
+                  if p not in ("libasan8", "libubsan1", "libgcc-s1", "libstdc++6")}
+    return owners
+
+
+def runtime_problems(packages, owners, known):
+    """What is wrong with a runtime package list for libraries with these
+    owners: a package apt does not know (known: apt_show's answer), a
+    library that neither a listed package nor one of their direct
+    dependencies provides, a listed package that provides no library."""
+    problems = ["%s: unknown to apt-cache" % p for p in packages if p not in known]
+    deps = set()
+    for p in packages:
+        deps |= known.get(p, set())
+    for lib, pkg in sorted(owners.items()):
+        if pkg not in packages and pkg not in deps:
+            problems.append("%s (%s): not in the runtime packages" % (lib, pkg))
+    for p in packages:
+        if p not in owners.values():
+            problems.append("%s: provides no library the binaries load" % p)
+    return problems
+
+
+def test_dockerfile_runtime_packages_are_what_the_binary_loads():
+    stages, text = dockerfile_stages()
+    assert [s["from"] for s in stages] == ["debian:12", "debian:12-slim"]
+    build, runtime = stages[0]["packages"], stages[1]["packages"]
+    owners = library_owners([SLUICE, SLUICECTL])
+    short = [p for p in runtime if p != "libjwt0"] + ["libevent-pthreads-2.1-7", "libjanson4"]
+    known = apt_show(set(runtime) | set(short))
+    assert runtime_problems(runtime, owners, known) == []
+    # The check can fail: a missing library package, an unneeded one, a typo.
+    got = runtime_problems(short, owners, known)
+    assert any(g.startswith("/") and "(libjwt0)" in g for g in got), got
+    assert "libevent-pthreads-2.1-7: provides no library the binaries load" in got
+    assert "libjanson4: unknown to apt-cache" in got
+    # The build stage has tools/common.sh's DEPS_BUILD, minus clang (fuzzing).
+    common = _read(os.path.join(ROOT, "tools", "common.sh"))
+    deps_build = re.search(r'DEPS_BUILD="([^"]*)"', common).group(1).split()
+    assert set(deps_build) - {"clang"} <= set(build), set(deps_build) - set(build)
+    assert set(build) - set(deps_build) <= {"python3"}
+    # Non-root, sluice as the entrypoint, SIGTERM drains, /healthz probe.
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["/usr/local/bin/sluice"\]$', text, re.M)
+    assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M)
+    assert re.search(r'CMD \["/usr/local/bin/sluice-healthcheck"\]', text)
+    for src in re.findall(r"^COPY (deploy/\S+)", text, re.M):
+        assert os.access(os.path.join(ROOT, src), os.X_OK), src
+
+
+def _probe(*args):
+    return subprocess.run([PROBE] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_health_probe_follows_healthz_and_readyz_through_a_drain():
+    release = threading.Event()
+
+    def held(sock, up):     # answers the one request once released
+        r = Reader(sock)
+        read_request(r)
+        release.wait(20)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    up = Upstream(held)
+    s = Sluice([endpoint("ep1", [version("versiona", [up.addr], 100)])])
+    assert _probe(s.admin_port).returncode == 0
+    assert _probe(s.admin_port, "/readyz").returncode == 0
+    missing = _probe(s.admin_port, "/nothing-here")
+    assert missing.returncode == 1 and "/nothing-here: HTTP/1.1 404" in missing.stderr
+    nobody = free_port()
+    assert _probe(nobody).returncode == 1
+    assert _probe("x").returncode == 2
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", requests.post(s.url("ep1"), data=b"{}", timeout=30)))
+    t.start()
+    deadline = time.time() + 10
+    while up.n_conns == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert up.n_conns == 1
+    os.kill(s.proc.pid, signal.SIGTERM)
+    # Draining: not ready, so out of any load balancer that probes /readyz.
+    # (Today the admin listener stops answering during the drain, so the
+    # probe fails by its read timeout; a 503 would fail it the same way.)
+    deadline = time.time() + 20
+    while True:
+        ready = _probe(s.admin_port, "/readyz")
+        if ready.returncode == 1:
+            break
+        assert time.time() < deadline, "still ready while draining"
+    msg = ready.stderr.strip()
+    assert msg.startswith("/readyz: HTTP/1.1 503") or \
+        msg == "no status line from port %d" % s.admin_port, msg
+    assert result == {} and s.proc.poll() is None
+    release.set()
+    t.join(30)
+    assert result["r"].status_code == 200 and result["r"].content == b"ok"
+    assert s.proc.wait(10) == 0
+
+
+# ---- systemd -----------------------------------------------------------------
+
+def _verify_unit(text):
+    d = tmpdir()
+    path = os.path.join(d, "sluice.service")
+    with open(path, "w") as f:
+        f.write(text)
+    out = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True,
+                         timeout=60)
+    return out.returncode, [l for l in (out.stdout + out.stderr).splitlines() if path in l]
+
+
+def test_systemd_unit_verifies():
+    unit = _read(os.path.join(DEPLOY, "sluice.service"))
+    # systemd-analyze checks that ExecStart's program exists: the build's.
+    local = unit.replace("/usr/local/bin/sluice", SLUICE)
+    rc, complaints = _verify_unit(local)
+    assert rc == 0 and complaints == [], complaints
+    rc, complaints = _verify_unit(local.replace("NoNewPrivileges=", "NoNewPrivilegs=")
+                                  .replace("KillMode=mixed", "KillMode=mixd"))
+    assert len(complaints) == 2, complaints
+    # systemd's own rating of the sandbox (0 = locked down, 10 = exposed):
+    # "OK" is below 2; this unit rates 1.4, with only network access open.
+    d = tmpdir()
+    path = os.path.join(d, "sluice.service")
+    with open(path, "w") as f:
+        f.write(local)
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", path],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for sluice.service: ([0-9.]+) (\w+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    assert float(m.group(1)) <= 1.5 and m.group(2) == "OK", m.group(0)
+    keys = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            keys.setdefault(k, []).append(v)
+    assert keys["Type"] == ["exec"]
+    assert keys["ExecStart"] == ["/usr/local/bin/sluice -c /etc/sluice/sluice.json"]
+    assert keys["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert keys["KillSignal"] == ["SIGTERM"]
+    assert keys["Restart"] == ["on-failure"]
+    assert keys["User"] == ["sluice"]
+    assert keys["CapabilityBoundingSet"] == [""]
+    assert keys["ReadWritePaths"] == ["/etc/sluice"]
+    for k in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
+        assert keys[k] == ["yes"], k
+    assert keys["ProtectSystem"] == ["strict"]
+    assert int(keys["LimitNOFILE"][0]) >= 2 * instance_config()["limits"]["max_connections"]
+    stop_s = int(keys["TimeoutStopSec"][0].rstrip("s"))
+    assert stop_s * 1000 > instance_config()["limits"]["drain_timeout_ms"] + 5000
+
+
+# ---- Redis primary route -----------------------------------------------------
+
+def _haproxy_cfg(ports, listen):
+    """redis.yaml's haproxy.cfg with the pods' names replaced by local ports."""
+    docs = manifests()
+    cfg = find(docs, "ConfigMap", "redis-scripts")["data"]["haproxy.cfg"]
+    assert cfg.count("redis-0.redis:6379") == 1
+    for i, p in enumerate(ports):
+        cfg = cfg.replace("redis-%d.redis:6379" % i, "127.0.0.1:%d" % p)
+    assert "bind :6379" in cfg
+    return cfg.replace("bind :6379", "bind 127.0.0.1:%d" % listen)
+
+
+def test_redis_primary_service_follows_a_failover():
+    """The HAProxy of redis-primary sends sluice's connections to whichever
+    Redis says role:master, and cuts them when that one is demoted."""
+    pw = "s3cret"
+    a, b, c = Redis(password=pw), Redis(password=pw), Redis(password=pw)
+    for r in (b, c):
+        r.client().execute_command("CONFIG SET masterauth %s" % pw)
+        r.client().execute_command("REPLICAOF 127.0.0.1 %d" % a.port)
+    listen = free_port()
+    d = tmpdir()
+    cfg = os.path.join(d, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(_haproxy_cfg([a.port, b.port, c.port], listen))
+    env = dict(os.environ, REDIS_PASSWORD=pw)
+    check = subprocess.run(["haproxy", "-c", "-f", cfg], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    hap = start(["haproxy", "-db", "-f", cfg], env=env,
+                stderr=open(os.path.join(d, "haproxy.log"), "w"))
+    import redis as redislib
+
+    def via():
+        return redislib.Redis(host="127.0.0.1", port=listen, password=pw, socket_timeout=2)
+
+    def primary_port(deadline_s=15):
+        """The port of the one Redis that answers through HAProxy: polled
+        until 6 new connections in a row reach the same one (HAProxy starts
+        with every server up, round robin, until checks mark them down)."""
+        deadline = time.time() + deadline_s
+        seen = []
+        while time.time() < deadline:
+            try:
+                seen.append(int(via().info("server")["tcp_port"]))
+            except (redislib.exceptions.ConnectionError, redislib.exceptions.TimeoutError):
+                seen = []
+                time.sleep(0.1)
+                continue
+            if len(seen) >= 6 and len(set(seen[-6:])) == 1:
+                return seen[-1]
+            time.sleep(0.05)
+        raise AssertionError("no single primary through haproxy: %s" % seen[-12:])
+    assert primary_port() == a.port
+    held = via()
+    held.set("k", "v1")
+    assert held.info("server")["tcp_port"] == a.port
+    # Failover as Sentinel does it: b is promoted, a and c follow it.
+    b.client().execute_command("REPLICAOF NO ONE")
+    a.client().execute_command("CONFIG SET masterauth %s" % pw)
+    for r in (a, c):
+        r.client().execute_command("REPLICAOF 127.0.0.1 %d" % b.port)
+    deadline = time.time() + 15
+    while primary_port() != b.port:
+        assert time.time() < deadline, "haproxy still routes to the old primary"
+        time.sleep(0.1)
+    # The connection to the demoted primary was closed, so a client
+    # reconnects (to b) instead of writing to a read-only replica.
+    try:
+        port = int(held.info("server")["tcp_port"])     # redis-py reconnects once
+    except redislib.exceptions.ConnectionError:
+        port = int(held.info("server")["tcp_port"])
+    assert port == b.port
+    held.set("k", "v2")
+    assert b.client().get("k") == "v2"
+    stop(hap)
+
+
+def _run_start_script(script, host, sentinels_say):
+    """Run a start script of redis.yaml with stand-ins for hostname,
+    redis-cli (the Sentinels' answer, or none reachable) and redis-server
+    (prints the config it was given): what would the pod start as?"""
+    docs = manifests()
+    text = find(docs, "ConfigMap", "redis-scripts")["data"][script]
+    d = tmpdir()
+    bindir = os.path.join(d, "bin")
+    os.mkdir(bindir)
+    shims = {
+        "hostname": "echo %s\n" % host,
+        "redis-cli": ('printf "%%s\\n6379\\n" %s\n' % sentinels_say) if sentinels_say
+                     else "exit 1\n",
+        "redis-server": 'cat "$1"; shift; echo "ARGS: $*"\n',
+    }
+    for name, body in shims.items():
+        with open(os.path.join(bindir, name), "w") as f:
+            f.write("#!/bin/sh\n" + body)
+        os.chmod(os.path.join(bindir, name), 0o755)
+    path = os.path.join(d, script)
+    with open(path, "w") as f:
+        f.write(text)
+    env = dict(os.environ, PATH=bindir + ":/usr/bin:/bin", REDIS_PASSWORD="pw1",
+               REDIS_RUN_DIR=d)
+    out = subprocess.run(["sh", path], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_redis_start_scripts_never_make_a_second_primary():
+    run = _run_start_script
+    base = ["include /etc/redis-scripts/redis.conf", "requirepass pw1", "masterauth pw1"]
+    # First start of the set: no Sentinel knows a primary; redis-0 is it.
+    out = run("redis-start.sh", "redis-0", None)
+    assert sorted(out) == sorted(base + ["replica-announce-ip redis-0.redis", "ARGS: "])
+    out = run("redis-start.sh", "redis-1", None)
+    assert "replicaof redis-0.redis 6379" in out and "replica-announce-ip redis-1.redis" in out
+    # After a failover redis-2 is the primary: a restarted redis-0 follows it,
+    # and redis-2 itself starts as the primary.
+    out = run("redis-start.sh", "redis-0", "redis-2.redis")
+    assert "replicaof redis-2.redis 6379" in out
+    out = run("redis-start.sh", "redis-2", "redis-2.redis")
+    assert not any(l.startswith("replicaof") for l in out), out
+    # Sentinels monitor what their peers know, else redis-0.
+    out = run("sentinel-start.sh", "redis-sentinel-1", None)
+    assert "sentinel monitor mymaster redis-0.redis 6379 2" in out
+    assert "sentinel announce-ip redis-sentinel-1.redis-sentinel" in out
+    assert "sentinel auth-pass mymaster pw1" in out and out[-1] == "ARGS: --sentinel"
+    out = run("sentinel-start.sh", "redis-sentinel-1", "redis-2.redis")
+    assert "sentinel monitor mymaster redis-2.redis 6379 2" in out
+    # resolve-hostnames comes before the monitor line, whose address is a name.
+    assert out.index("sentinel resolve-hostnames yes") < out.index(
+        "sentinel monitor mymaster redis-2.redis 6379 2")
+
+
+def test_redis_conf_is_accepted_by_redis_server():
+    docs = manifests()
+    text = find(docs, "ConfigMap", "redis-scripts")["data"]["redis.conf"]
+    r = Redis()         # a port, a folder and a client; restarted with the conf
+    stop(r.proc)
+    conf = os.path.join(r.dir, "redis.conf")
+    with open(conf, "w") as f:
+        f.write(text.replace("dir /data", "dir %s" % r.dir))
+        f.write("port %d\nbind 127.0.0.1\n" % r.port)
+    r.args = ["redis-server", conf]
+    r.start()
+    c = r.client()
+    assert c.config_get("appendonly") == {"appendonly": "yes"}
+    assert c.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
+    assert c.config_get("protected-mode") == {"protected-mode": "no"}
