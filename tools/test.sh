@@ -8,6 +8,7 @@ cd "$ROOT"
 
 ensure_packages $DEPS_BUILD $DEPS_RUN
 ensure_browser
+ensure_deploy
 
 passed=0
 failed=0
