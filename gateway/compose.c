@@ -159,5 +159,9 @@ compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
         BUF_LIT(out, "Retry-After: 1\r\n");
     add_connection(out, conn);
     BUF_LIT(out, "\r\n");
-    evbuffer_add_buffer(out, scratch);
+    /* Copied rather than moved: a moved chain is at least 1 KiB, and a
+     * client that does not read may hold max_pipelined of these. */
+    size_t n = evbuffer_get_length(scratch);
+    evbuffer_add(out, evbuffer_pullup(scratch, (ev_ssize_t)n), n);
+    evbuffer_drain(scratch, n);
 }

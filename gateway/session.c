@@ -601,8 +601,11 @@ rq_head(void *owner, struct upconn *u)
     compose_response_head(out, u->status, &u->head, &t,
                           r->resp_framing == FRAME_CLOSE ? FRAME_NONE : r->resp_framing,
                           u->parser.content_length, conn);
-    r->bytes_out += evbuffer_get_length(out);
-    evbuffer_add_buffer(client_out(s), out);
+    size_t n = evbuffer_get_length(out);
+    r->bytes_out += n;
+    /* Copied, not moved, like compose_error(): small answers share chains. */
+    evbuffer_add(client_out(s), evbuffer_pullup(out, (ev_ssize_t)n), n);
+    evbuffer_drain(out, n);
     for (int i = 0; i < r->n_cmps; i++)
         cmp_head(r->cmps[i], CMP_LIVE, u->status);
     return r->head_method;
@@ -1276,11 +1279,12 @@ session_feed(struct session *s)
     }
 }
 
-/* Read from the client only while there is room: while the parser can
- * take input, up to one head's worth ahead of it; while it cannot (the
- * request waits for its answer, the client does not read its answers), one
- * read at most, only to notice the client leaving. The rest waits in the
- * kernel, and TCP pushes back on the client. */
+/* Read from the client only while there is room: one read at a time, into
+ * an empty input buffer. While the parser can run it takes everything it
+ * is given (llhttp streams, heads included); while it cannot (the request
+ * waits for its answer, the client does not read its answers), the one read
+ * only notices the client leaving. The rest waits in the kernel, and TCP
+ * pushes back on the client. */
 static void
 update_reading(struct session *s)
 {
@@ -1292,10 +1296,8 @@ update_reading(struct session *s)
         on = true;
     else if (s->closing || out_len(s) > limits(s)->max_client_output_bytes)
         on = false;
-    else if (may_parse(s))
-        on = in < limits(s)->max_header_bytes + GW_READ_SIZE;
     else
-        on = in == 0;
+        on = in == 0;               /* the parser takes all it may have */
     if (on && in == 0 && s->tp->pending(&s->io))
         event_active(s->io.rev, EV_READ, 1);
     /* With no request, the read event carries the deadline: the first
