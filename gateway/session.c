@@ -597,15 +597,12 @@ rq_head(void *owner, struct upconn *u)
     struct tags t = req_tags(r);
     enum conn_header conn = s->close_after || !s->keep_alive ? CONN_CLOSE :
         http10 ? CONN_KEEP_ALIVE : CONN_NONE;
-    struct evbuffer *out = s->w->scratch;
+    struct evbuffer *out = client_out(s);
+    size_t before = evbuffer_get_length(out);
     compose_response_head(out, u->status, &u->head, &t,
                           r->resp_framing == FRAME_CLOSE ? FRAME_NONE : r->resp_framing,
                           u->parser.content_length, conn);
-    size_t n = evbuffer_get_length(out);
-    r->bytes_out += n;
-    /* Copied, not moved, like compose_error(): small answers share chains. */
-    evbuffer_add(client_out(s), evbuffer_pullup(out, (ev_ssize_t)n), n);
-    evbuffer_drain(out, n);
+    r->bytes_out += evbuffer_get_length(out) - before;
     for (int i = 0; i < r->n_cmps; i++)
         cmp_head(r->cmps[i], CMP_LIVE, u->status);
     return r->head_method;
@@ -941,10 +938,6 @@ on_message_begin(llhttp_t *p)
         s->served = true;
     }
     arm(s->req->hdr_timer, ms);
-    if (s->rev_ms != 0) {
-        event_remove_timer(s->io.rev);
-        s->rev_ms = 0;
-    }
     return 0;
 }
 
@@ -1300,21 +1293,19 @@ update_reading(struct session *s)
         on = in == 0;               /* the parser takes all it may have */
     if (on && in == 0 && s->tp->pending(&s->io))
         event_active(s->io.rev, EV_READ, 1);
-    /* With no request, the read event carries the deadline: the first
-     * head's (from accept), the idle timeout, or the linger. */
-    int ms = !on ? 0 : s->lingering ? LINGER_MS : s->req != NULL ? 0 :
+    /* The read event carries the connection's deadline: the first head's
+     * (from accept), the idle timeout, or the linger. It stays on while a
+     * request runs (a timeout then is ignored): no timer work per request. */
+    int ms = !on ? 0 : s->lingering ? LINGER_MS :
         s->served ? limits(s)->idle_timeout_ms : limits(s)->header_timeout_ms;
     if (on == s->reading && ms == s->rev_ms)
         return;
     if (!on)
         event_del(s->io.rev);
-    else if (ms > 0) {
+    else {
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         event_add(s->io.rev, &tv);
-    } else if (s->reading)
-        event_remove_timer(s->io.rev);
-    else
-        event_add(s->io.rev, NULL);
+    }
     s->reading = on;
     s->rev_ms = ms;
 }
