@@ -314,6 +314,19 @@ ep_or_404(struct evhttp_request *req, const struct route *r)
     return ep;
 }
 
+/* The endpoint of a read-only or action route that takes one method; NULL
+ * after a 405 or 404 reply. */
+static const struct cfg_endpoint *
+ep_for(struct evhttp_request *req, const struct route *r, enum evhttp_cmd_type cmd)
+{
+    if (evhttp_request_get_command(req) != cmd) {
+        reply_error(req, 405, "method_not_allowed",
+                    cmd == EVHTTP_REQ_GET ? "GET only" : "POST only", NULL);
+        return NULL;
+    }
+    return ep_or_404(req, r);
+}
+
 /* Validate, persist and apply doc. */
 static bool
 commit(struct evhttp_request *req, json_t *doc)
@@ -648,11 +661,7 @@ static void
 on_token(struct evhttp_request *req, const struct route *r)
 {
     char why[512];
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        reply_error(req, 405, "method_not_allowed", "POST only", NULL);
-        return;
-    }
-    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    const struct cfg_endpoint *ep = ep_for(req, r, EVHTTP_REQ_POST);
     if (ep == NULL)
         return;
     json_t *body = read_body(req, false, why, sizeof(why));
@@ -681,11 +690,7 @@ static void
 on_ep_metrics(struct evhttp_request *req, const struct route *r)
 {
     char why[512];
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        reply_error(req, 405, "method_not_allowed", "GET only", NULL);
-        return;
-    }
-    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    const struct cfg_endpoint *ep = ep_for(req, r, EVHTTP_REQ_GET);
     if (ep == NULL)
         return;
     int minutes = 60;
@@ -721,11 +726,7 @@ static void
 on_diffs(struct evhttp_request *req, const struct route *r)
 {
     char why[512];
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        reply_error(req, 405, "method_not_allowed", "GET only", NULL);
-        return;
-    }
-    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    const struct cfg_endpoint *ep = ep_for(req, r, EVHTTP_REQ_GET);
     if (ep == NULL)
         return;
     int vi = config_version_index(ep, r->v, strlen(r->v));

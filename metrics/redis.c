@@ -790,14 +790,10 @@ take_reply(struct query *q, int row, int minute, redisReply *rep)
                 v[k] = strtoull(rep->element[i + 1]->str, NULL, 10);
 }
 
-/*
- * A blocking read on a connection of its own: the admin API asks rarely,
- * and an answer that outlives its request would be worse than a short
- * wait on the main thread (bounded by a one-second timeout).
- */
-json_t *
-metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int minutes,
-                    char *err, size_t errlen)
+/* A short-lived synchronous connection for the admin API's reads: connect,
+ * AUTH and SELECT with a one-second timeout; NULL with err set. */
+static redisContext *
+query_connect(struct metrics_redis *r, char *err, size_t errlen)
 {
     struct timeval tv = {1, 0};
     redisContext *c = r->host ? redisConnectWithTimeout(r->host, r->port, tv) : NULL;
@@ -808,6 +804,38 @@ metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int 
         return NULL;
     }
     redisSetTimeout(c, tv);
+    redisReply *rep = NULL;
+    bool bad = false;
+    if (r->password) {
+        rep = redisCommand(c, "AUTH %s", r->password);
+        bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+    }
+    if (!bad && r->db) {
+        rep = redisCommand(c, "SELECT %d", r->db);
+        bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+    }
+    if (bad) {
+        snprintf(err, errlen, "Redis refused AUTH or SELECT");
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+/*
+ * A blocking read on a connection of its own: the admin API asks rarely,
+ * and an answer that outlives its request would be worse than a short
+ * wait on the main thread (bounded by a one-second timeout).
+ */
+json_t *
+metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int minutes,
+                    char *err, size_t errlen)
+{
+    redisContext *c = query_connect(r, err, errlen);
+    if (c == NULL)
+        return NULL;
     struct query *q = calloc(1, sizeof(*q));
     q->minutes = minutes;
     snprintf(q->ep, sizeof(q->ep), "%s", ep->name);
@@ -829,22 +857,6 @@ metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int 
         struct qrow *row = &q->rows[q->n_rows++];
         row->group = groups[g];
         row->configured = -1;
-    }
-    int pending = 0;
-    if (r->password)
-        redisAppendCommand(c, "AUTH %s", r->password), pending++;
-    if (r->db)
-        redisAppendCommand(c, "SELECT %d", r->db), pending++;
-    for (int i = 0; i < pending; i++) {
-        redisReply *rep = NULL;
-        if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "Redis refused AUTH or SELECT");
-            freeReplyObject(rep);
-            redisFree(c);
-            free(q);
-            return NULL;
-        }
-        freeReplyObject(rep);
     }
     for (int i = 0; i < q->n_rows; i++) {
         q->rows[i].v = calloc((size_t)minutes * M_COUNT, sizeof(uint64_t));
@@ -884,31 +896,10 @@ json_t *
 metrics_redis_diffs(struct metrics_redis *r, const char *ep, const char *version, int limit,
                     char *err, size_t errlen)
 {
-    struct timeval tv = {1, 0};
-    redisContext *c = r->host ? redisConnectWithTimeout(r->host, r->port, tv) : NULL;
-    if (c == NULL || c->err) {
-        snprintf(err, errlen, "cannot reach Redis at %s:%d", r->host ? r->host : "?", r->port);
-        if (c)
-            redisFree(c);
+    redisContext *c = query_connect(r, err, errlen);
+    if (c == NULL)
         return NULL;
-    }
-    redisSetTimeout(c, tv);
-    redisReply *rep = NULL;
-    if (r->password) {
-        rep = redisCommand(c, "AUTH %s", r->password);
-        bool bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (bad)
-            goto refused;
-    }
-    if (r->db) {
-        rep = redisCommand(c, "SELECT %d", r->db);
-        bool bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (bad)
-            goto refused;
-    }
-    rep = redisCommand(c, "LRANGE sluice:{%s}:diffs:%s 0 %d", ep, version, limit - 1);
+    redisReply *rep = redisCommand(c, "LRANGE sluice:{%s}:diffs:%s 0 %d", ep, version, limit - 1);
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
         snprintf(err, errlen, "Redis did not answer");
         freeReplyObject(rep);
@@ -927,8 +918,4 @@ metrics_redis_diffs(struct metrics_redis *r, const char *ep, const char *version
     freeReplyObject(rep);
     redisFree(c);
     return arr;
-refused:
-    snprintf(err, errlen, "Redis refused AUTH or SELECT");
-    redisFree(c);
-    return NULL;
 }
