@@ -475,15 +475,9 @@ class Sluice:
 def raw(port, data, timeout=5, read_until_close=True, tls=False):
     """Send raw bytes, return everything the server sends until it closes
     (or the timeout passes)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout)
-    if tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        s = ctx.wrap_socket(s)
+    s = connect(port, tls, timeout)
     s.sendall(data)
     out = b""
-    s.settimeout(timeout)
     try:
         while True:
             chunk = s.recv(65536)
