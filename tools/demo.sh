@@ -75,6 +75,32 @@ echo "== control vs treatment (sluicectl metrics mynewendpoint)"
 build/tools/sluicectl metrics mynewendpoint --minutes 5
 echo "== the shadow version versionc: does it answer like the live versions? (sluicectl shadow)"
 build/tools/sluicectl shadow mynewendpoint --minutes 5
+if [ "${DEMO_ROLLOUT:-0}" = "1" ]; then
+    # SPEC §8: two short rollouts with 3-second steps, judged against the
+    # control versiona over each step's window, under steady traffic.
+    PD=$(free_port); PE=$(free_port)
+    echo "== rollout demo: versiond (a good model) on :$PD, versione (20 % errors) on :$PE"
+    spawn "$RUN/versiond.log" build/tools/sluice-model --listen "127.0.0.1:$PD" --name versiond --latency-ms 2 --jitter-ms 3
+    spawn "$RUN/versione.log" build/tools/sluice-model --listen "127.0.0.1:$PE" --name versione --latency-ms 2 --jitter-ms 3 --error-rate 0.2
+    wait_port "$PD"; wait_port "$PE"
+    PLAN='{"steps": [10, 25, 50], "step_s": 3, "promote": true,
+           "gate": {"min_requests": 100, "max_error_rate_increase": 0.02, "max_p99_ratio": 2.0}}'
+    for v in versione:$PE versiond:$PD; do
+        name=${v%%:*}; port=${v##*:}
+        curl -sf -o /dev/null -H "Authorization: Bearer demo-admin-token" \
+            -H "Content-Type: application/json" \
+            -d "{\"name\": \"$name\", \"upstreams\": [\"127.0.0.1:$port\"], \"traffic_percentile\": 0,
+                 \"type\": \"treatment\", \"rollout\": $PLAN}" \
+            "$SLUICE_ADMIN_URL/admin/v1/endpoints/mynewendpoint/versions"
+        echo "== rollout of $name: steps 10 %, 25 %, 50 % of 3 s each, then promote"
+        $PY tools/demo_rollout.py --url "https://127.0.0.1:$HTTPS_PORT/api/v1/service/mynewendpoint/score" \
+            --cacert "$RUN/cert.pem" --key "$KEY" --admin "$SLUICE_ADMIN_URL" \
+            --token demo-admin-token --endpoint mynewendpoint --version "$name"
+        build/tools/sluicectl rollout mynewendpoint "$name" status
+    done
+    echo "== the endpoint after both rollouts"
+    build/tools/sluicectl show mynewendpoint
+fi
 echo "== dashboard: http://127.0.0.1:$ADMIN_PORT/dashboard (admin token: demo-admin-token)"
 if [ "${DEMO_KEEP:-0}" = "1" ]; then
     echo "   DEMO_KEEP=1: everything keeps running; press Ctrl-C to stop"
