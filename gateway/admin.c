@@ -728,6 +728,21 @@ on_ep_metrics(struct evhttp_request *req, const struct route *r)
         reply_error(req, 503, "redis_unavailable", why, NULL);
         return;
     }
+    /* Each version's rollout, if it has had one (SPEC §8), for the dashboard. */
+    size_t i;
+    json_t *row;
+    json_array_foreach(json_object_get(ans, "versions"), i, row) {
+        const char *name = json_string_value(json_object_get(row, "version"));
+        int vi = name ? config_version_index(ep, name, strlen(name)) : -1;
+        const struct cfg_version *v = vi >= 0 ? &ep->versions[vi] : NULL;
+        if (v == NULL || v->rollout.phase == CFG_ROLLOUT_NONE)
+            json_object_set_new(row, "rollout", json_null());
+        else
+            json_object_set_new(row, "rollout", json_pack("{s:s, s:i, s:o}", "phase",
+                                config_rollout_phase_name(v->rollout.phase),
+                                "step", v->rollout.step,
+                                "traffic_percentile", pct_json(v->traffic)));
+    }
     reply(req, 200, ans);
 }
 

@@ -180,6 +180,11 @@ def test_good_version_goes_through_every_step_and_is_promoted():
         assert t.served("versiona") == 0 and t.served("versionb") > 0, t.counts
         # the history is in Redis for any instance
         assert r.client().llen("sluice:{ep1}:rollout:versionb:evals") == len(evs)
+        m = requests.get(s.admin("/admin/v1/endpoints/%s/metrics" % EP), headers=ADMIN,
+                         timeout=5).json()
+        ro = {v["version"]: v["rollout"] for v in m["versions"]}
+        assert ro == {"versiona": None, "versionb": {"phase": "promoted", "step": 2,
+                                                     "traffic_percentile": 75}}, ro
     finally:
         t.stop()
 
@@ -395,7 +400,7 @@ def test_sluicectl_rollout_status():
     s = rollout_sluice(r, a, b, plan(step_s=1, min_requests=5))
     t = Traffic(s)
     try:
-        env = {"SLUICE_ADMIN": "http://127.0.0.1:%d" % s.admin_port, "SLUICE_ADMIN_TOKEN": "adm",
+        env = {"SLUICE_ADMIN_URL": "http://127.0.0.1:%d" % s.admin_port, "SLUICE_ADMIN_TOKEN": "adm",
                "PATH": "/usr/bin:/bin"}
         out = subprocess.run([SLUICECTL, "rollout", EP, "versionb", "start"], env=env,
                              capture_output=True, text=True, timeout=10)
@@ -404,7 +409,7 @@ def test_sluicectl_rollout_status():
         out = subprocess.run([SLUICECTL, "rollout", EP, "versionb", "status"], env=env,
                              capture_output=True, text=True, timeout=10)
         assert out.returncode == 0, out.stderr
-        assert "phase" in out.stdout and "verdict" in out.stdout, out.stdout
+        assert "phase: running" in out.stdout and "VERDICT" in out.stdout and " pass " in out.stdout, out.stdout
         out = subprocess.run([SLUICECTL, "rollout", EP, "versionb", "resume"], env=env,
                              capture_output=True, text=True, timeout=10)
         assert out.returncode != 0 and "409" in out.stderr + out.stdout
