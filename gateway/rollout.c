@@ -57,7 +57,7 @@ struct track {
     double started;                 /* unix seconds the window began */
     double next_look;
     bool busy;                      /* a read or a change in flight */
-    int look;                       /* evaluations of this step so far */
+    int tests;                      /* gates of this rollout that tested live data */
     json_t *evals;                  /* newest last, at most RO_KEEP_EVALS */
     uint64_t evals_seq;             /* local appends, to drop stale rereads */
     double refreshed;
@@ -438,7 +438,6 @@ change_applied(struct ro_change *c)
         memcpy(t->base_c, c->tot_c, sizeof(t->base_c));
         t->started = (double)c->now;
         t->next_look = 0;
-        t->look = 0;
         store_base(t);
     }
 }
@@ -636,8 +635,8 @@ struct read {
     bool agreement;
     int pending;
     bool failed;
-    bool have_stored;
     json_t *stored;                 /* the stored baseline, READ_BASE */
+    int tests;                      /* the stored count of tests, READ_BASE */
     uint64_t tot_v[M_COUNT], tot_c[M_COUNT];
 };
 
@@ -689,9 +688,9 @@ base_done(struct read *rd)
         store_base(t);
     }
     snprintf(t->control, sizeof(t->control), "%s", rd->control);
+    t->tests = rd->tests;
     t->have_base = true;
     t->next_look = 0;
-    t->look = 0;
 }
 
 static void judge(struct track *t, struct read *rd);
@@ -703,8 +702,12 @@ on_read_reply(void *reply, void *arg, int which)
     redisReply *r = reply;
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
         rd->failed = true;
-    else if (which == 0 && r->type == REDIS_REPLY_STRING)
-        rd->stored = json_loadb(r->str, r->len, 0, NULL);
+    else if (which == 0 && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        if (r->element[0]->type == REDIS_REPLY_STRING)
+            rd->stored = json_loadb(r->element[0]->str, r->element[0]->len, 0, NULL);
+        if (r->element[1]->type == REDIS_REPLY_STRING)
+            rd->tests = atoi(r->element[1]->str);
+    }
     else if (which == 1)
         counters_from(r, rd->tot_v);
     else if (which == 2)
@@ -748,13 +751,13 @@ read_start(struct track *t, enum read_kind kind, const char *control)
     key_base(kb, sizeof(kb), t->ep, t->v);
     snprintf(kv, sizeof(kv), "sluice:{%s}:total:%s", t->ep, t->v);
     snprintf(kc, sizeof(kc), "sluice:{%s}:total:%s", t->ep, control);
-    const char *a0[] = {"HGET", kb, "base"};
+    const char *a0[] = {"HMGET", kb, "base", "tests"};
     const char *a1[] = {"HGETALL", kv};
     const char *a2[] = {"HGETALL", kc};
     rd->pending = 3;
     /* Each command either gets its callback later or fails here. */
     int sent = 0;
-    if (kind == READ_BASE && cmd(on_reply_stored, rd, 3, a0) == 0)
+    if (kind == READ_BASE && cmd(on_reply_stored, rd, 4, a0) == 0)
         sent++;
     else if (kind == READ_BASE) {
         free(rd);
@@ -811,18 +814,28 @@ judge(struct track *t, struct read *rd)
         ag.equal = wv[M_CMP_EQUAL];
         in.agreement = &ag;
     }
-    in.look = ro->step + 1;
+    /* Every test of live data spends alpha, whichever step it judges: a
+     * step run again (resumed, or judged again after a crash between its
+     * verdict and its change) is a look beyond the plan. */
+    in.look = t->tests + 1;
     in.looks = ro->n_steps;
     double now = now_s();
     in.elapsed_s = now - t->started;
     in.step_s = ro->step_s;
     struct metrics_gate_result g;
     metrics_gate(&gp, &in, &g);
-    t->look++;
-    push_eval(t, eval_json(&g, ro->step, v->traffic, t->look));
+    bool tested = !t->agreement && g.verdict != METRICS_GATE_HOLD;
+    push_eval(t, eval_json(&g, ro->step, v->traffic, t->agreement ? 0 : in.look));
+    if (tested) {
+        char key[160];
+        key_base(key, sizeof(key), t->ep, t->v);
+        const char *argv[] = {"HINCRBY", key, "tests", "1"};
+        cmd(NULL, NULL, 4, argv);
+        t->tests++;
+    }
     log_event(LOG_INFO, "rollout_gate", ",\"endpoint\":\"%s\",\"version\":\"%s\",\"step\":%d,"
               "\"look\":%d,\"verdict\":\"%s\",\"reason\":\"%s\",\"requests\":%llu,"
-              "\"control_requests\":%llu", log_json(t->ep), log_json(t->v), ro->step, t->look,
+              "\"control_requests\":%llu", log_json(t->ep), log_json(t->v), ro->step, t->agreement ? 0 : in.look,
               metrics_gate_verdict_name(g.verdict), log_json(g.reason),
               (unsigned long long)g.n_version, (unsigned long long)g.n_control);
     if (g.verdict == METRICS_GATE_HOLD) {
@@ -1033,7 +1046,10 @@ drive(struct track *t, const struct cfg_endpoint *ep, int vi, double now)
         read_start(t, READ_BASE, control);
         return;
     }
-    if (now < t->started + ro->step_s || now < t->next_look)
+    /* One flush interval past the step's end: the fleet's counts for the
+     * step are in Redis by then, on both sides alike. */
+    double flush_s = control_current()->redis.flush_interval_ms / 1000.0;
+    if (now < t->started + ro->step_s + flush_s || now < t->next_look)
         return;
     read_start(t, READ_JUDGE, control);
 }

@@ -61,15 +61,17 @@ def plan(steps=(25, 50, 75), step_s=2, min_requests=30, max_inc=0.01, p99=5, pro
                      "max_p99_ratio": p99, "min_agreement": 0.99}}
 
 
-def rollout_sluice(redis, a, b, ro=None, workers=1):
-    vb = version("versionb", [b.addr], 0)
+def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, **vkw):
+    vb = version("versionb", [b.addr], 0, **vkw)
     if ro is not None:
         vb["rollout"] = ro
+    extra = {"redis": {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100},
+             "admin": {"token": "adm"}}
+    if fleet:
+        extra["fleet"] = {"name": fleet}
     return Sluice([endpoint(EP, [
         version("versiona", [a.addr], 0, is_default=True, type="control"), vb])],
-        workers=workers,
-        extra={"redis": {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100},
-               "admin": {"token": "adm"}})
+        workers=workers, extra=extra)
 
 
 def ro_path(v="versionb"):
@@ -159,6 +161,7 @@ def test_good_version_goes_through_every_step_and_is_promoted():
         passes = [e for e in evs if e["verdict"] == "pass"]
         assert [e["step"] for e in passes] == [0, 1, 2], evs
         assert [e["percentile"] for e in passes] == [25, 50, 75]
+        assert [e["look"] for e in passes] == [1, 2, 3]     # alpha spent per look
         for e in passes:
             assert e["version"]["requests"] >= 30 and e["control"]["requests"] >= 30, e
             assert e["version"]["error_rate"] == 0 and e["control"]["error_rate"] == 0
@@ -415,3 +418,108 @@ def test_sluicectl_rollout_status():
         assert out.returncode != 0 and "409" in out.stderr + out.stdout
     finally:
         t.stop()
+
+
+COMPARE = {"mode": "json", "ignore": ["headers", "version"]}
+
+
+def test_mirror_must_agree_before_its_first_live_step():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    s = rollout_sluice(r, a, b, plan(steps=(25, 50), min_requests=30), mirror_percentile=50,
+                       compare=COMPARE)
+    t = Traffic(s)
+    try:
+        resp = act(s, "start")
+        assert resp.status_code == 200, resp.text
+        st = resp.json()["state"]
+        assert st["phase"] == "running" and st["step"] == 0 and st["traffic_percentile"] == 0
+        assert versions(s)["versionb"]["mirror_percentile"] == 50
+        # the agreement check passes, then the version goes live at the first step
+        until(lambda: versions(s)["versionb"]["traffic_percentile"] == 25, 60, "going live")
+        vb = versions(s)["versionb"]
+        assert vb["mirror_percentile"] == 0 and vb["rollout_state"]["step"] == 0
+        first = get(s)["evaluations"][0]
+        assert first["verdict"] == "pass" and first["look"] == 0, first
+        ag = first["agreement"]
+        assert ag["compared"] >= 30 and ag["equal"] == ag["compared"] and ag["rate"] == 1, ag
+        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
+                   "the end of the rollout")
+        assert st["phase"] == "promoted", get(s)
+        live = [e for e in get(s)["evaluations"] if e["verdict"] == "pass"][1:]
+        assert [(e["step"], e["look"], e["agreement"]) for e in live] == [(0, 1, None),
+                                                                          (1, 2, None)]
+    finally:
+        t.stop()
+
+
+def test_disagreeing_mirror_is_rolled_back_before_going_live():
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb", "--noise", "0.1")
+    s = rollout_sluice(r, a, b, plan(steps=(25, 50), min_requests=30), mirror_percentile=50,
+                       compare=COMPARE)
+    t = Traffic(s)
+    try:
+        assert act(s, "start").status_code == 200
+        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
+                   "the rollback")
+        assert st["phase"] == "rolled_back" and "agreement" in st["reason"], st
+        vb = versions(s)["versionb"]
+        assert vb["traffic_percentile"] == 0 and vb["mirror_percentile"] == 0
+        e = get(s)["evaluations"][-1]
+        assert e["verdict"] == "fail" and e["agreement"]["rate"] < 0.99, e
+        t.reset()
+        until(lambda: t.served("versiona") >= 100, 60, "traffic after the rollback")
+        assert t.served("versionb") == 0
+    finally:
+        t.stop()
+
+
+def test_fleet_one_driver_and_a_takeover():
+    """Two instances of a fleet: one holds the lease and drives; the other
+    shows the same state and history. Killed, the driver's lease lapses and
+    the other finishes the rollout."""
+    import signal
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    s1 = rollout_sluice(r, a, b, plan(steps=(20, 40, 60, 80), step_s=2), fleet="prod")
+    s2 = rollout_sluice(r, a, b, plan(steps=(20, 40, 60, 80), step_s=2), fleet="prod")
+    rc = r.client()
+    lease = "sluice:fleet:{prod}:leader"
+    t1, t2 = Traffic(s1, threads=2), Traffic(s2, threads=2)
+    try:
+        holder = until(lambda: rc.get(lease), 20, "a lease holder")
+        assert 0 < rc.pttl(lease) <= 10000
+        until(lambda: get(s1)["driver"] == holder and get(s2)["driver"] == holder, 10,
+              "both instances naming the driver")
+        ids = {}
+        for s in (s1, s2):
+            for line in s.log().splitlines():
+                if '"rollout_driver_elected"' in line:
+                    ids[s] = holder
+        assert list(ids) in ([s1], [s2]), ids       # exactly one was elected
+        driver = list(ids)[0]
+        other = s2 if driver is s1 else s1
+        assert act(other, "start").status_code == 200
+        until(lambda: get(other)["state"]["step"] >= 1, 60, "step 1")
+        # the other instance shows the driver's history
+        until(lambda: [e["verdict"] for e in get(other)["evaluations"]][:1] == ["pass"], 10,
+              "the history on the other instance")
+        driver.stop(signal.SIGKILL)
+        (t1 if driver is s1 else t2).stop()
+        st = until(lambda: get(other)["state"]["phase"] != "running" and get(other)["state"],
+                   90, "the end of the rollout under the new driver")
+        assert st["phase"] == "promoted", get(other)
+        assert get(other)["driver"] != holder and rc.get(lease) != holder
+        assert '"rollout_driver_elected"' in other.log()
+        passes = [e["step"] for e in get(other)["evaluations"] if e["verdict"] == "pass"]
+        assert passes == [0, 1, 2, 3], get(other)["evaluations"]
+        by = [c.get("by") for c in log_events(other, "admin_change")
+              if c["op"].startswith("rollout_")]
+        assert by[0] == "operator" and "rollout" in by, by
+    finally:
+        t1.stop()
+        t2.stop()
+    # a clean stop gives the lease back
+    assert other.stop() == 0
+    assert rc.get(lease) is None
