@@ -165,12 +165,17 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
     json_decref(probe);
     if (c)
         return c;
+    config_edit_rollout_operator_change(x, r);
     json_object_update(x, body);
     if (json_is_true(json_object_get(body, "is_default")))
         unmark_defaults(e, x);
     else if (json_is_false(json_object_get(body, "is_default")))
         json_object_del(x, "is_default");
-    config_edit_rollout_operator_change(x, r);
+    /* "rollout": null forgets the rollout, its state included. */
+    if (json_is_null(json_object_get(body, "rollout"))) {
+        json_object_del(x, "rollout");
+        json_object_del(x, "rollout_state");
+    }
     return 0;
 }
 

@@ -394,6 +394,17 @@ def test_admin_errors_and_validation():
     vs = versions(s)
     assert vs["versionb"]["is_default"] and vs["versiona"]["traffic_percentile"] == 0
     assert act(s, "start").status_code == 409       # the default has nothing to roll out
+    # "rollout": null forgets a rollout and its state
+    resp = requests.patch(s.admin("/admin/v1/endpoints/%s/versions/versiona" % EP),
+                          headers=ADMIN, json={"rollout": plan()}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert act(s, "start", v="versiona").status_code == 200
+    resp = requests.patch(s.admin("/admin/v1/endpoints/%s/versions/versiona" % EP),
+                          headers=ADMIN, json={"rollout": None}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    va = versions(s)["versiona"]
+    assert va["rollout"] is None and va["rollout_state"] is None
+    assert va["traffic_percentile"] == 25       # the share stays as it was
 
 
 def test_sluicectl_rollout_status():
