@@ -851,6 +851,148 @@ parse_compare(struct pctx *p, json_t *obj, const char *path, struct cfg_compare 
     }
 }
 
+/* ---- progressive rollout (SPEC §8) ------------------------------------- */
+
+static const char *const rollout_phase_names[] = {NULL, "running", "paused", "promoted",
+    "rolled_back", "aborted"};
+
+const char *
+config_rollout_phase_name(enum cfg_rollout_phase ph)
+{
+    if ((int)ph < 0 || (size_t)ph >= sizeof(rollout_phase_names) / sizeof(*rollout_phase_names))
+        return NULL;
+    return rollout_phase_names[ph];
+}
+
+/* A fraction 0..max at obj.key, def when absent. */
+static void
+get_fraction(struct pctx *p, json_t *obj, const char *path, const char *key, double *dst,
+             double def, double max)
+{
+    json_t *v = json_object_get(obj, key);
+    char sp[PATH_MAX_LEN];
+
+    *dst = def;
+    if (v == NULL || json_is_null(v))
+        return;
+    subpath(sp, path, key);
+    if (!json_is_number(v) || !(json_number_value(v) >= 0 && json_number_value(v) <= max)) {
+        err(p, sp, "must be a number between 0 and %g", max);
+        return;
+    }
+    *dst = json_number_value(v);
+}
+
+/* The plan: "rollout": {"steps", "step_s", "promote", "gate"}. */
+static void
+parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rollout *r)
+{
+    static const char *const fields[] = {"steps", "step_s", "promote", "gate", NULL};
+    static const char *const gate_fields[] = {"min_requests", "max_error_rate_increase",
+        "max_p99_ratio", "min_agreement", NULL};
+    char sp[PATH_MAX_LEN], ip[PATH_MAX_LEN];
+
+    check_fields(p, obj, path, fields);
+    r->has_plan = true;
+    json_t *steps = json_object_get(obj, "steps");
+    subpath(sp, path, "steps");
+    if (!json_is_array(steps) || json_array_size(steps) == 0 ||
+        json_array_size(steps) > CFG_ROLLOUT_MAX_STEPS) {
+        err(p, sp, "required: an array of 1 to %d increasing traffic percentiles in (0, 100]",
+            CFG_ROLLOUT_MAX_STEPS);
+    } else {
+        for (size_t i = 0; i < json_array_size(steps); i++) {
+            json_t *e = json_array_get(steps, i);
+            indexpath(ip, sp, i);
+            double d = json_is_number(e) ? json_number_value(e) : -1;
+            if (!(d > 0 && d <= 100)) {
+                err(p, ip, "must be a number above 0 and at most 100");
+                continue;
+            }
+            double h = d * CFG_PCT_SCALE;
+            long rd = lround(h);
+            if (fabs(h - (double)rd) > 1e-6) {
+                err(p, ip, "at most two decimals");
+                continue;
+            }
+            if (r->n_steps > 0 && rd <= r->steps[r->n_steps - 1]) {
+                err(p, ip, "steps must increase (%g follows %g)", d,
+                    r->steps[r->n_steps - 1] / (double)CFG_PCT_SCALE);
+                continue;
+            }
+            r->steps[r->n_steps++] = (int)rd;
+        }
+    }
+    get_int(p, obj, path, "step_s", &r->step_s, 300, 1, 7 * 86400);
+    get_bool(p, obj, path, "promote", &r->promote, true);
+    json_t *gate = get_obj(p, obj, path, "gate");
+    subpath(sp, path, "gate");
+    if (gate != NULL)
+        check_fields(p, gate, sp, gate_fields);
+    get_u64(p, gate, sp, "min_requests", &r->min_requests, 200, 1, 1000000000);
+    get_fraction(p, gate, sp, "max_error_rate_increase", &r->max_error_rate_increase, 0.01, 1);
+    get_fraction(p, gate, sp, "max_p99_ratio", &r->max_p99_ratio, 1.5, 1000);
+    get_fraction(p, gate, sp, "min_agreement", &r->min_agreement, 0.99, 1);
+}
+
+/* The state the driver keeps: "rollout_state": {"phase", "step", "since", "reason"}. */
+static void
+parse_rollout_state(struct pctx *p, json_t *obj, const char *path, struct cfg_rollout *r)
+{
+    static const char *const fields[] = {"phase", "step", "since", "reason", NULL};
+    char sp[PATH_MAX_LEN];
+
+    check_fields(p, obj, path, fields);
+    char *phase = NULL;
+    get_str(p, obj, path, "phase", &phase, NULL);
+    subpath(sp, path, "phase");
+    if (phase == NULL)
+        err(p, sp, "required: \"running\", \"paused\", \"promoted\", \"rolled_back\" "
+            "or \"aborted\"");
+    else {
+        for (int i = CFG_ROLLOUT_RUNNING; i <= CFG_ROLLOUT_ABORTED; i++)
+            if (strcmp(phase, rollout_phase_names[i]) == 0)
+                r->phase = (enum cfg_rollout_phase)i;
+        if (r->phase == CFG_ROLLOUT_NONE)
+            err(p, sp, "must be \"running\", \"paused\", \"promoted\", \"rolled_back\" "
+                "or \"aborted\"");
+    }
+    free(phase);
+    get_int(p, obj, path, "step", &r->step, 0, 0, CFG_ROLLOUT_MAX_STEPS - 1);
+    if (r->n_steps > 0 && r->step >= r->n_steps) {
+        subpath(sp, path, "step");
+        err(p, sp, "the plan has %d steps (0 to %d)", r->n_steps, r->n_steps - 1);
+    }
+    json_t *since = json_object_get(obj, "since");
+    if (since != NULL && !json_is_null(since)) {
+        if (!json_is_integer(since) || json_integer_value(since) < 0) {
+            subpath(sp, path, "since");
+            err(p, sp, "must be unix seconds");
+        } else
+            r->since = (int64_t)json_integer_value(since);
+    }
+    get_str(p, obj, path, "reason", &r->reason, NULL);
+}
+
+static void
+parse_rollout(struct pctx *p, json_t *vobj, const char *path, struct cfg_rollout *r)
+{
+    char sp[PATH_MAX_LEN];
+
+    memset(r, 0, sizeof(*r));
+    json_t *plan = get_obj(p, vobj, path, "rollout");
+    subpath(sp, path, "rollout");
+    if (plan != NULL)
+        parse_rollout_plan(p, plan, sp, r);
+    json_t *state = get_obj(p, vobj, path, "rollout_state");
+    subpath(sp, path, "rollout_state");
+    if (state != NULL) {
+        if (plan == NULL)
+            err(p, sp, "a rollout_state needs a rollout plan");
+        parse_rollout_state(p, state, sp, r);
+    }
+}
+
 static void
 parse_version(struct pctx *p, json_t *obj, const char *path,
               struct cfg_version *v)
@@ -858,7 +1000,7 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     static const char *const fields[] = {"name", "upstreams", "path",
         "traffic_percentile", "is_default", "type", "description", "tags",
         "replica_max_concurrent_requests", "max_request_wait_time_ms",
-        "mirror_percentile", "health_check", "compare", NULL};
+        "mirror_percentile", "health_check", "compare", "rollout", "rollout_state", NULL};
     char sp[PATH_MAX_LEN];
 
     if (!json_is_object(obj)) {
@@ -916,6 +1058,7 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     parse_health(p, get_obj(p, obj, path, "health_check"), sp, &v->health);
     subpath(sp, path, "compare");
     parse_compare(p, get_obj(p, obj, path, "compare"), sp, &v->compare);
+    parse_rollout(p, obj, path, &v->rollout);
 }
 
 static void
@@ -1050,6 +1193,16 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
         indexpath(vp, sp, (size_t)def);
         subpath(fp, vp, "mirror_percentile");
         err(p, fp, "the default version cannot be a mirror");
+    }
+    /* A rollout ramps a version up towards the default; the default itself
+     * has nothing to ramp (a promoted version keeps its record). */
+    const struct cfg_rollout *dr = &ep->versions[def].rollout;
+    if (dr->has_plan && dr->phase != CFG_ROLLOUT_PROMOTED) {
+        char fp[PATH_MAX_LEN];
+        indexpath(vp, sp, (size_t)def);
+        subpath(fp, vp, "rollout");
+        err(p, fp, "not allowed on the default version (%s): roll out another version "
+            "and promote it", ep->versions[def].name);
     }
     /* SPEC §2.2: the default takes its own share plus the remainder. */
     for (int i = 0; i < ep->n_versions; i++)
@@ -1359,6 +1512,7 @@ config_free(struct config *c)
             for (int k = 0; k < v->compare.n_ignore; k++)
                 free(v->compare.ignore[k]);
             free(v->compare.ignore);
+            free(v->rollout.reason);
         }
     }
     free(c->endpoints);

@@ -70,6 +70,36 @@ struct cfg_compare {
     int samples;                    /* disagreements kept in Redis, 0: none */
 };
 
+/* A progressive rollout (SPEC §8): the plan an operator sets, and the state
+ * only the rollout driver writes (gateway/rollout.c). */
+#define CFG_ROLLOUT_MAX_STEPS 20
+
+enum cfg_rollout_phase {
+    CFG_ROLLOUT_NONE = 0,       /* no rollout_state: never started */
+    CFG_ROLLOUT_RUNNING,
+    CFG_ROLLOUT_PAUSED,
+    CFG_ROLLOUT_PROMOTED,
+    CFG_ROLLOUT_ROLLED_BACK,
+    CFG_ROLLOUT_ABORTED,
+};
+
+struct cfg_rollout {
+    bool has_plan;
+    int steps[CFG_ROLLOUT_MAX_STEPS];   /* traffic percentiles, hundredths, increasing */
+    int n_steps;
+    int step_s;
+    bool promote;
+    uint64_t min_requests;
+    double max_error_rate_increase;     /* a fraction */
+    double max_p99_ratio;               /* 0: not checked */
+    double min_agreement;               /* a fraction */
+    /* rollout_state */
+    enum cfg_rollout_phase phase;
+    int step;                   /* index into steps */
+    int64_t since;              /* unix seconds of the last state change */
+    char *reason;               /* NULL when none */
+};
+
 struct cfg_version {
     char name[CFG_NAME_MAX + 1];
     struct cfg_upstream *upstreams;
@@ -85,6 +115,7 @@ struct cfg_version {
     int max_wait_ms;            /* max_request_wait_time_ms */
     struct cfg_health health;
     struct cfg_compare compare;
+    struct cfg_rollout rollout;
 };
 
 struct cfg_endpoint {
@@ -228,6 +259,8 @@ int config_parse_address(const char *addr, char **host, int *port,
 
 const char *config_group_name(enum cfg_group g);
 const char *config_compare_mode_name(enum cfg_compare_mode m);
+/* "running", "paused", ...; NULL for CFG_ROLLOUT_NONE. */
+const char *config_rollout_phase_name(enum cfg_rollout_phase ph);
 /* A member path for compare.ignore: names joined by '.', none empty, no
  * control characters, at most 256 bytes. */
 bool config_compare_path_valid(const char *s);
@@ -265,6 +298,7 @@ size_t config_json_escape(char *out, size_t cap, const char *s, size_t len);
 struct cfg_edit_result {
     int status;
     bool created;
+    bool rollout_paused;        /* update_version paused a running rollout */
     char message[512];
 };
 
@@ -272,6 +306,9 @@ int config_edit_create_version(struct json_t *doc, const char *ep,
                                struct json_t *body, struct cfg_edit_result *r);
 int config_edit_update_version(struct json_t *doc, const char *ep, const char *v,
                                struct json_t *body, struct cfg_edit_result *r);
+/* Pause the running rollout of version object x, if any (an operator's own
+ * change to it); sets r->rollout_paused. */
+void config_edit_rollout_operator_change(struct json_t *x, struct cfg_edit_result *r);
 int config_edit_delete_version(struct json_t *doc, const char *ep, const char *v,
                                struct cfg_edit_result *r);
 int config_edit_put_endpoint(struct json_t *doc, const char *ep,

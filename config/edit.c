@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 static int
@@ -117,6 +118,9 @@ config_edit_create_version(json_t *doc, const char *ep, json_t *body,
     if (json_array_size(vs) >= CFG_MAX_VERSIONS)
         return fail(r, 409, "endpoint %s already has %d versions, the most allowed",
                     ep, CFG_MAX_VERSIONS);
+    if (json_object_get(body, "rollout_state") != NULL)
+        return fail(r, 400, "rollout_state: written only by the rollout driver "
+                    "(POST .../versions/{v}/rollout)");
     if (version_conflicts(r, e, body, NULL))
         return r->status;
     json_t *nv = json_deep_copy(body);
@@ -131,7 +135,7 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
                            struct cfg_edit_result *r)
 {
     static const char *const allowed[] = {"traffic_percentile", "is_default", "type",
-        "description", "tags", "upstreams", "mirror_percentile", "compare", NULL};
+        "description", "tags", "upstreams", "mirror_percentile", "compare", "rollout", NULL};
     json_t *e = config_doc_endpoint(doc, ep, NULL);
     if (e == NULL)
         return fail(r, 404, "no endpoint named %s", ep);
@@ -146,6 +150,9 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
         bool ok = false;
         for (const char *const *a = allowed; *a; a++)
             ok |= strcmp(*a, k) == 0;
+        if (!ok && strcmp(k, "rollout_state") == 0)
+            return fail(r, 400, "rollout_state: written only by the rollout driver "
+                        "(POST .../versions/{v}/rollout)");
         if (!ok) {
             char q[64];
             return fail(r, 400, "%s: cannot be changed by update_version",
@@ -158,12 +165,33 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
     json_decref(probe);
     if (c)
         return c;
+    config_edit_rollout_operator_change(x, r);
     json_object_update(x, body);
     if (json_is_true(json_object_get(body, "is_default")))
         unmark_defaults(e, x);
     else if (json_is_false(json_object_get(body, "is_default")))
         json_object_del(x, "is_default");
+    /* "rollout": null forgets the rollout, its state included. */
+    if (json_is_null(json_object_get(body, "rollout"))) {
+        json_object_del(x, "rollout");
+        json_object_del(x, "rollout_state");
+    }
     return 0;
+}
+
+/* An operator's own change to a version under a running rollout pauses the
+ * rollout instead of being undone by its next step (SPEC §8). */
+void
+config_edit_rollout_operator_change(json_t *x, struct cfg_edit_result *r)
+{
+    json_t *st = json_object_get(x, "rollout_state");
+    json_t *ph = json_object_get(st, "phase");
+    if (!json_is_string(ph) || strcmp(json_string_value(ph), "running") != 0)
+        return;
+    json_object_set_new(st, "phase", json_string("paused"));
+    json_object_set_new(st, "reason", json_string("operator change"));
+    json_object_set_new(st, "since", json_integer((json_int_t)time(NULL)));
+    r->rollout_paused = true;
 }
 
 int

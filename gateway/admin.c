@@ -189,6 +189,8 @@ describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv)
     else
         json_object_set_new(o, "health_check", json_null());
     json_object_set_new(o, "compare", describe_compare(&v->compare));
+    json_object_set_new(o, "rollout", rollout_plan_json(&v->rollout));
+    json_object_set_new(o, "rollout_state", rollout_state_json(&v->rollout));
     return o;
 }
 
@@ -255,10 +257,11 @@ parse_route(const char *path, struct route *r)
             if (vn == 0 || vn >= sizeof(r->v))
                 return false;
             if (vs != NULL) {
-                /* versions/V/diffs: the shadow comparison's samples */
-                if (strcmp(vs, "/diffs") != 0)
+                /* versions/V/diffs: the shadow comparison's samples;
+                 * versions/V/rollout: its progressive rollout */
+                if (strcmp(vs, "/diffs") != 0 && strcmp(vs, "/rollout") != 0)
                     return false;
-                snprintf(r->tail, sizeof(r->tail), "diffs");
+                snprintf(r->tail, sizeof(r->tail), "%s", vs + 1);
             }
             memcpy(r->v, p + 9, vn);
             r->has_v = true;
@@ -374,6 +377,7 @@ struct change {
     json_t *body;                   /* NULL for deletes */
     char vname[CFG_NAME_MAX * 4];   /* the version, for the log */
     bool created;
+    bool rollout_paused;            /* the change paused the version's rollout */
 };
 
 static void
@@ -441,8 +445,10 @@ change_edit(struct change *c, json_t *doc, struct cfg_edit_result *er)
     }
     if (rc == 0)
         rc = config_edit_check_secrets(cur()->doc, doc, er);
-    if (rc == 0)
+    if (rc == 0) {
         c->created = er->created;
+        c->rollout_paused = er->rollout_paused;
+    }
     return rc;
 }
 
@@ -457,6 +463,10 @@ change_answer(struct evhttp_request *req, struct change *c)
     else
         log_event(LOG_INFO, "admin_change", ",\"op\":\"%s\",\"endpoint\":\"%s\","
                   "\"version\":\"%s\"", op, log_json(c->r.ep), log_json(c->vname));
+    if (c->rollout_paused)
+        log_event(LOG_INFO, "rollout_paused", ",\"endpoint\":\"%s\",\"version\":\"%s\","
+                  "\"by\":\"operator\",\"reason\":\"operator change\"", log_json(c->r.ep),
+                  log_json(c->vname));
     const struct cfg_endpoint *ep = find_ep(c->r.ep);
     if (c->op == CH_DELETE_EP || ep == NULL) {
         /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
@@ -718,6 +728,21 @@ on_ep_metrics(struct evhttp_request *req, const struct route *r)
         reply_error(req, 503, "redis_unavailable", why, NULL);
         return;
     }
+    /* Each version's rollout, if it has had one (SPEC §8), for the dashboard. */
+    size_t i;
+    json_t *row;
+    json_array_foreach(json_object_get(ans, "versions"), i, row) {
+        const char *name = json_string_value(json_object_get(row, "version"));
+        int vi = name ? config_version_index(ep, name, strlen(name)) : -1;
+        const struct cfg_version *v = vi >= 0 ? &ep->versions[vi] : NULL;
+        if (v == NULL || v->rollout.phase == CFG_ROLLOUT_NONE)
+            json_object_set_new(row, "rollout", json_null());
+        else
+            json_object_set_new(row, "rollout", json_pack("{s:s, s:i, s:o}", "phase",
+                                config_rollout_phase_name(v->rollout.phase),
+                                "step", v->rollout.step,
+                                "traffic_percentile", pct_json(v->traffic)));
+    }
     reply(req, 200, ans);
 }
 
@@ -765,6 +790,69 @@ on_diffs(struct evhttp_request *req, const struct route *r)
                               "version", v->name, "mode",
                               config_compare_mode_name(v->compare.mode),
                               "samples", v->compare.samples, "diffs", arr));
+}
+
+/* GET …/versions/{v}/rollout: the state and the gate's history; POST with
+ * {"action"}: start, pause, resume, abort, promote (SPEC §8). */
+static void
+rollout_answered(void *arg, int status, const char *message, const struct cfg_errors *errs)
+{
+    struct change *c = arg;
+    struct evhttp_request *req = wait_end(&c->w);
+    if (status == 0) {
+        const struct cfg_endpoint *ep = find_ep(c->r.ep);
+        int vi = ep ? config_version_index(ep, c->r.v, strlen(c->r.v)) : -1;
+        if (vi >= 0)
+            reply(req, 200, rollout_describe(ep, vi));
+        else
+            reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+    } else if (status == 400 && errs != NULL && errs->n > 0)
+        reply_error(req, 400, "invalid", errs->msg[0], errs);
+    else
+        reply_error(req, status, status == 500 ? "not_persisted" : status_code_name(status),
+                    message ? message : "", NULL);
+    change_free(c);
+}
+
+static void
+on_rollout(struct evhttp_request *req, const struct route *r)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    char why[512];
+    if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_POST) {
+        reply_error(req, 405, "method_not_allowed", "GET or POST", NULL);
+        return;
+    }
+    const struct cfg_endpoint *ep = ep_or_404(req, r);
+    if (ep == NULL)
+        return;
+    int vi = config_version_index(ep, r->v, strlen(r->v));
+    if (vi < 0) {
+        snprintf(why, sizeof(why), "endpoint %s has no version %s", ep->name, r->v);
+        reply_error(req, 404, "not_found", why, NULL);
+        return;
+    }
+    if (m == EVHTTP_REQ_GET) {
+        reply(req, 200, rollout_describe(ep, vi));
+        return;
+    }
+    json_t *body = read_body(req, true, why, sizeof(why));
+    if (body == NULL) {
+        reply_error(req, 400, "invalid", why, NULL);
+        return;
+    }
+    json_t *act = json_object_get(body, "action");
+    if (!json_is_string(act)) {
+        json_decref(body);
+        reply_error(req, 400, "invalid", "action: required, \"start\", \"pause\", "
+                    "\"resume\", \"abort\" or \"promote\"", NULL);
+        return;
+    }
+    struct change *c = change_new(req, CH_UPDATE_V, r, body);
+    if (c == NULL)
+        return;
+    wait_begin(&c->w, req);
+    rollout_action(c->r.ep, c->r.v, json_string_value(act), rollout_answered, c);
 }
 
 static void
@@ -943,6 +1031,8 @@ on_request(struct evhttp_request *req, void *arg)
         on_ep_metrics(req, &r);
     else if (strcmp(r.tail, "diffs") == 0)
         on_diffs(req, &r);
+    else if (strcmp(r.tail, "rollout") == 0)
+        on_rollout(req, &r);
     else
         reply_error(req, 404, "not_found", "no such admin resource", NULL);
 }

@@ -706,6 +706,28 @@ void fleet_change(fleet_edit_fn edit, fleet_done_fn done, void *arg);
 typedef void (*fleet_status_fn)(void *arg, int status, struct json_t *body, const char *why);
 void fleet_status(fleet_status_fn done, void *arg);
 
+/* ---- progressive rollout (rollout.c), main thread: SPEC §8 ----------------- */
+
+/* The driver's timer: judges running rollouts (the fleet's lease holder
+ * only) and keeps every instance's copy of the gate history. */
+void rollout_start(struct event_base *base);
+/* Clean shutdown: give the fleet's lease back (before the final flush,
+ * which sends it). */
+void rollout_release(void);
+void rollout_stop(void);
+/* POST …/versions/{v}/rollout: "start", "pause", "resume", "abort" or
+ * "promote", applied like any admin change; done() gets 0 once applied,
+ * else 400, 404, 409, 500 or 503 with a message (errs for a 400). */
+typedef void (*rollout_done_fn)(void *arg, int status, const char *message,
+                                const struct cfg_errors *errs);
+void rollout_action(const char *ep, const char *v, const char *action, rollout_done_fn done,
+                    void *arg);
+/* The plan and the state as in the config (null when absent), and the
+ * GET …/rollout description. New references. */
+struct json_t *rollout_plan_json(const struct cfg_rollout *ro);
+struct json_t *rollout_state_json(const struct cfg_rollout *ro);
+struct json_t *rollout_describe(const struct cfg_endpoint *ep, int vi);
+
 /* ---- active health checks (health.c), main thread --------------------------- */
 
 void health_init(struct event_base *base);

@@ -206,6 +206,7 @@ main(int argc, char **argv)
         return 1;
     }
     fleet_start(main_base);
+    rollout_start(main_base);
     if (cfg->admin_token == NULL)
         log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "
                   "set: everything under /admin/ answers 401\"");
@@ -237,6 +238,7 @@ main(int argc, char **argv)
     admin_set_draining();
     workers_drain();
     workers_join(control_current()->limits.drain_timeout_ms);
+    rollout_release();
     /* Every count of every request, in Redis before exit when it can be. */
     metrics_redis_final_flush(control_metrics(), 3000);
     log_event(LOG_INFO, "stop", ",\"generation\":%llu",
@@ -247,6 +249,7 @@ main(int argc, char **argv)
     event_free(sig_hup);
     event_free(sig_usr1);
     fleet_stop();                   /* changes still owed are answered before admin goes */
+    rollout_stop();
     admin_stop();
     control_stop();
     workers_free();

@@ -237,6 +237,14 @@ void metrics_redis_set_fleet(struct metrics_redis *r, const char *fleet, uint64_
 /* This instance's id in sluice:instances. */
 const char *metrics_redis_instance(const struct metrics_redis *r);
 void metrics_redis_free(struct metrics_redis *r);
+/* A command of another main-thread user (the rollout driver) on the
+ * writer's connection, queued behind every batch already sent: a read after
+ * metrics_redis_flush() sees this instance's counts sent so far. fn (may be
+ * NULL) gets the hiredis reply (a redisReply *, NULL when the connection
+ * went away) exactly once. -1 when not connected: fn is not called. */
+typedef void (*metrics_redis_reply_fn)(void *reply, void *arg);
+int metrics_redis_command(struct metrics_redis *r, metrics_redis_reply_fn fn, void *arg,
+                          int argc, const char **argv, const size_t *lens);
 
 /* The comparison for endpoint ep over the last minutes, read from Redis
  * (SPEC §5 metrics): JSON, or NULL with a reason. */

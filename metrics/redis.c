@@ -919,3 +919,39 @@ metrics_redis_diffs(struct metrics_redis *r, const char *ep, const char *version
     redisFree(c);
     return arr;
 }
+
+/* ---- commands of other main-thread users (the rollout driver) ----------- */
+
+struct foreign_cmd {
+    metrics_redis_reply_fn fn;
+    void *arg;
+};
+
+static void
+on_foreign_reply(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct foreign_cmd *fc = arg;
+    fc->fn(reply, fc->arg);
+    free(fc);
+}
+
+int
+metrics_redis_command(struct metrics_redis *r, metrics_redis_reply_fn fn, void *arg, int argc,
+                      const char **argv, const size_t *lens)
+{
+    if (r == NULL || !r->connected || r->ac == NULL)
+        return -1;
+    struct foreign_cmd *fc = malloc(sizeof(*fc));
+    if (fc == NULL)
+        return -1;
+    fc->fn = fn;
+    fc->arg = arg;
+    if (redisAsyncCommandArgv(r->ac, fn ? on_foreign_reply : NULL, fn ? fc : NULL, argc, argv,
+                              lens) != REDIS_OK) {
+        free(fc);
+        return -1;
+    }
+    if (fn == NULL)
+        free(fc);
+    return 0;
+}

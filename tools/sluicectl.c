@@ -49,6 +49,9 @@ usage(FILE *f)
         "  fleet                              the fleet's instances and their generations\n"
         "  shadow EP [--minutes N]            mirror versions: agreement with the live\n"
         "                                     answers and the latest differences\n"
+        "  rollout EP V start|status|pause|resume|abort|promote\n"
+        "                                     a version's progressive rollout: its\n"
+        "                                     state and the gate's evaluations\n"
         "defaults: --admin $SLUICE_ADMIN_URL or http://127.0.0.1:9901,\n"
         "          --token $SLUICE_ADMIN_TOKEN\n");
 }
@@ -491,6 +494,96 @@ version_body(int argc, char **argv, const char *name, bool create)
     return b;
 }
 
+static const char *
+real_or_dash(json_t *v, const char *fmt, double scale, char *buf, size_t len)
+{
+    if (json_is_number(v))
+        snprintf(buf, len, fmt, json_number_value(v) * scale);
+    else
+        snprintf(buf, len, "-");
+    return buf;
+}
+
+/* GET …/rollout as text: the plan, the state, then one line per gate
+ * evaluation (oldest first). */
+static void
+table_rollout(json_t *j)
+{
+    char a[32], b[32], c[32], d[32], e[32], f[32], g[32];
+    json_t *plan = json_object_get(j, "plan"), *st = json_object_get(j, "state");
+    printf("endpoint %s  version %s  driver %s\n",
+           json_string_value(json_object_get(j, "endpoint")),
+           json_string_value(json_object_get(j, "version")),
+           json_is_string(json_object_get(j, "driver")) ?
+           json_string_value(json_object_get(j, "driver")) : "-");
+    if (json_is_object(plan)) {
+        printf("plan: steps");
+        size_t i;
+        json_t *x;
+        json_array_foreach(json_object_get(plan, "steps"), i, x)
+            printf(" %s", num(x, a, sizeof(a)));
+        json_t *gate = json_object_get(plan, "gate");
+        printf("  step_s %s  promote %s  min_requests %s  max_error_rate_increase %s  "
+               "max_p99_ratio %s\n", num(json_object_get(plan, "step_s"), a, sizeof(a)),
+               json_is_true(json_object_get(plan, "promote")) ? "yes" : "no",
+               num(json_object_get(gate, "min_requests"), b, sizeof(b)),
+               real_or_dash(json_object_get(gate, "max_error_rate_increase"), "%.4f", 1, c,
+                            sizeof(c)),
+               real_or_dash(json_object_get(gate, "max_p99_ratio"), "%.2f", 1, d, sizeof(d)));
+    } else
+        printf("plan: none\n");
+    if (!json_is_object(st)) {
+        printf("phase: never started\n");
+        return;
+    }
+    time_t since = (time_t)json_integer_value(json_object_get(st, "since"));
+    char when[32];
+    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", gmtime(&since));
+    json_t *reason = json_object_get(st, "reason");
+    printf("phase: %s  step %s  traffic %s %%  since %s UTC%s%s\n",
+           json_string_value(json_object_get(st, "phase")),
+           num(json_object_get(st, "step"), a, sizeof(a)),
+           num(json_object_get(st, "traffic_percentile"), b, sizeof(b)), when,
+           json_is_string(reason) ? "  reason: " : "",
+           json_is_string(reason) ? json_string_value(reason) : "");
+    json_t *evs = json_object_get(j, "evaluations");
+    if (json_array_size(evs) == 0) {
+        printf("no gate evaluations yet\n");
+        return;
+    }
+    printf("%-8s %4s %7s %4s %-7s %8s %8s %8s %8s %17s %9s %9s %7s  %s\n", "TIME", "STEP",
+           "PERCENT", "LOOK", "VERDICT", "N_VER", "N_CTRL", "ERR_VER", "ERR_CTRL",
+           "DIFF_INTERVAL", "P99_VER", "P99_CTRL", "RATIO", "REASON");
+    size_t i;
+    json_t *x;
+    json_array_foreach(evs, i, x) {
+        time_t t = (time_t)json_integer_value(json_object_get(x, "time"));
+        char ts[16], iv[40], p1[32], p2[32], p3[32];
+        strftime(ts, sizeof(ts), "%H:%M:%S", gmtime(&t));
+        json_t *ver = json_object_get(x, "version"), *ctl = json_object_get(x, "control");
+        json_t *diff = json_object_get(x, "error_rate_diff");
+        if (json_is_number(json_object_get(diff, "lower")))
+            snprintf(iv, sizeof(iv), "[%+.2f,%+.2f]",
+                     100 * json_number_value(json_object_get(diff, "lower")),
+                     100 * json_number_value(json_object_get(diff, "upper")));
+        else
+            snprintf(iv, sizeof(iv), "-");
+        printf("%-8s %4s %7s %4s %-7s %8s %8s %8s %8s %17s %9s %9s %7s  %s\n", ts,
+               num(json_object_get(x, "step"), a, sizeof(a)),
+               num(json_object_get(x, "percentile"), b, sizeof(b)),
+               num(json_object_get(x, "look"), c, sizeof(c)),
+               json_string_value(json_object_get(x, "verdict")),
+               num(json_object_get(ver, "requests"), d, sizeof(d)),
+               num(json_object_get(ctl, "requests"), e, sizeof(e)),
+               real_or_dash(json_object_get(ver, "error_rate"), "%.2f%%", 100, f, sizeof(f)),
+               real_or_dash(json_object_get(ctl, "error_rate"), "%.2f%%", 100, g, sizeof(g)),
+               iv, real_or_dash(json_object_get(ver, "p99_ms"), "%.1f", 1, p1, sizeof(p1)),
+               real_or_dash(json_object_get(ctl, "p99_ms"), "%.1f", 1, p2, sizeof(p2)),
+               real_or_dash(json_object_get(x, "p99_ratio"), "%.2f", 1, p3, sizeof(p3)),
+               json_string_value(json_object_get(x, "reason")));
+    }
+}
+
 static int
 need(int argc, int n)
 {
@@ -619,6 +712,18 @@ main(int argc, char **argv)
             return 2;
         }
         return cmd_shadow(argv[1], minutes);
+    }
+    if (strcmp(cmd, "rollout") == 0 && argc == 4) {
+        snprintf(path, sizeof(path), "/admin/v1/endpoints/%s/versions/%s/rollout", argv[1],
+                 argv[2]);
+        if (strcmp(argv[3], "status") == 0)
+            r = call(EVHTTP_REQ_GET, path, NULL);
+        else {
+            json_t *b = json_pack("{s:s}", "action", argv[3]);
+            r = call(EVHTTP_REQ_POST, path, b);
+            json_decref(b);
+        }
+        return show(&r, table_rollout);
     }
     usage(stderr);
     return 2;

@@ -235,6 +235,66 @@ test_mirror(void)
                  "endpoints[0].versions[1].mirror_percentile: the default version cannot be a mirror");
 }
 
+/* SPEC §8: the plan and the state, each error at its path. */
+static void
+test_rollout_plan(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+        V("bbb", 5, ",\"rollout\":{\"steps\":[5,10.5,25],\"step_s\":60,\"promote\":false,"
+          "\"gate\":{\"min_requests\":50,\"max_p99_ratio\":2}},"
+          "\"rollout_state\":{\"phase\":\"running\",\"step\":1,\"since\":1764460000,"
+          "\"reason\":null}") "]}", &e);
+    CHECK(c != NULL, "rollout refused: %s", e.n ? e.msg[0] : "");
+    if (c != NULL) {
+        const struct cfg_rollout *r = &c->endpoints[0].versions[1].rollout;
+        CHECK(r->has_plan && r->n_steps == 3, "steps %d", r->n_steps);
+        CHECK(r->steps[0] == 500 && r->steps[1] == 1050 && r->steps[2] == 2500, "step values");
+        CHECK(r->step_s == 60 && !r->promote && r->min_requests == 50, "plan fields");
+        CHECK(r->max_error_rate_increase == 0.01 && r->max_p99_ratio == 2 &&
+              r->min_agreement == 0.99, "gate defaults");
+        CHECK(r->phase == CFG_ROLLOUT_RUNNING && r->step == 1 && r->since == 1764460000 &&
+              r->reason == NULL, "state");
+        CHECK(c->endpoints[0].versions[0].rollout.phase == CFG_ROLLOUT_NONE, "no state");
+    }
+    config_drop(c);
+    cfg_errors_free(&e);
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5,25,10]}") "]}",
+                 "endpoints[0].versions[1].rollout.steps[2]: steps must increase (10 follows 25)");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[0,10]}") "]}",
+                 "endpoints[0].versions[1].rollout.steps[0]: must be a number above 0 and at most 100");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[]}") "]}",
+                 "endpoints[0].versions[1].rollout.steps: required: an array of 1 to 20 increasing traffic percentiles in (0, 100]");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5],\"gate\":{\"max_error_rate_increase\":2}}") "]}",
+                 "endpoints[0].versions[1].rollout.gate.max_error_rate_increase: must be a number between 0 and 1");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5],\"stepz\":1}") "]}",
+                 "endpoints[0].versions[1].rollout.stepz: unknown field");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout_state\":{\"phase\":\"running\"}") "]}",
+                 "endpoints[0].versions[1].rollout_state: a rollout_state needs a rollout plan");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5]},\"rollout_state\":{\"phase\":\"flying\"}") "]}",
+                 "endpoints[0].versions[1].rollout_state.phase: must be \"running\", \"paused\", \"promoted\", \"rolled_back\" or \"aborted\"");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5,10]},\"rollout_state\":{\"phase\":\"running\",\"step\":2}") "]}",
+                 "endpoints[0].versions[1].rollout_state.step: the plan has 2 steps (0 to 1)");
+    expect_error("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, ",\"rollout\":{\"steps\":[5]}") ","
+                 V("bbb", 0, "") "]}",
+                 "endpoints[0].versions[0].rollout: not allowed on the default version (aaa): roll out another version and promote it");
+    /* a promoted version keeps its record as the default */
+    c = parse("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+              V("bbb", 50, ",\"is_default\":true,\"rollout\":{\"steps\":[50]},"
+                "\"rollout_state\":{\"phase\":\"promoted\",\"step\":0}") "]}", &e);
+    CHECK(c != NULL, "promoted default refused: %s", e.n ? e.msg[0] : "");
+    config_drop(c);
+    cfg_errors_free(&e);
+}
+
 static void
 test_unknown_fields_and_types(void)
 {
@@ -585,6 +645,7 @@ main(void)
         {"default and control", test_default_and_control},
         {"upstreams", test_upstreams},
         {"mirror", test_mirror},
+        {"rollout plan and state", test_rollout_plan},
         {"unknown fields and types", test_unknown_fields_and_types},
         {"secrets", test_secrets},
         {"refcount", test_refcount},
