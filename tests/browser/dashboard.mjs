@@ -70,10 +70,29 @@ try {
       if (rows < 2) problems.push(`${v.version}: no differences listed`);
     }
   }
+  // Rollouts (SPEC §8): phase, step, share and one row per gate evaluation.
+  const desc = await (await fetch(`${admin}/admin/v1/endpoints/${ep}`,
+                                  { headers: { Authorization: "Bearer " + token } })).json();
+  const rollouts = {};
+  for (const v of desc.versions.filter(v => v.rollout)) {
+    const ro = await (await fetch(`${admin}/admin/v1/endpoints/${ep}/versions/${v.name}/rollout`,
+                                  { headers: { Authorization: "Bearer " + token } })).json();
+    const text = async k => (await page.textContent(`[data-test='${k}-${v.name}']`)).trim();
+    const rows = await page.locator(`[data-test='rollout-evals-${v.name}'] tr`).count();
+    rollouts[v.name] = { phase: await text("rollout-phase"), step: await text("rollout-step"),
+                         share: await text("rollout-share"), evaluations: Math.max(0, rows - 1) };
+    const want = ro.state ? ro.state.phase : "not started";
+    if (rollouts[v.name].phase !== want)
+      problems.push(`${v.name}: rollout phase ${rollouts[v.name].phase} vs ${want}`);
+    if (ro.state && rollouts[v.name].share !== String(ro.state.traffic_percentile))
+      problems.push(`${v.name}: rollout share ${rollouts[v.name].share} vs ${ro.state.traffic_percentile}`);
+    if (rollouts[v.name].evaluations !== ro.evaluations.length)
+      problems.push(`${v.name}: ${rollouts[v.name].evaluations} evaluation rows vs ${ro.evaluations.length}`);
+  }
   const charts = await page.locator(`section[data-endpoint='${ep}'] .chart`).count();
   if (charts < 5) problems.push(`only ${charts} charts`);
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-  console.log(JSON.stringify({ shown, problems }));
+  console.log(JSON.stringify({ shown, rollouts, problems }));
 } finally {
   await browser.close();
 }
