@@ -255,6 +255,9 @@ void metrics_redis_flush(struct metrics_redis *r);
 /* Flush and run the loop up to timeout_ms until Redis has taken everything. */
 bool metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms);
 bool metrics_redis_connected(const struct metrics_redis *r);
+/* True while a batch is in hand: sent and unanswered, refused, or not yet
+ * confirmed by WAIT (redis.wait_replicas). */
+bool metrics_redis_unacknowledged(const struct metrics_redis *r);
 /* Fleet membership for sluice:instances ("fleet", "fleet_generation"),
  * written at once and with every flush. */
 void metrics_redis_set_fleet(struct metrics_redis *r, const char *fleet, uint64_t generation);

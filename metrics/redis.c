@@ -789,6 +789,12 @@ metrics_redis_instance(const struct metrics_redis *r)
 }
 
 bool
+metrics_redis_unacknowledged(const struct metrics_redis *r)
+{
+    return r != NULL && r->inflight != NULL;
+}
+
+bool
 metrics_redis_connected(const struct metrics_redis *r)
 {
     return r != NULL && r->connected;
