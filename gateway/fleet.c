@@ -824,10 +824,13 @@ on_disconnect(const redisAsyncContext *ac, int status)
 static void
 drop_all(const char *why)
 {
+    static time_t logged;          /* a replica named again and again: one line per 10 s */
     redisAsyncContext *a = F.ac, *s = F.sub;
-    if (why != NULL && (a != NULL || s != NULL))
+    if (why != NULL && (a != NULL || s != NULL) && time(NULL) - logged >= 10) {
+        logged = time(NULL);
         log_event(LOG_WARN, "fleet_redis_primary_left", ",\"address\":\"%s:%d\","
                   "\"reason\":\"%s\"", log_json(F.host), F.port, log_json(why));
+    }
     F.ac = F.sub = NULL;
     F.connected = F.subscribed = false;
     if (a != NULL) {

@@ -498,12 +498,15 @@ on_disconnect(const redisAsyncContext *ac, int status)
 static void
 drop_conn(struct metrics_redis *r, const char *why)
 {
+    static time_t logged;          /* a replica named again and again: one line per 10 s */
     redisAsyncContext *ac = r->ac;
     if (ac == NULL)
         return;
-    if (why != NULL)
+    if (why != NULL && time(NULL) - logged >= WAIT_WARN_EVERY_S) {
+        logged = time(NULL);
         logf_("redis_primary_left", ",\"address\":\"%s:%d\",\"reason\":\"%s\"",
               jstr(r->host), r->port, jstr(why));
+    }
     r->ac = NULL;
     r->connected = false;
     ac->data = NULL;

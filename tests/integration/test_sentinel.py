@@ -12,7 +12,8 @@ import time
 
 import requests
 
-from harness import Model, SentinelGroup, Sluice, endpoint, free_port, stop, version
+from harness import (Model, Reader, SentinelGroup, Sluice, Upstream, endpoint, free_port, stop,
+                     version)
 
 TOKEN = "sentinel-admin"
 H = {"Authorization": "Bearer " + TOKEN}
@@ -257,3 +258,61 @@ def test_no_reachable_sentinel_still_serves():
                        json={"traffic_percentile": 100}, timeout=10)
     assert r.status_code == 503, r.text
     assert stop(s.proc) == 0
+
+
+class FakeSentinel:
+    """A stand-in for a sentinel that names whichever node the test sets in
+    .named (a port), right or wrong; it confirms a SUBSCRIBE and sends
+    nothing more."""
+
+    def __init__(self, named):
+        self.named = named
+        self.up = Upstream(self.handle)
+        self.addr = self.up.addr
+
+    def handle(self, c, up):
+        r = Reader(c)
+        while True:
+            n = int(r.until(b"\r\n")[1:-2])
+            args = []
+            for _ in range(n):
+                size = int(r.until(b"\r\n")[1:-2])
+                args.append(r.exact(size + 2)[:-2].decode())
+            cmd = args[0].upper()
+            if cmd == "SENTINEL":
+                port = str(self.named).encode()
+                c.sendall(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(port), port))
+            elif cmd == "SUBSCRIBE":
+                c.sendall(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n")
+            else:
+                c.sendall(b"-ERR not a sentinel\r\n")
+
+
+def test_a_replica_named_as_primary_is_left_by_its_role():
+    g = SentinelGroup(replicas=1, sentinels=1, quorum=1)
+    replica, primary = g.replica_ports[0], g.primary_port
+    fake = FakeSentinel(replica)            # a sentinel with a wrong answer
+    models = [Model(v) for v in VERSIONS]
+    s = Sluice([endpoint(EP, [
+        version("versiona", [models[0].addr], 50, is_default=True, type="control"),
+        version("versionb", [models[1].addr], 50)])], workers=2,
+        extra={"redis": {"sentinels": [fake.addr], "master_name": "mymaster",
+                         "flush_interval_ms": 100},
+               "admin": {"token": TOKEN}, "fleet": {"name": FLEET}})
+    counts = {v: 0 for v in VERSIONS}
+    with requests.Session() as c:
+        for _ in range(30):
+            r = c.post(s.url(EP), data=b'{"x":1}', timeout=5)
+            assert r.status_code == 200
+            counts[r.headers["X-Sluice-Version"]] += 1
+    # Both the metrics writer and the fleet connection check ROLE and leave.
+    until(lambda: '"event":"redis_primary_left"' in s.log() and
+          '"event":"fleet_redis_primary_left"' in s.log(), 30, "both leaving the replica")
+    assert '"reason":"ROLE is not master"' in s.log()
+    assert totals(g.client(primary)) == {v: 0 for v in VERSIONS}    # nothing written yet
+    # The sentinel's answer is right now: everything goes to the primary.
+    fake.named = primary
+    until(lambda: totals(g.client(primary)) == counts, 30,
+          "the counts on the primary %s (got %s)" % (counts, totals(g.client(primary))))
+    until(lambda: g.client(primary).get(FLEET_KEY), 30, "the fleet config on the primary")
+    assert json.loads(g.client(primary).get(FLEET_KEY))["generation"] >= 1
