@@ -1326,6 +1326,77 @@ parse_tokens(struct pctx *p, json_t *obj, struct cfg_tokens *t)
     }
 }
 
+/* A Sentinel master name: what redis-sentinel accepts in a config line. */
+static bool
+master_name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+            return false;
+    return true;
+}
+
+/*
+ * Where Redis is: redis.address (the default 127.0.0.1:6379 when neither is
+ * given) or redis.sentinels + redis.master_name, never both: with two, which
+ * one a writer follows after a failover would be a guess.
+ */
+static void
+parse_redis_where(struct pctx *p, json_t *redis, struct cfg_redis *r)
+{
+    json_t *addr = json_object_get(redis, "address");
+    json_t *sen = json_object_get(redis, "sentinels");
+    json_t *mn = json_object_get(redis, "master_name");
+    bool has_addr = addr != NULL && !json_is_null(addr);
+    bool has_sen = sen != NULL && !json_is_null(sen);
+    bool is_unix;
+    char sp[PATH_MAX_LEN];
+
+    if (!has_sen) {
+        get_str(p, redis, "redis", "address", &r->address, "127.0.0.1:6379");
+        if (mn != NULL && !json_is_null(mn))
+            err(p, "redis.master_name", "only with redis.sentinels");
+        return;
+    }
+    if (has_addr)
+        err(p, "redis.sentinels", "give redis.address or redis.sentinels, not both");
+    if (!json_is_array(sen) || json_array_size(sen) == 0 ||
+        json_array_size(sen) > CFG_MAX_SENTINELS) {
+        err(p, "redis.sentinels", "must be an array of 1 to %d \"host:port\"",
+            CFG_MAX_SENTINELS);
+    } else {
+        size_t n = json_array_size(sen);
+        r->sentinel_hosts = calloc(n, sizeof(*r->sentinel_hosts));
+        r->sentinel_ports = calloc(n, sizeof(*r->sentinel_ports));
+        if (r->sentinel_hosts == NULL || r->sentinel_ports == NULL)
+            abort();
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(sen, i);
+            indexpath(sp, "redis.sentinels", i);
+            char *host = NULL;
+            int port = 0;
+            if (!json_is_string(e) ||
+                config_parse_address(json_string_value(e), &host, &port, &is_unix) < 0 ||
+                is_unix) {
+                free(host);
+                err(p, sp, "must be \"host:port\"");
+                continue;
+            }
+            r->sentinel_hosts[r->n_sentinels] = host;
+            r->sentinel_ports[r->n_sentinels++] = port;
+        }
+    }
+    if (mn == NULL || json_is_null(mn))
+        err(p, "redis.master_name", "required with redis.sentinels");
+    else if (!json_is_string(mn) || !master_name_valid(json_string_value(mn)))
+        err(p, "redis.master_name", "must be 1 to 64 of a-z A-Z 0-9 . _ -");
+    else
+        r->master_name = xstrdup(json_string_value(mn));
+}
+
 static struct config *
 parse_root(struct pctx *p, json_t *root)
 {
@@ -1334,7 +1405,8 @@ parse_root(struct pctx *p, json_t *root)
     static const char *const fleet_fields[] = {"name", NULL};
     static const char *const admin_fields[] = {"address", "token", NULL};
     static const char *const redis_fields[] = {"address", "db", "password",
-        "flush_interval_ms", "retention_minutes", NULL};
+        "flush_interval_ms", "retention_minutes", "sentinels", "master_name",
+        "wait_replicas", "wait_timeout_ms", NULL};
     static const char *const limit_fields[] = {"max_header_bytes",
         "max_body_bytes", "header_timeout_ms", "idle_timeout_ms",
         "max_connections", "drain_timeout_ms", "max_pipelined",
@@ -1391,7 +1463,7 @@ parse_root(struct pctx *p, json_t *root)
     json_t *redis = get_obj(p, root, "", "redis");
     if (redis != NULL)
         check_fields(p, redis, "redis", redis_fields);
-    get_str(p, redis, "redis", "address", &c->redis.address, "127.0.0.1:6379");
+    parse_redis_where(p, redis, &c->redis);
     if (c->redis.address != NULL &&
         (config_parse_address(c->redis.address, &c->redis.host,
                               &c->redis.port, &is_unix) < 0 || is_unix))
@@ -1403,6 +1475,8 @@ parse_root(struct pctx *p, json_t *root)
             1000, 10, 60000);
     get_int(p, redis, "redis", "retention_minutes", &c->redis.retention_minutes,
             10080, 1, 5256000);
+    get_int(p, redis, "redis", "wait_replicas", &c->redis.wait_replicas, 0, 0, 16);
+    get_int(p, redis, "redis", "wait_timeout_ms", &c->redis.wait_timeout_ms, 1000, 10, 60000);
 
     parse_tokens(p, get_obj(p, root, "", "tokens"), &c->tokens);
 
@@ -1530,6 +1604,11 @@ config_free(struct config *c)
     free(c->redis.address);
     free(c->redis.host);
     free(c->redis.password);
+    for (int i = 0; i < c->redis.n_sentinels; i++)
+        free(c->redis.sentinel_hosts[i]);
+    free(c->redis.sentinel_hosts);
+    free(c->redis.sentinel_ports);
+    free(c->redis.master_name);
     free(c->tokens.issuer);
     free(c->tokens.signing_key);
     free(c->tokens.algorithm);

@@ -158,14 +158,24 @@ struct cfg_limits {
     uint64_t compare_budget_bytes;  /* bodies retained for comparison, per worker */
 };
 
+#define CFG_MAX_SENTINELS 16
+
 struct cfg_redis {
-    char *address;
+    char *address;              /* NULL with sentinels */
     char *host;
     int port;
     int db;
     char *password;
     int flush_interval_ms;
     int retention_minutes;
+    /* Sentinel discovery instead of address: master_name is asked of
+     * sentinel_hosts[i]:sentinel_ports[i] in turn. */
+    int n_sentinels;
+    char **sentinel_hosts;
+    int *sentinel_ports;
+    char *master_name;
+    int wait_replicas;          /* WAIT for this many replicas per metrics batch; 0: no WAIT */
+    int wait_timeout_ms;
 };
 
 struct cfg_trusted_issuer {

@@ -877,11 +877,19 @@ on_prometheus(struct evhttp_request *req)
         "# TYPE sluice_config_generation gauge\nsluice_config_generation %llu\n"
         "# HELP sluice_redis_connected 1 while the metrics writer is connected to Redis.\n"
         "# TYPE sluice_redis_connected gauge\nsluice_redis_connected %d\n"
+        "# HELP sluice_redis_unacknowledged_batch 1 while a metrics batch waits for Redis "
+        "(its reply, or WAIT for redis.wait_replicas).\n"
+        "# TYPE sluice_redis_unacknowledged_batch gauge\nsluice_redis_unacknowledged_batch %d\n"
+        "# HELP sluice_fleet_generation The fleet config generation applied here (0 outside "
+        "a fleet).\n"
+        "# TYPE sluice_fleet_generation gauge\nsluice_fleet_generation %llu\n"
         "# HELP sluice_workers Worker threads.\n"
         "# TYPE sluice_workers gauge\nsluice_workers %d\n",
         __atomic_load_n(&gw_open_connections, __ATOMIC_RELAXED),
         (unsigned long long)cur()->generation,
-        metrics_redis_connected(control_metrics()) ? 1 : 0, gw_n_workers);
+        metrics_redis_connected(control_metrics()) ? 1 : 0,
+        metrics_redis_unacknowledged(control_metrics()) ? 1 : 0,
+        (unsigned long long)(fleet_enabled() ? fleet_generation() : 0), gw_n_workers);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, NULL, b);

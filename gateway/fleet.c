@@ -21,6 +21,11 @@
  * Each applied shared part is kept in a cache file beside the config
  * (0600, written atomically) so that a start without Redis serves the last
  * generation this instance knew rather than its file's seed.
+ *
+ * Both connections go to the primary that metrics/primary.c knows (the
+ * address, or the sentinels' primary): when it moves, both are dropped and
+ * opened again there; a connection error, a ROLE that is not master or a
+ * READONLY error reports it lost so that the sentinels are asked again.
  */
 #include "gateway/gateway.h"
 
@@ -116,12 +121,27 @@ set_settings(const struct config *cfg)
     F.key = xasprintf("sluice:fleet:{%s}:config", cfg->fleet_name);
     F.channel = xasprintf("sluice:fleet:{%s}:changed", cfg->fleet_name);
     F.cache_path = xasprintf("%s.fleet-cache", cfg->path ? cfg->path : "sluice.json");
-    F.host = strdup(cfg->redis.host);
+    /* With sentinels: whichever primary they name, set at each connect. */
+    F.host = strdup(cfg->redis.host ? cfg->redis.host : "");
     F.port = cfg->redis.port;
     F.db = cfg->redis.db;
     F.password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
     if (F.name == NULL || F.host == NULL || (cfg->redis.password && F.password == NULL))
         abort();
+}
+
+/* The address the connections use (or last tried). */
+static void
+set_address(const char *host, int port)
+{
+    if (strcmp(F.host, host) != 0) {
+        char *h = strdup(host);
+        if (h == NULL)
+            abort();
+        free(F.host);
+        F.host = h;
+    }
+    F.port = port;
 }
 
 /* The last applied shared part, kept for a start without Redis. */
@@ -207,9 +227,17 @@ boot_cmd(redisContext *c, const char *fmt, ...)
 /* The fleet's config text from Redis, seeded from file_doc when absent;
  * malloc'ed, or NULL when Redis cannot be asked. */
 static char *
-boot_fetch(json_t *file_doc)
+boot_fetch(json_t *file_doc, const struct cfg_redis *rc)
 {
     struct timeval tv = {FLEET_BOOT_TIMEOUT_MS / 1000, (FLEET_BOOT_TIMEOUT_MS % 1000) * 1000};
+    char host[256];
+    int port;
+    if (!metrics_primary_resolve(rc, host, sizeof(host), &port, FLEET_BOOT_TIMEOUT_MS / 2)) {
+        log_event(LOG_WARN, "fleet_redis_unavailable", ",\"master_name\":\"%s\","
+                  "\"error\":\"no sentinel named a primary\"", log_json(rc->master_name));
+        return NULL;
+    }
+    set_address(host, port);
     redisContext *c = redisConnectWithTimeout(F.host, F.port, tv);
     char *text = NULL;
     if (c == NULL || c->err) {
@@ -272,7 +300,7 @@ fleet_boot(struct config *file_cfg, struct cfg_errors *errs)
     const char *source = "redis";
     uint64_t gen = 0;
     json_t *shared = NULL;
-    char *text = boot_fetch(file_cfg->doc);
+    char *text = boot_fetch(file_cfg->doc, &file_cfg->redis);
     if (text != NULL) {
         shared = config_fleet_parse(text, strlen(text), &gen, why, sizeof(why));
         free(text);
@@ -371,6 +399,7 @@ apply_shared(json_t *shared, uint64_t gen, const char *why)
 
 struct cas;
 static void send_cas(json_t *text_src, uint64_t expected, uint64_t newgen, struct cas *c);
+static void drop_all(const char *why);
 
 /* A text read from Redis: apply it when newer; when Redis holds an older
  * generation or none (it lost its data), put ours back. */
@@ -465,6 +494,12 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
     if (r == NULL) {
         cas_finish(c, 503, "Redis went away during the change: it may or may not have been "
                    "made; read the endpoint again", NULL);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL) {
+        /* Written to a demoted primary: nothing was written; find the new one. */
+        cas_finish(c, 503, "the Redis primary is changing (failover): try again", NULL);
+        drop_all("the node is a replica now (READONLY)");
         return;
     }
     if (r->type == REDIS_REPLY_ERROR || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -743,6 +778,7 @@ on_connect(const redisAsyncContext *ac, int status)
             F.sub = NULL;
         else
             F.ac = NULL;
+        metrics_primary_lost();
         if (!F.warned_down && !is_sub)
             log_event(LOG_WARN, "fleet_redis_unavailable", ",\"address\":\"%s:%d\","
                       "\"error\":\"%s\"", log_json(F.host), F.port, log_json(ac->errstr));
@@ -778,7 +814,72 @@ on_disconnect(const redisAsyncContext *ac, int status)
                       (unsigned long long)F.gen);
         F.warned_down = true;
     }
+    metrics_primary_lost();
     schedule_reconnect();
+}
+
+/* Both connections let go (their owed replies answered with NULL: a change
+ * in flight gets 503); with why, the primary is reported lost. Safe inside
+ * a callback of either: hiredis frees after it returns. */
+static void
+drop_all(const char *why)
+{
+    static time_t logged;          /* a replica named again and again: one line per 10 s */
+    redisAsyncContext *a = F.ac, *s = F.sub;
+    if (why != NULL && (a != NULL || s != NULL) && time(NULL) - logged >= 10) {
+        logged = time(NULL);
+        log_event(LOG_WARN, "fleet_redis_primary_left", ",\"address\":\"%s:%d\","
+                  "\"reason\":\"%s\"", log_json(F.host), F.port, log_json(why));
+    }
+    F.ac = F.sub = NULL;
+    F.connected = F.subscribed = false;
+    if (a != NULL) {
+        a->data = NULL;
+        redisAsyncFree(a);
+    }
+    if (s != NULL) {
+        s->data = NULL;
+        redisAsyncFree(s);
+    }
+    if (why != NULL) {
+        metrics_primary_lost();
+        schedule_reconnect();
+    }
+}
+
+/* With sentinels the node must still be the primary (see metrics/redis.c). */
+static void
+on_role(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (ac->data == NULL || r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0)
+        return;
+    drop_all("ROLE is not master");
+}
+
+/* The primary may have moved: follow it now. */
+static void
+on_primary(void *arg)
+{
+    char host[256];
+    int port;
+    if (!F.enabled || F.base == NULL || !metrics_primary_get(host, sizeof(host), &port))
+        return;
+    if (strcmp(F.host, host) == 0 && F.port == port) {
+        if (F.ac == NULL && F.sub == NULL && !evtimer_pending(F.reconnect_ev, NULL))
+            connect_all();
+        return;
+    }
+    if (F.ac != NULL || F.sub != NULL)
+        log_event(LOG_INFO, "fleet_redis_primary_follow", ",\"from\":\"%s:%d\","
+                  "\"to\":\"%s:%d\"", log_json(F.host), F.port, log_json(host), port);
+    drop_all(NULL);
+    set_address(host, port);
+    evtimer_del(F.reconnect_ev);
+    connect_all();
 }
 
 static void
@@ -803,6 +904,11 @@ on_message(redisAsyncContext *ac, void *reply, void *arg)
 static redisAsyncContext *
 open_conn(redisAsyncContext **slot)
 {
+    char host[256];
+    int port;
+    if (!metrics_primary_get(host, sizeof(host), &port))
+        return NULL;                /* the sentinels have not answered: on_primary opens */
+    set_address(host, port);
     redisAsyncContext *ac = redisAsyncConnect(F.host, F.port);
     if (ac == NULL || ac->err) {
         if (ac)
@@ -818,6 +924,8 @@ open_conn(redisAsyncContext **slot)
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", F.password);
     if (F.db && slot == &F.ac)
         redisAsyncCommand(ac, NULL, NULL, "SELECT %d", F.db);
+    if (slot == &F.ac && metrics_primary_sentinels())
+        redisAsyncCommand(ac, on_role, NULL, "ROLE");
     *slot = ac;
     return ac;
 }
@@ -859,6 +967,7 @@ fleet_start(struct event_base *base)
     struct timeval tv = {FLEET_POLL_S, 0};
     event_add(F.poll_ev, &tv);
     metrics_redis_set_fleet(control_metrics(), F.name, F.gen);
+    metrics_primary_watch(on_primary, NULL);
     connect_all();
 }
 
@@ -867,6 +976,7 @@ fleet_stop(void)
 {
     if (!F.enabled)
         return;
+    metrics_primary_unwatch(on_primary, NULL);
     /* Replies still owed run their callbacks with NULL (answered 503). */
     if (F.ac) {
         F.ac->data = NULL;

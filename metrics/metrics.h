@@ -212,6 +212,30 @@ void metrics_gate(const struct metrics_gate_params *p, const struct metrics_gate
                   struct metrics_gate_result *out);
 const char *metrics_gate_verdict_name(enum metrics_gate_verdict v);
 
+/* ---- where the Redis primary is (primary.c) ----------------------------
+ * redis.address, or the primary the sentinels name (redis.sentinels +
+ * redis.master_name), followed through failovers. Main thread only. */
+
+/* Called after every answer about the primary (it may be the same one):
+ * reconnect when metrics_primary_get() differs from the address in use. */
+typedef void (*metrics_primary_fn)(void *arg);
+/* Take the settings (each config apply); true when they changed. */
+bool metrics_primary_configure(struct event_base *base, const struct cfg_redis *c);
+/* The primary as last known; false while unknown (sentinels not answered). */
+bool metrics_primary_get(char *host, size_t hostlen, int *port);
+/* True with sentinels: a node's role is worth checking, a loss worth reporting. */
+bool metrics_primary_sentinels(void);
+/* A user lost the primary (connection error, ROLE says replica, READONLY):
+ * ask the sentinels again, asynchronously. */
+void metrics_primary_lost(void);
+void metrics_primary_watch(metrics_primary_fn fn, void *arg);
+void metrics_primary_unwatch(metrics_primary_fn fn, void *arg);
+/* Blocking, for a start before the event loop runs: ask each sentinel in
+ * turn (timeout_ms each); the answer also seeds the asynchronous side. */
+bool metrics_primary_resolve(const struct cfg_redis *c, char *host, size_t hostlen, int *port,
+                             int timeout_ms);
+void metrics_primary_stop(void);
+
 /* ---- the Redis writer (redis.c) --------------------------------------- */
 
 struct metrics_redis;
@@ -231,6 +255,9 @@ void metrics_redis_flush(struct metrics_redis *r);
 /* Flush and run the loop up to timeout_ms until Redis has taken everything. */
 bool metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms);
 bool metrics_redis_connected(const struct metrics_redis *r);
+/* True while a batch is in hand: sent and unanswered, refused, or not yet
+ * confirmed by WAIT (redis.wait_replicas). */
+bool metrics_redis_unacknowledged(const struct metrics_redis *r);
 /* Fleet membership for sluice:instances ("fleet", "fleet_generation"),
  * written at once and with every flush. */
 void metrics_redis_set_fleet(struct metrics_redis *r, const char *fleet, uint64_t generation);

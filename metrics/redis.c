@@ -10,8 +10,21 @@
  * atomically. A batch stays in hand until Redis answers; after a reconnect
  * it is sent again unchanged, so a batch whose reply was lost is applied
  * once. While Redis is away, counts keep merging into the backlog.
+ *
+ * With redis.wait_replicas = N, a batch the script took is acknowledged
+ * only after WAIT N says N replicas have it; until then it stays in hand
+ * and is sent again at the next flush. A batch sent again is applied at
+ * most once (the sequence check), and the script then still writes (the
+ * stored number, unchanged), so the WAIT that follows covers the first
+ * application too: replication is ordered, and a replica that has the
+ * later write has the earlier one. A failover to a replica that never got
+ * the batch therefore loses nothing: the batch goes to the new primary.
+ *
+ * Where Redis is comes from primary.c: an address, or the sentinels'
+ * primary, followed through failovers.
  */
 #include "metrics/metrics.h"
+#include "metrics/internal.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -31,7 +44,10 @@
 static const char FLUSH_SCRIPT[] =
     "local inst, seq, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local last = tonumber(redis.call('HGET', 'sluice:flushseq', inst) or '0')\n"
-    "if seq <= last then return 0 end\n"
+    "if seq <= last then\n"
+    "  redis.call('HSET', 'sluice:flushseq', inst, last)\n"
+    "  return 0\n"
+    "end\n"
     "local i = 5\n"
     "for k = 1, tonumber(ARGV[4]) do\n"
     "  local key, minute, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])\n"
@@ -55,7 +71,10 @@ struct batch {
     uint64_t seq;
     struct args a;              /* EVALSHA sha 0 ARGV... */
     int keys;
+    bool pending;               /* a reply (to the script or its WAIT) is owed */
 };
+
+#define WAIT_WARN_EVERY_S 10
 
 struct metrics_redis {
     struct event_base *base;
@@ -80,11 +99,16 @@ struct metrics_redis {
     bool warned_down;
     char *fleet;                /* fleet name, NULL outside a fleet */
     uint64_t fleet_generation;
+    int wait_replicas, wait_timeout_ms;
+    bool configured;            /* metrics_redis_configure() ran */
+    time_t wait_warned;         /* the last redis_wait_short line */
+    uint64_t wait_short;        /* short WAITs since that line */
 };
 
 static void args_add(struct args *a, const char *s, size_t len);
 static void send_batch(struct metrics_redis *r);
 static void redis_connect(struct metrics_redis *r);
+static void drop_conn(struct metrics_redis *r, const char *why);
 
 static metrics_log_fn log_hook;
 
@@ -113,6 +137,19 @@ logf_(const char *event, const char *fmt, ...)
     fprintf(stderr, "{\"event\":\"%s\"%s}\n", event, fields);
 }
 
+void
+metrics_logf(const char *event, const char *fmt, ...)
+{
+    char fields[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(fields, sizeof(fields), fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= (int)sizeof(fields))
+        snprintf(fields, sizeof(fields), ",\"truncated\":true");
+    logf_(event, "%s", fields);
+}
+
 /* Text from Redis or the config for a log line, escaped (main thread only;
  * a ring of four, enough for one line). */
 static const char *
@@ -123,6 +160,12 @@ jstr(const char *s)
     char *out = ring[next++ % 4];
     config_json_escape(out, sizeof(ring[0]), s ? s : "", s ? strlen(s) : 0);
     return out;
+}
+
+const char *
+metrics_jstr(const char *s)
+{
+    return jstr(s);
 }
 
 /* ---- argument lists -------------------------------------------------------- */
@@ -253,6 +296,55 @@ batch_free(struct batch *bt)
 }
 
 static void
+batch_done(struct metrics_redis *r, struct batch *bt)
+{
+    r->inflight = NULL;
+    r->last_flush = time(NULL);
+    batch_free(bt);
+}
+
+static void
+on_wait_reply(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct metrics_redis *r = ac->data;
+    redisReply *rep = reply;
+    struct batch *bt = arg;
+    if (r == NULL || bt != r->inflight)
+        return;
+    bt->pending = false;
+    if (rep == NULL)
+        return;                 /* disconnected: sent again, WAIT again */
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= r->wait_replicas) {
+        if (r->wait_short > 0)
+            logf_("redis_wait_satisfied", ",\"seq\":%llu,\"replicas\":%lld,"
+                  "\"short_waits\":%llu", (unsigned long long)bt->seq, rep->integer,
+                  (unsigned long long)r->wait_short);
+        r->wait_short = 0;
+        r->wait_warned = 0;
+        batch_done(r, bt);
+        return;
+    }
+    /* Kept (counts in hand, nothing lost) and sent again at the next flush;
+     * one line per WAIT_WARN_EVERY_S says why the backlog grows. */
+    r->wait_short++;
+    time_t now = time(NULL);
+    if (now - r->wait_warned >= WAIT_WARN_EVERY_S) {
+        r->wait_warned = now;
+        if (rep->type == REDIS_REPLY_INTEGER)
+            logf_("redis_wait_short", ",\"seq\":%llu,\"replicas\":%lld,\"wanted\":%d,"
+                  "\"timeout_ms\":%d,\"short_waits\":%llu,\"reason\":\"fewer replicas than "
+                  "redis.wait_replicas confirmed the metrics batch: it stays unacknowledged "
+                  "and is sent again\"", (unsigned long long)bt->seq, rep->integer,
+                  r->wait_replicas, r->wait_timeout_ms, (unsigned long long)r->wait_short);
+        else
+            logf_("redis_wait_short", ",\"seq\":%llu,\"wanted\":%d,\"error\":\"%s\","
+                  "\"reason\":\"WAIT failed: the metrics batch stays unacknowledged and is "
+                  "sent again\"", (unsigned long long)bt->seq, r->wait_replicas,
+                  jstr(rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply"));
+    }
+}
+
+static void
 on_batch_reply(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct metrics_redis *r = ac->data;
@@ -260,6 +352,7 @@ on_batch_reply(redisAsyncContext *ac, void *reply, void *arg)
     struct batch *bt = arg;
     if (r == NULL || bt != r->inflight)
         return;
+    bt->pending = false;
     if (rep == NULL)
         return;                 /* disconnected: sent again after reconnecting */
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -275,21 +368,32 @@ on_batch_reply(redisAsyncContext *ac, void *reply, void *arg)
             return;
         }
         logf_("redis_flush_failed", ",\"error\":\"%s\"", jstr(rep->str));
+        /* A replica (the primary was demoted under us): find the new one. */
+        if (strstr(rep->str, "READONLY") != NULL)
+            drop_conn(r, "the node is a replica now (READONLY)");
         return;                 /* kept; tried again on the next flush */
     }
-    r->inflight = NULL;
-    r->last_flush = time(NULL);
-    batch_free(bt);
+    if (r->wait_replicas > 0) {
+        /* Applied (1) or already there (0, the stored number rewritten):
+         * acknowledged once enough replicas have it. */
+        bt->pending = true;
+        if (redisAsyncCommand(ac, on_wait_reply, bt, "WAIT %d %d", r->wait_replicas,
+                              r->wait_timeout_ms) != REDIS_OK)
+            bt->pending = false;
+        return;
+    }
+    batch_done(r, bt);
 }
 
 static void
 send_batch(struct metrics_redis *r)
 {
     struct batch *bt = r->inflight;
-    if (bt == NULL || !r->connected)
+    if (bt == NULL || !r->connected || bt->pending)
         return;
-    redisAsyncCommandArgv(r->ac, on_batch_reply, bt, bt->a.n, (const char **)(void *)bt->a.v,
-                          bt->a.len);
+    if (redisAsyncCommandArgv(r->ac, on_batch_reply, bt, bt->a.n,
+                              (const char **)(void *)bt->a.v, bt->a.len) == REDIS_OK)
+        bt->pending = true;
 }
 
 /* ---- connection ------------------------------------------------------------- */
@@ -356,6 +460,7 @@ on_connect(const redisAsyncContext *ac, int status)
         r->ac = NULL;           /* hiredis frees it */
         struct timeval tv = {1, 0};
         evtimer_add(r->reconnect_ev, &tv);
+        metrics_primary_lost();
         return;
     }
     r->connected = true;
@@ -379,8 +484,79 @@ on_disconnect(const redisAsyncContext *ac, int status)
     if (was)
         logf_("redis_disconnected", ",\"address\":\"%s:%d\"", jstr(r->host), r->port);
     r->warned_down = true;
+    if (r->inflight != NULL)
+        r->inflight->pending = false;
     struct timeval tv = {1, 0};
     evtimer_add(r->reconnect_ev, &tv);
+    metrics_primary_lost();
+}
+
+/* Let the connection go (not through on_disconnect: replies still owed
+ * run with data NULL and are ignored; the batch in hand is sent again on
+ * the next connection). Safe inside one of its own callbacks: hiredis
+ * frees after the callback returns. */
+static void
+drop_conn(struct metrics_redis *r, const char *why)
+{
+    static time_t logged;          /* a replica named again and again: one line per 10 s */
+    redisAsyncContext *ac = r->ac;
+    if (ac == NULL)
+        return;
+    if (why != NULL && time(NULL) - logged >= WAIT_WARN_EVERY_S) {
+        logged = time(NULL);
+        logf_("redis_primary_left", ",\"address\":\"%s:%d\",\"reason\":\"%s\"",
+              jstr(r->host), r->port, jstr(why));
+    }
+    r->ac = NULL;
+    r->connected = false;
+    ac->data = NULL;
+    if (r->inflight != NULL)
+        r->inflight->pending = false;
+    redisAsyncFree(ac);
+    if (why != NULL) {
+        metrics_primary_lost();
+        struct timeval tv = {1, 0};
+        evtimer_add(r->reconnect_ev, &tv);
+    }
+}
+
+/* With sentinels, the node reached must still be the primary: one that
+ * answers ROLE as a replica (demoted while unreachable, or named by a
+ * sentinel that has not heard of a failover) is left for the next answer. */
+static void
+on_role(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct metrics_redis *r = ac->data;
+    redisReply *rep = reply;
+    if (r == NULL || rep == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "master") == 0)
+        return;
+    drop_conn(r, rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+              rep->element[0]->type == REDIS_REPLY_STRING ?
+              "ROLE is not master" : "ROLE failed");
+}
+
+/* The primary may have moved (primary.c): follow it now rather than at
+ * the next reconnect. */
+static void
+on_primary(void *arg)
+{
+    struct metrics_redis *r = arg;
+    char host[256];
+    int port;
+    if (!metrics_primary_get(host, sizeof(host), &port))
+        return;
+    bool same = r->host != NULL && strcmp(r->host, host) == 0 && r->port == port;
+    if (same)
+        return;                 /* in use, or tried: the reconnect timer has it */
+    drop_conn(r, NULL);
+    if (r->host != NULL)
+        logf_("redis_primary_follow", ",\"from\":\"%s:%d\",\"to\":\"%s:%d\"",
+              jstr(r->host), r->port, jstr(host), port);
+    evtimer_del(r->reconnect_ev);
+    redis_connect(r);
 }
 
 static void
@@ -394,8 +570,18 @@ on_auth(redisAsyncContext *ac, void *reply, void *arg)
 static void
 redis_connect(struct metrics_redis *r)
 {
-    if (r->ac != NULL || r->host == NULL)
+    char host[256];
+    int port;
+    if (r->ac != NULL)
         return;
+    if (!metrics_primary_get(host, sizeof(host), &port))
+        return;                 /* the sentinels have not answered: on_primary connects */
+    if (r->host == NULL || strcmp(r->host, host) != 0) {
+        free(r->host);
+        if ((r->host = strdup(host)) == NULL)
+            return;
+    }
+    r->port = port;
     redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
     if (ac == NULL || ac->err) {
         if (ac)
@@ -413,6 +599,8 @@ redis_connect(struct metrics_redis *r)
         redisAsyncCommand(ac, on_auth, NULL, "AUTH %s", r->password);
     if (r->db)
         redisAsyncCommand(ac, on_auth, NULL, "SELECT %d", r->db);
+    if (metrics_primary_sentinels())
+        redisAsyncCommand(ac, on_role, NULL, "ROLE");
     r->ac = ac;
 }
 
@@ -444,6 +632,7 @@ metrics_redis_new(struct event_base *base, struct metrics_backlog *b, const char
         sprintf(r->sha + 2 * i, "%02x", d[i]);
     r->flush_ev = event_new(base, -1, EV_PERSIST, on_flush_timer, r);
     r->reconnect_ev = evtimer_new(base, on_reconnect, r);
+    metrics_primary_watch(on_primary, r);
     return r;
 }
 
@@ -458,23 +647,20 @@ void
 metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
 {
     const struct cfg_redis *c = &cfg->redis;
-    bool same = r->host && strcmp(r->host, c->host) == 0 && r->port == c->port &&
-                r->db == c->db && ((r->password == NULL && c->password == NULL) ||
+    bool moved = metrics_primary_configure(r->base, c);
+    bool same = !moved && r->configured && r->db == c->db &&
+                ((r->password == NULL && c->password == NULL) ||
                 (r->password && c->password && strcmp(r->password, c->password) == 0));
+    r->wait_replicas = c->wait_replicas;
+    r->wait_timeout_ms = c->wait_timeout_ms;
     if (!same) {
-        free(r->host);
+        r->configured = true;
         free(r->password);
-        r->host = strdup(c->host);
-        r->port = c->port;
         r->db = c->db;
         r->password = c->password ? strdup(c->password) : NULL;
-        if (r->ac != NULL) {
-            redisAsyncContext *ac = r->ac;
-            r->ac = NULL;
-            r->connected = false;
-            ac->data = NULL;
-            redisAsyncDisconnect(ac);
-        }
+        drop_conn(r, NULL);
+        free(r->host);
+        r->host = NULL;
         redis_connect(r);
     }
     r->retention_min = c->retention_minutes;
@@ -542,8 +728,12 @@ metrics_redis_flush(struct metrics_redis *r)
     }
     heartbeat(r);
     flush_diffs(r);
-    if (r->inflight != NULL)
-        return;                 /* one batch at a time: it is still unanswered */
+    if (r->inflight != NULL) {
+        /* One batch at a time. Unanswered: wait. Answered but refused, or
+         * not yet confirmed by WAIT: send it again (applied at most once). */
+        send_batch(r);
+        return;
+    }
     if (metrics_backlog_size(r->b) == 0) {
         r->last_flush = time(NULL);
         return;
@@ -602,6 +792,12 @@ metrics_redis_instance(const struct metrics_redis *r)
 }
 
 bool
+metrics_redis_unacknowledged(const struct metrics_redis *r)
+{
+    return r != NULL && r->inflight != NULL;
+}
+
+bool
 metrics_redis_connected(const struct metrics_redis *r)
 {
     return r != NULL && r->connected;
@@ -612,10 +808,12 @@ metrics_redis_free(struct metrics_redis *r)
 {
     if (r == NULL)
         return;
+    metrics_primary_unwatch(on_primary, r);
     if (r->ac) {
         r->ac->data = NULL;
         redisAsyncFree(r->ac);
     }
+    metrics_primary_stop();
     event_free(r->flush_ev);
     event_free(r->reconnect_ev);
     batch_free(r->inflight);
@@ -796,9 +994,17 @@ static redisContext *
 query_connect(struct metrics_redis *r, char *err, size_t errlen)
 {
     struct timeval tv = {1, 0};
-    redisContext *c = r->host ? redisConnectWithTimeout(r->host, r->port, tv) : NULL;
+    char host[256];
+    int port = 0;
+    /* The primary as last known (never a sentinel round trip here); with
+     * sentinels, briefly the old one during a failover. */
+    bool known = metrics_primary_get(host, sizeof(host), &port);
+    redisContext *c = known ? redisConnectWithTimeout(host, port, tv) : NULL;
     if (c == NULL || c->err) {
-        snprintf(err, errlen, "cannot reach Redis at %s:%d", r->host ? r->host : "?", r->port);
+        if (known)
+            snprintf(err, errlen, "cannot reach Redis at %s:%d", host, port);
+        else
+            snprintf(err, errlen, "no Redis primary known yet: the sentinels have not named one");
         if (c)
             redisFree(c);
         return NULL;

@@ -844,3 +844,171 @@ def exchange(port, data, tls=False, timeout=3):
     finally:
         s.close()
     return out, closed
+
+
+# ---- Redis with Sentinel: a primary, replicas, sentinels -------------------
+
+class SentinelGroup:
+    """A Redis primary, `replicas` replicas and `sentinels` sentinels
+    (redis-sentinel) monitoring it as `name`, all on 127.0.0.1 on harness
+    ports and stopped by PID. Timings are short so that a failover takes a
+    few seconds: down-after-milliseconds `down_ms`, failover-timeout
+    `failover_ms`. Nodes are known by port; pause/resume/kill act on the
+    process of a port."""
+
+    def __init__(self, name="mymaster", replicas=2, sentinels=3, quorum=2, down_ms=1000,
+                 failover_ms=4000, timeout=30):
+        import redis as redislib
+        self.lib = redislib
+        self.name = name
+        self.dir = tmpdir()
+        self.procs = {}             # port -> Popen, data nodes and sentinels
+        self.primary_port = self._node()
+        self.replica_ports = [self._node(replicaof=self.primary_port) for _ in range(replicas)]
+        self.sentinel_ports = [self._sentinel(quorum, down_ms, failover_ms)
+                               for _ in range(sentinels)]
+        self.wait_ready(timeout)
+
+    def _log(self, port):
+        return os.path.join(self.dir, "%d.log" % port)
+
+    def _spawn(self, args, port):
+        out = open(self._log(port), "w+")
+        p = start(args, stdout=out)
+
+        def output():
+            out.flush()
+            out.seek(0)
+            return out.read()
+        wait_owned(p, [port], busy=("in use",), output=output)
+        self.procs[port] = p
+        return p
+
+    def _node(self, replicaof=None):
+        for attempt in range(START_ATTEMPTS):
+            port = free_port()
+            d = os.path.join(self.dir, "node-%d" % port)
+            os.makedirs(d, exist_ok=True)
+            # Diskless sync without a delay: a replica attaches at once. No
+            # output limit for replicas: a test may queue a large write
+            # behind a paused replica.
+            args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", d,
+                    "--save", "", "--appendonly", "no", "--repl-diskless-sync", "yes",
+                    "--repl-diskless-sync-delay", "0",
+                    "--client-output-buffer-limit", "replica 0 0 0"]
+            if replicaof:
+                args += ["--replicaof", "127.0.0.1", str(replicaof)]
+            try:
+                self._spawn(args, port)
+                return port
+            except PortBusy:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def _sentinel(self, quorum, down_ms, failover_ms):
+        for attempt in range(START_ATTEMPTS):
+            port = free_port()
+            conf = os.path.join(self.dir, "sentinel-%d.conf" % port)
+            with open(conf, "w") as f:
+                f.write("bind 127.0.0.1\nport %d\ndir %s\n"
+                        "sentinel monitor %s 127.0.0.1 %d %d\n"
+                        "sentinel down-after-milliseconds %s %d\n"
+                        "sentinel failover-timeout %s %d\n"
+                        "sentinel parallel-syncs %s 2\n"
+                        % (port, self.dir, self.name, self.primary_port, quorum,
+                           self.name, down_ms, self.name, failover_ms, self.name))
+            try:
+                self._spawn(["redis-sentinel", conf], port)
+                return port
+            except PortBusy:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def client(self, port, **kw):
+        return self.lib.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                              socket_timeout=5, **kw)
+
+    def sentinel_view(self, port):
+        """(primary port, replicas, other sentinels) as one sentinel sees it."""
+        m = self.client(port).execute_command("SENTINEL", "MASTER", self.name)
+        if isinstance(m, list):
+            m = dict(zip(m[::2], m[1::2]))
+        return (int(m["port"]), int(m["num-slaves"]), int(m["num-other-sentinels"]))
+
+    def wait_ready(self, timeout):
+        """Every replica in sync and every sentinel knowing the others and
+        the replicas."""
+        deadline = time.time() + timeout
+        want = (self.primary_port, len(self.replica_ports), len(self.sentinel_ports) - 1)
+        while True:
+            try:
+                views = [self.sentinel_view(p) for p in self.sentinel_ports]
+                links = [self.client(p).info("replication").get("master_link_status")
+                         for p in self.replica_ports]
+                if all(v == want for v in views) and all(l == "up" for l in links):
+                    return
+            except self.lib.exceptions.RedisError:
+                views = links = None
+            if time.time() > deadline:
+                raise AssertionError("sentinel group not ready: views %s (want %s), links %s"
+                                     % (views, want, links))
+            time.sleep(0.05)
+
+    def addresses(self):
+        return ["127.0.0.1:%d" % p for p in self.sentinel_ports]
+
+    def primary(self):
+        """The primary's port as the first answering sentinel names it."""
+        for p in self.sentinel_ports:
+            try:
+                host, port = self.client(p).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+                return int(port)
+            except (self.lib.exceptions.RedisError, TypeError, ValueError):
+                continue
+        return None
+
+    def role(self, port):
+        try:
+            return self.client(port).execute_command("ROLE")[0]
+        except self.lib.exceptions.RedisError:
+            return None
+
+    def wait_failover(self, old, timeout=60):
+        """Wait until every sentinel names a primary other than old, and
+        that node says it is master and has a replica attached; its port."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                named = {self.sentinel_view(p)[0] for p in self.sentinel_ports}
+            except self.lib.exceptions.RedisError:
+                named = set()
+            if len(named) == 1 and old not in named:
+                new = named.pop()
+                try:
+                    info = self.client(new).info("replication")
+                    if info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1:
+                        self.primary_port = new
+                        return new
+                except self.lib.exceptions.RedisError:
+                    pass
+            if time.time() > deadline:
+                raise AssertionError("no failover away from %d within %ss; sentinel logs: %s"
+                                     % (old, timeout, self.logs()[-3000:]))
+            time.sleep(0.05)
+
+    def pause(self, port):
+        os.kill(self.procs[port].pid, signal.SIGSTOP)
+
+    def resume(self, port):
+        os.kill(self.procs[port].pid, signal.SIGCONT)
+
+    def kill(self, port):
+        stop(self.procs[port], signal.SIGKILL)
+
+    def logs(self):
+        out = []
+        for p in self.sentinel_ports:
+            with open(self._log(p)) as f:
+                out.append("--- sentinel %d\n%s" % (p, f.read()))
+        return "\n".join(out)

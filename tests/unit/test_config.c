@@ -512,6 +512,66 @@ test_admin_secrets(void)
 
 /* ---- fleets (SPEC §6) ---------------------------------------------------- */
 
+/* redis.sentinels + redis.master_name instead of redis.address (SPEC §6). */
+static void
+test_redis_sentinels(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+        "\"endpoints\":[],\"redis\":{\"sentinels\":[\"127.0.0.1:26379\",\"[::1]:26380\"],"
+        "\"master_name\":\"mymaster\",\"wait_replicas\":1,\"wait_timeout_ms\":250}}", &e);
+    CHECK(c != NULL, "sentinels accepted: %s", e.n ? e.msg[0] : "");
+    if (c != NULL) {
+        CHECK(c->redis.address == NULL && c->redis.host == NULL, "no address with sentinels");
+        CHECK(c->redis.n_sentinels == 2 && strcmp(c->redis.sentinel_hosts[0], "127.0.0.1") == 0 &&
+              c->redis.sentinel_ports[0] == 26379 && strcmp(c->redis.sentinel_hosts[1], "::1") == 0 &&
+              c->redis.sentinel_ports[1] == 26380, "sentinel addresses");
+        CHECK(strcmp(c->redis.master_name, "mymaster") == 0, "master_name");
+        CHECK(c->redis.wait_replicas == 1 && c->redis.wait_timeout_ms == 250, "wait settings");
+    }
+    config_drop(c);
+    cfg_errors_free(&e);
+    /* wait_replicas with a plain address; defaults without it */
+    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],\"endpoints\":[],"
+                   "\"redis\":{\"address\":\"127.0.0.1:6390\",\"wait_replicas\":2}}", &e);
+    CHECK(c != NULL && c->redis.port == 6390 && c->redis.wait_replicas == 2 &&
+          c->redis.wait_timeout_ms == 1000 && c->redis.n_sentinels == 0 &&
+          c->redis.master_name == NULL, "wait_replicas with an address");
+    config_drop(c);
+    cfg_errors_free(&e);
+    static const struct { const char *redis, *err; } bad[] = {
+        {"{\"sentinels\":[\"127.0.0.1:26379\"]}",
+         "redis.master_name: required with redis.sentinels"},
+        {"{\"master_name\":\"mymaster\"}", "redis.master_name: only with redis.sentinels"},
+        {"{\"address\":\"127.0.0.1:6379\",\"sentinels\":[\"127.0.0.1:26379\"],"
+         "\"master_name\":\"m\"}",
+         "redis.sentinels: give redis.address or redis.sentinels, not both"},
+        {"{\"sentinels\":[],\"master_name\":\"m\"}",
+         "redis.sentinels: must be an array of 1 to 16 \"host:port\""},
+        {"{\"sentinels\":\"127.0.0.1:26379\",\"master_name\":\"m\"}",
+         "redis.sentinels: must be an array of 1 to 16 \"host:port\""},
+        {"{\"sentinels\":[\"127.0.0.1:26379\",\"nope\"],\"master_name\":\"m\"}",
+         "redis.sentinels[1]: must be \"host:port\""},
+        {"{\"sentinels\":[\"unix:/tmp/s\"],\"master_name\":\"m\"}",
+         "redis.sentinels[0]: must be \"host:port\""},
+        {"{\"sentinels\":[\"127.0.0.1:26379\"],\"master_name\":\"my master\"}",
+         "redis.master_name: must be 1 to 64 of a-z A-Z 0-9 . _ -"},
+        {"{\"wait_replicas\":17}", "redis.wait_replicas: must be between 0 and 16"},
+        {"{\"wait_timeout_ms\":0}", "redis.wait_timeout_ms: must be between 10 and 60000"},
+        {"{\"sentinel\":[\"127.0.0.1:26379\"]}", "redis.sentinel: unknown field"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char doc[512];
+        snprintf(doc, sizeof(doc), "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+                 "\"endpoints\":[],\"redis\":%s}", bad[i].redis);
+        c = parse_root(doc, &e);
+        CHECK(c == NULL && has_error(&e, bad[i].err), "%s: got %s", bad[i].redis,
+              e.n ? e.msg[0] : "(accepted)");
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+}
+
 static void
 test_fleet_field(void)
 {
@@ -551,12 +611,6 @@ test_fleet_field(void)
     CHECK(!config_fleet_name_valid(longname), "65 characters");
     longname[64] = '\0';
     CHECK(config_fleet_name_valid(longname), "64 characters");
-    /* Sentinel settings are not taken yet: still a typo to report. */
-    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],\"endpoints\":[],"
-                   "\"redis\":{\"sentinels\":[\"127.0.0.1:26379\"]}}", &e);
-    CHECK(c == NULL && has_error(&e, "redis.sentinels: unknown field"), "sentinels");
-    config_drop(c);
-    cfg_errors_free(&e);
 }
 
 static void
@@ -654,6 +708,7 @@ main(void)
         {"error texts are UTF-8", test_error_texts_utf8},
         {"admin secrets are literal", test_admin_secrets},
         {"fleet field", test_fleet_field},
+        {"redis sentinels and wait", test_redis_sentinels},
         {"fleet split and merge", test_fleet_split_merge},
         {"fleet shared part parse", test_fleet_parse},
         {NULL, NULL},
