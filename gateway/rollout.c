@@ -436,7 +436,7 @@ change_applied(struct ro_change *c)
         snprintf(t->control, sizeof(t->control), "%s", c->control);
         memcpy(t->base_v, c->tot_v, sizeof(t->base_v));
         memcpy(t->base_c, c->tot_c, sizeof(t->base_c));
-        t->started = (double)c->now;
+        t->started = now_s();
         t->next_look = 0;
         store_base(t);
     }
