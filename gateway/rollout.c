@@ -320,8 +320,13 @@ change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
         if (is_default_at(vs, xi))
             return ch_fail(er, 409, "%s is the default version: there is nothing to roll out",
                            c->v);
-        if (!(mirrored && compares))
+        if (!(mirrored && compares)) {
+            /* Nothing to agree on: live at once, and a live version is
+             * no mirror. */
             json_object_set(x, "traffic_percentile", json_array_get(steps, 0));
+            if (mirrored)
+                json_object_set_new(x, "mirror_percentile", json_integer(0));
+        }
         set_state(x, "running", 0, c->now, NULL);
         break;
     case RO_PAUSE:

@@ -381,10 +381,22 @@ def test_admin_errors_and_validation():
     assert resp.status_code == 400
     assert resp.json()["error"]["errors"][0].startswith(
         "endpoints[0].versions[0].rollout: not allowed on the default version"), resp.text
+    # a mirror without compare goes live at once and stops being a mirror
+    resp = requests.patch(vp, headers=ADMIN, json={"mirror_percentile": 10,
+                                                   "traffic_percentile": 0}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    resp = requests.patch(vp, headers=ADMIN, json={"rollout": plan(steps=(30, 60))},
+                          timeout=5)
+    assert resp.status_code == 200, resp.text
+    resp = act(s, "start")
+    assert resp.status_code == 200, resp.text
+    vb = versions(s)["versionb"]
+    assert vb["mirror_percentile"] == 0 and vb["traffic_percentile"] == 30
+    assert act(s, "abort").status_code == 200
     resp = requests.patch(vp, headers=ADMIN, json={"rollout": plan()}, timeout=5)
     assert resp.status_code == 200, resp.text
     vb = versions(s)["versionb"]
-    assert vb["rollout"] == plan() and vb["rollout_state"] is None
+    assert vb["rollout"] == plan() and vb["rollout_state"]["phase"] == "aborted"
     assert act(s, "promote").status_code == 409     # nothing running
     resp = act(s, "start")
     assert resp.status_code == 200
