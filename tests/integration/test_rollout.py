@@ -552,3 +552,30 @@ def test_fleet_one_driver_and_a_takeover():
     # a clean stop gives the lease back
     assert other.stop() == 0
     assert rc.get(lease) is None
+
+
+def test_a_refused_step_pauses_the_rollout():
+    """The next step would put the shares past 100 %: the config refuses the
+    change, and the driver pauses with the reason instead of retrying."""
+    r = Redis()
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
+    vb = version("versionb", [b.addr], 0, rollout=plan(steps=(20, 40, 80), min_requests=20))
+    s = Sluice([endpoint(EP, [
+        version("versiona", [a.addr], 0, is_default=True, type="control"), vb,
+        version("versionc", [a.addr], 30)])],
+        extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
+               "admin": {"token": "adm"}})
+    t = Traffic(s)
+    try:
+        assert act(s, "start").status_code == 200
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the pause")
+        assert st["phase"] == "paused" and st["step"] == 1, get(s)
+        assert st["reason"].startswith("the next change was refused: endpoints[0].versions: "
+                                       "traffic_percentile values sum to 110"), st
+        assert st["traffic_percentile"] == 40
+        assert [e["verdict"] for e in get(s)["evaluations"]].count("pass") == 2
+        assert [c["op"] for c in log_events(s, "admin_change")] == [
+            "rollout_start", "rollout_next_step", "rollout_halt"]
+        assert len(log_events(s, "rollout_change_failed")) == 1
+    finally:
+        t.stop()
