@@ -188,11 +188,11 @@ in_agreement_check(const struct cfg_version *v)
 
 enum ro_op {
     RO_START, RO_PAUSE, RO_RESUME, RO_ABORT, RO_PROMOTE,    /* an operator's actions */
-    RO_NEXT, RO_GO_LIVE, RO_ROLLBACK, RO_FINISH,            /* the driver's */
+    RO_NEXT, RO_GO_LIVE, RO_ROLLBACK, RO_FINISH, RO_HALT,   /* the driver's */
 };
 
 static const char *const ro_op_names[] = {"start", "pause", "resume", "abort", "promote",
-    "next_step", "go_live", "rollback", "finish"};
+    "next_step", "go_live", "rollback", "finish", "halt"};
 
 struct ro_change {
     enum ro_op op;
@@ -320,8 +320,13 @@ change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
         if (is_default_at(vs, xi))
             return ch_fail(er, 409, "%s is the default version: there is nothing to roll out",
                            c->v);
-        if (!(mirrored && compares))
+        if (!(mirrored && compares)) {
+            /* Nothing to agree on: live at once, and a live version is
+             * no mirror. */
             json_object_set(x, "traffic_percentile", json_array_get(steps, 0));
+            if (mirrored)
+                json_object_set_new(x, "mirror_percentile", json_integer(0));
+        }
         set_state(x, "running", 0, c->now, NULL);
         break;
     case RO_PAUSE:
@@ -367,6 +372,9 @@ change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
         json_object_set_new(x, "traffic_percentile", json_integer(0));
         json_object_set_new(x, "mirror_percentile", json_integer(0));
         set_state(x, "rolled_back", step, c->now, c->reason);
+        break;
+    case RO_HALT:
+        set_state(x, "paused", step, c->now, c->reason);
         break;
     case RO_FINISH:
         if (json_is_false(json_object_get(plan, "promote"))) {
@@ -436,11 +444,14 @@ change_applied(struct ro_change *c)
         snprintf(t->control, sizeof(t->control), "%s", c->control);
         memcpy(t->base_v, c->tot_v, sizeof(t->base_v));
         memcpy(t->base_c, c->tot_c, sizeof(t->base_c));
-        t->started = (double)c->now;
+        t->started = now_s();
         t->next_look = 0;
         store_base(t);
     }
 }
+
+static void change_run(struct ro_change *c);
+static struct ro_change *change_new(enum ro_op op, const char *ep, const char *v);
 
 static void
 change_finish(struct ro_change *c, int status, const char *message,
@@ -449,14 +460,33 @@ change_finish(struct ro_change *c, int status, const char *message,
     if (status == 0)
         change_applied(c);
     else {
+        const char *why = errs && errs->n ? errs->msg[0] : message ? message : "";
         struct track *t = track_find(c->ep, c->v, false);
-        if (t != NULL)
+        if (t != NULL) {
             t->busy = false;
+            /* Redis away or the file unwritable: judge again a little later. */
+            t->next_look = now_s() + 1;
+        }
         if (c->op >= RO_NEXT)
             log_event(LOG_WARN, "rollout_change_failed", ",\"op\":\"%s\",\"endpoint\":\"%s\","
                       "\"version\":\"%s\",\"status\":%d,\"reason\":\"%s\"",
                       ro_op_names[c->op], log_json(c->ep), log_json(c->v), status,
-                      log_json(errs && errs->n ? errs->msg[0] : message ? message : ""));
+                      log_json(why));
+        /* A step the config refuses (the shares would pass 100 %, say) will
+         * not get better by asking again: the rollout pauses, saying why,
+         * for an operator to decide. */
+        if (status == 400 && (c->op == RO_NEXT || c->op == RO_GO_LIVE || c->op == RO_FINISH)) {
+            struct ro_change *h = change_new(RO_HALT, c->ep, c->v);
+            if (h != NULL) {
+                h->step = c->step;
+                h->since = c->since;
+                snprintf(h->reason, sizeof(h->reason), "the next change was refused: %s", why);
+                config_utf8_fix(h->reason);
+                if (t != NULL)
+                    t->busy = true;
+                change_run(h);
+            }
+        }
     }
     if (c->done != NULL)
         c->done(c->arg, status, message, errs);
@@ -597,7 +627,7 @@ eval_json(const struct metrics_gate_result *g, int step, int pct, int look)
                      "estimate", have_diff ? json_real(g->diff) : json_null(),
                      "lower", have_diff ? json_real(g->lo) : json_null(),
                      "upper", have_diff ? json_real(g->hi) : json_null(),
-                     "alpha", g->alpha,
+                     "alpha", g->has_agreement ? 0.0 : g->alpha,
                      "p99_ratio", g->p99_ratio >= 0 ? json_real(g->p99_ratio) : json_null(),
                      "agreement", agreement);
 }

@@ -13,6 +13,9 @@ from harness import SLUICECTL, Model, Redis, Sluice, endpoint, version
 
 ADMIN = {"Authorization": "Bearer adm"}
 EP = "ep1"
+# Good versions answer in a steady 20 ms, so that a scheduling hiccup on a
+# busy machine does not make one side's p99 many times the other's.
+STEADY = ("--latency-ms", "20")
 
 
 class Traffic:
@@ -95,7 +98,7 @@ def versions(s):
     return {v["name"]: v for v in r.json()["versions"]}
 
 
-def until(fn, timeout, what):
+def until(fn, timeout, what, show=None):
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
@@ -103,7 +106,14 @@ def until(fn, timeout, what):
         if last:
             return last
         time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+    raise AssertionError("timed out waiting for %s (last: %r)" % (
+        what, show() if show else last))
+
+
+def until_state(s, pred, timeout, what):
+    """Wait until pred(state) holds for the rollout's state; the state."""
+    return until(lambda: pred(get(s)["state"]) and get(s)["state"], timeout, what,
+                 show=lambda: get(s))
 
 
 def phase_is(s, phase):
@@ -124,7 +134,7 @@ def log_events(s, event):
 
 def test_good_version_goes_through_every_step_and_is_promoted():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan())
     t = Traffic(s)
     try:
@@ -178,6 +188,7 @@ def test_good_version_goes_through_every_step_and_is_promoted():
         vb = [v for v in doc["endpoints"][0]["versions"] if v["name"] == "versionb"][0]
         assert vb["rollout_state"]["phase"] == "promoted" and vb["is_default"] is True
         # all traffic now goes to versionb
+        time.sleep(0.5)     # requests routed before the promotion finish
         t.reset()
         time.sleep(1)
         assert t.served("versiona") == 0 and t.served("versionb") > 0, t.counts
@@ -194,13 +205,12 @@ def test_good_version_goes_through_every_step_and_is_promoted():
 
 def test_error_rate_rolls_back_at_first_gate_then_no_requests():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb", "--error-rate", "0.2")
+    a, b = Model("versiona", *STEADY), Model("versionb", "--error-rate", "0.2", *STEADY)
     s = rollout_sluice(r, a, b, plan(min_requests=100))
     t = Traffic(s)
     try:
         assert act(s, "start").status_code == 200
-        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
-                   "the rollback")
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the rollback")
         assert st["phase"] == "rolled_back", get(s)
         assert st["step"] == 0
         assert st["traffic_percentile"] == 0
@@ -227,14 +237,14 @@ def test_error_rate_rolls_back_at_first_gate_then_no_requests():
 
 def test_slow_version_fails_on_p99_ratio():
     r = Redis()
-    a = Model("versiona", "--latency-ms", "15")
+    # 20 ms and 60 ms fall in the 10-25 ms and 50-100 ms histogram buckets
+    a = Model("versiona", "--latency-ms", "20")
     b = Model("versionb", "--latency-ms", "60")
     s = rollout_sluice(r, a, b, plan(min_requests=20, p99=2))
     t = Traffic(s, threads=4)
     try:
         assert act(s, "start").status_code == 200
-        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
-                   "the rollback")
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the rollback")
         assert st["phase"] == "rolled_back", get(s)
         assert st["step"] == 0 and st["traffic_percentile"] == 0
         assert "p99" in st["reason"], st
@@ -247,14 +257,14 @@ def test_slow_version_fails_on_p99_ratio():
 
 def test_pause_holds_resume_continues_abort_sets_zero():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(steps=(20, 40, 60, 80)))
     t = Traffic(s)
     try:
         assert act(s, "resume").status_code == 409      # never started
         assert act(s, "start").status_code == 200
         assert act(s, "start").status_code == 409       # already running
-        until(lambda: get(s)["state"]["step"] >= 1, 60, "step 1")
+        until_state(s, lambda st: st["step"] >= 1, 60, "step 1")
         resp = act(s, "pause")
         assert resp.status_code == 200, resp.text
         st = resp.json()["state"]
@@ -270,7 +280,7 @@ def test_pause_holds_resume_continues_abort_sets_zero():
         resp = act(s, "resume")
         assert resp.status_code == 200 and resp.json()["state"]["phase"] == "running"
         assert resp.json()["state"]["step"] == step
-        until(lambda: get(s)["state"]["step"] == step + 1, 60, "the next step after resume")
+        until_state(s, lambda st: st["step"] == step + 1, 60, "the next step after resume")
         resp = act(s, "abort")
         assert resp.status_code == 200, resp.text
         assert resp.json()["state"]["phase"] == "aborted"
@@ -288,12 +298,12 @@ def test_pause_holds_resume_continues_abort_sets_zero():
 
 def test_restart_resumes_the_same_step():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(steps=(20, 40, 60), step_s=3))
     t = Traffic(s)
     try:
         assert act(s, "start").status_code == 200
-        st = until(lambda: get(s)["state"]["step"] == 1 and get(s)["state"], 60, "step 1")
+        st = until_state(s, lambda st: st["step"] == 1, 60, "step 1")
         evs = get(s)["evaluations"]
         assert s.stop() == 0
         s.spawn()
@@ -304,8 +314,7 @@ def test_restart_resumes_the_same_step():
         assert g["state"]["traffic_percentile"] == 40
         # the history survives in Redis
         until(lambda: get(s)["evaluations"][:len(evs)] == evs, 10, "the history reread")
-        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 90,
-                   "the end of the rollout")
+        st = until_state(s, lambda st: st["phase"] != "running", 90, "the end of the rollout")
         assert st["phase"] == "promoted", get(s)
         passes = [e["step"] for e in get(s)["evaluations"] if e["verdict"] == "pass"]
         assert passes == [0, 1, 2], get(s)["evaluations"]
@@ -315,7 +324,7 @@ def test_restart_resumes_the_same_step():
 
 def test_too_little_traffic_holds_then_fails():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(step_s=2, min_requests=1000))
     resp = act(s, "start")
     assert resp.status_code == 200
@@ -324,8 +333,7 @@ def test_too_little_traffic_holds_then_fails():
         requests.post(s.url(EP), data=b'{"x":1}', timeout=5)
     until(lambda: any(e["verdict"] == "hold" for e in get(s)["evaluations"]), 30, "a hold")
     assert get(s)["state"]["phase"] == "running"
-    st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
-               "the failure after 3 x step_s")
+    st = until_state(s, lambda st: st["phase"] != "running", 60, "the failure after 3 x step_s")
     assert st["phase"] == "rolled_back"
     assert "too little data" in st["reason"] and "3 x step_s" in st["reason"], st
     evs = get(s)["evaluations"]
@@ -336,7 +344,7 @@ def test_too_little_traffic_holds_then_fails():
 
 def test_operator_patch_pauses_the_rollout():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(step_s=30))
     assert act(s, "start").status_code == 200
     resp = requests.patch(s.admin("/admin/v1/endpoints/%s/versions/versionb" % EP),
@@ -355,7 +363,7 @@ def test_operator_patch_pauses_the_rollout():
 
 def test_admin_errors_and_validation():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, None)
     # no plan yet
     assert act(s, "start").status_code == 409
@@ -381,10 +389,22 @@ def test_admin_errors_and_validation():
     assert resp.status_code == 400
     assert resp.json()["error"]["errors"][0].startswith(
         "endpoints[0].versions[0].rollout: not allowed on the default version"), resp.text
+    # a mirror without compare goes live at once and stops being a mirror
+    resp = requests.patch(vp, headers=ADMIN, json={"mirror_percentile": 10,
+                                                   "traffic_percentile": 0}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    resp = requests.patch(vp, headers=ADMIN, json={"rollout": plan(steps=(30, 60))},
+                          timeout=5)
+    assert resp.status_code == 200, resp.text
+    resp = act(s, "start")
+    assert resp.status_code == 200, resp.text
+    vb = versions(s)["versionb"]
+    assert vb["mirror_percentile"] == 0 and vb["traffic_percentile"] == 30
+    assert act(s, "abort").status_code == 200
     resp = requests.patch(vp, headers=ADMIN, json={"rollout": plan()}, timeout=5)
     assert resp.status_code == 200, resp.text
     vb = versions(s)["versionb"]
-    assert vb["rollout"] == plan() and vb["rollout_state"] is None
+    assert vb["rollout"] == plan() and vb["rollout_state"]["phase"] == "aborted"
     assert act(s, "promote").status_code == 409     # nothing running
     resp = act(s, "start")
     assert resp.status_code == 200
@@ -410,7 +430,7 @@ def test_admin_errors_and_validation():
 def test_sluicectl_rollout_status():
     import subprocess
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(step_s=1, min_requests=5))
     t = Traffic(s)
     try:
@@ -436,7 +456,7 @@ COMPARE = {"mode": "json", "ignore": ["headers", "version"]}
 
 def test_mirror_must_agree_before_its_first_live_step():
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s = rollout_sluice(r, a, b, plan(steps=(25, 50), min_requests=30), mirror_percentile=50,
                        compare=COMPARE)
     t = Traffic(s)
@@ -454,8 +474,7 @@ def test_mirror_must_agree_before_its_first_live_step():
         assert first["verdict"] == "pass" and first["look"] == 0, first
         ag = first["agreement"]
         assert ag["compared"] >= 30 and ag["equal"] == ag["compared"] and ag["rate"] == 1, ag
-        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
-                   "the end of the rollout")
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the end of the rollout")
         assert st["phase"] == "promoted", get(s)
         live = [e for e in get(s)["evaluations"] if e["verdict"] == "pass"][1:]
         assert [(e["step"], e["look"], e["agreement"]) for e in live] == [(0, 1, None),
@@ -472,8 +491,7 @@ def test_disagreeing_mirror_is_rolled_back_before_going_live():
     t = Traffic(s)
     try:
         assert act(s, "start").status_code == 200
-        st = until(lambda: get(s)["state"]["phase"] != "running" and get(s)["state"], 60,
-                   "the rollback")
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the rollback")
         assert st["phase"] == "rolled_back" and "agreement" in st["reason"], st
         vb = versions(s)["versionb"]
         assert vb["traffic_percentile"] == 0 and vb["mirror_percentile"] == 0
@@ -492,7 +510,7 @@ def test_fleet_one_driver_and_a_takeover():
     the other finishes the rollout."""
     import signal
     r = Redis()
-    a, b = Model("versiona"), Model("versionb")
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
     s1 = rollout_sluice(r, a, b, plan(steps=(20, 40, 60, 80), step_s=2), fleet="prod")
     s2 = rollout_sluice(r, a, b, plan(steps=(20, 40, 60, 80), step_s=2), fleet="prod")
     rc = r.client()
@@ -512,14 +530,14 @@ def test_fleet_one_driver_and_a_takeover():
         driver = list(ids)[0]
         other = s2 if driver is s1 else s1
         assert act(other, "start").status_code == 200
-        until(lambda: get(other)["state"]["step"] >= 1, 60, "step 1")
+        until_state(other, lambda st: st["step"] >= 1, 60, "step 1")
         # the other instance shows the driver's history
         until(lambda: [e["verdict"] for e in get(other)["evaluations"]][:1] == ["pass"], 10,
               "the history on the other instance")
         driver.stop(signal.SIGKILL)
         (t1 if driver is s1 else t2).stop()
-        st = until(lambda: get(other)["state"]["phase"] != "running" and get(other)["state"],
-                   90, "the end of the rollout under the new driver")
+        st = until_state(other, lambda st: st["phase"] != "running", 90,
+                         "the end of the rollout under the new driver")
         assert st["phase"] == "promoted", get(other)
         assert get(other)["driver"] != holder and rc.get(lease) != holder
         assert '"rollout_driver_elected"' in other.log()
@@ -534,3 +552,30 @@ def test_fleet_one_driver_and_a_takeover():
     # a clean stop gives the lease back
     assert other.stop() == 0
     assert rc.get(lease) is None
+
+
+def test_a_refused_step_pauses_the_rollout():
+    """The next step would put the shares past 100 %: the config refuses the
+    change, and the driver pauses with the reason instead of retrying."""
+    r = Redis()
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
+    vb = version("versionb", [b.addr], 0, rollout=plan(steps=(20, 40, 80), min_requests=20))
+    s = Sluice([endpoint(EP, [
+        version("versiona", [a.addr], 0, is_default=True, type="control"), vb,
+        version("versionc", [a.addr], 30)])],
+        extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
+               "admin": {"token": "adm"}})
+    t = Traffic(s)
+    try:
+        assert act(s, "start").status_code == 200
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the pause")
+        assert st["phase"] == "paused" and st["step"] == 1, get(s)
+        assert st["reason"].startswith("the next change was refused: endpoints[0].versions: "
+                                       "traffic_percentile values sum to 110"), st
+        assert st["traffic_percentile"] == 40
+        assert [e["verdict"] for e in get(s)["evaluations"]].count("pass") == 2
+        assert [c["op"] for c in log_events(s, "admin_change")] == [
+            "rollout_start", "rollout_next_step", "rollout_halt"]
+        assert len(log_events(s, "rollout_change_failed")) == 1
+    finally:
+        t.stop()
