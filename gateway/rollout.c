@@ -887,8 +887,12 @@ judge(struct track *t, struct read *rd)
         return;
     c->step = ro->step;
     c->since = ro->since;
-    snprintf(c->reason, sizeof(c->reason), "step %d (%s): %s", ro->step,
-             t->agreement ? "agreement" : "live", g.reason);
+    /* Steps are counted from 1 here, as on the dashboard and in sluicectl. */
+    if (t->agreement)
+        snprintf(c->reason, sizeof(c->reason), "agreement check before step 1: %s", g.reason);
+    else
+        snprintf(c->reason, sizeof(c->reason), "step %d of %d (%g %%): %s", ro->step + 1,
+                 ro->n_steps, ro->steps[ro->step] / (double)CFG_PCT_SCALE, g.reason);
     c->have_totals = true;
     snprintf(c->control, sizeof(c->control), "%s", rd->control);
     memcpy(c->tot_v, rd->tot_v, sizeof(c->tot_v));

@@ -84,7 +84,7 @@ if [ "${DEMO_ROLLOUT:-0}" = "1" ]; then
     spawn "$RUN/versione.log" build/tools/sluice-model --listen "127.0.0.1:$PE" --name versione --latency-ms 2 --jitter-ms 3 --error-rate 0.2
     wait_port "$PD"; wait_port "$PE"
     PLAN='{"steps": [10, 25, 50], "step_s": 3, "promote": true,
-           "gate": {"min_requests": 100, "max_error_rate_increase": 0.02, "max_p99_ratio": 2.0}}'
+           "gate": {"min_requests": 100, "max_error_rate_increase": 0.02, "max_p99_ratio": 3.0}}'
     for v in versione:$PE versiond:$PD; do
         name=${v%%:*}; port=${v##*:}
         curl -sf -o /dev/null -H "Authorization: Bearer demo-admin-token" \

@@ -163,6 +163,17 @@ num(json_t *v, char *buf, size_t len)
     return buf;
 }
 
+/* A 0-based step index as people count steps: from 1. */
+static const char *
+step1(json_t *v, char *buf, size_t len)
+{
+    if (json_is_integer(v))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v) + 1);
+    else
+        snprintf(buf, len, "-");
+    return buf;
+}
+
 static void
 print_versions(json_t *ep)
 {
@@ -540,9 +551,10 @@ table_rollout(json_t *j)
     char when[32];
     strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", gmtime(&since));
     json_t *reason = json_object_get(st, "reason");
-    printf("phase: %s  step %s  traffic %s %%  since %s UTC%s%s\n",
+    printf("phase: %s  step %s of %zu  traffic %s %%  since %s UTC%s%s\n",
            json_string_value(json_object_get(st, "phase")),
-           num(json_object_get(st, "step"), a, sizeof(a)),
+           step1(json_object_get(st, "step"), a, sizeof(a)),
+           json_array_size(json_object_get(plan, "steps")),
            num(json_object_get(st, "traffic_percentile"), b, sizeof(b)), when,
            json_is_string(reason) ? "  reason: " : "",
            json_is_string(reason) ? json_string_value(reason) : "");
@@ -569,7 +581,7 @@ table_rollout(json_t *j)
         else
             snprintf(iv, sizeof(iv), "-");
         printf("%-8s %4s %7s %4s %-7s %8s %8s %8s %8s %17s %9s %9s %7s  %s\n", ts,
-               num(json_object_get(x, "step"), a, sizeof(a)),
+               step1(json_object_get(x, "step"), a, sizeof(a)),
                num(json_object_get(x, "percentile"), b, sizeof(b)),
                num(json_object_get(x, "look"), c, sizeof(c)),
                json_string_value(json_object_get(x, "verdict")),
