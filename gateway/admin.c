@@ -491,21 +491,31 @@ fleet_edit_cb(void *arg, json_t *doc, struct cfg_edit_result *er)
     return change_edit(arg, doc, er);
 }
 
+/* The answer to a change that was not applied: 400 with the error paths,
+ * 500 (logged) when it could not be persisted, or the status as given. */
+static void
+reply_change_failed(struct evhttp_request *req, int status, const char *message,
+                    const struct cfg_errors *errs)
+{
+    if (status == 500)
+        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"",
+                  log_json(message ? message : ""));
+    if (status == 400 && errs != NULL && errs->n > 0)
+        reply_error(req, 400, "invalid", errs->msg[0], errs);
+    else
+        reply_error(req, status, status == 500 ? "not_persisted" : status_code_name(status),
+                    message ? message : "", NULL);
+}
+
 static void
 fleet_done_cb(void *arg, int status, const char *message, const struct cfg_errors *errs)
 {
     struct change *c = arg;
     struct evhttp_request *req = wait_end(&c->w);
-    if (status == 500)
-        log_event(LOG_ERROR, "admin_change_not_persisted", ",\"reason\":\"%s\"",
-                  log_json(message ? message : ""));
     if (status == 0)
         change_answer(req, c);
-    else if (status == 400 && errs != NULL && errs->n > 0)
-        reply_error(req, 400, "invalid", errs->msg[0], errs);
     else
-        reply_error(req, status, status == 500 ? "not_persisted" : status_code_name(status),
-                    message ? message : "", NULL);
+        reply_change_failed(req, status, message, errs);
     change_free(c);
 }
 
@@ -806,11 +816,8 @@ rollout_answered(void *arg, int status, const char *message, const struct cfg_er
             reply(req, 200, rollout_describe(ep, vi));
         else
             reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
-    } else if (status == 400 && errs != NULL && errs->n > 0)
-        reply_error(req, 400, "invalid", errs->msg[0], errs);
-    else
-        reply_error(req, status, status == 500 ? "not_persisted" : status_code_name(status),
-                    message ? message : "", NULL);
+    } else
+        reply_change_failed(req, status, message, errs);
     change_free(c);
 }
 
