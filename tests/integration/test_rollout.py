@@ -22,8 +22,9 @@ class Traffic:
     """Scoring requests from background threads until stopped; responses
     counted per version (X-Sluice-Version) and status."""
 
-    def __init__(self, s, threads=3):
+    def __init__(self, s, threads=3, sticky=None):
         self.s = s
+        self.sticky = sticky            # a header name: each request sends one of 1,000 keys
         self.counts = {}
         self.lock = threading.Lock()
         self.running = True
@@ -33,10 +34,14 @@ class Traffic:
             t.start()
 
     def run(self):
+        n = 0
         with requests.Session() as c:
             while self.running:
+                n += 1
+                h = {self.sticky: "user-%d-%d" % (threading.get_ident() % 97, n % 1000)} \
+                    if self.sticky else None
                 try:
-                    r = c.post(self.s.url(EP), data=b'{"x":1}', timeout=5)
+                    r = c.post(self.s.url(EP), data=b'{"x":1}', headers=h, timeout=5)
                     key = (r.headers.get("X-Sluice-Version"), r.status_code)
                 except requests.RequestException:
                     key = (None, 0)
@@ -64,7 +69,7 @@ def plan(steps=(25, 50, 75), step_s=2, min_requests=30, max_inc=0.01, p99=5, pro
                      "max_p99_ratio": p99, "min_agreement": 0.99}}
 
 
-def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, **vkw):
+def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, sticky=None, **vkw):
     vb = version("versionb", [b.addr], 0, **vkw)
     if ro is not None:
         vb["rollout"] = ro
@@ -72,8 +77,9 @@ def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, **vkw):
              "admin": {"token": "adm"}}
     if fleet:
         extra["fleet"] = {"name": fleet}
+    ekw = {"sticky": {"header": sticky}} if sticky else {}
     return Sluice([endpoint(EP, [
-        version("versiona", [a.addr], 0, is_default=True, type="control"), vb])],
+        version("versiona", [a.addr], 0, is_default=True, type="control"), vb], **ekw)],
         workers=workers, extra=extra)
 
 
@@ -231,6 +237,26 @@ def test_error_rate_rolls_back_at_first_gate_then_no_requests():
         n = len(get(s)["evaluations"])
         time.sleep(2.5)
         assert len(get(s)["evaluations"]) == n
+    finally:
+        t.stop()
+
+
+def test_rollback_with_sticky_keys_sends_none_of_them_there():
+    """Sticky keys that the ramp gave to the version go back to the default
+    on the rollback: none of them reaches the rolled-back version again."""
+    r = Redis()
+    a, b = Model("versiona", *STEADY), Model("versionb", "--error-rate", "0.2", *STEADY)
+    s = rollout_sluice(r, a, b, plan(min_requests=100), sticky="X-User")
+    t = Traffic(s, sticky="X-User")
+    try:
+        assert act(s, "start").status_code == 200
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the rollback")
+        assert st["phase"] == "rolled_back", get(s)
+        assert t.served("versionb") > 0, t.counts      # keys did reach it during the step
+        time.sleep(0.5)     # requests already routed finish
+        t.reset()
+        until(lambda: t.served("versiona") >= 1000, 90, "traffic after the rollback")
+        assert t.served("versionb") == 0, t.counts
     finally:
         t.stop()
 
