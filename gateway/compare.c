@@ -20,8 +20,8 @@
  * SHA-256 state and, for samples, the first CMP_EXCERPT bytes of each side.
  */
 #include "gateway/gateway.h"
+#include "gateway/jsoncmp.h"
 
-#include <event2/buffer.h>
 #include <jansson.h>
 #include <math.h>
 #include <openssl/evp.h>
@@ -55,13 +55,14 @@ cmp_json_strip(json_t *doc, char *const *ignore, int n)
         strip_path(doc, ignore[i]);
 }
 
-static bool
-numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
+bool
+cmp_numbers_equal(bool a_int, long long ia, double x, bool b_int, long long ib, double y,
+                  double abs_tol, double rel_tol)
 {
-    double x = json_number_value(a), y = json_number_value(b), d;
-    if (json_is_integer(a) && json_is_integer(b)) {
+    double d;
+    if (a_int && b_int) {
         /* Exactly: doubles cannot tell large integers apart. */
-        __int128 diff = (__int128)json_integer_value(a) - json_integer_value(b);
+        __int128 diff = (__int128)ia - ib;
         if (diff == 0)
             return true;
         d = fabs((double)diff);
@@ -73,6 +74,14 @@ numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
         return true;
     double m = fabs(x) > fabs(y) ? fabs(x) : fabs(y);
     return d <= rel_tol * m;
+}
+
+static bool
+numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
+{
+    return cmp_numbers_equal(json_is_integer(a), json_integer_value(a), json_number_value(a),
+                             json_is_integer(b), json_integer_value(b), json_number_value(b),
+                             abs_tol, rel_tol);
 }
 
 /* Append a member name or an index to the path being built. */
@@ -195,7 +204,8 @@ struct cmp_side {
     bool ended;
     bool ok;                        /* a complete response */
     uint64_t bytes;
-    struct evbuffer *body;          /* json mode: the body, up to max_bytes */
+    char *body;                     /* json mode: the body, up to max_bytes */
+    size_t len, cap;                /* bytes in body, and its size */
     EVP_MD_CTX *sha;                /* exact mode */
     char head[CMP_EXCERPT + 1];     /* the first bytes, for samples */
     size_t head_len;
@@ -217,10 +227,9 @@ struct shadow_cmp {
 static void
 side_release(struct shadow_cmp *c, struct cmp_side *s)
 {
-    if (s->body != NULL) {
-        evbuffer_free(s->body);
-        s->body = NULL;
-    }
+    free(s->body);
+    s->body = NULL;
+    s->len = s->cap = 0;
     if (s->sha != NULL) {
         EVP_MD_CTX_free(s->sha);
         s->sha = NULL;
@@ -256,14 +265,15 @@ cmp_new(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int
     c->ep = ep;
     c->version = vi;
     c->cc = cc;
-    snprintf(c->request_id, sizeof(c->request_id), "%s", request_id ? request_id : "");
-    for (int i = 0; i < 2; i++) {
-        if (cc->mode == CFG_COMPARE_EXACT) {
-            c->side[i].sha = EVP_MD_CTX_new();
-            if (c->side[i].sha == NULL ||
-                EVP_DigestInit_ex(c->side[i].sha, EVP_sha256(), NULL) != 1)
-                c->unknown = true;
-        } else if ((c->side[i].body = evbuffer_new()) == NULL)
+    size_t idn = request_id ? strnlen(request_id, sizeof(c->request_id) - 1) : 0;
+    if (idn > 0)
+        memcpy(c->request_id, request_id, idn);
+    c->request_id[idn] = '\0';
+    /* json mode allocates a side's body when its first bytes come. */
+    for (int i = 0; i < 2 && cc->mode == CFG_COMPARE_EXACT; i++) {
+        c->side[i].sha = EVP_MD_CTX_new();
+        if (c->side[i].sha == NULL ||
+            EVP_DigestInit_ex(c->side[i].sha, EVP_sha256(), NULL) != 1)
             c->unknown = true;
     }
     if (c->unknown)
@@ -281,11 +291,9 @@ cmp_head(struct shadow_cmp *c, enum cmp_who who, int status)
     s->head_len = 0;
     if (c->unknown)
         return;
-    if (s->body != NULL) {
-        c->retained -= evbuffer_get_length(s->body);
-        c->w->cmp_retained -= evbuffer_get_length(s->body);
-        evbuffer_drain(s->body, evbuffer_get_length(s->body));
-    }
+    c->retained -= s->len;
+    c->w->cmp_retained -= s->len;
+    s->len = 0;
     if (s->sha != NULL && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
         make_unknown(c);
 }
@@ -314,29 +322,36 @@ cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len)
         make_unknown(c);
         return;
     }
-    if (evbuffer_add(s->body, at, len) != 0) {
-        make_unknown(c);
-        return;
+    if (s->len + len > s->cap) {
+        /* Doubling, but never past max_bytes (s->bytes is within it). One
+         * allocation when the body comes in one read, as it mostly does. */
+        size_t need = s->len + len, cap = s->cap * 2 > need ? s->cap * 2 : need;
+        if (cap > c->cc->max_bytes)
+            cap = need > c->cc->max_bytes ? need : (size_t)c->cc->max_bytes;
+        char *p = realloc(s->body, cap);
+        if (p == NULL) {
+            make_unknown(c);
+            return;
+        }
+        s->body = p;
+        s->cap = cap;
     }
+    memcpy(s->body + s->len, at, len);
+    s->len += len;
     c->retained += len;
     c->w->cmp_retained += len;
 }
 
-static json_t *
-parse_body(struct evbuffer *b)
+static const char *
+body_of(const struct cmp_side *s)
 {
-    size_t n = evbuffer_get_length(b);
-    const char *p = n ? (const char *)evbuffer_pullup(b, -1) : "";
-    return json_loadb(p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    return s->body != NULL ? s->body : "";
 }
 
-static bool
-bodies_identical(struct evbuffer *a, struct evbuffer *b)
+static json_t *
+parse_body(const struct cmp_side *s)
 {
-    size_t n = evbuffer_get_length(a);
-    if (n != evbuffer_get_length(b))
-        return false;
-    return n == 0 || memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0;
+    return json_loadb(body_of(s), s->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
 }
 
 /* An excerpt of a value at the differing path, or of the body's start. */
@@ -378,6 +393,7 @@ cmp_run(struct shadow_cmp *c)
     };
     char path[256] = "", lx[CMP_EXCERPT + 1] = "", sx[CMP_EXCERPT + 1] = "";
     enum cmp_result res;
+    enum jsoncmp_verdict v;
 
     if (!live->ok || !sh->ok || live->status == 0 || sh->status == 0)
         res = CMP_UNKNOWN;
@@ -394,10 +410,15 @@ cmp_run(struct shadow_cmp *c)
         else
             res = live->bytes == sh->bytes && n1 == n2 && memcmp(h1, h2, n1) == 0 ?
                   CMP_EQUAL : CMP_DIFFERENT;
-    } else if (bodies_identical(live->body, sh->body))
-        res = CMP_EQUAL;
+    } else if (live->len == sh->len && memcmp(body_of(live), body_of(sh), live->len) == 0)
+        res = CMP_EQUAL;            /* the same bytes: equal without parsing */
+    else if ((v = jsoncmp_fast(body_of(live), live->len, body_of(sh), sh->len, c->cc)) ==
+             JSONCMP_EQUAL || (v == JSONCMP_DIFFERENT && c->cc->samples == 0))
+        /* Decided in one pass over the texts; a sample's path and excerpts
+         * come from jansson (below). */
+        res = v == JSONCMP_EQUAL ? CMP_EQUAL : CMP_DIFFERENT;
     else {
-        json_t *a = parse_body(live->body), *b = parse_body(sh->body);
+        json_t *a = parse_body(live), *b = parse_body(sh);
         if (a == NULL || b == NULL) {
             /* Not JSON on one side and not the same bytes. */
             res = CMP_DIFFERENT;
