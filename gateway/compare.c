@@ -22,9 +22,11 @@
 #include "gateway/gateway.h"
 #include "gateway/jsoncmp.h"
 
+#include <event2/event.h>
 #include <jansson.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +224,7 @@ struct shadow_cmp {
     uint64_t retained;              /* bytes of both bodies, charged to the worker */
     char request_id[64];
     struct cmp_side side[2];
+    struct shadow_cmp *next;        /* waiting to run (defer) */
 };
 
 static void
@@ -451,6 +454,79 @@ cmp_run(struct shadow_cmp *c)
         account_compare(c->w, c->cfg, c->ep, c->version, res, NULL);
 }
 
+/* Run, count, and let go of a comparison both of whose sides ended. */
+static void
+cmp_finish(struct shadow_cmp *c)
+{
+    cmp_run(c);
+    make_unknown(c);                /* releases both sides and the budget */
+    config_drop(c->cfg);
+    free(c);
+}
+
+/* Would the comparison parse or walk the bodies? (json mode, both answered
+ * alike, bodies not byte-identical: the identity check is cheap, the rest
+ * grows with the bodies.) */
+static bool
+needs_walk(const struct shadow_cmp *c)
+{
+    const struct cmp_side *live = &c->side[CMP_LIVE], *sh = &c->side[CMP_SHADOW];
+    return c->cc->mode == CFG_COMPARE_JSON && !c->unknown && live->ok && sh->ok &&
+           live->status != 0 && live->status == sh->status &&
+           !(live->len == sh->len && memcmp(body_of(live), body_of(sh), live->len) == 0);
+}
+
+/*
+ * A live request that ends after its copy would otherwise compare the two
+ * bodies in request_end(), before session.c writes the response's last bytes
+ * to the client. Those comparisons wait instead in a per-thread list, run by
+ * a callback the loop calls once the current one (which flushes the client)
+ * returns: the cost stays on the worker's CPU but never in front of the live
+ * answer. The list is the value of a thread key, whose destructor runs what
+ * is left when a worker thread ends (its loop stopped with the callback
+ * still due; the base, freed later, frees the pending callback).
+ */
+static pthread_key_t defer_key;
+static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
+static bool defer_ok;
+
+static void
+run_deferred(void *head)
+{
+    for (struct shadow_cmp *c = head, *next; c != NULL; c = next) {
+        next = c->next;
+        cmp_finish(c);
+    }
+}
+
+static void
+deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct shadow_cmp *head = pthread_getspecific(defer_key);
+    pthread_setspecific(defer_key, NULL);
+    run_deferred(head);
+}
+
+static void
+defer_init(void)
+{
+    defer_ok = pthread_key_create(&defer_key, run_deferred) == 0;
+}
+
+static bool
+defer(struct shadow_cmp *c)
+{
+    pthread_once(&defer_once, defer_init);
+    if (!defer_ok || c->w->base == NULL)
+        return false;
+    struct shadow_cmp *head = pthread_getspecific(defer_key);
+    /* One callback for all that wait: activated now, run after this one. */
+    if (head == NULL && event_base_once(c->w->base, -1, EV_TIMEOUT, deferred_cb, NULL, NULL) != 0)
+        return false;
+    c->next = head;
+    return pthread_setspecific(defer_key, c) == 0;
+}
+
 void
 cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
 {
@@ -463,8 +539,7 @@ cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
         make_unknown(c);            /* nothing to compare: free it now */
     if (--c->refs > 0)
         return;
-    cmp_run(c);
-    make_unknown(c);                /* releases both sides and the budget */
-    config_drop(c->cfg);
-    free(c);
+    if (who == CMP_LIVE && needs_walk(c) && defer(c))
+        return;
+    cmp_finish(c);
 }

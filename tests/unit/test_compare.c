@@ -661,6 +661,8 @@ one(int live_status, const char *live, int shadow_status, const char *shadow, bo
         cmp_end(c, CMP_SHADOW, shadow_ok);
         cmp_end(c, CMP_LIVE, live_ok);
     }
+    /* A live side ending last leaves the walk to a callback of the loop. */
+    event_base_loop(tw.base, EVLOOP_NONBLOCK);
     CHECK(tw.cmp_retained == 0, "everything let go: %llu", (unsigned long long)tw.cmp_retained);
 }
 
@@ -702,6 +704,31 @@ test_lifecycle(void)
         collect();
         CHECK(got[M_CMP_EQUAL] == 1 && got[M_CMP_DIFFERENT] == 1, "identical bytes, or not");
     }
+    /* Not in front of the live answer: when the live side ends last, the
+     * bodies are walked after the current callback, which flushes the client. */
+    const struct cfg_endpoint *ep0 = &tcfg->endpoints[0];
+    struct shadow_cmp *d1 = cmp_new(&tw, tcfg, ep0, 1, "d1");
+    struct shadow_cmp *d2 = cmp_new(&tw, tcfg, ep0, 1, "d2");
+    struct shadow_cmp *d3 = cmp_new(&tw, tcfg, ep0, 1, "d3");
+    const char *bodies[3][2] = {{"{\"s\":1}", "{\"s\":2}"}, {"{\"s\":1}", "{\"s\": 1}"},
+                                {"{\"s\":1}", "{\"s\":1}"}};
+    struct shadow_cmp *ds[3] = {d1, d2, d3};
+    for (int i = 0; i < 3; i++) {
+        cmp_head(ds[i], CMP_SHADOW, 200);
+        cmp_body(ds[i], CMP_SHADOW, bodies[i][1], strlen(bodies[i][1]));
+        cmp_end(ds[i], CMP_SHADOW, true);
+        cmp_head(ds[i], CMP_LIVE, 200);
+        cmp_body(ds[i], CMP_LIVE, bodies[i][0], strlen(bodies[i][0]));
+        cmp_end(ds[i], CMP_LIVE, true);
+    }
+    collect();
+    CHECK(got[M_CMP_TOTAL] == 1 && got[M_CMP_EQUAL] == 1 && tw.cmp_retained == 29,
+          "identical bodies at once, the two others wait: %llu %llu",
+          (unsigned long long)got[M_CMP_TOTAL], (unsigned long long)tw.cmp_retained);
+    event_base_loop(tw.base, EVLOOP_NONBLOCK);
+    collect();
+    CHECK(got[M_CMP_TOTAL] == 2 && got[M_CMP_EQUAL] == 1 && got[M_CMP_DIFFERENT] == 1 &&
+          tw.cmp_retained == 0, "then run by the loop");
     config_drop(tcfg);
 
     /* max_bytes, and the budget: past either, unknown, nothing held. */
