@@ -484,7 +484,9 @@ needs_walk(const struct shadow_cmp *c)
  * returns: the cost stays on the worker's CPU but never in front of the live
  * answer. The list is the value of a thread key, whose destructor runs what
  * is left when a worker thread ends (its loop stopped with the callback
- * still due; the base, freed later, frees the pending callback).
+ * still due; the base, freed later, frees the pending callback). Off the
+ * worker's thread (the main thread freeing what workers left) it runs at
+ * once.
  */
 static pthread_key_t defer_key;
 static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
@@ -516,8 +518,12 @@ defer_init(void)
 static bool
 defer(struct shadow_cmp *c)
 {
+    /* Only on the worker's own thread, whose loop runs the callback (not
+     * while the main thread frees what stopped workers left). */
+    if (c->w->base == NULL || !pthread_equal(c->w->thread, pthread_self()))
+        return false;
     pthread_once(&defer_once, defer_init);
-    if (!defer_ok || c->w->base == NULL)
+    if (!defer_ok)
         return false;
     struct shadow_cmp *head = pthread_getspecific(defer_key);
     /* One callback for all that wait: activated now, run after this one. */

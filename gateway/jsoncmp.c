@@ -48,10 +48,11 @@ struct jc {
 };
 
 /* The ignore paths still matching at an object: path i's next member name
- * starts at ignore[i] + off[i]. */
+ * is the len[i] bytes at ignore[i] + off[i]. */
 struct ign {
     uint32_t mask;
     uint16_t off[CFG_COMPARE_MAX_IGNORE];
+    uint16_t len[CFG_COMPARE_MAX_IGNORE];
 };
 
 static const struct ign no_ignore;
@@ -71,9 +72,18 @@ struct num {
 static void
 ws(struct side *x)
 {
+    /* Most tokens follow each other directly: no byte above ' ' is space. */
+    if (x->p < x->e && *x->p > ' ')
+        return;
     while (x->p < x->e && (*x->p == ' ' || *x->p == '\n' || *x->p == '\r' || *x->p == '\t'))
         x->p++;
 }
+
+/* Bytes a string holds as they are: printable ASCII but the quote and the
+ * backslash. */
+static const unsigned char str_plain[256] = {
+    [0x20] = 1, [0x21] = 1, [0x23 ... 0x5B] = 1, [0x5D ... 0x7F] = 1,
+};
 
 static int
 hexval(unsigned char c)
@@ -134,8 +144,10 @@ scan_string(struct side *x, struct str *out)
             x->p = p + 1;
             return 0;
         }
-        if (c >= 0x20 && c < 0x80 && c != '\\') {
+        if (str_plain[c]) {
             p++;
+            while (p < e && str_plain[*p])
+                p++;
             continue;
         }
         if (c < 0x20)
@@ -407,6 +419,15 @@ skip_value(struct side *x, int depth)
     }
 }
 
+/* Path i goes on at byte off of its text. */
+static void
+ign_set(struct ign *ig, int i, size_t off, const char *path)
+{
+    ig->mask |= UINT32_C(1) << i;
+    ig->off[i] = (uint16_t)off;
+    ig->len[i] = (uint16_t)strcspn(path + off, ".");
+}
+
 /* Does key end one of the ignore paths (the member is removed before
  * comparing)? child gets the paths that go on below it. */
 static bool
@@ -418,16 +439,12 @@ ign_step(const struct cfg_compare *cc, const struct ign *ig, const struct str *k
     for (uint32_t m = ig->mask; m != 0; m &= m - 1) {
         int i = __builtin_ctz(m);
         const char *c = cc->ignore[i] + ig->off[i];
-        const char *dot = strchr(c, '.');
-        size_t cl = dot != NULL ? (size_t)(dot - c) : strlen(c);
-        if (cl != k->n || memcmp(c, k->s, cl) != 0)
+        if (ig->len[i] != k->n || memcmp(c, k->s, k->n) != 0)
             continue;
-        if (dot == NULL)
+        if (c[k->n] == '\0')
             drop = true;
-        else {
-            child->mask |= 1u << i;
-            child->off[i] = (uint16_t)(ig->off[i] + cl + 1);
-        }
+        else
+            ign_set(child, i, (size_t)ig->off[i] + k->n + 1, cc->ignore[i]);
     }
     return drop;
 }
@@ -596,11 +613,10 @@ jsoncmp_fast(const char *a, size_t na, const char *b, size_t nb, const struct cf
         .b = {(const unsigned char *)b, (const unsigned char *)b + nb},
         .cc = cc,
     };
-    struct ign root;
+    struct ign root = {.mask = 0};
     int n = cc->n_ignore < CFG_COMPARE_MAX_IGNORE ? cc->n_ignore : CFG_COMPARE_MAX_IGNORE;
-    root.mask = n >= 32 ? UINT32_MAX : (UINT32_C(1) << n) - 1;
     for (int i = 0; i < n; i++)
-        root.off[i] = 0;
+        ign_set(&root, i, 0, cc->ignore[i]);
     int r = cmp_value(&j, &root, 0);
     if (r == JC_UNSURE)
         return JSONCMP_UNSURE;

@@ -3,6 +3,7 @@
  * cut at a character boundary; and the config's "compare" object. */
 #include <event2/event.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -670,6 +671,7 @@ static void
 test_lifecycle(void)
 {
     tw.base = event_base_new();
+    tw.thread = pthread_self();         /* comparisons may wait for this loop */
     tw.metrics = metrics_worker_new();
     tb = metrics_backlog_new(1000);
     tcfg = cfg_with("{\"mode\":\"json\",\"abs_tol\":0.01,\"ignore\":[\"t\"],\"samples\":2}", "");
@@ -729,6 +731,18 @@ test_lifecycle(void)
     collect();
     CHECK(got[M_CMP_TOTAL] == 2 && got[M_CMP_EQUAL] == 1 && got[M_CMP_DIFFERENT] == 1 &&
           tw.cmp_retained == 0, "then run by the loop");
+    /* Off the worker's thread (freeing after a stop): at once. */
+    tw.thread = (pthread_t)0;
+    d1 = cmp_new(&tw, tcfg, ep0, 1, "d4");
+    cmp_head(d1, CMP_SHADOW, 200);
+    cmp_body(d1, CMP_SHADOW, "[1]", 3);
+    cmp_end(d1, CMP_SHADOW, true);
+    cmp_head(d1, CMP_LIVE, 200);
+    cmp_body(d1, CMP_LIVE, "[2]", 3);
+    cmp_end(d1, CMP_LIVE, true);
+    tw.thread = pthread_self();
+    collect();
+    CHECK(got[M_CMP_DIFFERENT] == 1 && tw.cmp_retained == 0, "counted without the loop");
     config_drop(tcfg);
 
     /* max_bytes, and the budget: past either, unknown, nothing held. */
