@@ -193,12 +193,71 @@ is_digit(const unsigned char *p, const unsigned char *e)
     return p < e && *p >= '0' && *p <= '9';
 }
 
+/*
+ * A real whose digits make an integer M <= 2^53 and whose decimal exponent
+ * k is within +-22: M and 10^|k| are exact doubles, so M * 10^k or
+ * M / 10^-k is one correctly rounded operation, the same double strtod
+ * returns (glibc rounds correctly), at a tenth of its cost. Model answers'
+ * scores are mostly like this. Others: false, and strtod.
+ */
+static bool
+quick_real(const struct num *t, double *out)
+{
+    static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+        1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const unsigned char *p = t->s, *e = t->s + t->n;
+    const uint64_t max = UINT64_C(1) << 53;
+    uint64_t m = 0;
+    int k = 0;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    for (; p < e && *p >= '0' && *p <= '9'; p++)
+        if ((m = m * 10 + (uint64_t)(*p - '0')) > max)
+            return false;
+    if (p < e && *p == '.')
+        for (p++; p < e && *p >= '0' && *p <= '9'; p++, k--)
+            if ((m = m * 10 + (uint64_t)(*p - '0')) > max)
+                return false;
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        bool eneg = false;
+        int x = 0;
+        p++;
+        if (p < e && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        for (; p < e; p++)
+            if ((x = x * 10 + (*p - '0')) > 1000)
+                return false;
+        k += eneg ? -x : x;
+    }
+    if (k < -22 || k > 22)
+        return false;
+    double v = k < 0 ? (double)m / pow10[-k] : (double)m * pow10[k];
+    *out = neg ? -v : v;
+    return true;
+}
+
 /* The number's value as jansson reads it: strtoll for an integer (out of
  * range: jansson refuses the text), strtod for a real (overflow: refused). */
 static int
 num_value(const struct num *t, long long *iv, double *xv)
 {
     char buf[JC_NUM_MAX + 1];
+    if (t->is_int && t->n <= 18) {
+        /* 18 digits at most, or 17 and a sign: no overflow, as strtoll. */
+        const unsigned char *p = t->s;
+        long long v = 0;
+        bool neg = *p == '-';
+        for (p += neg; p < t->s + t->n; p++)
+            v = v * 10 + (*p - '0');
+        *iv = neg ? -v : v;
+        *xv = (double)*iv;
+        return 0;
+    }
+    if (!t->is_int && quick_real(t, xv)) {
+        *iv = 0;
+        return 0;
+    }
     memcpy(buf, t->s, t->n);
     buf[t->n] = '\0';
     errno = 0;

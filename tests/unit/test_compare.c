@@ -483,6 +483,64 @@ edit(char *s, size_t *len, size_t cap)
     }
 }
 
+/* One decimal number, digits d (no sign) times 10^k, spelled: 0 as a plain
+ * decimal, 1 with an exponent on an integer mantissa, 2 with d.ddd and an
+ * exponent. */
+static void
+spell_number(char *out, size_t cap, bool neg, const char *d, int k, int how)
+{
+    static const char zeros[] = "0000000000000000000000000000000000000000";
+    int n = (int)strlen(d);
+    const char *sg = neg ? "-" : "";
+    if (how == 1)
+        snprintf(out, cap, "%s%se%d", sg, d, k);
+    else if (how == 2)
+        snprintf(out, cap, "%s%c%s%sE%+d", sg, d[0], n > 1 ? "." : "", d + 1, k + n - 1);
+    else if (k >= 0)
+        snprintf(out, cap, "%s%s%.*s%s", sg, d, k, zeros, k ? ".0" : "");
+    else if (-k < n)
+        snprintf(out, cap, "%s%.*s.%s", sg, n + k, d, d + n + k);
+    else
+        snprintf(out, cap, "%s0.%.*s%s", sg, -k - n, zeros, d);
+}
+
+static void
+test_fast_numbers(void)
+{
+    struct cfg_compare exact = {.mode = CFG_COMPARE_JSON};
+    struct cfg_compare tol = {.mode = CFG_COMPARE_JSON, .abs_tol = 1e-9, .rel_tol = 1e-12};
+    int decided = 0, equal = 0, failures = check_failures;
+    rng_state = 0x2545f4914f6cdd1dULL;
+    for (int i = 0; i < 100000 && check_failures - failures < 10; i++) {
+        char d[32], x[80], y[80], a[200], b[200];
+        int n = 1 + (int)rnd(19);
+        d[0] = (char)('1' + rnd(9));
+        for (int j = 1; j < n; j++)
+            d[j] = (char)('0' + rnd(10));
+        d[n] = '\0';
+        int k = (int)rnd(61) - 30;
+        bool neg = rnd(4) == 0;
+        spell_number(x, sizeof(x), neg, d, k, (int)rnd(3));
+        if (rnd(2)) {
+            /* The same value spelled otherwise: always equal. */
+            spell_number(y, sizeof(y), neg, d, k, (int)rnd(3));
+        } else {
+            /* The last digit moved: equal only past a double's precision. */
+            d[n - 1] = (char)('0' + (d[n - 1] - '0' + 1 + (int)rnd(9)) % 10);
+            if (d[0] == '0')
+                d[0] = '1';
+            spell_number(y, sizeof(y), neg, d, k, (int)rnd(3));
+        }
+        snprintf(a, sizeof(a), "[%s]", x);
+        snprintf(b, sizeof(b), "[%s]", y);
+        enum jsoncmp_verdict v = agree(a, strlen(a), b, strlen(b), rnd(2) ? &exact : &tol);
+        decided += v != JSONCMP_UNSURE;
+        equal += v == JSONCMP_EQUAL;
+    }
+    printf("     numbers: %d of 100000 pairs decided in one pass, %d equal\n", decided, equal);
+    CHECK(decided > 90000 && equal > 40000, "numbers decided");
+}
+
 static void
 test_fast_random(void)
 {
@@ -800,6 +858,7 @@ main(void)
         {"excerpts", test_excerpt},
         {"fast path cases", test_fast_cases},
         {"fast path against jansson, random pairs", test_fast_random},
+        {"fast path against jansson, numbers", test_fast_numbers},
         {"config compare", test_config},
         {"comparison lifecycle", test_lifecycle},
         {NULL, NULL},
