@@ -69,7 +69,7 @@ struct num {
     bool is_int;                /* no fraction, no exponent: a jansson integer */
 };
 
-static void
+static inline __attribute__((always_inline)) void
 ws(struct side *x)
 {
     /* Most tokens follow each other directly: no byte above ' ' is space. */
@@ -187,7 +187,7 @@ scan_string(struct side *x, struct str *out)
     return -1;
 }
 
-static bool
+static inline __attribute__((always_inline)) bool
 is_digit(const unsigned char *p, const unsigned char *e)
 {
     return p < e && *p >= '0' && *p <= '9';
@@ -346,7 +346,7 @@ scan_literal(struct side *x)
 
 enum kind { K_BAD, K_OBJ, K_ARR, K_STR, K_NUM, K_TRUE, K_FALSE, K_NULL };
 
-static enum kind
+static inline __attribute__((always_inline)) enum kind
 kind_of(unsigned char c)
 {
     switch (c) {
