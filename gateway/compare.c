@@ -4,14 +4,18 @@
  * Two parts:
  * - pure functions of two answers (cmp_json_*, cmp_excerpt): JSON compared
  *   with tolerances and ignored member paths, reporting the first differing
- *   path; unit tested in tests/unit/test_compare.c;
+ *   path; unit tested in tests/unit/test_compare.c. They are the reference:
+ *   most pairs are decided before them, by identical bytes or by the
+ *   one-pass walk of jsoncmp.c, which gives the same verdicts;
  * - the comparison of one shadow copy (struct shadow_cmp): a small object
  *   shared by the live request (session.c) and its copy (shadow.c), each
  *   holding one side. Each side reports its status, its body bytes, and its
  *   end exactly once; the side that ends second runs the comparison and
- *   counts it (account_compare). The live response is never delayed: the
- *   live side only copies bytes already on their way to the client (json
- *   mode, up to max_bytes) or hashes them (exact mode).
+ *   counts it (account_compare), or, if that is the live side and the
+ *   bodies must be walked, a loop callback does right after (defer). The
+ *   live response is never delayed: the live side only copies bytes
+ *   already on their way to the client (json mode, up to max_bytes) or
+ *   hashes them (exact mode).
  *
  * Memory: bodies retained for json mode count against the worker's
  * limits.compare_budget_bytes; a comparison that would go past it becomes
