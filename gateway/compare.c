@@ -547,6 +547,17 @@ cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
     s->ok = ok;
     if (!ok && !c->unknown)
         make_unknown(c);            /* nothing to compare: free it now */
+    else if (s->cap - s->len > 4096) {
+        /* A body that came in pieces may wait long for the other side:
+         * give back what doubling reserved beyond it. */
+        char *p = s->len > 0 ? realloc(s->body, s->len) : NULL;
+        if (s->len == 0)
+            free(s->body);          /* realloc(p, 0) may free and say NULL */
+        if (p != NULL || s->len == 0) {
+            s->body = p;
+            s->cap = s->len;
+        }
+    }
     if (--c->refs > 0)
         return;
     if (who == CMP_LIVE && needs_walk(c) && defer(c))

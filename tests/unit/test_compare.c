@@ -827,6 +827,35 @@ test_lifecycle(void)
     CHECK(got[M_CMP_UNKNOWN] == 2 && tw.cmp_retained == 0, "budget: unknown, all freed");
     config_drop(tcfg);
 
+    /* Bodies in pieces, and a head that starts a body again: kept whole,
+     * the room doubling reserved given back at the end. */
+    tcfg = cfg_with("{\"mode\":\"json\"}", "");
+    ep = &tcfg->endpoints[0];
+    char piece[1000];
+    memset(piece, ' ', sizeof(piece));
+    for (int empty = 0; empty < 2; empty++) {
+        a = cmp_new(&tw, tcfg, ep, 1, "p");
+        cmp_head(a, CMP_LIVE, 200);
+        for (int i = 0; i < 10; i++)
+            cmp_body(a, CMP_LIVE, piece, sizeof(piece));
+        cmp_head(a, CMP_LIVE, 200);         /* a retried answer */
+        if (!empty) {
+            cmp_body(a, CMP_LIVE, "[1,", 3);
+            for (int i = 0; i < 10; i++)
+                cmp_body(a, CMP_LIVE, piece, sizeof(piece));
+            cmp_body(a, CMP_LIVE, "2]", 2);
+        }
+        CHECK(tw.cmp_retained == (empty ? 0 : 10005), "only the retry's bytes: %llu",
+              (unsigned long long)tw.cmp_retained);
+        cmp_end(a, CMP_LIVE, true);
+        cmp_head(a, CMP_SHADOW, 200);
+        cmp_body(a, CMP_SHADOW, empty ? "" : "[1,2]", empty ? 0 : 5);
+        cmp_end(a, CMP_SHADOW, true);
+        collect();
+        CHECK(got[M_CMP_EQUAL] == 1 && tw.cmp_retained == 0, "in pieces, equal (%d)", empty);
+    }
+    config_drop(tcfg);
+
     /* exact: SHA-256 of any split of the same bytes. */
     tcfg = cfg_with("{\"mode\":\"exact\"}", "");
     ep = &tcfg->endpoints[0];
