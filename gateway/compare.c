@@ -4,14 +4,18 @@
  * Two parts:
  * - pure functions of two answers (cmp_json_*, cmp_excerpt): JSON compared
  *   with tolerances and ignored member paths, reporting the first differing
- *   path; unit tested in tests/unit/test_compare.c;
+ *   path; unit tested in tests/unit/test_compare.c. They are the reference:
+ *   most pairs are decided before them, by identical bytes or by the
+ *   one-pass walk of jsoncmp.c, which gives the same verdicts;
  * - the comparison of one shadow copy (struct shadow_cmp): a small object
  *   shared by the live request (session.c) and its copy (shadow.c), each
  *   holding one side. Each side reports its status, its body bytes, and its
  *   end exactly once; the side that ends second runs the comparison and
- *   counts it (account_compare). The live response is never delayed: the
- *   live side only copies bytes already on their way to the client (json
- *   mode, up to max_bytes) or hashes them (exact mode).
+ *   counts it (account_compare), or, if that is the live side and the
+ *   bodies must be walked, a loop callback does right after (defer). The
+ *   live response is never delayed: the live side only copies bytes
+ *   already on their way to the client (json mode, up to max_bytes) or
+ *   hashes them (exact mode).
  *
  * Memory: bodies retained for json mode count against the worker's
  * limits.compare_budget_bytes; a comparison that would go past it becomes
@@ -20,11 +24,13 @@
  * SHA-256 state and, for samples, the first CMP_EXCERPT bytes of each side.
  */
 #include "gateway/gateway.h"
+#include "gateway/jsoncmp.h"
 
-#include <event2/buffer.h>
+#include <event2/event.h>
 #include <jansson.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,13 +61,14 @@ cmp_json_strip(json_t *doc, char *const *ignore, int n)
         strip_path(doc, ignore[i]);
 }
 
-static bool
-numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
+bool
+cmp_numbers_equal(bool a_int, long long ia, double x, bool b_int, long long ib, double y,
+                  double abs_tol, double rel_tol)
 {
-    double x = json_number_value(a), y = json_number_value(b), d;
-    if (json_is_integer(a) && json_is_integer(b)) {
+    double d;
+    if (a_int && b_int) {
         /* Exactly: doubles cannot tell large integers apart. */
-        __int128 diff = (__int128)json_integer_value(a) - json_integer_value(b);
+        __int128 diff = (__int128)ia - ib;
         if (diff == 0)
             return true;
         d = fabs((double)diff);
@@ -73,6 +80,14 @@ numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
         return true;
     double m = fabs(x) > fabs(y) ? fabs(x) : fabs(y);
     return d <= rel_tol * m;
+}
+
+static bool
+numbers_equal(const json_t *a, const json_t *b, double abs_tol, double rel_tol)
+{
+    return cmp_numbers_equal(json_is_integer(a), json_integer_value(a), json_number_value(a),
+                             json_is_integer(b), json_integer_value(b), json_number_value(b),
+                             abs_tol, rel_tol);
 }
 
 /* Append a member name or an index to the path being built. */
@@ -195,7 +210,8 @@ struct cmp_side {
     bool ended;
     bool ok;                        /* a complete response */
     uint64_t bytes;
-    struct evbuffer *body;          /* json mode: the body, up to max_bytes */
+    char *body;                     /* json mode: the body, up to max_bytes */
+    size_t len, cap;                /* bytes in body, and its size */
     EVP_MD_CTX *sha;                /* exact mode */
     char head[CMP_EXCERPT + 1];     /* the first bytes, for samples */
     size_t head_len;
@@ -212,15 +228,15 @@ struct shadow_cmp {
     uint64_t retained;              /* bytes of both bodies, charged to the worker */
     char request_id[64];
     struct cmp_side side[2];
+    struct shadow_cmp *next;        /* waiting to run (defer) */
 };
 
 static void
 side_release(struct shadow_cmp *c, struct cmp_side *s)
 {
-    if (s->body != NULL) {
-        evbuffer_free(s->body);
-        s->body = NULL;
-    }
+    free(s->body);
+    s->body = NULL;
+    s->len = s->cap = 0;
     if (s->sha != NULL) {
         EVP_MD_CTX_free(s->sha);
         s->sha = NULL;
@@ -256,14 +272,15 @@ cmp_new(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int
     c->ep = ep;
     c->version = vi;
     c->cc = cc;
-    snprintf(c->request_id, sizeof(c->request_id), "%s", request_id ? request_id : "");
-    for (int i = 0; i < 2; i++) {
-        if (cc->mode == CFG_COMPARE_EXACT) {
-            c->side[i].sha = EVP_MD_CTX_new();
-            if (c->side[i].sha == NULL ||
-                EVP_DigestInit_ex(c->side[i].sha, EVP_sha256(), NULL) != 1)
-                c->unknown = true;
-        } else if ((c->side[i].body = evbuffer_new()) == NULL)
+    size_t idn = request_id ? strnlen(request_id, sizeof(c->request_id) - 1) : 0;
+    if (idn > 0)
+        memcpy(c->request_id, request_id, idn);
+    c->request_id[idn] = '\0';
+    /* json mode allocates a side's body when its first bytes come. */
+    for (int i = 0; i < 2 && cc->mode == CFG_COMPARE_EXACT; i++) {
+        c->side[i].sha = EVP_MD_CTX_new();
+        if (c->side[i].sha == NULL ||
+            EVP_DigestInit_ex(c->side[i].sha, EVP_sha256(), NULL) != 1)
             c->unknown = true;
     }
     if (c->unknown)
@@ -281,11 +298,9 @@ cmp_head(struct shadow_cmp *c, enum cmp_who who, int status)
     s->head_len = 0;
     if (c->unknown)
         return;
-    if (s->body != NULL) {
-        c->retained -= evbuffer_get_length(s->body);
-        c->w->cmp_retained -= evbuffer_get_length(s->body);
-        evbuffer_drain(s->body, evbuffer_get_length(s->body));
-    }
+    c->retained -= s->len;
+    c->w->cmp_retained -= s->len;
+    s->len = 0;
     if (s->sha != NULL && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
         make_unknown(c);
 }
@@ -314,29 +329,36 @@ cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len)
         make_unknown(c);
         return;
     }
-    if (evbuffer_add(s->body, at, len) != 0) {
-        make_unknown(c);
-        return;
+    if (s->len + len > s->cap) {
+        /* Doubling, but never past max_bytes (s->bytes is within it). One
+         * allocation when the body comes in one read, as it mostly does. */
+        size_t need = s->len + len, cap = s->cap * 2 > need ? s->cap * 2 : need;
+        if (cap > c->cc->max_bytes)
+            cap = need > c->cc->max_bytes ? need : (size_t)c->cc->max_bytes;
+        char *p = realloc(s->body, cap);
+        if (p == NULL) {
+            make_unknown(c);
+            return;
+        }
+        s->body = p;
+        s->cap = cap;
     }
+    memcpy(s->body + s->len, at, len);
+    s->len += len;
     c->retained += len;
     c->w->cmp_retained += len;
 }
 
-static json_t *
-parse_body(struct evbuffer *b)
+static const char *
+body_of(const struct cmp_side *s)
 {
-    size_t n = evbuffer_get_length(b);
-    const char *p = n ? (const char *)evbuffer_pullup(b, -1) : "";
-    return json_loadb(p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    return s->body != NULL ? s->body : "";
 }
 
-static bool
-bodies_identical(struct evbuffer *a, struct evbuffer *b)
+static json_t *
+parse_body(const struct cmp_side *s)
 {
-    size_t n = evbuffer_get_length(a);
-    if (n != evbuffer_get_length(b))
-        return false;
-    return n == 0 || memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0;
+    return json_loadb(body_of(s), s->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
 }
 
 /* An excerpt of a value at the differing path, or of the body's start. */
@@ -378,6 +400,7 @@ cmp_run(struct shadow_cmp *c)
     };
     char path[256] = "", lx[CMP_EXCERPT + 1] = "", sx[CMP_EXCERPT + 1] = "";
     enum cmp_result res;
+    enum jsoncmp_verdict v;
 
     if (!live->ok || !sh->ok || live->status == 0 || sh->status == 0)
         res = CMP_UNKNOWN;
@@ -394,10 +417,15 @@ cmp_run(struct shadow_cmp *c)
         else
             res = live->bytes == sh->bytes && n1 == n2 && memcmp(h1, h2, n1) == 0 ?
                   CMP_EQUAL : CMP_DIFFERENT;
-    } else if (bodies_identical(live->body, sh->body))
-        res = CMP_EQUAL;
+    } else if (live->len == sh->len && memcmp(body_of(live), body_of(sh), live->len) == 0)
+        res = CMP_EQUAL;            /* the same bytes: equal without parsing */
+    else if ((v = jsoncmp_fast(body_of(live), live->len, body_of(sh), sh->len, c->cc)) ==
+             JSONCMP_EQUAL || (v == JSONCMP_DIFFERENT && c->cc->samples == 0))
+        /* Decided in one pass over the texts; a sample's path and excerpts
+         * come from jansson (below). */
+        res = v == JSONCMP_EQUAL ? CMP_EQUAL : CMP_DIFFERENT;
     else {
-        json_t *a = parse_body(live->body), *b = parse_body(sh->body);
+        json_t *a = parse_body(live), *b = parse_body(sh);
         if (a == NULL || b == NULL) {
             /* Not JSON on one side and not the same bytes. */
             res = CMP_DIFFERENT;
@@ -430,6 +458,85 @@ cmp_run(struct shadow_cmp *c)
         account_compare(c->w, c->cfg, c->ep, c->version, res, NULL);
 }
 
+/* Run, count, and let go of a comparison both of whose sides ended. */
+static void
+cmp_finish(struct shadow_cmp *c)
+{
+    cmp_run(c);
+    make_unknown(c);                /* releases both sides and the budget */
+    config_drop(c->cfg);
+    free(c);
+}
+
+/* Would the comparison parse or walk the bodies? (json mode, both answered
+ * alike, bodies not byte-identical: the identity check is cheap, the rest
+ * grows with the bodies.) */
+static bool
+needs_walk(const struct shadow_cmp *c)
+{
+    const struct cmp_side *live = &c->side[CMP_LIVE], *sh = &c->side[CMP_SHADOW];
+    return c->cc->mode == CFG_COMPARE_JSON && !c->unknown && live->ok && sh->ok &&
+           live->status != 0 && live->status == sh->status &&
+           !(live->len == sh->len && memcmp(body_of(live), body_of(sh), live->len) == 0);
+}
+
+/*
+ * A live request that ends after its copy would otherwise compare the two
+ * bodies in request_end(), before session.c writes the response's last bytes
+ * to the client. Those comparisons wait instead in a per-thread list, run by
+ * a callback the loop calls once the current one (which flushes the client)
+ * returns: the cost stays on the worker's CPU but never in front of the live
+ * answer. The list is the value of a thread key, whose destructor runs what
+ * is left when a worker thread ends (its loop stopped with the callback
+ * still due; the base, freed later, frees the pending callback). Off the
+ * worker's thread (the main thread freeing what workers left) it runs at
+ * once.
+ */
+static pthread_key_t defer_key;
+static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
+static bool defer_ok;
+
+static void
+run_deferred(void *head)
+{
+    for (struct shadow_cmp *c = head, *next; c != NULL; c = next) {
+        next = c->next;
+        cmp_finish(c);
+    }
+}
+
+static void
+deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct shadow_cmp *head = pthread_getspecific(defer_key);
+    pthread_setspecific(defer_key, NULL);
+    run_deferred(head);
+}
+
+static void
+defer_init(void)
+{
+    defer_ok = pthread_key_create(&defer_key, run_deferred) == 0;
+}
+
+static bool
+defer(struct shadow_cmp *c)
+{
+    /* Only on the worker's own thread, whose loop runs the callback (not
+     * while the main thread frees what stopped workers left). */
+    if (c->w->base == NULL || !pthread_equal(c->w->thread, pthread_self()))
+        return false;
+    pthread_once(&defer_once, defer_init);
+    if (!defer_ok)
+        return false;
+    struct shadow_cmp *head = pthread_getspecific(defer_key);
+    /* One callback for all that wait: activated now, run after this one. */
+    if (head == NULL && event_base_once(c->w->base, -1, EV_TIMEOUT, deferred_cb, NULL, NULL) != 0)
+        return false;
+    c->next = head;
+    return pthread_setspecific(defer_key, c) == 0;
+}
+
 void
 cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
 {
@@ -440,10 +547,20 @@ cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok)
     s->ok = ok;
     if (!ok && !c->unknown)
         make_unknown(c);            /* nothing to compare: free it now */
+    else if (s->cap - s->len > 4096) {
+        /* A body that came in pieces may wait long for the other side:
+         * give back what doubling reserved beyond it. */
+        char *p = s->len > 0 ? realloc(s->body, s->len) : NULL;
+        if (s->len == 0)
+            free(s->body);          /* realloc(p, 0) may free and say NULL */
+        if (p != NULL || s->len == 0) {
+            s->body = p;
+            s->cap = s->len;
+        }
+    }
     if (--c->refs > 0)
         return;
-    cmp_run(c);
-    make_unknown(c);                /* releases both sides and the budget */
-    config_drop(c->cfg);
-    free(c);
+    if (who == CMP_LIVE && needs_walk(c) && defer(c))
+        return;
+    cmp_finish(c);
 }

@@ -3,10 +3,13 @@
  * cut at a character boundary; and the config's "compare" object. */
 #include <event2/event.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway/gateway.h"
+#include "gateway/jsoncmp.h"
 #include "check.h"
 
 static json_t *
@@ -110,6 +113,476 @@ test_excerpt(void)
     CHECK(n == 3 && strcmp(out, "ok?") == 0 && config_utf8_valid(out, n), "invalid byte");
     n = cmp_excerpt(out, sizeof(out), "", 0);
     CHECK(n == 0 && out[0] == '\0', "empty");
+}
+
+/* ---- the one-pass fast path against jansson ---------------------------------- */
+
+/* jansson's verdict on two texts, as cmp_run reaches it: not JSON on either
+ * side is a difference; else strip the ignored paths and compare. */
+static enum jsoncmp_verdict
+reference(const char *a, size_t na, const char *b, size_t nb, const struct cfg_compare *cc)
+{
+    json_t *ja = json_loadb(a, na, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    json_t *jb = json_loadb(b, nb, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    enum jsoncmp_verdict v = JSONCMP_DIFFERENT;
+    if (ja != NULL && jb != NULL) {
+        char path[256];
+        json_t *da, *db;
+        cmp_json_strip(ja, cc->ignore, cc->n_ignore);
+        cmp_json_strip(jb, cc->ignore, cc->n_ignore);
+        if (cmp_json_equal(ja, jb, cc, path, sizeof(path), &da, &db))
+            v = JSONCMP_EQUAL;
+    }
+    json_decref(ja);
+    json_decref(jb);
+    return v;
+}
+
+static char *ign3[] = {"nonce", "meta.timing_ms", "a.b", NULL};
+
+/* The fast path's verdict on a pair, checked against jansson; returns it. */
+static enum jsoncmp_verdict
+agree(const char *a, size_t na, const char *b, size_t nb, const struct cfg_compare *cc)
+{
+    enum jsoncmp_verdict f = jsoncmp_fast(a, na, b, nb, cc);
+    enum jsoncmp_verdict r = reference(a, na, b, nb, cc);
+    CHECK(f == JSONCMP_UNSURE || f == r, "fast %d, jansson %d: <%.*s> <%.*s>", f, r, (int)na, a,
+          (int)nb, b);
+    return f;
+}
+
+static enum jsoncmp_verdict
+fast(const char *a, const char *b, const struct cfg_compare *cc)
+{
+    return agree(a, strlen(a), b, strlen(b), cc);
+}
+
+static void
+test_fast_cases(void)
+{
+    struct cfg_compare cc = {.mode = CFG_COMPARE_JSON, .abs_tol = 1e-6, .rel_tol = 1e-4,
+                             .ignore = ign3, .n_ignore = 3};
+    struct cfg_compare plain = {.mode = CFG_COMPARE_JSON};
+    /* Decided in one pass. */
+    CHECK(fast("{\"a\":1, \"s\":\"x\"}", "{ \"a\" : 1,\"s\":\"x\" }\n", &cc) == JSONCMP_EQUAL,
+          "whitespace");
+    CHECK(fast("[100]", "[1e2]", &plain) == JSONCMP_EQUAL, "1e2 is 100");
+    CHECK(fast("[-0]", "[0]", &plain) == JSONCMP_EQUAL, "-0 is 0");
+    CHECK(fast("[-0.0, 0]", "[0.0, -0]", &plain) == JSONCMP_EQUAL, "-0.0 is 0.0");
+    CHECK(fast("[0.5]", "[0.5000009]", &cc) == JSONCMP_EQUAL, "within abs_tol");
+    CHECK(fast("[1000]", "[1000.09]", &cc) == JSONCMP_EQUAL, "within rel_tol");
+    CHECK(fast("[1000]", "[1001]", &cc) == JSONCMP_DIFFERENT, "past both");
+    CHECK(fast("[9007199254740993]", "[9007199254740992]", &plain) == JSONCMP_DIFFERENT,
+          "integers exactly");
+    CHECK(fast("{\"version\":\"a\",\"n\":1}", "{\"version\":\"b\",\"n\":1}", &cc) ==
+          JSONCMP_DIFFERENT, "a string differs");
+    CHECK(fast("{\"s\":\"\xc3\xa9\\n\"}", "{\"s\":\"\xc3\xa9\\n\"}", &cc) == JSONCMP_EQUAL,
+          "the same escapes and UTF-8");
+    CHECK(fast("{\"nonce\":\"x\",\"v\":[1,{\"q\":null}]}", "{\"v\":[1,{\"q\":null}],\"nonce\":7}",
+               &cc) == JSONCMP_EQUAL, "an ignored member on either side, anywhere");
+    CHECK(fast("{\"meta\":{\"timing_ms\":3,\"m\":1}}", "{\"meta\":{\"m\":1,\"timing_ms\":4}}",
+               &cc) == JSONCMP_EQUAL, "a nested ignored member");
+    CHECK(fast("{\"meta\":{\"m\":1}}", "{\"meta\":{\"m\":2}}", &cc) == JSONCMP_DIFFERENT,
+          "its sibling counts");
+    CHECK(fast("[{\"nonce\":1}]", "[{\"nonce\":2}]", &cc) == JSONCMP_DIFFERENT,
+          "ignore paths start at the root object");
+    CHECK(fast("[1,2]", "[1,2,3]", &plain) == JSONCMP_DIFFERENT, "array lengths");
+    CHECK(fast("[]", "[0]", &plain) == JSONCMP_DIFFERENT, "empty array");
+    CHECK(fast("{\"a\":true}", "{\"a\":false}", &plain) == JSONCMP_DIFFERENT, "true, false");
+    CHECK(fast("{\"a\":\"1\"}", "{\"a\":1}", &plain) == JSONCMP_DIFFERENT, "types");
+    /* Left to jansson. */
+    CHECK(fast("{\"a\":1,\"b\":2}", "{\"b\":2,\"a\":1}", &plain) == JSONCMP_UNSURE,
+          "another member order");
+    CHECK(fast("{\"a\":1,\"a\":2}", "{\"a\":2,\"a\":2}", &plain) == JSONCMP_UNSURE,
+          "a later duplicate replaces the member that differs");
+    CHECK(fast("{\"x\":{\"a\":1},\"x\":{\"a\":3}}", "{\"x\":{\"a\":2},\"x\":{\"a\":3}}", &plain) ==
+          JSONCMP_UNSURE, "a duplicate of an enclosing member");
+    CHECK(fast("{\"a\":1,\"a\":1}", "{\"a\":1}", &plain) == JSONCMP_UNSURE, "duplicates");
+    CHECK(fast("{\"s\":\"\\u00e9\"}", "{\"s\":\"\xc3\xa9\"}", &plain) == JSONCMP_UNSURE,
+          "escapes that may spell the same string");
+    CHECK(fast("{\"\\u0061\":1}", "{\"a\":1}", &plain) == JSONCMP_UNSURE, "escaped keys");
+    CHECK(fast("[1e400]", "[1e400]", &plain) == JSONCMP_UNSURE, "overflow: not JSON to jansson");
+    CHECK(fast("{\"nonce\":1e400}", "{}", &cc) == JSONCMP_UNSURE, "even when ignored");
+    CHECK(fast("[99999999999999999999]", "[1]", &plain) == JSONCMP_UNSURE, "too big an integer");
+    CHECK(fast("[1,]", "[1]", &plain) == JSONCMP_UNSURE, "not JSON");
+    CHECK(fast("[01]", "[1]", &plain) == JSONCMP_UNSURE, "leading zero");
+    CHECK(fast("\"\xed\xa0\x80\"", "\"x\"", &plain) == JSONCMP_UNSURE, "a UTF-8 surrogate");
+    CHECK(fast("\"\xc0\xaf\"", "\"x\"", &plain) == JSONCMP_UNSURE, "overlong UTF-8");
+    CHECK(fast("[1] x", "[1]", &plain) == JSONCMP_UNSURE, "bytes after the value");
+    CHECK(fast("", "[1]", &plain) == JSONCMP_UNSURE, "empty");
+}
+
+/* ---- random pairs ---- */
+
+static uint64_t rng_state;
+
+static uint32_t
+rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)((rng_state >> 16) % n);
+}
+
+struct gen {
+    char *out;
+    size_t len, cap;
+    uint64_t doc, spell, mut;   /* three streams: structure, spelling, mutation */
+    int countdown;              /* values until the one mutated (side B), -1: none */
+};
+
+static uint32_t
+pick(uint64_t *stream, uint32_t n)
+{
+    uint64_t saved = rng_state;
+    rng_state = *stream;
+    uint32_t r = rnd(n);
+    *stream = rng_state;
+    rng_state = saved;
+    return r;
+}
+
+static void
+put(struct gen *g, const char *s)
+{
+    size_t n = strlen(s);
+    if (g->len + n < g->cap) {
+        memcpy(g->out + g->len, s, n);
+        g->len += n;
+        g->out[g->len] = '\0';
+    }
+}
+
+static void
+space(struct gen *g)
+{
+    static const char *const ws[] = {"", "", "", " ", "\n", "\t ", "\r\n  "};
+    put(g, ws[pick(&g->spell, 7)]);
+}
+
+/* Spellings of the same number, and numbers near each other. */
+static const char *const numbers[][5] = {
+    {"0", "-0", "0.0", "-0.0", "0e5"},
+    {"1", "1.0", "1e0", "10e-1", "1E+0"},
+    {"100", "1e2", "1E2", "100.0", "1.00e+2"},
+    {"0.5", "5e-1", "0.50", "5.0E-1", "0.5"},
+    {"0.5000009", "0.5000009", "5.000009e-1", "0.5000009", "0.5000009"},
+    {"0.500002", "0.500002", "0.500002", "5.00002e-1", "0.500002"},
+    {"1000", "1000", "1e3", "1000.0", "1000"},
+    {"1000.09", "1000.09", "1.00009e3", "1000.09", "1000.09"},
+    {"1001", "1001", "1001", "1.001e3", "1001"},
+    {"9007199254740993", "9007199254740993", "9007199254740993", "9007199254740993",
+     "9007199254740993"},
+    {"9007199254740992", "9007199254740992", "9007199254740992", "9.007199254740992e15",
+     "9007199254740992"},
+    {"9223372036854775807", "9223372036854775807", "9223372036854775807",
+     "9223372036854775807", "9223372036854775807"},
+    {"-9223372036854775808", "-9223372036854775808", "-9223372036854775808",
+     "-9223372036854775808", "-9223372036854775808"},
+    {"9223372036854775808", "9223372036854775808", "9223372036854775808",
+     "9223372036854775808", "9223372036854775808"},
+    {"1e400", "1e400", "1E400", "1e400", "1e400"},
+    {"1e-400", "1e-400", "0.0", "1e-400", "0"},
+    {"-1.5", "-1.5", "-15e-1", "-1.50", "-1.5"},
+    {"123456.789", "123456.789", "1.23456789e5", "123456.789", "123456.789"},
+};
+#define N_NUMBERS (sizeof(numbers) / sizeof(numbers[0]))
+
+/* Strings: the decoded text's spellings (raw, escaped). */
+static const char *const strings[][3] = {
+    {"", "", ""},
+    {"a", "a", "\\u0061"},
+    {"abc", "abc", "a\\u0062c"},
+    {"\xc3\xa9", "\xc3\xa9", "\\u00e9"},
+    {"\xe6\x97\xa5\xe6\x9c\xac", "\xe6\x97\xa5\xe6\x9c\xac", "\\u65e5\xe6\x9c\xac"},
+    {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80", "\\ud83d\\ude00"},
+    {"a/b", "a\\/b", "a/b"},
+    {"q\\\"", "q\\\"", "q\\u0022"},
+    {"t\\t", "t\\t", "t\\u0009"},
+    {"n\\u0000", "n\\u0000", "n\\u0000"},
+    {"versiona", "versiona", "versiona"},
+    {"versionb", "versionb", "version\\u0062"},
+    {"x\\ud800", "x\\ud800", "\\udc00x"},          /* lone surrogates: not JSON to jansson */
+};
+#define N_STRINGS (sizeof(strings) / sizeof(strings[0]))
+
+static const char *const keys[][2] = {
+    {"a", "\\u0061"}, {"b", "b"}, {"c", "c"}, {"meta", "meta"}, {"timing_ms", "timing_ms"},
+    {"nonce", "nonce"}, {"s", "s"}, {"\xc3\xa9", "\\u00e9"},
+};
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+static void value(struct gen *g, int depth);
+
+/* A value as the document has it, spelled by the spelling stream. */
+static void
+plain_value(struct gen *g, int depth)
+{
+    char buf[64];
+    /* Mostly an object at the root, as models answer; scalars deeper. */
+    uint32_t t = depth == 0 && pick(&g->doc, 4) != 0 ? 7 : pick(&g->doc, depth >= 4 ? 6 : 8);
+    switch (t) {
+    case 0: case 1: {
+        uint32_t i = pick(&g->doc, N_NUMBERS);
+        put(g, numbers[i][pick(&g->spell, 8) < 5 ? 0 : pick(&g->spell, 5)]);
+        break;
+    }
+    case 2: case 3: {
+        uint32_t i = pick(&g->doc, N_STRINGS);
+        put(g, "\"");
+        put(g, strings[i][pick(&g->spell, 6) ? 1 : 2]);
+        put(g, "\"");
+        break;
+    }
+    case 4:
+        put(g, pick(&g->doc, 2) ? "true" : "false");
+        break;
+    case 5:
+        if (pick(&g->doc, 2))
+            put(g, "null");
+        else {
+            snprintf(buf, sizeof(buf), "%u", pick(&g->doc, 1000));
+            put(g, buf);
+        }
+        break;
+    case 6: {
+        uint32_t n = pick(&g->doc, 4);
+        put(g, "[");
+        for (uint32_t i = 0; i < n; i++) {
+            if (i)
+                put(g, ",");
+            space(g);
+            value(g, depth + 1);
+            space(g);
+        }
+        put(g, "]");
+        break;
+    }
+    default: {
+        uint32_t n = pick(&g->doc, 5);
+        /* Members in the document's order, rarely another (a spelling
+         * jansson accepts as the same object when no key repeats). */
+        char *member[5];
+        for (uint32_t i = 0; i < n; i++) {
+            struct gen sub = *g;
+            uint32_t k = pick(&g->doc, N_KEYS);
+            sub.out = malloc(4096);
+            sub.cap = 4096;
+            sub.len = 0;
+            sub.out[0] = '\0';
+            put(&sub, "\"");
+            put(&sub, keys[k][pick(&g->spell, 10) ? 0 : 1]);
+            put(&sub, "\"");
+            space(&sub);
+            put(&sub, ":");
+            space(&sub);
+            sub.doc = g->doc;
+            sub.spell = g->spell;
+            value(&sub, depth + 1);
+            g->doc = sub.doc;
+            g->spell = sub.spell;
+            g->mut = sub.mut;
+            g->countdown = sub.countdown;
+            member[i] = sub.out;
+        }
+        if (n > 1 && pick(&g->spell, 8) == 0) {
+            char *t0 = member[0];
+            member[0] = member[n - 1];
+            member[n - 1] = t0;
+        }
+        put(g, "{");
+        for (uint32_t i = 0; i < n; i++) {
+            if (i)
+                put(g, ",");
+            space(g);
+            put(g, member[i]);
+            free(member[i]);
+        }
+        put(g, "}");
+        break;
+    }
+    }
+}
+
+/* The value, or on side B at the chosen place a mutated one. */
+static void
+value(struct gen *g, int depth)
+{
+    if (g->countdown < 0 || g->countdown-- != 0) {
+        plain_value(g, depth);
+        return;
+    }
+    /* Keep the document stream in step: draw the original into a scratch. */
+    struct gen scratch = *g;
+    scratch.out = malloc(8192);
+    scratch.cap = 8192;
+    scratch.len = 0;
+    scratch.countdown = -1;
+    plain_value(&scratch, depth);
+    g->doc = scratch.doc;
+    g->spell = scratch.spell;
+    switch (pick(&g->mut, 6)) {
+    case 0: {                           /* a nearby number */
+        put(g, numbers[pick(&g->mut, N_NUMBERS)][pick(&g->mut, 5)]);
+        break;
+    }
+    case 1:                             /* another string */
+        put(g, "\"");
+        put(g, strings[pick(&g->mut, N_STRINGS)][pick(&g->mut, 3)]);
+        put(g, "\"");
+        break;
+    case 2:                             /* another type */
+        put(g, pick(&g->mut, 2) ? "null" : "[]");
+        break;
+    case 3:                             /* the value wrapped, or repeated */
+        put(g, "[");
+        put(g, scratch.out);
+        put(g, pick(&g->mut, 2) ? "]" : ",1]");
+        break;
+    case 4: {                           /* an object with a repeated or an ignored member */
+        static const char *const tails[] = {"\"a\":1", "\"nonce\":7", "\"meta\":{\"timing_ms\":1}",
+                                            "\"a\":{\"b\":2}", "\"b\":[]"};
+        put(g, "{");
+        put(g, tails[pick(&g->mut, 5)]);
+        put(g, ",");
+        put(g, tails[pick(&g->mut, 5)]);
+        put(g, "}");
+        break;
+    }
+    default:                            /* unchanged after all */
+        put(g, scratch.out);
+        break;
+    }
+    free(scratch.out);
+}
+
+/* A byte edit: mostly makes the text invalid, sometimes another document. */
+static void
+edit(char *s, size_t *len, size_t cap)
+{
+    static const char bytes[] = "{}[],:\"\\0123456789eE.-+ ntrfalsu\x80\xc3\xa9\xff";
+    if (*len == 0)
+        return;
+    size_t at = rnd((uint32_t)*len);
+    switch (rnd(3)) {
+    case 0:
+        memmove(s + at, s + at + 1, *len - at);
+        (*len)--;
+        break;
+    case 1:
+        if (*len + 1 < cap) {
+            memmove(s + at + 1, s + at, *len - at + 1);
+            s[at] = bytes[rnd(sizeof(bytes) - 1)];
+            (*len)++;
+        }
+        break;
+    default:
+        s[at] = bytes[rnd(sizeof(bytes) - 1)];
+        break;
+    }
+}
+
+/* One decimal number, digits d (no sign) times 10^k, spelled: 0 as a plain
+ * decimal, 1 with an exponent on an integer mantissa, 2 with d.ddd and an
+ * exponent. */
+static void
+spell_number(char *out, size_t cap, bool neg, const char *d, int k, int how)
+{
+    static const char zeros[] = "0000000000000000000000000000000000000000";
+    int n = (int)strlen(d);
+    const char *sg = neg ? "-" : "";
+    if (how == 1)
+        snprintf(out, cap, "%s%se%d", sg, d, k);
+    else if (how == 2)
+        snprintf(out, cap, "%s%c%s%sE%+d", sg, d[0], n > 1 ? "." : "", d + 1, k + n - 1);
+    else if (k >= 0)
+        snprintf(out, cap, "%s%s%.*s%s", sg, d, k, zeros, k ? ".0" : "");
+    else if (-k < n)
+        snprintf(out, cap, "%s%.*s.%s", sg, n + k, d, d + n + k);
+    else
+        snprintf(out, cap, "%s0.%.*s%s", sg, -k - n, zeros, d);
+}
+
+static void
+test_fast_numbers(void)
+{
+    struct cfg_compare exact = {.mode = CFG_COMPARE_JSON};
+    struct cfg_compare tol = {.mode = CFG_COMPARE_JSON, .abs_tol = 1e-9, .rel_tol = 1e-12};
+    int decided = 0, equal = 0, failures = check_failures;
+    rng_state = 0x2545f4914f6cdd1dULL;
+    for (int i = 0; i < 100000 && check_failures - failures < 10; i++) {
+        char d[32], x[80], y[80], a[200], b[200];
+        int n = 1 + (int)rnd(19);
+        d[0] = (char)('1' + rnd(9));
+        for (int j = 1; j < n; j++)
+            d[j] = (char)('0' + rnd(10));
+        d[n] = '\0';
+        int k = (int)rnd(61) - 30;
+        bool neg = rnd(4) == 0;
+        spell_number(x, sizeof(x), neg, d, k, (int)rnd(3));
+        if (rnd(2)) {
+            /* The same value spelled otherwise: always equal. */
+            spell_number(y, sizeof(y), neg, d, k, (int)rnd(3));
+        } else {
+            /* The last digit moved: equal only past a double's precision. */
+            d[n - 1] = (char)('0' + (d[n - 1] - '0' + 1 + (int)rnd(9)) % 10);
+            if (d[0] == '0')
+                d[0] = '1';
+            spell_number(y, sizeof(y), neg, d, k, (int)rnd(3));
+        }
+        snprintf(a, sizeof(a), "[%s]", x);
+        snprintf(b, sizeof(b), "[%s]", y);
+        enum jsoncmp_verdict v = agree(a, strlen(a), b, strlen(b), rnd(2) ? &exact : &tol);
+        decided += v != JSONCMP_UNSURE;
+        equal += v == JSONCMP_EQUAL;
+    }
+    printf("     numbers: %d of 100000 pairs decided in one pass, %d equal\n", decided, equal);
+    CHECK(decided > 90000 && equal > 40000, "numbers decided");
+}
+
+static void
+test_fast_random(void)
+{
+    char *ign1[] = {"a", NULL};
+    struct cfg_compare cfgs[] = {
+        {.mode = CFG_COMPARE_JSON},
+        {.mode = CFG_COMPARE_JSON, .abs_tol = 1e-6, .rel_tol = 1e-4, .ignore = ign3, .n_ignore = 3},
+        {.mode = CFG_COMPARE_JSON, .rel_tol = 1e-3, .ignore = ign1, .n_ignore = 1},
+    };
+    static char a[16384], b[16384];
+    int count[3][3] = {{0}};            /* [jansson][fast] */
+    int failures = check_failures;
+    rng_state = 0x9e3779b97f4a7c15ULL;
+    for (int i = 0; i < 200000 && check_failures - failures < 10; i++) {
+        uint64_t doc = (uint64_t)rnd(1u << 30) << 20 | (uint64_t)(i + 1);
+        struct gen ga = {.out = a, .cap = sizeof(a), .doc = doc, .spell = doc * 31 + 7,
+                         .mut = 0, .countdown = -1};
+        a[0] = '\0';
+        value(&ga, 0);
+        uint32_t kind = rnd(10);
+        struct gen gb = {.out = b, .cap = sizeof(b), .doc = doc,
+                         /* the same spelling, or another one */
+                         .spell = kind < 3 ? doc * 31 + 7 : doc * 131 + 3 + (uint64_t)i,
+                         .mut = doc ^ 0x5bd1e995, .countdown = kind < 4 ? -1 : (int)rnd(6)};
+        b[0] = '\0';
+        value(&gb, 0);
+        size_t na = ga.len, nb = gb.len;
+        if (kind == 9)
+            edit(b, &nb, sizeof(b));
+        const struct cfg_compare *cc = &cfgs[rnd(3)];
+        enum jsoncmp_verdict f = agree(a, na, b, nb, cc);
+        count[reference(a, na, b, nb, cc)][f]++;
+    }
+    /* The property means little if the fast path never answers. */
+    printf("     jansson equal: fast equal %d, unsure %d; jansson different: fast different %d, "
+           "unsure %d\n", count[JSONCMP_EQUAL][JSONCMP_EQUAL], count[JSONCMP_EQUAL][JSONCMP_UNSURE],
+           count[JSONCMP_DIFFERENT][JSONCMP_DIFFERENT],
+           count[JSONCMP_DIFFERENT][JSONCMP_UNSURE]);
+    CHECK(count[JSONCMP_EQUAL][JSONCMP_EQUAL] > 3000 &&
+          count[JSONCMP_DIFFERENT][JSONCMP_DIFFERENT] > 3000 &&
+          count[JSONCMP_EQUAL][JSONCMP_UNSURE] > 100 &&
+          count[JSONCMP_DIFFERENT][JSONCMP_UNSURE] > 100, "both paths exercised");
 }
 
 static struct config *
@@ -247,6 +720,8 @@ one(int live_status, const char *live, int shadow_status, const char *shadow, bo
         cmp_end(c, CMP_SHADOW, shadow_ok);
         cmp_end(c, CMP_LIVE, live_ok);
     }
+    /* A live side ending last leaves the walk to a callback of the loop. */
+    event_base_loop(tw.base, EVLOOP_NONBLOCK);
     CHECK(tw.cmp_retained == 0, "everything let go: %llu", (unsigned long long)tw.cmp_retained);
 }
 
@@ -254,6 +729,7 @@ static void
 test_lifecycle(void)
 {
     tw.base = event_base_new();
+    tw.thread = pthread_self();         /* comparisons may wait for this loop */
     tw.metrics = metrics_worker_new();
     tb = metrics_backlog_new(1000);
     tcfg = cfg_with("{\"mode\":\"json\",\"abs_tol\":0.01,\"ignore\":[\"t\"],\"samples\":2}", "");
@@ -288,6 +764,43 @@ test_lifecycle(void)
         collect();
         CHECK(got[M_CMP_EQUAL] == 1 && got[M_CMP_DIFFERENT] == 1, "identical bytes, or not");
     }
+    /* Not in front of the live answer: when the live side ends last, the
+     * bodies are walked after the current callback, which flushes the client. */
+    const struct cfg_endpoint *ep0 = &tcfg->endpoints[0];
+    struct shadow_cmp *d1 = cmp_new(&tw, tcfg, ep0, 1, "d1");
+    struct shadow_cmp *d2 = cmp_new(&tw, tcfg, ep0, 1, "d2");
+    struct shadow_cmp *d3 = cmp_new(&tw, tcfg, ep0, 1, "d3");
+    const char *bodies[3][2] = {{"{\"s\":1}", "{\"s\":2}"}, {"{\"s\":1}", "{\"s\": 1}"},
+                                {"{\"s\":1}", "{\"s\":1}"}};
+    struct shadow_cmp *ds[3] = {d1, d2, d3};
+    for (int i = 0; i < 3; i++) {
+        cmp_head(ds[i], CMP_SHADOW, 200);
+        cmp_body(ds[i], CMP_SHADOW, bodies[i][1], strlen(bodies[i][1]));
+        cmp_end(ds[i], CMP_SHADOW, true);
+        cmp_head(ds[i], CMP_LIVE, 200);
+        cmp_body(ds[i], CMP_LIVE, bodies[i][0], strlen(bodies[i][0]));
+        cmp_end(ds[i], CMP_LIVE, true);
+    }
+    collect();
+    CHECK(got[M_CMP_TOTAL] == 1 && got[M_CMP_EQUAL] == 1 && tw.cmp_retained == 29,
+          "identical bodies at once, the two others wait: %llu %llu",
+          (unsigned long long)got[M_CMP_TOTAL], (unsigned long long)tw.cmp_retained);
+    event_base_loop(tw.base, EVLOOP_NONBLOCK);
+    collect();
+    CHECK(got[M_CMP_TOTAL] == 2 && got[M_CMP_EQUAL] == 1 && got[M_CMP_DIFFERENT] == 1 &&
+          tw.cmp_retained == 0, "then run by the loop");
+    /* Off the worker's thread (freeing after a stop): at once. */
+    tw.thread = (pthread_t)0;
+    d1 = cmp_new(&tw, tcfg, ep0, 1, "d4");
+    cmp_head(d1, CMP_SHADOW, 200);
+    cmp_body(d1, CMP_SHADOW, "[1]", 3);
+    cmp_end(d1, CMP_SHADOW, true);
+    cmp_head(d1, CMP_LIVE, 200);
+    cmp_body(d1, CMP_LIVE, "[2]", 3);
+    cmp_end(d1, CMP_LIVE, true);
+    tw.thread = pthread_self();
+    collect();
+    CHECK(got[M_CMP_DIFFERENT] == 1 && tw.cmp_retained == 0, "counted without the loop");
     config_drop(tcfg);
 
     /* max_bytes, and the budget: past either, unknown, nothing held. */
@@ -312,6 +825,35 @@ test_lifecycle(void)
     cmp_end(a, CMP_SHADOW, true);
     collect();
     CHECK(got[M_CMP_UNKNOWN] == 2 && tw.cmp_retained == 0, "budget: unknown, all freed");
+    config_drop(tcfg);
+
+    /* Bodies in pieces, and a head that starts a body again: kept whole,
+     * the room doubling reserved given back at the end. */
+    tcfg = cfg_with("{\"mode\":\"json\"}", "");
+    ep = &tcfg->endpoints[0];
+    char piece[1000];
+    memset(piece, ' ', sizeof(piece));
+    for (int empty = 0; empty < 2; empty++) {
+        a = cmp_new(&tw, tcfg, ep, 1, "p");
+        cmp_head(a, CMP_LIVE, 200);
+        for (int i = 0; i < 10; i++)
+            cmp_body(a, CMP_LIVE, piece, sizeof(piece));
+        cmp_head(a, CMP_LIVE, 200);         /* a retried answer */
+        if (!empty) {
+            cmp_body(a, CMP_LIVE, "[1,", 3);
+            for (int i = 0; i < 10; i++)
+                cmp_body(a, CMP_LIVE, piece, sizeof(piece));
+            cmp_body(a, CMP_LIVE, "2]", 2);
+        }
+        CHECK(tw.cmp_retained == (empty ? 0 : 10005), "only the retry's bytes: %llu",
+              (unsigned long long)tw.cmp_retained);
+        cmp_end(a, CMP_LIVE, true);
+        cmp_head(a, CMP_SHADOW, 200);
+        cmp_body(a, CMP_SHADOW, empty ? "" : "[1,2]", empty ? 0 : 5);
+        cmp_end(a, CMP_SHADOW, true);
+        collect();
+        CHECK(got[M_CMP_EQUAL] == 1 && tw.cmp_retained == 0, "in pieces, equal (%d)", empty);
+    }
     config_drop(tcfg);
 
     /* exact: SHA-256 of any split of the same bytes. */
@@ -343,6 +885,9 @@ main(void)
         {"tolerances", test_tolerances},
         {"ignore paths", test_ignore},
         {"excerpts", test_excerpt},
+        {"fast path cases", test_fast_cases},
+        {"fast path against jansson, random pairs", test_fast_random},
+        {"fast path against jansson, numbers", test_fast_numbers},
         {"config compare", test_config},
         {"comparison lifecycle", test_lifecycle},
         {NULL, NULL},
