@@ -1402,7 +1402,7 @@ parse_root(struct pctx *p, json_t *root)
 {
     static const char *const fields[] = {"workers", "listeners", "admin",
         "redis", "tokens", "limits", "log", "endpoints", "fleet", NULL};
-    static const char *const fleet_fields[] = {"name", NULL};
+    static const char *const fleet_fields[] = {"name", "leader_lease_ms", NULL};
     static const char *const admin_fields[] = {"address", "token", NULL};
     static const char *const redis_fields[] = {"address", "db", "password",
         "flush_interval_ms", "retention_minutes", "sentinels", "master_name",
@@ -1529,8 +1529,12 @@ parse_root(struct pctx *p, json_t *root)
         err(p, "log.level", "must be debug, info, warn or error");
 
     json_t *fleet = get_obj(p, root, "", "fleet");
+    c->fleet_lease_ms = 10000;
     if (fleet != NULL) {
         check_fields(p, fleet, "fleet", fleet_fields);
+        /* At least 3 s: the driver renews at a third and stops driving 1 s
+         * before its lease may have lapsed. */
+        get_int(p, fleet, "fleet", "leader_lease_ms", &c->fleet_lease_ms, 10000, 3000, 600000);
         get_str(p, fleet, "fleet", "name", &c->fleet_name, NULL);
         json_t *fn = json_object_get(fleet, "name");
         if (fn == NULL || json_is_null(fn))

@@ -221,6 +221,7 @@ struct config {
     struct cfg_endpoint *endpoints;
     int n_endpoints;
     char *fleet_name;           /* "fleet": {"name"}; NULL outside a fleet */
+    int fleet_lease_ms;         /* "fleet": {"leader_lease_ms"}: the rollout driver's lease */
 };
 
 /* Errors collected while parsing: each is "json.path: reason". */

@@ -42,7 +42,6 @@
 
 #define RO_TICK_MS 250
 #define RO_KEEP_EVALS 20
-#define RO_LEASE_MS 10000
 #define RO_REFRESH_S 1.0            /* reread history and the leader this often */
 
 struct track {
@@ -988,6 +987,14 @@ on_lease_get(void *reply, void *arg)
         set_driver(r->type == REDIS_REPLY_STRING ? r->str : NULL);
 }
 
+/* fleet.leader_lease_ms: how long a driver that stopped renewing blocks
+ * the others. */
+static int
+lease_ms(void)
+{
+    return control_current()->fleet_lease_ms;
+}
+
 static void
 on_lease(void *reply, void *arg)
 {
@@ -1002,8 +1009,8 @@ on_lease(void *reply, void *arg)
     bool was = R.leader;
     R.leader = held;
     if (held) {
-        R.leader_until = sent + RO_LEASE_MS / 1000.0;
-        R.next_lease = sent + RO_LEASE_MS / 3000.0;
+        R.leader_until = sent + lease_ms() / 1000.0;
+        R.next_lease = sent + lease_ms() / 3000.0;
         set_driver(metrics_redis_instance(control_metrics()));
     } else {
         R.next_lease = now_s() + 1;
@@ -1014,7 +1021,7 @@ on_lease(void *reply, void *arg)
     }
     if (held != was) {
         log_event(LOG_INFO, held ? "rollout_driver_elected" : "rollout_driver_lost",
-                  ",\"fleet\":\"%s\",\"lease_ms\":%d", log_json(fleet_name()), RO_LEASE_MS);
+                  ",\"fleet\":\"%s\",\"lease_ms\":%d", log_json(fleet_name()), lease_ms());
         /* A new driver starts from what Redis holds. */
         for (struct track *t = R.tracks; t; t = t->next)
             t->have_base = false;
@@ -1030,7 +1037,7 @@ lease_tick(double now)
         return;
     char key[160], ms[32];
     lease_key(key, sizeof(key));
-    snprintf(ms, sizeof(ms), "%d", RO_LEASE_MS);
+    snprintf(ms, sizeof(ms), "%d", lease_ms());
     const char *id = metrics_redis_instance(control_metrics());
     double *sent = malloc(sizeof(*sent));
     if (sent == NULL)

@@ -60,10 +60,10 @@ unit build-asan
 echo "== integration tests (sanitized)"
 integration build-asan
 
-echo "== fuzzing: every libFuzzer target for ${SLUICE_FUZZ_SECONDS:-20} s (ASan, UBSan)"
+echo "== fuzzing: every libFuzzer target for ${SLUICE_FUZZ_SECONDS:-12} s (ASan, UBSan)"
 fuzz() {
     local log; log=$(mktemp)
-    bash "$ROOT/tools/fuzz.sh" "${SLUICE_FUZZ_SECONDS:-20}" 2>&1 | tee "$log" || true
+    bash "$ROOT/tools/fuzz.sh" "${SLUICE_FUZZ_SECONDS:-12}" 2>&1 | tee "$log" || true
     count "$log"
     rm -f "$log"
 }

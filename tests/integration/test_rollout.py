@@ -76,7 +76,7 @@ def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, sticky=None, **v
     extra = {"redis": {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100},
              "admin": {"token": "adm"}}
     if fleet:
-        extra["fleet"] = {"name": fleet}
+        extra["fleet"] = {"name": fleet, "leader_lease_ms": 3000}
     ekw = {"sticky": {"header": sticky}} if sticky else {}
     return Sluice([endpoint(EP, [
         version("versiona", [a.addr], 0, is_default=True, type="control"), vb], **ekw)],
@@ -544,7 +544,7 @@ def test_fleet_one_driver_and_a_takeover():
     t1, t2 = Traffic(s1, threads=2), Traffic(s2, threads=2)
     try:
         holder = until(lambda: rc.get(lease), 20, "a lease holder")
-        assert 0 < rc.pttl(lease) <= 10000
+        assert 0 < rc.pttl(lease) <= 3000
         until(lambda: get(s1)["driver"] == holder and get(s2)["driver"] == holder, 10,
               "both instances naming the driver")
         ids = {}

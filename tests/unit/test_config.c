@@ -580,6 +580,12 @@ test_fleet_field(void)
                                   "\"fleet\":{\"name\":\"prod-eu.1_a\"},\"endpoints\":[]}", &e);
     CHECK(c != NULL && c->fleet_name && strcmp(c->fleet_name, "prod-eu.1_a") == 0, "%s",
           e.n ? e.msg[0] : "no fleet name");
+    CHECK(c != NULL && c->fleet_lease_ms == 10000, "leader_lease_ms defaults to 10 s");
+    config_drop(c);
+    cfg_errors_free(&e);
+    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+                   "\"fleet\":{\"name\":\"p\",\"leader_lease_ms\":4000},\"endpoints\":[]}", &e);
+    CHECK(c != NULL && c->fleet_lease_ms == 4000, "%s", e.n ? e.msg[0] : "leader_lease_ms");
     config_drop(c);
     cfg_errors_free(&e);
     c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],\"endpoints\":[]}", &e);
@@ -593,6 +599,8 @@ test_fleet_field(void)
         {"{\"name\":7}", "fleet.name: must be a string"},
         {"{\"name\":\"p\",\"nmae\":\"x\"}", "fleet.nmae: unknown field"},
         {"\"prod\"", "fleet: must be an object"},
+        {"{\"name\":\"p\",\"leader_lease_ms\":2999}", "fleet.leader_lease_ms: must be between 3000 and 600000"},
+        {"{\"name\":\"p\",\"leader_lease_ms\":\"10s\"}", "fleet.leader_lease_ms: must be an integer"},
         {NULL, NULL},
     };
     for (int i = 0; bad[i].fleet; i++) {
