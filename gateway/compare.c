@@ -309,7 +309,7 @@ void
 cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len)
 {
     struct cmp_side *s = &c->side[who];
-    if (s->ended)
+    if (s->ended || len == 0)
         return;
     s->bytes += len;
     if (s->head_len < CMP_EXCERPT && c->cc->samples > 0) {
