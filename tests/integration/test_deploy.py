@@ -16,6 +16,10 @@ import time
 
 import requests
 
+# Files, schemas and scripts: the sluice code these tests reach (--check,
+# /metrics, /healthz) runs under the sanitizers in test_admin and test_metrics.
+SANITIZED_PASS = "deployment files only; their sluice paths run sanitized elsewhere"
+
 from harness import (ROOT, SLUICE, SLUICECTL, Model, Redis, Sluice, Upstream, endpoint,
                      free_port, make_cert, read_request, start, stop, tmpdir, version, Reader)
 
