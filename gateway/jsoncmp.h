@@ -21,6 +21,13 @@ enum jsoncmp_verdict {
 enum jsoncmp_verdict jsoncmp_fast(const char *a, size_t na, const char *b, size_t nb,
                                   const struct cfg_compare *cc);
 
+/* jansson's verdict on two texts, as the comparison reaches it when the
+ * fast path is unsure (compare.c): not JSON on either side is a difference;
+ * else both are parsed, the ignored paths stripped, and compared. The
+ * reference the fast path is tested, fuzzed and measured against. */
+enum jsoncmp_verdict jsoncmp_reference(const char *a, size_t na, const char *b, size_t nb,
+                                       const struct cfg_compare *cc);
+
 /* Two numbers as SPEC §7 compares them, shared by both paths so that they
  * agree to the last bit. An integer (is_int) is compared exactly with
  * another integer; x is the number as a double (the integer converted). */

@@ -124,16 +124,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct cfg_errors errs;
             cfg_errors_init(&errs);
             struct config *c = config_parse(doc, "/nonexistent-fuzz-dir", &errs);
-            for (int i = 0; i < errs.n; i++)
-                check_text(errs.msg[i]);
+            for (int k = 0; k < errs.n; k++)
+                check_text(errs.msg[k]);
             if (c != NULL) {
                 /* Only the base file's own reference may remain. */
-                for (int i = 0; i < c->n_endpoints; i++) {
-                    const struct cfg_endpoint *e = &c->endpoints[i];
-                    if (e->key_primary)
-                        check_text(e->key_primary);
-                    if (e->key_secondary)
-                        check_text(e->key_secondary);
+                for (int k = 0; k < c->n_endpoints; k++) {
+                    const struct cfg_endpoint *ce = &c->endpoints[k];
+                    if (ce->key_primary)
+                        check_text(ce->key_primary);
+                    if (ce->key_secondary)
+                        check_text(ce->key_secondary);
                 }
                 config_drop(c);
             }
