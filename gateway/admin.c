@@ -274,28 +274,35 @@ parse_route(const char *path, struct route *r)
     return true;
 }
 
+/* The request's JSON object body (an empty one when none is sent and none
+ * is required), or NULL with the 400 answered. */
 static json_t *
-read_body(struct evhttp_request *req, bool required, char *why, size_t whylen)
+read_body(struct evhttp_request *req, bool required)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
+    char why[512];
+    json_t *j = NULL;
     if (len == 0) {
-        if (required)
-            snprintf(why, whylen, "a JSON body is required");
-        return required ? NULL : json_object();
+        if (!required)
+            return json_object();
+        snprintf(why, sizeof(why), "a JSON body is required");
+    } else {
+        json_error_t jerr;
+        j = json_loadb((const char *)evbuffer_pullup(in, -1), len, JSON_REJECT_DUPLICATES,
+                       &jerr);
+        if (j == NULL)
+            snprintf(why, sizeof(why), "invalid JSON at line %d column %d: %s", jerr.line,
+                     jerr.column, jerr.text);
+        else if (json_is_object(j))
+            return j;
+        else {
+            snprintf(why, sizeof(why), "the body must be a JSON object");
+            json_decref(j);
+        }
     }
-    json_error_t jerr;
-    json_t *j = json_loadb((const char *)evbuffer_pullup(in, -1), len,
-                           JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL)
-        snprintf(why, whylen, "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-    else if (!json_is_object(j)) {
-        snprintf(why, whylen, "the body must be a JSON object");
-        json_decref(j);
-        j = NULL;
-    }
-    return j;
+    reply_error(req, 400, "invalid", why, NULL);
+    return NULL;
 }
 
 static const struct cfg_endpoint *
@@ -567,7 +574,6 @@ static void
 on_endpoint(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    char why[512];
 
     if (!r->has_ep) {
         if (m != EVHTTP_REQ_GET) {
@@ -589,11 +595,9 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
     }
     json_t *body = NULL;
     if (m == EVHTTP_REQ_PUT) {
-        body = read_body(req, true, why, sizeof(why));
-        if (body == NULL) {
-            reply_error(req, 400, "invalid", why, NULL);
+        body = read_body(req, true);
+        if (body == NULL)
             return;
-        }
     } else if (m != EVHTTP_REQ_DELETE) {
         reply_error(req, 405, "method_not_allowed", "GET, PUT or DELETE", NULL);
         return;
@@ -640,10 +644,8 @@ on_versions(struct evhttp_request *req, const struct route *r)
         return;
     }
     json_t *body = NULL;
-    if (op != CH_DELETE_V && (body = read_body(req, true, why, sizeof(why))) == NULL) {
-        reply_error(req, 400, "invalid", why, NULL);
+    if (op != CH_DELETE_V && (body = read_body(req, true)) == NULL)
         return;
-    }
     struct change *c = change_new(req, op, r, body);
     if (c != NULL)
         change_run(req, c);
@@ -653,7 +655,6 @@ static void
 on_keys(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    char why[512];
     const struct cfg_endpoint *ep = ep_or_404(req, r);
     if (ep == NULL)
         return;
@@ -663,11 +664,9 @@ on_keys(struct evhttp_request *req, const struct route *r)
         return;
     }
     if (regen) {
-        json_t *body = read_body(req, true, why, sizeof(why));
-        if (body == NULL) {
-            reply_error(req, 400, "invalid", why, NULL);
+        json_t *body = read_body(req, true);
+        if (body == NULL)
             return;
-        }
         struct change *c = change_new(req, CH_REGEN_KEY, r, body);
         if (c != NULL)
             change_run(req, c);
@@ -684,11 +683,9 @@ on_token(struct evhttp_request *req, const struct route *r)
     const struct cfg_endpoint *ep = ep_for(req, r, EVHTTP_REQ_POST);
     if (ep == NULL)
         return;
-    json_t *body = read_body(req, false, why, sizeof(why));
-    if (body == NULL) {
-        reply_error(req, 400, "invalid", why, NULL);
+    json_t *body = read_body(req, false);
+    if (body == NULL)
         return;
-    }
     json_t *sub = json_object_get(body, "subject");
     time_t exp, refresh;
     char *tok = auth_issue_token(auth, ep->name, json_is_string(sub) ?
@@ -843,11 +840,9 @@ on_rollout(struct evhttp_request *req, const struct route *r)
         reply(req, 200, rollout_describe(ep, vi));
         return;
     }
-    json_t *body = read_body(req, true, why, sizeof(why));
-    if (body == NULL) {
-        reply_error(req, 400, "invalid", why, NULL);
+    json_t *body = read_body(req, true);
+    if (body == NULL)
         return;
-    }
     json_t *act = json_object_get(body, "action");
     if (!json_is_string(act)) {
         json_decref(body);

@@ -193,6 +193,18 @@ is_digit(const unsigned char *p, const unsigned char *e)
     return p < e && *p >= '0' && *p <= '9';
 }
 
+/* Past a run of one or more digits: the first byte after it, or NULL when
+ * there is no digit at p. */
+static inline __attribute__((always_inline)) const unsigned char *
+digits(const unsigned char *p, const unsigned char *e)
+{
+    if (!is_digit(p, e))
+        return NULL;
+    while (is_digit(p, e))
+        p++;
+    return p;
+}
+
 /*
  * A real whose digits make an integer M <= 2^53 and whose decimal exponent
  * k is within +-22: M and 10^|k| are exact doubles, so M * 10^k or
@@ -292,27 +304,19 @@ scan_number(struct side *x, struct num *out)
         p++;
         if (is_digit(p, e))
             return -1;
-    } else if (*p >= '1' && *p <= '9') {
-        while (is_digit(p, e))
-            p++;
-    } else
+    } else if ((p = digits(p, e)) == NULL)
         return -1;
     if (p < e && *p == '.') {
-        p++;
-        if (!is_digit(p, e))
+        if ((p = digits(p + 1, e)) == NULL)
             return -1;
-        while (is_digit(p, e))
-            p++;
         out->is_int = false;
     }
     if (p < e && (*p == 'e' || *p == 'E')) {
         p++;
         if (p < e && (*p == '+' || *p == '-'))
             p++;
-        if (!is_digit(p, e))
+        if ((p = digits(p, e)) == NULL)
             return -1;
-        while (is_digit(p, e))
-            p++;
         out->is_int = false;
         exp = true;
     }
