@@ -395,12 +395,12 @@ upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
         u->in_idle = false;
         p->n_idle--;
         u->reused = true;
-        /* No idle timeout while in use. event_add() with no timeout keeps a
-         * pending one (libevent documents it), so the event is deleted first:
-         * otherwise the pool's timer closes the connection under the request
-         * that took it (issue 17 finding 1). */
-        event_del(u->rev);
-        event_add(u->rev, NULL);
+        /* No idle timeout while in use. event_add() with no timeout would
+         * keep the pending one (libevent documents it) and the pool's timer
+         * would close the connection under the request that took it (issue
+         * 17 finding 1). event_remove_timer() drops only the timeout: the
+         * read event stays registered, with no epoll_ctl() call. */
+        event_remove_timer(u->rev);
     } else {
         u = calloc(1, sizeof(*u));
         if (u == NULL)
