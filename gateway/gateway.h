@@ -653,6 +653,8 @@ int workers_start(struct config *cfg, int n, const struct worker_listener *table
 void workers_publish(struct config *cfg, const struct worker_listener *table,
                      int n_listeners);
 void workers_drain(void);
+/* Whether every worker's loop has returned (drained or stopped). */
+bool workers_all_ended(void);
 void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
 void workers_join(int deadline_ms);

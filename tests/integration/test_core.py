@@ -10,7 +10,7 @@ import time
 import requests
 
 from harness import (SLUICE, Model, Sluice, endpoint, free_port, parse_responses,
-                     raw, stop, tmpdir, version, wait_port)
+                     raw, stop, tmpdir, version, wait_port, Reader, read_request, Upstream)
 
 SCORE = "/api/v1/service/%s/score"
 SANITIZED = os.environ.get("SLUICE_SANITIZED") == "1"
@@ -245,6 +245,48 @@ def test_504_slow_upstream():
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "gateway_timeout"
     assert requests.post(s.url("slow"), data=BODY).status_code == 200
+
+
+def test_drain_keeps_the_admin_plane():
+    """Issue 20 item 4, SPEC §1: while sluice drains (a request held in
+    flight), /readyz answers 503 at once, /healthz and /metrics as usual,
+    until the last request ends and sluice exits 0. On 60f2a02 the admin
+    listener stopped answering during the drain."""
+    release = threading.Event()
+
+    def held(sock, up):
+        r = Reader(sock)
+        read_request(r)
+        release.wait(20)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    up = Upstream(held)
+    s = Sluice([endpoint("ep1", [version("versiona", [up.addr], 100)])])
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", requests.post(s.url("ep1"), data=b"{}", timeout=30)))
+    t.start()
+    deadline = time.time() + 10
+    while up.n_conns == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(s.proc.pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    while "\"event\":\"drain\"" not in s.log():
+        assert time.time() < deadline, s.log()
+        time.sleep(0.02)
+    seen = []
+    for _ in range(3):
+        r = requests.get(s.admin("/readyz"), timeout=5)
+        seen.append((r.status_code, r.json()["status"]))
+        assert requests.get(s.admin("/healthz"), timeout=5).status_code == 200
+        m = requests.get(s.admin("/metrics"), timeout=5)
+        assert m.status_code == 200 and "sluice_" in m.text
+        time.sleep(0.1)
+    assert seen == [(503, "draining")] * 3, seen
+    assert result == {} and s.proc.poll() is None
+    release.set()
+    t.join(30)
+    assert result["r"].status_code == 200 and result["r"].content == b"ok"
+    assert s.proc.wait(10) == 0
 
 
 def test_sigterm_drains_in_flight():
