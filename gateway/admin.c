@@ -927,7 +927,7 @@ on_reload(struct evhttp_request *req)
         return;
     }
     cfg_errors_init(&errs);
-    if (control_reload(err, sizeof(err), &errs) < 0) {
+    if (notify_reload(err, sizeof(err), &errs) < 0) {
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else

@@ -750,6 +750,13 @@ int admin_start(struct event_base *base, struct config *cfg, char *err,
 void admin_set_draining(void);
 void admin_stop(void);
 
+/* ---- systemd notifications (notify.c), main thread ------------------------- */
+
+void notify_ready(unsigned long long generation);
+void notify_stopping(void);
+/* control_reload() between RELOADING=1 and READY=1 with its outcome. */
+int notify_reload(char *err, size_t errlen, struct cfg_errors *errs);
+
 /* ---- the admin listener's gate (admin_gate.c), main thread ------------------ */
 
 /* Requests the gate does not pass on are replaced by GET PREFIX WHY, WHY

@@ -33,7 +33,7 @@ on_reload(evutil_socket_t sig, short what, void *arg)
     struct cfg_errors errs;
     char err[4096];
     cfg_errors_init(&errs);
-    if (control_reload(err, sizeof(err), &errs) < 0) {
+    if (notify_reload(err, sizeof(err), &errs) < 0) {
         log_event(LOG_ERROR, "reload_failed", ",\"signal\":\"SIGHUP\",\"errors\":\"%s\"",
                   log_json(err));
     }
@@ -251,12 +251,14 @@ main(int argc, char **argv)
               log_json(cfg->admin_address), cfg->n_endpoints,
               (unsigned long long)cfg->generation);
     evbuffer_free(lb);
+    notify_ready((unsigned long long)cfg->generation);
 
     event_base_dispatch(main_base);
 
     /* Drain: stop accepting, let requests in flight finish, the admin
      * listener answering all along (readyz: 503). */
     admin_set_draining();
+    notify_stopping();
     workers_drain();
     draining = true;
     int drain_ms = control_current()->limits.drain_timeout_ms;

@@ -289,6 +289,48 @@ def test_drain_keeps_the_admin_plane():
     assert s.proc.wait(10) == 0
 
 
+def test_systemd_notifications():
+    """Issue 20 item 3: with NOTIFY_SOCKET set (as systemd does for a
+    Type=notify unit), sluice sends READY=1 once its listeners are up,
+    RELOADING=1 then READY=1 around a reload with the outcome in STATUS=
+    (a refused config says so and keeps the old generation), and STOPPING=1
+    when it drains. The socket is the test's own."""
+    d = tmpdir()
+    path = os.path.join(d, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    m = Model("versiona")
+    s = Sluice([endpoint("ep1", [version("versiona", [m.addr], 100)])],
+               env={"NOTIFY_SOCKET": path})
+
+    def msg():
+        return dict(l.split("=", 1) for l in sock.recv(4096).decode().splitlines() if "=" in l)
+    ready = msg()
+    assert ready.get("READY") == "1" and ready["STATUS"] == "serving generation 1", ready
+    os.kill(s.proc.pid, signal.SIGHUP)
+    a, b = msg(), msg()
+    assert a.get("RELOADING") == "1" and int(a["MONOTONIC_USEC"]) > 0, a
+    assert b.get("READY") == "1" and b["STATUS"] == "serving generation 2", b
+    with open(s.path) as f:
+        cfg = json.load(f)
+    cfg["endpoints"][0]["versions"][0]["traffic_percentile"] = 250
+    with open(s.path, "w") as f:
+        json.dump(cfg, f)
+    os.kill(s.proc.pid, signal.SIGHUP)
+    a, b = msg(), msg()
+    assert a.get("RELOADING") == "1", a
+    assert b.get("READY") == "1" and \
+        b["STATUS"].startswith("reload refused, serving generation 2: "), b
+    assert "traffic_percentile" in b["STATUS"], b
+    assert requests.post(s.url("ep1"), data=b"x", timeout=5).status_code == 200
+    os.kill(s.proc.pid, signal.SIGTERM)
+    stopping = msg()
+    assert stopping.get("STOPPING") == "1", stopping
+    assert s.proc.wait(10) == 0
+    sock.close()
+
+
 def test_sigterm_drains_in_flight():
     s, a, b = basic()
     result = {}
