@@ -63,6 +63,7 @@ struct metrics_slot {
     /* the collector's own: */
     int series;                 /* -1 until known */
     struct seen seen[RING];
+    struct metrics_slot *pinned;    /* the companion for pinned requests, or NULL */
     struct metrics_slot *next;
 };
 
@@ -107,9 +108,8 @@ metrics_worker_free(struct metrics_worker *mw)
     free(mw);
 }
 
-struct metrics_slot *
-metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
-             const char *group)
+static struct metrics_slot *
+slot_get(struct metrics_worker *mw, const char *ep, const char *version, const char *group)
 {
     for (struct metrics_slot *s = mw->slots; s; s = s->next)
         if (strcmp(s->ep, ep) == 0 && strcmp(s->version, version) == 0 &&
@@ -124,6 +124,16 @@ metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
     s->series = -1;
     s->next = mw->slots;
     __atomic_store_n(&mw->slots, s, __ATOMIC_RELEASE);
+    return s;
+}
+
+struct metrics_slot *
+metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
+             const char *group)
+{
+    struct metrics_slot *s = slot_get(mw, ep, version, group);
+    if (s->pinned == NULL && strcmp(group, METRICS_PINNED_GROUP) != 0)
+        s->pinned = slot_get(mw, ep, version, METRICS_PINNED_GROUP);
     return s;
 }
 
@@ -171,6 +181,9 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
     add(&v[M_BYTES_OUT], s->bytes_out);
     add(&v[M_LATENCY_SUM], s->latency_us);
     add(&v[M_LAT_FIRST + metrics_bucket(s->latency_us)], 1);
+    /* Pinned: counted again on their own (the companion has no companion). */
+    if (__builtin_expect(s->pinned, 0) && slot->pinned != NULL)
+        metrics_record(slot->pinned, minute, s);
 }
 
 void
@@ -483,6 +496,8 @@ metrics_prometheus(const struct metrics_backlog *b)
     static const char *const cls[] = {"2xx", "3xx", "4xx", "5xx"};
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
+        if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+            continue;   /* counted in their own version's series already */
         for (int c = 0; c < 4; c++)
             P("sluice_requests_total{endpoint=\"%s\",version=\"%s\",group=\"%s\",status=\"%s\"} %llu\n",
               s->ep, s->version, s->group, cls[c], (unsigned long long)s->total[M_2XX + c]);
@@ -502,6 +517,8 @@ metrics_prometheus(const struct metrics_backlog *b)
         P("# HELP %s %s\n# TYPE %s counter\n", simple[f].name, simple[f].help, simple[f].name);
         for (int i = 0; i < b->n_series; i++) {
             const struct series *s = &b->series[i];
+            if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+                continue;
             P("%s{endpoint=\"%s\",version=\"%s\",group=\"%s\"} %llu\n", simple[f].name, s->ep,
               s->version, s->group, (unsigned long long)s->total[simple[f].f]);
         }
@@ -514,7 +531,7 @@ metrics_prometheus(const struct metrics_backlog *b)
     };
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
-        if (s->total[M_CMP_TOTAL] == 0)
+        if (s->total[M_CMP_TOTAL] == 0 || strcmp(s->group, METRICS_PINNED_GROUP) == 0)
             continue;
         for (int k = 0; k < 4; k++)
             P("sluice_shadow_comparisons_total{endpoint=\"%s\",version=\"%s\",result=\"%s\"} "
@@ -525,6 +542,8 @@ metrics_prometheus(const struct metrics_backlog *b)
       "last byte of the response.\n# TYPE sluice_request_duration_seconds histogram\n");
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
+        if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+            continue;
         uint64_t cum = 0;
         for (int k = 0; k < METRICS_BUCKETS; k++) {
             cum += s->total[M_LAT_FIRST + k];

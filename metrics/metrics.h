@@ -65,7 +65,11 @@ struct metrics_slot;
 struct metrics_worker *metrics_worker_new(void);
 void metrics_worker_free(struct metrics_worker *mw);
 /* The slot of (endpoint, version, group); created on first use. Call on
- * the worker's thread (config changes), not per request. */
+ * the worker's thread (config changes), not per request. Each slot comes
+ * with a companion of group METRICS_PINNED_GROUP: a pinned request counts
+ * in both, and the companion's counts go to sluice:{EP}:pinned:VERSION and
+ * sluice:{EP}:pinnedminute:VERSION:MINUTE (SPEC §4), never to a group. */
+#define METRICS_PINNED_GROUP "pinned"
 struct metrics_slot *metrics_slot(struct metrics_worker *mw, const char *ep,
                                   const char *version, const char *group);
 /* Count one request; minute is unix time / 60. */
