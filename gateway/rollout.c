@@ -1408,7 +1408,9 @@ on_tick(evutil_socket_t fd, short what, void *arg)
             struct track *t = track_find(ep->name, ep->versions[i].name, true);
             if (t == NULL)
                 continue;
-            if (!R.leader || ro->phase != CFG_ROLLOUT_RUNNING)
+            /* Others' history, or ours after a restart (nothing pushed
+             * here yet): reread. */
+            if (!R.leader || ro->phase != CFG_ROLLOUT_RUNNING || t->evals_seq == 0)
                 refresh(t, now);
             if (R.leader && ro->phase == CFG_ROLLOUT_RUNNING)
                 drive(t, ep, i, now);
