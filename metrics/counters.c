@@ -63,7 +63,9 @@ struct metrics_slot {
     /* the collector's own: */
     int series;                 /* -1 until known */
     struct seen seen[RING];
+    struct metrics_worker *owner;
     struct metrics_slot *pinned;    /* the companion for pinned requests, or NULL */
+    bool is_pinned;                 /* this is a companion */
     struct metrics_slot *next;
 };
 
@@ -122,6 +124,8 @@ slot_get(struct metrics_worker *mw, const char *ep, const char *version, const c
     snprintf(s->version, sizeof(s->version), "%s", version);
     snprintf(s->group, sizeof(s->group), "%s", group);
     s->series = -1;
+    s->owner = mw;
+    s->is_pinned = strcmp(group, METRICS_PINNED_GROUP) == 0;
     s->next = mw->slots;
     __atomic_store_n(&mw->slots, s, __ATOMIC_RELEASE);
     return s;
@@ -131,10 +135,7 @@ struct metrics_slot *
 metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
              const char *group)
 {
-    struct metrics_slot *s = slot_get(mw, ep, version, group);
-    if (s->pinned == NULL && strcmp(group, METRICS_PINNED_GROUP) != 0)
-        s->pinned = slot_get(mw, ep, version, METRICS_PINNED_GROUP);
-    return s;
+    return slot_get(mw, ep, version, group);
 }
 
 static inline void
@@ -175,15 +176,22 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
         add(&v[M_OVERLOADED], 1);
     if (s->failover)
         add(&v[M_FAILOVER], 1);
-    if (s->pinned)
-        add(&v[M_PINNED], 1);
     add(&v[M_BYTES_IN], s->bytes_in);
     add(&v[M_BYTES_OUT], s->bytes_out);
     add(&v[M_LATENCY_SUM], s->latency_us);
     add(&v[M_LAT_FIRST + metrics_bucket(s->latency_us)], 1);
-    /* Pinned: counted again on their own (the companion has no companion). */
-    if (__builtin_expect(s->pinned, 0) && slot->pinned != NULL)
-        metrics_record(slot->pinned, minute, s);
+    /* Pinned: counted again on their own, in a companion made at the
+     * version's first pin on this worker (the one allocation here: most
+     * versions are never pinned, and a slot is some 4 KiB). */
+    if (__builtin_expect(s->pinned, 0)) {
+        add(&v[M_PINNED], 1);
+        if (!slot->is_pinned) {
+            if (slot->pinned == NULL)
+                slot->pinned = slot_get(slot->owner, slot->ep, slot->version,
+                                        METRICS_PINNED_GROUP);
+            metrics_record(slot->pinned, minute, s);
+        }
+    }
 }
 
 void
