@@ -144,8 +144,9 @@ add(uint64_t *p, uint64_t d)
     __atomic_store_n(p, *p + d, __ATOMIC_RELAXED);  /* single writer */
 }
 
-void
-metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+/* One request's counts in one slot. */
+static inline __attribute__((always_inline)) void
+record_one(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
 {
     struct mcell *c = &slot->ring[minute % RING];
     if (c->minute != minute) {
@@ -180,18 +181,33 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
     add(&v[M_BYTES_OUT], s->bytes_out);
     add(&v[M_LATENCY_SUM], s->latency_us);
     add(&v[M_LAT_FIRST + metrics_bucket(s->latency_us)], 1);
-    /* Pinned: counted again on their own, in a companion made at the
-     * version's first pin on this worker (the one allocation here: most
-     * versions are never pinned, and a slot is some 4 KiB). */
+}
+
+/* A pinned request: counted, marked, and counted again in the version's
+ * pinned companion, made at the version's first pin on this worker (the
+ * one allocation here: most versions are never pinned, and a slot is some
+ * 4 KiB). Out of line, so that the common path stays a leaf. */
+static void __attribute__((noinline, cold))
+record_pinned(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+{
+    record_one(slot, minute, s);
+    add(&slot->ring[minute % RING].v[M_PINNED], 1);
+    if (slot->is_pinned)
+        return;
+    if (slot->pinned == NULL)
+        slot->pinned = slot_get(slot->owner, slot->ep, slot->version, METRICS_PINNED_GROUP);
+    record_one(slot->pinned, minute, s);
+    add(&slot->pinned->ring[minute % RING].v[M_PINNED], 1);
+}
+
+void
+metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+{
     if (__builtin_expect(s->pinned, 0)) {
-        add(&v[M_PINNED], 1);
-        if (!slot->is_pinned) {
-            if (slot->pinned == NULL)
-                slot->pinned = slot_get(slot->owner, slot->ep, slot->version,
-                                        METRICS_PINNED_GROUP);
-            metrics_record(slot->pinned, minute, s);
-        }
+        record_pinned(slot, minute, s);
+        return;
     }
+    record_one(slot, minute, s);
 }
 
 void
