@@ -98,6 +98,12 @@ struct cfg_rollout {
     int step;                   /* index into steps */
     int64_t since;              /* unix seconds of the last state change */
     char *reason;               /* NULL when none */
+    /* "operator_changed": an operator changed the version after its rollout
+     * was rolled back or aborted (config_edit_rollout_operator_change). */
+    bool operator_changed;
+    /* Derived: rolled back or aborted and not changed since, so pins
+     * (X-Sluice-Version) are refused with 404 (SPEC §3.3). */
+    bool refuses_pins;
 };
 
 struct cfg_version {
@@ -128,6 +134,7 @@ struct cfg_endpoint {
     char *sticky_name;
     int scoring_timeout_ms;
     bool failover_to_default;
+    bool pinning;               /* "pinning" (default true): X-Sluice-Version honoured */
     struct cfg_version versions[CFG_MAX_VERSIONS];
     int n_versions;
     int default_version;        /* index into versions */
@@ -318,8 +325,9 @@ int config_edit_create_version(struct json_t *doc, const char *ep,
                                struct json_t *body, struct cfg_edit_result *r);
 int config_edit_update_version(struct json_t *doc, const char *ep, const char *v,
                                struct json_t *body, struct cfg_edit_result *r);
-/* Pause the running rollout of version object x, if any (an operator's own
- * change to it); sets r->rollout_paused. */
+/* An operator's own change to version object x: pause its running rollout,
+ * if any (sets r->rollout_paused); after a rollback or an abort, mark the
+ * state "operator_changed", which lifts the refusal of pins (SPEC §3.3). */
 void config_edit_rollout_operator_change(struct json_t *x, struct cfg_edit_result *r);
 int config_edit_delete_version(struct json_t *doc, const char *ep, const char *v,
                                struct cfg_edit_result *r);

@@ -208,12 +208,13 @@ describe_endpoint(const struct config *cfg, const struct cfg_endpoint *ep)
         sticky = json_pack("{s:s}", "header", ep->sticky_name);
     else if (ep->sticky == CFG_STICKY_COOKIE)
         sticky = json_pack("{s:s}", "cookie", ep->sticky_name);
-    return json_pack("{s:s, s:{s:b, s:b}, s:o, s:i, s:b, s:I, s:o}",
+    return json_pack("{s:s, s:{s:b, s:b}, s:o, s:i, s:b, s:b, s:I, s:o}",
                      "name", ep->name,
                      "auth", "keys", ep->auth_keys, "tokens", ep->auth_tokens,
                      "sticky", sticky,
                      "scoring_timeout_ms", ep->scoring_timeout_ms,
                      "failover_to_default", ep->failover_to_default,
+                     "pinning", ep->pinning,
                      "generation", (json_int_t)cfg->generation,
                      "versions", vs);
 }

@@ -694,10 +694,64 @@ test_fleet_parse(void)
     CHECK(!config_fleet_newer(3, 2), "older never applies");
 }
 
+/* Issue 17 finding 3: "pinning" (default true) and the pin refusal a
+ * rollback or an abort sets until an operator changes the version. */
+static void
+test_pinning(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "]},"
+        "{\"name\":\"abd\",\"pinning\":false,\"versions\":[" V("aaa", 0, "") "]}", &e);
+    CHECK(c != NULL, "refused: %s", e.n ? e.msg[0] : "");
+    if (c != NULL)
+        CHECK(c->endpoints[0].pinning && !c->endpoints[1].pinning, "default true, false");
+    config_drop(c);
+    cfg_errors_free(&e);
+    c = parse("{\"name\":\"abc\",\"pinning\":1,\"versions\":[" V("aaa", 0, "") "]}", &e);
+    CHECK(c == NULL && e.n == 1 && strncmp(e.msg[0], "endpoints[0].pinning", 20) == 0,
+          "not a boolean: %s", e.n ? e.msg[0] : "");
+    config_drop(c);
+    cfg_errors_free(&e);
+    static const struct { const char *state; bool refuses; } cases[] = {
+        {"\"phase\":\"rolled_back\"", true},
+        {"\"phase\":\"aborted\"", true},
+        {"\"phase\":\"rolled_back\",\"operator_changed\":true", false},
+        {"\"phase\":\"running\"", false},
+        {"\"phase\":\"paused\"", false},
+        {"\"phase\":\"promoted\"", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char ep[1024];
+        snprintf(ep, sizeof(ep), "{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5]},\"rollout_state\":{%s}") "]}",
+                 cases[i].state);
+        c = parse(ep, &e);
+        CHECK(c != NULL, "%s refused: %s", cases[i].state, e.n ? e.msg[0] : "");
+        if (c != NULL)
+            CHECK(c->endpoints[0].versions[1].rollout.refuses_pins == cases[i].refuses, "%s",
+                  cases[i].state);
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+    /* an operator's change lifts the refusal; a running rollout pauses */
+    json_t *x = json_loads("{\"rollout_state\":{\"phase\":\"aborted\"}}", 0, NULL);
+    struct cfg_edit_result r = {0};
+    config_edit_rollout_operator_change(x, &r);
+    CHECK(json_is_true(json_object_get(json_object_get(x, "rollout_state"), "operator_changed"))
+          && !r.rollout_paused, "aborted: marked changed");
+    json_decref(x);
+    x = json_loads("{\"rollout_state\":{\"phase\":\"running\"}}", 0, NULL);
+    config_edit_rollout_operator_change(x, &r);
+    CHECK(r.rollout_paused && json_object_get(json_object_get(x, "rollout_state"),
+                                              "operator_changed") == NULL, "running: paused");
+    json_decref(x);
+}
+
 int
 main(void)
 {
     static const struct testcase tests[] = {
+        {"pinning", test_pinning},
         {"valid example", test_valid_example},
         {"rollout example", test_rollout_example},
         {"first listed is default", test_first_is_default},
