@@ -51,6 +51,14 @@ cur(void)
 
 #define PREFIX "/admin/v1/endpoints"
 
+/* The generation reported: in a fleet the fleet's (SPEC §6), the same on
+ * every instance that runs it; alone, this process's count. */
+static json_int_t
+shown_generation(const struct config *c)
+{
+    return (json_int_t)(c->fleet_name != NULL ? c->fleet_generation : c->generation);
+}
+
 /* ---- replies ------------------------------------------------------------ */
 
 /* Send body (consumed). A body that could not be built or serialised is a
@@ -213,7 +221,7 @@ describe_endpoint(const struct config *cfg, const struct cfg_endpoint *ep)
                      "sticky", sticky,
                      "scoring_timeout_ms", ep->scoring_timeout_ms,
                      "failover_to_default", ep->failover_to_default,
-                     "generation", (json_int_t)cfg->generation,
+                     "generation", shown_generation(cfg),
                      "versions", vs);
 }
 
@@ -479,8 +487,8 @@ change_answer(struct evhttp_request *req, struct change *c)
         /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
         reply(req, 200, c->op == CH_DELETE_EP ?
               json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation",
-                        (json_int_t)cur()->generation) :
-              json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+                        shown_generation(cur())) :
+              json_pack("{s:I}", "generation", shown_generation(cur())));
         return;
     }
     if (c->op == CH_REGEN_KEY) {
@@ -584,7 +592,7 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
         for (int i = 0; i < cur()->n_endpoints; i++)
             json_array_append_new(list, describe_endpoint(cur(), &cur()->endpoints[i]));
         reply(req, 200, json_pack("{s:o, s:I}", "endpoints", list,
-                                  "generation", (json_int_t)cur()->generation));
+                                  "generation", shown_generation(cur())));
         return;
     }
     if (m == EVHTTP_REQ_GET) {
@@ -812,7 +820,7 @@ rollout_answered(void *arg, int status, const char *message, const struct cfg_er
         if (vi >= 0)
             reply(req, 200, rollout_describe(ep, vi));
         else
-            reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+            reply(req, 200, json_pack("{s:I}", "generation", shown_generation(cur())));
     } else
         reply_change_failed(req, status, message, errs);
     change_free(c);
@@ -930,7 +938,7 @@ on_reload(struct evhttp_request *req)
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else
-        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+        reply(req, 200, json_pack("{s:I}", "generation", shown_generation(cur())));
     cfg_errors_free(&errs);
 }
 
@@ -994,8 +1002,18 @@ on_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (strcmp(path, "/readyz") == 0) {
-        reply(req, draining ? 503 : 200, json_pack("{s:s, s:I}", "status",
-              draining ? "draining" : "ready", "generation", (json_int_t)cur()->generation));
+        json_t *body = json_pack("{s:s, s:I}", "status", draining ? "draining" : "ready",
+                                 "generation", shown_generation(cur()));
+        if (body != NULL && fleet_enabled()) {
+            /* The content hash, and why the fleet's newest is not applied. */
+            uint64_t behind_gen = 0;
+            const char *behind = fleet_behind(&behind_gen);
+            json_object_set_new(body, "hash", json_string(cur()->fleet_hash));
+            if (behind != NULL)
+                json_object_set_new(body, "behind", json_pack("{s:I, s:o}", "generation",
+                                    (json_int_t)behind_gen, "reason", text_json(behind)));
+        }
+        reply(req, draining ? 503 : 200, body);
         return;
     }
     if (strcmp(path, "/metrics") == 0) {

@@ -2,6 +2,7 @@
 processes and one Redis; every convergence is polled against a bounded
 deadline and checked by routing (X-Sluice-Version, 401/200), not only by
 the admin API."""
+import hashlib
 import json
 import os
 import stat
@@ -47,6 +48,14 @@ def until(fn, want, timeout):
     return got
 
 
+def content_hash(shared):
+    """SPEC §6 "hash": SHA-256 of the shared part (endpoints, tokens),
+    serialised compactly with sorted keys."""
+    part = {k: shared[k] for k in ("endpoints", "tokens") if k in shared}
+    text = json.dumps(part, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def redis_config(r):
     text = r.client().get(KEY)
     return json.loads(text) if text is not None else None
@@ -64,7 +73,8 @@ def test_split_change_served_by_all_within_1s():
     seeded = redis_config(r)
     assert seeded["generation"] == 1
     assert [v["name"] for v in seeded["endpoints"][0]["versions"]] == ["versiona", "versionb"]
-    assert sorted(seeded) == ["endpoints", "generation", "tokens"]
+    assert sorted(seeded) == ["endpoints", "generation", "hash", "tokens"]
+    assert seeded["hash"] == content_hash(seeded)
     for s in fleet:
         assert served_by(s) == (200, "versiona")
 
