@@ -467,9 +467,11 @@ change_edit(struct change *c, json_t *doc, struct cfg_edit_result *er)
     return rc;
 }
 
-/* The answer to a change applied: from the generation now in use. */
+/* The answer to a change applied: from the generation now in use, with
+ * gen (> 0) as the change's own generation (in a fleet a later one may
+ * already run when the answer goes). */
 static void
-change_answer(struct evhttp_request *req, struct change *c)
+change_answer(struct evhttp_request *req, struct change *c, uint64_t gen)
 {
     const char *op = change_op_names[c->op];
     if (c->op == CH_PUT_EP || c->op == CH_DELETE_EP || c->op == CH_REGEN_KEY)
@@ -483,12 +485,12 @@ change_answer(struct evhttp_request *req, struct change *c)
                   "\"by\":\"operator\",\"reason\":\"operator change\"", log_json(c->r.ep),
                   log_json(c->vname));
     const struct cfg_endpoint *ep = find_ep(c->r.ep);
+    json_int_t g = gen > 0 ? (json_int_t)gen : shown_generation(cur());
     if (c->op == CH_DELETE_EP || ep == NULL) {
         /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
         reply(req, 200, c->op == CH_DELETE_EP ?
-              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation",
-                        shown_generation(cur())) :
-              json_pack("{s:I}", "generation", shown_generation(cur())));
+              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation", g) :
+              json_pack("{s:I}", "generation", g));
         return;
     }
     if (c->op == CH_REGEN_KEY) {
@@ -497,7 +499,10 @@ change_answer(struct evhttp_request *req, struct change *c)
         return;
     }
     int code = (c->op == CH_CREATE_V || (c->op == CH_PUT_EP && c->created)) ? 201 : 200;
-    reply(req, code, describe_endpoint(cur(), ep));
+    json_t *body = describe_endpoint(cur(), ep);
+    if (body != NULL)
+        json_object_set_new(body, "generation", json_integer(g));
+    reply(req, code, body);
 }
 
 static int
@@ -528,7 +533,7 @@ fleet_done_cb(void *arg, int status, const char *message, const struct cfg_error
     struct change *c = arg;
     struct evhttp_request *req = wait_end(&c->w);
     if (status == 0)
-        change_answer(req, c);
+        change_answer(req, c, fleet_answered_generation());
     else
         reply_change_failed(req, status, message, errs);
     change_free(c);
@@ -551,7 +556,7 @@ change_run(struct evhttp_request *req, struct change *c)
     if (rc != 0)
         reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
     else if (commit(req, doc))
-        change_answer(req, c);
+        change_answer(req, c, 0);
     json_decref(doc);
     change_free(c);
 }

@@ -113,6 +113,7 @@ static struct {
     time_t absent_since;            /* the key seen absent while running the file's seed */
     struct cas *q_head, *q_tail;    /* changes in order; the head one runs */
     bool running;
+    uint64_t answering;             /* the generation of the change being answered */
 } F;
 
 bool
@@ -131,6 +132,12 @@ const char *
 fleet_hash(void)
 {
     return F.hash;
+}
+
+uint64_t
+fleet_answered_generation(void)
+{
+    return F.answering;
 }
 
 const char *
@@ -651,8 +658,10 @@ cas_finish(struct cas *c, int status, const char *msg, const struct cfg_errors *
         if (F.q_head != NULL && F.next_ev != NULL)
             event_active(F.next_ev, EV_TIMEOUT, 0);
     }
+    F.answering = status == 0 && !c->restore ? c->newgen : 0;
     if (c->done)
         c->done(c->arg, status, msg, errs);
+    F.answering = 0;
     cas_clear(c);
     free(c);
 }

@@ -712,6 +712,8 @@ typedef int (*fleet_edit_fn)(void *arg, struct json_t *doc, struct cfg_edit_resu
 typedef void (*fleet_done_fn)(void *arg, int status, const char *message,
                               const struct cfg_errors *errs);
 void fleet_change(fleet_edit_fn edit, fleet_done_fn done, void *arg);
+/* Inside done() with status 0: the generation the change was written as. */
+uint64_t fleet_answered_generation(void);
 /* GET /admin/v1/fleet: status 200 with a body (taken over), or an error. */
 typedef void (*fleet_status_fn)(void *arg, int status, struct json_t *body, const char *why);
 void fleet_status(fleet_status_fn done, void *arg);
