@@ -547,13 +547,16 @@ static void drop_all(const char *why);
 
 /* A text read from Redis: apply it whenever its number or content differs
  * from what runs (an older number too: Redis is the truth after a failover).
- * An absent key (Redis lost its data) is seeded again from what runs. */
-static void
+ * An absent key (Redis lost its data) is seeded again from what runs. False
+ * when the text is unusable (not a shared part). */
+static bool
 take_remote(const char *text, size_t len, const char *via)
 {
     if (len == 0) {
-        if (F.shared == NULL)
-            return;
+        /* An instance that knows it is behind never puts its older
+         * generation back: one that runs the newest will. */
+        if (F.shared == NULL || F.pending != NULL)
+            return true;
         /* An instance that never had the fleet's config (it started from its
          * file) waits a poll before seeding, so that an instance that runs a
          * real generation, with the fleet's keys, puts it back first. */
@@ -562,13 +565,13 @@ take_remote(const char *text, size_t len, const char *via)
             if (F.absent_since == 0 || now - F.absent_since < FLEET_POLL_S) {
                 if (F.absent_since == 0)
                     F.absent_since = now;
-                return;
+                return true;
             }
         }
         log_event(LOG_WARN, "fleet_config_restored", ",\"generation\":%llu,"
                   "\"reason\":\"the key is absent\"", (unsigned long long)(F.gen ? F.gen : 1));
         send_restore(F.shared, F.gen ? F.gen : 1);
-        return;
+        return true;
     }
     F.absent_since = 0;
     char why[256], hash[CFG_FLEET_HASH_LEN + 1];
@@ -577,19 +580,20 @@ take_remote(const char *text, size_t len, const char *via)
     if (s == NULL) {
         log_event(LOG_ERROR, "fleet_config_unreadable", ",\"key\":\"%s\",\"reason\":\"%s\"",
                   log_json(F.key), log_json(why));
-        return;
+        return false;
     }
     if (!config_fleet_hash(s, hash)) {
         json_decref(s);
-        return;
+        return false;
     }
     if (config_fleet_same(gen, hash, F.gen, F.hash)) {
         /* The same content; keep the text as stored (its hash member is
          * what the compare-and-set compares). */
         set_running(s, gen, hash);
-        return;
+        return true;
     }
     apply_shared(s, gen, hash, via);
+    return true;
 }
 
 /* Why a GET was sent, for the log; passed as an index, not a pointer. */
@@ -802,10 +806,16 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
     /* Lost the race: catch up with what won (applied here), then compute
      * the change again on it. */
     redisReply *cur = r->element[1];
-    take_remote(cur->type == REDIS_REPLY_STRING ? cur->str : "",
-                cur->type == REDIS_REPLY_STRING ? cur->len : 0, "race");
+    bool usable = take_remote(cur->type == REDIS_REPLY_STRING ? cur->str : "",
+                              cur->type == REDIS_REPLY_STRING ? cur->len : 0, "race");
     if (c->restore) {
         cas_finish(c, 0, NULL, NULL);
+        return;
+    }
+    if (!usable) {
+        /* Not a shared part at all: trying again would only spin. */
+        cas_finish(c, 503, "the fleet config in Redis is unreadable (see the log): nothing "
+                   "was written", NULL);
         return;
     }
     c->tries++;

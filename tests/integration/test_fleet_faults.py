@@ -332,9 +332,21 @@ def test_fleet_under_faults():
         violations.append("I5: the lost write is in the final config")
 
     refused = sum(1 for r in history if r["status"] in (409, 503))
+    reasons = {}
+    for r in history:
+        if r["status"] == 503:
+            m = r["message"] or ""
+            why = next((name for key, name in (
+                ("newest generation", "instance behind"), ("is unreachable", "Redis away"),
+                ("went away during", "connection lost mid-change"),
+                ("replicas", "WAIT short"), ("primary is changing", "READONLY"),
+                ("waited behind", "queue deadline"), ("not applied here", "not applied here"))
+                if key in m), m[:40])
+            reasons[why] = reasons.get(why, 0) + 1
     print("fleet fault test: seed %d, %.1f s, %d changes attempted, %d acknowledged, "
-          "%d refused (%s), final generation %d with %d endpoints; faults: %s"
+          "%d refused (%s; 503: %s), final generation %d with %d endpoints; faults: %s"
           % (seed, time.time() - t_start, len(history), len(acked), refused,
              ", ".join("%s: %d" % (k, v) for k, v in sorted(statuses.items(), key=str)),
+             ", ".join("%s %d" % kv for kv in sorted(reasons.items())),
              final["generation"], len(names), "; ".join(faults)), flush=True)
     assert violations == [], "\n".join(violations)
