@@ -97,7 +97,7 @@ static struct {
     redisAsyncContext *ac, *sub;
     bool connected, subscribed;
     bool warned_down;
-    struct event *reconnect_ev, *poll_ev, *next_ev;
+    struct event *reconnect_ev, *poll_ev, *next_ev, *retry_ev;
     json_t *shared;                 /* the shared part applied now, as stored */
     uint64_t gen;                   /* its generation; 0: the file's seed */
     char hash[CFG_FLEET_HASH_LEN + 1];  /* its content hash, computed here */
@@ -685,6 +685,25 @@ on_next(evutil_socket_t fd, short what, void *arg)
     run_next();
 }
 
+/* The running change, again after a refusal that passes (BUSY, LOADING). */
+static void
+on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    if (F.running && F.q_head != NULL)
+        attempt(F.q_head);
+}
+
+/* Redis errors after which the script did not run and soon will. */
+static bool
+transient(const char *err)
+{
+    static const char *const kinds[] = {"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", NULL};
+    for (int i = 0; kinds[i]; i++)
+        if (strncmp(err, kinds[i], strlen(kinds[i])) == 0)
+            return true;
+    return false;
+}
+
 static void
 on_wait(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -778,6 +797,14 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
         cas_finish(c, 503, "the Redis primary is changing (failover): nothing was written; "
                    "try again", NULL);
         drop_all("the node is a replica now (READONLY)");
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR && !c->restore && transient(r->str) &&
+        now_ms() + 100 < c->deadline && F.retry_ev != NULL) {
+        /* The script did not run; Redis will take it soon: again in 0.1 s. */
+        struct timeval tv = {0, 100000};
+        cas_clear(c);
+        evtimer_add(F.retry_ev, &tv);
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -890,8 +917,9 @@ attempt(struct cas *c)
             cas_finish(c, 409, "the fleet config kept changing under this change until its "
                        "deadline: nothing was written; try again", NULL);
         else
-            cas_finish(c, 503, "this change waited behind others on this instance until its "
-                       "deadline: nothing was written; try again", NULL);
+            cas_finish(c, 503, "this change could not be made before its deadline (it waited "
+                       "behind other changes, or Redis was busy): nothing was written; try "
+                       "again", NULL);
         return;
     }
     if (F.pending != NULL) {
@@ -1267,7 +1295,8 @@ fleet_start(struct event_base *base)
     F.reconnect_ev = evtimer_new(base, on_reconnect, NULL);
     F.poll_ev = event_new(base, -1, EV_PERSIST, on_poll, NULL);
     F.next_ev = evtimer_new(base, on_next, NULL);
-    if (F.reconnect_ev == NULL || F.poll_ev == NULL || F.next_ev == NULL)
+    F.retry_ev = evtimer_new(base, on_retry, NULL);
+    if (F.reconnect_ev == NULL || F.poll_ev == NULL || F.next_ev == NULL || F.retry_ev == NULL)
         abort();
     struct timeval tv = {FLEET_POLL_S, 0};
     event_add(F.poll_ev, &tv);
@@ -1302,6 +1331,8 @@ fleet_stop(void)
         event_free(F.poll_ev);
     if (F.next_ev)
         event_free(F.next_ev);
+    if (F.retry_ev)
+        event_free(F.retry_ev);
     json_decref(F.pending);
     json_decref(F.shared);
     free(F.name);

@@ -596,3 +596,29 @@ def test_joining_instance_generates_no_keys():
         assert served_by(s, {"Authorization": "Bearer " + keys["primary"]}) == (200, "versiona")
     assert redis_config(r)["endpoints"][0]["keys"] == keys
     assert redis_config(r)["generation"] == 1
+
+
+def test_redis_busy_is_waited_out_not_a_500():
+    """A change that meets a Redis busy with a long script (BUSY) is tried
+    again until its deadline instead of failing: nothing was written, so
+    trying again is safe (on 60f2a02 the answer was 500). Every answer of a
+    fleet change is 2xx, 409 or 503 (issue 17 item 3)."""
+    r = Redis()
+    a, b = Model("versiona"), Model("versionb")
+    A = fleet_member(r, split_endpoints(a, b))
+    c = r.client()
+    c.config_set("busy-reply-threshold", 100)       # BUSY after 0.1 s of a script
+    busy = threading.Thread(target=lambda: r.client().eval(
+        "local t = redis.call('TIME') local s = t[1] + t[2] / 1e6 "
+        "while true do t = redis.call('TIME') if t[1] + t[2] / 1e6 > s + 1.5 then break end "
+        "end return 1", 0))
+    busy.start()
+    time.sleep(0.3)
+    try:
+        resp = patch(A, "versionb", {"traffic_percentile": 100})
+    finally:
+        busy.join()
+    assert resp.status_code == 200, resp.text
+    assert redis_config(r)["generation"] == 2
+    assert served_by(A) == (200, "versionb")
+    assert '"event":"fleet_cas_failed"' not in A.log()

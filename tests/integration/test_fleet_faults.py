@@ -340,7 +340,7 @@ def test_fleet_under_faults():
                 ("newest generation", "instance behind"), ("is unreachable", "Redis away"),
                 ("went away during", "connection lost mid-change"),
                 ("replicas", "WAIT short"), ("primary is changing", "READONLY"),
-                ("waited behind", "queue deadline"), ("not applied here", "not applied here"))
+                ("before its deadline", "deadline"), ("not applied here", "not applied here"))
                 if key in m), m[:40])
             reasons[why] = reasons.get(why, 0) + 1
     print("fleet fault test: seed %d, %.1f s, %d changes attempted, %d acknowledged, "
