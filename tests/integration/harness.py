@@ -931,8 +931,8 @@ class SentinelGroup:
                     raise
 
     def client(self, port, **kw):
-        return self.lib.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                              socket_timeout=5, **kw)
+        kw.setdefault("socket_timeout", 5)
+        return self.lib.Redis(host="127.0.0.1", port=port, decode_responses=True, **kw)
 
     def sentinel_view(self, port):
         """(primary port, replicas, other sentinels) as one sentinel sees it."""

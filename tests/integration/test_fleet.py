@@ -264,9 +264,12 @@ def test_client_gone_while_change_waits_for_redis():
     r = Redis()
     a, b = Model("versiona"), Model("versionb")
     fleet = [fleet_member(r, split_endpoints(a, b)) for _ in range(2)]
-    # A script that keeps Redis busy for a while: the change's CAS waits.
+    # A script that keeps Redis busy for a second: the change's CAS waits
+    # (or meets BUSY and is tried again).
     busy = threading.Thread(target=lambda: r.client().eval(
-        "for i = 1, 100000000 do end return 1", 0))
+        "local t = redis.call('TIME') local s = t[1] + t[2] / 1e6 "
+        "while true do t = redis.call('TIME') if t[1] + t[2] / 1e6 > s + 1 then break end "
+        "end return 1", 0))
     busy.start()
     time.sleep(0.1)
     body = b'{"traffic_percentile": 100}'
@@ -442,7 +445,7 @@ def test_wait_replicas_short_is_an_honest_503():
     r = Redis()
     ms = [Model("versiona"), Model("versionb")]
     A = fleet_member(r, split_endpoints(*ms),
-                     redis_extra={"wait_replicas": 1, "wait_timeout_ms": 200})
+                     redis_extra={"wait_replicas": 1, "wait_timeout_ms": 2000})
     resp = patch(A, "versionb", {"traffic_percentile": 10})
     assert resp.status_code == 503, resp.text
     msg = resp.json()["error"]["message"]
