@@ -97,7 +97,7 @@ static struct {
     redisAsyncContext *ac, *sub;
     bool connected, subscribed;
     bool warned_down;
-    struct event *reconnect_ev, *poll_ev, *next_ev, *retry_ev;
+    struct event *reconnect_ev, *poll_ev, *next_ev, *retry_ev, *deadline_ev;
     json_t *shared;                 /* the shared part applied now, as stored */
     uint64_t gen;                   /* its generation; 0: the file's seed */
     char hash[CFG_FLEET_HASH_LEN + 1];  /* its content hash, computed here */
@@ -625,6 +625,7 @@ struct cas {
     fleet_done_fn done;
     void *arg;
     bool restore;                   /* putting an absent key back: not queued, not answered */
+    bool abandoned;                 /* answered at its deadline while Redis owed a reply */
     int tries;
     uint64_t deadline;              /* now_ms() by which it is answered */
     uint64_t newgen;
@@ -658,6 +659,8 @@ cas_finish(struct cas *c, int status, const char *msg, const struct cfg_errors *
             if (F.q_head == NULL)
                 F.q_tail = NULL;
             F.running = false;
+            if (F.deadline_ev != NULL)
+                evtimer_del(F.deadline_ev);
         }
         if (F.q_head != NULL && F.next_ev != NULL)
             event_active(F.next_ev, EV_TIMEOUT, 0);
@@ -676,7 +679,43 @@ run_next(void)
     if (F.running || F.q_head == NULL)
         return;
     F.running = true;
+    if (F.deadline_ev != NULL) {
+        uint64_t now = now_ms(), left = F.q_head->deadline > now ? F.q_head->deadline - now : 0;
+        struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+        evtimer_add(F.deadline_ev, &tv);
+    }
     attempt(F.q_head);
+}
+
+/* The running change's deadline passed while Redis owed it a reply (a
+ * frozen or unreachable-but-connected Redis): answered now, the outcome
+ * open; the reply, when it comes, is handled (a won change applied) but
+ * answers no one, and the next change runs meanwhile. */
+static void
+on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct cas *c = F.q_head;
+    if (!F.running || c == NULL)
+        return;
+    if (evtimer_pending(F.retry_ev, NULL)) {
+        evtimer_del(F.retry_ev);
+        attempt(c);                 /* answers: the deadline passed */
+        return;
+    }
+    log_event(LOG_WARN, "fleet_change_unanswered", ",\"reason\":\"Redis owes the change a "
+              "reply past its deadline\"");
+    c->abandoned = true;
+    F.q_head = c->next;
+    if (F.q_head == NULL)
+        F.q_tail = NULL;
+    F.running = false;
+    if (F.q_head != NULL)
+        event_active(F.next_ev, EV_TIMEOUT, 0);
+    fleet_done_fn done = c->done;
+    c->done = NULL;
+    if (done != NULL)
+        done(c->arg, 503, "Redis did not answer the change before its deadline: it may or may "
+             "not have been made; read the config again", NULL);
 }
 
 static void
@@ -799,7 +838,7 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
         drop_all("the node is a replica now (READONLY)");
         return;
     }
-    if (r->type == REDIS_REPLY_ERROR && !c->restore && transient(r->str) &&
+    if (r->type == REDIS_REPLY_ERROR && !c->restore && !c->abandoned && transient(r->str) &&
         now_ms() + 100 < c->deadline && F.retry_ev != NULL) {
         /* The script did not run; Redis will take it soon: again in 0.1 s. */
         struct timeval tv = {0, 100000};
@@ -835,7 +874,7 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
     redisReply *cur = r->element[1];
     bool usable = take_remote(cur->type == REDIS_REPLY_STRING ? cur->str : "",
                               cur->type == REDIS_REPLY_STRING ? cur->len : 0, "race");
-    if (c->restore) {
+    if (c->restore || c->abandoned) {
         cas_finish(c, 0, NULL, NULL);
         return;
     }
@@ -1296,7 +1335,9 @@ fleet_start(struct event_base *base)
     F.poll_ev = event_new(base, -1, EV_PERSIST, on_poll, NULL);
     F.next_ev = evtimer_new(base, on_next, NULL);
     F.retry_ev = evtimer_new(base, on_retry, NULL);
-    if (F.reconnect_ev == NULL || F.poll_ev == NULL || F.next_ev == NULL || F.retry_ev == NULL)
+    F.deadline_ev = evtimer_new(base, on_deadline, NULL);
+    if (F.reconnect_ev == NULL || F.poll_ev == NULL || F.next_ev == NULL || F.retry_ev == NULL ||
+        F.deadline_ev == NULL)
         abort();
     struct timeval tv = {FLEET_POLL_S, 0};
     event_add(F.poll_ev, &tv);
@@ -1333,6 +1374,8 @@ fleet_stop(void)
         event_free(F.next_ev);
     if (F.retry_ev)
         event_free(F.retry_ev);
+    if (F.deadline_ev)
+        event_free(F.deadline_ev);
     json_decref(F.pending);
     json_decref(F.shared);
     free(F.name);
