@@ -713,7 +713,8 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
         redis_connect(r);
     }
     r->retention_min = c->retention_minutes;
-    r->generation = cfg->generation;
+    /* In a fleet, the fleet's generation (SPEC §6), not this process's count. */
+    r->generation = cfg->fleet_name != NULL ? cfg->fleet_generation : cfg->generation;
     if (r->flush_ms != c->flush_interval_ms) {
         r->flush_ms = c->flush_interval_ms;
         struct timeval tv = {r->flush_ms / 1000, (r->flush_ms % 1000) * 1000};
@@ -735,7 +736,7 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
                      config_group_name(ver->mirror ? CFG_GROUP_SHADOW : ver->group),
                      ver->traffic / 100.0, ver->effective / 100.0,
                      ver->is_default ? "true" : "false",
-                     (unsigned long long)cfg->generation);
+                     (unsigned long long)r->generation);
             json_object_set_new(vs, ver->name, json_string(text));
             if (ver->compare.mode != CFG_COMPARE_OFF && ver->compare.samples > 0) {
                 char key[256];

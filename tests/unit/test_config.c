@@ -628,7 +628,20 @@ test_fleet_split_merge(void)
         "\"fleet\":{\"name\":\"prod\"},\"tokens\":{\"signing_key\":\"k\"},"
         "\"endpoints\":[{\"name\":\"aaa\",\"versions\":[" V("va", 10, "") "]}]}", 0, NULL);
     json_t *sh = config_fleet_shared(doc, 7);
-    CHECK(json_object_size(sh) == 3, "generation, endpoints, tokens only");
+    CHECK(json_object_size(sh) == 4, "generation, hash, endpoints, tokens only");
+    char h1[CFG_FLEET_HASH_LEN + 1], h2[CFG_FLEET_HASH_LEN + 1];
+    CHECK(config_fleet_hash(sh, h1) && strlen(h1) == 64, "a SHA-256 in hex");
+    CHECK(strcmp(config_fleet_stored_hash(sh), h1) == 0, "the hash is kept in the JSON");
+    /* The content alone: not the generation, not the order of members. */
+    json_t *sh9 = config_fleet_shared(doc, 9);
+    CHECK(config_fleet_hash(sh9, h2) && strcmp(h1, h2) == 0, "same content, same hash");
+    json_decref(sh9);
+    json_t *reordered = json_loads("{\"tokens\":{\"signing_key\":\"k\"},\"generation\":7,"
+        "\"endpoints\":[{\"versions\":[" V("va", 10, "") "],\"name\":\"aaa\"}]}", 0, NULL);
+    CHECK(config_fleet_hash(reordered, h2) && strcmp(h1, h2) == 0, "member order ignored");
+    json_object_set_new(json_object_get(reordered, "tokens"), "signing_key", json_string("k2"));
+    CHECK(config_fleet_hash(reordered, h2) && strcmp(h1, h2) != 0, "content changes it");
+    json_decref(reordered);
     CHECK(json_integer_value(json_object_get(sh, "generation")) == 7, "generation");
     CHECK(json_equal(json_object_get(sh, "endpoints"), json_object_get(doc, "endpoints")) &&
           json_object_get(sh, "endpoints") != json_object_get(doc, "endpoints"), "a deep copy");
@@ -689,9 +702,17 @@ test_fleet_parse(void)
     }
     s = config_fleet_parse("{\"generation\":", 14, &gen, err, sizeof(err));
     CHECK(s == NULL && strncmp(err, "invalid JSON", 12) == 0, "%s", err);
-    CHECK(config_fleet_newer(2, 3), "newer");
-    CHECK(!config_fleet_newer(3, 3), "the same is not newer");
-    CHECK(!config_fleet_newer(3, 2), "older never applies");
+    const char *withhash = "{\"generation\":3,\"hash\":\"abc\",\"endpoints\":[]}";
+    s = config_fleet_parse(withhash, strlen(withhash), &gen, err, sizeof(err));
+    CHECK(s != NULL && gen == 3 && strcmp(config_fleet_stored_hash(s), "abc") == 0, "%s", err);
+    json_decref(s);
+    s = config_fleet_parse("{\"generation\":3,\"hash\":1,\"endpoints\":[]}", 40, &gen, err,
+                           sizeof(err));
+    CHECK(s == NULL && strcmp(err, "hash: must be a string") == 0, "got %s", err);
+    CHECK(config_fleet_same(3, "aa", 3, "aa"), "same number and hash");
+    CHECK(!config_fleet_same(3, "aa", 3, "bb"), "one number, two contents: differs");
+    CHECK(!config_fleet_same(2, "aa", 3, "aa"), "another number differs");
+    CHECK(!config_fleet_same(4, "aa", 3, "aa"), "an older number differs too (failover)");
 }
 
 /* Issue 17 finding 3: "pinning" (default true) and the pin refusal a
