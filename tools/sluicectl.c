@@ -39,7 +39,7 @@ static const char *admin_token;
 static const char *ca_file;
 static bool insecure;
 static bool as_json;
-static CURLU *admin_base;           /* admin_url, parsed once */
+static char *admin_origin;          /* admin_url's scheme://host[:port] */
 static char *base_path;             /* its path without the trailing '/' */
 
 struct response {
@@ -296,7 +296,7 @@ want_args(const struct cmdline *c, int n, const char *synopsis)
 static void
 admin_setup(void)
 {
-    admin_base = curl_url();
+    CURLU *admin_base = curl_url();
     char *scheme = NULL, *host = NULL, *path = NULL, *query = NULL;
     CURLUcode rc = curl_url_set(admin_base, CURLUPART_URL, admin_url, 0);
     if (rc != CURLUE_OK)
@@ -317,6 +317,20 @@ admin_setup(void)
     base_path = xrealloc(NULL, n + 1);
     memcpy(base_path, path ? path : "", n);
     base_path[n] = '\0';
+    /* The origin as curl writes it (the path set to "/", then dropped): the
+     * paths are appended as built, encoded by admin_path. */
+    char *origin = NULL;
+    curl_url_set(admin_base, CURLUPART_PATH, "/", 0);
+    curl_url_set(admin_base, CURLUPART_FRAGMENT, NULL, 0);
+    curl_url_get(admin_base, CURLUPART_URL, &origin, 0);
+    size_t olen = origin ? strlen(origin) : 0;
+    if (olen > 0 && origin[olen - 1] == '/')
+        olen--;
+    admin_origin = xrealloc(NULL, olen + 1);
+    memcpy(admin_origin, origin ? origin : "", olen);
+    admin_origin[olen] = '\0';
+    curl_free(origin);
+    curl_url_cleanup(admin_base);
     if (insecure && strcmp(scheme, "https") != 0)
         fprintf(stderr, "sluicectl: --insecure has no effect on %s\n", admin_url);
     curl_free(scheme);
@@ -375,15 +389,9 @@ static struct response
 call(const char *method, const char *path, json_t *body)
 {
     struct response r = {0};
-    CURLU *u = curl_url_dup(admin_base);
-    char *full = NULL, *url = NULL, *text = NULL;
-    const char *q = strchr(path, '?');
-    size_t plen = q ? (size_t)(q - path) : strlen(path);
-    full = xrealloc(NULL, strlen(base_path) + plen + 1);
-    sprintf(full, "%s%.*s", base_path, (int)plen, path);
-    curl_url_set(u, CURLUPART_PATH, full, 0);
-    curl_url_set(u, CURLUPART_QUERY, q ? q + 1 : NULL, 0);
-    curl_url_get(u, CURLUPART_URL, &url, 0);
+    char *url = xrealloc(NULL, strlen(admin_origin) + strlen(base_path) + strlen(path) + 1);
+    sprintf(url, "%s%s%s", admin_origin, base_path, path);
+    char *text = NULL;
 
     CURL *c = curl_easy_init();
     struct curl_slist *h = NULL;
@@ -443,9 +451,7 @@ out:
     if (c != NULL)
         curl_easy_cleanup(c);
     free(text);
-    curl_free(url);
-    curl_url_cleanup(u);
-    free(full);
+    free(url);
     return r;
 }
 
