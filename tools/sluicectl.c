@@ -1140,7 +1140,7 @@ cmd_rollout(int argc, char **argv)
     /* rollout EP V ACTION [options] */
     const char *action = argc >= 4 ? argv[3] : "";
     bool is_plan = strcmp(action, "plan") == 0, is_status = strcmp(action, "status") == 0;
-    struct cmdline c;
+    static struct cmdline c;
     parse_cmdline(argc, argv, is_plan ? rollout_plan_opts : is_status ? rollout_status_opts :
                   no_opts, false, is_plan ? "rollout plan" : is_status ? "rollout status" :
                   "rollout", &c);
@@ -1188,7 +1188,7 @@ cmd_rollout(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    struct cmdline g;
+    static struct cmdline g;        /* static: reachable to the end (LSan) */
     parse_cmdline(argc - 1, argv + 1, global_opts, true, NULL, &g);
     admin_url = getenv("SLUICE_ADMIN_URL");
     admin_token = getenv("SLUICE_ADMIN_TOKEN");
@@ -1237,7 +1237,7 @@ main(int argc, char **argv)
     argc = g.npos;
     argv = g.pos;
     const char *cmd = argv[0];
-    struct cmdline c;
+    static struct cmdline c;
     struct response r;
     char *path;
     int rc;
