@@ -977,3 +977,151 @@ def test_redis_conf_is_accepted_by_redis_server():
     assert c.config_get("appendonly") == {"appendonly": "yes"}
     assert c.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
     assert c.config_get("protected-mode") == {"protected-mode": "no"}
+
+
+# ---- Helm chart --------------------------------------------------------------
+# helm is not in Debian and no maintained npm package renders charts, so
+# tests/deploy/helm-render.mjs renders deploy/helm/sluice: the subset of Go
+# templates and Sprig the chart uses, refusing the rest. It is not Helm.
+
+CHART = os.path.join(DEPLOY, "helm", "sluice")
+HELM_RENDER = os.path.join(ROOT, "tests", "deploy", "helm-render.mjs")
+NEEDED = {"existingSecret": "sluice", "redis": {"address": "redis-primary:6379"}}
+
+
+def helm(values=None, release="prod"):
+    """(error or None, [documents]) of the chart with these values."""
+    out = subprocess.run(["node", HELM_RENDER, CHART, "--set-json", json.dumps(values or {}),
+                          "--release", release, "--namespace", "sluice"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip(), out.stderr
+    res = json.loads(out.stdout)
+    return res["error"], [d["doc"] for d in res["documents"]]
+
+
+def helm_ok(values):
+    err, docs = helm(values)
+    assert err is None, err
+    d = tmpdir()
+    path = os.path.join(d, "rendered.yaml")
+    with open(path, "w") as f:
+        f.write("\n---\n".join(json.dumps(x) for x in docs))
+    rc, res = validate(path)
+    assert rc == 0 and res["problems"] == [], res["problems"]
+    return [{"kind": x["kind"], "name": x["metadata"]["name"], "doc": x} for x in docs]
+
+
+def chart_config(docs):
+    return json.loads(find(docs, "ConfigMap", "prod-config")["data"]["sluice.json"])
+
+
+def test_helm_chart_renders_valid_manifests_with_its_defaults():
+    """issue 20 finding 5: a chart with the values users expect, rendered
+    and checked against the API schemas; its sluice.json passes --check."""
+    err, _ = helm({"redis": {"address": "r:6379"}})
+    assert err == "existingSecret: the Secret with the admin token and the Redis password"
+    err, _ = helm({"existingSecret": "s"})
+    assert err == "redis.address: where your Redis is (host:port)"
+    err, _ = helm({"existingSecret": "s", "redis": {"mode": "cluster"}})
+    assert err == "redis.mode: address or sentinel"
+    docs = helm_ok(NEEDED)
+    kinds = sorted("%s/%s" % (d["kind"], d["name"]) for d in docs)
+    assert kinds == ["ConfigMap/prod-config", "Deployment/prod", "HorizontalPodAutoscaler/prod",
+                     "NetworkPolicy/prod", "PodDisruptionBudget/prod", "Service/prod",
+                     "Service/prod-admin"], kinds
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    dep = find(docs, "Deployment", "prod")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "registry.example.com/sluice:0.1.0"
+    assert "replicas" not in dep["spec"]                   # the HPA owns it
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+    cfg = chart_config(docs)
+    assert cfg["workers"] == int(c["resources"]["limits"]["cpu"])
+    assert cfg["redis"]["address"] == "redis-primary:6379"
+    assert [l["address"] for l in cfg["listeners"]] == ["0.0.0.0:8080"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]} == {
+        "SLUICE_ADMIN_TOKEN": {"name": "sluice", "key": "admin-token"},
+        "SLUICE_REDIS_PASSWORD": {"name": "sluice", "key": "redis-password"}}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    seed = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    assert seed == ["prod-config"]
+    # Same selectors everywhere.
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert find(docs, "Service", "prod")["spec"]["selector"] == sel
+    assert find(docs, "PodDisruptionBudget", "prod")["spec"]["selector"]["matchLabels"] == sel
+    assert find(docs, "NetworkPolicy", "prod")["spec"]["podSelector"]["matchLabels"] == sel
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in sel.items())
+    # The network policy: admin port from monitoring and operations only.
+    for ns, ok in (("monitoring", True), ("operations", True), ("default", False)):
+        assert allowed(docs, ns, {}, dep["spec"]["template"]["metadata"]["labels"], 9901) == ok
+    d = tmpdir()
+    with open(os.path.join(d, "sluice.json"), "w") as f:
+        json.dump(cfg, f)
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN="t" * 32, SLUICE_REDIS_PASSWORD="p" * 32)
+    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_helm_chart_values_toggle_what_they_say():
+    """Redis mode, TLS, replicas, serviceMonitor and networkPolicy toggles,
+    existingSecret keys; a config change changes the pod template."""
+    base = helm_ok(NEEDED)
+    values = {"existingSecret": "mine", "existingSecretKeys": {"adminToken": "token"},
+              "image": {"repository": "r.example/sluice", "tag": "9.9"},
+              "replicaCount": 5, "autoscaling": {"enabled": False},
+              "networkPolicy": {"enabled": False},
+              "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+              "tls": {"existingSecret": "sluice-tls"}, "workers": 2,
+              "redis": {"mode": "sentinel", "waitReplicas": 1,
+                        "sentinels": ["redis-sentinel-%d.redis-sentinel:26379" % i
+                                      for i in range(3)]}}
+    docs = helm_ok(values)
+    kinds = sorted("%s/%s" % (d["kind"], d["name"]) for d in docs)
+    assert kinds == ["ConfigMap/prod-config", "Deployment/prod", "PodDisruptionBudget/prod",
+                     "Service/prod", "Service/prod-admin", "ServiceMonitor/prod"], kinds
+    dep = find(docs, "Deployment", "prod")
+    assert dep["spec"]["replicas"] == 5
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "r.example/sluice:9.9"
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"]} == {
+        "SLUICE_ADMIN_TOKEN": "token", "SLUICE_REDIS_PASSWORD": "redis-password"}
+    assert {p["name"] for p in c["ports"]} == {"http", "https", "admin"}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert {v["name"]: v for v in pod["volumes"]}[mounts["/var/lib/sluice/tls"]]["secret"][
+        "secretName"] == "sluice-tls"
+    assert {p["port"] for p in find(docs, "Service", "prod")["spec"]["ports"]} == {80, 443}
+    sm = find(docs, "ServiceMonitor", "prod")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus"
+    picked = [d["name"] for d in docs if d["kind"] == "Service"
+              and _selects(sm["spec"]["selector"], d["doc"]["metadata"]["labels"])]
+    assert picked == ["prod-admin"]
+    # In sentinel mode with the same values, the chart's config is the
+    # Sentinel overlay's sluice.json: one config, two ways to ship it.
+    assert chart_config(docs) == instance_config("sentinel")
+    # A config change is a new pod template (checksum/config): the pods roll.
+    ann = "checksum/config"
+    before = find(base, "Deployment", "prod")["spec"]["template"]["metadata"]["annotations"][ann]
+    after = find(helm_ok(dict(NEEDED, log={"access_log": "off", "level": "info"})),
+                 "Deployment", "prod")["spec"]["template"]["metadata"]["annotations"][ann]
+    assert len(before) == 64 and before != after
+
+
+def test_helm_renderer_refuses_what_it_does_not_implement():
+    d = os.path.join(tmpdir(), "chart")
+    shutil.copytree(CHART, d)
+    with open(os.path.join(d, "templates", "extra.yaml"), "w") as f:
+        f.write("{{- range .Values.endpoints }}\nx: 1\n{{- end }}\n")
+    out = subprocess.run(["node", HELM_RENDER, d, "--set-json", json.dumps(NEEDED)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["error"] == \
+        "extra.yaml: {{ range .Values.endpoints }}: not supported by this renderer"
+    with open(os.path.join(d, "templates", "extra.yaml"), "w") as f:
+        f.write("a: {{ .Values.image.tag | upper }}\n")
+    out = subprocess.run(["node", HELM_RENDER, d, "--set-json", json.dumps(NEEDED)],
+                         capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout)["error"] == \
+        "extra.yaml: function upper: not supported by this renderer"
