@@ -331,6 +331,13 @@ admin_setup(void)
     admin_origin[olen] = '\0';
     curl_free(origin);
     curl_url_cleanup(admin_base);
+    /* A token in clear over a network: say so (loopback and a tunnel such
+     * as kubectl port-forward are fine). */
+    if (strcmp(scheme, "http") == 0 && admin_token != NULL && *admin_token != '\0' &&
+        strncmp(host, "127.", 4) != 0 && strcmp(host, "localhost") != 0 &&
+        strcmp(host, "[::1]") != 0)
+        fprintf(stderr, "sluicectl: warning: the admin token goes to %s in clear text "
+                "(http://); use https:// across a network\n", host);
     if (insecure && strcmp(scheme, "https") != 0)
         fprintf(stderr, "sluicectl: --insecure has no effect on %s\n", admin_url);
     curl_free(scheme);
@@ -419,8 +426,9 @@ call(const char *method, const char *path, json_t *body)
         text = body ? json_dumps(body, JSON_COMPACT) : NULL;
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, text ? text : "");
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)(text ? strlen(text) : 0));
-        if (text != NULL)
-            h = curl_slist_append(h, "Content-Type: application/json");
+        /* No body: no Content-Type (libcurl would say form-urlencoded). */
+        h = curl_slist_append(h, text != NULL ? "Content-Type: application/json" :
+                              "Content-Type:");
     }
     h = curl_slist_append(h, "Expect:");
     if (admin_token != NULL) {

@@ -207,6 +207,14 @@ def test_other_schemes_are_usage_errors():
     out = ctl("endpoints", url="ftp://127.0.0.1:%d/" % rec.port)
     assert "the scheme must be http:// or https://, not ftp://" in out.stderr
     assert rec.up.n_conns == 0 and rec.got == []
+    # A token over http:// to another machine: a warning (checked with a
+    # usage error after it, so nothing is sent); loopback is quiet.
+    out = ctl("show", url="http://192.0.2.1:9901")
+    assert out.returncode == 2
+    assert out.stderr.startswith("sluicectl: warning: the admin token goes to 192.0.2.1 in "
+                                 "clear text (http://); use https:// across a network\n")
+    assert "warning" not in ctl("show", url="http://127.0.0.1:9901").stderr
+    assert "warning" not in ctl("show", url="https://192.0.2.1:9901").stderr
     # The scheme is case-insensitive (RFC 3986): HTTP:// is http://.
     out = ctl("endpoints", url="HTTP://127.0.0.1:%d" % rec.port)
     assert out.returncode == 1 and "404" in out.stderr
