@@ -418,3 +418,52 @@ def test_rollout_watch_exits_3_on_rollback_and_streams_json():
     assert out.returncode == 0, out.stderr
     assert "plan: none" in out.stdout
     assert rollout_doc(s)["plan"] is None
+
+
+def test_every_command_over_https():
+    """issue 20 finding 1: each command through libcurl over a verified
+    https:// URL, against a real sluice: the answers and the changes."""
+    s = two_versions(keys=True)
+    d = tmpdir()
+    cert, key = make_cert(d)
+    front = TLSFront(s.admin_port, cert, key)
+    model = Model("versionc")
+
+    def run(*args):
+        out = ctl("--cacert", cert, *args, url=front.url())
+        assert out.returncode == 0, (args, out.stderr)
+        return out.stdout
+
+    def api(path):
+        return requests.get(s.admin(path), headers=ADMIN, timeout=5).json()
+
+    assert re.search(r"^ep1 +versionb +treatment", run("endpoints"), re.M)
+    keys = api("/admin/v1/endpoints/ep1/keys")
+    assert run("keys", EP) == "primary    %s\nsecondary  %s\n" % (keys["primary_key"],
+                                                                keys["secondary_key"])
+    new = json.loads(run("regen-key", EP, "secondary", "-o", "json"))
+    assert new["primary_key"] == keys["primary_key"] != new["secondary_key"]
+    assert api("/admin/v1/endpoints/ep1/keys") == new
+    tok = run("token", EP)
+    assert "token_type  Bearer" in tok
+    gen = api("/readyz")["generation"]
+    assert run("reload") == "reloaded: generation %d\n" % (gen + 1)
+    run("version", "create", EP, "versionc", "--upstream", model.addr, "--percent=10",
+        "--description", "third", "--tag", "team=ml")
+    vc = {v["name"]: v for v in api("/admin/v1/endpoints/ep1")["versions"]}["versionc"]
+    assert vc["traffic_percentile"] == 10 and vc["upstreams"] == [model.addr]
+    assert vc["description"] == "third" and vc["tags"] == {"team": "ml"}
+    run("version", "update", EP, "versionc", "--percent", "20")
+    run("version", "delete", EP, "versionc")
+    assert "versionc" not in [v["name"] for v in api("/admin/v1/endpoints/ep1")["versions"]]
+    assert "plan: none" in run("rollout", EP, "versionb", "status")
+    methods = [l.split(" ")[0] for l, _ in front.requests]
+    assert methods == ["GET", "GET", "POST", "POST", "POST", "POST", "PATCH", "DELETE", "GET"]
+    # Every request carried the token, and a JSON body only when it had one.
+    for line, fields in front.requests:
+        h = dict(fields)
+        assert h["authorization"] == "Bearer " + TOKEN
+        assert ("content-type" in h) == line.startswith(("POST /admin/v1/endpoints/ep1/keys",
+                                                         "POST /admin/v1/endpoints/ep1/token",
+                                                         "POST /admin/v1/endpoints/ep1/versions",
+                                                         "PATCH")), (line, h)
