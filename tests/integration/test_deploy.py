@@ -832,7 +832,7 @@ def test_systemd_unit_verifies():
 # ---- Redis primary route -----------------------------------------------------
 
 def _haproxy_cfg(ports, listen):
-    """redis.yaml's haproxy.cfg with the pods' names replaced by local ports."""
+    """components/haproxy/haproxy.cfg, as rendered, with the pods' names replaced by local ports."""
     docs = manifests()
     cfg = find(docs, "ConfigMap", "redis-primary-haproxy")["data"]["haproxy.cfg"]
     assert cfg.count("redis-0.redis:6379") == 1
