@@ -791,7 +791,8 @@ def _verify_unit(text):
 def test_systemd_unit_verifies():
     unit = _read(os.path.join(DEPLOY, "sluice.service"))
     # systemd-analyze checks that ExecStart's program exists: the build's.
-    local = unit.replace("/usr/local/bin/sluice", SLUICE)
+    local = unit.replace("/usr/local/bin/sluicectl", SLUICECTL) \
+        .replace("/usr/local/bin/sluice", SLUICE)
     rc, complaints = _verify_unit(local)
     assert rc == 0 and complaints == [], complaints
     rc, complaints = _verify_unit(local.replace("NoNewPrivileges=", "NoNewPrivilegs=")
@@ -813,9 +814,10 @@ def test_systemd_unit_verifies():
         if "=" in line and not line.startswith("#"):
             k, _, v = line.partition("=")
             keys.setdefault(k, []).append(v)
-    assert keys["Type"] == ["exec"]
+    # sd_notify (issue 20 item 3); a refused reload fails systemctl reload.
+    assert keys["Type"] == ["notify"] and keys["NotifyAccess"] == ["main"]
     assert keys["ExecStart"] == ["/usr/local/bin/sluice -c /etc/sluice/sluice.json"]
-    assert keys["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert keys["ExecReload"] == ["/usr/local/bin/sluicectl reload"]
     assert keys["KillSignal"] == ["SIGTERM"]
     assert keys["Restart"] == ["on-failure"]
     assert keys["User"] == ["sluice"]
