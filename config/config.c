@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define PATH_MAX_LEN 256
 
@@ -470,6 +471,16 @@ read_small_file(const char *file, size_t max, int *errnum)
  * folder). Trailing newlines of a file are dropped. Error messages never
  * contain the secret itself.
  */
+static bool
+contains_nocase(const char *s, const char *word)
+{
+    size_t n = strlen(word);
+    for (; *s != '\0'; s++)
+        if (strncasecmp(s, word, n) == 0)
+            return true;
+    return false;
+}
+
 static void
 get_secret(struct pctx *p, json_t *obj, const char *path, const char *key,
            char **dst)
@@ -1466,6 +1477,17 @@ parse_root(struct pctx *p, json_t *root)
                               &c->admin_port, &is_unix) < 0 || is_unix))
         err(p, "admin.address", "\"%s\" is not host:port", c->admin_address);
     get_secret(p, admin, "admin", "token", &c->admin_token);
+    if (c->admin_token != NULL) {
+        /* A placeholder left in a template, or a guessable token, would
+         * open the admin API: refuse both (issue 20). */
+        size_t n = strlen(c->admin_token);
+        if (n < CFG_ADMIN_TOKEN_MIN)
+            err(p, "admin.token", "must be at least %d bytes (it has %zu): make one with "
+                "openssl rand -base64 32", CFG_ADMIN_TOKEN_MIN, n);
+        else if (contains_nocase(c->admin_token, "replace"))
+            err(p, "admin.token", "is a placeholder (it contains \"REPLACE\"): set a "
+                "secret of your own");
+    }
     get_int(p, admin, "admin", "max_connections", &c->admin_max_connections, 64, 1, 65536);
 
     json_t *redis = get_obj(p, root, "", "redis");

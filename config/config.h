@@ -227,7 +227,7 @@ struct config {
     char *admin_address;
     char *admin_host;
     int admin_port;
-    char *admin_token;
+    char *admin_token;              /* at least CFG_ADMIN_TOKEN_MIN bytes, no placeholder */
     int admin_max_connections;      /* the admin listener's, at once */
     struct cfg_redis redis;
     struct cfg_tokens tokens;
@@ -290,6 +290,8 @@ const char *config_rollout_phase_name(enum cfg_rollout_phase ph);
 /* A member path for compare.ignore: names joined by '.', none empty, no
  * control characters, at most 256 bytes. */
 bool config_compare_path_valid(const char *s);
+
+#define CFG_ADMIN_TOKEN_MIN 16
 
 /* Text checks shared by the config, the admin API and the logs. */
 /* True when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */

@@ -19,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char base_text[] =
     "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
-    " \"admin\":{\"address\":\"127.0.0.1:9901\",\"token\":\"admin-token\"},"
+    " \"admin\":{\"address\":\"127.0.0.1:9901\",\"token\":\"admin-token-for-fuzzing\"},"
     " \"tokens\":{\"signing_key\":\"0123456789abcdef0123456789abcdef\"},"
     " \"endpoints\":["
     "  {\"name\":\"mynewendpoint\",\"auth\":{\"keys\":true,\"tokens\":true},"

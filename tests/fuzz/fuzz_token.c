@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char cfg_text[] =
     "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
-    " \"admin\":{\"token\":\"the-admin-token\"},"
+    " \"admin\":{\"token\":\"the-admin-token-0\"},"
     " \"tokens\":{\"signing_key\":\"" HS_KEY "\",\"ttl_s\":600,\"leeway_s\":30},"
     " \"endpoints\":["
     "  {\"name\":\"alpha\",\"auth\":{\"keys\":true,\"tokens\":true},"

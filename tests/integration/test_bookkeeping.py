@@ -9,7 +9,7 @@ import requests
 
 from harness import Model, Redis, Sluice, endpoint, version
 
-ADMIN = {"Authorization": "Bearer adm"}
+ADMIN = {"Authorization": "Bearer adm-secret-token"}
 
 
 def wait_for(what, fn, timeout=10):
@@ -26,7 +26,7 @@ def wait_for(what, fn, timeout=10):
 def sluice(redis, versions, retention=30):
     rc = {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100,
           "retention_minutes": retention}
-    return Sluice([endpoint("epone", versions)], extra={"redis": rc, "admin": {"token": "adm"}})
+    return Sluice([endpoint("epone", versions)], extra={"redis": rc, "admin": {"token": "adm-secret-token"}})
 
 
 def test_clean_stop_leaves_no_flush_sequence():

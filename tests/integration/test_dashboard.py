@@ -21,13 +21,13 @@ def test_dashboard_shows_the_api_numbers():
         version("versiona", [ms[0].addr], 70, is_default=True, type="control"),
         version("versionb", [ms[1].addr], 30)])], workers=2,
         extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
-               "admin": {"token": "dash-token"}})
+               "admin": {"token": "dash-token-0123456"}})
     with requests.Session() as c:
         for _ in range(500):
             c.post(s.url("ep1"), data=b'{"x":1}')
     time.sleep(0.5)
     shot = os.path.join(tmpdir(), "dashboard.png")
-    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="dash-token",
+    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="dash-token-0123456",
                ENDPOINT="ep1", SCREENSHOT=os.environ.get("SLUICE_SCREENSHOT", shot))
     out = subprocess.run(["node", os.path.join(BROWSER, "dashboard.mjs")], cwd=BROWSER,
                          capture_output=True, text=True, env=env, timeout=120)
@@ -49,8 +49,8 @@ def test_dashboard_shows_a_rollout_and_its_gate():
         version("versiona", [ms[0].addr], 0, is_default=True, type="control"),
         version("versionb", [ms[1].addr], 0, rollout=plan)])], workers=1,
         extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
-               "admin": {"token": "dash-token"}})
-    auth = {"Authorization": "Bearer dash-token"}
+               "admin": {"token": "dash-token-0123456"}})
+    auth = {"Authorization": "Bearer dash-token-0123456"}
     ro = "http://127.0.0.1:%d/admin/v1/endpoints/ep1/versions/versionb/rollout" % s.admin_port
     assert requests.post(ro, json={"action": "start"}, headers=auth).status_code == 200
     phase = None
@@ -62,7 +62,7 @@ def test_dashboard_shows_a_rollout_and_its_gate():
             if phase != "running":
                 break
     assert phase == "rolled_back"
-    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="dash-token",
+    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="dash-token-0123456",
                ENDPOINT="ep1", SCREENSHOT=os.environ.get("SLUICE_SCREENSHOT_ROLLOUT",
                                                os.path.join(tmpdir(), "rollout.png")))
     out = subprocess.run(["node", os.path.join(BROWSER, "dashboard.mjs")], cwd=BROWSER,

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import (SLUICECTL, Model, Redis, Sluice, endpoint, stop, version, wait_port)
 
-ADMIN = {"Authorization": "Bearer adm"}
+ADMIN = {"Authorization": "Bearer adm-secret-token"}
 FIELDS = ["requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "upstream_errors",
           "timeouts", "overloaded", "failover", "pinned", "bytes_in", "bytes_out",
           "latency_us_sum"] + ["lat_le_%s" % b for b in (
@@ -28,7 +28,7 @@ def metrics_sluice(redis, models, workers=2, redis_extra=None, **kw):
         version("versiona", [models[0].addr], 50, is_default=True, type="control"),
         version("versionb", [models[1].addr], 30),
         version("versionc", [models[2].addr], 20)])], workers=workers,
-        extra={"redis": rc, "admin": {"token": "adm"}}, **kw)
+        extra={"redis": rc, "admin": {"token": "adm-secret-token"}}, **kw)
 
 
 def send(s, n, counts=None, threads=4):
@@ -219,7 +219,7 @@ def test_lost_reply_is_not_applied_twice():
         version("versionb", [ms[1].addr], 30),
         version("versionc", [ms[2].addr], 20)])], workers=1,
         extra={"redis": {"address": "127.0.0.1:%d" % proxy.port, "flush_interval_ms": 100},
-               "admin": {"token": "adm"}})
+               "admin": {"token": "adm-secret-token"}})
     counts = send(s, 300, threads=1)
     expected = by_version(counts)
     time.sleep(2.5)
@@ -278,7 +278,7 @@ def test_comparison_api_and_sluicectl():
     groups = {g["group"]: g for g in m["groups"]}
     assert groups["treatment"]["requests"] == served["versionb"] + served["versionc"]
     env = dict(os.environ, SLUICE_ADMIN_URL="http://127.0.0.1:%d" % s.admin_port,
-               SLUICE_ADMIN_TOKEN="adm")
+               SLUICE_ADMIN_TOKEN="adm-secret-token")
     out = subprocess.run([SLUICECTL, "metrics", "ep1", "--minutes", "5"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0, out.stderr

@@ -11,7 +11,7 @@ import requests
 
 from harness import SLUICECTL, Model, Redis, Sluice, endpoint, version
 
-ADMIN = {"Authorization": "Bearer adm"}
+ADMIN = {"Authorization": "Bearer adm-secret-token"}
 EP = "ep1"
 # Good versions answer in a steady 20 ms, so that a scheduling hiccup on a
 # busy machine does not make one side's p99 many times the other's.
@@ -74,7 +74,7 @@ def rollout_sluice(redis, a, b, ro=None, workers=1, fleet=None, sticky=None, **v
     if ro is not None:
         vb["rollout"] = ro
     extra = {"redis": {"address": "127.0.0.1:%d" % redis.port, "flush_interval_ms": 100},
-             "admin": {"token": "adm"}}
+             "admin": {"token": "adm-secret-token"}}
     if fleet:
         extra["fleet"] = {"name": fleet, "leader_lease_ms": 3000}
     ekw = {"sticky": {"header": sticky}} if sticky else {}
@@ -460,7 +460,7 @@ def test_sluicectl_rollout_status():
     s = rollout_sluice(r, a, b, plan(step_s=1, min_requests=5))
     t = Traffic(s)
     try:
-        env = {"SLUICE_ADMIN_URL": "http://127.0.0.1:%d" % s.admin_port, "SLUICE_ADMIN_TOKEN": "adm",
+        env = {"SLUICE_ADMIN_URL": "http://127.0.0.1:%d" % s.admin_port, "SLUICE_ADMIN_TOKEN": "adm-secret-token",
                "PATH": "/usr/bin:/bin"}
         out = subprocess.run([SLUICECTL, "rollout", EP, "versionb", "start"], env=env,
                              capture_output=True, text=True, timeout=10)
@@ -590,7 +590,7 @@ def test_a_refused_step_pauses_the_rollout():
         version("versiona", [a.addr], 0, is_default=True, type="control"), vb,
         version("versionc", [a.addr], 30)])],
         extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
-               "admin": {"token": "adm"}})
+               "admin": {"token": "adm-secret-token"}})
     t = Traffic(s)
     try:
         assert act(s, "start").status_code == 200
@@ -815,7 +815,7 @@ def test_a_rollout_through_sentinels_is_judged():
         version("versiona", [a.addr], 0, is_default=True, type="control"),
         version("versionb", [b.addr], 0, rollout=plan(steps=(50,), step_s=2))])],
         extra={"redis": {"sentinels": g.addresses(), "master_name": g.name,
-                         "flush_interval_ms": 100}, "admin": {"token": "adm"}})
+                         "flush_interval_ms": 100}, "admin": {"token": "adm-secret-token"}})
     t = Traffic(s)
     try:
         resp = act(s, "start")

@@ -15,7 +15,7 @@ import requests
 from harness import (Model, Reader, SentinelGroup, Sluice, Upstream, endpoint, free_port, stop,
                      version)
 
-TOKEN = "sentinel-admin"
+TOKEN = "sentinel-admin-token"
 H = {"Authorization": "Bearer " + TOKEN}
 EP = "sentep"
 VERSIONS = ("versiona", "versionb")

@@ -13,7 +13,7 @@ import requests
 from harness import (SLUICECTL, Model, Reader, Redis, Sluice, Upstream, endpoint,
                      read_request, version)
 
-ADMIN = {"Authorization": "Bearer adm"}
+ADMIN = {"Authorization": "Bearer adm-secret-token"}
 # The model echoes the request headers (X-Sluice-Group differs) and its
 # --name: neither is the model's answer.
 ECHO = ["headers", "version"]
@@ -26,7 +26,7 @@ def setup(live, mirror, compare, workers=1, limits=None, pct=50):
     s = Sluice([endpoint("ep1", [
         version("live", [live.addr], 100, is_default=True, type="control"),
         version("mirror", [mirror.addr], 0, mirror_percentile=pct, compare=compare)])],
-        workers=workers, limits=limits, extra={"redis": rc, "admin": {"token": "adm"}})
+        workers=workers, limits=limits, extra={"redis": rc, "admin": {"token": "adm-secret-token"}})
     return s, redis.client()
 
 
@@ -105,7 +105,7 @@ def test_identical_models_agree():
             % c["cmp_equal"]) in prom, prom[-1500:]
     assert diffs(s) == []
     out = subprocess.run([SLUICECTL, "--admin", "http://127.0.0.1:%d" % s.admin_port,
-                          "--token", "adm", "shadow", "ep1"], capture_output=True, text=True,
+                          "--token", "adm-secret-token", "shadow", "ep1"], capture_output=True, text=True,
                          timeout=10)
     assert out.returncode == 0, out.stderr
     assert "mirror" in out.stdout and "compared 1000" in out.stdout.replace(",", ""), out.stdout
@@ -141,7 +141,7 @@ def test_noise_within_tolerance_agrees_and_above_differs():
         assert len(x["request_id"]) > 0 and x["time"].endswith("Z"), x
     assert len(diffs(s2, limit=2)) == 2
     out = subprocess.run([SLUICECTL, "--admin", "http://127.0.0.1:%d" % s2.admin_port,
-                          "--token", "adm", "shadow", "ep1"], capture_output=True, text=True,
+                          "--token", "adm-secret-token", "shadow", "ep1"], capture_output=True, text=True,
                          timeout=10)
     assert out.returncode == 0 and "differences 100" in out.stdout, out.stdout
     assert out.stdout.count(" at score") == 5, out.stdout
@@ -335,7 +335,7 @@ def test_dashboard_shows_agreement_and_differences():
     wait_compared(rc, 50)
     browser = os.path.join(ROOT, "tests", "browser")
     shot = os.path.join(tmpdir(), "dashboard.png")
-    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="adm",
+    env = dict(os.environ, ADMIN="http://127.0.0.1:%d" % s.admin_port, TOKEN="adm-secret-token",
                ENDPOINT="ep1", SCREENSHOT=os.environ.get("SLUICE_SCREENSHOT", shot))
     out = subprocess.run(["node", os.path.join(browser, "dashboard.mjs")], cwd=browser,
                          capture_output=True, text=True, env=env, timeout=120)

@@ -25,7 +25,7 @@ load(const char *text)
 
 static const char *CFG =
     "{\"listeners\":[{\"address\":\"127.0.0.1:1\"}],"
-    " \"admin\":{\"token\":\"the-admin-token\"},"
+    " \"admin\":{\"token\":\"the-admin-token-0\"},"
     " \"tokens\":{\"signing_key\":\"0123456789abcdef0123456789abcdef\",\"ttl_s\":600,\"leeway_s\":10},"
     " \"endpoints\":["
     "  {\"name\":\"alpha\",\"keys\":{\"primary\":\"alpha-primary\",\"secondary\":\"alpha-secondary\"},"
@@ -74,7 +74,7 @@ test_keys(void)
     CHECK(check(a, c, 0, "Bearer alpha-primar", now) == AUTH_BAD_KEY, "prefix");
     CHECK(check(a, c, 0, "Bearer ALPHA-PRIMARY", now) == AUTH_BAD_KEY, "case matters");
     CHECK(check(a, c, 2, NULL, now) == AUTH_OK, "open endpoint");
-    CHECK(auth_admin_ok(a, "Bearer the-admin-token", 22), "admin");
+    CHECK(auth_admin_ok(a, "Bearer the-admin-token-0", 24), "admin");
     CHECK(!auth_admin_ok(a, "Bearer the-admin-toke", 21), "admin prefix refused");
     CHECK(auth_equal("abc", 3, "abc", 3) && !auth_equal("abc", 3, "abd", 3), "auth_equal");
     auth_ctx_free(a);

@@ -94,6 +94,40 @@ test_valid_example(void)
     cfg_errors_free(&e);
 }
 
+/* Issue 20: a short or placeholder admin token is refused, naming the field. */
+static void
+test_admin_token_strength(void)
+{
+    static const struct {
+        const char *token, *error;
+    } cases[] = {
+        {"adm", "admin.token: must be at least 16 bytes (it has 3): make one with openssl "
+                "rand -base64 32"},
+        {"0123456789abcde", "admin.token: must be at least 16 bytes (it has 15): make one "
+                            "with openssl rand -base64 32"},
+        {"REPLACE-ME-WITH-A-SECRET", "admin.token: is a placeholder (it contains "
+                                     "\"REPLACE\"): set a secret of your own"},
+        {"please-replace-this-one", "admin.token: is a placeholder (it contains "
+                                    "\"REPLACE\"): set a secret of your own"},
+        {"0123456789abcdef", NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char doc[512];
+        snprintf(doc, sizeof(doc), "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+                 "\"admin\":{\"token\":\"%s\"},\"endpoints\":[]}",
+                 cases[i].token);
+        struct cfg_errors e;
+        struct config *c = parse_root(doc, &e);
+        if (cases[i].error == NULL)
+            CHECK(c != NULL && e.n == 0, "%s refused: %s", cases[i].token, e.n ? e.msg[0] : "");
+        else
+            CHECK(c == NULL && has_error(&e, cases[i].error), "%s: got %s", cases[i].token,
+                  e.n ? e.msg[0] : "(accepted)");
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+}
+
 static void
 test_rollout_example(void)
 {
@@ -790,6 +824,7 @@ main(void)
         {"key text", test_key_text},
         {"error texts are UTF-8", test_error_texts_utf8},
         {"admin secrets are literal", test_admin_secrets},
+        {"admin token strength", test_admin_token_strength},
         {"fleet field", test_fleet_field},
         {"redis sentinels and wait", test_redis_sentinels},
         {"fleet split and merge", test_fleet_split_merge},
