@@ -286,12 +286,16 @@ enum req_cause req_parse_error_cause(int llhttp_errno);
  * req_scan_lines() checks the line ends from the method (or the first
  * trailer) on, one read at a time, until the empty line: chunk..end is the
  * read, from where to look in it, prev the last byte of the read before.
+ * It also refuses obs-fold (a line that starts with a space or a tab):
+ * llhttp would hand the folded part to the value callback as a piece of
+ * its own, so no check of the assembled value can see it.
  */
 struct line_scan {
     bool active;                    /* the empty line not seen yet */
+    bool line_start;                /* the last read ended with a line's CR LF */
     size_t line_bytes;              /* of the line being scanned, so far */
 };
-enum req_scan { SCAN_MORE, SCAN_END, SCAN_BARE_LF };
+enum req_scan { SCAN_MORE, SCAN_END, SCAN_BARE_LF, SCAN_FOLD };
 enum req_scan req_scan_lines(struct line_scan *sc, const char *from, const char *chunk,
                              const char *end, char prev);
 /* Host syntax (RFC 9110 §7.2: reg-name, IPv4 or [IPv6], optional port). */

@@ -165,8 +165,8 @@ req_validate(const struct head *hd, const struct req_line *rl,
         for (uint32_t k = 0; k < hd->h[i].name_len; k++)
             if (!tchar(nm[k]))
                 return refuse(RC_BAD_REQUEST, "invalid header field name", true);
-        /* llhttp passes obs-fold (a line starting with a space) through as
-         * CR LF inside the value: never forward it. */
+        /* Folded lines are refused by req_scan_lines(); CR, LF or NUL in a
+         * value would still be a smuggling vector if llhttp let one by. */
         const char *val = HD_VAL(hd, i);
         if (memchr(val, '\r', hd->h[i].val_len) || memchr(val, '\n', hd->h[i].val_len) ||
             memchr(val, '\0', hd->h[i].val_len))
@@ -202,6 +202,13 @@ enum req_scan
 req_scan_lines(struct line_scan *sc, const char *from, const char *chunk, const char *end,
                char prev)
 {
+    if (sc->line_start && from < end) {
+        sc->line_start = false;
+        if (*from == ' ' || *from == '\t') {
+            sc->active = false;
+            return SCAN_FOLD;
+        }
+    }
     while (from < end) {
         const char *lf = memchr(from, '\n', (size_t)(end - from));
         if (lf == NULL) {
@@ -219,6 +226,12 @@ req_scan_lines(struct line_scan *sc, const char *from, const char *chunk, const 
         if (line == 1) {            /* CR alone: the empty line */
             sc->active = false;
             return SCAN_END;
+        }
+        if (from == end) {          /* the next line starts in the next read */
+            sc->line_start = true;
+        } else if (*from == ' ' || *from == '\t') {
+            sc->active = false;     /* obs-fold (issue 17 finding 2) */
+            return SCAN_FOLD;
         }
     }
     return SCAN_MORE;

@@ -63,7 +63,7 @@ struct request {
     bool head_too_large;
     struct line_scan scan;          /* the head's line ends, until its end */
     const char *chunk, *chunk_end;  /* the input llhttp_execute() runs over */
-    bool bad_line;                  /* a line of the head ended in a bare LF */
+    uint8_t bad_line;               /* SCAN_BARE_LF or SCAN_FOLD in the head, else 0 */
     bool version_seen;              /* llhttp accepted the version number */
     bool trailers;                  /* trailer fields began */
     enum framing up_framing;        /* the body's framing to the upstream */
@@ -959,9 +959,9 @@ scan_head(struct session *s, const char *from)
 {
     struct request *r = s->req;
     enum req_scan st = req_scan_lines(&r->scan, from, r->chunk, r->chunk_end, s->prev_byte);
-    if (st == SCAN_BARE_LF)
-        r->bad_line = true;
-    return st != SCAN_BARE_LF;
+    if (st == SCAN_BARE_LF || st == SCAN_FOLD)
+        r->bad_line = (uint8_t)st;
+    return r->bad_line == 0;
 }
 
 static int
@@ -1197,8 +1197,9 @@ parse_failed(struct session *s, enum llhttp_errno e)
                       "chunk extensions or trailers over max_header_bytes" :
                       "the request headers are over max_header_bytes", true);
     } else if (r->bad_line) {
-        request_reply(s, RC_BAD_REQUEST, "malformed HTTP: a line of the head ends in a bare LF",
-                      true);
+        request_reply(s, RC_BAD_REQUEST, r->bad_line == SCAN_FOLD ?
+                      "malformed HTTP: a folded header line (obs-fold)" :
+                      "malformed HTTP: a line of the head ends in a bare LF", true);
     } else {
         char msg[160];
         const char *why = llhttp_get_error_reason(&r->parser);
@@ -1251,7 +1252,7 @@ session_feed(struct session *s)
         enum llhttp_errno e;
         if (r->scan.active && !scan_head(s, r->chunk)) {
             e = HPE_USER;
-            llhttp_set_error_reason(&r->parser, "bare LF in the head");
+            llhttp_set_error_reason(&r->parser, "malformed line in the head");
         } else
             e = llhttp_execute(&r->parser, v.iov_base, v.iov_len);
         if (s->closed)

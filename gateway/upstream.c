@@ -323,7 +323,8 @@ up_raw_read(evutil_socket_t fd, short what, void *arg)
 {
     struct upconn *u = arg;
     if (what & EV_TIMEOUT) {        /* idle too long in the pool */
-        upconn_close(u);
+        if (!u->busy)               /* never under a request that took it */
+            upconn_close(u);
         return;
     }
     int n = gw_read(u->bev);
@@ -394,7 +395,12 @@ upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
         u->in_idle = false;
         p->n_idle--;
         u->reused = true;
-        event_add(u->rev, NULL);    /* no idle timeout while in use */
+        /* No idle timeout while in use. event_add() with no timeout would
+         * keep the pending one (libevent documents it) and the pool's timer
+         * would close the connection under the request that took it (issue
+         * 17 finding 1). event_remove_timer() drops only the timeout: the
+         * read event stays registered, with no epoll_ctl() call. */
+        event_remove_timer(u->rev);
     } else {
         u = calloc(1, sizeof(*u));
         if (u == NULL)

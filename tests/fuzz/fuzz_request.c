@@ -100,7 +100,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len;
     char prev = 0;
     while (reads_next(&rd, &at, &len)) {
-        if (sc.active && req_scan_lines(&sc, at, at, at + len, prev) == SCAN_BARE_LF)
+        if (sc.active && req_scan_lines(&sc, at, at, at + len, prev) >= SCAN_BARE_LF)
             break;
         if (llhttp_execute(&p, at, len) != HPE_OK)
             break;

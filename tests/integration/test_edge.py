@@ -177,6 +177,47 @@ def test_malformed_framing_is_400_and_close():
     assert_no_problems(refused(s, tap, cases), m)
 
 
+def test_obs_fold_is_400_and_close():
+    """Issue 17 finding 2, SPEC §3.7: a folded field line (obs-fold: a line
+    that starts with a space or a tab) is 400 and the connection closes,
+    in any header and in the framing headers above all (a proxy in front
+    that unfolds differently would see another body length); nothing of it
+    reaches the model. Each case also goes in reads cut between the CR LF
+    and the space."""
+    s, m, tap = edge()
+    M = b"X-Marker: @MARK@\r\n"
+    cases = [
+        ("fold-plain", post(M + b"X-A: b\r\n c\r\n")),
+        ("fold-tab", post(M + b"X-A: b\r\n\tc\r\n")),
+        ("fold-te", b"POST " + SCORE + b" HTTP/1.1\r\nHost: x\r\n" + M +
+         b"Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("fold-cl", b"POST " + SCORE + b" HTTP/1.1\r\nHost: x\r\n" + M +
+         b"Content-Length:\r\n 3\r\n\r\nabc"),
+        ("fold-first", b"POST " + SCORE + b" HTTP/1.1\r\n Host: x\r\n" + M +
+         b"Content-Length: 0\r\n\r\n"),
+    ]
+    assert_no_problems(refused(s, tap, cases), m)
+    # The same bytes in two reads cut right after the CR LF of the line
+    # before the fold: the check spans reads.
+    problems = []
+    for name, data in cases:
+        data = data.replace(b"@MARK@", b"refused-" + name.encode())
+        cut = data.index(b"\r\n ") + 2 if b"\r\n " in data else data.index(b"\r\n\t") + 2
+        for tls in (False, True):
+            c = connect(s.tls_port if tls else s.port, tls)
+            c.sendall(data[:cut])
+            time.sleep(0.05)
+            c.sendall(data[cut:])
+            try:
+                st, _, _ = read_response(Reader(c))
+            except Exception as e:     # noqa: BLE001
+                st = repr(e)
+            if st != 400:
+                problems.append("%s (%s, two reads): %r" % (name, "tls" if tls else "plain", st))
+            c.close()
+    assert_no_problems(problems, m)
+
+
 def test_ambiguous_framing_is_400_and_close():
     """SPEC §3.6/§3.7: ambiguous framing -- both Content-Length and
     Transfer-Encoding, repeated differing Content-Length, bad chunk sizes,
@@ -625,6 +666,49 @@ def test_shadow_copies_bounded_and_never_hurt_live_traffic():
 def model_supports(flag):
     out = subprocess.run([MODEL, "--no-such-option"], capture_output=True, text=True, timeout=5)
     return flag in out.stderr + out.stdout
+
+
+def test_slow_body_on_reused_upstream_connection():
+    """Issue 17 finding 1, SPEC §3.7: a client that sends its body slowly on
+    a reused upstream connection is an ordinary event. A first request
+    leaves its upstream connection idle in the pool; the next request, on a
+    new client connection, takes it and sends its body one byte every
+    60 ms, well past upstream_idle_timeout_ms (150). The pool's idle timer
+    must not fire under the request that took the connection (on 60f2a02
+    it closed and freed it: a use-after-free, a crash in a release build).
+    Every request gets its 200 with the whole body counted by the model;
+    plain and TLS; sluice is alive afterwards."""
+    m = Model("versiona")
+    s = Sluice([endpoint("ep1", [version("versiona", [m.addr], 100)])], tls=True,
+               limits={"upstream_idle_timeout_ms": 150, "header_timeout_ms": 10000})
+    body = b"0123456789"
+    results = []
+    for round_ in range(2):
+        for tls in (False, True):
+            port = s.tls_port if tls else s.port
+            st, _, _ = exchange_one(port, post(body=b"warm"), tls)
+            results.append(("warm", tls, st))
+            c = connect(port, tls, timeout=10)
+            head = post(body=body)[:-len(body)]
+            c.sendall(head)
+            for i in range(len(body)):
+                time.sleep(0.06)
+                c.sendall(body[i:i + 1])
+            st, fields, got = read_response(Reader(c))
+            c.close()
+            n = json.loads(got)["body_bytes"] if st == 200 else None
+            results.append(("slow", tls, st, n))
+    assert s.proc.poll() is None, "sluice died: " + s.log()[-3000:]
+    bad = [r for r in results if r[2] != 200 or (r[0] == "slow" and r[3] != len(body))]
+    assert not bad, (bad, s.log()[-2000:])
+
+
+def exchange_one(port, data, tls):
+    c = connect(port, tls)
+    c.sendall(data)
+    st, fields, body = read_response(Reader(c))
+    c.close()
+    return st, fields, body
 
 
 def test_upstream_keepalive_close_race_is_retried():

@@ -318,6 +318,22 @@ test_scan_lines(void)
               "bare LF ending the head at %zu", cut);
     CHECK(scan_split(bad_end, strlen(bad_end)) == SCAN_BARE_LF, "whole");
     CHECK(scan_split(good, strlen(good)) == SCAN_END, "the body is not scanned");
+    /* obs-fold (issue 17 finding 2): a line that starts with a space or a
+     * tab, wherever the read is cut (also between the CR LF and the space). */
+    static const char *const folds[] = {
+        "POST / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\t3\r\n\r\nabc",
+        "POST / HTTP/1.1\r\n Host: a\r\n\r\n",
+    };
+    for (size_t f = 0; f < sizeof(folds) / sizeof(folds[0]); f++)
+        for (size_t cut = 1; cut <= strlen(folds[f]); cut++)
+            CHECK(scan_split(folds[f], cut) == SCAN_FOLD, "fold %zu cut at %zu", f, cut);
+    /* Spaces inside a value, and a body that starts with one, are fine. */
+    static const char spaced[] = "POST / HTTP/1.1\r\nX-A: b c\r\nHost: a\r\n\r\n body";
+    for (size_t cut = 1; cut <= strlen(spaced); cut++)
+        CHECK(scan_split(spaced, cut) == SCAN_END || cut < strlen(spaced) - 5,
+              "spaced at %zu", cut);
 }
 
 static void
