@@ -642,10 +642,11 @@ fast_answer(struct fast_conn *c)
         }
     }
     c->resp_split = c->resp_len;
-    if (f == F_STALL)
+    if (f == F_STALL && send_body)
         c->resp_split = c->resp_len - body / 2;
     if (f == F_RESET || f == F_CUT) {
-        c->resp_len -= body - body / 4;     /* a quarter of the body, then the end */
+        if (send_body)
+            c->resp_len -= body - body / 4;     /* a quarter of the body, then the end */
         c->end = f == F_RESET ? END_RESET : END_CLOSE;
     }
     if (f == F_DROP || f == F_RST) {
