@@ -196,6 +196,7 @@ class Stats:
         self.driver_errors = []
         self.events = collections.Counter()      # reloads, admin changes, ...
         self.conns = collections.Counter()       # plain / tls connections
+        self.found_at = None    # when a sanitizer report began
 
 
 class Conn:
@@ -712,10 +713,25 @@ async def load(sl, seed, n_clients, seconds, stats, first_idx):
                for i in range(n_clients)]
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
 
+    errpath = os.path.join(sl.dir, "stderr.log")
+
     async def watch():
+        """Until the deadline, or until sluice dies or its sanitizer starts
+        a report (symbolizing one takes seconds: the load stops at once)."""
+        seen = 0
         while time.time() < deadline:
             if sl.proc.poll() is not None:
                 return True
+            try:
+                with open(errpath, "rb") as f:
+                    f.seek(seen)
+                    new = f.read()
+            except OSError:
+                new = b""
+            if SANITIZER.search(new.decode("latin-1")):
+                stats.found_at = time.time()
+                return True
+            seen += max(0, len(new) - 200)      # a line cut in two is read again
             await asyncio.sleep(0.2)
         return False
     died = await watch()
@@ -818,8 +834,14 @@ def main():
             op.join()
         t_end = time.time()
         if died:
+            if stats.found_at:
+                log("sanitizer report %.1f s into the load" % (stats.found_at - t_load))
+                for _ in range(150):        # let it finish the report and exit
+                    if sl.proc.poll() is not None:
+                        break
+                    time.sleep(0.2)
             log("sluice DIED %.1f s into the load (exit %s)"
-                % (t_end - t_load, sl.proc.returncode))
+                % ((stats.found_at or t_end) - t_load, sl.proc.returncode))
         else:
             log("load done after %.1f s" % (t_end - t_load))
 
