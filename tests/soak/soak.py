@@ -951,8 +951,10 @@ def main():
         print("malformed sent: %s" % dict(sorted(stats.malformed.items())))
         print("client aborts: %s" % dict(sorted(stats.aborts.items())))
         print("faults asked for by clients (X-Test-Fault): %s" % dict(sorted(stats.faults.items())))
-        print("faults the model servers injected (asked + random): %s"
-              % dict(sorted(faults.items())))
+        served = {k: faults.pop(k, 0) for k in ("requests", "connections")}
+        print("model servers: %d requests on %d connections; faults injected (asked for + "
+              "random): %d %s" % (served["requests"], served["connections"],
+                                  sum(faults.values()), dict(sorted(faults.items()))))
         print("operator: %s" % dict(sorted(stats.events.items())))
         print("access log: %d lines; by error: %s" % (len(lines), dict(sorted(
             collections.Counter(l.get("error") or "-" for l in lines).items()))))
