@@ -1403,7 +1403,8 @@ parse_root(struct pctx *p, json_t *root)
     static const char *const fields[] = {"workers", "listeners", "admin",
         "redis", "tokens", "limits", "log", "endpoints", "fleet", NULL};
     static const char *const fleet_fields[] = {"name", "leader_lease_ms", NULL};
-    static const char *const admin_fields[] = {"address", "token", NULL};
+    static const char *const admin_fields[] = {"address", "token", "max_connections",
+        NULL};
     static const char *const redis_fields[] = {"address", "db", "password",
         "flush_interval_ms", "retention_minutes", "sentinels", "master_name",
         "wait_replicas", "wait_timeout_ms", NULL};
@@ -1459,6 +1460,7 @@ parse_root(struct pctx *p, json_t *root)
                               &c->admin_port, &is_unix) < 0 || is_unix))
         err(p, "admin.address", "\"%s\" is not host:port", c->admin_address);
     get_secret(p, admin, "admin", "token", &c->admin_token);
+    get_int(p, admin, "admin", "max_connections", &c->admin_max_connections, 64, 1, 65536);
 
     json_t *redis = get_obj(p, root, "", "redis");
     if (redis != NULL)

@@ -214,6 +214,7 @@ struct config {
     char *admin_host;
     int admin_port;
     char *admin_token;
+    int admin_max_connections;      /* the admin listener's, at once */
     struct cfg_redis redis;
     struct cfg_tokens tokens;
     struct cfg_limits limits;

@@ -38,6 +38,7 @@ cur(void)
     struct config *c = control_current();
     if (c != NULL && c != auth_cfg) {
         char err[256];
+        admin_gate_set_max(c->admin_max_connections);
         struct auth_ctx *a = auth_ctx_new(c, err, sizeof(err));
         if (a != NULL) {
             auth_ctx_free(auth);
@@ -400,7 +401,7 @@ wait_begin(struct waiting *w, struct evhttp_request *req)
     w->req = req;
     w->conn = evhttp_request_get_connection(req);
     if (w->conn != NULL)
-        evhttp_connection_set_closecb(w->conn, on_waiting_closed, w);
+        admin_gate_on_close(w->conn, on_waiting_closed, w);
 }
 
 /* The request to answer now. The close callback goes first: answering may
@@ -409,7 +410,7 @@ static struct evhttp_request *
 wait_end(struct waiting *w)
 {
     if (w->conn != NULL)
-        evhttp_connection_set_closecb(w->conn, NULL, NULL);
+        admin_gate_on_close(w->conn, NULL, NULL);
     w->conn = NULL;
     return w->req;
 }
@@ -926,7 +927,7 @@ on_reload(struct evhttp_request *req)
         return;
     }
     cfg_errors_init(&errs);
-    if (control_reload(err, sizeof(err), &errs) < 0) {
+    if (notify_reload(err, sizeof(err), &errs) < 0) {
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else
@@ -971,6 +972,33 @@ on_fleet(struct evhttp_request *req)
     fleet_status(fleet_listed, w);
 }
 
+/* A request the gate (admin_gate.c) kept from evhttp, body unread. */
+static void
+on_gate(struct evhttp_request *req, const char *why)
+{
+    if (strcmp(why, "unauthorized") == 0)
+        reply_error(req, 401, "unauthorized", "a valid admin token is required", NULL);
+    else if (strcmp(why, "body_refused") == 0)
+        reply_error(req, 400, "invalid", "a request body is read only for an authenticated "
+                    "request under /admin/", NULL);
+    else if (strcmp(why, "reserved") == 0)
+        reply_error(req, 404, "not_found", "no such resource", NULL);
+    else if (strcmp(why, "malformed_url") == 0)
+        reply_error(req, 400, "invalid", "the URL must be valid UTF-8, without spaces or "
+                    "control characters", NULL);
+    else if (strcmp(why, "head_too_large") == 0)
+        reply_error(req, 431, "too_large", "the request head is over 64 KiB", NULL);
+    else
+        reply_error(req, 400, "invalid", "malformed HTTP request", NULL);
+}
+
+static bool
+gate_authorized(const char *h, size_t len)
+{
+    cur();                          /* the token of the generation in use */
+    return auth != NULL && auth_admin_ok(auth, h, len);
+}
+
 static void
 on_request(struct evhttp_request *req, void *arg)
 {
@@ -989,6 +1017,10 @@ on_request(struct evhttp_request *req, void *arg)
         return;
     }
 
+    if (strncmp(path, ADMIN_GATE_PREFIX, sizeof(ADMIN_GATE_PREFIX) - 1) == 0) {
+        on_gate(req, path + sizeof(ADMIN_GATE_PREFIX) - 1);
+        return;
+    }
     if (strcmp(path, "/healthz") == 0) {
         reply(req, 200, json_pack("{s:s}", "status", "ok"));
         return;
@@ -1066,8 +1098,14 @@ admin_start(struct event_base *base, struct config *cfg, char *err, size_t errle
     int fd = listen_socket(cfg->admin_host, cfg->admin_port, false, err, errlen);
     if (fd < 0)
         return -1;
-    if (evhttp_accept_socket_with_handle(http, fd) == NULL) {
+    struct evhttp_bound_socket *bound = evhttp_accept_socket_with_handle(http, fd);
+    if (bound == NULL) {
         snprintf(err, errlen, "%s: cannot accept", cfg->admin_address);
+        return -1;
+    }
+    if (admin_gate_attach(http, evhttp_bound_socket_get_listener(bound),
+                          cfg->admin_max_connections, gate_authorized) < 0) {
+        snprintf(err, errlen, "%s: out of memory", cfg->admin_address);
         return -1;
     }
     return 0;
@@ -1082,8 +1120,10 @@ admin_set_draining(void)
 void
 admin_stop(void)
 {
-    if (http != NULL)
+    if (http != NULL) {
         evhttp_free(http);
+        admin_gate_detach();
+    }
     http = NULL;
     auth_ctx_free(auth);
     auth = NULL;

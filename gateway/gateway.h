@@ -653,6 +653,8 @@ int workers_start(struct config *cfg, int n, const struct worker_listener *table
 void workers_publish(struct config *cfg, const struct worker_listener *table,
                      int n_listeners);
 void workers_drain(void);
+/* Whether every worker's loop has returned (drained or stopped). */
+bool workers_all_ended(void);
 void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
 void workers_join(int deadline_ms);
@@ -747,5 +749,42 @@ int admin_start(struct event_base *base, struct config *cfg, char *err,
                 size_t errlen);
 void admin_set_draining(void);
 void admin_stop(void);
+
+/* ---- systemd notifications (notify.c), main thread ------------------------- */
+
+void notify_ready(unsigned long long generation);
+void notify_stopping(void);
+/* control_reload() between RELOADING=1 and READY=1 with its outcome. */
+int notify_reload(char *err, size_t errlen, struct cfg_errors *errs);
+
+/* ---- the admin listener's gate (admin_gate.c), main thread ------------------ */
+
+/* Requests the gate does not pass on are replaced by GET PREFIX WHY, WHY
+ * one of "unauthorized", "body_refused", "malformed", "malformed_url",
+ * "head_too_large", "reserved" (a client's request for that prefix). */
+#define ADMIN_GATE_PREFIX "/__sluice_gate/"
+typedef bool (*admin_gate_auth_fn)(const char *authorization, size_t len);
+struct evhttp;
+struct evconnlistener;
+/* Gate every connection of http (accepted by listener): token before body,
+ * at most max_connections at once. */
+int admin_gate_attach(struct evhttp *http, struct evconnlistener *listener,
+                      int max_connections, admin_gate_auth_fn authorized);
+void admin_gate_set_max(int max_connections);
+void admin_gate_detach(void);       /* after evhttp_free() */
+/* evhttp_connection_set_closecb() for a gated connection (the gate keeps
+ * the connection's own close callback). */
+struct evhttp_connection;
+void admin_gate_on_close(struct evhttp_connection *evcon,
+                         void (*cb)(struct evhttp_connection *, void *), void *arg);
+int admin_gate_open(void);          /* connections open now */
+/* One connection's input, without sockets (the filter and the fuzz target):
+ * moves what may reach evhttp from src to dst. */
+struct admin_gate_conn;
+enum admin_gate_result { ADMIN_GATE_OK, ADMIN_GATE_DROPPING };
+struct admin_gate_conn *admin_gate_conn_new(admin_gate_auth_fn authorized);
+void admin_gate_conn_free(struct admin_gate_conn *g);
+enum admin_gate_result admin_gate_feed(struct admin_gate_conn *g, struct evbuffer *src,
+                                       struct evbuffer *dst);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static struct event_base *main_base;
@@ -32,7 +33,7 @@ on_reload(evutil_socket_t sig, short what, void *arg)
     struct cfg_errors errs;
     char err[4096];
     cfg_errors_init(&errs);
-    if (control_reload(err, sizeof(err), &errs) < 0) {
+    if (notify_reload(err, sizeof(err), &errs) < 0) {
         log_event(LOG_ERROR, "reload_failed", ",\"signal\":\"SIGHUP\",\"errors\":\"%s\"",
                   log_json(err));
     }
@@ -45,12 +46,31 @@ on_reopen(evutil_socket_t sig, short what, void *arg)
     log_access_reopen();
 }
 
+static bool draining;
+static struct timeval drain_deadline;
+
 static void
 on_drain(evutil_socket_t sig, short what, void *arg)
 {
+    if (draining) {                 /* a second signal: stop now */
+        log_event(LOG_INFO, "drain_cut_short", ",\"signal\":%d", (int)sig);
+        event_base_loopexit(main_base, NULL);
+        return;
+    }
     log_event(LOG_INFO, "drain", ",\"signal\":%d,\"drain_timeout_ms\":%d",
               (int)sig, control_current()->limits.drain_timeout_ms);
     event_base_loopexit(main_base, NULL);
+}
+
+/* While the workers drain, the main loop goes on: /healthz, /metrics and
+ * /readyz (503, draining) keep answering, metrics keep flushing. */
+static void
+on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct timeval now;
+    gettimeofday(&now, NULL);
+    if (workers_all_ended() || timercmp(&now, &drain_deadline, >=))
+        event_base_loopexit(main_base, NULL);
 }
 
 static void
@@ -231,13 +251,26 @@ main(int argc, char **argv)
               log_json(cfg->admin_address), cfg->n_endpoints,
               (unsigned long long)cfg->generation);
     evbuffer_free(lb);
+    notify_ready((unsigned long long)cfg->generation);
 
     event_base_dispatch(main_base);
 
-    /* Drain: stop accepting, let requests in flight finish. */
+    /* Drain: stop accepting, let requests in flight finish, the admin
+     * listener answering all along (readyz: 503). */
     admin_set_draining();
+    notify_stopping();
     workers_drain();
-    workers_join(control_current()->limits.drain_timeout_ms);
+    draining = true;
+    int drain_ms = control_current()->limits.drain_timeout_ms;
+    struct timeval now, span = {drain_ms / 1000, (drain_ms % 1000) * 1000};
+    gettimeofday(&now, NULL);
+    timeradd(&now, &span, &drain_deadline);
+    struct timeval tick = {0, 20000};
+    struct event *drain_ev = event_new(main_base, -1, EV_PERSIST, on_drain_tick, NULL);
+    event_add(drain_ev, &tick);
+    event_base_dispatch(main_base);
+    event_free(drain_ev);
+    workers_join(0);
     rollout_release();
     /* Every count of every request, in Redis before exit when it can be. */
     metrics_redis_final_flush(control_metrics(), 3000);

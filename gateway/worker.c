@@ -196,13 +196,22 @@ post(struct worker *w)
     (void)r;
 }
 
+static int workers_ended;    /* atomic: worker loops that returned */
+
 static void *
 worker_main(void *arg)
 {
     struct worker *w = arg;
     event_base_dispatch(w->base);
     access_flush(-1, 0, w);
+    __atomic_add_fetch(&workers_ended, 1, __ATOMIC_RELEASE);
     return NULL;
+}
+
+bool
+workers_all_ended(void)
+{
+    return __atomic_load_n(&workers_ended, __ATOMIC_ACQUIRE) == gw_n_workers;
 }
 
 int

@@ -61,6 +61,39 @@ static const char FLUSH_SCRIPT[] =
     "redis.call('HSET', 'sluice:flushseq', inst, seq)\n"
     "return 1\n";
 
+/* Bookkeeping that would otherwise grow with every start (SPEC §4): an
+ * instance silent (no flush, no start) for the retention time loses its
+ * sluice:instances entry and its flush sequence; a flush sequence with no
+ * entry (its instance stopped, or was swept) goes too. An instance writes
+ * its entry before its first batch, in the same pipeline, and every flush
+ * after that, so a live one always has an entry. */
+static const char SWEEP_SCRIPT[] =
+    "local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local live, gone = {}, 0\n"
+    "local all = redis.call('HGETALL', 'sluice:instances')\n"
+    "for i = 1, #all, 2 do\n"
+    "  local ok, d = pcall(cjson.decode, all[i + 1])\n"
+    "  local seen = 0\n"
+    "  if ok and type(d) == 'table' then\n"
+    "    seen = math.max(tonumber(d.last_flush) or 0, tonumber(d.started) or 0)\n"
+    "  end\n"
+    "  if now - seen > ttl then\n"
+    "    redis.call('HDEL', 'sluice:instances', all[i])\n"
+    "    gone = gone + 1\n"
+    "  else\n"
+    "    live[all[i]] = true\n"
+    "  end\n"
+    "end\n"
+    "local seqs = redis.call('HKEYS', 'sluice:flushseq')\n"
+    "for _, inst in ipairs(seqs) do\n"
+    "  if not live[inst] then\n"
+    "    redis.call('HDEL', 'sluice:flushseq', inst)\n"
+    "    gone = gone + 1\n"
+    "  end\n"
+    "end\n"
+    "return gone\n";
+#define SWEEP_EVERY_S 60
+
 struct args {
     char **v;
     size_t *len;
@@ -103,6 +136,9 @@ struct metrics_redis {
     bool configured;            /* metrics_redis_configure() ran */
     time_t wait_warned;         /* the last redis_wait_short line */
     uint64_t wait_short;        /* short WAITs since that line */
+    time_t swept;               /* the last SWEEP_SCRIPT */
+    json_t *diff_keys;          /* "sluice:{EP}:diffs:V" -> true, samples kept now */
+    json_t *diff_drop;          /* such keys whose samples must go (compare removed) */
 };
 
 static void args_add(struct args *a, const char *s, size_t len);
@@ -625,6 +661,8 @@ metrics_redis_new(struct event_base *base, struct metrics_backlog *b, const char
     r->base = base;
     r->b = b;
     r->instance = strdup(instance);
+    r->diff_keys = json_object();
+    r->diff_drop = json_object();
     r->started = time(NULL);
     unsigned char d[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)FLUSH_SCRIPT, strlen(FLUSH_SCRIPT), d);
@@ -670,7 +708,9 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
         struct timeval tv = {r->flush_ms / 1000, (r->flush_ms % 1000) * 1000};
         event_add(r->flush_ev, &tv);
     }
-    /* sluice:{EP}:versions, rewritten for every generation. */
+    /* sluice:{EP}:versions, rewritten for every generation; the diff
+     * samples of mirrors that no longer keep any are deleted. */
+    json_t *diff_keys = json_object();
     json_decref(r->versions);
     r->versions = json_object();
     for (int i = 0; i < cfg->n_endpoints; i++) {
@@ -686,9 +726,23 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
                      ver->is_default ? "true" : "false",
                      (unsigned long long)cfg->generation);
             json_object_set_new(vs, ver->name, json_string(text));
+            if (ver->compare.mode != CFG_COMPARE_OFF && ver->compare.samples > 0) {
+                char key[256];
+                snprintf(key, sizeof(key), "sluice:{%s}:diffs:%s", ep->name, ver->name);
+                json_object_set_new(diff_keys, key, json_true());
+            }
         }
         json_object_set_new(r->versions, ep->name, vs);
     }
+    const char *key;
+    json_t *val;
+    json_object_foreach(r->diff_keys, key, val)
+        if (json_object_get(diff_keys, key) == NULL)
+            json_object_set_new(r->diff_drop, key, json_true());
+    json_object_foreach(diff_keys, key, val)
+        json_object_del(r->diff_drop, key);
+    json_decref(r->diff_keys);
+    r->diff_keys = diff_keys;
     write_versions(r);
 }
 
@@ -703,6 +757,25 @@ send_diff(void *arg, const char *ep, const char *version, int keep, const char *
     snprintf(key, sizeof(key), "sluice:{%s}:diffs:%s", ep, version);
     redisAsyncCommand(r->ac, NULL, NULL, "LPUSH %s %s", key, text);
     redisAsyncCommand(r->ac, NULL, NULL, "LTRIM %s 0 %d", key, keep - 1);
+    redisAsyncCommand(r->ac, NULL, NULL, "EXPIRE %s %d", key, r->retention_min * 60);
+}
+
+/* Diff samples of a mirror whose compare block (or version, or endpoint)
+ * is gone are deleted (SPEC §4, §7); stale instance bookkeeping is swept. */
+static void
+housekeeping(struct metrics_redis *r)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(r->diff_drop, key, val)
+        redisAsyncCommand(r->ac, NULL, NULL, "DEL %s", key);
+    json_object_clear(r->diff_drop);
+    time_t now = time(NULL);
+    if (now - r->swept < SWEEP_EVERY_S)
+        return;
+    r->swept = now;
+    redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 0 %lld %d", SWEEP_SCRIPT, (long long)now,
+                      r->retention_min * 60);
 }
 
 static void
@@ -728,6 +801,7 @@ metrics_redis_flush(struct metrics_redis *r)
     }
     heartbeat(r);
     flush_diffs(r);
+    housekeeping(r);
     if (r->inflight != NULL) {
         /* One batch at a time. Unanswered: wait. Answered but refused, or
          * not yet confirmed by WAIT: send it again (applied at most once). */
@@ -754,8 +828,10 @@ metrics_redis_final_flush(struct metrics_redis *r, int timeout_ms)
     for (;;) {
         metrics_redis_flush(r);
         if (r->inflight == NULL && metrics_backlog_size(r->b) == 0) {
-            if (r->connected)
+            if (r->connected) {     /* this instance's id is never used again */
                 redisAsyncCommand(r->ac, NULL, NULL, "HDEL sluice:instances %s", r->instance);
+                redisAsyncCommand(r->ac, NULL, NULL, "HDEL sluice:flushseq %s", r->instance);
+            }
             event_base_loop(r->base, EVLOOP_NONBLOCK);
             return true;
         }
@@ -817,6 +893,8 @@ metrics_redis_free(struct metrics_redis *r)
     event_free(r->flush_ev);
     event_free(r->reconnect_ev);
     batch_free(r->inflight);
+    json_decref(r->diff_keys);
+    json_decref(r->diff_drop);
     json_decref(r->versions);
     free(r->host);
     free(r->password);

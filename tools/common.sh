@@ -8,7 +8,7 @@ PIDS=()
 
 # Debian packages the build, tests, demo and bench need.
 DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libssl-dev
-  libjwt-dev libjansson-dev libhiredis-dev node-llhttp"
+  libjwt-dev libjansson-dev libhiredis-dev node-llhttp libsystemd-dev"
 DEPS_RUN="redis-server redis-sentinel curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk"
 
 # The dashboard's browser test: Debian's Chromium, Node.js and playwright-core.
@@ -50,11 +50,20 @@ ensure_packages() {
         fi
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-        # Debian starts services on install; the project starts its own.
-        for svc in redis-server nginx haproxy; do
-            pkill -x "$svc" 2>/dev/null || true
-        done
+        # Debian starts services on install; the project starts its own. A
+        # policy-rc.d that says "no" (exit 101) keeps invoke-rc.d and
+        # deb-systemd-invoke from starting any, so nothing has to be stopped
+        # afterwards: a server the machine already ran is never touched.
+        local policy=/usr/sbin/policy-rc.d own_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            own_policy=1
+        fi
+        local rc=0
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+        [ "$own_policy" -eq 1 ] && rm -f "$policy"
+        [ "$rc" -eq 0 ] || { echo "apt-get install failed ($rc)" >&2; exit "$rc"; }
     fi
 }
 

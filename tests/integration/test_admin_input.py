@@ -81,7 +81,9 @@ def test_raw_invalid_utf8_in_admin_url():
         assert len(resp) == 1, out
         status, headers, body = resp[0]
         assert status == 400, out
-        assert json.loads(body)["error"]["message"] == "the URL must be valid UTF-8", body
+        # The admin gate (issue 17 finding 9) parses the head first and
+        # refuses such a URL itself; evhttp's own check said it in fewer words.
+        assert json.loads(body)["error"]["message"].startswith("the URL must be valid UTF-8"), body
         assert_still_serving(s)
     # Bodies: strings and member names must be UTF-8 too (jansson checks).
     for body in (b'{"description": "\xff"}', b'{"\xc3": 1}', b'{"description": "\ud800"}'):

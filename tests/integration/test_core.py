@@ -10,7 +10,7 @@ import time
 import requests
 
 from harness import (SLUICE, Model, Sluice, endpoint, free_port, parse_responses,
-                     raw, stop, tmpdir, version, wait_port)
+                     raw, stop, tmpdir, version, wait_port, Reader, read_request, Upstream)
 
 SCORE = "/api/v1/service/%s/score"
 SANITIZED = os.environ.get("SLUICE_SANITIZED") == "1"
@@ -245,6 +245,90 @@ def test_504_slow_upstream():
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "gateway_timeout"
     assert requests.post(s.url("slow"), data=BODY).status_code == 200
+
+
+def test_drain_keeps_the_admin_plane():
+    """Issue 20 item 4, SPEC §1: while sluice drains (a request held in
+    flight), /readyz answers 503 at once, /healthz and /metrics as usual,
+    until the last request ends and sluice exits 0. On 60f2a02 the admin
+    listener stopped answering during the drain."""
+    release = threading.Event()
+
+    def held(sock, up):
+        r = Reader(sock)
+        read_request(r)
+        release.wait(20)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    up = Upstream(held)
+    s = Sluice([endpoint("ep1", [version("versiona", [up.addr], 100)])])
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", requests.post(s.url("ep1"), data=b"{}", timeout=30)))
+    t.start()
+    deadline = time.time() + 10
+    while up.n_conns == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(s.proc.pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    while "\"event\":\"drain\"" not in s.log():
+        assert time.time() < deadline, s.log()
+        time.sleep(0.02)
+    seen = []
+    for _ in range(3):
+        r = requests.get(s.admin("/readyz"), timeout=5)
+        seen.append((r.status_code, r.json()["status"]))
+        assert requests.get(s.admin("/healthz"), timeout=5).status_code == 200
+        m = requests.get(s.admin("/metrics"), timeout=5)
+        assert m.status_code == 200 and "sluice_" in m.text
+        time.sleep(0.1)
+    assert seen == [(503, "draining")] * 3, seen
+    assert result == {} and s.proc.poll() is None
+    release.set()
+    t.join(30)
+    assert result["r"].status_code == 200 and result["r"].content == b"ok"
+    assert s.proc.wait(10) == 0
+
+
+def test_systemd_notifications():
+    """Issue 20 item 3: with NOTIFY_SOCKET set (as systemd does for a
+    Type=notify unit), sluice sends READY=1 once its listeners are up,
+    RELOADING=1 then READY=1 around a reload with the outcome in STATUS=
+    (a refused config says so and keeps the old generation), and STOPPING=1
+    when it drains. The socket is the test's own."""
+    d = tmpdir()
+    path = os.path.join(d, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    m = Model("versiona")
+    s = Sluice([endpoint("ep1", [version("versiona", [m.addr], 100)])],
+               env={"NOTIFY_SOCKET": path})
+
+    def msg():
+        return dict(l.split("=", 1) for l in sock.recv(4096).decode().splitlines() if "=" in l)
+    ready = msg()
+    assert ready.get("READY") == "1" and ready["STATUS"] == "serving generation 1", ready
+    os.kill(s.proc.pid, signal.SIGHUP)
+    a, b = msg(), msg()
+    assert a.get("RELOADING") == "1" and int(a["MONOTONIC_USEC"]) > 0, a
+    assert b.get("READY") == "1" and b["STATUS"] == "serving generation 2", b
+    with open(s.path) as f:
+        cfg = json.load(f)
+    cfg["endpoints"][0]["versions"][0]["traffic_percentile"] = 250
+    with open(s.path, "w") as f:
+        json.dump(cfg, f)
+    os.kill(s.proc.pid, signal.SIGHUP)
+    a, b = msg(), msg()
+    assert a.get("RELOADING") == "1", a
+    assert b.get("READY") == "1" and \
+        b["STATUS"].startswith("reload refused, serving generation 2: "), b
+    assert "traffic_percentile" in b["STATUS"], b
+    assert requests.post(s.url("ep1"), data=b"x", timeout=5).status_code == 200
+    os.kill(s.proc.pid, signal.SIGTERM)
+    stopping = msg()
+    assert stopping.get("STOPPING") == "1", stopping
+    assert s.proc.wait(10) == 0
+    sock.close()
 
 
 def test_sigterm_drains_in_flight():
