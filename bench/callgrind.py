@@ -37,13 +37,16 @@ def total_ir(path):
 
 def run_variant(d, variant, models, cert, key, redis_port, n):
     http, https, admin = bench.free_port(), bench.free_port(), bench.free_port()
-    ep, extra = bench.sluice_config(variant, models, redis_port, d)
+    # pinned: the metrics variant with every request pinned to versionb
+    # (X-Sluice-Version), so each is counted again in its pinned hashes.
+    ep, extra = bench.sluice_config("metrics" if variant == "pinned" else variant, models,
+                                    redis_port, d)
     cfg = {"workers": 1, "listeners": [{"address": "127.0.0.1:%d" % http}],
            "admin": {"address": "127.0.0.1:%d" % admin}, "log": {"access_log": "off"},
            "endpoints": [ep]}
     cfg.update(extra)
     cfg["admin"]["address"] = "127.0.0.1:%d" % admin
-    if variant != "metrics":
+    if variant not in ("metrics", "pinned"):
         cfg["redis"] = {"address": "127.0.0.1:%d" % bench.free_port()}   # nobody there
     path = os.path.join(d, "cg-%s.json" % variant)
     with open(path, "w") as f:
@@ -69,6 +72,8 @@ def run_variant(d, variant, models, cert, key, redis_port, n):
                 h = dict(headers)
                 if variant == "routing":
                     h["X-User-Id"] = "user-%d" % (offset + i)
+                if variant == "pinned":
+                    h["X-Sluice-Version"] = "versionb"
                 r = s.post(url, data=bench.BODY, headers=h)
                 assert r.status_code == 200, r.text
         send(200, 0)                                    # warm up: pools, caches
@@ -88,7 +93,7 @@ def run_variant(d, variant, models, cert, key, redis_port, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--variants", default="core,routing,keys,token,metrics")
+    ap.add_argument("--variants", default="core,routing,keys,token,metrics,pinned")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sluice-cg-")
     try:

@@ -935,11 +935,13 @@ parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rol
     get_fraction(p, gate, sp, "min_agreement", &r->min_agreement, 0.99, 1);
 }
 
-/* The state the driver keeps: "rollout_state": {"phase", "step", "since", "reason"}. */
+/* The state the driver keeps: "rollout_state": {"phase", "step", "since", "reason",
+ * "operator_changed"}. */
 static void
 parse_rollout_state(struct pctx *p, json_t *obj, const char *path, struct cfg_rollout *r)
 {
-    static const char *const fields[] = {"phase", "step", "since", "reason", NULL};
+    static const char *const fields[] = {"phase", "step", "since", "reason",
+        "operator_changed", NULL};
     char sp[PATH_MAX_LEN];
 
     check_fields(p, obj, path, fields);
@@ -972,6 +974,9 @@ parse_rollout_state(struct pctx *p, json_t *obj, const char *path, struct cfg_ro
             r->since = (int64_t)json_integer_value(since);
     }
     get_str(p, obj, path, "reason", &r->reason, NULL);
+    get_bool(p, obj, path, "operator_changed", &r->operator_changed, false);
+    r->refuses_pins = (r->phase == CFG_ROLLOUT_ROLLED_BACK ||
+                       r->phase == CFG_ROLLOUT_ABORTED) && !r->operator_changed;
 }
 
 static void
@@ -1066,7 +1071,7 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
                struct cfg_endpoint *ep)
 {
     static const char *const fields[] = {"name", "auth", "keys", "sticky",
-        "scoring_timeout_ms", "failover_to_default", "versions", NULL};
+        "scoring_timeout_ms", "failover_to_default", "pinning", "versions", NULL};
     static const char *const auth_fields[] = {"keys", "tokens", NULL};
     static const char *const key_fields[] = {"primary", "secondary", NULL};
     static const char *const sticky_fields[] = {"header", "cookie", NULL};
@@ -1120,6 +1125,7 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
     get_int(p, obj, path, "scoring_timeout_ms", &ep->scoring_timeout_ms,
             60000, 1, 3600000);
     get_bool(p, obj, path, "failover_to_default", &ep->failover_to_default, true);
+    get_bool(p, obj, path, "pinning", &ep->pinning, true);
 
     json_t *vs = json_object_get(obj, "versions");
     subpath(sp, path, "versions");

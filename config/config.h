@@ -98,6 +98,12 @@ struct cfg_rollout {
     int step;                   /* index into steps */
     int64_t since;              /* unix seconds of the last state change */
     char *reason;               /* NULL when none */
+    /* "operator_changed": an operator changed the version after its rollout
+     * was rolled back or aborted (config_edit_rollout_operator_change). */
+    bool operator_changed;
+    /* Derived: rolled back or aborted and not changed since, so pins
+     * (X-Sluice-Version) are refused with 404 (SPEC §3.3). */
+    bool refuses_pins;
 };
 
 struct cfg_version {
@@ -128,6 +134,7 @@ struct cfg_endpoint {
     char *sticky_name;
     int scoring_timeout_ms;
     bool failover_to_default;
+    bool pinning;               /* "pinning" (default true): X-Sluice-Version honoured */
     struct cfg_version versions[CFG_MAX_VERSIONS];
     int n_versions;
     int default_version;        /* index into versions */
@@ -200,9 +207,16 @@ struct cfg_log {
     char *level;
 };
 
+#define CFG_FLEET_HASH_LEN 64       /* SHA-256 in hex */
+
 struct config {
     int refs;                   /* atomic; use config_take/config_drop */
-    uint64_t generation;
+    uint64_t generation;        /* this process's counter: every apply, reloads too */
+    /* In a fleet, the shared part's generation and content hash (0 and ""
+     * for the file's own endpoints before the fleet's are known): what
+     * /readyz, sluice:instances and the answers report (SPEC §6). */
+    uint64_t fleet_generation;
+    char fleet_hash[CFG_FLEET_HASH_LEN + 1];
     char *path;                 /* the file it was read from, may be NULL */
     char *basedir;
     struct json_t *doc;         /* the document as given, for persistence */
@@ -318,8 +332,9 @@ int config_edit_create_version(struct json_t *doc, const char *ep,
                                struct json_t *body, struct cfg_edit_result *r);
 int config_edit_update_version(struct json_t *doc, const char *ep, const char *v,
                                struct json_t *body, struct cfg_edit_result *r);
-/* Pause the running rollout of version object x, if any (an operator's own
- * change to it); sets r->rollout_paused. */
+/* An operator's own change to version object x: pause its running rollout,
+ * if any (sets r->rollout_paused); after a rollback or an abort, mark the
+ * state "operator_changed", which lifts the refusal of pins (SPEC §3.3). */
 void config_edit_rollout_operator_change(struct json_t *x, struct cfg_edit_result *r);
 int config_edit_delete_version(struct json_t *doc, const char *ep, const char *v,
                                struct cfg_edit_result *r);
@@ -349,7 +364,7 @@ int config_save(const char *path, struct json_t *doc, char *err, size_t errlen);
 /* ---- fleets: the shared part of a config (fleet.c, SPEC §6) -------------
  *
  * A fleet keeps `endpoints` and `tokens` in Redis as one JSON text
- * {"generation": N, "endpoints": [...], "tokens": {...}}; everything else
+ * {"generation": N, "hash": H, "endpoints": [...], "tokens": {...}}; everything else
  * stays in each instance's file. The effective document is the file's
  * instance part with the shared part put in.
  */
@@ -359,19 +374,28 @@ int config_save(const char *path, struct json_t *doc, char *err, size_t errlen);
  * inside a hash tag, so never a brace). */
 bool config_fleet_name_valid(const char *name);
 /* The shared part of doc at generation gen: a new object with deep copies
- * of doc's endpoints and tokens (tokens left out when doc has none). */
+ * of doc's endpoints and tokens (tokens left out when doc has none) and
+ * their content hash. */
 struct json_t *config_fleet_shared(struct json_t *doc, uint64_t gen);
 /* A new document: instance's fields other than endpoints and tokens, with
  * shared's endpoints and tokens in their place. */
 struct json_t *config_fleet_merge(struct json_t *instance, struct json_t *shared);
 /* Check a shared part read from Redis or a cache file: an object with a
  * positive integer generation, an endpoints array, an optional tokens
- * object and nothing else. The new object (a reference) and its generation,
+ * object, an optional hash string and nothing else. The new object (a reference) and its generation,
  * or NULL with a reason. */
 struct json_t *config_fleet_parse(const char *text, size_t len, uint64_t *gen,
                                   char *err, size_t errlen);
-/* Whether a generation seen in Redis should replace the one applied: only
- * a newer one does, so a late or repeated message never goes back. */
-bool config_fleet_newer(uint64_t applied, uint64_t seen);
+/* The content hash of a shared part: SHA-256 (hex) of its endpoints and
+ * tokens, serialised compactly with sorted keys; false when out of memory. */
+bool config_fleet_hash(struct json_t *shared, char out[CFG_FLEET_HASH_LEN + 1]);
+/* The "hash" member as stored ("" when absent): what the compare-and-set
+ * compares, since the Lua script cannot compute SHA-256. */
+const char *config_fleet_stored_hash(struct json_t *shared);
+/* Whether two generations are the same: number and content hash. An
+ * instance applies the fleet's generation whenever either differs from
+ * what it runs, older numbers included (a failover that lost a write), so
+ * two instances never serve different content under one number. */
+bool config_fleet_same(uint64_t gen_a, const char *hash_a, uint64_t gen_b, const char *hash_b);
 
 #endif

@@ -180,12 +180,19 @@ config_edit_update_version(json_t *doc, const char *ep, const char *v, json_t *b
 }
 
 /* An operator's own change to a version under a running rollout pauses the
- * rollout instead of being undone by its next step (SPEC §8). */
+ * rollout instead of being undone by its next step (SPEC §8). A version
+ * rolled back or aborted refuses pins until it is changed again (SPEC §3.3):
+ * this is that change, recorded in its state. */
 void
 config_edit_rollout_operator_change(json_t *x, struct cfg_edit_result *r)
 {
     json_t *st = json_object_get(x, "rollout_state");
     json_t *ph = json_object_get(st, "phase");
+    if (json_is_string(ph) && (strcmp(json_string_value(ph), "rolled_back") == 0 ||
+                               strcmp(json_string_value(ph), "aborted") == 0)) {
+        json_object_set_new(st, "operator_changed", json_true());
+        return;
+    }
     if (!json_is_string(ph) || strcmp(json_string_value(ph), "running") != 0)
         return;
     json_object_set_new(st, "phase", json_string("paused"));

@@ -7,7 +7,9 @@
 #include "config/config.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const shared_fields[] = {"endpoints", "tokens", NULL};
@@ -27,9 +29,42 @@ config_fleet_name_valid(const char *name)
     return true;
 }
 
+/* The content hash: SHA-256 of the shared fields alone, serialised
+ * compactly with sorted keys, so that it depends on the content only (not
+ * on the generation, the hash field or the order of members). */
+bool
+config_fleet_hash(json_t *shared, char out[CFG_FLEET_HASH_LEN + 1])
+{
+    json_t *o = json_object();
+    bool ok = o != NULL;
+    for (const char *const *f = shared_fields; ok && *f; f++) {
+        json_t *v = json_object_get(shared, *f);
+        if (v != NULL)
+            ok = json_object_set(o, *f, v) == 0;
+    }
+    char *text = ok ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    if (text == NULL)
+        return false;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    ok = EVP_Digest(text, strlen(text), md, &n, EVP_sha256(), NULL) == 1 && n == 32;
+    free(text);
+    if (!ok)
+        return false;
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < n; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[2 * n] = '\0';
+    return true;
+}
+
 json_t *
 config_fleet_shared(json_t *doc, uint64_t gen)
 {
+    char hash[CFG_FLEET_HASH_LEN + 1];
     json_t *s = json_object();
     if (s == NULL || json_object_set_new(s, "generation", json_integer((json_int_t)gen)) < 0)
         goto fail;
@@ -41,6 +76,8 @@ config_fleet_shared(json_t *doc, uint64_t gen)
         if (copy == NULL || json_object_set_new(s, *f, copy) < 0)
             goto fail;
     }
+    if (!config_fleet_hash(s, hash) || json_object_set_new(s, "hash", json_string(hash)) < 0)
+        goto fail;
     return s;
 fail:
     json_decref(s);
@@ -81,6 +118,7 @@ config_fleet_parse(const char *text, size_t len, uint64_t *gen, char *err, size_
     const char *why = NULL;
     json_t *g = json_object_get(s, "generation");
     json_t *t = json_object_get(s, "tokens");
+    json_t *h = json_object_get(s, "hash");
     if (!json_is_object(s))
         why = "must be a JSON object";
     else if (!json_is_integer(g) || json_integer_value(g) < 1)
@@ -89,11 +127,14 @@ config_fleet_parse(const char *text, size_t len, uint64_t *gen, char *err, size_
         why = "endpoints: required, an array";
     else if (t != NULL && !json_is_object(t))
         why = "tokens: must be an object";
+    else if (h != NULL && !json_is_string(h))
+        why = "hash: must be a string";
     else {
         const char *k;
         json_t *v;
         json_object_foreach(s, k, v) {
-            if (strcmp(k, "generation") && strcmp(k, "endpoints") && strcmp(k, "tokens")) {
+            if (strcmp(k, "generation") && strcmp(k, "hash") && strcmp(k, "endpoints") &&
+                strcmp(k, "tokens")) {
                 char clip[64];
                 snprintf(err, errlen, "%s: not a shared field (endpoints, tokens)",
                          config_utf8_clip(clip, sizeof(clip), k));
@@ -111,8 +152,15 @@ config_fleet_parse(const char *text, size_t len, uint64_t *gen, char *err, size_
     return s;
 }
 
-bool
-config_fleet_newer(uint64_t applied, uint64_t seen)
+const char *
+config_fleet_stored_hash(json_t *shared)
 {
-    return seen > applied;
+    const char *h = json_string_value(json_object_get(shared, "hash"));
+    return h ? h : "";
+}
+
+bool
+config_fleet_same(uint64_t gen_a, const char *hash_a, uint64_t gen_b, const char *hash_b)
+{
+    return gen_a == gen_b && strcmp(hash_a, hash_b) == 0;
 }

@@ -52,6 +52,14 @@ cur(void)
 
 #define PREFIX "/admin/v1/endpoints"
 
+/* The generation reported: in a fleet the fleet's (SPEC §6), the same on
+ * every instance that runs it; alone, this process's count. */
+static json_int_t
+shown_generation(const struct config *c)
+{
+    return (json_int_t)(c->fleet_name != NULL ? c->fleet_generation : c->generation);
+}
+
 /* ---- replies ------------------------------------------------------------ */
 
 /* Send body (consumed). A body that could not be built or serialised is a
@@ -208,13 +216,14 @@ describe_endpoint(const struct config *cfg, const struct cfg_endpoint *ep)
         sticky = json_pack("{s:s}", "header", ep->sticky_name);
     else if (ep->sticky == CFG_STICKY_COOKIE)
         sticky = json_pack("{s:s}", "cookie", ep->sticky_name);
-    return json_pack("{s:s, s:{s:b, s:b}, s:o, s:i, s:b, s:I, s:o}",
+    return json_pack("{s:s, s:{s:b, s:b}, s:o, s:i, s:b, s:b, s:I, s:o}",
                      "name", ep->name,
                      "auth", "keys", ep->auth_keys, "tokens", ep->auth_tokens,
                      "sticky", sticky,
                      "scoring_timeout_ms", ep->scoring_timeout_ms,
                      "failover_to_default", ep->failover_to_default,
-                     "generation", (json_int_t)cfg->generation,
+                     "pinning", ep->pinning,
+                     "generation", shown_generation(cfg),
                      "versions", vs);
 }
 
@@ -460,9 +469,11 @@ change_edit(struct change *c, json_t *doc, struct cfg_edit_result *er)
     return rc;
 }
 
-/* The answer to a change applied: from the generation now in use. */
+/* The answer to a change applied: from the generation now in use, with
+ * gen (> 0) as the change's own generation (in a fleet a later one may
+ * already run when the answer goes). */
 static void
-change_answer(struct evhttp_request *req, struct change *c)
+change_answer(struct evhttp_request *req, struct change *c, uint64_t gen)
 {
     const char *op = change_op_names[c->op];
     if (c->op == CH_PUT_EP || c->op == CH_DELETE_EP || c->op == CH_REGEN_KEY)
@@ -476,12 +487,12 @@ change_answer(struct evhttp_request *req, struct change *c)
                   "\"by\":\"operator\",\"reason\":\"operator change\"", log_json(c->r.ep),
                   log_json(c->vname));
     const struct cfg_endpoint *ep = find_ep(c->r.ep);
+    json_int_t g = gen > 0 ? (json_int_t)gen : shown_generation(cur());
     if (c->op == CH_DELETE_EP || ep == NULL) {
         /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
         reply(req, 200, c->op == CH_DELETE_EP ?
-              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation",
-                        (json_int_t)cur()->generation) :
-              json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation", g) :
+              json_pack("{s:I}", "generation", g));
         return;
     }
     if (c->op == CH_REGEN_KEY) {
@@ -490,7 +501,10 @@ change_answer(struct evhttp_request *req, struct change *c)
         return;
     }
     int code = (c->op == CH_CREATE_V || (c->op == CH_PUT_EP && c->created)) ? 201 : 200;
-    reply(req, code, describe_endpoint(cur(), ep));
+    json_t *body = describe_endpoint(cur(), ep);
+    if (body != NULL)
+        json_object_set_new(body, "generation", json_integer(g));
+    reply(req, code, body);
 }
 
 static int
@@ -521,7 +535,7 @@ fleet_done_cb(void *arg, int status, const char *message, const struct cfg_error
     struct change *c = arg;
     struct evhttp_request *req = wait_end(&c->w);
     if (status == 0)
-        change_answer(req, c);
+        change_answer(req, c, fleet_answered_generation());
     else
         reply_change_failed(req, status, message, errs);
     change_free(c);
@@ -544,7 +558,7 @@ change_run(struct evhttp_request *req, struct change *c)
     if (rc != 0)
         reply_error(req, er.status, status_code_name(er.status), er.message, NULL);
     else if (commit(req, doc))
-        change_answer(req, c);
+        change_answer(req, c, 0);
     json_decref(doc);
     change_free(c);
 }
@@ -585,7 +599,7 @@ on_endpoint(struct evhttp_request *req, const struct route *r)
         for (int i = 0; i < cur()->n_endpoints; i++)
             json_array_append_new(list, describe_endpoint(cur(), &cur()->endpoints[i]));
         reply(req, 200, json_pack("{s:o, s:I}", "endpoints", list,
-                                  "generation", (json_int_t)cur()->generation));
+                                  "generation", shown_generation(cur())));
         return;
     }
     if (m == EVHTTP_REQ_GET) {
@@ -813,7 +827,7 @@ rollout_answered(void *arg, int status, const char *message, const struct cfg_er
         if (vi >= 0)
             reply(req, 200, rollout_describe(ep, vi));
         else
-            reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+            reply(req, 200, json_pack("{s:I}", "generation", shown_generation(cur())));
     } else
         reply_change_failed(req, status, message, errs);
     change_free(c);
@@ -931,7 +945,7 @@ on_reload(struct evhttp_request *req)
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else
-        reply(req, 200, json_pack("{s:I}", "generation", (json_int_t)cur()->generation));
+        reply(req, 200, json_pack("{s:I}", "generation", shown_generation(cur())));
     cfg_errors_free(&errs);
 }
 
@@ -1026,8 +1040,18 @@ on_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (strcmp(path, "/readyz") == 0) {
-        reply(req, draining ? 503 : 200, json_pack("{s:s, s:I}", "status",
-              draining ? "draining" : "ready", "generation", (json_int_t)cur()->generation));
+        json_t *body = json_pack("{s:s, s:I}", "status", draining ? "draining" : "ready",
+                                 "generation", shown_generation(cur()));
+        if (body != NULL && fleet_enabled()) {
+            /* The content hash, and why the fleet's newest is not applied. */
+            uint64_t behind_gen = 0;
+            const char *behind = fleet_behind(&behind_gen);
+            json_object_set_new(body, "hash", json_string(cur()->fleet_hash));
+            if (behind != NULL)
+                json_object_set_new(body, "behind", json_pack("{s:I, s:o}", "generation",
+                                    (json_int_t)behind_gen, "reason", text_json(behind)));
+        }
+        reply(req, draining ? 503 : 200, body);
         return;
     }
     if (strcmp(path, "/metrics") == 0) {

@@ -204,6 +204,11 @@ control_load(const char *path, struct cfg_errors *errs)
     struct config *cfg = config_load(path, errs);
     if (cfg == NULL)
         return NULL;
+    /* In a fleet the keys are the fleet's (SPEC §6): generated once by
+     * whoever seeds the fleet's config (fleet.c), never into a member's
+     * file, where they would differ from the fleet's and never be used. */
+    if (cfg->fleet_name != NULL)
+        return cfg;
     json_t *doc = json_deep_copy(cfg->doc);
     if (!config_fill_keys(doc)) {
         json_decref(doc);
@@ -241,6 +246,7 @@ reload_fleet(struct config *cfg, struct cfg_errors *errs)
     json_decref(doc);
     if (merged != NULL && (merged->path = strdup(cfg->path)) == NULL)
         abort();
+    fleet_stamp(merged);
     config_drop(cfg);
     return merged;
 }

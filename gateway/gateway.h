@@ -697,17 +697,29 @@ void fleet_stop(void);
 bool fleet_enabled(void);
 bool fleet_connected(void);
 const char *fleet_name(void);
+/* The fleet generation applied here (0: the file's seed) and its content
+ * hash; fleet_behind() the reason (and generation) when the fleet's newest
+ * could not be applied here, else NULL. */
 uint64_t fleet_generation(void);
+const char *fleet_hash(void);
+const char *fleet_behind(uint64_t *gen);
+/* Stamp a config built from the shared part in use with its generation. */
+void fleet_stamp(struct config *cfg);
 /* A re-read file's document with the shared part in use put in (new ref). */
 struct json_t *fleet_merge_current(struct json_t *file_doc);
 /* An admin change in a fleet: edit() changes a copy of the document in use
  * and returns 0 or an HTTP status with er filled; it may run again on a
- * newer generation after a lost race. done() gets 0 once the change is in
- * Redis and applied here, else 400 (errs), 404, 409, 500 or 503. */
+ * newer generation after a lost race. Changes are queued and run one at a
+ * time. done() gets 0 once the change is in Redis (confirmed by
+ * redis.wait_replicas) and applied here, else 400 (errs), 404, 409 (lost
+ * races until the deadline) or 503 (with why: Redis away, this instance
+ * behind the fleet, written but not confirmed or not applied here). */
 typedef int (*fleet_edit_fn)(void *arg, struct json_t *doc, struct cfg_edit_result *er);
 typedef void (*fleet_done_fn)(void *arg, int status, const char *message,
                               const struct cfg_errors *errs);
 void fleet_change(fleet_edit_fn edit, fleet_done_fn done, void *arg);
+/* Inside done() with status 0: the generation the change was written as. */
+uint64_t fleet_answered_generation(void);
 /* GET /admin/v1/fleet: status 200 with a body (taken over), or an error. */
 typedef void (*fleet_status_fn)(void *arg, int status, struct json_t *body, const char *why);
 void fleet_status(fleet_status_fn done, void *arg);

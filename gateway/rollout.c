@@ -20,9 +20,28 @@
  * fleet carries on and shows the same history:
  *   sluice:{EP}:rollout:VERSION        hash, "base": the step's start
  *                                      {"step","since","started","control",
- *                                       "version":[counters],"control":[...]}
+ *                                       "version":[counters],"control":[...]};
+ *                                      "tests": looks spent; "decision": the
+ *                                      verdict of a step whose change is not
+ *                                      yet applied (see below)
  *   sluice:{EP}:rollout:VERSION:evals  list, the last 20 gate evaluations
  *   sluice:fleet:{NAME}:leader         the driving instance (SET NX PX)
+ *
+ * The gate judges routed traffic only (SPEC §3.3, §8): each side is its
+ * total minus its pinned counts, both read by one script, atomically.
+ *
+ * A decision is final (SPEC §8). A verdict that moves the rollout (next
+ * step, rollback, promotion) is recorded in Redis with its evaluation in
+ * one transaction before its change is made; until the change is applied,
+ * that same change is retried every second, and the step is never judged
+ * again (no look spent twice). A driver restarted, or another taking over,
+ * finds the recorded decision of the current step and carries it out
+ * instead of judging.
+ *
+ * A running step that cannot be judged (Redis unreachable, or the primary
+ * unknown) for 3 x step_s is paused with the reason, its share set to 0
+ * (resume restores the step's share): a share never stays raised
+ * unjudged.
  *
  * Callbacks find their rollout by name, never by a pointer kept across a
  * round trip, so a version deleted meanwhile costs nothing.
@@ -43,6 +62,9 @@
 #define RO_TICK_MS 250
 #define RO_KEEP_EVALS 20
 #define RO_REFRESH_S 1.0            /* reread history and the leader this often */
+#define RO_RETRY_S 1.0              /* a decided change that failed is tried again */
+
+struct ro_change;
 
 struct track {
     char ep[CFG_NAME_MAX + 1], v[CFG_NAME_MAX + 1];
@@ -61,6 +83,13 @@ struct track {
     uint64_t evals_seq;             /* local appends, to drop stale rereads */
     double refreshed;
     bool refreshing;
+    /* The decision of this step whose change is not applied yet: retried
+     * every RO_RETRY_S, never judged again. */
+    struct ro_change *decision;
+    double retry_at;
+    /* When this driver last made progress on the step: took it over, read
+     * its baseline, or judged it. 3 x step_s without: paused. */
+    double progress;
     struct track *next;
 };
 
@@ -105,6 +134,14 @@ track_find(const char *ep, const char *v, bool create)
 }
 
 /* ---- Redis plumbing ------------------------------------------------------ */
+
+/* redis.address or redis.sentinels: the metrics writer's connection follows
+ * either (metrics/primary.c), and every read here goes through it. */
+static bool
+redis_configured(const struct config *cfg)
+{
+    return cfg->redis.host != NULL || cfg->redis.n_sentinels > 0;
+}
 
 static int
 cmd(metrics_redis_reply_fn fn, void *arg, int argc, const char **argv)
@@ -205,6 +242,8 @@ struct ro_change {
     bool have_totals;
     char control[CFG_NAME_MAX + 1];
     uint64_t tot_v[M_COUNT], tot_c[M_COUNT];
+    bool zero_share;                /* RO_HALT: the share goes to 0 too */
+    bool edit_refused;              /* change_edit() said no: asking again will not help */
     rollout_done_fn done;
     void *arg;
 };
@@ -278,8 +317,18 @@ promote_doc(json_t *vs, json_t *x)
     json_object_set_new(x, "mirror_percentile", json_integer(0));
 }
 
+static int change_edit_doc(struct ro_change *c, json_t *doc, struct cfg_edit_result *er);
+
 static int
 change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
+{
+    int rc = change_edit_doc(c, doc, er);
+    c->edit_refused = rc != 0;
+    return rc;
+}
+
+static int
+change_edit_doc(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
 {
     json_t *e = config_doc_endpoint(doc, c->ep, NULL);
     if (e == NULL)
@@ -338,7 +387,14 @@ change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
         if (!paused)
             return ch_fail(er, 409, "the rollout of %s is not paused (%s)", c->v,
                            ph ? ph : "never started");
-        /* The step starts over: its window begins now. */
+        /* The step starts over: its window begins now, at the step's share
+         * if a pause took it away (not for a mirror still proving its
+         * agreement: it has no live share yet). */
+        if (!(mirrored && compares && step == 0)) {
+            json_t *tp = json_object_get(x, "traffic_percentile");
+            if (!json_is_number(tp) || json_number_value(tp) == 0)
+                json_object_set(x, "traffic_percentile", json_array_get(steps, (size_t)step));
+        }
         set_state(x, "running", step, c->now, NULL);
         break;
     case RO_ABORT:
@@ -373,6 +429,8 @@ change_edit(struct ro_change *c, json_t *doc, struct cfg_edit_result *er)
         set_state(x, "rolled_back", step, c->now, c->reason);
         break;
     case RO_HALT:
+        if (c->zero_share)
+            json_object_set_new(x, "traffic_percentile", json_integer(0));
         set_state(x, "paused", step, c->now, c->reason);
         break;
     case RO_FINISH:
@@ -420,6 +478,12 @@ change_applied(struct ro_change *c)
     if (t == NULL)
         return;
     t->busy = false;
+    if (c->op >= RO_NEXT) {
+        /* The decision is carried out: nothing left to retry. */
+        free(t->decision);
+        t->decision = NULL;
+    }
+    t->progress = now_s();
     if (c->op == RO_START) {
         char k1[160], k2[160];
         key_base(k1, sizeof(k1), c->ep, c->v);
@@ -451,6 +515,8 @@ change_applied(struct ro_change *c)
 
 static void change_run(struct ro_change *c);
 static struct ro_change *change_new(enum ro_op op, const char *ep, const char *v);
+static void decide(struct track *t, struct ro_change *c);
+static void decision_try(struct track *t);
 
 static void
 change_finish(struct ro_change *c, int status, const char *message,
@@ -461,35 +527,79 @@ change_finish(struct ro_change *c, int status, const char *message,
     else {
         const char *why = errs && errs->n ? errs->msg[0] : message ? message : "";
         struct track *t = track_find(c->ep, c->v, false);
-        if (t != NULL) {
+        if (t != NULL)
             t->busy = false;
-            /* Redis away or the file unwritable: judge again a little later. */
-            t->next_look = now_s() + 1;
-        }
         if (c->op >= RO_NEXT)
             log_event(LOG_WARN, "rollout_change_failed", ",\"op\":\"%s\",\"endpoint\":\"%s\","
-                      "\"version\":\"%s\",\"status\":%d,\"reason\":\"%s\"",
+                      "\"version\":\"%s\",\"status\":%d,\"retry\":%s,\"reason\":\"%s\"",
                       ro_op_names[c->op], log_json(c->ep), log_json(c->v), status,
-                      log_json(why));
+                      c->edit_refused || status == 400 ? "false" : "true", log_json(why));
+        if (c->op >= RO_NEXT && t != NULL) {
+            if (c->edit_refused || status == 400) {
+                /* The rollout changed meanwhile (an operator paused or
+                 * edited it, the version went away), or the config
+                 * refuses the change: the decision has nothing left to
+                 * do. */
+                free(t->decision);
+                t->decision = NULL;
+            } else
+                /* Not persisted (the file unwritable, the fleet's write
+                 * failed): the same change again in a second, never a
+                 * new judgement (SPEC §8: a decision is final). */
+                t->retry_at = now_s() + RO_RETRY_S;
+        }
         /* A step the config refuses (the shares would pass 100 %, say) will
          * not get better by asking again: the rollout pauses, saying why,
          * for an operator to decide. */
-        if (status == 400 && (c->op == RO_NEXT || c->op == RO_GO_LIVE || c->op == RO_FINISH)) {
+        if (status == 400 && !c->edit_refused &&
+            (c->op == RO_NEXT || c->op == RO_GO_LIVE || c->op == RO_FINISH)) {
             struct ro_change *h = change_new(RO_HALT, c->ep, c->v);
             if (h != NULL) {
                 h->step = c->step;
                 h->since = c->since;
                 snprintf(h->reason, sizeof(h->reason), "the next change was refused: %s", why);
                 config_utf8_fix(h->reason);
-                if (t != NULL)
-                    t->busy = true;
-                change_run(h);
+                decide(t, h);
             }
         }
     }
     if (c->done != NULL)
         c->done(c->arg, status, message, errs);
     free(c);
+}
+
+/* Carry out a decision of the driver: kept on the track (t may be NULL:
+ * run once) and run now; change_finish() retries it until it is applied. */
+static void
+decide(struct track *t, struct ro_change *c)
+{
+    if (t == NULL) {
+        change_run(c);
+        return;
+    }
+    free(t->decision);
+    t->decision = c;
+    t->retry_at = 0;
+    decision_try(t);
+}
+
+/* Run a copy of the track's decision (change_finish frees the copy). */
+static void
+decision_try(struct track *t)
+{
+    if (t->decision == NULL || t->busy)
+        return;
+    struct ro_change *c = malloc(sizeof(*c));
+    if (c == NULL)
+        return;
+    memcpy(c, t->decision, sizeof(*c));
+    c->now = (int64_t)time(NULL);
+    c->done = NULL;
+    c->arg = NULL;
+    c->edit_refused = false;
+    t->busy = true;
+    t->retry_at = now_s() + RO_RETRY_S;
+    change_run(c);
 }
 
 static int
@@ -555,7 +665,7 @@ rollout_action(const char *ep, const char *v, const char *action, rollout_done_f
              "\"promote\"", NULL);
         return;
     }
-    if (op == RO_START && control_current()->redis.host == NULL) {
+    if (op == RO_START && !redis_configured(control_current())) {
         done(arg, 409, "a rollout's gate reads the counts from Redis: configure \"redis\"",
              NULL);
         return;
@@ -586,8 +696,11 @@ store_base(struct track *t)
     json_decref(o);
     if (text == NULL)
         return;
+    /* A new window: a decision recorded for the last one is done. */
     const char *argv[] = {"HSET", key, "base", text};
+    const char *a2[] = {"HDEL", key, "decision"};
     cmd(NULL, NULL, 4, argv);
+    cmd(NULL, NULL, 3, a2);
     free(text);
 }
 
@@ -666,7 +779,8 @@ struct read {
     bool failed;
     json_t *stored;                 /* the stored baseline, READ_BASE */
     int tests;                      /* the stored count of tests, READ_BASE */
-    uint64_t tot_v[M_COUNT], tot_c[M_COUNT];
+    json_t *decision;               /* the stored decision, READ_BASE */
+    uint64_t tot_v[M_COUNT], tot_c[M_COUNT];    /* routed: totals minus pinned */
 };
 
 /* The track a read belongs to, if it still describes the same step. */
@@ -686,7 +800,117 @@ static void
 read_free(struct read *rd)
 {
     json_decref(rd->stored);
+    json_decref(rd->decision);
     free(rd);
+}
+
+/* ---- decisions in Redis --------------------------------------------------- */
+
+static json_t *
+decision_json(const struct ro_change *c)
+{
+    return json_pack("{s:s, s:i, s:I, s:s, s:b, s:s, s:o, s:o}", "op", ro_op_names[c->op],
+                     "step", c->step, "since", (json_int_t)c->since, "reason", c->reason,
+                     "have_totals", c->have_totals, "control", c->control,
+                     "version", counters_json(c->tot_v), "control_counts",
+                     counters_json(c->tot_c));
+}
+
+/* The recorded decision of step (step, since), or NULL. */
+static struct ro_change *
+decision_of_json(json_t *d, const char *ep, const char *v, int step, int64_t since)
+{
+    json_t *js = json_object_get(d, "step"), *jt = json_object_get(d, "since");
+    json_t *jo = json_object_get(d, "op"), *jr = json_object_get(d, "reason");
+    json_t *jc = json_object_get(d, "control");
+    if (!json_is_integer(js) || json_integer_value(js) != step || !json_is_integer(jt) ||
+        json_integer_value(jt) != since || !json_is_string(jo) || !json_is_string(jr) ||
+        !json_is_string(jc))
+        return NULL;
+    int op = -1;
+    for (int i = RO_NEXT; i <= RO_HALT; i++)
+        if (strcmp(json_string_value(jo), ro_op_names[i]) == 0)
+            op = i;
+    if (op < 0)
+        return NULL;
+    struct ro_change *c = change_new((enum ro_op)op, ep, v);
+    if (c == NULL)
+        return NULL;
+    c->step = step;
+    c->since = since;
+    snprintf(c->reason, sizeof(c->reason), "%s", json_string_value(jr));
+    snprintf(c->control, sizeof(c->control), "%s", json_string_value(jc));
+    c->have_totals = json_is_true(json_object_get(d, "have_totals"));
+    counters_of_json(json_object_get(d, "version"), c->tot_v);
+    counters_of_json(json_object_get(d, "control_counts"), c->tot_c);
+    return c;
+}
+
+struct recording {
+    char ep[CFG_NAME_MAX + 1], v[CFG_NAME_MAX + 1];
+    struct ro_change *c;
+};
+
+/* The evaluation and its decision are in Redis (or the connection went:
+ * the decision holds all the same): carry it out. */
+static void
+on_recorded(void *reply, void *arg)
+{
+    struct recording *rc = arg;
+    struct track *t = R.stopped ? NULL : track_find(rc->ep, rc->v, false);
+    if (t == NULL || t->step != rc->c->step || t->since != rc->c->since) {
+        free(rc->c);
+        free(rc);
+        return;
+    }
+    if (reply == NULL || ((redisReply *)reply)->type != REDIS_REPLY_ARRAY)
+        log_event(LOG_WARN, "rollout_decision_unrecorded", ",\"endpoint\":\"%s\","
+                  "\"version\":\"%s\",\"step\":%d,\"op\":\"%s\",\"reason\":\"Redis did not "
+                  "confirm the record: the decision is carried out all the same\"",
+                  log_json(rc->ep), log_json(rc->v), rc->c->step, ro_op_names[rc->c->op]);
+    t->busy = false;
+    decide(t, rc->c);
+    free(rc);
+}
+
+/* One transaction: the evaluation, the look it spent and the decision, so
+ * that a driver that dies before the change is made (or another that takes
+ * over) carries the decision out instead of judging the step again. */
+static void
+record_decision(struct track *t, json_t *ev, bool tested, struct ro_change *c)
+{
+    char kb[160], ke[160];
+    key_base(kb, sizeof(kb), t->ep, t->v);
+    key_evals(ke, sizeof(ke), t->ep, t->v);
+    char *evt = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    json_t *dj = decision_json(c);
+    char *dt = dj ? json_dumps(dj, JSON_COMPACT) : NULL;
+    json_decref(dj);
+    struct recording *rc = calloc(1, sizeof(*rc));
+    bool sent = false;
+    if (rc != NULL && evt != NULL && dt != NULL) {
+        snprintf(rc->ep, sizeof(rc->ep), "%s", t->ep);
+        snprintf(rc->v, sizeof(rc->v), "%s", t->v);
+        rc->c = c;
+        const char *m[] = {"MULTI"}, *x[] = {"EXEC"};
+        const char *a1[] = {"RPUSH", ke, evt};
+        const char *a2[] = {"LTRIM", ke, "-20", "-1"};
+        const char *a3[] = {"HINCRBY", kb, "tests", "1"};
+        const char *a4[] = {"HSET", kb, "decision", dt};
+        sent = cmd(NULL, NULL, 1, m) == 0 && cmd(NULL, NULL, 3, a1) == 0 &&
+               cmd(NULL, NULL, 4, a2) == 0 && (!tested || cmd(NULL, NULL, 4, a3) == 0) &&
+               cmd(NULL, NULL, 4, a4) == 0 && cmd(on_recorded, rc, 1, x) == 0;
+        /* A command refused halfway: the connection is gone, and with it
+         * the open transaction. */
+    }
+    free(evt);
+    free(dt);
+    if (!sent) {
+        free(rc);
+        decide(t, c);
+        return;
+    }
+    t->busy = true;
 }
 
 static void
@@ -696,7 +920,7 @@ base_done(struct read *rd)
     if (t == NULL)
         return;
     t->busy = false;
-    if (rd->failed)
+    if (rd->failed || t->decision != NULL)
         return;
     json_t *s = rd->stored;
     json_t *js = json_object_get(s, "step"), *jt = json_object_get(s, "since");
@@ -720,9 +944,27 @@ base_done(struct read *rd)
     t->tests = rd->tests;
     t->have_base = true;
     t->next_look = 0;
+    t->progress = now_s();
+    /* This step was judged already and its change not made (the driver
+     * died, or lost the lease, in between): carry out that decision. */
+    struct ro_change *c = rd->decision ? decision_of_json(rd->decision, rd->ep, rd->v,
+                                                          rd->step, rd->since) : NULL;
+    if (c != NULL) {
+        log_event(LOG_INFO, "rollout_decision_resumed", ",\"endpoint\":\"%s\","
+                  "\"version\":\"%s\",\"step\":%d,\"op\":\"%s\"", log_json(rd->ep),
+                  log_json(rd->v), rd->step, ro_op_names[c->op]);
+        decide(t, c);
+    }
 }
 
 static void judge(struct track *t, struct read *rd);
+
+static void
+sub_pinned(uint64_t *tot, const uint64_t *pinned)
+{
+    for (int m = 0; m < M_COUNT; m++)
+        tot[m] = tot[m] >= pinned[m] ? tot[m] - pinned[m] : 0;
+}
 
 static void
 on_read_reply(void *reply, void *arg, int which)
@@ -731,16 +973,24 @@ on_read_reply(void *reply, void *arg, int which)
     redisReply *r = reply;
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
         rd->failed = true;
-    else if (which == 0 && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+    else if (which == 0 && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
         if (r->element[0]->type == REDIS_REPLY_STRING)
             rd->stored = json_loadb(r->element[0]->str, r->element[0]->len, 0, NULL);
         if (r->element[1]->type == REDIS_REPLY_STRING)
             rd->tests = atoi(r->element[1]->str);
-    }
-    else if (which == 1)
-        counters_from(r, rd->tot_v);
-    else if (which == 2)
-        counters_from(r, rd->tot_c);
+        if (r->element[2]->type == REDIS_REPLY_STRING)
+            rd->decision = json_loadb(r->element[2]->str, r->element[2]->len, 0, NULL);
+    } else if (which == 1 && r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
+        /* total:V, pinned:V, total:C, pinned:C, read at one instant */
+        uint64_t pin[M_COUNT];
+        counters_from(r->element[0], rd->tot_v);
+        counters_from(r->element[1], pin);
+        sub_pinned(rd->tot_v, pin);
+        counters_from(r->element[2], rd->tot_c);
+        counters_from(r->element[3], pin);
+        sub_pinned(rd->tot_c, pin);
+    } else if (which == 1)
+        rd->failed = true;
     if (--rd->pending > 0)
         return;
     if (rd->kind == READ_BASE)
@@ -749,7 +999,7 @@ on_read_reply(void *reply, void *arg, int which)
         struct track *t = read_track(rd);
         if (t != NULL) {
             t->busy = false;
-            if (!rd->failed)
+            if (!rd->failed && t->decision == NULL)
                 judge(t, rd);
         }
     }
@@ -757,11 +1007,15 @@ on_read_reply(void *reply, void *arg, int which)
 }
 
 static void on_reply_stored(void *reply, void *arg) { on_read_reply(reply, arg, 0); }
-static void on_reply_version(void *reply, void *arg) { on_read_reply(reply, arg, 1); }
-static void on_reply_control(void *reply, void *arg) { on_read_reply(reply, arg, 2); }
+static void on_reply_counts(void *reply, void *arg) { on_read_reply(reply, arg, 1); }
 
-/* Send the reads: the stored baseline (READ_BASE) and both sides' totals,
- * after this instance's own counts. */
+/* Both sides' totals and pinned counts in one atomic read (one hash tag). */
+static const char COUNTS_SCRIPT[] =
+    "local out = {} for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end "
+    "return out";
+
+/* Send the reads: the stored baseline, looks and decision (READ_BASE) and
+ * both sides' routed counts, after this instance's own counts. */
 static void
 read_start(struct track *t, enum read_kind kind, const char *control)
 {
@@ -776,38 +1030,29 @@ read_start(struct track *t, enum read_kind kind, const char *control)
     rd->since = t->since;
     rd->agreement = t->agreement;
     metrics_redis_flush(control_metrics());
-    char kb[160], kv[160], kc[160];
+    char kb[160], tv[160], pv[160], tc[160], pc[160];
     key_base(kb, sizeof(kb), t->ep, t->v);
-    snprintf(kv, sizeof(kv), "sluice:{%s}:total:%s", t->ep, t->v);
-    snprintf(kc, sizeof(kc), "sluice:{%s}:total:%s", t->ep, control);
-    const char *a0[] = {"HMGET", kb, "base", "tests"};
-    const char *a1[] = {"HGETALL", kv};
-    const char *a2[] = {"HGETALL", kc};
-    rd->pending = 3;
+    snprintf(tv, sizeof(tv), "sluice:{%s}:total:%s", t->ep, t->v);
+    snprintf(pv, sizeof(pv), "sluice:{%s}:pinned:%s", t->ep, t->v);
+    snprintf(tc, sizeof(tc), "sluice:{%s}:total:%s", t->ep, control);
+    snprintf(pc, sizeof(pc), "sluice:{%s}:pinned:%s", t->ep, control);
+    const char *a0[] = {"HMGET", kb, "base", "tests", "decision"};
+    const char *a1[] = {"EVAL", COUNTS_SCRIPT, "4", tv, pv, tc, pc};
     /* Each command either gets its callback later or fails here. */
-    int sent = 0;
-    if (kind == READ_BASE && cmd(on_reply_stored, rd, 4, a0) == 0)
-        sent++;
-    else if (kind == READ_BASE) {
-        free(rd);
-        return;
+    if (kind == READ_BASE) {
+        rd->pending = 2;
+        if (cmd(on_reply_stored, rd, 5, a0) < 0) {
+            free(rd);
+            return;
+        }
     } else
-        rd->pending--;
-    if (cmd(on_reply_version, rd, 2, a1) == 0)
-        sent++;
-    else
-        rd->pending--, rd->failed = true;
-    if (cmd(on_reply_control, rd, 2, a2) == 0)
-        sent++;
-    else
-        rd->pending--, rd->failed = true;
-    if (sent == 0) {
-        read_free(rd);
-        return;
-    }
-    if (rd->pending == 0) {         /* cannot happen: sent > 0 keeps one pending */
-        read_free(rd);
-        return;
+        rd->pending = 1;
+    if (cmd(on_reply_counts, rd, 7, a1) < 0) {
+        rd->failed = true;
+        if (--rd->pending == 0) {
+            read_free(rd);
+            return;
+        }
     }
     t->busy = true;
 }
@@ -844,8 +1089,8 @@ judge(struct track *t, struct read *rd)
         in.agreement = &ag;
     }
     /* Every test of live data spends alpha, whichever step it judges: a
-     * step run again (resumed, or judged again after a crash between its
-     * verdict and its change) is a look beyond the plan. */
+     * step run again (resumed) is a look beyond the plan. A step is never
+     * judged twice otherwise: its decision is recorded with the look. */
     in.look = t->tests + 1;
     in.looks = ro->n_steps;
     double now = now_s();
@@ -853,21 +1098,16 @@ judge(struct track *t, struct read *rd)
     in.step_s = ro->step_s;
     struct metrics_gate_result g;
     metrics_gate(&gp, &in, &g);
+    t->progress = now;
     bool tested = !t->agreement && g.verdict != METRICS_GATE_HOLD;
-    push_eval(t, eval_json(&g, ro->step, v->traffic, t->agreement ? 0 : in.look));
-    if (tested) {
-        char key[160];
-        key_base(key, sizeof(key), t->ep, t->v);
-        const char *argv[] = {"HINCRBY", key, "tests", "1"};
-        cmd(NULL, NULL, 4, argv);
-        t->tests++;
-    }
+    json_t *ev = eval_json(&g, ro->step, v->traffic, t->agreement ? 0 : in.look);
     log_event(LOG_INFO, "rollout_gate", ",\"endpoint\":\"%s\",\"version\":\"%s\",\"step\":%d,"
               "\"look\":%d,\"verdict\":\"%s\",\"reason\":\"%s\",\"requests\":%llu,"
               "\"control_requests\":%llu", log_json(t->ep), log_json(t->v), ro->step, t->agreement ? 0 : in.look,
               metrics_gate_verdict_name(g.verdict), log_json(g.reason),
               (unsigned long long)g.n_version, (unsigned long long)g.n_control);
     if (g.verdict == METRICS_GATE_HOLD) {
+        push_eval(t, ev);
         double again = ro->step_s / 3.0;
         t->next_look = now + (again < 1 ? 1 : again);
         return;
@@ -882,8 +1122,10 @@ judge(struct track *t, struct read *rd)
     else
         op = RO_FINISH;
     struct ro_change *c = change_new(op, t->ep, t->v);
-    if (c == NULL)
+    if (c == NULL) {
+        json_decref(ev);
         return;
+    }
     c->step = ro->step;
     c->since = ro->since;
     /* Steps are counted from 1 here, as on the dashboard and in sluicectl. */
@@ -896,8 +1138,18 @@ judge(struct track *t, struct read *rd)
     snprintf(c->control, sizeof(c->control), "%s", rd->control);
     memcpy(c->tot_v, rd->tot_v, sizeof(c->tot_v));
     memcpy(c->tot_c, rd->tot_c, sizeof(c->tot_c));
-    t->busy = true;
-    change_run(c);
+    if (tested)
+        t->tests++;
+    /* Kept locally at once, like push_eval; Redis gets it with the decision. */
+    json_t *local = ev ? json_deep_copy(ev) : NULL;
+    if (local != NULL) {
+        json_array_append_new(t->evals, local);
+        while (json_array_size(t->evals) > RO_KEEP_EVALS)
+            json_array_remove(t->evals, 0);
+        t->evals_seq++;
+    }
+    record_decision(t, ev, tested, c);
+    json_decref(ev);
 }
 
 /* ---- history for every instance ------------------------------------------ */
@@ -1022,9 +1274,15 @@ on_lease(void *reply, void *arg)
     if (held != was) {
         log_event(LOG_INFO, held ? "rollout_driver_elected" : "rollout_driver_lost",
                   ",\"fleet\":\"%s\",\"lease_ms\":%d", log_json(fleet_name()), lease_ms());
-        /* A new driver starts from what Redis holds. */
-        for (struct track *t = R.tracks; t; t = t->next)
+        /* A new driver starts from what Redis holds (a decision recorded
+         * there included), and gives the step time to be judged. */
+        for (struct track *t = R.tracks; t; t = t->next) {
             t->have_base = false;
+            t->busy = false;
+            free(t->decision);
+            t->decision = NULL;
+            t->progress = 0;
+        }
     }
 }
 
@@ -1073,6 +1331,39 @@ drive(struct track *t, const struct cfg_endpoint *ep, int vi, double now)
         t->agreement = agreement;
         t->have_base = false;
         t->busy = false;
+        free(t->decision);
+        t->decision = NULL;
+        t->progress = now;
+    }
+    if (t->progress == 0)
+        t->progress = now;
+    if (t->decision != NULL) {
+        /* Decided: only the change is left, the same one until applied. */
+        if (now >= t->retry_at)
+            decision_try(t);
+        return;
+    }
+    if (now - t->progress > METRICS_GATE_HOLD_STEPS * (double)ro->step_s) {
+        /* Not judged for 3 x step_s: Redis away, the sentinels silent, a
+         * read never answered. The share goes back to 0 and the rollout
+         * pauses, saying why (SPEC §8). */
+        struct ro_change *c = change_new(RO_HALT, t->ep, t->v);
+        if (c == NULL)
+            return;
+        c->step = ro->step;
+        c->since = ro->since;
+        c->zero_share = true;
+        snprintf(c->reason, sizeof(c->reason), "step %d could not be judged for %.0f s "
+                 "(3 x step_s): %s; the share is 0 until resumed", ro->step + 1,
+                 now - t->progress, metrics_redis_connected(control_metrics()) ?
+                 "Redis did not answer the gate's reads" : "Redis is unreachable");
+        config_utf8_fix(c->reason);
+        log_event(LOG_WARN, "rollout_unjudged", ",\"endpoint\":\"%s\",\"version\":\"%s\","
+                  "\"step\":%d,\"reason\":\"%s\"", log_json(t->ep), log_json(t->v), ro->step,
+                  log_json(c->reason));
+        t->busy = false;            /* a read still owed is ignored once the state moves */
+        decide(t, c);
+        return;
     }
     if (t->busy)
         return;
@@ -1100,7 +1391,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 {
     const struct config *cfg = control_current();
     double now = now_s();
-    if (cfg == NULL || cfg->redis.host == NULL)
+    if (cfg == NULL || !redis_configured(cfg))
         return;
     if (fleet_enabled())
         lease_tick(now);
@@ -1117,7 +1408,9 @@ on_tick(evutil_socket_t fd, short what, void *arg)
             struct track *t = track_find(ep->name, ep->versions[i].name, true);
             if (t == NULL)
                 continue;
-            if (!R.leader || ro->phase != CFG_ROLLOUT_RUNNING)
+            /* Others' history, or ours after a restart (nothing pushed
+             * here yet): reread. */
+            if (!R.leader || ro->phase != CFG_ROLLOUT_RUNNING || t->evals_seq == 0)
                 refresh(t, now);
             if (R.leader && ro->phase == CFG_ROLLOUT_RUNNING)
                 drive(t, ep, i, now);
@@ -1162,6 +1455,7 @@ rollout_stop(void)
         struct track *t = R.tracks;
         R.tracks = t->next;
         json_decref(t->evals);
+        free(t->decision);
         free(t);
     }
     free(R.driver);
@@ -1198,9 +1492,12 @@ rollout_state_json(const struct cfg_rollout *ro)
 {
     if (ro->phase == CFG_ROLLOUT_NONE)
         return json_null();
-    return json_pack("{s:s, s:i, s:I, s:o}", "phase", config_rollout_phase_name(ro->phase),
-                     "step", ro->step, "since", (json_int_t)ro->since,
-                     "reason", ro->reason ? json_string(ro->reason) : json_null());
+    json_t *o = json_pack("{s:s, s:i, s:I, s:o}", "phase", config_rollout_phase_name(ro->phase),
+                          "step", ro->step, "since", (json_int_t)ro->since,
+                          "reason", ro->reason ? json_string(ro->reason) : json_null());
+    if (o != NULL && ro->operator_changed)
+        json_object_set_new(o, "operator_changed", json_true());
+    return o;
 }
 
 json_t *

@@ -1094,12 +1094,14 @@ on_headers_complete(llhttp_t *p)
     r->ep = ep;
     if (!check_auth(s, ep))
         return 0;
-    if (hd->pin >= 0) {
+    if (hd->pin >= 0 && ep->pinning) {
         int vi = route_pinned(ep, HD_VAL(hd, hd->pin), hd->h[hd->pin].val_len);
         if (vi < 0) {
             int vl = hd->h[hd->pin].val_len > 64 ? 64 : (int)hd->h[hd->pin].val_len;
-            snprintf(msg, sizeof(msg), "endpoint %s has no version %.*s", ep->name, vl,
-                     HD_VAL(hd, hd->pin));
+            snprintf(msg, sizeof(msg), vi == ROUTE_PIN_REFUSED ?
+                     "endpoint %s: version %.*s was rolled back or aborted and takes no "
+                     "pinned requests until it is changed again" :
+                     "endpoint %s has no version %.*s", ep->name, vl, HD_VAL(hd, hd->pin));
             request_reply(s, RC_NOT_FOUND, msg, false);
             return 0;
         }

@@ -63,6 +63,9 @@ struct metrics_slot {
     /* the collector's own: */
     int series;                 /* -1 until known */
     struct seen seen[RING];
+    struct metrics_worker *owner;
+    struct metrics_slot *pinned;    /* the companion for pinned requests, or NULL */
+    bool is_pinned;                 /* this is a companion */
     struct metrics_slot *next;
 };
 
@@ -107,9 +110,8 @@ metrics_worker_free(struct metrics_worker *mw)
     free(mw);
 }
 
-struct metrics_slot *
-metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
-             const char *group)
+static struct metrics_slot *
+slot_get(struct metrics_worker *mw, const char *ep, const char *version, const char *group)
 {
     for (struct metrics_slot *s = mw->slots; s; s = s->next)
         if (strcmp(s->ep, ep) == 0 && strcmp(s->version, version) == 0 &&
@@ -122,9 +124,18 @@ metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
     snprintf(s->version, sizeof(s->version), "%s", version);
     snprintf(s->group, sizeof(s->group), "%s", group);
     s->series = -1;
+    s->owner = mw;
+    s->is_pinned = strcmp(group, METRICS_PINNED_GROUP) == 0;
     s->next = mw->slots;
     __atomic_store_n(&mw->slots, s, __ATOMIC_RELEASE);
     return s;
+}
+
+struct metrics_slot *
+metrics_slot(struct metrics_worker *mw, const char *ep, const char *version,
+             const char *group)
+{
+    return slot_get(mw, ep, version, group);
 }
 
 static inline void
@@ -133,8 +144,9 @@ add(uint64_t *p, uint64_t d)
     __atomic_store_n(p, *p + d, __ATOMIC_RELAXED);  /* single writer */
 }
 
-void
-metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+/* One request's counts in one slot. */
+static inline __attribute__((always_inline)) void
+record_one(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
 {
     struct mcell *c = &slot->ring[minute % RING];
     if (c->minute != minute) {
@@ -165,12 +177,37 @@ metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_
         add(&v[M_OVERLOADED], 1);
     if (s->failover)
         add(&v[M_FAILOVER], 1);
-    if (s->pinned)
-        add(&v[M_PINNED], 1);
     add(&v[M_BYTES_IN], s->bytes_in);
     add(&v[M_BYTES_OUT], s->bytes_out);
     add(&v[M_LATENCY_SUM], s->latency_us);
     add(&v[M_LAT_FIRST + metrics_bucket(s->latency_us)], 1);
+}
+
+/* A pinned request: counted, marked, and counted again in the version's
+ * pinned companion, made at the version's first pin on this worker (the
+ * one allocation here: most versions are never pinned, and a slot is some
+ * 4 KiB). Out of line, so that the common path stays a leaf. */
+static void __attribute__((noinline, cold))
+record_pinned(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+{
+    record_one(slot, minute, s);
+    add(&slot->ring[minute % RING].v[M_PINNED], 1);
+    if (slot->is_pinned)
+        return;
+    if (slot->pinned == NULL)
+        slot->pinned = slot_get(slot->owner, slot->ep, slot->version, METRICS_PINNED_GROUP);
+    record_one(slot->pinned, minute, s);
+    add(&slot->pinned->ring[minute % RING].v[M_PINNED], 1);
+}
+
+void
+metrics_record(struct metrics_slot *slot, uint32_t minute, const struct metrics_sample *s)
+{
+    if (__builtin_expect(s->pinned, 0)) {
+        record_pinned(slot, minute, s);
+        return;
+    }
+    record_one(slot, minute, s);
 }
 
 void
@@ -483,6 +520,8 @@ metrics_prometheus(const struct metrics_backlog *b)
     static const char *const cls[] = {"2xx", "3xx", "4xx", "5xx"};
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
+        if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+            continue;   /* counted in their own version's series already */
         for (int c = 0; c < 4; c++)
             P("sluice_requests_total{endpoint=\"%s\",version=\"%s\",group=\"%s\",status=\"%s\"} %llu\n",
               s->ep, s->version, s->group, cls[c], (unsigned long long)s->total[M_2XX + c]);
@@ -502,6 +541,8 @@ metrics_prometheus(const struct metrics_backlog *b)
         P("# HELP %s %s\n# TYPE %s counter\n", simple[f].name, simple[f].help, simple[f].name);
         for (int i = 0; i < b->n_series; i++) {
             const struct series *s = &b->series[i];
+            if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+                continue;
             P("%s{endpoint=\"%s\",version=\"%s\",group=\"%s\"} %llu\n", simple[f].name, s->ep,
               s->version, s->group, (unsigned long long)s->total[simple[f].f]);
         }
@@ -514,7 +555,7 @@ metrics_prometheus(const struct metrics_backlog *b)
     };
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
-        if (s->total[M_CMP_TOTAL] == 0)
+        if (s->total[M_CMP_TOTAL] == 0 || strcmp(s->group, METRICS_PINNED_GROUP) == 0)
             continue;
         for (int k = 0; k < 4; k++)
             P("sluice_shadow_comparisons_total{endpoint=\"%s\",version=\"%s\",result=\"%s\"} "
@@ -525,6 +566,8 @@ metrics_prometheus(const struct metrics_backlog *b)
       "last byte of the response.\n# TYPE sluice_request_duration_seconds histogram\n");
     for (int i = 0; i < b->n_series; i++) {
         const struct series *s = &b->series[i];
+        if (strcmp(s->group, METRICS_PINNED_GROUP) == 0)
+            continue;
         uint64_t cum = 0;
         for (int k = 0; k < METRICS_BUCKETS; k++) {
             cum += s->total[M_LAT_FIRST + k];

@@ -3,7 +3,8 @@
  * (SPEC §4), off the request path.
  *
  * Each worker counts into its own table (metrics_record: no lock, no
- * allocation, no system call). Counters live in a ring of per-minute
+ * system call, and no allocation but a version's first pinned request on
+ * the worker, which makes its pinned companion slot). Counters live in a ring of per-minute
  * cells per (endpoint, version, group) slot; the main thread's collector
  * reads them with atomic loads and takes the difference from what it saw
  * last, so workers never wait for it. Deltas are merged into a backlog and
@@ -65,7 +66,12 @@ struct metrics_slot;
 struct metrics_worker *metrics_worker_new(void);
 void metrics_worker_free(struct metrics_worker *mw);
 /* The slot of (endpoint, version, group); created on first use. Call on
- * the worker's thread (config changes), not per request. */
+ * the worker's thread (config changes), not per request. A pinned request
+ * counts in its slot and again in the slot's companion of group
+ * METRICS_PINNED_GROUP (made on the worker's thread by the version's first
+ * pinned request there), whose counts go to sluice:{EP}:pinned:VERSION and
+ * sluice:{EP}:pinnedminute:VERSION:MINUTE (SPEC §4), never to a group. */
+#define METRICS_PINNED_GROUP "pinned"
 struct metrics_slot *metrics_slot(struct metrics_worker *mw, const char *ep,
                                   const char *version, const char *group);
 /* Count one request; minute is unix time / 60. */

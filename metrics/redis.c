@@ -274,6 +274,17 @@ batch_entry(void *arg, const char *ep, const char *version, const char *group,
 {
     struct batch *bt = arg;
     char key[256];
+    if (strcmp(group, METRICS_PINNED_GROUP) == 0) {
+        /* SPEC §4: a version's pinned requests on their own (they are in
+         * its total and minute keys too). */
+        snprintf(key, sizeof(key), "sluice:{%s}:pinned:%s", ep, version);
+        add_key(bt, key, false, v);
+        if (minute != 0) {
+            snprintf(key, sizeof(key), "sluice:{%s}:pinnedminute:%s:%u", ep, version, minute);
+            add_key(bt, key, true, v);
+        }
+        return;
+    }
     snprintf(key, sizeof(key), "sluice:{%s}:total:%s", ep, version);
     add_key(bt, key, false, v);
     snprintf(key, sizeof(key), "sluice:{%s}:group:%s", ep, group);
@@ -702,7 +713,8 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
         redis_connect(r);
     }
     r->retention_min = c->retention_minutes;
-    r->generation = cfg->generation;
+    /* In a fleet, the fleet's generation (SPEC §6), not this process's count. */
+    r->generation = cfg->fleet_name != NULL ? cfg->fleet_generation : cfg->generation;
     if (r->flush_ms != c->flush_interval_ms) {
         r->flush_ms = c->flush_interval_ms;
         struct timeval tv = {r->flush_ms / 1000, (r->flush_ms % 1000) * 1000};
@@ -724,7 +736,7 @@ metrics_redis_configure(struct metrics_redis *r, const struct config *cfg)
                      config_group_name(ver->mirror ? CFG_GROUP_SHADOW : ver->group),
                      ver->traffic / 100.0, ver->effective / 100.0,
                      ver->is_default ? "true" : "false",
-                     (unsigned long long)cfg->generation);
+                     (unsigned long long)r->generation);
             json_object_set_new(vs, ver->name, json_string(text));
             if (ver->compare.mode != CFG_COMPARE_OFF && ver->compare.samples > 0) {
                 char key[256];
@@ -910,7 +922,8 @@ struct qrow {
     const char *group;
     int configured;             /* effective share, hundredths; -1 for groups */
     bool is_default, is_control, is_mirror;
-    uint64_t *v;                /* minutes x M_COUNT */
+    uint64_t *v;                /* minutes x M_COUNT; routed: pinned taken out */
+    uint64_t pinned;            /* versions: pinned requests over the minutes */
 };
 
 struct query {
@@ -985,6 +998,8 @@ summarise(const struct query *q, const struct qrow *row, uint64_t live_total, ui
         json_object_set_new(o, "observed_share", row->is_mirror || live_total == 0 ?
                             json_null() :
                             json_real(100.0 * (double)tot[M_REQUESTS] / (double)live_total));
+        /* Everything else here is routed traffic only (SPEC §3.3). */
+        json_object_set_new(o, "pinned_requests", json_integer((json_int_t)row->pinned));
     }
     double n = (double)tot[M_REQUESTS];
     json_object_set_new(o, "requests", json_integer((json_int_t)tot[M_REQUESTS]));
@@ -1055,15 +1070,33 @@ answer(struct query *q)
 }
 
 static void
-take_reply(struct query *q, int row, int minute, redisReply *rep)
+take_counters(uint64_t *v, redisReply *rep)
 {
     if (rep->type != REDIS_REPLY_ARRAY)
         return;
-    uint64_t *v = q->rows[row].v + (size_t)minute * M_COUNT;
     for (size_t i = 0; i + 1 < rep->elements; i += 2)
         for (int k = 0; k < M_COUNT; k++)
             if (strcmp(rep->element[i]->str, metrics_field_names[k]) == 0)
                 v[k] = strtoull(rep->element[i + 1]->str, NULL, 10);
+}
+
+/* SPEC §3.3, §4: the comparison judges routed traffic only. A version's
+ * pinned counts (pinnedminute) come off its row and off its group's. */
+static void
+take_pinned(struct query *q, int row, int minute, redisReply *rep)
+{
+    uint64_t pin[M_COUNT] = {0};
+    take_counters(pin, rep);
+    q->rows[row].pinned += pin[M_REQUESTS];
+    int g = -1;
+    for (int i = q->n_versions; i < q->n_rows; i++)
+        if (strcmp(q->rows[i].group, q->rows[row].group) == 0)
+            g = i;
+    uint64_t *dst[2] = {q->rows[row].v + (size_t)minute * M_COUNT,
+                        g >= 0 ? q->rows[g].v + (size_t)minute * M_COUNT : NULL};
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; dst[d] != NULL && k < M_COUNT; k++)
+            dst[d][k] = dst[d][k] >= pin[k] ? dst[d][k] - pin[k] : 0;
 }
 
 /* A short-lived synchronous connection for the admin API's reads: connect,
@@ -1153,15 +1186,22 @@ metrics_redis_query(struct metrics_redis *r, const struct cfg_endpoint *ep, int 
                                    q->rows[i].group, q->first + (uint32_t)m);
         }
     }
+    for (int i = 0; i < q->n_versions; i++)
+        for (int m = 0; m < minutes; m++)
+            redisAppendCommand(c, "HGETALL sluice:{%s}:pinnedminute:%s:%u", ep->name,
+                               q->rows[i].name, q->first + (uint32_t)m);
     bool ok = true;
-    for (int i = 0; i < q->n_rows && ok; i++)
+    for (int i = 0; i < q->n_rows + q->n_versions && ok; i++)
         for (int m = 0; m < minutes && ok; m++) {
             redisReply *rep = NULL;
             if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep == NULL) {
                 ok = false;
                 break;
             }
-            take_reply(q, i, m, rep);
+            if (i < q->n_rows)
+                take_counters(q->rows[i].v + (size_t)m * M_COUNT, rep);
+            else
+                take_pinned(q, i - q->n_rows, m, rep);
             freeReplyObject(rep);
         }
     redisFree(c);

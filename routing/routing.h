@@ -29,7 +29,12 @@ void route_split_init(struct route_split *s, const struct cfg_endpoint *ep);
 /* Index of the version for the next request; never one with weight 0. */
 int route_split_next(struct route_split *s);
 
-/* The version named by a pin header; -1 when the endpoint has none. */
+/* The version named by a pin header; ROUTE_PIN_UNKNOWN when the endpoint
+ * has none, ROUTE_PIN_REFUSED when that version's rollout was rolled back
+ * or aborted and it was not changed since (SPEC §3.3). Callers check
+ * ep->pinning first: an endpoint with "pinning": false ignores the header. */
+#define ROUTE_PIN_UNKNOWN (-1)
+#define ROUTE_PIN_REFUSED (-2)
 int route_pinned(const struct cfg_endpoint *ep, const char *name, size_t len);
 
 /* Sticky assignment (sticky.c): the version for a key, the same in every

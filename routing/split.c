@@ -37,5 +37,8 @@ route_split_next(struct route_split *s)
 int
 route_pinned(const struct cfg_endpoint *ep, const char *name, size_t len)
 {
-    return config_version_index(ep, name, len);
+    int vi = config_version_index(ep, name, len);
+    if (vi >= 0 && ep->versions[vi].rollout.refuses_pins)
+        return ROUTE_PIN_REFUSED;
+    return vi < 0 ? ROUTE_PIN_UNKNOWN : vi;
 }

@@ -8,7 +8,7 @@ PIDS=()
 
 # Debian packages the build, tests, demo and bench need.
 DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libssl-dev
-  libjwt-dev libjansson-dev libhiredis-dev node-llhttp libsystemd-dev"
+  libjwt-dev libjansson-dev libhiredis-dev node-llhttp libsystemd-dev libcurl4-openssl-dev"
 DEPS_RUN="redis-server redis-sentinel curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk"
 
 # The dashboard's browser test: Debian's Chromium, Node.js and playwright-core.
@@ -28,7 +28,8 @@ ensure_deploy() {
     ensure_packages systemd haproxy
     command -v node >/dev/null 2>&1 || ensure_packages nodejs npm
     if [ ! -d "$ROOT/tests/deploy/node_modules/kubernetes-models" ] \
-       || [ ! -d "$ROOT/tests/deploy/node_modules/yaml" ]; then
+       || [ ! -d "$ROOT/tests/deploy/node_modules/yaml" ] \
+       || [ ! -d "$ROOT/tests/deploy/node_modules/@kubernetes-models/prometheus-operator" ]; then
         (cd "$ROOT/tests/deploy" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     fi
     if ! apt-cache show --no-all-versions libjwt0 >/dev/null 2>&1; then

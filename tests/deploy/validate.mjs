@@ -1,4 +1,5 @@
-// node validate.mjs FILE.yaml...: parses each Kubernetes manifest (multi-
+// node validate.mjs FILE.yaml... | --kustomize DIR...: parses each Kubernetes
+// manifest (multi-
 // document YAML) and checks every document against the Kubernetes API
 // schemas of the npm package kubernetes-models (types, required fields,
 // enums, formats). Those schemas let unknown fields through, as a lenient
@@ -7,7 +8,11 @@
 // not have (what `kubectl apply --validate=strict` refuses): a typo such as
 // "readinesProbe" must not pass silently.
 // A kustomization.yaml is checked for its resources instead: each exists,
-// and every other .yaml beside it is listed.
+// and every other .yaml beside it is listed. With --kustomize, each DIR is
+// rendered as `kubectl apply -k DIR` would (kustomize.mjs: generators,
+// components, namespace, labels, images, name references) and every
+// document of the result is checked. ServiceMonitor (monitoring.coreos.com)
+// is checked against @kubernetes-models/prometheus-operator.
 // Prints one JSON object: {"documents": [{file, index, apiVersion, kind,
 // name, doc}], "problems": ["file#index kind/name: ..."]}; exit 0 when
 // there are no problems, else 1.
@@ -15,6 +20,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
+import { render } from "./kustomize.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const MODELS = path.join(HERE, "node_modules");
@@ -98,7 +104,10 @@ function walkObject(obj, iface, where, problems) {
 // ---- documents ------------------------------------------------------------
 
 function modelPath(apiVersion, kind) {
-    return path.join(MODELS, "kubernetes-models", apiVersion, kind + ".js");
+    const core = path.join(MODELS, "kubernetes-models", apiVersion, kind + ".js");
+    const operator = path.join(MODELS, "@kubernetes-models", "prometheus-operator", apiVersion,
+                               kind + ".js");
+    return fs.existsSync(core) || !apiVersion.startsWith("monitoring.coreos.com/") ? core : operator;
 }
 
 async function checkDocument(doc, label, problems) {
@@ -140,7 +149,21 @@ function checkKustomization(file, doc, problems) {
 
 const documents = [];
 const problems = [];
-for (const file of process.argv.slice(2)) {
+const args = process.argv.slice(2);
+if (args[0] === "--kustomize") {
+    for (const dir of args.slice(1)) {
+        const out = render(dir);
+        problems.push(...out.problems);
+        for (const [i, doc] of out.documents.entries()) {
+            await checkDocument(doc, `${dir}#${i} ${doc.kind}/${doc.metadata?.name}`, problems);
+            documents.push({ file: dir, index: i, apiVersion: doc.apiVersion, kind: doc.kind,
+                             name: doc.metadata?.name, doc });
+        }
+    }
+    console.log(JSON.stringify({ documents, problems }));
+    process.exit(problems.length ? 1 : 0);
+}
+for (const file of args) {
     const text = fs.readFileSync(file, "utf8");
     const parsed = YAML.parseAllDocuments(text, { prettyErrors: true });
     for (const [i, d] of parsed.entries()) {
@@ -149,7 +172,7 @@ for (const file of process.argv.slice(2)) {
         if (d.errors.length) continue;
         const doc = d.toJS();
         if (doc === null) continue;                 // an empty document
-        if (doc.kind === "Kustomization") {
+        if (doc.kind === "Kustomization" || doc.kind === "Component") {
             checkKustomization(file, doc, problems);
         } else {
             await checkDocument(doc, `${label} ${doc.kind}/${doc.metadata?.name}`, problems);

@@ -857,12 +857,14 @@ class SentinelGroup:
     process of a port."""
 
     def __init__(self, name="mymaster", replicas=2, sentinels=3, quorum=2, down_ms=1000,
-                 failover_ms=4000, timeout=30):
+                 failover_ms=4000, timeout=30, persist=False):
         import redis as redislib
         self.lib = redislib
         self.name = name
         self.dir = tmpdir()
+        self.persist = persist      # data nodes: an append-only file synced on every write
         self.procs = {}             # port -> Popen, data nodes and sentinels
+        self.args = {}              # port -> the data node's command line, for restart()
         self.primary_port = self._node()
         self.replica_ports = [self._node(replicaof=self.primary_port) for _ in range(replicas)]
         self.sentinel_ports = [self._sentinel(quorum, down_ms, failover_ms)
@@ -896,10 +898,14 @@ class SentinelGroup:
                     "--save", "", "--appendonly", "no", "--repl-diskless-sync", "yes",
                     "--repl-diskless-sync-delay", "0",
                     "--client-output-buffer-limit", "replica 0 0 0"]
+            if self.persist:
+                args[args.index("--appendonly") + 1] = "yes"
+                args += ["--appendfsync", "always"]
             if replicaof:
                 args += ["--replicaof", "127.0.0.1", str(replicaof)]
             try:
                 self._spawn(args, port)
+                self.args[port] = args
                 return port
             except PortBusy:
                 if attempt == START_ATTEMPTS - 1:
@@ -925,8 +931,8 @@ class SentinelGroup:
                     raise
 
     def client(self, port, **kw):
-        return self.lib.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                              socket_timeout=5, **kw)
+        kw.setdefault("socket_timeout", 5)
+        return self.lib.Redis(host="127.0.0.1", port=port, decode_responses=True, **kw)
 
     def sentinel_view(self, port):
         """(primary port, replicas, other sentinels) as one sentinel sees it."""
@@ -1005,6 +1011,11 @@ class SentinelGroup:
 
     def kill(self, port):
         stop(self.procs[port], signal.SIGKILL)
+
+    def restart(self, port):
+        """Start a data node killed before again, same port and folder (with
+        persist, from its append-only file)."""
+        self._spawn(self.args[port], port)
 
     def logs(self):
         out = []

@@ -1,6 +1,8 @@
-"""The deployment files of deploy/ (issue 11): what can be checked on one
-machine without a container engine or a cluster. The Kubernetes manifests
+"""The deployment files of deploy/ (issues 11 and 20): what can be checked on
+one machine without a container engine or a cluster. The Kubernetes overlays
+rendered as `kubectl apply -k` would (tests/deploy/kustomize.mjs) and checked
 against the API schemas (tests/deploy/validate.mjs, npm kubernetes-models),
+their NetworkPolicies evaluated, the Helm chart rendered (tests/deploy),
 the instance config with `sluice --check`, the Grafana dashboard's queries
 against a live /metrics, the Dockerfile's runtime packages against what the
 binary loads, the health probe, the systemd unit with systemd-analyze, and
@@ -42,44 +44,96 @@ def validate(*files):
     return out.returncode, json.loads(out.stdout)
 
 
-def manifests():
-    files = sorted(os.path.join(K8S, f) for f in os.listdir(K8S) if f.endswith(".yaml"))
-    rc, res = validate(*files)
+OVERLAYS = ("sentinel", "haproxy", "managed")
+
+
+def render(overlay, root=K8S):
+    """`kubectl apply -k overlays/OVERLAY` as tests/deploy/kustomize.mjs
+    renders it, every document checked against the API schemas:
+    (exit code, {"documents", "problems"})."""
+    return validate("--kustomize", os.path.join(root, "overlays", overlay))
+
+
+_rendered = {}
+
+
+def manifests(overlay="haproxy", root=K8S):
+    """The rendered overlay's documents (those of deploy/kubernetes itself
+    rendered once per run: node and the schemas take a second or two)."""
+    if root == K8S and overlay in _rendered:
+        return json.loads(_rendered[overlay])
+    rc, res = render(overlay, root)
     assert res["problems"] == [] and rc == 0, "\n".join(res["problems"])
+    if root == K8S:
+        _rendered[overlay] = json.dumps(res["documents"])
     return res["documents"]
 
 
 def find(docs, kind, name):
-    hits = [d["doc"] for d in docs if d["kind"] == kind and d["name"] == name]
+    """The one document of that kind and name; a generated ConfigMap or
+    Secret is found by its name before the content hash."""
+    hits = [d["doc"] for d in docs if d["kind"] == kind and
+            re.fullmatch(re.escape(name) + r"(-[0-9a-f]{10})?", d["name"])]
     assert len(hits) == 1, "%s/%s: %d documents" % (kind, name, len(hits))
     return hits[0]
 
 
-def instance_config():
-    return json.loads(_read(os.path.join(K8S, "sluice.json")))
+def instance_config(overlay="haproxy"):
+    return json.loads(_read(os.path.join(K8S, "overlays", overlay, "sluice.json")))
+
+
+def copy_tree():
+    """deploy/kubernetes copied to a scratch folder (to edit and render)."""
+    d = os.path.join(tmpdir(), "kubernetes")
+    shutil.copytree(K8S, d)
+    return d
+
+
+def add_components(root, overlay, *components):
+    path = os.path.join(root, "overlays", overlay, "kustomization.yaml")
+    text = _read(path)
+    lines = "".join("  - ../../components/%s\n" % c for c in components)
+    if "\ncomponents:\n" in text:
+        text = text.replace("\ncomponents:\n", "\ncomponents:\n" + lines)
+    else:
+        text += "components:\n" + lines
+    with open(path, "w") as f:
+        f.write(text)
 
 
 # ---- Kubernetes ------------------------------------------------------------
 
-def test_manifests_validate_against_the_kubernetes_schemas():
-    docs = manifests()
-    kinds = sorted("%s %s/%s" % (d["apiVersion"], d["kind"], d["name"]) for d in docs
-                   if d["kind"] != "Kustomization")
-    assert kinds == [
-        "apps/v1 Deployment/redis-primary", "apps/v1 Deployment/sluice",
-        "apps/v1 StatefulSet/redis", "apps/v1 StatefulSet/redis-sentinel",
-        "autoscaling/v2 HorizontalPodAutoscaler/sluice",
-        "policy/v1 PodDisruptionBudget/redis", "policy/v1 PodDisruptionBudget/redis-sentinel",
-        "policy/v1 PodDisruptionBudget/sluice",
-        "v1 ConfigMap/redis-scripts", "v1 ConfigMap/sluice-config", "v1 Namespace/sluice",
-        "v1 Secret/redis-auth", "v1 Secret/sluice-admin", "v1 Secret/sluice-tls",
-        "v1 Service/redis", "v1 Service/redis-primary", "v1 Service/redis-sentinel",
-        "v1 Service/sluice", "v1 Service/sluice-admin"], kinds
+def test_overlays_render_and_validate_against_the_kubernetes_schemas():
+    """issue 20 finding 5: one overlay per Redis setup, each rendered as
+    `kubectl apply -k` would and checked against the API schemas."""
+    common = ["Deployment/sluice", "HorizontalPodAutoscaler/sluice", "Namespace/sluice",
+              "NetworkPolicy/sluice", "PodDisruptionBudget/sluice", "Service/sluice",
+              "Service/sluice-admin", "ConfigMap/sluice-config"]
+    redis = ["ConfigMap/redis-scripts", "NetworkPolicy/redis", "NetworkPolicy/redis-sentinel",
+             "PodDisruptionBudget/redis", "PodDisruptionBudget/redis-sentinel", "Service/redis",
+             "Service/redis-sentinel", "StatefulSet/redis", "StatefulSet/redis-sentinel"]
+    haproxy = ["ConfigMap/redis-primary-haproxy", "Deployment/redis-primary",
+               "NetworkPolicy/redis-primary", "Service/redis-primary"]
+    want = {"sentinel": common + redis, "haproxy": common + redis + haproxy, "managed": common}
+    for overlay in OVERLAYS:
+        docs = manifests(overlay)
+        got = sorted(re.sub(r"-[0-9a-f]{10}$", "", "%s/%s" % (d["kind"], d["name"]))
+                     for d in docs)
+        assert got == sorted(want[overlay]), (overlay, got)
+        for d in docs:
+            labels = d["doc"]["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "sluice", d["name"]
+            if d["kind"] != "Namespace":
+                assert d["doc"]["metadata"]["namespace"] == "sluice", d["name"]
+        # The image as kustomization.yaml's "images" sets it.
+        pod = find(docs, "Deployment", "sluice")["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {
+            "registry.example.com/sluice:0.1.0"}
 
 
 def test_the_validator_refuses_bad_manifests():
     d = tmpdir()
-    bad = _read(os.path.join(K8S, "deployment.yaml"))
+    bad = _read(os.path.join(K8S, "base", "deployment.yaml"))
     bad = bad.replace("readinessProbe:", "readinesProbe:", 1)
     bad = bad.replace("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: \"45\"")
     bad = bad.replace("sizeLimit: 64Mi", "sizeLimt: 64Mi")
@@ -101,12 +155,137 @@ def test_the_validator_refuses_bad_manifests():
     assert p[3] == "extra.yaml#0 Servce/x: unknown apiVersion/kind v1/Servce"
     assert p[4].endswith("kustomization.yaml: resource missing.yaml does not exist")
     assert p[5].endswith("kustomization.yaml: extra.yaml is not listed in resources")
+    # The renderer: a typo in a base reaches the rendered overlay; a field
+    # it does not implement is refused, not ignored; a stray file is named.
+    root = copy_tree()
+    with open(os.path.join(root, "base", "deployment.yaml"), "w") as f:
+        f.write(bad.replace("terminationGracePeriodSeconds: \"45\"",
+                            "terminationGracePeriodSeconds: 45"))
+    with open(os.path.join(root, "base", "stray.yaml"), "w") as f:
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: y\n")
+    rc, res = render("managed", root)
+    assert rc == 1
+    p = res["problems"]
+    assert any(x.endswith("base/kustomization.yaml: stray.yaml is not listed in resources")
+               for x in p), p
+    assert any(x.endswith("containers[0].readinesProbe: unknown field") for x in p), p
+    k = os.path.join(root, "overlays", "managed", "kustomization.yaml")
+    with open(k, "a") as f:
+        f.write("patches:\n  - path: x.yaml\n")
+    rc, res = render("managed", root)
+    assert rc == 1 and any("patches: not supported by this renderer" in x
+                           for x in res["problems"]), res["problems"]
 
 
-def test_configmap_embeds_exactly_sluice_json():
-    docs = manifests()
-    cm = find(docs, "ConfigMap", "sluice-config")
-    assert cm["data"]["sluice.json"] == _read(os.path.join(K8S, "sluice.json"))
+def test_configmap_is_generated_from_sluice_json_and_an_edit_rolls_the_pods():
+    """issue 20 finding 5: configMapGenerator from sluice.json instead of a
+    hand-pasted copy; the content hash in its name is in the pod template."""
+    names = {}
+    for overlay in OVERLAYS:
+        docs = manifests(overlay)
+        cm = find(docs, "ConfigMap", "sluice-config")
+        assert cm["data"] == {"sluice.json": _read(os.path.join(K8S, "overlays", overlay,
+                                                                 "sluice.json"))}
+        pod = find(docs, "Deployment", "sluice")["spec"]["template"]["spec"]
+        seeds = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+        assert seeds == [cm["metadata"]["name"]] != ["sluice-config"], seeds
+        names[overlay] = cm["metadata"]["name"]
+    assert len(set(names.values())) == 3
+    # An edit of sluice.json changes the name the Deployment mounts: the pods roll.
+    root = copy_tree()
+    path = os.path.join(root, "overlays", "managed", "sluice.json")
+    with open(path, "w") as f:
+        f.write(_read(path).replace('"workers": 2', '"workers": 3'))
+    pod = find(manifests("managed", root), "Deployment", "sluice")["spec"]["template"]["spec"]
+    (seed,) = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    assert seed.startswith("sluice-config-") and seed != names["managed"]
+    # The Redis scripts too (redis/ and components/haproxy).
+    docs = manifests("haproxy")
+    scripts = find(docs, "ConfigMap", "redis-scripts")
+    assert set(scripts["data"]) == {"redis.conf", "redis-start.sh", "sentinel-start.sh"}
+    for name in ("redis", "redis-sentinel"):
+        vols = find(docs, "StatefulSet", name)["spec"]["template"]["spec"]["volumes"]
+        assert [v["configMap"]["name"] for v in vols if "configMap" in v] == [
+            scripts["metadata"]["name"]]
+    hap = find(docs, "ConfigMap", "redis-primary-haproxy")
+    vols = find(docs, "Deployment", "redis-primary")["spec"]["template"]["spec"]["volumes"]
+    assert [v["configMap"]["name"] for v in vols] == [hap["metadata"]["name"]]
+
+
+def test_overlays_differ_only_in_where_redis_is():
+    cfgs = {o: instance_config(o) for o in OVERLAYS}
+    for o in OVERLAYS:
+        rest = {k: v for k, v in cfgs[o].items() if k != "redis"}
+        assert rest == {k: v for k, v in cfgs["haproxy"].items() if k != "redis"}, o
+        assert cfgs[o]["redis"]["password"] == "env:SLUICE_REDIS_PASSWORD"
+    # sentinel: the three Sentinels of the StatefulSet, by their stable names,
+    # and the master name the Sentinels monitor.
+    docs = manifests("sentinel")
+    r = cfgs["sentinel"]["redis"]
+    sts = find(docs, "StatefulSet", "redis-sentinel")
+    svc = find(docs, "Service", "redis-sentinel")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    port = svc["spec"]["ports"][0]["port"]
+    assert r["sentinels"] == ["redis-sentinel-%d.redis-sentinel:%d" % (i, port)
+                              for i in range(sts["spec"]["replicas"])]
+    monitor = re.search(r"sentinel monitor (\S+) ", find(docs, "ConfigMap", "redis-scripts")[
+        "data"]["sentinel-start.sh"]).group(1)
+    assert r["master_name"] == monitor and "address" not in r
+    # haproxy: redis.address is the Service that leads to the HAProxy pods.
+    docs = manifests("haproxy")
+    host, port = cfgs["haproxy"]["redis"]["address"].rsplit(":", 1)
+    primary = find(docs, "Service", host)
+    assert [p["port"] for p in primary["spec"]["ports"]] == [int(port)]
+    proxy = find(docs, "Deployment", "redis-primary")
+    assert primary["spec"]["selector"] == proxy["spec"]["selector"]["matchLabels"]
+    # managed: an address outside the cluster, no Redis pods.
+    host = cfgs["managed"]["redis"]["address"].rsplit(":", 1)[0]
+    assert "." in host and not [d for d in manifests("managed") if d["kind"] == "StatefulSet"]
+
+
+def test_no_placeholder_secret_is_ever_applied():
+    """issue 20 finding 5: the README's `kubectl apply -k` must not write
+    placeholders over real Secrets: no overlay renders a Secret; the pods
+    name the Secrets made out of band; components/secrets generates them
+    from untracked files (hash-suffixed, so it never overwrites those) and
+    stops when a file is missing."""
+    for overlay in OVERLAYS:
+        docs = manifests(overlay)
+        assert [d for d in docs if d["kind"] == "Secret"] == []
+        assert "REPLACE" not in json.dumps([d["doc"] for d in docs])
+        refs = set()
+        for d in docs:
+            spec = (d["doc"].get("spec", {}).get("template") or {}).get("spec")
+            for c in (spec or {}).get("containers", []):
+                refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                         if "secretKeyRef" in e.get("valueFrom", {})}
+            refs |= {v["secret"]["secretName"] for v in (spec or {}).get("volumes", [])
+                     if "secret" in v}
+        assert refs == {"sluice-admin", "sluice-tls", "redis-auth"}, (overlay, refs)
+    root = copy_tree()
+    add_components(root, "sentinel", "secrets")
+    rc, res = render("sentinel", root)
+    assert rc == 1 and any("file admin-token does not exist" in p for p in res["problems"]), res
+    sec = os.path.join(root, "components", "secrets")
+    files = {"admin-token": "a" * 43, "redis-password": "b" * 64, "tls.crt": "CERT\n",
+             "tls.key": "KEY\n"}
+    for name, text in files.items():
+        with open(os.path.join(sec, name), "w") as f:
+            f.write(text)
+    assert sorted(_read(os.path.join(K8S, "components", "secrets", ".gitignore")).split()) == \
+        sorted(files)
+    docs = manifests("sentinel", root)
+    admin = find(docs, "Secret", "sluice-admin")
+    assert admin["metadata"]["name"] != "sluice-admin"
+    import base64
+    assert base64.b64decode(admin["data"]["token"]).decode() == files["admin-token"]
+    assert find(docs, "Secret", "sluice-tls")["type"] == "kubernetes.io/tls"
+    auth = find(docs, "Secret", "redis-auth")["metadata"]["name"]
+    env = find(docs, "Deployment", "sluice")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env} == {
+        "SLUICE_ADMIN_TOKEN": admin["metadata"]["name"], "SLUICE_REDIS_PASSWORD": auth}
+    redis_env = find(docs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in redis_env} == {auth}
 
 
 def test_deployment_probes_drain_and_resources_fit_the_config():
@@ -126,7 +305,13 @@ def test_deployment_probes_drain_and_resources_fit_the_config():
     assert cfg["admin"]["address"] == "0.0.0.0:9901"
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    # issue 20 finding 5: a startup probe holds liveness off while sluice
+    # starts (a fleet start may wait on Redis), for a minute at least.
+    start = c["startupProbe"]
+    assert start["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert start["periodSeconds"] * start["failureThreshold"] >= 60
     live = c["livenessProbe"]
+    assert "initialDelaySeconds" not in live
     # preStop pause, then the drain, all inside the grace period.
     cmd = c["lifecycle"]["preStop"]["exec"]["command"]
     assert cmd[0] == "sleep" and len(cmd) == 2
@@ -134,8 +319,7 @@ def test_deployment_probes_drain_and_resources_fit_the_config():
     assert pause_s >= 5
     drain_s = cfg["limits"]["drain_timeout_ms"] / 1000
     assert pod["terminationGracePeriodSeconds"] > pause_s + drain_s + 5
-    # The admin port does not answer during a drain: liveness must not give
-    # up on a pod before its drain can end.
+    # Liveness must not give up on a pod before its drain can end.
     assert live["periodSeconds"] * live["failureThreshold"] > drain_s + live["timeoutSeconds"]
     # Resources; one worker per CPU of the limit, not of the node.
     res = c["resources"]
@@ -157,74 +341,172 @@ def test_deployment_probes_drain_and_resources_fit_the_config():
     (init,) = pod["initContainers"]
     assert init["command"] == ["cp", "/etc/sluice-seed/sluice.json", "/var/lib/sluice/sluice.json"]
     seed = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}["/etc/sluice-seed"]
-    assert vols[seed]["configMap"]["name"] == "sluice-config"
-    # Secrets: every env reference exists, and the config reads those variables.
+    assert vols[seed]["configMap"]["name"] == find(docs, "ConfigMap", "sluice-config")[
+        "metadata"]["name"]
+    # Secrets: the config reads the variables the pod sets from them.
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
-    for ref in env.values():
-        assert ref["key"] in find(docs, "Secret", ref["name"])["stringData"]
-    assert cfg["admin"]["token"] == "env:SLUICE_ADMIN_TOKEN" and "SLUICE_ADMIN_TOKEN" in env
-    assert cfg["redis"]["password"] == "env:SLUICE_REDIS_PASSWORD" and "SLUICE_REDIS_PASSWORD" in env
-    assert set(find(docs, "Secret", "sluice-tls")["stringData"]) == {"tls.crt", "tls.key"}
-    for name in ("sluice-admin", "sluice-tls", "redis-auth"):
-        for v in find(docs, "Secret", name)["stringData"].values():
-            assert "REPLACE-ME" in v, "%s: a placeholder must say REPLACE-ME" % name
+    assert env["SLUICE_ADMIN_TOKEN"] == {"name": "sluice-admin", "key": "token"}
+    assert env["SLUICE_REDIS_PASSWORD"] == {"name": "redis-auth", "key": "password"}
+    assert cfg["admin"]["token"] == "env:SLUICE_ADMIN_TOKEN"
+    assert cfg["redis"]["password"] == "env:SLUICE_REDIS_PASSWORD"
 
 
-def test_services_pdb_hpa_and_redis_fit_the_deployment():
-    docs = manifests()
-    cfg = instance_config()
-    dep = find(docs, "Deployment", "sluice")
-    sel = dep["spec"]["selector"]["matchLabels"]
-    names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    svc = find(docs, "Service", "sluice")
-    assert svc["spec"]["selector"] == sel
-    assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(80, "http"), (443, "https")}
-    admin = find(docs, "Service", "sluice-admin")
-    assert admin["spec"]["type"] == "ClusterIP" and admin["spec"]["selector"] == sel
-    assert [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
-    assert {"http", "https", "admin"} <= names
-    pdb = find(docs, "PodDisruptionBudget", "sluice")
-    assert pdb["spec"]["selector"]["matchLabels"] == sel
-    hpa = find(docs, "HorizontalPodAutoscaler", "sluice")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": "sluice"}
-    assert hpa["spec"]["minReplicas"] == dep["spec"]["replicas"] == 3
-    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
-    # The fleet and its Redis: redis.address is the Service that leads to the
-    # Sentinel-managed primary.
-    assert cfg["fleet"] == {"name": "prod"}
-    host, port = cfg["redis"]["address"].rsplit(":", 1)
-    primary = find(docs, "Service", host)
-    assert [p["port"] for p in primary["spec"]["ports"]] == [int(port)]
-    proxy = find(docs, "Deployment", "redis-primary")
-    assert primary["spec"]["selector"] == proxy["spec"]["selector"]["matchLabels"]
+def test_services_pdb_hpa_fit_the_deployment():
+    for overlay in OVERLAYS:
+        docs = manifests(overlay)
+        dep = find(docs, "Deployment", "sluice")
+        sel = dep["spec"]["selector"]["matchLabels"]
+        svc = find(docs, "Service", "sluice")
+        assert svc["spec"]["selector"] == sel
+        assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+            (80, "http"), (443, "https")}
+        admin = find(docs, "Service", "sluice-admin")
+        assert admin["spec"]["type"] == "ClusterIP" and admin["spec"]["selector"] == sel
+        assert [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
+        pdb = find(docs, "PodDisruptionBudget", "sluice")
+        assert pdb["spec"]["selector"]["matchLabels"] == sel
+        hpa = find(docs, "HorizontalPodAutoscaler", "sluice")
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": "sluice"}
+        assert hpa["spec"]["minReplicas"] == dep["spec"]["replicas"] == 3
+        assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    docs = manifests("sentinel")
     assert find(docs, "StatefulSet", "redis")["spec"]["replicas"] == 3
     assert find(docs, "StatefulSet", "redis-sentinel")["spec"]["replicas"] == 3
+
+
+def _selects(selector, labels):
+    """A LabelSelector (matchLabels, matchExpressions In/NotIn/Exists) on labels."""
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        op, have = e["operator"], e["key"] in labels
+        if op == "In" and not (have and labels[e["key"]] in e["values"]):
+            return False
+        if op == "NotIn" and have and labels[e["key"]] in e["values"]:
+            return False
+        if op == "Exists" and not have:
+            return False
+    return True
+
+
+def _pods(docs):
+    """[(labels, {port name: number})] of every workload's pod template."""
+    out = []
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            t = d["doc"]["spec"]["template"]
+            ports = {p["name"]: p["containerPort"] for c in t["spec"]["containers"]
+                     for p in c.get("ports", [])}
+            out.append((t["metadata"]["labels"], ports))
+    return out
+
+
+def allowed(docs, src_ns, src_labels, dst_labels, port):
+    """NetworkPolicy ingress semantics (namespace "sluice"): may a pod with
+    src_labels in src_ns reach port (a number) of a pod with dst_labels?"""
+    (dst_ports,) = [p for l, p in _pods(docs) if l == dst_labels]
+    policies = [d["doc"] for d in docs if d["kind"] == "NetworkPolicy"
+                and _selects(d["doc"]["spec"]["podSelector"], dst_labels)]
+    if not policies:
+        return True
+    ns_labels = {"kubernetes.io/metadata.name": src_ns}
+    for pol in policies:
+        for rule in pol["spec"].get("ingress", []):
+            ports = [dst_ports.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                ns_ok = _selects(peer["namespaceSelector"], ns_labels) \
+                    if "namespaceSelector" in peer else src_ns == "sluice"
+                pod_ok = _selects(peer["podSelector"], src_labels) if "podSelector" in peer else True
+                if ns_ok and pod_ok:
+                    return True
+    return False
+
+
+def test_network_policies_admin_port_and_redis_only_from_who_needs_them():
+    """issue 20 finding 5: the admin port only from the monitoring and
+    operations namespaces, Redis only from Sluice (and its own peers)."""
+    docs = manifests("haproxy")
+    sluice = find(docs, "Deployment", "sluice")["spec"]["template"]["metadata"]["labels"]
+    redis = find(docs, "StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    sentinel = find(docs, "StatefulSet", "redis-sentinel")["spec"]["template"]["metadata"]["labels"]
+    proxy = find(docs, "Deployment", "redis-primary")["spec"]["template"]["metadata"]["labels"]
+    other = {"app.kubernetes.io/name": "something-else"}
+    for ns in ("monitoring", "operations"):
+        assert allowed(docs, ns, other, sluice, 9901)
+    for ns in ("default", "sluice", "kube-system"):
+        assert not allowed(docs, ns, other, sluice, 9901), ns
+        assert allowed(docs, ns, other, sluice, 8080) and allowed(docs, ns, other, sluice, 8443)
+    assert not allowed(docs, "sluice", sluice, sluice, 9901)
+    for dst, port in ((redis, 6379), (sentinel, 26379), (proxy, 6379)):
+        assert allowed(docs, "sluice", sluice, dst, port), dst
+        assert not allowed(docs, "sluice", other, dst, port), dst
+        assert not allowed(docs, "monitoring", sluice, dst, port), dst
+    # The Redis set's own traffic: replication, Sentinels, the start script, HAProxy checks.
+    assert allowed(docs, "sluice", redis, redis, 6379)
+    assert allowed(docs, "sluice", sentinel, redis, 6379)
+    assert allowed(docs, "sluice", proxy, redis, 6379)
+    assert allowed(docs, "sluice", redis, sentinel, 26379)
+    assert allowed(docs, "sluice", sentinel, sentinel, 26379)
+    assert not allowed(docs, "sluice", proxy, sentinel, 26379)
+    # Every workload is covered by a policy.
+    pols = [d["doc"]["spec"]["podSelector"] for d in docs if d["kind"] == "NetworkPolicy"]
+    for labels, _ in _pods(docs):
+        assert any(_selects(p, labels) for p in pols), labels
+
+
+def test_service_monitor_component_scrapes_the_admin_service():
+    """issue 20 finding 5: a ServiceMonitor (optional component: it needs
+    the Prometheus Operator's CRDs), checked against its schema."""
+    root = copy_tree()
+    add_components(root, "sentinel", "service-monitor")
+    docs = manifests("sentinel", root)
+    sm = find(docs, "ServiceMonitor", "sluice")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    services = [d["doc"] for d in docs if d["kind"] == "Service"
+                and _selects(sm["spec"]["selector"], d["doc"]["metadata"]["labels"])]
+    assert [s["metadata"]["name"] for s in services] == ["sluice-admin"]
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] in [p["name"] for p in services[0]["spec"]["ports"]]
+    assert ep["path"] == "/metrics"
+    # Prometheus runs in "monitoring", which the admin port admits.
+    sluice = find(docs, "Deployment", "sluice")["spec"]["template"]["metadata"]["labels"]
+    assert allowed(docs, "monitoring", {"app": "prometheus"}, sluice, 9901)
+    # Not in the overlays as shipped: without the CRDs, apply would fail.
+    assert not [d for d in manifests("sentinel") if d["kind"] == "ServiceMonitor"]
 
 
 # ---- the instance config -----------------------------------------------------
 
 def test_instance_config_passes_check():
-    """`sluice --check` on the text of deploy/kubernetes/sluice.json, beside
-    a certificate at its relative paths and with its env secrets set, as in
-    the pod. Needs the fleet field (SPEC §6) in the config parser."""
-    d = tmpdir()
-    shutil.copy(os.path.join(K8S, "sluice.json"), os.path.join(d, "sluice.json"))
-    os.mkdir(os.path.join(d, "tls"))
-    cert, key = make_cert(d)
-    os.rename(cert, os.path.join(d, "tls", "tls.crt"))
-    os.rename(key, os.path.join(d, "tls", "tls.key"))
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN="t" * 32, SLUICE_REDIS_PASSWORD="p" * 32)
-    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
-                         capture_output=True, text=True, env=env, timeout=30)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "valid (2 listeners, 1 endpoint)" in out.stdout + out.stderr
-    # Without the token's variable it is invalid: the check reads it.
-    del env["SLUICE_ADMIN_TOKEN"]
-    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
-                         capture_output=True, text=True, env=env, timeout=30)
-    assert out.returncode == 1
-    assert "admin.token: environment variable SLUICE_ADMIN_TOKEN is not set" in out.stdout + out.stderr
+    """`sluice --check` on each overlay's sluice.json, beside a certificate
+    at its relative paths and with its env secrets set, as in the pod."""
+    for overlay in OVERLAYS:
+        d = tmpdir()
+        shutil.copy(os.path.join(K8S, "overlays", overlay, "sluice.json"),
+                    os.path.join(d, "sluice.json"))
+        os.mkdir(os.path.join(d, "tls"))
+        cert, key = make_cert(d)
+        os.rename(cert, os.path.join(d, "tls", "tls.crt"))
+        os.rename(key, os.path.join(d, "tls", "tls.key"))
+        env = dict(os.environ, SLUICE_ADMIN_TOKEN="t" * 32, SLUICE_REDIS_PASSWORD="p" * 32)
+        out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                             capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode == 0, (overlay, out.stdout + out.stderr)
+        assert "valid (2 listeners, 1 endpoint)" in out.stdout + out.stderr
+        # Without the token's variable it is invalid: the check reads it.
+        del env["SLUICE_ADMIN_TOKEN"]
+        out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                             capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode == 1
+        assert "admin.token: environment variable SLUICE_ADMIN_TOKEN is not set" in \
+            out.stdout + out.stderr
 
 
 # ---- Grafana -----------------------------------------------------------------
@@ -379,15 +661,27 @@ def library_owners(binaries):
     return owners
 
 
+def apt_closure(packages, known):
+    """The packages' dependencies, transitively (apt installs them all):
+    adds what it asks apt_show for to known."""
+    seen, todo = set(), set(packages)
+    while todo:
+        ask = {p for p in todo if p not in known}
+        if ask:
+            known.update(apt_show(ask))
+        seen |= todo
+        todo = {d for p in todo for d in known.get(p, set())} - seen
+    return seen - set(packages)
+
+
 def runtime_problems(packages, owners, known):
     """What is wrong with a runtime package list for libraries with these
     owners: a package apt does not know (known: apt_show's answer), a
-    library that neither a listed package nor one of their direct
-    dependencies provides, a listed package that provides no library."""
+    library that neither a listed package nor one of their dependencies
+    (transitively: libcurl4 brings about twenty) provides, a listed package
+    that provides no library."""
     problems = ["%s: unknown to apt-cache" % p for p in packages if p not in known]
-    deps = set()
-    for p in packages:
-        deps |= known.get(p, set())
+    deps = apt_closure([p for p in packages if p in known], known)
     for lib, pkg in sorted(owners.items()):
         if pkg not in packages and pkg not in deps:
             problems.append("%s (%s): not in the runtime packages" % (lib, pkg))
@@ -402,12 +696,20 @@ def test_dockerfile_runtime_packages_are_what_the_binary_loads():
     assert [s["from"] for s in stages] == ["debian:12", "debian:12-slim"]
     build, runtime = stages[0]["packages"], stages[1]["packages"]
     owners = library_owners([SLUICE, SLUICECTL])
-    short = [p for p in runtime if p != "libjwt0"] + ["libevent-pthreads-2.1-7", "libjanson4"]
+    # sluicectl speaks HTTP through libcurl (issue 20 item 1); sluice does not.
+    assert "libcurl4" in owners.values()
+    assert "libcurl4" in runtime
+    sluice_owners = set(library_owners([SLUICE]).values())
+    assert "libcurl4" not in sluice_owners, "the gateway must not load libcurl"
+    short = [p for p in runtime if p not in ("libjwt0", "libcurl4")] + [
+        "libevent-pthreads-2.1-7", "libjanson4"]
     known = apt_show(set(runtime) | set(short))
     assert runtime_problems(runtime, owners, known) == []
     # The check can fail: a missing library package, an unneeded one, a typo.
     got = runtime_problems(short, owners, known)
     assert any(g.startswith("/") and "(libjwt0)" in g for g in got), got
+    assert any(g.startswith("/") and "(libcurl4)" in g for g in got), got
+    assert any(g.startswith("/") and "(libnghttp2-14)" in g for g in got), got
     assert "libevent-pthreads-2.1-7: provides no library the binaries load" in got
     assert "libjanson4: unknown to apt-cache" in got
     # The build stage has tools/common.sh's DEPS_BUILD, minus clang (fuzzing).
@@ -489,7 +791,8 @@ def _verify_unit(text):
 def test_systemd_unit_verifies():
     unit = _read(os.path.join(DEPLOY, "sluice.service"))
     # systemd-analyze checks that ExecStart's program exists: the build's.
-    local = unit.replace("/usr/local/bin/sluice", SLUICE)
+    local = unit.replace("/usr/local/bin/sluicectl", SLUICECTL) \
+        .replace("/usr/local/bin/sluice", SLUICE)
     rc, complaints = _verify_unit(local)
     assert rc == 0 and complaints == [], complaints
     rc, complaints = _verify_unit(local.replace("NoNewPrivileges=", "NoNewPrivilegs=")
@@ -511,9 +814,10 @@ def test_systemd_unit_verifies():
         if "=" in line and not line.startswith("#"):
             k, _, v = line.partition("=")
             keys.setdefault(k, []).append(v)
-    assert keys["Type"] == ["exec"]
+    # sd_notify (issue 20 item 3); a refused reload fails systemctl reload.
+    assert keys["Type"] == ["notify"] and keys["NotifyAccess"] == ["main"]
     assert keys["ExecStart"] == ["/usr/local/bin/sluice -c /etc/sluice/sluice.json"]
-    assert keys["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert keys["ExecReload"] == ["/usr/local/bin/sluicectl reload"]
     assert keys["KillSignal"] == ["SIGTERM"]
     assert keys["Restart"] == ["on-failure"]
     assert keys["User"] == ["sluice"]
@@ -530,9 +834,9 @@ def test_systemd_unit_verifies():
 # ---- Redis primary route -----------------------------------------------------
 
 def _haproxy_cfg(ports, listen):
-    """redis.yaml's haproxy.cfg with the pods' names replaced by local ports."""
+    """components/haproxy/haproxy.cfg, as rendered, with the pods' names replaced by local ports."""
     docs = manifests()
-    cfg = find(docs, "ConfigMap", "redis-scripts")["data"]["haproxy.cfg"]
+    cfg = find(docs, "ConfigMap", "redis-primary-haproxy")["data"]["haproxy.cfg"]
     assert cfg.count("redis-0.redis:6379") == 1
     for i, p in enumerate(ports):
         cfg = cfg.replace("redis-%d.redis:6379" % i, "127.0.0.1:%d" % p)
@@ -675,3 +979,151 @@ def test_redis_conf_is_accepted_by_redis_server():
     assert c.config_get("appendonly") == {"appendonly": "yes"}
     assert c.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
     assert c.config_get("protected-mode") == {"protected-mode": "no"}
+
+
+# ---- Helm chart --------------------------------------------------------------
+# helm is not in Debian and no maintained npm package renders charts, so
+# tests/deploy/helm-render.mjs renders deploy/helm/sluice: the subset of Go
+# templates and Sprig the chart uses, refusing the rest. It is not Helm.
+
+CHART = os.path.join(DEPLOY, "helm", "sluice")
+HELM_RENDER = os.path.join(ROOT, "tests", "deploy", "helm-render.mjs")
+NEEDED = {"existingSecret": "sluice", "redis": {"address": "redis-primary:6379"}}
+
+
+def helm(values=None, release="prod"):
+    """(error or None, [documents]) of the chart with these values."""
+    out = subprocess.run(["node", HELM_RENDER, CHART, "--set-json", json.dumps(values or {}),
+                          "--release", release, "--namespace", "sluice"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip(), out.stderr
+    res = json.loads(out.stdout)
+    return res["error"], [d["doc"] for d in res["documents"]]
+
+
+def helm_ok(values):
+    err, docs = helm(values)
+    assert err is None, err
+    d = tmpdir()
+    path = os.path.join(d, "rendered.yaml")
+    with open(path, "w") as f:
+        f.write("\n---\n".join(json.dumps(x) for x in docs))
+    rc, res = validate(path)
+    assert rc == 0 and res["problems"] == [], res["problems"]
+    return [{"kind": x["kind"], "name": x["metadata"]["name"], "doc": x} for x in docs]
+
+
+def chart_config(docs):
+    return json.loads(find(docs, "ConfigMap", "prod-config")["data"]["sluice.json"])
+
+
+def test_helm_chart_renders_valid_manifests_with_its_defaults():
+    """issue 20 finding 5: a chart with the values users expect, rendered
+    and checked against the API schemas; its sluice.json passes --check."""
+    err, _ = helm({"redis": {"address": "r:6379"}})
+    assert err == "existingSecret: the Secret with the admin token and the Redis password"
+    err, _ = helm({"existingSecret": "s"})
+    assert err == "redis.address: where your Redis is (host:port)"
+    err, _ = helm({"existingSecret": "s", "redis": {"mode": "cluster"}})
+    assert err == "redis.mode: address or sentinel"
+    docs = helm_ok(NEEDED)
+    kinds = sorted("%s/%s" % (d["kind"], d["name"]) for d in docs)
+    assert kinds == ["ConfigMap/prod-config", "Deployment/prod", "HorizontalPodAutoscaler/prod",
+                     "NetworkPolicy/prod", "PodDisruptionBudget/prod", "Service/prod",
+                     "Service/prod-admin"], kinds
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    dep = find(docs, "Deployment", "prod")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "registry.example.com/sluice:0.1.0"
+    assert "replicas" not in dep["spec"]                   # the HPA owns it
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+    cfg = chart_config(docs)
+    assert cfg["workers"] == int(c["resources"]["limits"]["cpu"])
+    assert cfg["redis"]["address"] == "redis-primary:6379"
+    assert [l["address"] for l in cfg["listeners"]] == ["0.0.0.0:8080"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]} == {
+        "SLUICE_ADMIN_TOKEN": {"name": "sluice", "key": "admin-token"},
+        "SLUICE_REDIS_PASSWORD": {"name": "sluice", "key": "redis-password"}}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    seed = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    assert seed == ["prod-config"]
+    # Same selectors everywhere.
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert find(docs, "Service", "prod")["spec"]["selector"] == sel
+    assert find(docs, "PodDisruptionBudget", "prod")["spec"]["selector"]["matchLabels"] == sel
+    assert find(docs, "NetworkPolicy", "prod")["spec"]["podSelector"]["matchLabels"] == sel
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in sel.items())
+    # The network policy: admin port from monitoring and operations only.
+    for ns, ok in (("monitoring", True), ("operations", True), ("default", False)):
+        assert allowed(docs, ns, {}, dep["spec"]["template"]["metadata"]["labels"], 9901) == ok
+    d = tmpdir()
+    with open(os.path.join(d, "sluice.json"), "w") as f:
+        json.dump(cfg, f)
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN="t" * 32, SLUICE_REDIS_PASSWORD="p" * 32)
+    out = subprocess.run([SLUICE, "-c", os.path.join(d, "sluice.json"), "--check"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_helm_chart_values_toggle_what_they_say():
+    """Redis mode, TLS, replicas, serviceMonitor and networkPolicy toggles,
+    existingSecret keys; a config change changes the pod template."""
+    base = helm_ok(NEEDED)
+    values = {"existingSecret": "mine", "existingSecretKeys": {"adminToken": "token"},
+              "image": {"repository": "r.example/sluice", "tag": "9.9"},
+              "replicaCount": 5, "autoscaling": {"enabled": False},
+              "networkPolicy": {"enabled": False},
+              "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+              "tls": {"existingSecret": "sluice-tls"}, "workers": 2,
+              "redis": {"mode": "sentinel", "waitReplicas": 1,
+                        "sentinels": ["redis-sentinel-%d.redis-sentinel:26379" % i
+                                      for i in range(3)]}}
+    docs = helm_ok(values)
+    kinds = sorted("%s/%s" % (d["kind"], d["name"]) for d in docs)
+    assert kinds == ["ConfigMap/prod-config", "Deployment/prod", "PodDisruptionBudget/prod",
+                     "Service/prod", "Service/prod-admin", "ServiceMonitor/prod"], kinds
+    dep = find(docs, "Deployment", "prod")
+    assert dep["spec"]["replicas"] == 5
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "r.example/sluice:9.9"
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"]} == {
+        "SLUICE_ADMIN_TOKEN": "token", "SLUICE_REDIS_PASSWORD": "redis-password"}
+    assert {p["name"] for p in c["ports"]} == {"http", "https", "admin"}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert {v["name"]: v for v in pod["volumes"]}[mounts["/var/lib/sluice/tls"]]["secret"][
+        "secretName"] == "sluice-tls"
+    assert {p["port"] for p in find(docs, "Service", "prod")["spec"]["ports"]} == {80, 443}
+    sm = find(docs, "ServiceMonitor", "prod")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus"
+    picked = [d["name"] for d in docs if d["kind"] == "Service"
+              and _selects(sm["spec"]["selector"], d["doc"]["metadata"]["labels"])]
+    assert picked == ["prod-admin"]
+    # In sentinel mode with the same values, the chart's config is the
+    # Sentinel overlay's sluice.json: one config, two ways to ship it.
+    assert chart_config(docs) == instance_config("sentinel")
+    # A config change is a new pod template (checksum/config): the pods roll.
+    ann = "checksum/config"
+    before = find(base, "Deployment", "prod")["spec"]["template"]["metadata"]["annotations"][ann]
+    after = find(helm_ok(dict(NEEDED, log={"access_log": "off", "level": "info"})),
+                 "Deployment", "prod")["spec"]["template"]["metadata"]["annotations"][ann]
+    assert len(before) == 64 and before != after
+
+
+def test_helm_renderer_refuses_what_it_does_not_implement():
+    d = os.path.join(tmpdir(), "chart")
+    shutil.copytree(CHART, d)
+    with open(os.path.join(d, "templates", "extra.yaml"), "w") as f:
+        f.write("{{- range .Values.endpoints }}\nx: 1\n{{- end }}\n")
+    out = subprocess.run(["node", HELM_RENDER, d, "--set-json", json.dumps(NEEDED)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["error"] == \
+        "extra.yaml: {{ range .Values.endpoints }}: not supported by this renderer"
+    with open(os.path.join(d, "templates", "extra.yaml"), "w") as f:
+        f.write("a: {{ .Values.image.tag | upper }}\n")
+    out = subprocess.run(["node", HELM_RENDER, d, "--set-json", json.dumps(NEEDED)],
+                         capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout)["error"] == \
+        "extra.yaml: function upper: not supported by this renderer"

@@ -605,3 +605,259 @@ def test_a_refused_step_pauses_the_rollout():
         assert len(log_events(s, "rollout_change_failed")) == 1
     finally:
         t.stop()
+
+
+# ---- issue 17: pins, final decisions, Sentinel, unjudged steps -------------
+
+class Pinner:
+    """Clients pinning every request to one version (X-Sluice-Version) with
+    X-Test-Status: 200, so that each pinned request succeeds: a person
+    testing a version by hand, or someone trying to steer its rollout."""
+
+    def __init__(self, s, v="versionb", threads=4, extra=None):
+        self.s, self.v = s, v
+        self.headers = {"X-Sluice-Version": v, "X-Test-Status": "200"}
+        self.headers.update(extra or {})
+        self.counts = {}
+        self.lock = threading.Lock()
+        self.running = True
+        self.ts = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+        for t in self.ts:
+            t.start()
+
+    def run(self):
+        with requests.Session() as c:
+            while self.running:
+                try:
+                    r = c.post(self.s.url(EP), data=b'{"x":1}', headers=self.headers, timeout=5)
+                    key = (r.headers.get("X-Sluice-Version"), r.status_code)
+                except requests.RequestException:
+                    key = (None, 0)
+                    time.sleep(0.05)
+                with self.lock:
+                    self.counts[key] = self.counts.get(key, 0) + 1
+
+    def stop(self):
+        self.running = False
+        for t in self.ts:
+            t.join(10)
+        return dict(self.counts)
+
+
+class Unwritable:
+    """The config file's folder made immutable (chattr +i), so that sluice
+    cannot create its temporary file there: the write of every change fails
+    with EPERM, also for root (chmod stops no root process) and whatever the
+    process id in the temporary name. Undone by release() or at cleanup."""
+
+    def __init__(self, s):
+        import subprocess
+        import harness
+        self.dir, self.sp = s.dir, subprocess
+        r = subprocess.run(["chattr", "+i", self.dir], capture_output=True, text=True)
+        assert r.returncode == 0, "chattr +i failed: %s" % r.stderr
+        self.held = True
+        harness._closers.append(self.release)
+
+    def release(self):
+        if self.held:
+            self.held = False
+            self.sp.run(["chattr", "-i", self.dir], check=True)
+
+
+def decisions(evs):
+    """(step, verdict) of every evaluation that decided (pass or fail)."""
+    return [(e["step"], e["verdict"]) for e in evs if e["verdict"] in ("pass", "fail")]
+
+
+def test_pinned_requests_do_not_steer_the_gate():
+    """issue 17 finding 3: a version failing 30 % of its routed requests,
+    while clients pin many successful requests to it, is rolled back at its
+    first gate; the gate counted routed requests only. The pins are in
+    sluice:{EP}:pinned:versionb (and pinnedminute, with the minute keys'
+    expiry) besides the totals, and the comparison API leaves them out."""
+    r = Redis()
+    a = Model("versiona", *STEADY)
+    b = Model("versionb", "--error-rate", "0.3", *STEADY)
+    s = rollout_sluice(r, a, b, plan(steps=(25, 50), step_s=3, min_requests=30))
+    t = Traffic(s, threads=1)
+    p = Pinner(s)
+    try:
+        until(lambda: sum(p.counts.values()) >= 50, 20, "pinned traffic")
+        assert act(s, "start").status_code == 200
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the gate's decision")
+        assert st["phase"] == "rolled_back" and st["step"] == 0, get(s)
+        evs = get(s)["evaluations"]
+        assert decisions(evs) == [(0, "fail")], evs
+        e = evs[-1]
+    finally:
+        pinned = p.stop()
+        t.stop()
+    # the gate saw routed requests only: no more than were routed to versionb
+    # in all (the pins, several times as many, are not among them)
+    assert e["version"]["requests"] <= t.served("versionb"), (e, t.counts)
+    assert pinned.get(("versionb", 200), 0) > t.served("versionb"), (pinned, t.counts)
+    ok = pinned.get(("versionb", 200), 0)
+    # once rolled back, versionb refuses pins (404, no version served them)
+    assert ok > 0 and set(pinned) <= {("versionb", 200), (None, 404)}, pinned
+    rc = r.client()
+    until(lambda: int(rc.hget("sluice:{ep1}:pinned:versionb", "requests") or 0) == ok, 10,
+          "the pinned count in Redis", show=lambda: rc.hgetall("sluice:{ep1}:pinned:versionb"))
+    pin = rc.hgetall("sluice:{ep1}:pinned:versionb")
+    assert int(pin["pinned"]) == ok and int(pin["status_2xx"]) == ok, pin
+    assert "status_5xx" not in pin, pin
+    tot = rc.hgetall("sluice:{ep1}:total:versionb")
+    assert int(tot["pinned"]) == ok and int(tot["requests"]) == ok + t.served("versionb"), (
+        tot, t.counts)
+    pm = list(rc.scan_iter("sluice:{ep1}:pinnedminute:versionb:*"))
+    assert sum(int(rc.hget(k, "requests")) for k in pm) == ok
+    for k in pm:
+        minute = k.rsplit(":", 1)[1]
+        assert abs(rc.ttl(k) - rc.ttl("sluice:{ep1}:minute:versionb:" + minute)) <= 2, k
+    assert rc.exists("sluice:{ep1}:pinned:versiona") == 0
+    m = requests.get(s.admin("/admin/v1/endpoints/%s/metrics?minutes=5" % EP), headers=ADMIN,
+                     timeout=5).json()
+    vs = {v["version"]: v for v in m["versions"]}
+    assert vs["versionb"]["pinned_requests"] == ok, vs["versionb"]
+    assert vs["versionb"]["requests"] == t.served("versionb"), (vs["versionb"], t.counts)
+    assert vs["versiona"]["pinned_requests"] == 0
+    # the comparison's numbers are the routed ones exactly
+    errs = sum(n for (v, code), n in t.counts.items() if v == "versionb" and code >= 500)
+    assert errs > 0 and vs["versionb"]["errors"] == errs, (vs["versionb"], t.counts)
+    cmp = {c["treatment"]: c for c in m["comparisons"]}
+    assert abs(cmp["versionb"]["error_rate_diff"] - errs / t.served("versionb")) < 1e-9, cmp
+
+
+def test_pinning_off_and_a_rolled_back_version_refuses_pins():
+    """issue 17 finding 3: "pinning": false ignores X-Sluice-Version (the
+    request is routed; it is written back and shown); a version whose
+    rollout was aborted (or rolled back) answers a pin with 404 until an
+    operator changes it again (a PATCH), and says so."""
+    r = Redis()
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
+    s = rollout_sluice(r, a, b, plan(step_s=30))
+    pin = {"X-Sluice-Version": "versionb"}
+    assert requests.post(s.url(EP), data=b"{}", headers=pin).headers["X-Sluice-Version"] == \
+        "versionb"
+    assert act(s, "start").status_code == 200
+    assert act(s, "abort").status_code == 200
+    resp = requests.post(s.url(EP), data=b"{}", headers=pin)
+    assert resp.status_code == 404, resp.text
+    assert "aborted" in resp.json()["error"]["message"], resp.text
+    # pins to the other version still work
+    assert requests.post(s.url(EP), data=b"{}",
+                         headers={"X-Sluice-Version": "versiona"}).status_code == 200
+    resp = requests.patch(s.admin("/admin/v1/endpoints/%s/versions/versionb" % EP),
+                          headers=ADMIN, json={"description": "fixed"}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert versions(s)["versionb"]["rollout_state"]["operator_changed"] is True
+    resp = requests.post(s.url(EP), data=b"{}", headers=pin)
+    assert resp.status_code == 200 and resp.headers["X-Sluice-Version"] == "versionb"
+    # "pinning": false: the header is ignored, the request routed (all to versiona)
+    resp = requests.put(s.admin("/admin/v1/endpoints/%s" % EP), headers=ADMIN, timeout=5,
+                        json=endpoint(EP, [version("versiona", [a.addr], 0, is_default=True),
+                                           version("versionb", [b.addr], 0)], pinning=False))
+    assert resp.status_code in (200, 201), resp.text
+    got = [requests.post(s.url(EP), data=b"{}", headers=pin) for _ in range(20)]
+    assert [(g.status_code, g.headers["X-Sluice-Version"]) for g in got] == \
+        [(200, "versiona")] * 20
+    d = requests.get(s.admin("/admin/v1/endpoints/" + EP), headers=ADMIN, timeout=5).json()
+    assert d["pinning"] is False
+    with open(s.path) as f:
+        assert json.load(f)["endpoints"][0]["pinning"] is False
+    rc = r.client()
+    until(lambda: int(rc.hget("sluice:{ep1}:total:versiona", "requests") or 0) == 21, 10,
+          "the counts in Redis", show=lambda: rc.hgetall("sluice:{ep1}:total:versiona"))
+    assert int(rc.hget("sluice:{ep1}:total:versiona", "pinned") or 0) == 1
+
+
+def test_a_decision_that_cannot_be_saved_is_retried_never_judged_again():
+    """issue 17 finding 4: the config file cannot be written when a bad
+    version reaches its first gate. The gate fails it once; the rollback is
+    retried every second (logged) and, once the file can be written again,
+    applied: rolled back, never promoted, exactly one evaluation."""
+    r = Redis()
+    a = Model("versiona", *STEADY)
+    b = Model("versionb", "--error-rate", "0.3", *STEADY)
+    s = rollout_sluice(r, a, b, plan(steps=(25, 50), step_s=2, min_requests=30))
+    t = Traffic(s)
+    try:
+        assert act(s, "start").status_code == 200
+        lock = Unwritable(s)
+        until(lambda: len(log_events(s, "rollout_change_failed")) >= 8, 60,
+              "eight failed attempts to save the decision")
+        g = get(s)
+        assert g["state"]["phase"] == "running" and g["state"]["step"] == 0, g
+        assert decisions(g["evaluations"]) == [(0, "fail")], g["evaluations"]
+        fails = log_events(s, "rollout_change_failed")
+        assert {f["op"] for f in fails} == {"rollback"} and all(f["retry"] for f in fails), fails
+        assert len(log_events(s, "rollout_gate")) == len(g["evaluations"])
+        lock.release()
+        st = until_state(s, lambda st: st["phase"] != "running", 30, "the rollback")
+        assert st["phase"] == "rolled_back" and st["traffic_percentile"] == 0, get(s)
+        time.sleep(1.5)
+        g = get(s)
+        assert decisions(g["evaluations"]) == [(0, "fail")], g["evaluations"]
+        assert [c["op"] for c in log_events(s, "admin_change")] == ["rollout_start",
+                                                                   "rollout_rollback"]
+        assert r.client().hget("sluice:{ep1}:rollout:versionb", "tests") == "1"
+    finally:
+        t.stop()
+
+
+def test_a_rollout_through_sentinels_is_judged():
+    """issue 17 finding 5: with redis.sentinels (no redis.address) a rollout
+    starts and its gate runs on the primary the sentinels name."""
+    from harness import SentinelGroup
+    g = SentinelGroup(replicas=1, sentinels=1, quorum=1)
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
+    s = Sluice([endpoint(EP, [
+        version("versiona", [a.addr], 0, is_default=True, type="control"),
+        version("versionb", [b.addr], 0, rollout=plan(steps=(50,), step_s=2))])],
+        extra={"redis": {"sentinels": g.addresses(), "master_name": g.name,
+                         "flush_interval_ms": 100}, "admin": {"token": "adm"}})
+    t = Traffic(s)
+    try:
+        resp = act(s, "start")
+        assert resp.status_code == 200, resp.text
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the end of the rollout")
+        assert st["phase"] == "promoted", get(s)
+        assert decisions(get(s)["evaluations"]) == [(0, "pass")]
+        primary = g.client(g.primary())
+        assert primary.llen("sluice:{ep1}:rollout:versionb:evals") == 1
+    finally:
+        t.stop()
+
+
+def test_a_step_that_cannot_be_judged_pauses_with_its_share_at_zero():
+    """issue 17 finding 5: Redis dies during a step; after 3 x step_s
+    without a judgement the rollout pauses, saying why, and the version's
+    share goes to 0; resumed with Redis back, the step's share returns and
+    the rollout goes on."""
+    r = Redis()
+    a, b = Model("versiona", *STEADY), Model("versionb", *STEADY)
+    s = rollout_sluice(r, a, b, plan(steps=(30, 60), step_s=2))
+    t = Traffic(s)
+    try:
+        assert act(s, "start").status_code == 200
+        r.kill()
+        st = until_state(s, lambda st: st["phase"] != "running", 30, "the pause")
+        assert st["phase"] == "paused" and st["step"] == 0, get(s)
+        assert "could not be judged" in st["reason"] and "Redis" in st["reason"], st
+        assert st["traffic_percentile"] == 0
+        assert versions(s)["versionb"]["traffic_percentile"] == 0
+        assert len(log_events(s, "rollout_unjudged")) == 1
+        assert [c["op"] for c in log_events(s, "admin_change")] == ["rollout_start",
+                                                                   "rollout_halt"]
+        time.sleep(0.5)
+        t.reset()
+        until(lambda: t.served("versiona") >= 50, 30, "traffic after the pause")
+        assert t.served("versionb") == 0, t.counts
+        r.start()
+        resp = act(s, "resume")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["state"]["traffic_percentile"] == 30
+        st = until_state(s, lambda st: st["phase"] != "running", 60, "the end of the rollout")
+        assert st["phase"] == "promoted", get(s)
+    finally:
+        t.stop()

@@ -628,7 +628,20 @@ test_fleet_split_merge(void)
         "\"fleet\":{\"name\":\"prod\"},\"tokens\":{\"signing_key\":\"k\"},"
         "\"endpoints\":[{\"name\":\"aaa\",\"versions\":[" V("va", 10, "") "]}]}", 0, NULL);
     json_t *sh = config_fleet_shared(doc, 7);
-    CHECK(json_object_size(sh) == 3, "generation, endpoints, tokens only");
+    CHECK(json_object_size(sh) == 4, "generation, hash, endpoints, tokens only");
+    char h1[CFG_FLEET_HASH_LEN + 1], h2[CFG_FLEET_HASH_LEN + 1];
+    CHECK(config_fleet_hash(sh, h1) && strlen(h1) == 64, "a SHA-256 in hex");
+    CHECK(strcmp(config_fleet_stored_hash(sh), h1) == 0, "the hash is kept in the JSON");
+    /* The content alone: not the generation, not the order of members. */
+    json_t *sh9 = config_fleet_shared(doc, 9);
+    CHECK(config_fleet_hash(sh9, h2) && strcmp(h1, h2) == 0, "same content, same hash");
+    json_decref(sh9);
+    json_t *reordered = json_loads("{\"tokens\":{\"signing_key\":\"k\"},\"generation\":7,"
+        "\"endpoints\":[{\"versions\":[" V("va", 10, "") "],\"name\":\"aaa\"}]}", 0, NULL);
+    CHECK(config_fleet_hash(reordered, h2) && strcmp(h1, h2) == 0, "member order ignored");
+    json_object_set_new(json_object_get(reordered, "tokens"), "signing_key", json_string("k2"));
+    CHECK(config_fleet_hash(reordered, h2) && strcmp(h1, h2) != 0, "content changes it");
+    json_decref(reordered);
     CHECK(json_integer_value(json_object_get(sh, "generation")) == 7, "generation");
     CHECK(json_equal(json_object_get(sh, "endpoints"), json_object_get(doc, "endpoints")) &&
           json_object_get(sh, "endpoints") != json_object_get(doc, "endpoints"), "a deep copy");
@@ -689,15 +702,77 @@ test_fleet_parse(void)
     }
     s = config_fleet_parse("{\"generation\":", 14, &gen, err, sizeof(err));
     CHECK(s == NULL && strncmp(err, "invalid JSON", 12) == 0, "%s", err);
-    CHECK(config_fleet_newer(2, 3), "newer");
-    CHECK(!config_fleet_newer(3, 3), "the same is not newer");
-    CHECK(!config_fleet_newer(3, 2), "older never applies");
+    const char *withhash = "{\"generation\":3,\"hash\":\"abc\",\"endpoints\":[]}";
+    s = config_fleet_parse(withhash, strlen(withhash), &gen, err, sizeof(err));
+    CHECK(s != NULL && gen == 3 && strcmp(config_fleet_stored_hash(s), "abc") == 0, "%s", err);
+    json_decref(s);
+    s = config_fleet_parse("{\"generation\":3,\"hash\":1,\"endpoints\":[]}", 40, &gen, err,
+                           sizeof(err));
+    CHECK(s == NULL && strcmp(err, "hash: must be a string") == 0, "got %s", err);
+    CHECK(config_fleet_same(3, "aa", 3, "aa"), "same number and hash");
+    CHECK(!config_fleet_same(3, "aa", 3, "bb"), "one number, two contents: differs");
+    CHECK(!config_fleet_same(2, "aa", 3, "aa"), "another number differs");
+    CHECK(!config_fleet_same(4, "aa", 3, "aa"), "an older number differs too (failover)");
+}
+
+/* Issue 17 finding 3: "pinning" (default true) and the pin refusal a
+ * rollback or an abort sets until an operator changes the version. */
+static void
+test_pinning(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse("{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") "]},"
+        "{\"name\":\"abd\",\"pinning\":false,\"versions\":[" V("aaa", 0, "") "]}", &e);
+    CHECK(c != NULL, "refused: %s", e.n ? e.msg[0] : "");
+    if (c != NULL)
+        CHECK(c->endpoints[0].pinning && !c->endpoints[1].pinning, "default true, false");
+    config_drop(c);
+    cfg_errors_free(&e);
+    c = parse("{\"name\":\"abc\",\"pinning\":1,\"versions\":[" V("aaa", 0, "") "]}", &e);
+    CHECK(c == NULL && e.n == 1 && strncmp(e.msg[0], "endpoints[0].pinning", 20) == 0,
+          "not a boolean: %s", e.n ? e.msg[0] : "");
+    config_drop(c);
+    cfg_errors_free(&e);
+    static const struct { const char *state; bool refuses; } cases[] = {
+        {"\"phase\":\"rolled_back\"", true},
+        {"\"phase\":\"aborted\"", true},
+        {"\"phase\":\"rolled_back\",\"operator_changed\":true", false},
+        {"\"phase\":\"running\"", false},
+        {"\"phase\":\"paused\"", false},
+        {"\"phase\":\"promoted\"", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char ep[1024];
+        snprintf(ep, sizeof(ep), "{\"name\":\"abc\",\"versions\":[" V("aaa", 0, "") ","
+                 V("bbb", 0, ",\"rollout\":{\"steps\":[5]},\"rollout_state\":{%s}") "]}",
+                 cases[i].state);
+        c = parse(ep, &e);
+        CHECK(c != NULL, "%s refused: %s", cases[i].state, e.n ? e.msg[0] : "");
+        if (c != NULL)
+            CHECK(c->endpoints[0].versions[1].rollout.refuses_pins == cases[i].refuses, "%s",
+                  cases[i].state);
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+    /* an operator's change lifts the refusal; a running rollout pauses */
+    json_t *x = json_loads("{\"rollout_state\":{\"phase\":\"aborted\"}}", 0, NULL);
+    struct cfg_edit_result r = {0};
+    config_edit_rollout_operator_change(x, &r);
+    CHECK(json_is_true(json_object_get(json_object_get(x, "rollout_state"), "operator_changed"))
+          && !r.rollout_paused, "aborted: marked changed");
+    json_decref(x);
+    x = json_loads("{\"rollout_state\":{\"phase\":\"running\"}}", 0, NULL);
+    config_edit_rollout_operator_change(x, &r);
+    CHECK(r.rollout_paused && json_object_get(json_object_get(x, "rollout_state"),
+                                              "operator_changed") == NULL, "running: paused");
+    json_decref(x);
 }
 
 int
 main(void)
 {
     static const struct testcase tests[] = {
+        {"pinning", test_pinning},
         {"valid example", test_valid_example},
         {"rollout example", test_rollout_example},
         {"first listed is default", test_first_is_default},

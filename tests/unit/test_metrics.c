@@ -172,10 +172,47 @@ test_backlog_is_bounded(void)
     metrics_worker_free(w);
 }
 
+/* Issue 17 finding 3: a pinned request counts in its version's series and
+ * again in the version's "pinned" companion (sluice:{EP}:pinned:V), which
+ * the comparison and the gate subtract; /metrics counts it once. */
+static void
+test_pinned_companion(void)
+{
+    struct metrics_worker *w = metrics_worker_new();
+    struct metrics_backlog *b = metrics_backlog_new(100);
+    struct metrics_slot *s = metrics_slot(w, "ep", "vb", "treatment");
+    struct metrics_sample routed = {.status = 500, .latency_us = 700};
+    struct metrics_sample pinned = {.status = 200, .latency_us = 700, .pinned = true};
+    for (int i = 0; i < 3; i++)
+        metrics_record(s, 2000, &routed);
+    for (int i = 0; i < 5; i++)
+        metrics_record(s, 2000, &pinned);
+    metrics_collect(b, &w, 1);
+    uint64_t rej[REJ_COUNT];
+    n_drained = 0;
+    char *prom = metrics_prometheus(b);
+    metrics_backlog_drain(b, collect_entry, NULL, rej);
+    const struct seen_entry *all = find("ep/vb/treatment", 2000);
+    const struct seen_entry *pin = find("ep/vb/" METRICS_PINNED_GROUP, 2000);
+    CHECK(all && all->v[M_REQUESTS] == 8 && all->v[M_PINNED] == 5 && all->v[M_5XX] == 3,
+          "the version's series has every request");
+    CHECK(pin && pin->v[M_REQUESTS] == 5 && pin->v[M_PINNED] == 5 && pin->v[M_2XX] == 5 &&
+          pin->v[M_5XX] == 0 && pin->v[M_LAT_FIRST + 1] == 5, "the companion has the pins only");
+    CHECK(n_drained == 2, "%d entries", n_drained);
+    CHECK(strstr(prom, "sluice_pinned_total{endpoint=\"ep\",version=\"vb\",group=\"treatment\"} 5")
+          != NULL, "prometheus pinned");
+    CHECK(strstr(prom, "group=\"pinned\"") == NULL, "the companion is not a series of its own");
+    free(prom);
+    CHECK(metrics_slot(w, "ep", "vb", "treatment") == s, "same slot, same companion");
+    metrics_backlog_free(b);
+    metrics_worker_free(w);
+}
+
 int
 main(void)
 {
     static const struct testcase tests[] = {
+        {"pinned companion", test_pinned_companion},
         {"buckets", test_buckets},
         {"quantiles, worked example", test_quantiles_worked_example},
         {"error-rate comparison, worked examples", test_compare_worked_examples},

@@ -420,11 +420,25 @@ test_shared_slots(void)
     route_shared_free_all();
 }
 
+/* Issue 17 finding 3: a rolled-back or aborted version refuses pins. */
+static void
+test_pins_refused(void)
+{
+    int eff[] = {10000, 0};
+    struct cfg_endpoint ep = endpoint(2, eff);
+    CHECK(route_pinned(&ep, "versionb", 8) == 1, "pinned");
+    CHECK(route_pinned(&ep, "versionz", 8) == ROUTE_PIN_UNKNOWN, "unknown");
+    ep.versions[1].rollout.refuses_pins = true;
+    CHECK(route_pinned(&ep, "versionb", 8) == ROUTE_PIN_REFUSED, "refused");
+    CHECK(route_pinned(&ep, "versiona", 8) == 0, "the other still pinned");
+}
+
 int
 main(void)
 {
     ramp_keys();
     static const struct testcase tests[] = {
+        {"pins refused after a rollback", test_pins_refused},
         {"sticky shares 2 to 6 versions", test_sticky_shares},
         {"sticky is seedless", test_sticky_is_seedless},
         {"ramp moves keys only to the grown version", test_ramp},
