@@ -37,6 +37,30 @@
  *                              per request than the evhttp server, so a bench
  *                              measures the proxy in front, not the model.
  *
+ * Faults (with --fast; the chaos soak's upstreams, tests/soak): a request
+ * gets a fault when it carries "X-Test-Fault: KIND[=N]", or, without one, at
+ * random with --fault-rate F (each kind equally likely, N random):
+ *   delay=MS       answer after MS ms
+ *   stall=MS       send the head and half the body, the rest MS ms later
+ *   big=N          a body of N bytes (Content-Length)
+ *   chunked=N      a body of N bytes, chunked
+ *   reset          send the head and part of the body, then a TCP reset
+ *   cut            send the head and part of the body, then close
+ *   drop           close without answering
+ *   rst            reset without answering
+ *   204body, 304body  a 204 or 304 followed by body bytes (304 with a
+ *                  Content-Length), which a proxy must not relay
+ *   close-after    answer whole, then close without a "Connection: close"
+ *                  (the keep-alive race: the proxy reuses it as it closes)
+ *   status=N       answer with status N
+ *   garbage        a response that is not HTTP
+ *   --fault-rate F     the share of requests without X-Test-Fault that get a
+ *                      random fault (default 0)
+ *   --slow-max-ms N    the bound of random delay and stall times (default 1000)
+ *   --seed N           seed the random choices (default: the process id)
+ * On exit (SIGTERM) the --fast server prints one line to stderr:
+ * "faults: requests=N connections=N KIND=N ...".
+ *
  * Per-request test controls (not in --fast), as request headers:
  *   X-Test-Delay-Ms: N        answer after N ms
  *   X-Test-Status: N          answer with status N
@@ -76,6 +100,8 @@ static int random_field;
 static int idle_close_max_ms;
 static unsigned long long n_conns, n_reqs;
 static struct event_base *base;
+static double fault_rate;
+static int slow_max_ms = 1000;
 
 /* A uniformly random delay in [0, idle_close_max_ms] ms. */
 static struct timeval
@@ -370,7 +396,28 @@ struct fast_conn {
     int head_only;          /* the request being read is a HEAD */
     int close_req;          /* ... asked to close after its response */
     int closing;            /* a Connection: close response is queued */
+    int reset;              /* close with a TCP reset (SO_LINGER 0) */
+    int fault;              /* the request's X-Test-Fault kind, F_NONE */
+    long fault_arg;         /* ... and its N (-1: none given) */
+    /* A faulty answer in progress: parsing waits while it is scripted. */
+    struct event *timer;
+    int waiting;            /* 1: before the first part, 2: before the rest */
+    char *resp;             /* the whole answer's bytes */
+    size_t resp_len, resp_split;
+    int mid_ms;             /* between the first part and the rest */
+    int end;                /* END_KEEP, END_CLOSE or END_RESET */
 };
+
+enum fault { F_NONE, F_DELAY, F_STALL, F_BIG, F_CHUNKED, F_RESET, F_CUT, F_DROP, F_RST,
+             F_204BODY, F_304BODY, F_CLOSE_AFTER, F_STATUS, F_GARBAGE, F_COUNT };
+static const char *const fault_names[F_COUNT] = {
+    [F_NONE] = "none", [F_DELAY] = "delay", [F_STALL] = "stall", [F_BIG] = "big",
+    [F_CHUNKED] = "chunked", [F_RESET] = "reset", [F_CUT] = "cut", [F_DROP] = "drop",
+    [F_RST] = "rst", [F_204BODY] = "204body", [F_304BODY] = "304body",
+    [F_CLOSE_AFTER] = "close-after", [F_STATUS] = "status", [F_GARBAGE] = "garbage",
+};
+static unsigned long long n_faults[F_COUNT];
+enum { END_KEEP, END_CLOSE, END_RESET };
 
 static char *fast_resp, *fast_resp_close;
 static size_t fast_resp_len, fast_resp_close_len, fast_body_len;
@@ -400,23 +447,26 @@ fast_build_responses(void)
 static void
 fast_close(struct fast_conn *c)
 {
+    if (c->reset) {
+        struct linger lg = {1, 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
     event_free(c->rev);
     event_free(c->wev);
     event_free(c->idle);
+    event_free(c->timer);
     close(c->fd);
     free(c->in);
     free(c->out);
+    free(c->resp);
     free(c);
 }
 
 static int
-fast_queue(struct fast_conn *c)
+out_add(struct fast_conn *c, const char *r, size_t n)
 {
-    const char *r = c->close_req ? fast_resp_close : fast_resp;
-    size_t n = c->close_req ? fast_resp_close_len : fast_resp_len;
-
-    if (c->head_only)
-        n -= fast_body_len;
+    if (n == 0)
+        return 0;
     if (c->out_len + n > c->out_cap) {
         size_t cap = c->out_cap ? c->out_cap : 4096;
         while (cap < c->out_len + n)
@@ -429,10 +479,213 @@ fast_queue(struct fast_conn *c)
     }
     memcpy(c->out + c->out_len, r, n);
     c->out_len += n;
+    return 0;
+}
+
+static int
+fast_queue(struct fast_conn *c)
+{
+    const char *r = c->close_req ? fast_resp_close : fast_resp;
+    size_t n = c->close_req ? fast_resp_close_len : fast_resp_len;
+
+    if (c->head_only)
+        n -= fast_body_len;
+    if (out_add(c, r, n) < 0)
+        return -1;
     n_reqs++;
     if (c->close_req)
         c->closing = 1;
     return 0;
+}
+
+/* A random number in [0, n]. */
+static long
+rand_upto(long n)
+{
+    return n > 0 ? (long)(random() % (n + 1)) : 0;
+}
+
+/* A faulty answer's bytes: status line, headers, then body_len bytes of
+ * body (chunked or with a Content-Length of claim_len), or none for HEAD. */
+static char *
+fault_answer(struct fast_conn *c, int status, size_t body_len, size_t claim_len, int chunked,
+             int send_body, size_t *len)
+{
+    char head[512];
+    int hl = snprintf(head, sizeof(head), "HTTP/1.1 %d Fault\r\nContent-Type: "
+                      "application/octet-stream\r\nX-Model-Version: %.64s\r\n%s%s",
+                      status, name, c->close_req ? "Connection: close\r\n" : "",
+                      chunked ? "Transfer-Encoding: chunked\r\n" : "");
+    if (!chunked)
+        hl += snprintf(head + hl, sizeof(head) - (size_t)hl, "Content-Length: %zu\r\n",
+                       claim_len);
+    hl += snprintf(head + hl, sizeof(head) - (size_t)hl, "\r\n");
+    size_t cap = (size_t)hl + body_len + (chunked ? 64 + body_len / 1000 * 8 : 0) + 16;
+    char *b = malloc(cap);
+    if (b == NULL)
+        return NULL;
+    memcpy(b, head, (size_t)hl);
+    size_t n = (size_t)hl;
+    if (send_body) {
+        for (size_t left = body_len; left > 0;) {
+            size_t k = left;
+            if (chunked) {
+                k = left > 1000 ? 1000 : left;
+                n += (size_t)snprintf(b + n, cap - n, "%zx\r\n", k);
+            }
+            memset(b + n, 'x', k);
+            n += k;
+            left -= k;
+            if (chunked) {
+                memcpy(b + n, "\r\n", 2);
+                n += 2;
+            }
+        }
+        if (chunked) {
+            memcpy(b + n, "0\r\n\r\n", 5);
+            n += 5;
+        }
+    }
+    *len = n;
+    return b;
+}
+
+/* Send the scripted answer's next part; at the end, keep, close or reset. */
+static void fast_settle(struct fast_conn *c, int r);
+static int fast_progress(struct fast_conn *c);
+
+static void
+fault_step(struct fast_conn *c)
+{
+    if (c->waiting == 1 && c->resp_split < c->resp_len && c->mid_ms >= 0) {
+        if (out_add(c, c->resp, c->resp_split) < 0)
+            c->end = END_RESET;
+        else {
+            c->waiting = 2;
+            struct timeval tv = {c->mid_ms / 1000, (c->mid_ms % 1000) * 1000};
+            evtimer_add(c->timer, &tv);
+            return;
+        }
+    } else {
+        size_t from = c->waiting == 2 ? c->resp_split : 0;
+        if (out_add(c, c->resp + from, c->resp_len - from) < 0)
+            c->end = END_RESET;
+    }
+    c->waiting = 0;
+    free(c->resp);
+    c->resp = NULL;
+    if (c->end != END_KEEP)
+        c->closing = 1;
+    if (c->end == END_RESET)
+        c->reset = 1;
+}
+
+static void
+fast_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct fast_conn *c = arg;
+
+    fault_step(c);
+    fast_settle(c, fast_progress(c));
+}
+
+/* Answer the request just read: the fixed answer, or its fault. */
+static int
+fast_answer(struct fast_conn *c)
+{
+    int f = c->fault;
+    long arg = c->fault_arg;
+
+    if (f == F_NONE && fault_rate > 0 && (double)random() / RAND_MAX < fault_rate) {
+        f = 1 + (int)(random() % (F_COUNT - 1));
+        arg = -1;
+    }
+    if (f == F_NONE)
+        return fast_queue(c);
+    n_reqs++;
+    n_faults[f]++;
+    int pre = 0, status = 200, chunked = 0, send_body = !c->head_only;
+    size_t body = 16, claim;
+    c->mid_ms = -1;
+    c->end = c->close_req ? END_CLOSE : END_KEEP;
+    switch (f) {
+    case F_DELAY: pre = (int)(arg >= 0 ? arg : rand_upto(slow_max_ms)); break;
+    case F_STALL:
+        c->mid_ms = (int)(arg >= 0 ? arg : rand_upto(slow_max_ms));
+        body = 2048;
+        break;
+    case F_BIG: body = (size_t)(arg >= 0 ? arg : rand_upto(262144)); break;
+    case F_CHUNKED: body = (size_t)(arg >= 0 ? arg : rand_upto(65536)); chunked = 1; break;
+    case F_RESET: case F_CUT: body = 4096; break;
+    case F_204BODY: status = 204; send_body = 1; break;
+    case F_304BODY: status = 304; send_body = 1; break;
+    case F_CLOSE_AFTER: c->end = END_CLOSE; break;
+    case F_STATUS: {
+        static const int some[] = {500, 503, 404, 201, 302};
+        status = arg >= 100 && arg <= 599 ? (int)arg : some[random() % 5];
+        break;
+    }
+    default: break;
+    }
+    claim = body;
+    if (f == F_204BODY)
+        claim = 0;
+    free(c->resp);
+    c->resp = fault_answer(c, status, body, claim, chunked, send_body, &c->resp_len);
+    if (c->resp == NULL)
+        return -1;
+    if (f == F_204BODY) {       /* no Content-Length line on a 204 */
+        char *cl = memmem(c->resp, c->resp_len, "Content-Length: 0\r\n", 19);
+        if (cl != NULL) {
+            memmove(cl, cl + 19, c->resp_len - (size_t)(cl + 19 - c->resp));
+            c->resp_len -= 19;
+        }
+    }
+    c->resp_split = c->resp_len;
+    if (f == F_STALL && send_body)
+        c->resp_split = c->resp_len - body / 2;
+    if (f == F_RESET || f == F_CUT) {
+        if (send_body)
+            c->resp_len -= body - body / 4;     /* a quarter of the body, then the end */
+        c->end = f == F_RESET ? END_RESET : END_CLOSE;
+    }
+    if (f == F_DROP || f == F_RST) {
+        c->resp_len = 0;
+        c->end = f == F_RST ? END_RESET : END_CLOSE;
+    }
+    if (f == F_GARBAGE) {
+        static const char junk[] = "HTTP/1.1 2x0 What\r\nContent-Length: -4\r\n\r\n";
+        memcpy(c->resp, junk, sizeof(junk) - 1);
+        c->resp_len = sizeof(junk) - 1;
+        c->resp_split = c->resp_len;
+        c->end = END_CLOSE;
+    }
+    c->waiting = 1;
+    if (pre > 0 || c->mid_ms >= 0) {
+        struct timeval tv = {pre / 1000, (pre % 1000) * 1000};
+        evtimer_add(c->timer, &tv);
+        return 0;
+    }
+    fault_step(c);
+    return 0;
+}
+
+/* "KIND" or "KIND=N" of an X-Test-Fault value. */
+static void
+parse_fault(struct fast_conn *c, const char *v, size_t vlen)
+{
+    while (vlen > 0 && (*v == ' ' || *v == '\t'))
+        v++, vlen--;
+    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\r' || v[vlen - 1] == '\t'))
+        vlen--;
+    const char *eq = memchr(v, '=', vlen);
+    size_t kl = eq ? (size_t)(eq - v) : vlen;
+    for (int f = 1; f < F_COUNT; f++)
+        if (strlen(fault_names[f]) == kl && strncasecmp(v, fault_names[f], kl) == 0) {
+            c->fault = f;
+            c->fault_arg = eq ? strtol(eq + 1, NULL, 10) : -1;
+            return;
+        }
 }
 
 /* Does the field value contain token tok (comma-separated, any case)? */
@@ -457,6 +710,7 @@ fast_head(struct fast_conn *c, const char *p, size_t len)
 
     if (eol == NULL)
         return -1;
+    c->fault = F_NONE;
     c->head_only = len >= 5 && memcmp(p, "HEAD ", 5) == 0;
     int http10 = eol - p >= 9 && memcmp(eol - 9, "HTTP/1.0", 8) == 0;
     for (const char *l = eol + 1; l < end; l = eol + 1) {
@@ -482,6 +736,8 @@ fast_head(struct fast_conn *c, const char *p, size_t len)
         } else if (nlen == 10 && strncasecmp(l, "connection", 10) == 0) {
             close_tok |= has_token(v, vlen, "close");
             keep_alive |= has_token(v, vlen, "keep-alive");
+        } else if (nlen == 12 && strncasecmp(l, "x-test-fault", 12) == 0) {
+            parse_fault(c, v, vlen);
         }
     }
     c->close_req = close_tok || (http10 && !keep_alive);
@@ -492,7 +748,7 @@ fast_head(struct fast_conn *c, const char *p, size_t len)
         c->body_left = cl;
     } else {
         c->state = FS_HEAD;
-        return fast_queue(c);
+        return fast_answer(c);
     }
     return 0;
 }
@@ -505,7 +761,7 @@ fast_parse(struct fast_conn *c)
     size_t pos = 0;
     int ret = 0;
 
-    while (pos < c->in_len && !c->closing) {
+    while (pos < c->in_len && !c->closing && !c->waiting) {
         if (c->out_len - c->out_off >= FAST_OUT_HIGH) {
             ret = 1;
             break;
@@ -538,7 +794,7 @@ fast_parse(struct fast_conn *c)
                     c->state = FS_CHUNK_CRLF;
                 } else {
                     c->state = FS_HEAD;
-                    if (fast_queue(c) < 0)
+                    if (fast_answer(c) < 0)
                         return -1;
                 }
             }
@@ -563,7 +819,7 @@ fast_parse(struct fast_conn *c)
             if (c->state == FS_TRAILER) {
                 if (nl == p + 1 || nl == p) {   /* the empty line ends the body */
                     c->state = FS_HEAD;
-                    if (fast_queue(c) < 0)
+                    if (fast_answer(c) < 0)
                         return -1;
                 }
             } else {
@@ -617,7 +873,7 @@ fast_progress(struct fast_conn *c)
             c->out_off += (size_t)n;
         }
         c->out_off = c->out_len = 0;
-        if (c->closing)
+        if (c->closing && !c->waiting)
             return -1;
         if (parsed == 0)
             return 0;
@@ -639,7 +895,7 @@ fast_settle(struct fast_conn *c, int r)
     }
     event_del(c->wev);
     event_add(c->rev, NULL);
-    if (idle_close_max_ms > 0 && c->in_len == 0 && c->state == FS_HEAD) {
+    if (idle_close_max_ms > 0 && c->in_len == 0 && c->state == FS_HEAD && !c->waiting) {
         struct timeval tv = idle_close_delay();
         evtimer_add(c->idle, &tv);
     }
@@ -703,13 +959,17 @@ fast_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, i
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, fast_on_read, c);
     c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, fast_on_write, c);
     c->idle = evtimer_new(base, fast_on_idle, c);
-    if (c->rev == NULL || c->wev == NULL || c->idle == NULL || event_add(c->rev, NULL) < 0) {
+    c->timer = evtimer_new(base, fast_on_timer, c);
+    if (c->rev == NULL || c->wev == NULL || c->idle == NULL || c->timer == NULL ||
+        event_add(c->rev, NULL) < 0) {
         if (c->rev)
             event_free(c->rev);
         if (c->wev)
             event_free(c->wev);
         if (c->idle)
             event_free(c->idle);
+        if (c->timer)
+            event_free(c->timer);
         close(fd);
         free(c);
     }
@@ -800,10 +1060,14 @@ main(int argc, char **argv)
         {"random-field", no_argument, NULL, 'R'},
         {"idle-close-max-ms", required_argument, NULL, 'I'},
         {"fast", no_argument, NULL, 'F'},
+        {"fault-rate", required_argument, NULL, 'f'},
+        {"slow-max-ms", required_argument, NULL, 's'},
+        {"seed", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     const char *listen_addr = "127.0.0.1:5001";
     int c, fast = 0;
+    unsigned seed = (unsigned)getpid();
 
     while ((c = getopt_long(argc, argv, "l:n:d:j:e:", opts, NULL)) != -1) {
         switch (c) {
@@ -816,15 +1080,19 @@ main(int argc, char **argv)
         case 'R': random_field = 1; break;
         case 'I': idle_close_max_ms = atoi(optarg); break;
         case 'F': fast = 1; break;
+        case 'f': fault_rate = atof(optarg); break;
+        case 's': slow_max_ms = atoi(optarg); break;
+        case 'S': seed = (unsigned)strtoul(optarg, NULL, 10); break;
         default:
             fprintf(stderr, "usage: sluice-model [--listen HOST:PORT|unix:/path] "
                     "[--name V] [--latency-ms N] [--jitter-ms N] [--error-rate F]\n"
-                    "       [--noise EPS] [--random-field] [--idle-close-max-ms N] [--fast]\n");
+                    "       [--noise EPS] [--random-field] [--idle-close-max-ms N] [--fast]\n"
+                    "       [--fault-rate F] [--slow-max-ms N] [--seed N]\n");
             return 2;
         }
     }
     signal(SIGPIPE, SIG_IGN);
-    srandom((unsigned)getpid());
+    srandom(seed);
     base = event_base_new();
     if (base == NULL)
         return 1;
@@ -862,6 +1130,12 @@ main(int argc, char **argv)
     fprintf(stderr, "sluice-model %s listening on %s%s\n", name, listen_addr,
             fast ? " (fast)" : "");
     event_base_dispatch(base);
+    if (fast) {
+        fprintf(stderr, "faults: requests=%llu connections=%llu", n_reqs, n_conns);
+        for (int f = 1; f < F_COUNT; f++)
+            fprintf(stderr, " %s=%llu", fault_names[f], n_faults[f]);
+        fprintf(stderr, "\n");
+    }
     event_free(st);
     event_free(si);
     if (http != NULL)

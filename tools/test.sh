@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests against real processes,
-# the same again on a build with AddressSanitizer and UBSan, and a short run
-# of every libFuzzer target.
+# the same again on a build with AddressSanitizer and UBSan, a 3-minute chaos
+# soak on that build, and a short run of every libFuzzer target.
 # Ends with one line "N passed, M failed".
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -71,6 +71,16 @@ cat "$san_log"
 count "$san_log"
 rm -f "$plain_log" "$san_log"
 export "${SAN_ENV[@]}"
+
+# The chaos soak (tests/soak, tools/soak.sh) for 3 minutes on the sanitized
+# build: one test per invariant.
+echo "== chaos soak: ${SLUICE_SOAK_MINUTES:-3} minutes (ASan, UBSan)"
+soak_log=$(mktemp)
+SLUICE_BUILD="$ROOT/build-asan" $PY tests/soak/soak.py --minutes "${SLUICE_SOAK_MINUTES:-3}" \
+    >"$soak_log" 2>&1 || true
+cat "$soak_log"
+count "$soak_log"
+rm -f "$soak_log"
 
 echo "== fuzzing: every libFuzzer target for ${SLUICE_FUZZ_SECONDS:-12} s (ASan, UBSan)"
 fuzz() {
