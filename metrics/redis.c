@@ -767,6 +767,10 @@ send_diff(void *arg, const char *ep, const char *version, int keep, const char *
     struct metrics_redis *r = arg;
     char key[256];
     snprintf(key, sizeof(key), "sluice:{%s}:diffs:%s", ep, version);
+    /* A comparison that ends after its compare block was removed (its
+     * request began on the older generation) keeps no sample. */
+    if (json_object_get(r->diff_keys, key) == NULL)
+        return;
     redisAsyncCommand(r->ac, NULL, NULL, "LPUSH %s %s", key, text);
     redisAsyncCommand(r->ac, NULL, NULL, "LTRIM %s 0 %d", key, keep - 1);
     redisAsyncCommand(r->ac, NULL, NULL, "EXPIRE %s %d", key, r->retention_min * 60);

@@ -281,6 +281,21 @@ def cleanup():
     return bad
 
 
+def until(fn, timeout, what, step=0.05, show=None):
+    """Poll fn() until it returns a true value, and return that value; after
+    timeout seconds fail, naming what was awaited and the last value (or
+    what show() says)."""
+    deadline = time.time() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError("timed out (%ss) waiting for %s (last: %r)" % (
+                timeout, what, show() if show else got))
+        time.sleep(step)
+
+
 def wait_port(port, timeout=10, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -7,20 +7,10 @@ import time
 
 import requests
 
-from harness import Model, Redis, Sluice, endpoint, version
+from harness import Model, Redis, Sluice, endpoint, until, version
 
 ADMIN = {"Authorization": "Bearer adm-secret-token"}
 
-
-def wait_for(what, fn, timeout=10):
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
 
 
 def sluice(redis, versions, retention=30):
@@ -39,7 +29,7 @@ def test_clean_stop_leaves_no_flush_sequence():
     for _ in range(3):
         s = sluice(redis, [version("versiona", [m.addr], 100)])
         assert requests.post(s.url("epone"), data=b"x", timeout=5).status_code == 200
-        wait_for("a flush", lambda: rc.hlen("sluice:flushseq") == 1)
+        until(lambda: rc.hlen("sluice:flushseq") == 1, 10, "a flush")
         assert s.stop() == 0
         assert rc.hkeys("sluice:flushseq") == [], rc.hgetall("sluice:flushseq")
         assert rc.hkeys("sluice:instances") == [], rc.hgetall("sluice:instances")
@@ -66,15 +56,15 @@ def test_silent_instances_swept():
     m = Model("versiona")
     s = sluice(redis, [version("versiona", [m.addr], 100)], retention=1)
     assert requests.post(s.url("epone"), data=b"x", timeout=5).status_code == 200
-    wait_for("the sweep", lambda: rc.hexists("sluice:flushseq", "orphan:3:cc") == 0)
+    until(lambda: rc.hexists("sluice:flushseq", "orphan:3:cc") == 0, 10, "the sweep")
     inst = rc.hkeys("sluice:instances")
     seqs = rc.hkeys("sluice:flushseq")
     assert "crashed:1:aa" not in inst and "crashed:1:aa" not in seqs, (inst, seqs)
     assert "recent:2:bb" in inst and "recent:2:bb" in seqs, (inst, seqs)
     mine = [k for k in inst if k != "recent:2:bb"]
-    assert len(mine) == 1 and mine[0] in wait_for(
-        "own flush", lambda: rc.hkeys("sluice:flushseq") if len(rc.hkeys("sluice:flushseq")) == 2
-        else None), (inst, seqs)
+    seqs = until(lambda: rc.hkeys("sluice:flushseq") if len(rc.hkeys("sluice:flushseq")) == 2
+                 else None, 10, "its own flush")
+    assert len(mine) == 1 and mine[0] in seqs, (inst, seqs)
 
 
 def test_diff_samples_expire_and_go_with_compare():
@@ -91,13 +81,13 @@ def test_diff_samples_expire_and_go_with_compare():
     key = "sluice:{epone}:diffs:versionb"
     for i in range(40):
         assert requests.post(s.url("epone"), data=b'{"x":%d}' % i, timeout=5).status_code == 200
-    wait_for("samples", lambda: rc.llen(key) == 5)
+    until(lambda: rc.llen(key) == 5, 10, "samples")
     ttl = rc.ttl(key)
     assert 0 < ttl <= 30 * 60, ttl
     r = requests.patch(s.admin("/admin/v1/endpoints/epone/versions/versionb"), headers=ADMIN,
                        json={"compare": None}, timeout=5)
     assert r.status_code == 200, r.text
-    wait_for("samples deleted", lambda: rc.exists(key) == 0)
+    until(lambda: rc.exists(key) == 0, 10, "samples deleted")
     # Mirrored, no longer compared: nothing comes back.
     for i in range(5):
         assert requests.post(s.url("epone"), data=b'{"x":%d}' % i, timeout=5).status_code == 200

@@ -83,7 +83,7 @@ import time
 
 import requests
 
-from harness import Model, SentinelGroup, Sluice, endpoint, version
+from harness import Model, SentinelGroup, Sluice, endpoint, until, version
 
 TOKEN = "fault-admin-token"
 H = {"Authorization": "Bearer " + TOKEN}
@@ -94,15 +94,6 @@ FILLER_BYTES = 80 << 20         # as in test_sentinel: beyond what the kernel bu
 DOWN_MS = 1000                  # the sentinels' down-after-milliseconds
 
 
-def until(fn, timeout, what, step=0.05):
-    deadline = time.time() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError("timed out (%ss) waiting for %s" % (timeout, what))
-        time.sleep(step)
 
 
 def content_hash(shared):

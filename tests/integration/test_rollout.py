@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from harness import SLUICECTL, Model, Redis, Sluice, endpoint, version
+from harness import SLUICECTL, Model, Redis, Sluice, endpoint, until, version
 
 ADMIN = {"Authorization": "Bearer adm-secret-token"}
 EP = "ep1"
@@ -104,16 +104,6 @@ def versions(s):
     return {v["name"]: v for v in r.json()["versions"]}
 
 
-def until(fn, timeout, what, show=None):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (
-        what, show() if show else last))
 
 
 def until_state(s, pred, timeout, what):
@@ -672,8 +662,11 @@ def decisions(evs):
 
 def test_pinned_requests_do_not_steer_the_gate():
     """issue 17 finding 3: a version failing 30 % of its routed requests,
-    while clients pin many successful requests to it, is rolled back at its
-    first gate; the gate counted routed requests only. The pins are in
+    while clients pin many successful requests to it, is rolled back, never
+    promoted (on 60f2a02 the pins carried it through both gates); every
+    gate counted routed requests only. (Usually at the first gate; on a
+    loaded sanitized run the first window's 30 routed requests can be too
+    few to tell 30 % from 0 %, and the second gate decides.) The pins are in
     sluice:{EP}:pinned:versionb (and pinnedminute, with the minute keys'
     expiry) besides the totals, and the comparison API leaves them out."""
     r = Redis()
@@ -686,16 +679,17 @@ def test_pinned_requests_do_not_steer_the_gate():
         until(lambda: sum(p.counts.values()) >= 50, 20, "pinned traffic")
         assert act(s, "start").status_code == 200
         st = until_state(s, lambda st: st["phase"] != "running", 60, "the gate's decision")
-        assert st["phase"] == "rolled_back" and st["step"] == 0, get(s)
+        assert st["phase"] == "rolled_back", get(s)
         evs = get(s)["evaluations"]
-        assert decisions(evs) == [(0, "fail")], evs
-        e = evs[-1]
+        ds = decisions(evs)
+        assert ds and ds[-1][1] == "fail" and all(v == "pass" for _, v in ds[:-1]), evs
     finally:
         pinned = p.stop()
         t.stop()
     # the gate saw routed requests only: no more than were routed to versionb
     # in all (the pins, several times as many, are not among them)
-    assert e["version"]["requests"] <= t.served("versionb"), (e, t.counts)
+    for e in evs:
+        assert e["version"]["requests"] <= t.served("versionb"), (e, t.counts)
     assert pinned.get(("versionb", 200), 0) > t.served("versionb"), (pinned, t.counts)
     ok = pinned.get(("versionb", 200), 0)
     # once rolled back, versionb refuses pins (404, no version served them)

@@ -13,7 +13,7 @@ import time
 import requests
 
 from harness import (Model, Reader, SentinelGroup, Sluice, Upstream, endpoint, free_port, stop,
-                     version)
+                     until, version)
 
 TOKEN = "sentinel-admin-token"
 H = {"Authorization": "Bearer " + TOKEN}
@@ -27,16 +27,6 @@ FLEET_KEY = "sluice:fleet:{%s}:config" % FLEET
 FILLER_BYTES = 80 << 20
 
 
-def until(fn, timeout, what, step=0.02):
-    """Poll fn() until it returns a true value; that value, or fail."""
-    deadline = time.time() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError("timed out (%ss) waiting for %s" % (timeout, what))
-        time.sleep(step)
 
 
 def sentinel_sluice(group, models, fleet=False, sentinels=None, wait_replicas=1):

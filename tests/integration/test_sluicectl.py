@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from harness import (SLUICE, SLUICECTL, Model, Reader, Redis, Sluice, Upstream, endpoint,
+from harness import (until, SLUICE, SLUICECTL, Model, Reader, Redis, Sluice, Upstream, endpoint,
                      free_port, make_cert, read_request, tmpdir, version)
 
 TOKEN = "adm-token-0123456789abcdef"
@@ -32,14 +32,6 @@ def ctl(*args, url=None):
                           timeout=120)
 
 
-def until(fn, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def two_versions(redis=None, b_args=(), keys=False):
