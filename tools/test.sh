@@ -57,39 +57,45 @@ unset ASAN_OPTIONS UBSAN_OPTIONS SLUICE_SANITIZED
 # The two integration passes run side by side: their tests mostly wait on
 # timers and on other processes, and the harness's ports are claimed across
 # concurrent runs. Each pass's lines are printed whole, in order, after it.
-plain_log=$(mktemp); san_log=$(mktemp)
-integration build "$plain_log" &
-plain_pid=$!
-integration build-asan "$san_log" "${SAN_ENV[@]}" &
-san_pid=$!
-wait "$plain_pid" "$san_pid"
-echo "== integration tests"
-cat "$plain_log"
-count "$plain_log"
-echo "== integration tests (sanitized)"
-cat "$san_log"
-count "$san_log"
-rm -f "$plain_log" "$san_log"
+# Each pass is shared between two runners (SLUICE_SHARD), so four run at
+# once: the suite's wall time is mostly waiting (on timers, on the other
+# processes), not CPU.
+SHARDS=${SLUICE_SHARDS:-2}
+logs=(); pids=(); names=()
+for k in $(seq 1 "$SHARDS"); do
+    log=$(mktemp); logs+=("$log"); names+=("integration tests (shard $k/$SHARDS)")
+    integration build "$log" SLUICE_SHARD="$k/$SHARDS" &
+    pids+=($!)
+    log=$(mktemp); logs+=("$log"); names+=("integration tests (sanitized, shard $k/$SHARDS)")
+    integration build-asan "$log" "${SAN_ENV[@]}" SLUICE_SHARD="$k/$SHARDS" &
+    pids+=($!)
+done
+wait "${pids[@]}"
+for i in "${!logs[@]}"; do
+    echo "== ${names[$i]}"
+    cat "${logs[$i]}"
+    count "${logs[$i]}"
+    rm -f "${logs[$i]}"
+done
 export "${SAN_ENV[@]}"
 
 # The chaos soak (tests/soak, tools/soak.sh) for 3 minutes on the sanitized
 # build: one test per invariant.
-echo "== chaos soak: ${SLUICE_SOAK_MINUTES:-3} minutes (ASan, UBSan)"
-soak_log=$(mktemp)
+# The soak and the fuzz targets run side by side: neither asserts on time.
+soak_log=$(mktemp); fuzz_log=$(mktemp)
 SLUICE_BUILD="$ROOT/build-asan" $PY tests/soak/soak.py --minutes "${SLUICE_SOAK_MINUTES:-3}" \
-    >"$soak_log" 2>&1 || true
+    >"$soak_log" 2>&1 &
+soak_pid=$!
+bash "$ROOT/tools/fuzz.sh" "${SLUICE_FUZZ_SECONDS:-12}" >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+wait "$soak_pid" "$fuzz_pid"
+echo "== chaos soak: ${SLUICE_SOAK_MINUTES:-3} minutes (ASan, UBSan)"
 cat "$soak_log"
 count "$soak_log"
-rm -f "$soak_log"
-
 echo "== fuzzing: every libFuzzer target for ${SLUICE_FUZZ_SECONDS:-12} s (ASan, UBSan)"
-fuzz() {
-    local log; log=$(mktemp)
-    bash "$ROOT/tools/fuzz.sh" "${SLUICE_FUZZ_SECONDS:-12}" 2>&1 | tee "$log" || true
-    count "$log"
-    rm -f "$log"
-}
-fuzz
+cat "$fuzz_log"
+count "$fuzz_log"
+rm -f "$soak_log" "$fuzz_log"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
