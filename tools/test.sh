@@ -6,7 +6,7 @@
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-ensure_packages $DEPS_BUILD $DEPS_RUN
+ensure_packages $DEPS_BUILD $DEPS_RUN libfuzzer-14-dev libclang-rt-14-dev
 ensure_browser
 ensure_deploy
 
@@ -24,9 +24,12 @@ count() {   # count LOG: add a suite's "N passed, M failed" line
     failed=$((failed + $(echo "$line" | awk '{print $3}')))
 }
 
-unit() {    # unit BUILDDIR
-    local log; log=$(mktemp)
-    meson test -C "$1" --print-errorlogs >"$log" 2>&1 || true
+unit_run() {    # unit_run BUILDDIR LOG: the unit tests, their output in LOG
+    meson test -C "$1" --print-errorlogs >"$2" 2>&1 || true
+}
+
+unit_report() {     # unit_report LOG: print and count a unit_run's output
+    local log=$1
     cat "$log" | grep -E '^ *[0-9]+/[0-9]+ ' || true
     local ok fail
     ok=$(grep -E '^Ok:' "$log" | awk '{print $2}')
@@ -41,18 +44,33 @@ integration() {     # integration BUILDDIR LOG [ENV...]: one pass, its output in
     env "$@" SLUICE_BUILD="$ROOT/$dir" $PY tests/integration/run.py >"$log" 2>&1 || true
 }
 
-echo "== build"
+echo "== build (at ${SECONDS}s)"
 build build
-echo "== build with -fsanitize=address,undefined"
+echo "== build with -fsanitize=address,undefined (at ${SECONDS}s)"
 build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 SAN_ENV=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23
          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SLUICE_SANITIZED=1)
+# The fuzz targets' build (clang) goes on in the background, at a lower
+# priority, while the tests below mostly wait on timers.
+fuzz_build_log=$(mktemp)
+( if [ ! -f "$ROOT/build-fuzz/build.ninja" ]; then
+      CC=clang meson setup "$ROOT/build-fuzz" "$ROOT" -Dfuzz=true \
+          -Db_sanitize=address,undefined -Db_lundef=false
+  fi && nice -n 10 ninja -j2 -C "$ROOT/build-fuzz" ) >"$fuzz_build_log" 2>&1 &
+fuzz_build_pid=$!
+echo "== unit tests, plain and sanitized side by side (at ${SECONDS}s)"
+unit_plain=$(mktemp); unit_san=$(mktemp)
+unit_run build "$unit_plain" &
+p1=$!
+env "${SAN_ENV[@]}" bash -c 'meson test -C "$1" --print-errorlogs >"$2" 2>&1 || true' _ \
+    build-asan "$unit_san" &
+p2=$!
+wait "$p1" "$p2"
 echo "== unit tests"
-unit build
+unit_report "$unit_plain"
 echo "== unit tests (sanitized)"
-export "${SAN_ENV[@]}"
-unit build-asan
-unset ASAN_OPTIONS UBSAN_OPTIONS SLUICE_SANITIZED
+unit_report "$unit_san"
+rm -f "$unit_plain" "$unit_san"
 
 # The two integration passes run side by side: their tests mostly wait on
 # timers and on other processes, and the harness's ports are claimed across
@@ -71,6 +89,7 @@ for k in $(seq 1 "$SHARDS"); do
     pids+=($!)
 done
 wait "${pids[@]}"
+echo "== integration passes ended (at ${SECONDS}s)"
 for i in "${!logs[@]}"; do
     echo "== ${names[$i]}"
     cat "${logs[$i]}"
@@ -82,6 +101,11 @@ export "${SAN_ENV[@]}"
 # The chaos soak (tests/soak, tools/soak.sh) for 3 minutes on the sanitized
 # build: one test per invariant.
 # The soak and the fuzz targets run side by side: neither asserts on time.
+if ! wait "$fuzz_build_pid"; then
+    echo "== the fuzz targets' build failed:"; cat "$fuzz_build_log"
+fi
+rm -f "$fuzz_build_log"
+echo "== chaos soak and fuzzing start (at ${SECONDS}s)"
 soak_log=$(mktemp); fuzz_log=$(mktemp)
 SLUICE_BUILD="$ROOT/build-asan" $PY tests/soak/soak.py --minutes "${SLUICE_SOAK_MINUTES:-3}" \
     >"$soak_log" 2>&1 &
@@ -97,5 +121,6 @@ cat "$fuzz_log"
 count "$fuzz_log"
 rm -f "$soak_log" "$fuzz_log"
 
+echo "== done (at ${SECONDS}s)"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
