@@ -84,7 +84,7 @@ def test_bad_version_pinned_sticky_unsaved_decision_and_a_killed_driver():
     redis = Redis(persist=True)
     a = Model("versiona", *STEADY)
     b = Model("versionb", "--error-rate", "0.3", *STEADY)
-    s = rollout_sluice(redis, a, b, plan(steps=(20, 40, 60), step_s=2, min_requests=30),
+    s = rollout_sluice(redis, a, b, plan(steps=(20, 40, 60), step_s=2, min_requests=60),
                        sticky="X-User")
     t = Traffic(s, threads=2, sticky="X-User")
     p = Pinner(s, threads=3)
