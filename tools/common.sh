@@ -9,7 +9,7 @@ PIDS=()
 # Debian packages the build, tests, demo and bench need.
 DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libssl-dev
   libjwt-dev libjansson-dev libhiredis-dev node-llhttp libsystemd-dev libcurl4-openssl-dev"
-DEPS_RUN="redis-server redis-sentinel curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk"
+DEPS_RUN="redis-server redis-sentinel curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk e2fsprogs"
 
 # The dashboard's browser test: Debian's Chromium, Node.js and playwright-core.
 ensure_browser() {
