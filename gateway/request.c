@@ -5,7 +5,7 @@
  * line, field lines and chunked framing; what SPEC §3.7 asks beyond that
  * is checked here.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <string.h>
 #include <strings.h>

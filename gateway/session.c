@@ -28,7 +28,7 @@
  * A session ends in session_close() only; the struct itself is freed from
  * the worker's gc event, so code still on the stack may look at s->closed.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

@@ -19,7 +19,7 @@
  * request) holds a pointer; a copy that ends then is only marked finished
  * and freed when the request lets go (shadow_complete / shadow_abandon).
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>

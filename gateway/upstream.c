@@ -11,7 +11,7 @@
  * its headers claim; a connection whose server sent bytes that no response
  * accounts for is closed, never reused.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>

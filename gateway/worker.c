@@ -6,7 +6,7 @@
  * its per-endpoint state (split, pools, counters) for the current snapshot.
  */
 #define _GNU_SOURCE
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
