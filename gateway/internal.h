@@ -3,13 +3,15 @@
  * files of gateway/ only (the control plane sees gateway/gateway.h).
  *
  * Who calls whom (one way, top to bottom):
- *   worker.c -> session.c                  accept, drain, free
- *   session.c -> shadow.c, compare.c, upstream.c, request.c, compose.c, account.c
+ *   worker.c -> client_h1.c                accept, drain, free
+ *   client_h1.c -> request.c, validate.c, compose.c   the HTTP/1.1 client side
+ *   request.c -> shadow.c, compare.c, upstream.c, account.c, validate.c
+ *                (and back to its client through struct client_ops)
  *   shadow.c -> compare.c, upstream.c, compose.c, account.c
  *   compare.c -> account.c                 (shadow comparison, SPEC §7)
  *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
  * OpenSSL is seen by tls.c and worker.c (context references); llhttp by
- * session.c, upstream.c and request.c.
+ * client_h1.c, upstream.c and validate.c.
  */
 #ifndef SLUICE_GATEWAY_INTERNAL_H
 #define SLUICE_GATEWAY_INTERNAL_H
@@ -151,7 +153,7 @@ void gw_flush(struct bufferevent *bev, bool direct);
 /* Attach a server-side SSL on fd to io; 0 or -1. */
 int tls_start(struct conn_io *io, struct ssl_ctx_st *ctx, int fd);
 
-/* ---- request validation and routing inputs (request.c) -------------------
+/* ---- request validation and routing inputs (validate.c) -------------------
  *
  * Pure functions of a parsed head: no sockets, no state. */
 
@@ -387,6 +389,7 @@ struct upool {
     int active;                     /* requests in flight on this worker */
     struct route_shared *shared;    /* in flight across workers, health */
     struct route_eject eject;       /* passive ejection, this worker's view */
+    const struct upstream_class *cls;   /* the protocol its connections speak */
     TAILQ_HEAD(, upconn) idle;
     int n_idle;
     struct upool *next;             /* worker's list */
@@ -418,18 +421,26 @@ struct upconn_ops {
     void (*on_drained)(void *owner, struct upconn *u);
     /* A read was parsed and the response goes on: pass on what it gave. */
     void (*on_progress)(void *owner, struct upconn *u);
+    /* The owner retries a request the server closed a reused connection
+     * on (the keep-alive race): the connection keeps what it sends. */
+    bool retries;
 };
 
 struct upconn {
     struct worker *w;
     struct upool *pool;
+    const struct upstream_class *cls;
     struct bufferevent *bev;
     struct event *rev;              /* reads (see gw_read); idle timeout */
     const struct upconn_ops *ops;   /* the owner's, while busy */
     void *owner;
     llhttp_t parser;
-    struct head head;
+    struct head head;               /* the response head, classified */
     int status;
+    bool has_length;                /* the response gave a Content-Length */
+    uint64_t content_length;
+    enum framing framing;           /* of the request body being sent */
+    struct evbuffer *replay;        /* sent on a reused connection, for a retry */
     bool busy;                      /* owned (not idle in the pool) */
     bool connected;
     bool reused;                    /* served a request before this one */
@@ -445,21 +456,56 @@ struct upconn {
     struct upconn *gc_next;
 };
 
+/*
+ * What an owner (a request, a shadow copy) may do with an upstream
+ * connection, whatever protocol it speaks: one table per protocol, the
+ * pool's. upstream_http1 (upstream.c) is the HTTP/1.1 one.
+ */
+struct upstream_class {
+    const char *name;
+    /* An idle pooled connection or a new one being connected, reporting to
+     * owner through ops. NULL when no connection could be started.
+     * fresh: never an idle one (a retry). */
+    struct upconn *(*acquire)(struct worker *w, struct upool *p,
+                              const struct upconn_ops *ops, void *owner, bool fresh);
+    /* Give a finished connection back to its pool (or close it). */
+    void (*release)(struct upconn *u, bool reusable);
+    void (*close)(struct upconn *u);
+    /* Backpressure from the client side: stop / restart reading the response. */
+    void (*pause)(struct upconn *u);
+    void (*resume)(struct upconn *u);
+    /* Send what is queued for the upstream. */
+    void (*flush)(struct upconn *u);
+    /* The request: its head (framing says how the body comes), body pieces,
+     * its end. */
+    void (*send_head)(struct upconn *u, const struct upstream_request *r);
+    void (*send_body)(struct upconn *u, const char *at, size_t len);
+    void (*send_end)(struct upconn *u);
+    /* A retry: what to send again on a new connection, taken from a failed
+     * one (NULL when it cannot be retried: too big, or already answered);
+     * send_again() sends it on the new one. Also how a shadow copy sends
+     * the request it held. */
+    struct evbuffer *(*take_resend)(struct upconn *u);
+    void (*send_again)(struct upconn *u, struct evbuffer *what);
+    /* Request bytes accepted but not yet written to the upstream. */
+    size_t (*backlog)(const struct upconn *u);
+};
+extern const struct upstream_class upstream_http1;
+
 void upstream_worker_init(struct worker *w);
 struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
-/* An idle pooled connection or a new one being connected, reporting to
- * owner through ops. NULL when no connection could be started. */
-struct upconn *upconn_acquire(struct worker *w, struct upool *p,
-                              const struct upconn_ops *ops, void *owner, bool fresh);
-/* Give a finished connection back to its pool (or close it). */
-void upconn_release(struct upconn *u, bool reusable);
-void upconn_close(struct upconn *u);
-/* Backpressure from the client side: stop / restart reading the response. */
-void upconn_pause(struct upconn *u);
-void upconn_resume(struct upconn *u);
-/* Send what is queued for the upstream. */
-void upconn_flush(struct upconn *u);
-struct evbuffer *upconn_output(struct upconn *u);
+static inline struct upconn *
+upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void *owner,
+               bool fresh)
+{
+    return p->cls->acquire(w, p, ops, owner, fresh);
+}
+static inline void upconn_release(struct upconn *u, bool reusable) { u->cls->release(u, reusable); }
+static inline void upconn_close(struct upconn *u) { u->cls->close(u); }
+static inline void upconn_pause(struct upconn *u) { u->cls->pause(u); }
+static inline void upconn_resume(struct upconn *u) { u->cls->resume(u); }
+static inline void upconn_flush(struct upconn *u) { u->cls->flush(u); }
+static inline size_t upconn_backlog(const struct upconn *u) { return u->cls->backlog(u); }
 void upstream_free_all(struct worker *w);
 void upstream_gc(struct worker *w);
 
@@ -503,9 +549,168 @@ struct shadow_cmp *shadow_complete(struct shadow *sh);
 void shadow_abandon(struct shadow *sh);
 void shadows_free_all(struct worker *w);
 
-/* ---- client sessions (session.c) ----------------------------------------- */
+/* ---- the request's life (request.c) and its client sides ------------------
+ *
+ * A request goes, whatever protocol its client speaks: head parsed ->
+ * validated (by its client side: the rules differ per protocol) -> endpoint
+ * -> auth -> version (pin, sticky, split) -> shadow copies -> a concurrency
+ * slot (or the wait queue) -> an upstream connection -> the response
+ * streamed back -> comparisons -> one access-log line and one count -> end.
+ * request.c holds that life and never looks at a socket or a protocol's
+ * bytes: it reaches its client through struct client and its client_ops,
+ * and its model server through struct upstream_class. client_h1.c (the
+ * HTTP/1.1 connection) is one client side.
+ */
 
-struct session;
+enum req_phase {
+    RP_HEAD,                        /* its head is being read (the header deadline runs) */
+    RP_QUEUED,                      /* routed, waiting for a concurrency slot; body unread */
+    RP_UPSTREAM,                    /* sent (or being sent) to a model server, no answer yet */
+    RP_RESPONDING,                  /* the model server's response streams to the client */
+    RP_ANSWERED,                    /* its response was handed whole to the client */
+};
+
+struct request;
+struct client;
+
+/* What a relayed response head is, for the client side to frame it. */
+struct resp_info {
+    int status;
+    const struct head *hd;          /* the model server's head, classified */
+    bool has_length;                /* hd gave a Content-Length */
+    uint64_t content_length;
+    bool no_body;                   /* a response to HEAD, or 204, 304 */
+};
+
+/*
+ * How a request talks to its client, whatever the protocol. The request
+ * calls these; each may be called only while the request is the client's.
+ */
+struct client_ops {
+    /* The response head relayed from the model server (tags added). */
+    void (*send_head)(struct client *c, struct request *r, const struct resp_info *ri);
+    /* A piece of the response body; true when the client side now holds
+     * more than GW_HIGH_WATER unsent (the request pauses its upstream until
+     * request_client_drained()). */
+    bool (*send_body)(struct client *c, struct request *r, const char *at, size_t len);
+    /* The response ended; trailers (classified) or NULL. */
+    void (*send_end)(struct client *c, struct request *r, const struct head *trailers);
+    /* Sluice's own reply: a JSON error (SPEC §3.6) with the request's tags. */
+    void (*send_error)(struct client *c, struct request *r, int status, const char *code,
+                       const char *message);
+    /* An interim 100 Continue (the client waits for it before its body). */
+    void (*send_continue)(struct client *c, struct request *r);
+    /* The request's body may be read again (it waited for a slot). */
+    void (*resume_reading)(struct client *c, struct request *r);
+    /* The exchange cannot go on normally: after what is queued, the client
+     * side ends it (HTTP/1.1: the connection closes after this answer);
+     * sets c->ending. */
+    void (*close_after)(struct client *c, struct request *r);
+    /* End it now (the rest of a request never came after its answer). */
+    void (*abort)(struct client *c, struct request *r);
+    /* Move everything along after an event: parse, flush, decide on reading. */
+    void (*run)(struct client *c);
+    /* The upstream handed on response bytes: send them. */
+    void (*progress)(struct client *c);
+    /* The request lets go of its client (first thing in request_end()),
+     * and is over (last thing): the client side gets ready for the next
+     * request or ends. */
+    void (*detach)(struct client *c, struct request *r);
+    void (*ended)(struct client *c);
+};
+
+/* The credential a connection last authenticated with: the same bytes again
+ * (compared in constant time) on the same endpoint and config generation
+ * need no new check. */
+struct auth_memo {
+    char *cred;
+    uint32_t len;
+    uint64_t gen;                   /* config generation it was checked on */
+    int ep;                         /* endpoint index in that generation */
+    time_t until;                   /* 0: until the config changes */
+};
+
+/* What every client side has, and all a request knows of it. */
+struct client {
+    const struct client_ops *ops;
+    struct worker *w;
+    const char *proto;              /* "http" or "https" (X-Forwarded-Proto) */
+    char peer[48];                  /* the address, for X-Forwarded-For and the log */
+    bool ending;                    /* ends after the current request */
+    struct auth_memo auth;
+};
+
+struct request {
+    struct client *c;
+    struct config *cfg;             /* snapshot this request runs on */
+    enum req_phase phase;
+    enum req_cause cause;
+    const struct cfg_endpoint *ep;
+    int version;                    /* -1 until one is chosen */
+    bool pinned, failover, retried, head_method, expect_continue;
+    bool routed;                    /* the head was accepted and routed */
+    bool body_done;                 /* read whole */
+    bool discard;                   /* answered early: the rest is dropped */
+    enum framing up_framing;        /* the body's framing to the upstream */
+    struct upool *pool;
+    struct route_shared *slot;      /* concurrency slot held, if any */
+    struct upconn *up;
+    struct event *timer;            /* scoring timeout, or the wait deadline */
+    struct event *hdr_timer;        /* header_timeout_ms: head and body read */
+    struct shadow *shadows[CFG_MAX_VERSIONS];
+    int n_shadows;
+    /* The live sides of its copies' comparisons (SPEC §7), taken when the
+     * copies are let go: fed the response, ended in request_end(). */
+    struct shadow_cmp *cmps[CFG_MAX_VERSIONS];
+    int n_cmps;
+    struct req_line line;
+    struct req_target target;
+    int status;                     /* sent to the client */
+    uint64_t body_in, bytes_in, bytes_out;
+    uint64_t t_start_us;            /* end of the request head */
+    char id[64];
+    struct head head;
+    TAILQ_ENTRY(request) wait_link;
+    bool waiting;
+    struct request *next_free;
+};
+
+/* A request for client c on the worker's current snapshot (recycled). */
+struct request *request_new(struct client *c);
+/* header_timeout_ms (or ms) runs until the request is read whole. */
+void request_arm_header_deadline(struct request *r, int ms);
+/* Its X-Request-Id, or a fresh one (before validation: replies carry it). */
+void request_take_id(struct request *r);
+/* The head is in r->head (classified) and r->line, validated by the client
+ * side: find the endpoint, authenticate, choose the version, start the
+ * shadows and the upstream exchange (or queue it, or answer it). Returns
+ * true when the request waits for a slot with its body unread. */
+bool request_start(struct request *r);
+/* A piece of the body; false when it was refused (over max_body_bytes: the
+ * answer is queued and the client side must stop reading). */
+bool request_body(struct request *r, const char *at, size_t len);
+/* The body was read whole. */
+void request_body_end(struct request *r);
+/* Answer with Sluice's error for cause (close: end the exchange after it). */
+void request_reply(struct request *r, enum req_cause cause, const char *msg, bool close);
+/* End it if it was answered and read whole (or its client is ending). */
+void request_maybe_end(struct request *r);
+/* The one end: log and count once, release everything, tell the client. */
+void request_end(struct request *r);
+/* Whether the client side may read more of its body now. */
+bool request_wants_body(const struct request *r);
+/* The client took its output down to GW_HIGH_WATER: resume the upstream. */
+void request_client_drained(struct request *r);
+/* Send what is queued for its upstream. */
+void request_flush_upstream(struct request *r);
+/* Why it ended when its client goes away before its answer. */
+void request_client_left(struct request *r, enum req_cause cause);
+struct tags request_tags(const struct request *r);
+void requests_worker_init(struct worker *w);
+void requests_free_all(struct worker *w);
+
+/* The HTTP/1.1 client side (client_h1.c): a connection and its requests,
+ * one at a time, pipelined ones answered in order. */
 void session_worker_init(struct worker *w);
 void session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
                  struct ssl_ctx_st *tls);
