@@ -790,5 +790,9 @@ struct worker {
 
 
 extern struct worker *gw_workers;
+/* A worker's loop state on base with cfg (taken over), without threads,
+ * listeners or a mailbox: what workers_start() does for each worker, and
+ * what the unit tests of the request's life build. */
+void worker_setup(struct worker *w, int id, struct event_base *base, struct config *cfg);
 
 #endif
