@@ -415,7 +415,7 @@ may_parse(struct session *s)
 }
 
 /* Feed buffered client input to the parser for as long as it may run. */
-void
+static void
 session_feed(struct session *s)
 {
     struct evbuffer *in = s->io.in;
@@ -499,9 +499,47 @@ init_settings(void)
     req_settings.on_message_complete = on_message_complete;
 }
 
+static bool
+h1_busy(const struct session *s)
+{
+    return s->req != NULL;
+}
+
+static void
+h1_end_all(struct session *s, enum req_cause cause)
+{
+    request_client_left(s->req, cause);
+    request_end(s->req);
+}
+
+static void
+h1_drained(struct session *s)
+{
+    if (s->req != NULL)
+        request_client_drained(s->req);
+}
+
+/* The request being answered is the last one. */
+static void
+h1_drain(struct session *s)
+{
+    s->c.ending = true;
+}
+
+static void
+h1_free(struct session *s)
+{
+}
+
+static const struct conn_proto h1_proto = {
+    .name = "HTTP/1.1", .feed = session_feed, .run = session_run, .busy = h1_busy,
+    .end_all = h1_end_all, .drained = h1_drained, .drain = h1_drain, .free = h1_free,
+};
+
 void
 h1_attach(struct session *s)
 {
     init_settings();
     s->c.ops = &h1_ops;
+    s->proto = &h1_proto;
 }

@@ -101,7 +101,7 @@ ensure_bufs(struct session *s)
 void
 release_bufs(struct session *s)
 {
-    if (s->req != NULL || s->closed || s->io.in == NULL ||
+    if (s->proto->busy(s) || s->closed || s->io.in == NULL ||
         evbuffer_get_length(s->io.in) > 0 || evbuffer_get_length(s->io.out) > 0 ||
         s->tp->pending(&s->io))
         return;
@@ -159,12 +159,12 @@ start_closing(struct session *s)
     if (s->closed || s->lingering)
         return;
     s->closing = true;
-    if (s->req != NULL) {
-        /* End the request first; its end comes back here to close. */
+    if (s->proto->busy(s)) {
+        /* End the requests first (HTTP/1.1's end comes back here). */
         s->c.ending = true;
-        request_client_left(s->req, RC_CLIENT_CLOSED);
-        request_end(s->req);
-        return;
+        s->proto->end_all(s, RC_CLIENT_CLOSED);
+        if (s->closed || s->lingering)
+            return;
     }
     if (out_len(s) > 0) {
         client_flush(s);
@@ -179,11 +179,12 @@ start_closing(struct session *s)
     update_reading(s);
 }
 
+static void close_with(struct session *s, enum req_cause cause);
+
 static void
 client_gone(struct session *s, enum req_cause cause)
 {
-    request_client_left(s->req, cause);
-    session_close(s);
+    close_with(s, cause);
 }
 
 static void
@@ -193,7 +194,7 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 
     if (what & EV_TIMEOUT) {
         /* The idle deadline, the first head's, or the linger's end. */
-        if (s->req == NULL || s->lingering)
+        if (!s->proto->busy(s) || s->lingering)
             session_close(s);
         return;
     }
@@ -212,13 +213,13 @@ client_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (n == GW_READ_EOF || n == GW_READ_ERROR) {
         /* Parse what came before the end first: it may finish a request. */
-        session_feed(s);
+        s->proto->feed(s);
         if (!s->closed)
             client_gone(s, n == GW_READ_EOF ? RC_CLIENT_CLOSED : RC_CLIENT_ERROR);
         return;
     }
     if (n > 0)
-        session_run(s);
+        s->proto->run(s);
     else
         release_bufs(s);
 }
@@ -234,10 +235,10 @@ client_writable(struct session *s)
         start_closing(s);
         return;
     }
-    if (s->req != NULL && out_len(s) <= GW_HIGH_WATER)
-        request_client_drained(s->req);
+    if (out_len(s) <= GW_HIGH_WATER)
+        s->proto->drained(s);
     if (!s->closed)
-        session_run(s);
+        s->proto->run(s);
 }
 
 static void
@@ -309,10 +310,10 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     __atomic_add_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
 }
 
-/* The only way a session dies: its request (if any) ends first, with the
- * cause it has. */
-void
-session_close(struct session *s)
+/* The only way a session dies: its requests (if any) end first, with the
+ * cause they have, else cause. */
+static void
+close_with(struct session *s, enum req_cause cause)
 {
     struct worker *w = s->c.w;
 
@@ -320,12 +321,9 @@ session_close(struct session *s)
         return;
     s->closing = true;
     s->c.ending = true;
-    if (s->req != NULL) {
-        request_client_left(s->req, RC_CLIENT_CLOSED);
-        s->closed = true;           /* request_end must not start closing again */
-        request_end(s->req);
-    }
-    s->closed = true;
+    s->closed = true;               /* request_end must not start closing again */
+    if (s->proto->busy(s))
+        s->proto->end_all(s, cause);
     event_free(s->io.rev);
     s->io.rev = NULL;
     if (s->io.wev != NULL)
@@ -353,11 +351,18 @@ session_close(struct session *s)
 }
 
 void
+session_close(struct session *s)
+{
+    close_with(s, RC_CLIENT_CLOSED);
+}
+
+void
 session_gc(struct worker *w)
 {
     while (w->gc_sessions != NULL) {
         struct session *s = w->gc_sessions;
         w->gc_sessions = s->gc_next;
+        s->proto->free(s);
         if (s->c.auth.cred != NULL) {
             explicit_bzero(s->c.auth.cred, s->c.auth.len);
             free(s->c.auth.cred);
@@ -389,10 +394,10 @@ session_drain_all(struct worker *w)
     struct session *s, *next;
     for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
         next = TAILQ_NEXT(s, link);
-        if (s->req == NULL || s->closing)
+        if (!s->proto->busy(s) || s->closing)
             session_close(s);
         else
-            s->c.ending = true;
+            s->proto->drain(s);
     }
     session_gc(w);
 }
@@ -402,8 +407,7 @@ sessions_free_all(struct worker *w)
 {
     while (!TAILQ_EMPTY(&w->sessions)) {
         struct session *s = TAILQ_FIRST(&w->sessions);
-        request_client_left(s->req, RC_SHUTDOWN);
-        session_close(s);
+        close_with(s, RC_SHUTDOWN);
     }
     session_gc(w);
     requests_free_all(w);

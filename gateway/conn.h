@@ -11,8 +11,12 @@
 
 #include <event2/buffer.h>
 
+struct conn_proto;
+
 struct session {
     struct client c;                /* what its requests know of it (first) */
+    const struct conn_proto *proto;
+    void *proto_state;              /* the protocol's own (HTTP/2: its session) */
     const struct transport *tp;
     struct conn_io io;
     struct request *req;            /* the request being read or answered;
@@ -68,9 +72,26 @@ void release_bufs(struct session *s);
 void start_closing(struct session *s);
 void session_close(struct session *s);
 
-/* client_h1.c: the protocol on a connection */
+/* The protocol a connection speaks (client_h1.c; client_h2.c), as conn.c
+ * calls it. */
+struct conn_proto {
+    const char *name;                       /* "HTTP/1.1", "HTTP/2" */
+    void (*feed)(struct session *s);        /* parse buffered input while it may */
+    void (*run)(struct session *s);         /* move everything along after an event */
+    bool (*busy)(const struct session *s);  /* a request is open on it */
+    /* The connection goes: its open requests end (each once), with cause
+     * unless they had one. HTTP/1.1's one request ends through its
+     * client side, which comes back to start_closing(). */
+    void (*end_all)(struct session *s, enum req_cause cause);
+    /* The client took its output down to GW_HIGH_WATER. */
+    void (*drained)(struct session *s);
+    /* Drain: take no new requests; close once the open ones are answered. */
+    void (*drain)(struct session *s);
+    void (*free)(struct session *s);        /* the protocol's state, at gc */
+};
+
+/* client_h1.c */
 void h1_attach(struct session *s);          /* a new connection speaks HTTP/1.1 */
-void session_feed(struct session *s);       /* parse buffered input while it may */
-void session_run(struct session *s);        /* move everything along after an event */
+void session_run(struct session *s);        /* s->proto->run(s) */
 
 #endif
