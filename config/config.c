@@ -1016,7 +1016,8 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     static const char *const fields[] = {"name", "upstreams", "path",
         "traffic_percentile", "is_default", "type", "description", "tags",
         "replica_max_concurrent_requests", "max_request_wait_time_ms",
-        "mirror_percentile", "health_check", "compare", "rollout", "rollout_state", NULL};
+        "mirror_percentile", "health_check", "compare", "rollout", "rollout_state",
+        "upstream_protocol", NULL};
     char sp[PATH_MAX_LEN];
 
     if (!json_is_object(obj)) {
@@ -1026,6 +1027,15 @@ parse_version(struct pctx *p, json_t *obj, const char *path,
     check_fields(p, obj, path, fields);
 
     get_name(p, obj, path, v->name);
+    char *proto = NULL;             /* SPEC §9 */
+    get_str(p, obj, path, "upstream_protocol", &proto, "http1");
+    if (proto != NULL && strcmp(proto, "http2") == 0)
+        v->upstream_http2 = true;
+    else if (proto != NULL && strcmp(proto, "http1") != 0) {
+        subpath(sp, path, "upstream_protocol");
+        err(p, sp, "must be \"http1\" or \"http2\"");
+    }
+    free(proto);
 
     parse_upstreams(p, obj, path, v);
     get_str(p, obj, path, "path", &v->path, NULL);

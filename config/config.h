@@ -119,6 +119,7 @@ struct cfg_version {
     char *description;
     int max_concurrent;         /* replica_max_concurrent_requests, 0 = off */
     int max_wait_ms;            /* max_request_wait_time_ms */
+    bool upstream_http2;        /* "upstream_protocol": "http2" (prior knowledge) */
     struct cfg_health health;
     struct cfg_compare compare;
     struct cfg_rollout rollout;

@@ -391,6 +391,7 @@ struct upool {
     struct route_shared *shared;    /* in flight across workers, health */
     struct route_eject eject;       /* passive ejection, this worker's view */
     const struct upstream_class *cls;   /* the protocol its connections speak */
+    void *h2;                       /* HTTP/2: its connections (upstream_h2.c) */
     TAILQ_HEAD(, upconn) idle;
     int n_idle;
     struct upool *next;             /* worker's list */
@@ -492,9 +493,12 @@ struct upstream_class {
     size_t (*backlog)(const struct upconn *u);
 };
 extern const struct upstream_class upstream_http1;
+extern const struct upstream_class upstream_http2;     /* upstream_h2.c */
+void upstream_h2_free_pool(struct upool *p);
 
 void upstream_worker_init(struct worker *w);
-struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
+/* The worker's pool for an address and protocol (shared across generations). */
+struct upool *upool_get(struct worker *w, const struct cfg_upstream *u, bool http2);
 static inline struct upconn *
 upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void *owner,
                bool fresh)
