@@ -101,6 +101,20 @@ struct json_t *rollout_plan_json(const struct cfg_rollout *ro);
 struct json_t *rollout_state_json(const struct cfg_rollout *ro);
 struct json_t *rollout_describe(const struct cfg_endpoint *ep, int vi);
 
+/* ---- rollout notifications (webhook.c), main thread: SPEC §8 ---------------- */
+
+void webhook_init(struct event_base *base);
+/* Queue one event for n's URL (body taken over); sent off the caller's path,
+ * in order per URL, retried with backoff for up to 10 minutes. */
+void webhook_post(const struct cfg_notify *n, const char *event, struct json_t *body);
+/* The rollout change op ("start", "next_step", "rollback", … as rollout.c
+ * names them) was applied to ep/v here: post its event ("started", "step",
+ * "paused", "resumed", "promoted", "rolled_back", "aborted") if the plan
+ * has "notify"; gate is the evaluation that decided it, or NULL. */
+void webhook_rollout(const char *op, const char *ep, const char *v, bool by_driver,
+                     const struct json_t *gate);
+void webhook_stop(void);
+
 /* ---- active health checks (health.c), main thread --------------------------- */
 
 void health_init(struct event_base *base);

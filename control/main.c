@@ -227,6 +227,7 @@ main(int argc, char **argv)
     }
     fleet_start(main_base);
     rollout_start(main_base);
+    webhook_init(main_base);
     if (cfg->admin_token == NULL)
         log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "
                   "set: everything under /admin/ answers 401\"");
@@ -283,6 +284,7 @@ main(int argc, char **argv)
     event_free(sig_usr1);
     fleet_stop();                   /* changes still owed are answered before admin goes */
     rollout_stop();
+    webhook_stop();
     admin_stop();
     control_stop();
     workers_free();
