@@ -168,6 +168,7 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     health_apply(cfg);
     metrics_redis_set_sources(writer, workers_metrics(), n_workers);
     metrics_redis_configure(writer, cfg);
+    prometheus_generation(cfg);
     return 0;
 }
 
@@ -191,6 +192,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     current = cfg;
     health_apply(cfg);
     metrics_redis_configure(writer, cfg);
+    prometheus_generation(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);
@@ -265,12 +267,15 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
             free(all);
         } else
             snprintf(err, errlen, "cannot persist generated keys");
+        prometheus_reloaded(false);
         return -1;
     }
     if (control_apply(cfg, err, errlen) < 0) {
         config_drop(cfg);
+        prometheus_reloaded(false);
         return -1;
     }
+    prometheus_reloaded(true);
     log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", log_json(cfg->path),
               (unsigned long long)cfg->generation);
     return 0;
@@ -346,4 +351,5 @@ control_stop(void)
     n_lsocks = 0;
     config_drop(current);
     current = NULL;
+    prometheus_stop();
 }

@@ -101,6 +101,20 @@ struct json_t *rollout_plan_json(const struct cfg_rollout *ro);
 struct json_t *rollout_state_json(const struct cfg_rollout *ro);
 struct json_t *rollout_describe(const struct cfg_endpoint *ep, int vi);
 
+/* ---- the control plane's part of /metrics (prometheus.c), main thread ------- */
+
+/* A re-read of the config file succeeded or failed. */
+void prometheus_reloaded(bool ok);
+/* A generation was applied: the effective shares start over. */
+void prometheus_generation(const struct config *cfg);
+/* The rollout gate judged ep/v ("pass", "hold", "fail"). */
+void prometheus_gate_verdict(const char *ep, const char *v, const char *verdict);
+/* Append build info, reload status, shares, rollouts, upstream health and
+ * the process_* families. */
+struct evbuffer;
+void prometheus_render(struct evbuffer *b);
+void prometheus_stop(void);
+
 /* ---- rollout notifications (webhook.c), main thread: SPEC §8 ---------------- */
 
 void webhook_init(struct event_base *base);

@@ -1115,6 +1115,7 @@ judge(struct track *t, struct read *rd)
     in.step_s = ro->step_s;
     struct metrics_gate_result g;
     metrics_gate(&gp, &in, &g);
+    prometheus_gate_verdict(t->ep, t->v, metrics_gate_verdict_name(g.verdict));
     t->progress = now;
     bool tested = !t->agreement && g.verdict != METRICS_GATE_HOLD;
     json_t *ev = eval_json(&g, ro->step, v->traffic, t->agreement ? 0 : in.look);

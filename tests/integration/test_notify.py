@@ -128,6 +128,18 @@ def test_every_event_of_a_promoted_rollout_arrives_once_in_order():
         assert headers["Content-Type"] == "application/json"
         assert headers["Host"] == "127.0.0.1:%d" % rcv.port
     assert log_events(s, "rollout_notify_failed") == []
+    # the rollout on /metrics: phase, step, and the gate's verdicts as made
+    text = requests.get(s.admin("/metrics"), timeout=5).text
+    lab = 'endpoint="ep1",version="versionb"'
+    assert 'sluice_rollout_phase{%s,phase="promoted"} 1\n' % lab in text
+    assert 'sluice_rollout_phase{%s,phase="running"} 0\n' % lab in text
+    assert "sluice_rollout_step{%s} 2\n" % lab in text
+    assert "sluice_rollout_steps{%s} 2\n" % lab in text
+    verdicts = [e["verdict"] for e in get(s)["evaluations"]]
+    assert verdicts.count("pass") == 2, verdicts
+    for v in ("pass", "hold", "fail"):
+        assert 'sluice_rollout_gate_verdicts_total{%s,verdict="%s"} %d\n' % (
+            lab, v, verdicts.count(v)) in text, (v, verdicts, text)
 
 
 def test_a_rollback_posts_rolled_back_with_the_reason():
