@@ -23,7 +23,18 @@
 struct json_t;
 /* Bind the listeners of cfg and start the workers; cfg becomes current. */
 int control_start(struct config *cfg, int workers, char *err, size_t errlen);
-/* Load a file, generating and persisting missing keys first. */
+/* --state-dir: admin changes, generated keys and the fleet cache are
+ * written there instead of beside the config file (created 0700 if
+ * missing); -1 with why. */
+int control_set_state_dir(const char *dir, char *err, size_t errlen);
+/* Where runtime state for config_path goes: DIR/<its name><suffix> with a
+ * state directory, else config_path<suffix> (malloc'ed). */
+char *control_state_path(const char *config_path, const char *suffix);
+/* The config to run, read and validated only: the file, or with a state
+ * directory the edited document kept there when it is at least as new. */
+struct config *control_read(const char *path, struct cfg_errors *errs);
+/* Load a file (or, with a state directory, the edited document kept there
+ * when it is at least as new), generating and persisting missing keys first. */
 struct config *control_load(const char *path, struct cfg_errors *errs);
 /* Re-read the config file and apply it; -1 with the reasons. */
 int control_reload(char *err, size_t errlen, struct cfg_errors *errs);

@@ -830,13 +830,18 @@ def test_systemd_unit_verifies():
             keys.setdefault(k, []).append(v)
     # sd_notify (issue 20 item 3); a refused reload fails systemctl reload.
     assert keys["Type"] == ["notify"] and keys["NotifyAccess"] == ["main"]
-    assert keys["ExecStart"] == ["/usr/local/bin/sluice -c /etc/sluice/sluice.json"]
+    # runtime state under StateDirectory= (issue 20 item 3), /etc only read
+    assert keys["ExecStart"] == [
+        "/usr/local/bin/sluice -c /etc/sluice/sluice.json --state-dir /var/lib/sluice"]
+    assert keys["ExecStartPre"] == [
+        "/usr/local/bin/sluice -c /etc/sluice/sluice.json --state-dir /var/lib/sluice --check"]
+    assert keys["StateDirectory"] == ["sluice"] and keys["StateDirectoryMode"] == ["0700"]
+    assert "ReadWritePaths" not in keys
     assert keys["ExecReload"] == ["/usr/local/bin/sluicectl reload"]
     assert keys["KillSignal"] == ["SIGTERM"]
     assert keys["Restart"] == ["on-failure"]
     assert keys["User"] == ["sluice"]
     assert keys["CapabilityBoundingSet"] == [""]
-    assert keys["ReadWritePaths"] == ["/etc/sluice"]
     for k in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert keys[k] == ["yes"], k
     assert keys["ProtectSystem"] == ["strict"]
