@@ -156,6 +156,8 @@ static void
 shares(struct evbuffer *b, const struct config *cfg)
 {
     struct metrics_backlog *bl = control_backlog();
+    if (cfg->n_endpoints == 0)
+        return;
     evbuffer_add_printf(b, "# HELP sluice_version_share_ratio The share of an endpoint's "
         "traffic a version is configured to get (kind=\"configured\", SPEC 2.2) and the share "
         "of routed requests it got here since the config generation in use was applied "
@@ -192,6 +194,12 @@ rollouts(struct evbuffer *b, const struct config *cfg)
 {
     static const char *const phases[] = {"not_started", "running", "paused", "promoted",
         "rolled_back", "aborted"};
+    bool any = false;
+    for (int e = 0; e < cfg->n_endpoints && !any; e++)
+        for (int i = 0; i < cfg->endpoints[e].n_versions; i++)
+            any |= cfg->endpoints[e].versions[i].rollout.has_plan;
+    if (!any)
+        return;                     /* no family without a sample */
     evbuffer_add_printf(b, "# HELP sluice_rollout_phase 1 for the phase a version's rollout "
         "is in (SPEC 8), 0 for the others.\n# TYPE sluice_rollout_phase gauge\n");
     for (int e = 0; e < cfg->n_endpoints; e++)
@@ -249,6 +257,8 @@ rollouts(struct evbuffer *b, const struct config *cfg)
 static void
 upstreams(struct evbuffer *b, const struct config *cfg)
 {
+    if (cfg->n_endpoints == 0)
+        return;
     evbuffer_add_printf(b, "# HELP sluice_upstream_healthy 0 while the version's active "
         "health check says the upstream is down, else 1.\n"
         "# TYPE sluice_upstream_healthy gauge\n");
