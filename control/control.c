@@ -285,18 +285,25 @@ control_read(const char *path, struct cfg_errors *errs)
         return config_load(path, errs);
     }
     /* Parsed as if it were the file: its relative paths are the file's. */
-    struct config *st = config_load(sp, errs);
-    if (st == NULL) {
+    json_error_t jerr;
+    json_t *doc = json_load_file(sp, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) {
+        cfg_errors_add(errs, "%s:%d:%d: %s", sp, jerr.line, jerr.column, jerr.text);
         cfg_errors_add(errs, "%s: the edited document in the state directory is unusable; "
                        "remove it to start from %s", sp, path);
         free(sp);
         return NULL;
     }
+    /* the config file's folder, as config_load() takes it */
     const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path)) : strdup("");
-    struct config *cfg = dir ? config_parse(st->doc, dir, errs) : NULL;
+    char *dir = slash == NULL ? strdup(".") : slash == path ? strdup("/")
+              : strndup(path, (size_t)(slash - path));
+    struct config *cfg = dir ? config_parse(doc, dir, errs) : NULL;
     free(dir);
-    config_drop(st);
+    json_decref(doc);
+    if (cfg == NULL)
+        cfg_errors_add(errs, "%s: the edited document in the state directory is invalid; "
+                       "remove it to start from %s", sp, path);
     if (cfg != NULL && (cfg->path = strdup(path)) == NULL)
         abort();
     free(sp);

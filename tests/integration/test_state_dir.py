@@ -17,11 +17,15 @@ ADMIN = {"Authorization": "Bearer adm-secret-token"}
 class StateSluice(Sluice):
     """A Sluice started with --state-dir."""
 
-    def __init__(self, state, *args, **kw):
+    def __init__(self, state, *args, files=None, **kw):
         self.state = state
+        self.files = files or {}        # written into the config's folder first
         super().__init__(*args, **kw)
 
     def spawn(self):
+        for name, text in self.files.items():
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
         self.proc = start([SLUICE, "-c", self.path, "--state-dir", self.state],
                           check_exit=True, stderr=self.stderr, env=self.env,
                           preexec_fn=self.preexec_fn)
@@ -53,10 +57,13 @@ def patch(s, body, v="versionb"):
 def test_admin_change_survives_a_restart_and_the_file_is_untouched():
     a, b = Model("versiona"), Model("versionb")
     state = os.path.join(tmpdir(), "state")         # created (0700) by sluice
+    # a relative file: secret resolves against the config's folder, whichever
+    # document is read (test_admin reaches the admin API with the token)
     s = StateSluice(state, [endpoint("ep1", [
         version("versiona", [a.addr], 0, is_default=True),
         version("versionb", [b.addr], 10)], auth={"keys": True})],
-        extra={"admin": {"token": "adm-secret-token"}})
+        extra={"admin": {"token": "file:admin.token"}},
+        files={"admin.token": "adm-secret-token"})
     before = read(s.path)
     edited = os.path.join(state, "sluice.json")
     # generated keys went to the state directory, not into the file
