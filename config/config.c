@@ -898,7 +898,8 @@ get_fraction(struct pctx *p, json_t *obj, const char *path, const char *key, dou
 static void
 parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rollout *r)
 {
-    static const char *const fields[] = {"steps", "step_s", "promote", "gate", NULL};
+    static const char *const fields[] = {"steps", "step_s", "promote", "gate", "notify",
+        NULL};
     static const char *const gate_fields[] = {"min_requests", "max_error_rate_increase",
         "max_p99_ratio", "min_agreement", NULL};
     char sp[PATH_MAX_LEN], ip[PATH_MAX_LEN];
@@ -944,6 +945,10 @@ parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rol
     get_fraction(p, gate, sp, "max_error_rate_increase", &r->max_error_rate_increase, 0.01, 1);
     get_fraction(p, gate, sp, "max_p99_ratio", &r->max_p99_ratio, 1.5, 1000);
     get_fraction(p, gate, sp, "min_agreement", &r->min_agreement, 0.99, 1);
+    json_t *notify = get_obj(p, obj, path, "notify");
+    subpath(sp, path, "notify");
+    if (notify != NULL)
+        config_notify_parse(notify, sp, &r->notify, p->errs);
 }
 
 /* The state the driver keeps: "rollout_state": {"phase", "step", "since", "reason",
@@ -1635,6 +1640,7 @@ config_free(struct config *c)
                 free(v->compare.ignore[k]);
             free(v->compare.ignore);
             free(v->rollout.reason);
+            config_notify_free(&v->rollout.notify);
         }
     }
     free(c->endpoints);

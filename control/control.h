@@ -23,7 +23,18 @@
 struct json_t;
 /* Bind the listeners of cfg and start the workers; cfg becomes current. */
 int control_start(struct config *cfg, int workers, char *err, size_t errlen);
-/* Load a file, generating and persisting missing keys first. */
+/* --state-dir: admin changes, generated keys and the fleet cache are
+ * written there instead of beside the config file (created 0700 if
+ * missing); -1 with why. */
+int control_set_state_dir(const char *dir, char *err, size_t errlen);
+/* Where runtime state for config_path goes: DIR/<its name><suffix> with a
+ * state directory, else config_path<suffix> (malloc'ed). */
+char *control_state_path(const char *config_path, const char *suffix);
+/* The config to run, read and validated only: the file, or with a state
+ * directory the edited document kept there when it is at least as new. */
+struct config *control_read(const char *path, struct cfg_errors *errs);
+/* Load a file (or, with a state directory, the edited document kept there
+ * when it is at least as new), generating and persisting missing keys first. */
 struct config *control_load(const char *path, struct cfg_errors *errs);
 /* Re-read the config file and apply it; -1 with the reasons. */
 int control_reload(char *err, size_t errlen, struct cfg_errors *errs);
@@ -100,6 +111,34 @@ void rollout_action(const char *ep, const char *v, const char *action, rollout_d
 struct json_t *rollout_plan_json(const struct cfg_rollout *ro);
 struct json_t *rollout_state_json(const struct cfg_rollout *ro);
 struct json_t *rollout_describe(const struct cfg_endpoint *ep, int vi);
+
+/* ---- the control plane's part of /metrics (prometheus.c), main thread ------- */
+
+/* A re-read of the config file succeeded or failed. */
+void prometheus_reloaded(bool ok);
+/* A generation was applied: the effective shares start over. */
+void prometheus_generation(const struct config *cfg);
+/* The rollout gate judged ep/v ("pass", "hold", "fail"). */
+void prometheus_gate_verdict(const char *ep, const char *v, const char *verdict);
+/* Append build info, reload status, shares, rollouts, upstream health and
+ * the process_* families. */
+struct evbuffer;
+void prometheus_render(struct evbuffer *b);
+void prometheus_stop(void);
+
+/* ---- rollout notifications (webhook.c), main thread: SPEC §8 ---------------- */
+
+void webhook_init(struct event_base *base);
+/* Queue one event for n's URL (body taken over); sent off the caller's path,
+ * in order per URL, retried with backoff for up to 10 minutes. */
+void webhook_post(const struct cfg_notify *n, const char *event, struct json_t *body);
+/* The rollout change op ("start", "next_step", "rollback", … as rollout.c
+ * names them) was applied to ep/v here: post its event ("started", "step",
+ * "paused", "resumed", "promoted", "rolled_back", "aborted") if the plan
+ * has "notify"; gate is the evaluation that decided it, or NULL. */
+void webhook_rollout(const char *op, const char *ep, const char *v, bool by_driver,
+                     const struct json_t *gate);
+void webhook_stop(void);
 
 /* ---- active health checks (health.c), main thread --------------------------- */
 

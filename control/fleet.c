@@ -188,7 +188,7 @@ set_settings(const struct config *cfg)
     F.name = strdup(cfg->fleet_name);
     F.key = xasprintf("sluice:fleet:{%s}:config", cfg->fleet_name);
     F.channel = xasprintf("sluice:fleet:{%s}:changed", cfg->fleet_name);
-    F.cache_path = xasprintf("%s.fleet-cache", cfg->path ? cfg->path : "sluice.json");
+    F.cache_path = control_state_path(cfg->path ? cfg->path : "sluice.json", ".fleet-cache");
     /* With sentinels: whichever primary they name, set at each connect. */
     F.host = strdup(cfg->redis.host ? cfg->redis.host : "");
     F.port = cfg->redis.port;

@@ -468,12 +468,29 @@ log_change(const struct ro_change *c)
 
 static void store_base(struct track *t);
 
+/* Tell the plan's webhook (SPEC §8), with the evaluation that decided a
+ * driver's change (the track's newest, pushed before the change). */
+static void
+notify_change(const struct ro_change *c, struct track *t)
+{
+    json_t *gate = NULL;
+    if (t != NULL && (c->op == RO_NEXT || c->op == RO_GO_LIVE || c->op == RO_ROLLBACK ||
+                      c->op == RO_FINISH)) {
+        json_t *ev = json_array_get(t->evals, json_array_size(t->evals) - 1);
+        json_t *st = json_object_get(ev, "step");
+        if (json_is_integer(st) && json_integer_value(st) == c->step)
+            gate = ev;
+    }
+    webhook_rollout(ro_op_names[c->op], c->ep, c->v, c->op >= RO_NEXT, gate);
+}
+
 /* The change is applied: start the next window on the totals the last one
  * ended on, and forget a started rollout's old history. */
 static void
 change_applied(struct ro_change *c)
 {
     log_change(c);
+    notify_change(c, track_find(c->ep, c->v, false));
     struct track *t = track_find(c->ep, c->v, true);
     if (t == NULL)
         return;
@@ -1098,6 +1115,7 @@ judge(struct track *t, struct read *rd)
     in.step_s = ro->step_s;
     struct metrics_gate_result g;
     metrics_gate(&gp, &in, &g);
+    prometheus_gate_verdict(t->ep, t->v, metrics_gate_verdict_name(g.verdict));
     t->progress = now;
     bool tested = !t->agreement && g.verdict != METRICS_GATE_HOLD;
     json_t *ev = eval_json(&g, ro->step, v->traffic, t->agreement ? 0 : in.look);
@@ -1480,11 +1498,20 @@ rollout_plan_json(const struct cfg_rollout *ro)
     json_t *steps = json_array();
     for (int i = 0; steps && i < ro->n_steps; i++)
         json_array_append_new(steps, pct_json(ro->steps[i]));
-    return json_pack("{s:o, s:i, s:b, s:{s:I, s:f, s:f, s:f}}", "steps", steps,
+    json_t *plan = json_pack("{s:o, s:i, s:b, s:{s:I, s:f, s:f, s:f}}", "steps", steps,
                      "step_s", ro->step_s, "promote", ro->promote, "gate",
                      "min_requests", (json_int_t)ro->min_requests,
                      "max_error_rate_increase", ro->max_error_rate_increase,
                      "max_p99_ratio", ro->max_p99_ratio, "min_agreement", ro->min_agreement);
+    /* The webhook's header values may be credentials: names only. */
+    if (plan != NULL && ro->notify.url != NULL) {
+        json_t *names = json_array();
+        for (int i = 0; names && i < ro->notify.n_headers; i++)
+            json_array_append_new(names, json_string(ro->notify.header_names[i]));
+        json_object_set_new(plan, "notify", json_pack("{s:s, s:o}", "url", ro->notify.url,
+                                                      "header_names", names));
+    }
+    return plan;
 }
 
 json_t *

@@ -43,7 +43,8 @@ count(struct worker *w, const struct req_record *r)
     if (r->ep == NULL || r->version < 0) {
         /* Reached no version: SPEC's sluice:rejected kinds. */
         if (ci->rejected >= 0)
-            metrics_reject(w->metrics, (enum rejected_kind)ci->rejected);
+            metrics_reject_ep(w->metrics, r->ep ? r->ep->name : NULL,
+                              (enum rejected_kind)ci->rejected);
         return;
     }
     struct metrics_sample m = {

@@ -802,10 +802,47 @@ test_pinning(void)
     json_decref(x);
 }
 
+/* Generated keys (SPEC §5): 32 random bytes as 43 base64url characters,
+ * no padding; decoded here by hand, independently of OpenSSL. */
+static void
+test_new_key(void)
+{
+    static const char alpha[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    char *k1 = config_new_key(), *k2 = config_new_key();
+    CHECK(strlen(k1) == 43 && strlen(k2) == 43, "43 characters: %s", k1);
+    CHECK(strcmp(k1, k2) != 0, "two keys differ");
+    CHECK(strspn(k1, alpha) == 43, "base64url alphabet only: %s", k1);
+    /* 43 characters carry 258 bits: the last character's 2 low bits are 0 */
+    const char *last = strchr(alpha, k1[42]);
+    CHECK(last != NULL && ((last - alpha) & 3) == 0, "no stray bits: %c", k1[42]);
+    unsigned char raw[33];
+    size_t n = 0;
+    unsigned acc = 0;
+    int bits = 0;
+    for (int i = 0; i < 43; i++) {
+        acc = (acc << 6) | (unsigned)(strchr(alpha, k1[i]) - alpha);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            raw[n++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    CHECK(n == 32, "decodes to %zu bytes", n);
+    int nonzero = 0;
+    for (size_t i = 0; i < n; i++)
+        nonzero += raw[i] != 0;
+    CHECK(nonzero > 16, "random bytes, not zeros (%d of 32 non-zero)", nonzero);
+    free(k1);
+    free(k2);
+}
+
 int
 main(void)
 {
     static const struct testcase tests[] = {
+        {"generated keys", test_new_key},
         {"pinning", test_pinning},
         {"valid example", test_valid_example},
         {"rollout example", test_rollout_example},
