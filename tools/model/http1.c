@@ -223,6 +223,8 @@ struct sniff {
     struct bufferevent *filter, *sock;
     struct h2_conn *h2;
     struct event *linger;       /* waits for the output to go before the end */
+    struct event *kick;         /* moves evhttp's output on (sniff_out_added) */
+    struct evbuffer_cb_entry *out_cb;
     int linger_left;
     int closing;                /* the end was asked for: evhttp frees us */
 };
@@ -275,6 +277,31 @@ sniff_close(void *arg)
 }
 
 static const struct h2_io sniff_h2_io = {sniff_write, sniff_close};
+
+/*
+ * libevent 2.1's filter moves output to the socket when bytes are added
+ * while writing is enabled, or when the socket's write callback runs.
+ * evhttp adds a response first and enables writing after: unless the
+ * socket's first write event happened to be still pending, the response
+ * would wait for ever. So added output gets a flush from the loop, once
+ * evhttp has enabled writing.
+ */
+static void
+sniff_kick(evutil_socket_t fd, short what, void *arg)
+{
+    struct sniff *s = arg;
+
+    bufferevent_flush(s->filter, EV_WRITE, BEV_NORMAL);
+}
+
+static void
+sniff_out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct sniff *s = arg;
+
+    if (info->n_added > 0 && evbuffer_get_length(buf) > 0)
+        event_active(s->kick, EV_TIMEOUT, 1);
+}
 
 static enum bufferevent_filter_result
 sniff_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
@@ -334,6 +361,10 @@ sniff_free(void *arg)
         h2_conn_free(s->h2);
     if (s->linger != NULL)
         event_free(s->linger);
+    if (s->out_cb != NULL)
+        evbuffer_remove_cb_entry(bufferevent_get_output(s->filter), s->out_cb);
+    if (s->kick != NULL)
+        event_free(s->kick);
     free(s);
 }
 
@@ -352,6 +383,12 @@ on_connection(struct event_base *b, void *arg)
                                        sniff_free, s);
     if (s->filter == NULL)
         goto fail_sock;
+    s->kick = event_new(b, -1, 0, sniff_kick, s);
+    s->out_cb = evbuffer_add_cb(bufferevent_get_output(s->filter), sniff_out_added, s);
+    if (s->kick == NULL || s->out_cb == NULL) {
+        bufferevent_free(s->filter);    /* frees s through sniff_free */
+        return NULL;
+    }
     return s->filter;
 fail_sock:
     bufferevent_free(s->sock);
