@@ -95,7 +95,7 @@ def test_h2_controls_and_many_streams_on_one_connection():
     closes the connection without answering."""
     m = Model("versionh2", check_exit=True)
     c = H2Client(m.port)
-    slow = c.request(INFER, BODY, [("x-test-delay-ms", "300")])
+    slow = c.request(INFER, BODY, [("x-test-delay-ms", "2000")])
     s503 = c.request(INFER, BODY, [("x-test-status", "503")])
     big = c.request(INFER, BODY, [("x-test-response-bytes", "300000")])
     head = c.request(INFER, method="HEAD")
@@ -126,19 +126,20 @@ def test_h2_controls_and_many_streams_on_one_connection():
 
 def test_h2_settings_and_latency_option():
     """--h2-max-streams is the SETTINGS_MAX_CONCURRENT_STREAMS the server
-    sends; --latency-ms delays HTTP/2 and gRPC answers (never earlier)."""
-    m = Model("versionslow", "--latency-ms", "250", "--h2-max-streams", "7", check_exit=True)
+    sends; --latency-ms delays HTTP/2 and gRPC answers (a lower bound only,
+    with 50 ms for libevent's coarse clock)."""
+    m = Model("versionslow", "--latency-ms", "500", "--h2-max-streams", "7", check_exit=True)
     c = H2Client(m.port)
     t0 = time.monotonic()
     sid = c.request(INFER, BODY)
     r = c.response(sid)
-    assert time.monotonic() - t0 >= 0.25
+    assert time.monotonic() - t0 >= 0.45
     assert r["headers"][":status"] == "200"
     assert c.remote_settings[3] == 7, c.remote_settings     # MAX_CONCURRENT_STREAMS
     pb, s, ch = stub(m.port)
     t0 = time.monotonic()
     out = s.ModelInfer(infer_request(pb, model_name="m"), timeout=20)
-    assert time.monotonic() - t0 >= 0.25
+    assert time.monotonic() - t0 >= 0.45
     assert out.outputs[0].contents.bytes_contents == [b"versionslow"]
     ch.close()
 
@@ -290,3 +291,55 @@ def test_h2load_many_concurrent_streams():
         assert (code, ver, fields["x-model-version"]) == (200, "2", "versionload")
         r = requests.post("http://%s%s" % (m.addr, INFER), data=BODY, timeout=10)
         assert r.status_code == 200 and r.json()["version"] == "versionload"
+
+
+def test_preface_and_http1_split_across_writes():
+    """The sniffer decides on whole evidence: an HTTP/2 preface sent in
+    pieces ("PR", then "I * HTTP/2.0...") is HTTP/2; an HTTP/1.1 request
+    sent as "P" then "OST ..." stays HTTP/1.1. On evhttp and on --fast."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    for args in [(), ("--fast",)]:
+        m = Model("versionsplit", *args, check_exit=not args)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                   header_encoding="utf-8"))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"),
+                              (":authority", m.addr), (":path", "/split")], end_stream=True)
+        data = conn.data_to_send()
+        s = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (data[:2], data[2:3], data[3:30], data[30:]):
+            s.sendall(piece)
+            time.sleep(0.05)
+        got, status, body = False, None, b""
+        while not got:
+            d = s.recv(65536)
+            assert d, "closed before the answer"
+            for ev in conn.receive_data(d):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[":status"]
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                elif isinstance(ev, h2.events.StreamEnded):
+                    got = True
+            s.sendall(conn.data_to_send())
+        s.close()
+        assert status == "200" and json.loads(body)["version"] == "versionsplit", (status, body)
+        s = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        req = b"POST /split HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        for piece in (req[:1], req[1:3], req[3:]):
+            s.sendall(piece)
+            time.sleep(0.05)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+        s.close()
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+        assert b'"version":"versionsplit"' in out

@@ -4,11 +4,9 @@
  * X-Test-Status, X-Test-Response-Bytes, X-Test-Close), and closes idle
  * keep-alive connections at random with --idle-close-max-ms.
  *
- * Every connection's bufferevent is a filter over the socket's: it looks
- * at the first bytes, and a connection that opens with the HTTP/2 client
- * preface (prior knowledge) is served by http2.c from then on, its bytes
- * never reaching evhttp, which only keeps holding the socket until that
- * connection ends. Other connections pass through to evhttp unchanged.
+ * A connection whose first bytes are the HTTP/2 client preface (prior
+ * knowledge) is served by http2.c instead (see the sniffer below); other
+ * connections are evhttp's, unchanged.
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -16,8 +14,11 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include "model.h"
@@ -212,43 +213,46 @@ on_request(struct evhttp_request *req, void *arg)
 }
 
 /*
- * The sniffing filter. Its context lives as long as the filter
- * bufferevent (freed by libevent through sniff_free); an HTTP/2
- * connection's output goes straight to the socket's bufferevent.
+ * The HTTP/2 sniffer. Each connection's socket bufferevent gets a callback
+ * on its input buffer, which libevent runs when bytes arrive and before
+ * evhttp's read callback. If they start with "PRI " (the HTTP/2 preface;
+ * no HTTP/1.1 method), the bufferevent's callbacks become ours and the
+ * connection is served by http2.c; evhttp's connection object keeps
+ * holding the socket, never called again, until sniff_end frees it.
+ * Other connections lose the callback and stay evhttp's, untouched.
  */
-enum sniff_state { SNIFF_START, SNIFF_HTTP1, SNIFF_HTTP2 };
-
 struct sniff {
-    enum sniff_state state;
-    struct bufferevent *filter, *sock;
+    struct bufferevent *bev;
+    struct evhttp_connection *evcon;
     struct h2_conn *h2;
-    struct event *linger;       /* waits for the output to go before the end */
-    struct event *kick;         /* moves evhttp's output on (sniff_out_added) */
-    struct evbuffer_cb_entry *out_cb;
-    int linger_left;
-    int closing;                /* the end was asked for: evhttp frees us */
+    struct event *end;          /* ends the connection from the loop */
+    int closing;                /* the end was asked for */
 };
 
 static void
-sniff_end(struct sniff *s)
+sniff_free(struct sniff *s)
 {
-    /* evhttp frees the connection on EOF; deferred, so the HTTP/2 code
-     * that asked is off the stack by then. */
-    bufferevent_trigger_event(s->filter, BEV_EVENT_EOF | BEV_EVENT_READING,
-                              BEV_TRIG_DEFER_CALLBACKS);
+    if (s->h2 != NULL)
+        h2_conn_free(s->h2);
+    if (s->end != NULL)
+        event_free(s->end);
+    free(s);
 }
 
-/* End once the output went (a GOAWAY, the last answers), or after 2 s. */
+/* evhttp frees the connection: at sniff_end, or when the server ends. */
 static void
-sniff_linger(evutil_socket_t fd, short what, void *arg)
+sniff_evcon_closed(struct evhttp_connection *evcon, void *arg)
+{
+    evhttp_connection_set_closecb(evcon, NULL, NULL);
+    sniff_free(arg);
+}
+
+static void
+sniff_end(evutil_socket_t fd, short what, void *arg)
 {
     struct sniff *s = arg;
-    struct timeval tv = {0, 5000};
 
-    if (evbuffer_get_length(bufferevent_get_output(s->sock)) == 0 || s->linger_left-- <= 0)
-        sniff_end(s);
-    else
-        evtimer_add(s->linger, &tv);
+    evhttp_connection_free(s->evcon);   /* frees s through the close callback */
 }
 
 static int
@@ -258,143 +262,127 @@ sniff_write(void *arg, const uint8_t *data, size_t len)
 
     if (s->closing)
         return -1;
-    return evbuffer_add(bufferevent_get_output(s->sock), data, len);
+    return bufferevent_write(s->bev, data, len);
 }
 
+/* End once the output went (a GOAWAY, the last answers): from the write
+ * callback, or at once; a peer that takes nothing for 2 s is dropped. */
 static void
 sniff_close(void *arg)
 {
     struct sniff *s = arg;
+    struct timeval tv = {2, 0};
 
     if (s->closing)
         return;
     s->closing = 1;
-    s->linger_left = 400;
-    if (s->linger == NULL || evbuffer_get_length(bufferevent_get_output(s->sock)) == 0)
-        sniff_end(s);
-    else
-        sniff_linger(-1, 0, s);
+    bufferevent_disable(s->bev, EV_READ);
+    bufferevent_set_timeouts(s->bev, NULL, &tv);
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        event_active(s->end, EV_TIMEOUT, 1);
 }
 
 static const struct h2_io sniff_h2_io = {sniff_write, sniff_close};
 
-/*
- * libevent 2.1's filter moves output to the socket when bytes are added
- * while writing is enabled, or when the socket's write callback runs.
- * evhttp adds a response first and enables writing after: unless the
- * socket's first write event happened to be still pending, the response
- * would wait for ever. So added output gets a flush from the loop, once
- * evhttp has enabled writing.
- */
 static void
-sniff_kick(evutil_socket_t fd, short what, void *arg)
+sniff_readcb(struct bufferevent *bev, void *arg)
 {
     struct sniff *s = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
 
-    bufferevent_flush(s->filter, EV_WRITE, BEV_NORMAL);
-}
-
-static void
-sniff_out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-    struct sniff *s = arg;
-
-    if (info->n_added > 0 && evbuffer_get_length(buf) > 0)
-        event_active(s->kick, EV_TIMEOUT, 1);
-}
-
-static enum bufferevent_filter_result
-sniff_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-         enum bufferevent_flush_mode mode, void *arg)
-{
-    struct sniff *s = arg;
-
-    if (s->state == SNIFF_START) {
-        size_t len = evbuffer_get_length(src);
+    if (s->h2 == NULL) {                /* the preface is not whole yet */
         unsigned char head[H2_PREFACE_LEN];
-        size_t n = len < sizeof(head) ? len : sizeof(head);
-        evbuffer_copyout(src, head, n);
-        int m = h2_preface_match(head, n);
+        size_t n = evbuffer_get_length(in);
+        evbuffer_copyout(in, head, n < sizeof(head) ? n : sizeof(head));
+        int m = h2_preface_match(head, n < sizeof(head) ? n : sizeof(head));
         if (m == 0)
-            return BEV_NEED_MORE;
-        if (m < 0) {
-            s->state = SNIFF_HTTP1;
-        } else {
-            s->state = SNIFF_HTTP2;
-            /* evhttp's idle timeout must not end a long HTTP/2 connection */
-            bufferevent_set_timeouts(s->filter, NULL, NULL);
-            s->h2 = h2_conn_new(&sniff_h2_io, s);
-            s->linger = evtimer_new(base, sniff_linger, s);
-            if (s->h2 == NULL) {
-                evbuffer_drain(src, evbuffer_get_length(src));
-                sniff_close(s);
-                return BEV_NEED_MORE;
-            }
-        }
-    }
-    if (s->state == SNIFF_HTTP1) {
-        evbuffer_remove_buffer(src, dst, limit < 0 ? evbuffer_get_length(src) : (size_t)limit);
-        return BEV_OK;
-    }
-    while (evbuffer_get_length(src) > 0 && !s->closing) {
-        size_t n = evbuffer_get_contiguous_space(src);
-        if (n == 0)
-            n = evbuffer_get_length(src);
-        unsigned char *p = evbuffer_pullup(src, (ev_ssize_t)n);
-        if (h2_conn_feed(s->h2, p, n) < 0) {
-            evbuffer_drain(src, evbuffer_get_length(src));
+            return;
+        if (m < 0 || (s->h2 = h2_conn_new(&sniff_h2_io, s)) == NULL) {
+            evbuffer_drain(in, n);
             sniff_close(s);
-            break;
+            return;
         }
-        evbuffer_drain(src, n);
     }
-    evbuffer_drain(src, evbuffer_get_length(src));
-    return BEV_NEED_MORE;       /* nothing for evhttp */
+    while (evbuffer_get_length(in) > 0 && !s->closing) {
+        size_t n = evbuffer_get_contiguous_space(in);
+        if (n == 0)
+            n = evbuffer_get_length(in);
+        if (h2_conn_feed(s->h2, evbuffer_pullup(in, (ev_ssize_t)n), n) < 0)
+            sniff_close(s);
+        evbuffer_drain(in, n);
+    }
+    evbuffer_drain(in, evbuffer_get_length(in));
 }
 
 static void
-sniff_free(void *arg)
+sniff_writecb(struct bufferevent *bev, void *arg)
 {
     struct sniff *s = arg;
 
-    if (s->h2 != NULL)
-        h2_conn_free(s->h2);
-    if (s->linger != NULL)
-        event_free(s->linger);
-    if (s->out_cb != NULL)
-        evbuffer_remove_cb_entry(bufferevent_get_output(s->filter), s->out_cb);
-    if (s->kick != NULL)
-        event_free(s->kick);
-    free(s);
+    if (s->closing)                     /* the output went */
+        event_active(s->end, EV_TIMEOUT, 1);
+}
+
+static void
+sniff_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct sniff *s = arg;
+
+    s->closing = 1;
+    event_active(s->end, EV_TIMEOUT, 1);
+}
+
+/* The first bytes of a connection arrived: HTTP/2, or evhttp's. */
+static void
+sniff_first_bytes(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct bufferevent *bev = arg;
+    unsigned char head[4];
+    size_t n = evbuffer_get_length(in);
+    struct sniff *s;
+
+    if (info->n_added == 0)
+        return;
+    if (n < sizeof(head)) {
+        evbuffer_copyout(in, head, n);
+        if (h2_preface_match(head, n) == 0)
+            return;                     /* "P", "PR", "PRI": wait */
+    }
+    evbuffer_remove_cb(in, sniff_first_bytes, bev);
+    evbuffer_copyout(in, head, sizeof(head));
+    if (n < sizeof(head) || h2_preface_match(head, sizeof(head)) < 0)
+        return;                         /* HTTP/1.x: evhttp's alone */
+    if ((s = calloc(1, sizeof(*s))) == NULL)
+        return;                         /* evhttp answers it 501 */
+    s->bev = bev;
+    if ((s->end = evtimer_new(base, sniff_end, s)) == NULL) {
+        free(s);
+        return;
+    }
+    /* evhttp set its callbacks with its connection as their argument */
+    void *evcon;
+    bufferevent_getcb(bev, NULL, NULL, NULL, &evcon);
+    s->evcon = evcon;
+    evhttp_connection_set_closecb(s->evcon, sniff_evcon_closed, s);
+    bufferevent_setcb(bev, sniff_readcb, sniff_writecb, sniff_eventcb, s);
+    bufferevent_set_timeouts(bev, NULL, NULL);      /* evhttp's idle timeout */
+    /* small frames (WINDOW_UPDATE, SETTINGS ACK, short answers) go at once:
+     * with Nagle's algorithm a flow-controlled answer waited for ACKs */
+    int one = 1;
+    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    /* libevent runs sniff_readcb next, with these bytes */
 }
 
 static struct bufferevent *
 on_connection(struct event_base *b, void *arg)
 {
-    struct sniff *s = calloc(1, sizeof(*s));
+    struct bufferevent *bev = bufferevent_socket_new(b, -1, BEV_OPT_CLOSE_ON_FREE);
 
     n_conns++;
-    if (s == NULL)
-        return NULL;
-    s->sock = bufferevent_socket_new(b, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (s->sock == NULL)
-        goto fail;
-    s->filter = bufferevent_filter_new(s->sock, sniff_in, NULL, BEV_OPT_CLOSE_ON_FREE,
-                                       sniff_free, s);
-    if (s->filter == NULL)
-        goto fail_sock;
-    s->kick = event_new(b, -1, 0, sniff_kick, s);
-    s->out_cb = evbuffer_add_cb(bufferevent_get_output(s->filter), sniff_out_added, s);
-    if (s->kick == NULL || s->out_cb == NULL) {
-        bufferevent_free(s->filter);    /* frees s through sniff_free */
-        return NULL;
-    }
-    return s->filter;
-fail_sock:
-    bufferevent_free(s->sock);
-fail:
-    free(s);
-    return NULL;
+    if (bev != NULL)                    /* without it, evhttp's alone */
+        evbuffer_add_cb(bufferevent_get_input(bev), sniff_first_bytes, bev);
+    return bev;
 }
 
 struct evhttp *
