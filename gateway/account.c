@@ -48,7 +48,7 @@ count(struct worker *w, const struct req_record *r)
         return;
     }
     struct metrics_sample m = {
-        .status = r->status, .latency_us = r->latency_us, .bytes_in = r->bytes_in,
+        .status = r->count_status ? r->count_status : r->status, .latency_us = r->latency_us, .bytes_in = r->bytes_in,
         .bytes_out = r->bytes_out, .failover = r->failover, .pinned = r->pinned,
         .upstream_error = ci->status == 502,
         .timeout = r->cause == RC_UPSTREAM_TIMEOUT,
@@ -113,6 +113,11 @@ log_line(struct worker *w, const struct req_record *r)
     buf_u64(b, r->bytes_in);
     BUF_LIT(b, ",\"bytes_out\":");
     buf_u64(b, r->bytes_out);
+    if (r->grpc_status >= 0) {
+        BUF_LIT(b, ",\"grpc_status\":");
+        buf_u64(b, (uint64_t)r->grpc_status);
+    } else if (r->grpc_status == -1)
+        BUF_LIT(b, ",\"grpc_status\":null");
     const char *why = req_cause_info(r->cause)->why;
     if (why != NULL)
         add_str(b, ",\"error\":", why, strlen(why));

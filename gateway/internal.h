@@ -220,6 +220,10 @@ struct req_verdict req_validate(const struct head *hd, const struct req_line *rl
 /* The endpoint name in /api/v1/service/{ep}/score; false when the path is
  * not a scoring URL. */
 bool req_score_path(const char *path, size_t len, const char **ep, size_t *eplen);
+/* The Open Inference Protocol's REST scoring URL (SPEC §9):
+ * /v2/models/{ep}/infer, or /v2/models/{ep}/versions/{v}/infer (ver set). */
+bool req_v2_path(const char *path, size_t len, const char **ep, size_t *eplen,
+                 const char **ver, size_t *verlen);
 /* The sticky key of a request: the configured header, or cookie. */
 bool req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep,
                     const char **key, size_t *len);
@@ -282,6 +286,7 @@ struct upstream_request {
     struct tags tags;
     enum framing framing;
     uint64_t content_length;
+    const char *grpc_timeout;       /* replaces the client's grpc-timeout; NULL: none */
 };
 
 /* The request head for the upstream: hop-by-hop headers, Authorization and
@@ -321,6 +326,8 @@ struct req_record {
     size_t path_len;
     const char *upstream;           /* address, NULL when none */
     const char *protocol;           /* "HTTP/1.1", "HTTP/2", ... */
+    int count_status;               /* counted as (gRPC: from grpc-status); 0: status */
+    int grpc_status;                /* logged for gRPC calls; -2: not gRPC, -1: none */
 };
 
 /* One access-log line and one count (SPEC §3.7, §4). */
@@ -438,6 +445,8 @@ struct upconn {
     void *owner;
     llhttp_t parser;
     struct head head;               /* the response head, classified */
+    struct head trailers;           /* HTTP/2: the response's trailers, classified */
+    bool has_trailers;
     int status;
     bool has_length;                /* the response gave a Content-Length */
     uint64_t content_length;
@@ -554,6 +563,28 @@ struct shadow_cmp *shadow_complete(struct shadow *sh);
 void shadow_abandon(struct shadow *sh);
 void shadows_free_all(struct worker *w);
 
+/* ---- gRPC (grpc.c): pure functions of bytes (SPEC §9) ---------------------- */
+
+/* content-type application/grpc (or +proto, ;…). */
+bool grpc_is(const struct head *hd);
+/* The first header named lower_name, or -1. */
+int grpc_header(const struct head *hd, const char *lower_name);
+/* The model name in field 1 of the first length-prefixed message of data
+ * (ModelInferRequest.model_name, ModelReadyRequest.name, …). */
+enum grpc_name { GRPC_NAME_FOUND, GRPC_NAME_MORE, GRPC_NAME_NONE };
+enum grpc_name grpc_model_name(const char *data, size_t len, const char **name, size_t *nlen);
+/* grpc-timeout ("100m", "2S", …) in milliseconds (rounded up). */
+bool grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+void grpc_timeout_format(char out[16], uint64_t ms);
+/* grpc-status -> the HTTP status a call counts as (Envoy's mapping), and
+ * Sluice's own HTTP errors -> the grpc-status a gRPC client gets. */
+int grpc_http_status(int grpc_status);
+int grpc_status_for_http(int status);
+/* grpc-status in a head or trailers, -1 when absent or not a number. */
+int grpc_status_of(const struct head *hd);
+/* msg percent-encoded for grpc-message. */
+size_t grpc_message_encode(char *out, size_t cap, const char *msg);
+
 /* ---- the request's life (request.c) and its client sides ------------------
  *
  * A request goes, whatever protocol its client speaks: head parsed ->
@@ -655,6 +686,12 @@ struct request {
     int version;                    /* -1 until one is chosen */
     bool pinned, failover, retried, head_method, expect_continue;
     bool routed;                    /* the head was accepted and routed */
+    bool grpc;                      /* content-type application/grpc (SPEC §9) */
+    bool await_name;                /* routed once the first message names the model */
+    bool keep_path;                 /* forwarded with its path unchanged (gRPC, /v2) */
+    int grpc_status;                /* of the answer; -1 none */
+    uint64_t grpc_timeout_ms;       /* grpc-timeout, 0 none */
+    struct evbuffer *held;          /* body read before the upstream was chosen */
     bool body_done;                 /* read whole */
     bool discard;                   /* answered early: the rest is dropped */
     enum framing up_framing;        /* the body's framing to the upstream */

@@ -661,6 +661,7 @@ upstream_gc(struct worker *w)
         if (u->replay != NULL)
             evbuffer_free(u->replay);
         head_free(&u->head);
+        head_free(&u->trailers);
         free(u);
     }
 }

@@ -151,10 +151,19 @@ on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, 
           const uint8_t *value, size_t vlen, uint8_t flags, void *user)
 {
     struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-    if (st == NULL || st->head_done || frame->hd.type != NGHTTP2_HEADERS)
-        return 0;                   /* trailers: not passed on (yet) */
+    if (st == NULL || frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
     struct upconn *u = &st->u;
     int rc = 0;
+    if (st->head_done) {            /* trailers (gRPC's status): passed on */
+        if (nlen > 0 && name[0] != ':') {
+            u->has_trailers = true;
+            if ((rc = head_field(&u->trailers, (const char *)name, nlen)) == 0)
+                rc = head_value(&u->trailers, (const char *)value, vlen);
+        }
+        return rc < 0 || u->trailers.len > RESPONSE_HEAD_MAX ?
+            NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    }
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
         int status = 0;
         for (size_t i = 0; i < vlen && i < 3; i++)
@@ -185,6 +194,7 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
         }
         st->head_done = true;
         u->got_bytes = true;
+        u->no_body = end;           /* Trailers-Only (gRPC), or no body */
         head_classify(&u->head);
         int cl = u->head.first[HC_CONTENT_LENGTH];
         u->has_length = cl >= 0;
@@ -195,6 +205,8 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
     }
     if (end && st->head_done && u->busy && !u->closed && !st->ended) {
         st->ended = true;
+        if (u->has_trailers)
+            head_classify(&u->trailers);
         u->ops->on_done(u->owner, u, true);
     }
     return 0;
@@ -591,7 +603,8 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
         if (hd->cls[i] != HC_OTHER && hd->cls[i] != HC_COOKIE)
             continue;               /* hop-by-hop, framing, credentials, ours, Host */
         if (head_name_is(hd, i, "te") || head_name_is(hd, i, "keep-alive") ||
-            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade"))
+            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade") ||
+            (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout")))
             continue;
         char *name = at;
         lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
@@ -620,6 +633,8 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     if (r->tags.failover)
         NV("x-sluice-failover", 17, "true", 4);
     NV("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
+    if (r->grpc_timeout != NULL)
+        NV("grpc-timeout", 12, r->grpc_timeout, strlen(r->grpc_timeout));
     char *cl = at;
     if (r->framing == FRAME_LENGTH) {
         at += (size_t)snprintf(at, 24, "%llu", (unsigned long long)r->content_length);
