@@ -383,11 +383,11 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
             if (r->body_done)
                 r->up->cls->send_end(r->up);
         }
+        if (r->expect_continue && !r->body_done)
+            c->ops->send_continue(c, r);
         r->phase = RP_UPSTREAM;
         arm(r->timer, timeout);
         return true;
-        if (r->expect_continue && !r->body_done)
-            c->ops->send_continue(c, r);
     }
     r->phase = RP_UPSTREAM;
     arm(r->timer, r->ep->scoring_timeout_ms);
