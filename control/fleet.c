@@ -1325,6 +1325,30 @@ on_poll(evutil_socket_t fd, short what, void *arg)
         connect_all();
 }
 
+/* In a fleet a re-read file gives the instance part only: the shared part
+ * stays the fleet's. Joining, leaving or renaming a fleet needs a restart. */
+struct config *
+fleet_reload(struct config *cfg, struct cfg_errors *errs)
+{
+    const char *was = fleet_enabled() ? fleet_name() : NULL;
+    const char *now = cfg->fleet_name;
+    if ((was == NULL) != (now == NULL) || (was && strcmp(was, now) != 0)) {
+        cfg_errors_add(errs, "fleet.name: joining, leaving or changing a fleet needs a restart");
+        config_drop(cfg);
+        return NULL;
+    }
+    if (was == NULL)
+        return cfg;
+    json_t *doc = fleet_merge_current(cfg->doc);
+    struct config *merged = doc ? config_parse(doc, cfg->basedir, errs) : NULL;
+    json_decref(doc);
+    if (merged != NULL && (merged->path = strdup(cfg->path)) == NULL)
+        abort();
+    fleet_stamp(merged);
+    config_drop(cfg);
+    return merged;
+}
+
 void
 fleet_start(struct event_base *base)
 {

@@ -226,6 +226,7 @@ main(int argc, char **argv)
         return 1;
     }
     fleet_start(main_base);
+    control_set_reload(fleet_reload);
     rollout_start(main_base);
     if (cfg->admin_token == NULL)
         log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "

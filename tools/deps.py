@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The layout check (issue 18): run by `meson test` as the test `layout`.
 
-    tools/deps.py BUILD_DIR SOURCE_DIR
+    tools/deps.py BUILD_DIR SOURCE_DIR [--graph]
 
 Reads the object files of a build with nm(1): the global symbols each
 object defines and the ones it takes from elsewhere. From them it builds
@@ -160,10 +160,11 @@ def long_files(src_root):
 
 
 def main():
-    if len(sys.argv) != 3:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    args = [a for a in sys.argv[1:] if a != '--graph']
+    if len(args) != 2:
+        print('usage: ' + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    build, src_root = sys.argv[1], sys.argv[2]
+    build, src_root = args
     objs = []           # (source, target dir, defined, undefined)
     for path, target, (folder, flat) in objects(build):
         src = resolve_source(src_root, folder, flat)
@@ -193,6 +194,11 @@ def main():
             if dst and dst != src:
                 graph[src].add(dst)
                 uses[src][dst].add(s)
+
+    if '--graph' in sys.argv:       # the file graph, for a reader
+        for a in sorted(graph):
+            for b in sorted(graph[a]):
+                print(f'{a} -> {b}: {", ".join(sorted(uses[a][b]))}')
 
     failed = False
     for comp in cycles(graph):
