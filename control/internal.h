@@ -5,7 +5,9 @@
  *
  * The fleet files (fleet.c, fleet_cas.c, fleet_conn.c; calls run
  * fleet_conn.c -> fleet_cas.c -> fleet.c) share the fleet's state and the
- * functions below.
+ * functions below; so do the rollout driver's (rollout.c,
+ * rollout_change.c, rollout_judge.c; calls run rollout_judge.c ->
+ * rollout_change.c -> rollout.c).
  */
 #ifndef SLUICE_CONTROL_INTERNAL_H
 #define SLUICE_CONTROL_INTERNAL_H
@@ -17,6 +19,7 @@
 #include "control/control.h"
 
 struct redisAsyncContext;
+struct redisReply;
 struct json_t;
 struct event;
 struct event_base;
@@ -83,5 +86,105 @@ void fleet_cas_finish(struct cas *c, int status, const char *msg, const struct c
 void fleet_on_deadline(int fd, short what, void *arg);
 void fleet_on_next(int fd, short what, void *arg);
 void fleet_on_retry(int fd, short what, void *arg);
+
+/* ---- the rollout driver (rollout.c, rollout_change.c, rollout_judge.c) ---- */
+
+#define RO_TICK_MS 250
+#define RO_KEEP_EVALS 20
+#define RO_REFRESH_S 1.0            /* reread history and the leader this often */
+#define RO_RETRY_S 1.0              /* a decided change that failed is tried again */
+
+struct ro_change;
+
+struct track {
+    char ep[CFG_NAME_MAX + 1], v[CFG_NAME_MAX + 1];
+    /* the step the baseline belongs to */
+    int step;
+    int64_t since;
+    bool agreement;                 /* the pre-live agreement check of a mirror */
+    bool have_base;
+    char control[CFG_NAME_MAX + 1];
+    uint64_t base_v[M_COUNT], base_c[M_COUNT];
+    double started;                 /* unix seconds the window began */
+    double next_look;
+    bool busy;                      /* a read or a change in flight */
+    int tests;                      /* gates of this rollout that tested live data */
+    struct json_t *evals;                  /* newest last, at most RO_KEEP_EVALS */
+    uint64_t evals_seq;             /* local appends, to drop stale rereads */
+    double refreshed;
+    bool refreshing;
+    /* The decision of this step whose change is not applied yet: retried
+     * every RO_RETRY_S, never judged again. */
+    struct ro_change *decision;
+    double retry_at;
+    /* When this driver last made progress on the step: took it over, read
+     * its baseline, or judged it. 3 x step_s without: paused. */
+    double progress;
+    struct track *next;
+};
+
+/* The driver's one state (rollout.c defines it; each rollout file calls it R). */
+struct rollout_state {
+    struct event_base *base;
+    struct event *tick;
+    struct track *tracks;
+    bool stopped;
+    /* the fleet lease */
+    bool leader;
+    double leader_until;            /* driving stops before the lease may have lapsed */
+    double next_lease;
+    bool lease_busy;
+    char *driver;                   /* the lease holder's id as last read */
+};
+extern struct rollout_state rollout_state;
+
+enum ro_op {
+    RO_START, RO_PAUSE, RO_RESUME, RO_ABORT, RO_PROMOTE,    /* an operator's actions */
+    RO_NEXT, RO_GO_LIVE, RO_ROLLBACK, RO_FINISH, RO_HALT,   /* the driver's */
+};
+
+struct ro_change {
+    enum ro_op op;
+    char ep[CFG_NAME_MAX + 1], v[CFG_NAME_MAX + 1];
+    int64_t now;
+    /* the driver's changes apply only to the step they were judged on */
+    int step;
+    int64_t since;
+    char reason[256];
+    /* the totals the judged window ended on: the next step's baseline */
+    bool have_totals;
+    char control[CFG_NAME_MAX + 1];
+    uint64_t tot_v[M_COUNT], tot_c[M_COUNT];
+    bool zero_share;                /* RO_HALT: the share goes to 0 too */
+    bool edit_refused;              /* change_edit() said no: asking again will not help */
+    rollout_done_fn done;
+    void *arg;
+};
+
+/* rollout.c */
+double now_s(void);
+struct track *track_find(const char *ep, const char *v, bool create);
+bool redis_configured(const struct config *cfg);
+int cmd(metrics_redis_reply_fn fn, void *arg, int argc, const char **argv);
+void key_base(char *out, size_t n, const char *ep, const char *v);
+void key_evals(char *out, size_t n, const char *ep, const char *v);
+void counters_from(const struct redisReply *r, uint64_t *c);
+struct json_t *counters_json(const uint64_t *c);
+void counters_of_json(struct json_t *a, uint64_t *c);
+int control_of(const struct cfg_endpoint *ep, int vi);
+bool in_agreement_check(const struct cfg_version *v);
+void store_base(struct track *t);
+struct json_t *eval_json(const struct metrics_gate_result *g, int step, int pct, int look);
+void push_eval(struct track *t, struct json_t *ev);
+void refresh(struct track *t, double now);
+void lease_key(char *out, size_t n);
+void set_driver(const char *id);
+void lease_tick(double now);
+
+/* rollout_change.c */
+extern const char *const ro_op_names[];     /* by enum ro_op */
+void decide(struct track *t, struct ro_change *c);
+void decision_try(struct track *t);
+struct ro_change *change_new(enum ro_op op, const char *ep, const char *v);
 
 #endif
