@@ -7,7 +7,9 @@
  * fleet_conn.c -> fleet_cas.c -> fleet.c) share the fleet's state and the
  * functions below; so do the rollout driver's (rollout.c,
  * rollout_change.c, rollout_judge.c; calls run rollout_judge.c ->
- * rollout_change.c -> rollout.c).
+ * rollout_change.c -> rollout.c); and the admin API's (admin.c,
+ * admin_change.c, admin_http.c; calls run admin.c -> admin_change.c ->
+ * admin_http.c).
  */
 #ifndef SLUICE_CONTROL_INTERNAL_H
 #define SLUICE_CONTROL_INTERNAL_H
@@ -17,6 +19,9 @@
 #include <time.h>
 
 #include "control/control.h"
+
+#include <event2/http.h>
+#include <jansson.h>
 
 struct redisAsyncContext;
 struct redisReply;
@@ -186,5 +191,55 @@ extern const char *const ro_op_names[];     /* by enum ro_op */
 void decide(struct track *t, struct ro_change *c);
 void decision_try(struct track *t);
 struct ro_change *change_new(enum ro_op op, const char *ep, const char *v);
+
+/* ---- the admin API (admin.c, admin_change.c, admin_http.c) ----------------- */
+
+/* The generation the admin auth was built from (a reference), and the admin
+ * token and token signing built from it (admin_http.c, admin_cur()). */
+extern struct config *admin_auth_cfg;
+extern struct auth_ctx *admin_auth;
+
+struct route {
+    char ep[CFG_NAME_MAX * 4];
+    char v[CFG_NAME_MAX * 4];
+    char tail[64];                  /* "", "versions", "keys", "keys/regenerate", ... */
+    bool has_ep, has_v;
+};
+
+/* A request answered later. Its connection may close meanwhile: libevent
+ * then frees the connection but keeps a request the user still holds, and
+ * frees it when it is answered; only the close callback must not outlive
+ * us. */
+struct waiting {
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+};
+
+/* admin_http.c */
+struct config *admin_cur(void);
+json_int_t admin_shown_generation(const struct config *c);
+void admin_reply(struct evhttp_request *req, int code, json_t *body);
+json_t *admin_text_json(const char *s);
+void admin_reply_error(struct evhttp_request *req, int code, const char *ecode, const char *msg,
+                 const struct cfg_errors *errs);
+const char *admin_status_code_name(int status);
+json_t *admin_pct_json(int hundredths);
+json_t *admin_describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv);
+json_t *admin_describe_endpoint(const struct config *cfg, const struct cfg_endpoint *ep);
+bool admin_parse_route(const char *path, struct route *r);
+json_t *admin_read_body(struct evhttp_request *req, bool required);
+const struct cfg_endpoint *admin_find_ep(const char *name);
+const struct cfg_endpoint *admin_ep_or_404(struct evhttp_request *req, const struct route *r);
+const struct cfg_endpoint *admin_ep_for(struct evhttp_request *req, const struct route *r, enum evhttp_cmd_type cmd);
+bool admin_commit(struct evhttp_request *req, json_t *doc);
+void admin_on_waiting_closed(struct evhttp_connection *conn, void *arg);
+void admin_wait_begin(struct waiting *w, struct evhttp_request *req);
+struct evhttp_request *admin_wait_end(struct waiting *w);
+
+/* admin_change.c */
+void admin_on_endpoint(struct evhttp_request *req, const struct route *r);
+void admin_on_versions(struct evhttp_request *req, const struct route *r);
+void admin_on_keys(struct evhttp_request *req, const struct route *r);
+void admin_on_rollout(struct evhttp_request *req, const struct route *r);
 
 #endif
