@@ -1,15 +1,20 @@
 /*
  * control — the control plane, on the main thread: config generations and
- * reload (control.c), the admin API and dashboard (admin.c, admin_gate.c),
- * fleet sync through Redis (fleet.c), the rollout driver (rollout.c),
- * active health checks (health.c) and systemd notifications (notify.c);
- * main.c is the process. It reaches the data plane only through
- * gateway/gateway.h (start, publish a generation, drain, stop, counters).
+ * reload (control.c), the admin API and dashboard (admin.c, admin_change.c,
+ * admin_http.c, admin_gate.c), fleet sync through Redis (fleet.c,
+ * fleet_cas.c, fleet_conn.c), the rollout driver (rollout.c,
+ * rollout_change.c, rollout_judge.c), active health checks (health.c) and
+ * systemd notifications (notify.c); main.c is the process. It reaches the
+ * data plane only through gateway/gateway.h (start, publish a generation,
+ * drain, stop, counters). This header is what main.c and the tests may
+ * use; what the files of control/ share among themselves is
+ * control/internal.h.
  *
  * Who calls whom:
  *   main.c -> control.c -> gateway (workers_*)
- *   admin.c -> control.c, fleet.c, rollout.c
- *   fleet.c -> control.c (control_apply)   a fleet generation applies like a reload
+ *   admin*.c -> control.c, fleet*.c, rollout*.c
+ *   fleet*.c, rollout*.c -> control.c (control_apply, control_commit): a
+ *   fleet generation or a rollout step applies like a reload
  *   control.c calls no file above it: a reload's fleet part is fleet_reload,
  *   registered by main.c (control_set_reload)
  */
