@@ -13,6 +13,8 @@ listing it. It also checks the folder rules:
     (gateway/internal.h is the data plane's own);
   - the data plane never uses the control plane: no gateway/ object takes
     a symbol defined in control/;
+  - a folder's internal.h is included only by that folder's files;
+  - no #include circle between our headers;
   - no .c/.h file in the source folders, tools/, tests/ or bench/ is over
     800 lines.
 
@@ -144,6 +146,38 @@ def header_names(path):
     return set(re.findall(r'\b[A-Za-z_]\w*\b', text))
 
 
+def our_files(src_root):
+    for top in SOURCE_FOLDERS:
+        for root, dirs, files in os.walk(os.path.join(src_root, top)):
+            dirs[:] = [d for d in dirs if d != 'corpus']
+            for f in files:
+                if f.endswith(('.c', '.h')):
+                    yield os.path.relpath(os.path.join(root, f), src_root)
+
+
+def include_problems(src_root):
+    """Internal headers used outside their folder; #include circles."""
+    out = []
+    graph = defaultdict(set)
+    for rel in our_files(src_root):
+        with open(os.path.join(src_root, rel), encoding='utf-8', errors='replace') as f:
+            incs = re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read(), flags=re.M)
+        top = rel.split('/')[0]
+        for inc in incs:
+            target = inc if os.path.exists(os.path.join(src_root, inc)) else \
+                os.path.normpath(os.path.join(os.path.dirname(rel), inc))
+            if not os.path.exists(os.path.join(src_root, target)):
+                continue    # generated (dashboard.h) or a system header
+            graph[rel].add(target)
+            if (os.path.basename(target) == 'internal.h' and top not in ('tests', 'bench')
+                    and target.split('/')[0] != top):
+                out.append(f'folder rule: {rel} includes {target}, internal to '
+                           f'{target.split("/")[0]}/')
+    for comp in cycles(graph):
+        out.append('include circle: ' + ' -> '.join(one_cycle(graph, comp)))
+    return out
+
+
 def long_files(src_root):
     found = []
     for top in SOURCE_FOLDERS:
@@ -241,6 +275,10 @@ def main():
                 failed = True
                 print(f'folder rule: the data plane calls the control plane: {src} -> {dst}: '
                       + ', '.join(sorted(syms)))
+
+    for problem in include_problems(src_root):
+        failed = True
+        print(problem)
 
     for n, p in long_files(src_root):
         failed = True
