@@ -98,7 +98,7 @@ parse_tokens(struct pctx *p, json_t *obj, struct cfg_tokens *t)
     if (t->algorithm && !ok) {
         subpath(sp, path, "algorithm");
         cfg_err(p, sp, "\"%s\" is not one of HS256/384/512, RS256/384/512, "
-            "ES256/384/512", t->algorithm);
+                "ES256/384/512", t->algorithm);
     }
     json_t *arr = obj ? json_object_get(obj, "trusted_issuers") : NULL;
     subpath(sp, path, "trusted_issuers");
@@ -180,7 +180,7 @@ parse_redis_where(struct pctx *p, json_t *redis, struct cfg_redis *r)
     if (!json_is_array(sen) || json_array_size(sen) == 0 ||
         json_array_size(sen) > CFG_MAX_SENTINELS) {
         cfg_err(p, "redis.sentinels", "must be an array of 1 to %d \"host:port\"",
-            CFG_MAX_SENTINELS);
+                CFG_MAX_SENTINELS);
     } else {
         size_t n = json_array_size(sen);
         r->sentinel_hosts = calloc(n, sizeof(*r->sentinel_hosts));
@@ -260,7 +260,7 @@ parse_root(struct pctx *p, json_t *root)
                     char fp[PATH_MAX_LEN];
                     subpath(fp, sp, "address");
                     cfg_err(p, fp, "\"%s\" is already listeners[%d]",
-                        c->listeners[i].address, j);
+                            c->listeners[i].address, j);
                 }
         }
     }
@@ -280,10 +280,10 @@ parse_root(struct pctx *p, json_t *root)
         size_t n = strlen(c->admin_token);
         if (n < CFG_ADMIN_TOKEN_MIN)
             cfg_err(p, "admin.token", "must be at least %d bytes (it has %zu): make one with "
-                "openssl rand -base64 32", CFG_ADMIN_TOKEN_MIN, n);
+                    "openssl rand -base64 32", CFG_ADMIN_TOKEN_MIN, n);
         else if (contains_nocase(c->admin_token, "replace"))
             cfg_err(p, "admin.token", "is a placeholder (it contains \"REPLACE\"): set a "
-                "secret of your own");
+                    "secret of your own");
     }
     get_int(p, admin, "admin", "max_connections", &c->admin_max_connections, 64, 1, 65536);
 
@@ -368,7 +368,7 @@ parse_root(struct pctx *p, json_t *root)
             cfg_err(p, "fleet.name", "required: 1 to 64 of A-Z a-z 0-9 . _ -");
         else if (c->fleet_name != NULL && !config_fleet_name_valid(c->fleet_name))
             cfg_err(p, "fleet.name", "\"%s\" is not 1 to 64 of A-Z a-z 0-9 . _ -",
-                c->fleet_name);
+                    c->fleet_name);
     }
 
     json_t *eps = json_object_get(root, "endpoints");

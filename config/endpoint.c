@@ -112,7 +112,7 @@ parse_upstreams(struct pctx *p, json_t *obj, const char *path,
                                  &u->is_unix) < 0) {
             char q[128];
             cfg_err(p, ip, "\"%s\" is not host:port, [v6]:port or unix:/path",
-                config_utf8_clip(q, sizeof(q), json_string_value(a)));
+                    config_utf8_clip(q, sizeof(q), json_string_value(a)));
             continue;
         }
         u->address = xstrdup(json_string_value(a));
@@ -211,7 +211,7 @@ parse_compare(struct pctx *p, json_t *obj, const char *path, struct cfg_compare 
         indexpath(ip, sp, i);
         if (!json_is_string(e) || !config_compare_path_valid(json_string_value(e))) {
             cfg_err(p, ip, "must be a member path: names joined by \".\", none empty, "
-                "no control characters, at most 256 bytes");
+                    "no control characters, at most 256 bytes");
             continue;
         }
         c->ignore[c->n_ignore++] = xstrdup(json_string_value(e));
@@ -266,7 +266,7 @@ parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rol
     if (!json_is_array(steps) || json_array_size(steps) == 0 ||
         json_array_size(steps) > CFG_ROLLOUT_MAX_STEPS) {
         cfg_err(p, sp, "required: an array of 1 to %d increasing traffic percentiles in (0, 100]",
-            CFG_ROLLOUT_MAX_STEPS);
+                CFG_ROLLOUT_MAX_STEPS);
     } else {
         for (size_t i = 0; i < json_array_size(steps); i++) {
             json_t *e = json_array_get(steps, i);
@@ -284,7 +284,7 @@ parse_rollout_plan(struct pctx *p, json_t *obj, const char *path, struct cfg_rol
             }
             if (r->n_steps > 0 && rd <= r->steps[r->n_steps - 1]) {
                 cfg_err(p, ip, "steps must increase (%g follows %g)", d,
-                    r->steps[r->n_steps - 1] / (double)CFG_PCT_SCALE);
+                        r->steps[r->n_steps - 1] / (double)CFG_PCT_SCALE);
                 continue;
             }
             r->steps[r->n_steps++] = (int)rd;
@@ -317,14 +317,14 @@ parse_rollout_state(struct pctx *p, json_t *obj, const char *path, struct cfg_ro
     subpath(sp, path, "phase");
     if (phase == NULL)
         cfg_err(p, sp, "required: \"running\", \"paused\", \"promoted\", \"rolled_back\" "
-            "or \"aborted\"");
+                "or \"aborted\"");
     else {
         for (int i = CFG_ROLLOUT_RUNNING; i <= CFG_ROLLOUT_ABORTED; i++)
             if (strcmp(phase, rollout_phase_names[i]) == 0)
                 r->phase = (enum cfg_rollout_phase)i;
         if (r->phase == CFG_ROLLOUT_NONE)
             cfg_err(p, sp, "must be \"running\", \"paused\", \"promoted\", \"rolled_back\" "
-                "or \"aborted\"");
+                    "or \"aborted\"");
     }
     free(phase);
     get_int(p, obj, path, "step", &r->step, 0, 0, CFG_ROLLOUT_MAX_STEPS - 1);
@@ -535,7 +535,7 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
             if (def >= 0) {
                 subpath(fp, vp, "is_default");
                 cfg_err(p, fp, "a second default version (%s is default)",
-                    ep->versions[def].name);
+                        ep->versions[def].name);
             } else
                 def = i;
         }
@@ -543,19 +543,19 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
             if (control >= 0) {
                 subpath(fp, vp, "type");
                 cfg_err(p, fp, "a second control version (%s is control)",
-                    ep->versions[control].name);
+                        ep->versions[control].name);
             } else
                 control = i;
         }
         if (v->mirror > 0 && v->traffic > 0) {
             subpath(fp, vp, "mirror_percentile");
             cfg_err(p, fp, "a mirror version serves no live traffic: its "
-                "traffic_percentile must be 0");
+                    "traffic_percentile must be 0");
         }
     }
     if (sum > CFG_PCT_TOTAL)
         cfg_err(p, sp, "traffic_percentile values sum to %d.%02d, at most 100",
-            sum / CFG_PCT_SCALE, sum % CFG_PCT_SCALE);
+                sum / CFG_PCT_SCALE, sum % CFG_PCT_SCALE);
     if (def < 0)
         def = 0;
     ep->default_version = def;
@@ -575,7 +575,7 @@ parse_endpoint(struct pctx *p, json_t *obj, const char *path,
         indexpath(vp, sp, (size_t)def);
         subpath(fp, vp, "rollout");
         cfg_err(p, fp, "not allowed on the default version (%s): roll out another version "
-            "and promote it", ep->versions[def].name);
+                "and promote it", ep->versions[def].name);
     }
     /* SPEC §2.2: the default takes its own share plus the remainder. */
     for (int i = 0; i < ep->n_versions; i++)

@@ -202,7 +202,7 @@ get_u64(struct pctx *p, json_t *obj, const char *path, const char *key,
     uint64_t n = (uint64_t)json_integer_value(v);
     if (n < min || n > max) {
         cfg_err(p, sp, "must be between %llu and %llu",
-            (unsigned long long)min, (unsigned long long)max);
+                (unsigned long long)min, (unsigned long long)max);
         return;
     }
     *dst = n;
@@ -390,7 +390,7 @@ get_name(struct pctx *p, json_t *obj, const char *path, char out[CFG_NAME_MAX + 
     else if (!config_name_valid(json_string_value(name), json_string_length(name))) {
         char q[48];
         cfg_err(p, sp, "\"%s\" must be 3-32 of a-z 0-9 -, starting with a letter",
-            config_utf8_clip(q, sizeof(q), json_string_value(name)));
+                config_utf8_clip(q, sizeof(q), json_string_value(name)));
     }
     else
         snprintf(out, CFG_NAME_MAX + 1, "%s", json_string_value(name));

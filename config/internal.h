@@ -27,7 +27,10 @@ struct pctx {
 };
 
 /* fields.c */
-void cfg_err(struct pctx *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* One error at a JSON path (the parser's err(), exported under a prefix so
+ * as not to stand in for libc's err(3)). */
+void cfg_err(struct pctx *p, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void subpath(char *out, const char *parent, const char *key);
 void indexpath(char *out, const char *parent, size_t i);
 void check_fields(struct pctx *p, json_t *obj, const char *path,

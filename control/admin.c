@@ -59,9 +59,9 @@ on_token(struct evhttp_request *req, const struct route *r)
         return;
     }
     admin_reply(req, 200, json_pack("{s:s, s:s, s:I, s:I, s:b}", "access_token", tok,
-                              "token_type", "Bearer", "expires_at", (json_int_t)exp,
-                              "refresh_by", (json_int_t)refresh,
-                              "token_auth_enabled", ep->auth_tokens));
+                                    "token_type", "Bearer", "expires_at", (json_int_t)exp,
+                                    "refresh_by", (json_int_t)refresh,
+                                    "token_auth_enabled", ep->auth_tokens));
     free(tok);
 }
 
@@ -156,9 +156,9 @@ on_diffs(struct evhttp_request *req, const struct route *r)
         return;
     }
     admin_reply(req, 200, json_pack("{s:s, s:s, s:s, s:i, s:o}", "endpoint", ep->name,
-                              "version", v->name, "mode",
-                              config_compare_mode_name(v->compare.mode),
-                              "samples", v->compare.samples, "diffs", arr));
+                                    "version", v->name, "mode",
+                                    config_compare_mode_name(v->compare.mode),
+                                    "samples", v->compare.samples, "diffs", arr));
 }
 
 static void
@@ -234,7 +234,8 @@ on_reload(struct evhttp_request *req)
         log_event(LOG_ERROR, "reload_failed", ",\"source\":\"admin\"");
         admin_reply_error(req, 400, "invalid", errs.n ? errs.msg[0] : err, &errs);
     } else
-        admin_reply(req, 200, json_pack("{s:I}", "generation", admin_shown_generation(admin_cur())));
+        admin_reply(req, 200, json_pack("{s:I}", "generation",
+                                        admin_shown_generation(admin_cur())));
     cfg_errors_free(&errs);
 }
 
@@ -250,7 +251,7 @@ fleet_listed(void *arg, int status, json_t *body, const char *why)
     else {
         json_decref(body);
         admin_reply_error(req, status, status == 503 ? "redis_unavailable" : "internal",
-                    why ? why : "", NULL);
+                          why ? why : "", NULL);
     }
 }
 
@@ -263,7 +264,7 @@ on_fleet(struct evhttp_request *req)
     }
     if (!fleet_enabled()) {
         admin_reply_error(req, 404, "not_found", "this instance is in no fleet (no \"fleet\" in "
-                    "its config)", NULL);
+                          "its config)", NULL);
         return;
     }
     struct waiting *w = calloc(1, sizeof(*w));
@@ -283,12 +284,12 @@ on_gate(struct evhttp_request *req, const char *why)
         admin_reply_error(req, 401, "unauthorized", "a valid admin token is required", NULL);
     else if (strcmp(why, "body_refused") == 0)
         admin_reply_error(req, 400, "invalid", "a request body is read only for an authenticated "
-                    "request under /admin/", NULL);
+                          "request under /admin/", NULL);
     else if (strcmp(why, "reserved") == 0)
         admin_reply_error(req, 404, "not_found", "no such resource", NULL);
     else if (strcmp(why, "malformed_url") == 0)
         admin_reply_error(req, 400, "invalid", "the URL must be valid UTF-8, without spaces or "
-                    "control characters", NULL);
+                          "control characters", NULL);
     else if (strcmp(why, "head_too_large") == 0)
         admin_reply_error(req, 431, "too_large", "the request head is over 64 KiB", NULL);
     else

@@ -107,13 +107,13 @@ change_answer(struct evhttp_request *req, struct change *c, uint64_t gen)
     if (c->op == CH_DELETE_EP || ep == NULL) {
         /* ep NULL otherwise cannot happen: the edit kept the endpoint. */
         admin_reply(req, 200, c->op == CH_DELETE_EP ?
-              json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation", g) :
-              json_pack("{s:I}", "generation", g));
+                    json_pack("{s:s, s:I}", "deleted", c->r.ep, "generation", g) :
+                    json_pack("{s:I}", "generation", g));
         return;
     }
     if (c->op == CH_REGEN_KEY) {
         admin_reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
-                                  "secondary_key", ep->key_secondary));
+                                        "secondary_key", ep->key_secondary));
         return;
     }
     int code = (c->op == CH_CREATE_V || (c->op == CH_PUT_EP && c->created)) ? 201 : 200;
@@ -141,8 +141,9 @@ reply_change_failed(struct evhttp_request *req, int status, const char *message,
     if (status == 400 && errs != NULL && errs->n > 0)
         admin_reply_error(req, 400, "invalid", errs->msg[0], errs);
     else
-        admin_reply_error(req, status, status == 500 ? "not_persisted" : admin_status_code_name(status),
-                    message ? message : "", NULL);
+        admin_reply_error(req, status,
+                          status == 500 ? "not_persisted" : admin_status_code_name(status),
+                          message ? message : "", NULL);
 }
 
 static void
@@ -213,9 +214,10 @@ admin_on_endpoint(struct evhttp_request *req, const struct route *r)
         }
         json_t *list = json_array();
         for (int i = 0; i < admin_cur()->n_endpoints; i++)
-            json_array_append_new(list, admin_describe_endpoint(admin_cur(), &admin_cur()->endpoints[i]));
+            json_array_append_new(list, admin_describe_endpoint(admin_cur(),
+                                                                &admin_cur()->endpoints[i]));
         admin_reply(req, 200, json_pack("{s:o, s:I}", "endpoints", list,
-                                  "generation", admin_shown_generation(admin_cur())));
+                                        "generation", admin_shown_generation(admin_cur())));
         return;
     }
     if (m == EVHTTP_REQ_GET) {
@@ -233,7 +235,8 @@ admin_on_endpoint(struct evhttp_request *req, const struct route *r)
         admin_reply_error(req, 405, "method_not_allowed", "GET, PUT or DELETE", NULL);
         return;
     }
-    struct change *c = admin_change_new(req, m == EVHTTP_REQ_PUT ? CH_PUT_EP : CH_DELETE_EP, r, body);
+    struct change *c = admin_change_new(req, m == EVHTTP_REQ_PUT ? CH_PUT_EP : CH_DELETE_EP, r,
+                                        body);
     if (c != NULL)
         change_run(req, c);
 }
@@ -271,7 +274,7 @@ admin_on_versions(struct evhttp_request *req, const struct route *r)
         op = CH_DELETE_V;
     else {
         admin_reply_error(req, 405, "method_not_allowed",
-                    r->has_v ? "GET, PATCH or DELETE" : "GET or POST", NULL);
+                          r->has_v ? "GET, PATCH or DELETE" : "GET or POST", NULL);
         return;
     }
     json_t *body = NULL;
@@ -304,7 +307,7 @@ admin_on_keys(struct evhttp_request *req, const struct route *r)
         return;
     }
     admin_reply(req, 200, json_pack("{s:s?, s:s?}", "primary_key", ep->key_primary,
-                              "secondary_key", ep->key_secondary));
+                                    "secondary_key", ep->key_secondary));
 }
 
 /* GET …/versions/{v}/rollout: the state and the gate's history; POST with
@@ -320,7 +323,8 @@ rollout_answered(void *arg, int status, const char *message, const struct cfg_er
         if (vi >= 0)
             admin_reply(req, 200, rollout_describe(ep, vi));
         else
-            admin_reply(req, 200, json_pack("{s:I}", "generation", admin_shown_generation(admin_cur())));
+            admin_reply(req, 200, json_pack("{s:I}", "generation",
+                                            admin_shown_generation(admin_cur())));
     } else
         reply_change_failed(req, status, message, errs);
     change_free(c);
@@ -355,7 +359,7 @@ admin_on_rollout(struct evhttp_request *req, const struct route *r)
     if (!json_is_string(act)) {
         json_decref(body);
         admin_reply_error(req, 400, "invalid", "action: required, \"start\", \"pause\", "
-                    "\"resume\", \"abort\" or \"promote\"", NULL);
+                          "\"resume\", \"abort\" or \"promote\"", NULL);
         return;
     }
     struct change *c = admin_change_new(req, CH_UPDATE_V, r, body);

@@ -101,7 +101,7 @@ admin_text_json(const char *s)
 
 void
 admin_reply_error(struct evhttp_request *req, int code, const char *ecode, const char *msg,
-            const struct cfg_errors *errs)
+                  const struct cfg_errors *errs)
 {
     json_t *e = json_object();
     if (e != NULL) {
@@ -325,7 +325,7 @@ admin_ep_for(struct evhttp_request *req, const struct route *r, enum evhttp_cmd_
 {
     if (evhttp_request_get_command(req) != cmd) {
         admin_reply_error(req, 405, "method_not_allowed",
-                    cmd == EVHTTP_REQ_GET ? "GET only" : "POST only", NULL);
+                          cmd == EVHTTP_REQ_GET ? "GET only" : "POST only", NULL);
         return NULL;
     }
     return admin_ep_or_404(req, r);

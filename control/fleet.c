@@ -218,7 +218,7 @@ cache_read(uint64_t *gen, char *err, size_t errlen)
  * generation and content hash; NULL with errs. */
 struct config *
 fleet_build(json_t *instance_doc, json_t *shared, const char *basedir, const char *path,
-      struct cfg_errors *errs)
+            struct cfg_errors *errs)
 {
     json_t *doc = config_fleet_merge(instance_doc, shared);
     char hash[CFG_FLEET_HASH_LEN + 1];
@@ -428,7 +428,8 @@ fleet_boot(struct config *file_cfg, struct cfg_errors *errs)
     }
     struct cfg_errors perr;
     cfg_errors_init(&perr);
-    struct config *cfg = fleet_build(file_cfg->doc, shared, file_cfg->basedir, file_cfg->path, &perr);
+    struct config *cfg = fleet_build(file_cfg->doc, shared, file_cfg->basedir, file_cfg->path,
+                                     &perr);
     if (cfg == NULL) {
         for (int i = 0; i < perr.n; i++)
             cfg_errors_add(errs, "fleet %s config (generation %llu): %s", source,

@@ -177,7 +177,8 @@ run_next(void)
         return;
     F.running = true;
     if (F.deadline_ev != NULL) {
-        uint64_t now = fleet_now_ms(), left = F.q_head->deadline > now ? F.q_head->deadline - now : 0;
+        uint64_t now = fleet_now_ms();
+        uint64_t left = F.q_head->deadline > now ? F.q_head->deadline - now : 0;
         struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
         evtimer_add(F.deadline_ev, &tv);
     }
@@ -325,13 +326,13 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
         return;
     if (r == NULL) {
         fleet_cas_finish(c, 503, "Redis went away during the change: it may or may not have been "
-                   "made; read the config again", NULL);
+                         "made; read the config again", NULL);
         return;
     }
     if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL) {
         /* Written to a demoted primary: nothing was written; find the new one. */
         fleet_cas_finish(c, 503, "the Redis primary is changing (failover): nothing was written; "
-                   "try again", NULL);
+                         "try again", NULL);
         fleet_drop_all("the node is a replica now (READONLY)");
         return;
     }
@@ -378,7 +379,7 @@ on_cas(redisAsyncContext *ac, void *reply, void *arg)
     if (!usable) {
         /* Not a shared part at all: trying again would only spin. */
         fleet_cas_finish(c, 503, "the fleet config in Redis is unreadable (see the log): nothing "
-                   "was written", NULL);
+                         "was written", NULL);
         return;
     }
     c->tries++;
@@ -451,11 +452,11 @@ attempt(struct cas *c)
     if (fleet_now_ms() > c->deadline) {
         if (c->tries > 0)
             fleet_cas_finish(c, 409, "the fleet config kept changing under this change until its "
-                       "deadline: nothing was written; try again", NULL);
+                             "deadline: nothing was written; try again", NULL);
         else
             fleet_cas_finish(c, 503, "this change could not be made before its deadline (it waited "
-                       "behind other changes, or Redis was busy): nothing was written; try "
-                       "again", NULL);
+                             "behind other changes, or Redis was busy): nothing was written; try "
+                             "again", NULL);
         return;
     }
     if (F.pending != NULL) {

@@ -1,7 +1,7 @@
 /*
  * control/internal.h — shared by the files of control/ only (other folders
- * see control/control.h). No library header: hiredis and jansson types are
- * forward-declared.
+ * see control/control.h). jansson and libevent's evhttp, which the control
+ * plane wraps, are included; hiredis types are only forward-declared.
  *
  * The fleet files (fleet.c, fleet_cas.c, fleet_conn.c; calls run
  * fleet_conn.c -> fleet_cas.c -> fleet.c) share the fleet's state and the
@@ -14,18 +14,17 @@
 #ifndef SLUICE_CONTROL_INTERNAL_H
 #define SLUICE_CONTROL_INTERNAL_H
 
+#include <event2/http.h>
+#include <event2/util.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
 #include "control/control.h"
 
-#include <event2/http.h>
-#include <jansson.h>
-
 struct redisAsyncContext;
 struct redisReply;
-struct json_t;
 struct event;
 struct event_base;
 
@@ -51,7 +50,7 @@ struct fleet_state {
     bool connected, subscribed;
     bool warned_down;
     struct event *reconnect_ev, *poll_ev, *next_ev, *retry_ev, *deadline_ev;
-    struct json_t *shared;                 /* the shared part applied now, as stored */
+    struct json_t *shared;          /* the shared part applied now, as stored */
     uint64_t gen;                   /* its generation; 0: the file's seed */
     char hash[CFG_FLEET_HASH_LEN + 1];  /* its content hash, computed here */
     /* The generation last read from Redis when it differs from the one
@@ -76,8 +75,8 @@ enum { VIA_RECONNECT, VIA_SUBSCRIBE, VIA_MESSAGE, VIA_POLL };
 /* fleet.c */
 uint64_t fleet_now_ms(void);
 void fleet_set_address(const char *host, int port);
-struct config *fleet_build(struct json_t *instance_doc, struct json_t *shared, const char *basedir, const char *path,
-                     struct cfg_errors *errs);
+struct config *fleet_build(struct json_t *instance_doc, struct json_t *shared,
+                           const char *basedir, const char *path, struct cfg_errors *errs);
 void fleet_set_running(struct json_t *shared, uint64_t gen, const char *hash);
 void fleet_set_pending(struct json_t *shared, uint64_t gen, const char *hash, const char *why);
 void fleet_applied(const char *via);
@@ -88,9 +87,9 @@ void fleet_drop_all(const char *why);
 /* fleet_cas.c */
 void fleet_fetch(int via);
 void fleet_cas_finish(struct cas *c, int status, const char *msg, const struct cfg_errors *errs);
-void fleet_on_deadline(int fd, short what, void *arg);
-void fleet_on_next(int fd, short what, void *arg);
-void fleet_on_retry(int fd, short what, void *arg);
+void fleet_on_deadline(evutil_socket_t fd, short what, void *arg);
+void fleet_on_next(evutil_socket_t fd, short what, void *arg);
+void fleet_on_retry(evutil_socket_t fd, short what, void *arg);
 
 /* ---- the rollout driver (rollout.c, rollout_change.c, rollout_judge.c) ---- */
 
@@ -114,7 +113,7 @@ struct track {
     double next_look;
     bool busy;                      /* a read or a change in flight */
     int tests;                      /* gates of this rollout that tested live data */
-    struct json_t *evals;                  /* newest last, at most RO_KEEP_EVALS */
+    struct json_t *evals;           /* newest last, at most RO_KEEP_EVALS */
     uint64_t evals_seq;             /* local appends, to drop stale rereads */
     double refreshed;
     bool refreshing;
@@ -220,8 +219,8 @@ struct config *admin_cur(void);
 json_int_t admin_shown_generation(const struct config *c);
 void admin_reply(struct evhttp_request *req, int code, json_t *body);
 json_t *admin_text_json(const char *s);
-void admin_reply_error(struct evhttp_request *req, int code, const char *ecode, const char *msg,
-                 const struct cfg_errors *errs);
+void admin_reply_error(struct evhttp_request *req, int code, const char *ecode,
+                       const char *msg, const struct cfg_errors *errs);
 const char *admin_status_code_name(int status);
 json_t *admin_pct_json(int hundredths);
 json_t *admin_describe_version(const struct cfg_endpoint *ep, int vi, json_t *docv);
@@ -230,7 +229,8 @@ bool admin_parse_route(const char *path, struct route *r);
 json_t *admin_read_body(struct evhttp_request *req, bool required);
 const struct cfg_endpoint *admin_find_ep(const char *name);
 const struct cfg_endpoint *admin_ep_or_404(struct evhttp_request *req, const struct route *r);
-const struct cfg_endpoint *admin_ep_for(struct evhttp_request *req, const struct route *r, enum evhttp_cmd_type cmd);
+const struct cfg_endpoint *admin_ep_for(struct evhttp_request *req, const struct route *r,
+                                        enum evhttp_cmd_type cmd);
 bool admin_commit(struct evhttp_request *req, json_t *doc);
 void admin_on_waiting_closed(struct evhttp_connection *conn, void *arg);
 void admin_wait_begin(struct waiting *w, struct evhttp_request *req);
