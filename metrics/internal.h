@@ -1,11 +1,12 @@
 /*
  * metrics/internal.h — shared inside the metrics module only (everyone
  * else sees metrics/metrics.h): the Redis writer's state, shared by its
- * writer (redis.c) and reader (query.c), argument lists (args.c), event
- * lines (log.c).
+ * writer (redis.c), its bookkeeping (bookkeeping.c) and reader (query.c),
+ * argument lists (args.c), event lines (log.c).
  *
  * Who calls whom (one way):
- *   redis.c -> primary.c, counters.c, stats.c, args.c, log.c
+ *   redis.c -> bookkeeping.c, primary.c, counters.c, stats.c, args.c, log.c
+ *   bookkeeping.c -> counters.c, args.c
  *   query.c -> stats.c, log.c;   primary.c -> log.c
  */
 #ifndef SLUICE_METRICS_INTERNAL_H
@@ -73,5 +74,11 @@ const char *jstr(const char *s);
 void args_str(struct args *a, const char *s);
 void args_fmt(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void args_free(struct args *a);
+
+/* bookkeeping.c */
+void write_versions(struct metrics_redis *r);
+void heartbeat(struct metrics_redis *r);
+void housekeeping(struct metrics_redis *r);
+void flush_diffs(struct metrics_redis *r);
 
 #endif
