@@ -400,36 +400,20 @@ control_load(const char *path, struct cfg_errors *errs)
     return control_read(path, errs);
 }
 
-/* In a fleet a re-read file gives the instance part only: the shared part
- * stays the fleet's. Joining, leaving or renaming a fleet needs a restart. */
-static struct config *
-reload_fleet(struct config *cfg, struct cfg_errors *errs)
+static control_reload_fn reload_hook;
+
+void
+control_set_reload(control_reload_fn fn)
 {
-    const char *was = fleet_enabled() ? fleet_name() : NULL;
-    const char *now = cfg->fleet_name;
-    if ((was == NULL) != (now == NULL) || (was && strcmp(was, now) != 0)) {
-        cfg_errors_add(errs, "fleet.name: joining, leaving or changing a fleet needs a restart");
-        config_drop(cfg);
-        return NULL;
-    }
-    if (was == NULL)
-        return cfg;
-    json_t *doc = fleet_merge_current(cfg->doc);
-    struct config *merged = doc ? config_parse(doc, cfg->basedir, errs) : NULL;
-    json_decref(doc);
-    if (merged != NULL && (merged->path = strdup(cfg->path)) == NULL)
-        abort();
-    fleet_stamp(merged);
-    config_drop(cfg);
-    return merged;
+    reload_hook = fn;
 }
 
 int
 control_reload(char *err, size_t errlen, struct cfg_errors *errs)
 {
     struct config *cfg = control_load(current->path, errs);
-    if (cfg != NULL)
-        cfg = reload_fleet(cfg, errs);
+    if (cfg != NULL && reload_hook != NULL)
+        cfg = reload_hook(cfg, errs);       /* in a fleet: fleet_reload() */
     if (cfg == NULL) {
         if (errs->n > 0) {
             char *all = cfg_errors_join(errs, "; ");
@@ -511,7 +495,6 @@ control_backlog(void)
 void
 control_stop(void)
 {
-    fleet_stop();
     metrics_redis_free(writer);
     writer = NULL;
     metrics_backlog_free(backlog);

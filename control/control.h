@@ -1,15 +1,22 @@
 /*
  * control — the control plane, on the main thread: config generations and
- * reload (control.c), the admin API and dashboard (admin.c, admin_gate.c),
- * fleet sync through Redis (fleet.c), the rollout driver (rollout.c),
- * active health checks (health.c) and systemd notifications (notify.c);
- * main.c is the process. It reaches the data plane only through
- * gateway/gateway.h (start, publish a generation, drain, stop, counters).
+ * reload (control.c), the admin API and dashboard (admin.c, admin_change.c,
+ * admin_http.c, admin_gate.c), fleet sync through Redis (fleet.c,
+ * fleet_cas.c, fleet_conn.c), the rollout driver (rollout.c,
+ * rollout_change.c, rollout_judge.c), active health checks (health.c) and
+ * systemd notifications (notify.c); main.c is the process. It reaches the
+ * data plane only through gateway/gateway.h (start, publish a generation,
+ * drain, stop, counters). This header is what main.c and the tests may
+ * use; what the files of control/ share among themselves is
+ * control/internal.h.
  *
  * Who calls whom:
  *   main.c -> control.c -> gateway (workers_*)
- *   admin.c -> control.c, fleet.c, rollout.c
- *   fleet.c -> control.c (control_apply)   a fleet generation applies like a reload
+ *   admin*.c -> control.c, fleet*.c, rollout*.c
+ *   fleet*.c, rollout*.c -> control.c (control_apply, control_commit): a
+ *   fleet generation or a rollout step applies like a reload
+ *   control.c calls no file above it: a reload's fleet part is fleet_reload,
+ *   registered by main.c (control_set_reload)
  */
 #ifndef SLUICE_CONTROL_H
 #define SLUICE_CONTROL_H
@@ -43,6 +50,12 @@ int control_reload(char *err, size_t errlen, struct cfg_errors *errs);
 int control_commit(struct json_t *doc, struct cfg_errors *errs, char *err,
                    size_t errlen);
 int control_apply(struct config *cfg, char *err, size_t errlen);
+/* What a reload does to the re-read file's config before it applies: in
+ * a fleet the shared part stays the fleet's (fleet_reload, registered by
+ * main.c, so that control.c does not call up into fleet.c). The config in
+ * is taken over; the one out, or NULL with errs. */
+typedef struct config *(*control_reload_fn)(struct config *cfg, struct cfg_errors *errs);
+void control_set_reload(control_reload_fn fn);
 struct config *control_current(void);
 void control_stop(void);
 /* The metrics writer and its backlog (main thread). */
@@ -60,6 +73,10 @@ struct config *fleet_boot(struct config *file_cfg, struct cfg_errors *errs);
 /* Connect, subscribe and poll (after control_start). */
 void fleet_start(struct event_base *base);
 void fleet_stop(void);
+/* A reload's file config in a fleet: the instance part from the file, the
+ * shared part the fleet's; joining, leaving or renaming needs a restart
+ * (control_reload_fn). */
+struct config *fleet_reload(struct config *cfg, struct cfg_errors *errs);
 bool fleet_enabled(void);
 bool fleet_connected(void);
 const char *fleet_name(void);

@@ -234,6 +234,7 @@ main(int argc, char **argv)
         return 1;
     }
     fleet_start(main_base);
+    control_set_reload(fleet_reload);
     rollout_start(main_base);
     webhook_init(main_base);
     if (cfg->admin_token == NULL)

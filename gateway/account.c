@@ -17,6 +17,11 @@
 #define ACCESS_FLUSH_BYTES (64 * 1024)
 #define PATH_LOG_MAX 2048
 
+/* Open client connections, all workers (atomic): counted by session.c,
+ * read by worker.c and the admin API. Defined here, with the other
+ * counters, so that session.c does not depend back on worker.c. */
+int gw_open_connections;
+
 static uint32_t
 minute_now(struct worker *w)
 {

@@ -31,6 +31,7 @@
 #include "routing/routing.h"
 #include "auth/auth.h"
 #include "metrics/metrics.h"
+#include "compare/compare.h"
 
 struct event_base;
 struct event;
@@ -343,7 +344,6 @@ void account_flush(struct worker *w);
 
 enum cmp_result { CMP_EQUAL, CMP_DIFFERENT, CMP_STATUS_MISMATCH, CMP_UNKNOWN };
 enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
-#define CMP_EXCERPT 256             /* bytes of each side kept in a sample */
 
 /* A disagreement to keep as a sample (SPEC §7 samples). */
 struct cmp_diff {
@@ -359,17 +359,6 @@ struct cmp_diff {
 void account_compare(struct worker *w, const struct config *cfg,
                      const struct cfg_endpoint *ep, int vi, enum cmp_result res,
                      const struct cmp_diff *d);
-
-/* Pure: remove the member paths from doc; compare two documents with cc's
- * tolerances, filling path (cap bytes, "$" for the root, "a.b[2].c") and
- * the differing values (either NULL when absent on that side). */
-struct json_t;
-void cmp_json_strip(struct json_t *doc, char *const *ignore, int n);
-bool cmp_json_equal(struct json_t *a, struct json_t *b, const struct cfg_compare *cc,
-                    char *path, size_t cap, struct json_t **da, struct json_t **db);
-/* len bytes of s into out (cap bytes with the NUL), cut at a character
- * boundary, invalid bytes as '?'; the length written. */
-size_t cmp_excerpt(char *out, size_t cap, const char *s, size_t len);
 
 /*
  * The comparison of one copy, shared by its live request and its copy:

@@ -25,7 +25,6 @@
 
 int gw_n_workers;
 struct worker *gw_workers;
-int gw_open_connections;
 
 static int *mail_fds;
 static struct metrics_worker **metrics_arr;

@@ -12,7 +12,7 @@
  * a per-instance sequence number that the script checks, so a batch whose
  * reply was lost and that is sent again is applied once.
  *
- * hiredis is wrapped in redis.c; nothing else sees it.
+ * hiredis is wrapped in redis.c, query.c and primary.c; nothing else sees it.
  */
 #ifndef SLUICE_METRICS_H
 #define SLUICE_METRICS_H
@@ -256,7 +256,7 @@ bool metrics_primary_resolve(const struct cfg_redis *c, char *host, size_t hostl
                              int timeout_ms);
 void metrics_primary_stop(void);
 
-/* ---- the Redis writer (redis.c) --------------------------------------- */
+/* ---- the Redis writer (redis.c) and reader (query.c) ------------------ */
 
 struct metrics_redis;
 
