@@ -28,6 +28,8 @@ struct lsock {
 };
 
 static struct lsock *lsocks;
+static control_applied_fn watch_applied;      /* control_watch() */
+static control_reloaded_fn watch_reloaded;
 static struct metrics_backlog *backlog;
 static struct metrics_redis *writer;
 static int n_lsocks;
@@ -171,7 +173,8 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     health_apply(cfg);
     metrics_redis_set_sources(writer, workers_metrics(), n_workers);
     metrics_redis_configure(writer, cfg);
-    prometheus_generation(cfg);
+    if (watch_applied != NULL)
+        watch_applied(cfg);
     return 0;
 }
 
@@ -195,7 +198,8 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     current = cfg;
     health_apply(cfg);
     metrics_redis_configure(writer, cfg);
-    prometheus_generation(cfg);
+    if (watch_applied != NULL)
+        watch_applied(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);
@@ -403,6 +407,13 @@ control_load(const char *path, struct cfg_errors *errs)
 static control_reload_fn reload_hook;
 
 void
+control_watch(control_applied_fn applied, control_reloaded_fn reloaded)
+{
+    watch_applied = applied;
+    watch_reloaded = reloaded;
+}
+
+void
 control_set_reload(control_reload_fn fn)
 {
     reload_hook = fn;
@@ -422,15 +433,18 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
             free(all);
         } else
             snprintf(err, errlen, "cannot persist generated keys");
-        prometheus_reloaded(false);
+        if (watch_reloaded != NULL)
+            watch_reloaded(false);
         return -1;
     }
     if (control_apply(cfg, err, errlen) < 0) {
         config_drop(cfg);
-        prometheus_reloaded(false);
+        if (watch_reloaded != NULL)
+            watch_reloaded(false);
         return -1;
     }
-    prometheus_reloaded(true);
+    if (watch_reloaded != NULL)
+        watch_reloaded(true);
     log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", log_json(cfg->path),
               (unsigned long long)cfg->generation);
     return 0;
@@ -505,5 +519,4 @@ control_stop(void)
     n_lsocks = 0;
     config_drop(current);
     current = NULL;
-    prometheus_stop();
 }

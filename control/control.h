@@ -56,6 +56,11 @@ int control_apply(struct config *cfg, char *err, size_t errlen);
  * is taken over; the one out, or NULL with errs. */
 typedef struct config *(*control_reload_fn)(struct config *cfg, struct cfg_errors *errs);
 void control_set_reload(control_reload_fn fn);
+/* Who is told of each applied generation and each reload's outcome (the
+ * /metrics families of prometheus.c, registered by main.c). */
+typedef void (*control_applied_fn)(const struct config *cfg);
+typedef void (*control_reloaded_fn)(bool ok);
+void control_watch(control_applied_fn applied, control_reloaded_fn reloaded);
 struct config *control_current(void);
 void control_stop(void);
 /* The metrics writer and its backlog (main thread). */

@@ -226,6 +226,7 @@ main(int argc, char **argv)
         event_base_free(main_base);
         return 1;
     }
+    control_watch(prometheus_generation, prometheus_reloaded);   /* /metrics (prometheus.c) */
     if (control_start(cfg, n, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
         admin_stop();
@@ -296,6 +297,7 @@ main(int argc, char **argv)
     webhook_stop();
     admin_stop();
     control_stop();
+    prometheus_stop();
     workers_free();
     route_shared_free_all();
     event_base_free(main_base);

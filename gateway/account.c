@@ -21,6 +21,7 @@
  * read by worker.c and the admin API. Defined here, with the other
  * counters, so that session.c does not depend back on worker.c. */
 int gw_open_connections;
+int gw_open_fds;
 
 static uint32_t
 minute_now(struct worker *w)
