@@ -241,12 +241,19 @@ def test_grpc_errors_are_trailers_only():
 
 def test_idle_close_over_h2():
     """--idle-close-max-ms closes an HTTP/2 connection that went idle after
-    an answer (as it does HTTP/1.1 keep-alive connections)."""
-    m = Model("versionidle", "--idle-close-max-ms", "100", check_exit=True)
-    c = H2Client(m.port)
-    r = c.response(c.request(INFER, BODY))
-    assert r["headers"][":status"] == "200"
-    assert c.wait_closed(timeout=10), "the idle connection stayed open"
+    an answer (as it does HTTP/1.1 keep-alive connections), on evhttp and
+    on --fast; a delayed gRPC answer (a timer's output) still goes out."""
+    for args in [(), ("--fast",)]:
+        m = Model("versionidle", "--idle-close-max-ms", "100", *args, check_exit=not args)
+        c = H2Client(m.port)
+        r = c.response(c.request(INFER, BODY))
+        assert r["headers"][":status"] == "200"
+        assert c.wait_closed(timeout=10), "the idle connection stayed open"
+        pb, s, ch = stub(m.port)
+        out = s.ModelInfer(infer_request(pb, model_name="m"), timeout=10,
+                           metadata=[("x-test-delay-ms", "50")])
+        assert list(out.outputs[0].contents.bytes_contents) == [b"versionidle"]
+        ch.close()
 
 
 def h2load(port, path, n, extra=(), data=None):

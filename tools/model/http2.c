@@ -35,8 +35,8 @@ struct h2_stream {
     struct h2_conn *conn;
     int32_t id;
     char *method, *path, *authority, *content_type;
-    struct kv hdrs[H2_MAX_HEADERS];
-    size_t n_hdrs;
+    struct kv *hdrs;            /* the regular headers, copies */
+    size_t n_hdrs, cap_hdrs;
     struct evbuffer *body;      /* the request body */
     struct evbuffer *out;       /* the response body still to send */
     long long fill_left;        /* x-test-response-bytes still to send */
@@ -129,6 +129,7 @@ stream_free(struct h2_stream *st)
         free((void *)(uintptr_t)st->hdrs[i].name);     /* our strndup copies */
         free((void *)(uintptr_t)st->hdrs[i].value);
     }
+    free(st->hdrs);
     free(st);
 }
 
@@ -216,9 +217,12 @@ answer(struct h2_stream *st)
         return;
     }
     if (opt.fast) {
-        char b[256];
-        int n = fast_body(b, sizeof(b));
-        evbuffer_add(st->out, b, n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0);
+        static char b[256];
+        static int n = -1;
+        if (n < 0)
+            n = fast_body(b, sizeof(b));
+        evbuffer_add_reference(st->out, b, n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0,
+                               NULL, NULL);
     } else if (st->fill_left > 0) {
         ctype = "application/octet-stream";
     } else {
@@ -388,12 +392,25 @@ on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *n
     if (namelen == 12 && memcmp(name, "content-type", 12) == 0)
         st->grpc = valuelen >= 16 && strncasecmp((const char *)value, "application/grpc", 16) == 0;
     if (st->n_hdrs == H2_MAX_HEADERS)
-        return 0;
+        return 0;               /* the rest are not echoed */
+    if (opt.fast && (namelen < 7 || memcmp(name, "x-test-", 7) != 0))
+        return 0;               /* --fast echoes nothing: keep the controls only */
     char *n = strndup((const char *)name, namelen), *v = strndup((const char *)value, valuelen);
     if (n == NULL || v == NULL) {
         free(n);
         free(v);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (st->n_hdrs == st->cap_hdrs) {
+        size_t cap = st->cap_hdrs ? 2 * st->cap_hdrs : 8;
+        struct kv *h = realloc(st->hdrs, cap * sizeof(*h));
+        if (h == NULL) {
+            free(n);
+            free(v);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        st->hdrs = h;
+        st->cap_hdrs = cap;
     }
     st->hdrs[st->n_hdrs++] = (struct kv){n, v};
     return 0;
@@ -405,8 +422,8 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t
 {
     struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
 
-    if (st == NULL)
-        return 0;
+    if (st == NULL || (opt.fast && !st->grpc))
+        return 0;               /* --fast reads only gRPC messages */
     if (evbuffer_get_length(st->body) + len > H2_MAX_BODY)
         return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id,
                                          NGHTTP2_REFUSED_STREAM) == 0
