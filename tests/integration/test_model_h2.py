@@ -158,8 +158,12 @@ def test_grpc_inference_service():
     assert md.name == "fraud" and list(md.versions) == ["versiongrpc"]
     assert [o.name for o in md.outputs] == ["version", "score"]
     req = infer_request(pb, model_name="fraud", model_version="3", id="req-17")
-    out, call = s.ModelInfer.with_call(req, timeout=10)
+    out, call = s.ModelInfer.with_call(req, timeout=10, metadata=[("x-sluice-group", "control")])
     assert (out.model_name, out.model_version, out.id) == ("fraud", "3", "req-17")
+    # the request's metadata, echoed as parameters (grpcio sends a grpc-timeout)
+    assert out.parameters["x-sluice-group"].string_param == "control"
+    assert out.parameters["content-type"].string_param == "application/grpc"
+    assert re.fullmatch(r"\d+[HMSmun]", out.parameters["grpc-timeout"].string_param), out
     assert [(o.name, o.datatype, list(o.shape)) for o in out.outputs] == [
         ("version", "BYTES", [1]), ("score", "FP64", [1])]
     assert list(out.outputs[0].contents.bytes_contents) == [b"versiongrpc"]
@@ -224,6 +228,16 @@ def test_grpc_errors_are_trailers_only():
     assert list(out.outputs[0].contents.bytes_contents) == [b"versionerr"]
     sid = c.request(grpc_stubs.SERVICE + "ModelInfer", b"\x00\x00\x00\x00\x09ab", grpc_h)
     assert c.response(sid)["headers"]["grpc-status"] == "13"
+    # a broken server: the answer ends with its DATA, no trailers
+    sid = c.request(grpc_stubs.SERVICE + "ModelInfer", grpc_stubs.frame(req),
+                    grpc_h + [("x-test-grpc-no-trailers", "1")])
+    r = c.response(sid)
+    assert r["frames"] == ["headers", "data"] and r["ended"] and r["trailers"] is None, r
+    pb, s, ch = stub(m.port)
+    code, details = grpc_code(s.ModelInfer, req, metadata=[("x-test-grpc-no-trailers", "1")],
+                              timeout=10)
+    assert code != grpc.StatusCode.OK, (code, details)
+    ch.close()
     for args, want in [(("--error-rate", "1"), grpc.StatusCode.INTERNAL),
                        (("--grpc-status", "14"), grpc.StatusCode.UNAVAILABLE)]:
         e = Model("versionerr", *args, check_exit=True)

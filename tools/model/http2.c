@@ -13,7 +13,8 @@
  * content-type application/grpc goes to grpc.c; where an HTTP request
  * would get an error status, a gRPC call gets a Trailers-Only answer with
  * the matching grpc-status (x-test-grpc-status: N or --grpc-status N ask
- * for one).
+ * for one; x-test-grpc-no-trailers: 1 ends the answer with its DATA,
+ * without trailers, a broken server).
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -44,6 +45,7 @@ struct h2_stream {
     int status;
     int grpc;                   /* a gRPC call: trailers after the body */
     int grpc_status;            /* -1: none asked for */
+    int no_trailers;            /* x-test-grpc-no-trailers: end with the DATA */
 };
 
 struct h2_conn {
@@ -155,7 +157,7 @@ read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length, uin
     if (st->fill_left > 0 || evbuffer_get_length(st->out) > 0)
         return (ssize_t)n;
     *flags |= NGHTTP2_DATA_FLAG_EOF;
-    if (st->grpc) {
+    if (st->grpc && !st->no_trailers) {
         const nghttp2_nv ok[] = {
             NV("grpc-status", "0"),
         };
@@ -180,7 +182,8 @@ answer_grpc(struct h2_stream *st)
                  grpc_status_name(r.status));
     } else {
         size_t len = evbuffer_get_length(st->body);
-        grpc_call(st->path, evbuffer_pullup(st->body, (ev_ssize_t)len), len, &r);
+        grpc_call(st->path, evbuffer_pullup(st->body, (ev_ssize_t)len), len, st->hdrs,
+                  st->n_hdrs, &r);
     }
     if (r.status != 0) {
         snprintf(code, sizeof(code), "%d", r.status);
@@ -315,6 +318,7 @@ request_done(struct h2_stream *st)
     else
         st->status = opt.fast ? 200 : pick_status();
     if (st->grpc) {
+        st->no_trailers = find_header(st, "x-test-grpc-no-trailers") != NULL;
         if ((v = find_header(st, "x-test-grpc-status")) != NULL)
             st->grpc_status = atoi(v);
         else if (st->status != 200)

@@ -79,6 +79,7 @@
  *   X-Test-Response-Bytes: N  answer with N bytes of body, chunked
  *   X-Test-Close: 1           close the connection without answering
  *   x-test-grpc-status: N     (gRPC) answer grpc-status N, Trailers-Only
+ *   x-test-grpc-no-trailers: 1  (gRPC) end the answer without trailers
  * Over HTTP/2 the controls are the same headers, lowercase. A gRPC call
  * that the controls or options give an HTTP error status N is answered
  * with grpc-status grpc_status_of_http(N) (503 UNAVAILABLE 14, 500
