@@ -6,15 +6,19 @@ errors as Trailers-Only answers with the matching grpc-status."""
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import requests
 
 import grpc_stubs
 from h2client import H2Client
-from harness import Model, tmpdir, until
+from harness import Model, tmpdir
 
 INFER = "/v2/models/m/infer"
 BODY = b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[0.5]}]}'
@@ -318,10 +322,6 @@ def test_preface_and_http1_split_across_writes():
     """The sniffer decides on whole evidence: an HTTP/2 preface sent in
     pieces ("PR", then "I * HTTP/2.0...") is HTTP/2; an HTTP/1.1 request
     sent as "P" then "OST ..." stays HTTP/1.1. On evhttp and on --fast."""
-    import socket
-    import h2.config
-    import h2.connection
-    import h2.events
     for args in [(), ("--fast",)]:
         m = Model("versionsplit", *args, check_exit=not args)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
