@@ -48,6 +48,10 @@
  *                              --idle-close-max-ms. About three times cheaper
  *                              per request than the evhttp server, so a bench
  *                              measures the proxy in front, not the model.
+ *                              Over HTTP/2 the same fixed JSON; gRPC calls get
+ *                              their full answers and honour the x-test-
+ *                              headers (but no latency or error options); the
+ *                              faults below are HTTP/1.1's only.
  *
  * Faults (with --fast; the chaos soak's upstreams, tests/soak): a request
  * gets a fault when it carries "X-Test-Fault: KIND[=N]", or, without one, at
