@@ -556,7 +556,10 @@ lower_copy(char **at, const char *s, size_t n)
 }
 
 /* The request head as HTTP/2 fields: pseudo headers, then the headers
- * compose_request_head() would send (names lowercase), without framing. */
+ * compose_request_head() would send (names lowercase), without framing.
+ * Values point into the request's head and config (alive while the stream
+ * is) or are copied into nv_store: never into the caller's stack, since
+ * they are submitted only once the connection is up. */
 static void
 h2_send_head(struct upconn *u, const struct upstream_request *r)
 {
@@ -633,8 +636,14 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     if (r->tags.failover)
         NV("x-sluice-failover", 17, "true", 4);
     NV("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
-    if (r->grpc_timeout != NULL)
-        NV("grpc-timeout", 12, r->grpc_timeout, strlen(r->grpc_timeout));
+    if (r->grpc_timeout != NULL) {
+        /* Copied: the fields are submitted once the connection is up. */
+        char *gt = at;
+        size_t gl = strlen(r->grpc_timeout);
+        memcpy(at, r->grpc_timeout, gl);
+        at += gl;
+        NV("grpc-timeout", 12, gt, gl);
+    }
     char *cl = at;
     if (r->framing == FRAME_LENGTH) {
         at += (size_t)snprintf(at, 24, "%llu", (unsigned long long)r->content_length);
