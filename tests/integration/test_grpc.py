@@ -204,3 +204,60 @@ def test_rest_v2_infer_urls():
                       timeout=10)
     assert r.status_code == 404
     assert a.stats()["requests"] + b.stats()["requests"] == 7
+
+
+def test_grpc_rollout_unavailable_version_rolled_back():
+    """issue 19 item 6: a progressive rollout driven by gRPC traffic alone.
+    Two versions behind one endpoint, an unchanged grpcio client calling
+    ModelInfer with model_name = the endpoint; the new version answers
+    UNAVAILABLE to a fifth of its calls, which counts as 5xx (SPEC §9), so
+    the gate rolls it back at its first step and no call reaches it after."""
+    import test_rollout as tr
+    r = Redis()
+    a = Model("versiona", *tr.STEADY)
+    b = Model("versionb", "--error-rate", "0.2", "--grpc-status", "14", *tr.STEADY)
+    vb = version("versionb", [b.addr], 0, upstream_protocol="http2",
+                 rollout=tr.plan(min_requests=100))
+    s = Sluice([endpoint(tr.EP, [
+        version("versiona", [a.addr], 0, is_default=True, type="control",
+                upstream_protocol="http2"), vb])],
+        extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100},
+               "admin": {"token": "adm-secret-token"}})
+    pb, rpc = grpc_stubs.load()
+    stop = [False]
+    served = {}
+
+    def traffic():
+        ch = grpc.insecure_channel("127.0.0.1:%d" % s.port)
+        st = rpc.GRPCInferenceServiceStub(ch)
+        while not stop[0]:
+            try:
+                out, call = st.ModelInfer.with_call(infer_request(pb, model_name=tr.EP),
+                                                    timeout=10)
+                v = out.outputs[0].contents.bytes_contents[0].decode()
+            except grpc.RpcError as e:
+                md = dict(e.initial_metadata() or ())
+                md.update(dict(e.trailing_metadata() or ()))    # Trailers-Only
+                v = md.get("x-sluice-version", "error")
+            served[v] = served.get(v, 0) + 1
+        ch.close()
+    import threading
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert tr.act(s, "start").status_code == 200
+        st = tr.until_state(s, lambda st: st["phase"] != "running", 60, "the rollback")
+        assert st["phase"] == "rolled_back" and st["traffic_percentile"] == 0, st
+        assert "error rate" in st["reason"], st
+        assert served.get("versionb", 0) > 0, served      # it did get calls at its step
+        time.sleep(0.5)
+        served.clear()
+        until(lambda: served.get("versiona", 0) >= 200, 60, "calls after the rollback")
+        assert served.get("versionb", 0) == 0, served
+    finally:
+        stop[0] = True
+        for t in threads:
+            t.join()
+    lines = s.access_lines()
+    assert any(l["version"] == "versionb" and l.get("grpc_status") == 14 for l in lines)
