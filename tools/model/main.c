@@ -106,13 +106,7 @@
 
 #include "model.h"
 
-struct model_opts opt = {
-    .name = "model",
-    .slow_max_ms = 1000,
-    .h2_max_streams = 128,
-};
-struct event_base *base;
-unsigned long long n_conns, n_reqs;
+
 
 static void
 on_signal(evutil_socket_t sig, short what, void *arg)
