@@ -51,6 +51,15 @@ cat >"$RUN/sluice.json" <<JSON
        "compare": {"mode": "json", "abs_tol": 0.0001, "ignore": ["version", "headers"],
                    "samples": 5}}
     ]
+  }, {
+    "name": "fraudgrpc",
+    "auth": {"keys": false},
+    "versions": [
+      {"name": "versiona", "upstreams": ["127.0.0.1:$PA"], "traffic_percentile": 70,
+       "is_default": true, "type": "control", "upstream_protocol": "http2"},
+      {"name": "versionb", "upstreams": ["127.0.0.1:$PB"], "traffic_percentile": 30,
+       "type": "treatment", "upstream_protocol": "http2"}
+    ]
   }]
 }
 JSON
@@ -75,6 +84,9 @@ echo "== control vs treatment (sluicectl metrics mynewendpoint)"
 build/tools/sluicectl metrics mynewendpoint --minutes 5
 echo "== the shadow version versionc: does it answer like the live versions? (sluicectl shadow)"
 build/tools/sluicectl shadow mynewendpoint --minutes 5
+echo "== gRPC: an unchanged Open Inference Protocol client (grpcio) over TLS, model fraudgrpc (70 / 30)"
+$PY tools/demo_grpc.py --address "127.0.0.1:$HTTPS_PORT" --cacert "$RUN/cert.pem" \
+    --model fraudgrpc --calls 100 --expect versiona=70,versionb=30
 if [ "${DEMO_ROLLOUT:-0}" = "1" ]; then
     # SPEC §8: two short rollouts with 3-second steps, judged against the
     # control versiona over each step's window, under steady traffic.

@@ -358,6 +358,89 @@ test_pick(void)
     CHECK(route_pick_upstream(c, 3, 0, 4, 6000, &i) == ROUTE_PICK_NO_HEALTHY, "none");
 }
 
+/* gRPC's pure part (SPEC §9): the model name in field 1 of the first
+ * message, read without decoding the rest, as bytes arrive. */
+static void
+test_grpc_model_name(void)
+{
+    /* ModelInferRequest{model_name (1) = "fraud", model_version (2) = "3"} */
+    static const char msg[] = {0, 0, 0, 0, 10, 0x0a, 5, 'f', 'r', 'a', 'u', 'd', 0x12, 1, '3'};
+    const char *name = NULL;
+    size_t n = 0;
+    CHECK(grpc_model_name(msg, sizeof(msg), &name, &n) == GRPC_NAME_FOUND && n == 5 &&
+          memcmp(name, "fraud", 5) == 0, "found");
+    for (size_t cut = 0; cut < 12; cut++)
+        CHECK(grpc_model_name(msg, cut, &name, &n) == GRPC_NAME_MORE, "cut at %zu: more", cut);
+    /* field 2 first, then field 1 */
+    static const char later[] = {0, 0, 0, 0, 10, 0x12, 1, '3', 0x0a, 5, 'f', 'r', 'a', 'u', 'd'};
+    CHECK(grpc_model_name(later, sizeof(later), &name, &n) == GRPC_NAME_FOUND && n == 5,
+          "after another field");
+    /* a varint field (wire type 0) skipped */
+    static const char varint[] = {0, 0, 0, 0, 9, 0x18, 0x96, 0x01, 0x0a, 4, 'a', 'b', 'c', 'd'};
+    CHECK(grpc_model_name(varint, sizeof(varint), &name, &n) == GRPC_NAME_FOUND && n == 4,
+          "after a varint");
+    static const char none[] = {0, 0, 0, 0, 3, 0x12, 1, '3'};
+    CHECK(grpc_model_name(none, sizeof(none), &name, &n) == GRPC_NAME_NONE, "no field 1");
+    static const char compressed[] = {1, 0, 0, 0, 7, 0x0a, 5, 'f', 'r', 'a', 'u', 'd'};
+    CHECK(grpc_model_name(compressed, sizeof(compressed), &name, &n) == GRPC_NAME_NONE,
+          "compressed: not read");
+    static const char overlong[] = {0, 0, 0, 0, 4, 0x0a, 9, 'a', 'b'};
+    CHECK(grpc_model_name(overlong, sizeof(overlong), &name, &n) == GRPC_NAME_NONE,
+          "a length past its message");
+    static const char badwire[] = {0, 0, 0, 0, 2, 0x0f, 0};
+    CHECK(grpc_model_name(badwire, sizeof(badwire), &name, &n) == GRPC_NAME_NONE,
+          "wire type 7");
+}
+
+static void
+test_grpc_timeout_and_statuses(void)
+{
+    uint64_t ms = 0;
+    CHECK(grpc_timeout_parse("100m", 4, &ms) && ms == 100, "100m");
+    CHECK(grpc_timeout_parse("2S", 2, &ms) && ms == 2000, "2S");
+    CHECK(grpc_timeout_parse("1M", 2, &ms) && ms == 60000, "1M");
+    CHECK(grpc_timeout_parse("1H", 2, &ms) && ms == 3600000, "1H");
+    CHECK(grpc_timeout_parse("1500u", 5, &ms) && ms == 2, "microseconds round up");
+    CHECK(grpc_timeout_parse("1n", 2, &ms) && ms == 1, "nanoseconds round up");
+    CHECK(!grpc_timeout_parse("m", 1, &ms) && !grpc_timeout_parse("12x", 3, &ms) &&
+          !grpc_timeout_parse("123456789m", 10, &ms) && !grpc_timeout_parse("-1m", 3, &ms),
+          "malformed or over 8 digits");
+    char out[16];
+    grpc_timeout_format(out, 250);
+    CHECK(strcmp(out, "250m") == 0, "%s", out);
+    static const int to_http[][2] = {{0, 200}, {1, 499}, {2, 500}, {3, 400}, {4, 504},
+        {5, 404}, {7, 403}, {8, 429}, {12, 501}, {13, 500}, {14, 503}, {15, 500}, {16, 401},
+        {17, 500}, {-1, 500}};
+    for (size_t i = 0; i < sizeof(to_http) / sizeof(to_http[0]); i++)
+        CHECK(grpc_http_status(to_http[i][0]) == to_http[i][1], "grpc %d -> %d", to_http[i][0],
+              grpc_http_status(to_http[i][0]));
+    static const int to_grpc[][2] = {{401, 16}, {404, 5}, {413, 8}, {502, 14}, {503, 14},
+        {504, 4}, {400, 3}, {200, 0}, {500, 2}};
+    for (size_t i = 0; i < sizeof(to_grpc) / sizeof(to_grpc[0]); i++)
+        CHECK(grpc_status_for_http(to_grpc[i][0]) == to_grpc[i][1], "http %d -> %d",
+              to_grpc[i][0], grpc_status_for_http(to_grpc[i][0]));
+    char m[64];
+    grpc_message_encode(m, sizeof(m), "no 100% café");
+    CHECK(strcmp(m, "no 100%25 caf%C3%A9") == 0, "%s", m);
+}
+
+static void
+test_v2_path(void)
+{
+    const char *ep, *v;
+    size_t el, vl;
+    const char *p = "/v2/models/fraud/infer";
+    CHECK(req_v2_path(p, strlen(p), &ep, &el, &v, &vl) && el == 5 && v == NULL, "plain");
+    p = "/v2/models/fraud/versions/versionb/infer";
+    CHECK(req_v2_path(p, strlen(p), &ep, &el, &v, &vl) && el == 5 && vl == 8 &&
+          memcmp(v, "versionb", 8) == 0, "versioned");
+    static const char *const bad[] = {"/v2/models//infer", "/v2/models/fraud/ready",
+        "/v2/models/fraud/x/infer", "/v2/models/fraud/versions//infer",
+        "/v2/models/fraud/versions/a/b/infer", "/v1/models/fraud/infer", NULL};
+    for (int i = 0; bad[i]; i++)
+        CHECK(!req_v2_path(bad[i], strlen(bad[i]), &ep, &el, &v, &vl), "%s", bad[i]);
+}
+
 int
 main(void)
 {
@@ -370,6 +453,9 @@ main(void)
         {"json_escape", test_json_escape},
         {"scan_lines", test_scan_lines},
         {"pick", test_pick},
+        {"grpc_model_name", test_grpc_model_name},
+        {"grpc_timeout_and_statuses", test_grpc_timeout_and_statuses},
+        {"v2_path", test_v2_path},
         {NULL, NULL},
     };
     return run_tests(tests);
