@@ -76,6 +76,7 @@ struct h2conn {
     struct h2stream *streams;
     int n_streams;
     bool in_ng;                     /* inside nghttp2: do not re-enter */
+    struct event *run_ev;           /* the requests' runs, one per loop turn */
     bool want_run;                  /* a run was asked for while in_ng */
     bool goaway;                    /* no new streams */
     bool failed;                    /* fatal: close once what is queued is out */
@@ -335,10 +336,23 @@ h2_abort(struct client *c, struct request *r)
     st->h->want_run = true;
 }
 
+/* What the requests ask (after an answer, a body piece, an end) runs once
+ * at the end of this turn of the loop: many streams' frames go out in one
+ * write, not one write each. */
 static void
 h2_ops_run(struct client *c)
 {
-    h2_run(ST(c)->h->s);
+    struct h2conn *h = ST(c)->h;
+    h->want_run = true;
+    if (h->run_ev != NULL)
+        event_active(h->run_ev, EV_TIMEOUT, 1);
+}
+
+static void
+run_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2conn *h = arg;
+    h2_run(h->s);
 }
 
 static void
@@ -702,6 +716,8 @@ h2_free(struct session *s)
         return;
     while (h->streams != NULL)
         stream_free(h->streams);
+    if (h->run_ev != NULL)
+        event_free(h->run_ev);
     nghttp2_session_del(h->ng);
     free(h);
     s->proto_state = NULL;
@@ -750,6 +766,7 @@ h2_attach(struct session *s)
     }
     h->s = s;
     h->window_start_us = now_us();
+    h->run_ev = event_new(s->c.w->base, -1, 0, run_cb, h);
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)lim->h2_max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
