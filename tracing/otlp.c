@@ -184,7 +184,9 @@ otlp_span(struct otlp_buf *b, const struct tracing_span *sp, bool first)
      * (SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, _IS_REMOTE_MASK). */
     uint32_t flags = (uint32_t)sp->trace_flags | 0x100 | (sp->parent_remote ? 0x200 : 0);
 
-    PUTS(b, first ? "{\"traceId\":" : ",{\"traceId\":");
+    if (!first)
+        PUTS(b, ",");
+    PUTS(b, "{\"traceId\":");
     put_hex(b, sp->trace_id, 16);
     PUTS(b, ",\"spanId\":");
     put_hex(b, sp->span_id, 8);
