@@ -454,8 +454,9 @@ tracing_exporter_stats(const struct tracing_exporter *cexp, struct tracing_stats
         struct tracing_ring *r = &exp->rings[i];
         st->submitted += atomic_load_explicit(&r->submitted, memory_order_relaxed);
         ring_dropped += atomic_load_explicit(&r->dropped, memory_order_relaxed);
-        pending += atomic_load_explicit(&r->tail, memory_order_acquire) -
-                   atomic_load_explicit(&r->head, memory_order_acquire);
+        /* head first: it never passes the tail read after it. */
+        uint64_t h = atomic_load_explicit(&r->head, memory_order_acquire);
+        pending += atomic_load_explicit(&r->tail, memory_order_acquire) - h;
     }
     st->exported = atomic_load_explicit(&exp->exported, memory_order_relaxed);
     st->dropped = ring_dropped + atomic_load_explicit(&exp->dropped, memory_order_relaxed);
