@@ -25,22 +25,57 @@ static const uint8_t hexval1[256] = {
     ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
 };
 
-static const char hexdig[16] = "0123456789abcdef";
+/* The two lowercase hex digits of each byte. */
+#define HEXROW(h) {h, '0'}, {h, '1'}, {h, '2'}, {h, '3'}, {h, '4'}, {h, '5'}, {h, '6'}, \
+    {h, '7'}, {h, '8'}, {h, '9'}, {h, 'a'}, {h, 'b'}, {h, 'c'}, {h, 'd'}, {h, 'e'}, {h, 'f'}
+static const char hexpair[256][2] = {
+    HEXROW('0'), HEXROW('1'), HEXROW('2'), HEXROW('3'), HEXROW('4'), HEXROW('5'),
+    HEXROW('6'), HEXROW('7'), HEXROW('8'), HEXROW('9'), HEXROW('a'), HEXROW('b'),
+    HEXROW('c'), HEXROW('d'), HEXROW('e'), HEXROW('f'),
+};
 
 /* n bytes from 2n hex characters; false on a non-lowercase-hex character. */
 static bool
 unhex(const char *s, uint8_t *out, size_t n)
 {
-    bool ok = true;
+    unsigned bad = 0;
 
     for (size_t i = 0; i < n; i++) {
-        unsigned hi = hexval1[(unsigned char)s[2 * i]];
-        unsigned lo = hexval1[(unsigned char)s[2 * i + 1]];
-        ok &= hi != 0 && lo != 0;
-        out[i] = (uint8_t)((hi - 1) << 4 | ((lo - 1) & 0x0f));
+        unsigned hi = hexval1[(unsigned char)s[2 * i]] - 1u;    /* UINT_MAX if not hex */
+        unsigned lo = hexval1[(unsigned char)s[2 * i + 1]] - 1u;
+        bad |= hi | lo;
+        out[i] = (uint8_t)(hi << 4 | (lo & 0x0f));
     }
-    return ok;
+    return bad < 16;
 }
+
+/*
+ * 8 hex characters into 4 bytes, all at once (SWAR on one 64-bit word):
+ * a byte is valid when it is in '0'..'9' or 'a'..'f', which adding
+ * constants to every byte and looking at the top bits tells without a
+ * branch; a letter's low nibble plus 9 is its value.
+ */
+#define BYTES(c) (UINT64_C(0x0101010101010101) * (c))
+static inline bool
+unhex8(const char *s, uint8_t out[4])
+{
+    uint64_t x, top = BYTES(0x80);
+
+    memcpy(&x, s, 8);
+    uint64_t digit = (x + BYTES(0x80 - '0')) & ~(x + BYTES(0x80 - '9' - 1));
+    uint64_t letter = (x + BYTES(0x80 - 'a')) & ~(x + BYTES(0x80 - 'f' - 1));
+    if ((x & top) != 0 || ((digit | letter) & top) != top)
+        return false;
+    uint64_t nib = (x & BYTES(0x0f)) + ((letter & top) >> 7) * 9;
+    /* Bytes n0 n1 n2 ... (n0 first in memory): (n0 << 4 | n1) at bytes 0, 2, 4, 6. */
+    uint64_t y = ((nib << 4) | (nib >> 8)) & UINT64_C(0x00ff00ff00ff00ff);
+    y = (y | (y >> 8)) & UINT64_C(0x0000ffff0000ffff);
+    y = (y | (y >> 16)) & UINT64_C(0x00000000ffffffff);
+    uint32_t w = (uint32_t)y;
+    memcpy(out, &w, 4);
+    return true;
+}
+#undef BYTES
 
 static bool
 all_zero(const uint8_t *b, size_t n)
@@ -52,13 +87,26 @@ all_zero(const uint8_t *b, size_t n)
     return acc == 0;
 }
 
+static inline bool
+zero8(const uint8_t *b)
+{
+    uint64_t x;
+
+    memcpy(&x, b, 8);
+    return x == 0;
+}
+
+static inline void
+hex_nonul(const uint8_t *id, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, hexpair[id[i]], 2);
+}
+
 void
 tracing_hex(const uint8_t *id, size_t n, char *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[id[i] >> 4];
-        out[2 * i + 1] = hexdig[id[i] & 0x0f];
-    }
+    hex_nonul(id, n, out);
     out[2 * n] = '\0';
 }
 
@@ -92,53 +140,31 @@ tracing_traceparent_parse(const char *v, size_t len, struct tracing_parent *out)
                        (len > TRACING_TRACEPARENT_LEN && v[TRACING_TRACEPARENT_LEN] != '-'))
         return TRACING_PARENT_LENGTH;
     if (v[35] != '-' || v[52] != '-' ||
-        !unhex(v + 3, out->trace_id, 16) || !unhex(v + 36, out->parent_id, 8) ||
+        !unhex8(v + 3, out->trace_id) || !unhex8(v + 11, out->trace_id + 4) ||
+        !unhex8(v + 19, out->trace_id + 8) || !unhex8(v + 27, out->trace_id + 12) ||
+        !unhex8(v + 36, out->parent_id) || !unhex8(v + 44, out->parent_id + 4) ||
         !unhex(v + 53, &out->flags, 1))
         return TRACING_PARENT_FORMAT;
     out->version = version;
-    if (all_zero(out->trace_id, 16))
+    if (zero8(out->trace_id) && zero8(out->trace_id + 8))
         return TRACING_PARENT_ZERO_TRACE_ID;
-    if (all_zero(out->parent_id, 8))
+    if (zero8(out->parent_id))
         return TRACING_PARENT_ZERO_PARENT_ID;
     return TRACING_PARENT_OK;
 }
 
 /* ---- tracestate ---- */
 
-static bool
-key_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || c == '*' || c == '/' || c == '@';
-}
-
-/* A list-member "key=value", its OWS already trimmed. Key: a lowercase
- * letter or digit, then up to 255 of a-z 0-9 _ - * / @. Value: 1 to 256
- * printable ASCII characters but ',' and '=', not ending in a space. */
-static bool
-member_valid(const char *m, size_t len)
-{
-    size_t k = 0;
-
-    if (len == 0 || !((m[0] >= 'a' && m[0] <= 'z') || (m[0] >= '0' && m[0] <= '9')))
-        return false;
-    while (k < len && m[k] != '=') {
-        if (!key_char((unsigned char)m[k]))
-            return false;
-        k++;
-    }
-    if (k == len || k > 256)
-        return false;
-    size_t vlen = len - k - 1;
-    if (vlen == 0 || vlen > 256 || m[len - 1] == ' ')
-        return false;
-    for (size_t i = k + 1; i < len; i++) {
-        unsigned char c = (unsigned char)m[i];
-        if (c < 0x20 || c > 0x7e || c == ',' || c == '=')
-            return false;
-    }
-    return true;
-}
+/* Character classes of a tracestate: V, a value character (printable
+ * ASCII but ',' and '='); K, a key character (a-z 0-9 _ - * / @). */
+#define V 1
+#define K 2
+static const uint8_t ts_class[256] = {
+    [0x20 ... 0x29] = V, ['*'] = V | K, ['+'] = V, ['-'] = V | K, ['.'] = V,
+    ['/'] = V | K, ['0' ... '9'] = V | K, [':' ... '<'] = V, ['>' ... '?'] = V,
+    ['@'] = V | K, ['A' ... '^'] = V, ['_'] = V | K, ['`'] = V, ['a' ... 'z'] = V | K,
+    ['{' ... '~'] = V,
+};
 
 size_t
 tracing_tracestate_clean(const char *in, size_t len, char *out)
@@ -146,29 +172,53 @@ tracing_tracestate_clean(const char *in, size_t len, char *out)
     size_t start[TRACING_TRACESTATE_MEMBERS];
     uint16_t mlen[TRACING_TRACESTATE_MEMBERS];
     bool keep[TRACING_TRACESTATE_MEMBERS];
+    const unsigned char *u = (const unsigned char *)in;
     int n = 0;
     size_t i = 0;
 
     if (in == NULL)
         return 0;
-    /* Pass 1: find and check every member; any bad one drops them all. */
-    while (i <= len) {
-        size_t b = i, e;
-        while (i < len && in[i] != ',')
+    /* Pass 1: find and check every member ("key=value", OWS around it);
+     * any bad one drops the whole list. Empty members are allowed. */
+    while (i < len) {
+        while (i < len && ows(in[i]))
             i++;
-        e = i++;
-        while (b < e && ows(in[b]))
-            b++;
-        while (e > b && ows(in[e - 1]))
+        if (i == len)
+            break;
+        if (in[i] == ',') {
+            i++;
+            continue;
+        }
+        /* Key: a lowercase letter or digit first, 256 characters at most. */
+        size_t b = i;
+        if ((ts_class[u[i]] & K) == 0 || in[i] == '_' || in[i] == '-' || in[i] == '*' ||
+            in[i] == '/' || in[i] == '@')
+            return 0;
+        while (i < len && (ts_class[u[i]] & K))
+            i++;
+        if (i == len || in[i] != '=' || i - b > 256)
+            return 0;
+        /* Value: 1 to 256 characters, the last not a space (trailing
+         * spaces are OWS). */
+        size_t v = ++i;
+        while (i < len && (ts_class[u[i]] & V))
+            i++;
+        size_t e = i;
+        while (e > v && in[e - 1] == ' ')
             e--;
-        if (b == e)
-            continue;           /* empty and whitespace-only members are allowed */
-        if (n == TRACING_TRACESTATE_MEMBERS || !member_valid(in + b, e - b))
+        if (e == v || e - v > 256)
+            return 0;
+        while (i < len && ows(in[i]))
+            i++;
+        if (i < len && in[i] != ',')
+            return 0;
+        if (n == TRACING_TRACESTATE_MEMBERS)
             return 0;
         start[n] = b;
         mlen[n] = (uint16_t)(e - b);
         keep[n] = true;
         n++;
+        i++;
     }
     if (n == 0)
         return 0;
@@ -203,11 +253,19 @@ tracing_tracestate_clean(const char *in, size_t len, char *out)
     return o;
 }
 
+#undef V
+#undef K
+
 /* ---- ids and sampling ---- */
 
-/* xoshiro256++ per thread, seeded once from getrandom(2). */
-static _Thread_local uint64_t rng_s[4];
-static _Thread_local bool rng_ready;
+/* xoshiro256++ per thread, seeded once from getrandom(2). The library is
+ * linked into the executable, so the initial-exec TLS model holds and a
+ * draw costs no __tls_get_addr() call. */
+struct rng {
+    uint64_t s[4];
+    bool ready;
+};
+static _Thread_local struct rng rng __attribute__((tls_model("initial-exec")));
 
 static uint64_t
 splitmix64(uint64_t *x)
@@ -238,8 +296,8 @@ rng_seed(void)
     }
     if ((seed[0] | seed[1] | seed[2] | seed[3]) == 0)
         seed[0] = 1;
-    memcpy(rng_s, seed, sizeof(seed));
-    rng_ready = true;
+    memcpy(rng.s, seed, sizeof(seed));
+    rng.ready = true;
 }
 
 static inline uint64_t
@@ -248,12 +306,12 @@ rotl(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
-static uint64_t
+static inline uint64_t
 rng_next(void)
 {
-    if (!rng_ready)
+    if (__builtin_expect(!rng.ready, 0))
         rng_seed();
-    uint64_t *s = rng_s;
+    uint64_t *s = rng.s;
     uint64_t r = rotl(s[0] + s[3], 23) + s[0];
     uint64_t t = s[1] << 17;
     s[2] ^= s[0];
@@ -268,12 +326,19 @@ rng_next(void)
 void
 tracing_random_id(uint8_t *id, size_t n)
 {
+    uint64_t acc;
+
     do {
+        acc = 0;
         for (size_t i = 0; i < n; i += 8) {
             uint64_t r = rng_next();
-            memcpy(id + i, &r, n - i < 8 ? n - i : 8);
+            if (n - i >= 8)
+                memcpy(id + i, &r, 8);
+            else
+                memcpy(id + i, &r, n - i);
+            acc |= r;       /* a short tail ignores some bits: re-checked below */
         }
-    } while (all_zero(id, n));
+    } while (acc == 0 || (n % 8 != 0 && all_zero(id, n)));
 }
 
 bool
@@ -325,19 +390,13 @@ tracing_ctx_begin(struct tracing_ctx *ctx, const char *traceparent, size_t tp_le
 void
 tracing_hop(const struct tracing_ctx *ctx, uint8_t span_id[8], char out[TRACING_TRACEPARENT_LEN])
 {
-    char buf[TRACING_TRACEPARENT_LEN + 1];
-
     tracing_random_id(span_id, 8);
-    buf[0] = '0';
-    buf[1] = '0';
-    buf[2] = '-';
-    tracing_hex(ctx->trace_id, 16, buf + 3);
-    buf[35] = '-';
-    tracing_hex(span_id, 8, buf + 36);
-    buf[52] = '-';
-    buf[53] = hexdig[(ctx->flags & FLAGS_KEPT) >> 4];
-    buf[54] = hexdig[(ctx->flags & FLAGS_KEPT) & 0x0f];
-    memcpy(out, buf, TRACING_TRACEPARENT_LEN);
+    memcpy(out, "00-", 3);
+    hex_nonul(ctx->trace_id, 16, out + 3);
+    out[35] = '-';
+    hex_nonul(span_id, 8, out + 36);
+    out[52] = '-';
+    memcpy(out + 53, hexpair[ctx->flags & FLAGS_KEPT], 2);
 }
 
 /* ---- span records ---- */

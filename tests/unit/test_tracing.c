@@ -98,6 +98,43 @@ test_traceparent_invalid(void)
     CHECK(parse("00-" TID "_" PID "-01") == TRACING_PARENT_FORMAT, "wrong second separator");
 }
 
+/* Every byte value at every id position: valid exactly for 0-9 a-f, and
+ * decoded to its value (the ids are decoded 8 characters at a time). */
+static void
+test_traceparent_every_character(void)
+{
+    char v[TRACING_TRACEPARENT_LEN + 1];
+    struct tracing_parent p;
+    int bad = 0;
+
+    for (int pos = 3; pos < 52; pos++) {
+        if (pos == 35)
+            continue;
+        for (int c = 1; c < 256; c++) {
+            strcpy(v, "00-" TID "-" PID "-01");
+            v[pos] = (char)c;
+            bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+            enum tracing_parent_status st = tracing_traceparent_parse(v, TRACING_TRACEPARENT_LEN, &p);
+            if (hex != (st == TRACING_PARENT_OK) &&
+                !(hex && c == '0' && st != TRACING_PARENT_FORMAT)) {
+                bad++;
+                continue;
+            }
+            if (st != TRACING_PARENT_OK)
+                continue;
+            char h[33];
+            if (pos < 35) {
+                tracing_hex(p.trace_id, 16, h);
+                bad += h[pos - 3] != c || memcmp(h, v + 3, 32) != 0;
+            } else {
+                tracing_hex(p.parent_id, 8, h);
+                bad += h[pos - 36] != c || memcmp(h, v + 36, 16) != 0;
+            }
+        }
+    }
+    CHECK(bad == 0, "%d characters misread", bad);
+}
+
 static void
 test_traceparent_future_version(void)
 {
@@ -613,6 +650,7 @@ main(void)
     static const struct testcase tests[] = {
         {"traceparent_valid", test_traceparent_valid},
         {"traceparent_invalid", test_traceparent_invalid},
+        {"traceparent_every_character", test_traceparent_every_character},
         {"traceparent_future_version", test_traceparent_future_version},
         {"context_continue", test_context_continue},
         {"context_restart", test_context_restart},
