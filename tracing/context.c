@@ -6,6 +6,7 @@
  */
 #include "tracing/tracing.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/random.h>
@@ -344,12 +345,12 @@ tracing_random_id(uint8_t *id, size_t n)
 bool
 tracing_sample(const uint8_t trace_id[16], uint64_t sample_threshold)
 {
-    uint64_t r = 0;
+    uint64_t r;
 
     /* The right-most 7 bytes, big-endian: the randomness W3C Level 2 and
      * OpenTelemetry's consistent probability sampling read. */
-    for (int i = 9; i < 16; i++)
-        r = r << 8 | trace_id[i];
+    memcpy(&r, trace_id + 8, 8);
+    r = be64toh(r) & ((UINT64_C(1) << 56) - 1);
     return r >= sample_threshold;
 }
 

@@ -22,11 +22,13 @@ BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
 DRIVER = os.path.join(BUILD, "tests", "tracing_export_driver")
 
 
-def drive(endpoint, spans, workers=1, queue=1024, batch=100, timeout_ms=10000, when="before"):
+def drive(endpoint, spans, workers=1, queue=1024, batch=100, timeout_ms=10000, when="before",
+          switch_to=None):
     """Run the driver to the end (it stops itself once every span is
-    accounted for); its counts."""
+    accounted for); its counts. With switch_to, the exporter moves to that
+    endpoint after its first batch and `spans` more are submitted."""
     p = subprocess.Popen([DRIVER, endpoint, str(spans), str(workers), str(queue), str(batch),
-                          str(timeout_ms), when],
+                          str(timeout_ms), when] + ([switch_to] if switch_to else []),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = p.communicate(timeout=90)
@@ -36,7 +38,7 @@ def drive(endpoint, spans, workers=1, queue=1024, batch=100, timeout_ms=10000, w
         raise AssertionError("export_driver did not finish")
     assert p.returncode == 0, "export_driver exited %d: %s" % (p.returncode, err)
     st = json.loads(out.strip().splitlines()[-1])
-    assert st["submitted"] == spans, st
+    assert st["submitted"] == spans * (2 if switch_to else 1), st
     assert st["exported"] + st["dropped"] == st["submitted"], st
     assert st["pending"] == 0, st
     return st
@@ -157,6 +159,38 @@ def test_partial_success_counts_rejected_spans():
         assert st["batches_sent"] == 4 and st["batches_failed"] == 0, st
         assert st["exported"] == 88 and st["dropped"] == 12, st
     with_receiver(run, reject=3)
+
+
+def test_reconfigure_moves_to_the_new_endpoint():
+    def run(a):
+        b = OtlpReceiver()
+        try:
+            st = drive(a.url, 40, queue=64, batch=50, switch_to=b.url)
+        finally:
+            b.close()
+        assert st["exported"] == 80 and st["dropped"] == 0, st
+        assert len(a.spans) == 40 and len(b.spans) == 40, (len(a.spans), len(b.spans))
+        assert a.errors == [] and b.errors == []
+        assert {s["attributes"][1]["value"]["stringValue"] for s in a.spans} == {"v0"}
+        assert {s["attributes"][1]["value"]["stringValue"] for s in b.spans} == {"v1"}
+    with_receiver(run)
+
+
+def test_reconfigure_while_a_batch_hangs():
+    def run(a):
+        # The first batch hangs at the old endpoint and is dropped at its
+        # deadline; the next goes to the new one.
+        b = OtlpReceiver()
+        try:
+            st = drive(a.url, 30, queue=64, batch=50, timeout_ms=1000, switch_to=b.url)
+        finally:
+            b.close()
+        assert st["exported"] == 30 and st["dropped"] == 30, st
+        assert st["batches_failed"] == 1, st
+        assert len(b.spans) == 30 and b.errors == [], b.errors[:3]
+        until(lambda: len(a.batches) == 1, "the hung batch at the old endpoint")
+        assert a.batches[0][1] == 30
+    with_receiver(run, mode="hang")
 
 
 def test_no_endpoint_drops_everything():

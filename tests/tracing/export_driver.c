@@ -5,11 +5,13 @@
  * runs until every span is accounted for (exported or dropped, none
  * pending). Prints one JSON line of counts.
  *
- *   export_driver ENDPOINT SPANS WORKERS QUEUE BATCH TIMEOUT_MS WHEN
+ *   export_driver ENDPOINT SPANS WORKERS QUEUE BATCH TIMEOUT_MS WHEN [ENDPOINT2]
  *
  * WHEN is "before" (every span is submitted before the loop runs, so what
  * fits in the rings is exact) or "during" (the workers submit while the
- * exporter drains). ENDPOINT "-" configures no endpoint.
+ * exporter drains). ENDPOINT "-" configures no endpoint. With ENDPOINT2
+ * (and "before"), once the first batch has gone the exporter is
+ * reconfigured to ENDPOINT2 and as many spans again are submitted.
  */
 #include <event2/event.h>
 #include <jansson.h>
@@ -35,6 +37,9 @@ static struct event_base *base;
 static int n_workers;
 static bool flushed;
 static bool during;
+static struct tracing_config cfg2;
+static bool switching;
+static struct worker *ws;
 
 static void *
 work(void *arg)
@@ -81,6 +86,24 @@ check(evutil_socket_t fd, short what, void *arg)
 
     if (atomic_load(&workers_done) < n_workers)
         return;
+    if (switching) {
+        /* The first batch went (it may still be in flight): switch, then
+         * submit the second half from this thread, now ring 0's producer
+         * (the worker was joined). */
+        tracing_exporter_stats(exporter, &st);
+        if (!flushed) {
+            tracing_exporter_flush(exporter);
+            flushed = true;
+        }
+        if (st.batches_sent == 0)
+            return;
+        tracing_exporter_reconfigure(exporter, &cfg2);
+        switching = false;
+        flushed = false;
+        ws[0].id = 1;
+        work(&ws[0]);
+        return;
+    }
     if (!flushed) {
         tracing_exporter_flush(exporter);
         flushed = true;
@@ -101,9 +124,9 @@ give_up(evutil_socket_t fd, short what, void *arg)
 int
 main(int argc, char **argv)
 {
-    if (argc != 8) {
-        fprintf(stderr, "usage: %s ENDPOINT SPANS WORKERS QUEUE BATCH TIMEOUT_MS before|during\n",
-                argv[0]);
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: %s ENDPOINT SPANS WORKERS QUEUE BATCH TIMEOUT_MS before|during"
+                " [ENDPOINT2]\n", argv[0]);
         return 2;
     }
     int spans = atoi(argv[2]);
@@ -121,6 +144,18 @@ main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 2;
     }
+    if (argc == 9) {
+        json_object_set_new(j, "otlp_endpoint", json_string(argv[8]));
+        if (tracing_config_parse(j, &cfg2, err, sizeof(err)) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        switching = true;
+        if (n_workers != 1 || during) {
+            fprintf(stderr, "ENDPOINT2 needs 1 worker, before\n");
+            return 2;
+        }
+    }
     json_decref(j);
 
     base = event_base_new();
@@ -129,7 +164,7 @@ main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 2;
     }
-    struct worker *ws = calloc((size_t)n_workers, sizeof(*ws));
+    ws = calloc((size_t)n_workers, sizeof(*ws));
     for (int i = 0; i < n_workers; i++) {
         ws[i].id = i;
         ws[i].n = spans / n_workers + (i < spans % n_workers);
