@@ -16,6 +16,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,6 +159,7 @@ main(int argc, char **argv)
     }
     json_decref(j);
 
+    signal(SIGPIPE, SIG_IGN);       /* as the gateway does */
     base = event_base_new();
     exporter = tracing_exporter_new(base, &cfg, n_workers, err, sizeof(err));
     if (exporter == NULL) {
