@@ -236,11 +236,18 @@ numeric_host(const char *h)
 static struct evhttp_connection *
 connection(struct tracing_exporter *exp)
 {
+    bool numeric = numeric_host(exp->cfg.host);
+
     if (exp->conn != NULL)
         return exp->conn;
-    if (!numeric_host(exp->cfg.host) && exp->dns == NULL)
-        exp->dns = evdns_base_new(exp->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-    exp->conn = evhttp_connection_base_new(exp->base, numeric_host(exp->cfg.host) ? NULL : exp->dns,
+    /* A name is resolved by evdns, on the loop: without a dns base libevent
+     * would call getaddrinfo() and block the main thread. */
+    if (!numeric && exp->dns == NULL)
+        exp->dns = evdns_base_new(exp->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!numeric && exp->dns == NULL)
+        return NULL;
+    exp->conn = evhttp_connection_base_new(exp->base, numeric ? NULL : exp->dns,
                                            exp->cfg.host, exp->cfg.port);
     if (exp->conn == NULL)
         return NULL;
