@@ -45,7 +45,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
-SLUICE = os.path.join(BUILD, "gateway", "sluice")
+SLUICE = os.path.join(BUILD, "control", "sluice")
 # The model server comes from this tree (it has --fast), even when
 # SLUICE_BUILD points at another sluice build to measure.
 MODEL = os.environ.get("SLUICE_MODEL", os.path.join(ROOT, "build", "tools", "sluice-model"))

@@ -71,7 +71,7 @@ struct cfg_compare {
 };
 
 /* A progressive rollout (SPEC §8): the plan an operator sets, and the state
- * only the rollout driver writes (gateway/rollout.c). */
+ * only the rollout driver writes (control/rollout.c). */
 #define CFG_ROLLOUT_MAX_STEPS 20
 
 enum cfg_rollout_phase {

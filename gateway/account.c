@@ -6,7 +6,7 @@
  * Access lines are buffered per worker and written whole, one write(2)
  * per buffer, so lines of different workers never interleave.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>

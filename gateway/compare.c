@@ -23,7 +23,7 @@
  * costs comparisons, never memory growth. Exact mode retains nothing but a
  * SHA-256 state and, for samples, the first CMP_EXCERPT bytes of each side.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 #include "gateway/jsoncmp.h"
 
 #include <event2/event.h>

@@ -3,7 +3,7 @@
  * a client gets, and Sluice's own JSON error replies. Values in, bytes out:
  * nothing here knows about sessions or sockets (tests/unit/test_gateway.c).
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <string.h>

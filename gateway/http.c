@@ -5,7 +5,7 @@
  * other kind of callback arrives. Also the small writers that keep printf
  * off the request path.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>

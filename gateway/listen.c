@@ -1,4 +1,4 @@
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * access lines and hand whole buffers to log_access_write(), one write(2)
  * each, so lines from different workers never interleave.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

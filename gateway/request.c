@@ -1,310 +1,820 @@
 /*
- * Request validation and the routing inputs of a request head: pure
- * functions of a parsed head, tested without a socket (tests/unit/
- * test_gateway.c). llhttp (strict mode) checks the syntax of the request
- * line, field lines and chunked framing; what SPEC §3.7 asks beyond that
- * is checked here.
+ * The request's life, whatever protocol its client speaks (gateway/
+ * internal.h, "the request's life"): endpoint, auth, version, shadow
+ * copies, the concurrency slot or the wait queue, the upstream exchange,
+ * the response streamed back, comparisons, and its one end.
+ *
+ * A request goes through these phases, one at a time:
+ *
+ *   RP_HEAD      its head is being read (the header deadline runs)
+ *   RP_QUEUED    routed, waiting for a concurrency slot; its body unread
+ *   RP_UPSTREAM  sent (or being sent) to a model server, no answer yet
+ *   RP_RESPONDING  the model server's response streams to the client
+ *   RP_ANSWERED  its response was handed whole to the client: relayed, or
+ *                Sluice's own reply (the rest of the body is read and
+ *                dropped, or the exchange ends)
+ *
+ * A request ends in exactly one place, request_end(), once it is answered
+ * and read whole (or its client is going away): it writes the access-log
+ * line and counts it once (account.c), releases its slot, leaves the wait
+ * queue, lets go of its shadow copies and its upstream connection, drops
+ * its config snapshot, and hands its client back (client_ops.ended). Why it
+ * ended is an enum req_cause.
+ *
+ * This file never sees a socket or a protocol's bytes: the client side is
+ * struct client with its client_ops (client_h1.c for HTTP/1.1), the model
+ * server an upstream connection of its pool's struct upstream_class.
+ * tests/unit/test_request.c drives it with a fake client and a fake
+ * upstream through every way a request ends.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#define SCORE_PREFIX "/api/v1/service/"
-#define SCORE_SUFFIX "/score"
+#define FREE_REQS_MAX 64
 
-static const struct req_cause_info causes[RC_COUNT] = {
-    [RC_OK] = {0, NULL, NULL, -1},
-    [RC_BAD_REQUEST] = {400, "bad_request", "bad_request", REJ_BAD_REQUEST},
-    [RC_BAD_VERSION] = {505, "http_version_not_supported", "bad_version", REJ_BAD_REQUEST},
-    [RC_UNAUTHORIZED] = {401, "unauthorized", "unauthorized", REJ_UNAUTHORIZED},
-    [RC_NOT_FOUND] = {404, "not_found", "not_found", REJ_NOT_FOUND},
-    [RC_CLIENT_TIMEOUT] = {408, "timeout", "client_timeout", REJ_TIMEOUT},
-    [RC_TOO_LARGE] = {413, "too_large", "body_too_large", REJ_TOO_LARGE},
-    [RC_HEADERS_TOO_LARGE] = {431, "headers_too_large", "headers_too_large", REJ_TOO_LARGE},
-    [RC_UNAVAILABLE] = {503, "unavailable", "no_healthy_upstream", -1},
-    [RC_OVERLOADED] = {503, "overloaded", "overloaded", -1},
-    [RC_UPSTREAM_CONNECT] = {502, "bad_gateway", "upstream_connect_failed", -1},
-    [RC_UPSTREAM_RESET] = {502, "bad_gateway", "upstream_reset", -1},
-    [RC_UPSTREAM_CLOSED] = {502, "bad_gateway", "upstream_closed", -1},
-    [RC_UPSTREAM_INVALID] = {502, "bad_gateway", "upstream_invalid_response", -1},
-    [RC_UPSTREAM_TIMEOUT] = {504, "gateway_timeout", "upstream_timeout", -1},
-    [RC_CLIENT_CLOSED] = {0, NULL, "client_closed", -1},
-    [RC_CLIENT_ERROR] = {0, NULL, "client_error", -1},
-    [RC_SEND_TIMEOUT] = {0, NULL, "send_timeout", -1},
-    [RC_SHUTDOWN] = {0, NULL, "shutdown", -1},
-};
+static void dispatch_waiters(struct worker *w);
 
-const struct req_cause_info *
-req_cause_info(enum req_cause c)
+/* ---- small helpers ------------------------------------------------------- */
+
+static void
+arm(struct event *ev, int ms)
 {
-    return &causes[(unsigned)c < RC_COUNT ? c : RC_BAD_REQUEST];
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
 }
 
-enum req_cause
-req_parse_error_cause(int e)
+static const struct cfg_version *
+req_version(const struct request *r)
 {
-    return e == HPE_INVALID_VERSION ? RC_BAD_VERSION : RC_BAD_REQUEST;
+    return r->ep != NULL && r->version >= 0 ? &r->ep->versions[r->version] : NULL;
 }
 
-/* RFC 3986 unreserved / sub-delims / pct-encoded, the characters of a
- * reg-name (and, with digits and dots, of an IPv4 address). */
-static bool
-regname_char(unsigned char c)
+static const char *
+group_of(const struct cfg_version *v)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != 0 && strchr("-._~!$&'()*+,;=%", c) != NULL;
+    return config_group_name(v->mirror > 0 ? CFG_GROUP_SHADOW : v->group);
 }
 
-bool
-req_host_valid(const char *v, size_t len)
+struct tags
+request_tags(const struct request *r)
 {
-    size_t i = 0;
-    if (len == 0)
-        return false;
-    if (v[0] == '[') {
-        /* IP-literal: hex digits, colons and dots (an embedded IPv4). */
-        const char *close = memchr(v, ']', len);
-        if (close == NULL || close == v + 1)
-            return false;
-        for (const char *p = v + 1; p < close; p++)
-            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') ||
-                  (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
-                return false;
-        i = (size_t)(close - v) + 1;
+    const struct cfg_version *v = req_version(r);
+    struct tags t = {v ? v->name : NULL, v ? group_of(v) : NULL, r->id, r->failover};
+    return t;
+}
+
+static void
+run(struct request *r)
+{
+    r->c->ops->run(r->c);
+}
+
+static void
+ensure_id(struct request *r)
+{
+    if (r->id[0] == '\0') {
+        struct worker *w = r->c->w;
+        req_id_make(r->id, w->id_prefix, ++w->req_seq);
+    }
+}
+
+void
+request_take_id(struct request *r)
+{
+    struct head *hd = &r->head;
+    int rid = hd->first[HC_REQUEST_ID];
+    if (rid >= 0 && req_id_acceptable(HD_VAL(hd, rid), hd->h[rid].val_len)) {
+        memcpy(r->id, HD_VAL(hd, rid), hd->h[rid].val_len);
+        r->id[hd->h[rid].val_len] = '\0';
+    } else
+        ensure_id(r);
+}
+
+/* ---- birth and recycling ---------------------------------------------------- */
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void hdr_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+struct request *
+request_new(struct client *c)
+{
+    struct worker *w = c->w;
+    struct request *r = w->free_reqs;
+    if (r != NULL) {
+        w->free_reqs = r->next_free;
+        w->n_free_reqs--;
     } else {
-        while (i < len && v[i] != ':') {
-            unsigned char c = (unsigned char)v[i];
-            if (!regname_char(c))
-                return false;
-            if (c == '%' && (i + 2 >= len || !strchr("0123456789abcdefABCDEF", v[i + 1]) ||
-                             !strchr("0123456789abcdefABCDEF", v[i + 2])))
-                return false;
-            i++;
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+        r->timer = evtimer_new(w->base, req_timer_cb, r);
+        r->hdr_timer = evtimer_new(w->base, hdr_timer_cb, r);
+        if (r->timer == NULL || r->hdr_timer == NULL) {
+            if (r->timer)
+                event_free(r->timer);
+            free(r);
+            return NULL;
         }
-        if (i == 0)
-            return false;
     }
-    if (i == len)
-        return true;
-    if (v[i] != ':')
-        return false;
-    size_t digits = 0;
-    for (i++; i < len; i++, digits++)
-        if (v[i] < '0' || v[i] > '9' || digits == 5)
-            return false;
-    return true;                    /* "host:" (empty port) is allowed by RFC 3986 */
+    struct event *timer = r->timer, *hdr_timer = r->hdr_timer;
+    struct head hd = r->head;
+    memset(r, 0, offsetof(struct request, head));
+    r->timer = timer;
+    r->hdr_timer = hdr_timer;
+    r->head = hd;
+    head_reset(&r->head);
+    r->c = c;
+    r->version = -1;
+    r->cfg = config_take(w->cfg);
+    return r;
 }
 
-/* RFC 9110 §5.6.2 token characters. */
-static bool
-tchar(unsigned char c)
+static void
+request_recycle(struct worker *w, struct request *r)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    if (w->n_free_reqs < FREE_REQS_MAX && !w->draining) {
+        r->next_free = w->free_reqs;
+        w->free_reqs = r;
+        w->n_free_reqs++;
+        return;
+    }
+    event_free(r->timer);
+    event_free(r->hdr_timer);
+    head_free(&r->head);
+    free(r);
 }
 
-/* Split origin-form or absolute-form (http/https) targets into path and
- * query. */
-static bool
-parse_target(const struct head *hd, struct req_target *t)
+void
+requests_free_all(struct worker *w)
 {
-    const char *u = hd->buf + hd->url_off;
-    size_t n = hd->url_len, p = 0;
+    while (w->free_reqs != NULL) {
+        struct request *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        event_free(r->timer);
+        event_free(r->hdr_timer);
+        head_free(&r->head);
+        free(r);
+    }
+    w->n_free_reqs = 0;
+    event_free(w->wait_poll);
+    w->wait_poll = NULL;
+}
 
-    if (n == 0)
+void
+request_arm_header_deadline(struct request *r, int ms)
+{
+    arm(r->hdr_timer, ms);
+}
+
+/* ---- the one end of a request ----------------------------------------------- */
+
+/* Leave the wait queue; the client side reads the body again. */
+static void
+stop_waiting(struct request *r)
+{
+    if (r->waiting) {
+        r->waiting = false;
+        TAILQ_REMOVE(&r->c->w->waiters, r, wait_link);
+        r->c->ops->resume_reading(r->c, r);
+    }
+}
+
+static void
+release_slot(struct request *r)
+{
+    if (r->slot != NULL) {
+        route_give_slot(r->slot);
+        r->slot = NULL;
+        dispatch_waiters(r->c->w);
+    }
+}
+
+static void
+drop_shadows(struct request *r)
+{
+    for (int i = 0; i < r->n_shadows; i++)
+        shadow_abandon(r->shadows[i]);
+    r->n_shadows = 0;
+}
+
+/* The live outcome for the comparisons: only a relayed, complete response
+ * is compared; anything else makes them unknown. */
+static void
+end_comparisons(struct request *r)
+{
+    bool ok = r->cause == RC_OK && r->status != 0;
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_end(r->cmps[i], CMP_LIVE, ok);
+    r->n_cmps = 0;
+}
+
+void
+request_end(struct request *r)
+{
+    struct client *c = r->c;
+    struct worker *w = c->w;
+
+    c->ops->detach(c, r);
+    if (r->status == 0 && r->cause == RC_CLIENT_CLOSED)
+        r->status = 499;            /* nginx's code for a client that left */
+    const char *url = r->head.buf ? r->head.buf + r->head.url_off : NULL;
+    struct req_record rec = {
+        .cfg = r->cfg, .ep = r->ep, .version = r->version, .pinned = r->pinned,
+        .failover = r->failover, .status = r->status, .cause = r->cause,
+        .latency_us = r->t_start_us ? now_us() - r->t_start_us : 0,
+        .bytes_in = r->bytes_in, .bytes_out = r->bytes_out, .request_id = r->id,
+        .peer = c->peer,
+        .method = r->t_start_us ? llhttp_method_name(r->line.method) : NULL,
+        .path = url, .path_len = url ? r->head.url_len : 0,
+        .upstream = r->pool ? r->pool->address : NULL,
+    };
+    if (rec.request_id[0] == '\0')
+        ensure_id(r);
+    account_request(w, &rec);
+
+    stop_waiting(r);
+    evtimer_del(r->timer);
+    evtimer_del(r->hdr_timer);
+    if (r->up != NULL) {
+        upconn_close(r->up);        /* unfinished exchange: not reusable */
+        r->up = NULL;
+    }
+    drop_shadows(r);
+    end_comparisons(r);
+    release_slot(r);
+    config_drop(r->cfg);
+    r->cfg = NULL;
+    request_recycle(w, r);
+    c->ops->ended(c);
+}
+
+void
+request_maybe_end(struct request *r)
+{
+    if (r != NULL && r->phase == RP_ANSWERED && (r->body_done || r->c->ending))
+        request_end(r);
+}
+
+void
+request_client_left(struct request *r, enum req_cause cause)
+{
+    if (r != NULL && r->cause == RC_OK && r->phase != RP_ANSWERED)
+        r->cause = cause;
+}
+
+/* ---- Sluice's own replies ----------------------------------------------------- */
+
+/*
+ * Answer the request with a JSON error (SPEC §3.6) for cause. With close,
+ * the exchange ends after the answer: whenever the request's framing can no
+ * longer be trusted or the rest of it will not be read. After a response
+ * has started, only the exchange's end can tell the client.
+ */
+void
+request_reply(struct request *r, enum req_cause cause, const char *msg, bool close)
+{
+    struct client *c = r->c;
+    const struct req_cause_info *ci = req_cause_info(cause);
+
+    r->cause = cause;
+    if (r->up != NULL) {
+        upconn_close(r->up);
+        r->up = NULL;
+    }
+    evtimer_del(r->timer);
+    stop_waiting(r);
+    if (!r->body_done)
+        drop_shadows(r);
+    if (r->phase == RP_RESPONDING || r->phase == RP_ANSWERED || ci->status == 0) {
+        c->ops->close_after(c, r);
+        r->phase = RP_ANSWERED;
+        return;
+    }
+    if (c->w->draining || (r->expect_continue && !r->body_done))
+        close = true;
+    if (close)
+        c->ops->close_after(c, r);
+    ensure_id(r);
+    /* A request refused for its own sake reached no version. */
+    if (cause == RC_BAD_REQUEST || cause == RC_BAD_VERSION || cause == RC_TOO_LARGE ||
+        cause == RC_HEADERS_TOO_LARGE || cause == RC_UNAUTHORIZED ||
+        (cause == RC_CLIENT_TIMEOUT && !r->routed))
+        r->version = -1;
+    c->ops->send_error(c, r, ci->status, ci->code, msg);
+    r->status = ci->status;
+    r->phase = RP_ANSWERED;
+    r->discard = true;
+}
+
+/* ---- the upstream exchange (the connection reports through req_ops) ----------- */
+
+static const struct upconn_ops req_ops;
+
+/* Hand the request to pool's connection: the head now, the body as it is
+ * read. fresh: a new connection, never an idle one (a retry, with resend). */
+static bool
+start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffer *resend)
+{
+    struct client *c = r->c;
+
+    r->slot = pool->shared;
+    r->pool = pool;
+    r->up = upconn_acquire(c->w, pool, &req_ops, r, fresh);
+    if (r->up == NULL) {
+        request_reply(r, RC_UPSTREAM_CONNECT, "cannot connect to the model server",
+                      !r->body_done);
         return false;
-    if (u[0] != '/') {
-        size_t sl;
-        if (n > 7 && strncasecmp(u, "http://", 7) == 0)
-            sl = 7;
-        else if (n > 8 && strncasecmp(u, "https://", 8) == 0)
-            sl = 8;
-        else
-            return false;
-        const char *slash = memchr(u + sl, '/', n - sl);
-        if (slash == NULL || !req_host_valid(u + sl, (size_t)(slash - u) - sl))
-            return false;
-        p = (size_t)(slash - u);
     }
-    for (size_t k = p; k < n; k++) {
-        unsigned char c = (unsigned char)u[k];
-        if (c <= 0x20 || c >= 0x7f || c == '#')
-            return false;           /* llhttp allows some of these in strict mode */
+    if (resend != NULL) {
+        r->up->framing = r->up_framing;     /* the body's rest comes as before */
+        r->up->cls->send_again(r->up, resend);
+    } else {
+        const struct cfg_version *v = req_version(r);
+        const struct head *hd = &r->head;
+        struct upstream_request ur = {
+            .method = llhttp_method_name(r->line.method),
+            .path = v->path ? v->path : hd->buf + r->target.path_off,
+            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .query = r->target.has_query ? hd->buf + r->target.query_off : NULL,
+            .query_len = r->target.query_len,
+            .hd = hd, .peer = c->peer, .proto = c->proto,
+            .default_host = pool->address,
+            .tags = request_tags(r), .framing = r->up_framing,
+            .content_length = r->line.content_length,
+        };
+        r->up->cls->send_head(r->up, &ur);
+        if (r->expect_continue && !r->body_done)
+            c->ops->send_continue(c, r);
     }
-    const char *q = memchr(u + p, '?', n - p);
-    t->path_off = hd->url_off + (uint32_t)p;
-    t->path_len = (uint32_t)((q ? (size_t)(q - u) : n) - p);
-    t->has_query = q != NULL;
-    t->query_off = q ? hd->url_off + (uint32_t)(q - u) + 1 : 0;
-    t->query_len = q ? (uint32_t)(n - (size_t)(q - u) - 1) : 0;
+    r->phase = RP_UPSTREAM;
+    arm(r->timer, r->ep->scoring_timeout_ms);
     return true;
 }
 
-static struct req_verdict
-refuse(enum req_cause c, const char *msg, bool close)
+static int
+rq_head(void *owner, struct upconn *u)
 {
-    struct req_verdict v = {c, msg, close};
-    return v;
+    struct request *r = owner;
+    bool no_body = r->head_method || u->status == 204 || u->status == 304;
+
+    r->status = u->status;
+    r->phase = RP_RESPONDING;
+    route_eject_success(&u->pool->eject);
+    struct resp_info ri = {
+        .status = u->status, .hd = &u->head, .has_length = u->has_length,
+        .content_length = u->content_length, .no_body = no_body,
+    };
+    r->c->ops->send_head(r->c, r, &ri);
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_head(r->cmps[i], CMP_LIVE, u->status);
+    return r->head_method;
 }
 
-struct req_verdict
-req_validate(const struct head *hd, const struct req_line *rl,
-             const struct cfg_limits *lim, struct req_target *t)
+static void
+rq_body(void *owner, struct upconn *u, const char *at, size_t len)
 {
-    if (rl->major == 0)             /* a version-less HTTP/0.9 line */
-        return refuse(RC_BAD_REQUEST, "the request line has no HTTP version", true);
-    if (rl->major != 1 || rl->minor > 1)
-        return refuse(RC_BAD_VERSION, "only HTTP/1.0 and HTTP/1.1 are supported", true);
-    for (int i = 0; i < hd->n; i++) {
-        const unsigned char *nm = (const unsigned char *)HD_NAME(hd, i);
-        if (hd->h[i].name_len == 0)
-            return refuse(RC_BAD_REQUEST, "empty header field name", true);
-        for (uint32_t k = 0; k < hd->h[i].name_len; k++)
-            if (!tchar(nm[k]))
-                return refuse(RC_BAD_REQUEST, "invalid header field name", true);
-        /* Folded lines are refused by req_scan_lines(); CR, LF or NUL in a
-         * value would still be a smuggling vector if llhttp let one by. */
-        const char *val = HD_VAL(hd, i);
-        if (memchr(val, '\r', hd->h[i].val_len) || memchr(val, '\n', hd->h[i].val_len) ||
-            memchr(val, '\0', hd->h[i].val_len))
-            return refuse(RC_BAD_REQUEST, "invalid header field value", true);
-    }
-    int hosts = hd->count[HC_HOST];
-    if (hosts > 1 || (rl->minor == 1 && hosts != 1))
-        return refuse(RC_BAD_REQUEST, "a request needs exactly one Host header", true);
-    if (hosts == 1) {
-        int h = hd->first[HC_HOST];
-        if (!req_host_valid(HD_VAL(hd, h), hd->h[h].val_len))
-            return refuse(RC_BAD_REQUEST, "invalid Host header", true);
-    }
-    if (rl->method == HTTP_CONNECT || rl->upgrade)
-        return refuse(RC_BAD_REQUEST, "protocol upgrades and CONNECT are not supported", true);
-    /* Only "chunked" as a transfer coding: anything else leaves the length
-     * of the body to guesswork (llhttp would flag some of it only after
-     * the head, when it may have been routed already). */
-    int te = hd->first[HC_TRANSFER_ENCODING];
-    if (te >= 0 && (hd->count[HC_TRANSFER_ENCODING] != 1 || hd->h[te].val_len != 7 ||
-                    strncasecmp(HD_VAL(hd, te), "chunked", 7) != 0 || rl->minor == 0))
-        return refuse(RC_BAD_REQUEST, "unsupported Transfer-Encoding", true);
-    if (te >= 0 && hd->count[HC_CONTENT_LENGTH] > 0)
-        return refuse(RC_BAD_REQUEST, "both Content-Length and Transfer-Encoding", true);
-    if (!parse_target(hd, t))
-        return refuse(RC_BAD_REQUEST, "invalid request target", true);
-    if (rl->has_length && rl->content_length > lim->max_body_bytes)
-        return refuse(RC_TOO_LARGE, "the request body is over max_body_bytes", true);
-    return refuse(RC_OK, NULL, false);
+    struct request *r = owner;
+    bool full = r->c->ops->send_body(r->c, r, at, len);
+    /* Bytes already on their way to the client: hashed or copied, never held. */
+    for (int i = 0; i < r->n_cmps; i++)
+        cmp_body(r->cmps[i], CMP_LIVE, at, len);
+    if (full)
+        upconn_pause(u);
 }
 
-enum req_scan
-req_scan_lines(struct line_scan *sc, const char *from, const char *chunk, const char *end,
-               char prev)
+static void
+rq_done(void *owner, struct upconn *u, bool reusable)
 {
-    if (sc->line_start && from < end) {
-        sc->line_start = false;
-        if (*from == ' ' || *from == '\t') {
-            sc->active = false;
-            return SCAN_FOLD;
-        }
+    struct request *r = owner;
+    struct client *c = r->c;
+
+    c->ops->send_end(c, r, NULL);
+    evtimer_del(r->timer);
+    r->up = NULL;
+    upconn_release(u, reusable && r->body_done);
+    r->phase = RP_ANSWERED;
+    r->cause = RC_OK;
+    if (!r->body_done)
+        /* The model server answered before the whole request was read:
+         * the rest of it is not wanted, so the exchange ends here. */
+        c->ops->close_after(c, r);
+    request_maybe_end(r);
+    c->ops->run(c);
+}
+
+static enum req_cause
+fail_cause(enum up_fail why)
+{
+    switch (why) {
+    case UPF_CONNECT: return RC_UPSTREAM_CONNECT;
+    case UPF_RESET: return RC_UPSTREAM_RESET;
+    case UPF_CLOSED: return RC_UPSTREAM_CLOSED;
+    default: return RC_UPSTREAM_INVALID;
     }
-    while (from < end) {
-        const char *lf = memchr(from, '\n', (size_t)(end - from));
-        if (lf == NULL) {
-            sc->line_bytes += (size_t)(end - from);
-            return SCAN_MORE;       /* the next read goes on */
-        }
-        char before = lf > chunk ? lf[-1] : prev;
-        if (before != '\r') {
-            sc->active = false;
-            return SCAN_BARE_LF;
-        }
-        size_t line = sc->line_bytes + (size_t)(lf - from);
-        sc->line_bytes = 0;
-        from = lf + 1;
-        if (line == 1) {            /* CR alone: the empty line */
-            sc->active = false;
-            return SCAN_END;
-        }
-        if (from == end) {          /* the next line starts in the next read */
-            sc->line_start = true;
-        } else if (*from == ' ' || *from == '\t') {
-            sc->active = false;     /* obs-fold (issue 17 finding 2) */
-            return SCAN_FOLD;
-        }
+}
+
+static const char *
+fail_message(enum up_fail why, bool early)
+{
+    switch (why) {
+    case UPF_CONNECT: return "cannot connect to the model server";
+    case UPF_RESET: return early ? "the model server reset the connection" :
+                                   "the model server reset the connection mid-response";
+    case UPF_CLOSED: return early ? "the model server closed the connection without answering" :
+                                    "the model server closed the connection mid-response";
+    default: return "invalid response from the model server";
     }
-    return SCAN_MORE;
+}
+
+static void
+rq_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
+{
+    struct request *r = owner;
+    struct client *c = r->c;
+    struct worker *w = c->w;
+    struct upool *pool = u->pool;
+    bool connect_failed = !u->connected;
+
+    if (why == UPF_CONNECT || why == UPF_RESET)
+        upstream_failed(w, pool, req_version(r));
+    /* Retry once when it is safe: nothing was sent (connect failed: on
+     * another upstream), or a reused connection closed before any answer
+     * (the keep-alive race: on a new connection, with what was sent). */
+    struct evbuffer *resend = NULL;
+    if (early && !r->retried && r->phase == RP_UPSTREAM && (connect_failed || u->reused) &&
+        (resend = u->cls->take_resend(u)) != NULL) {
+        struct upool *other = NULL;
+        enum pick pk = PICK_AT_LIMIT;
+        route_give_slot(r->slot);
+        r->slot = NULL;
+        pk = upstream_pick(w, r->cfg, r->ep, r->version, connect_failed ? pool : NULL,
+                           &other);
+        if (pk == PICK_OK) {
+            r->up = NULL;
+            upconn_close(u);
+            r->retried = true;
+            start_upstream(r, other, true, resend);
+            evbuffer_free(resend);
+            run(r);
+            return;
+        }
+        evbuffer_free(resend);
+    }
+    r->up = NULL;
+    upconn_close(u);
+    request_reply(r, fail_cause(why), fail_message(why, early), !r->body_done);
+    request_maybe_end(r);
+    c->ops->run(c);
+}
+
+static void
+rq_drained(void *owner, struct upconn *u)
+{
+    run(owner);
+}
+
+static void
+rq_progress(void *owner, struct upconn *u)
+{
+    struct request *r = owner;
+    r->c->ops->progress(r->c);
+}
+
+static const struct upconn_ops req_ops = {
+    .on_head = rq_head, .on_body = rq_body, .on_done = rq_done,
+    .on_failed = rq_failed, .on_drained = rq_drained, .on_progress = rq_progress,
+    .retries = true,
+};
+
+void
+request_client_drained(struct request *r)
+{
+    if (r->up != NULL)
+        upconn_resume(r->up);
+}
+
+void
+request_flush_upstream(struct request *r)
+{
+    if (r->up != NULL)
+        upconn_flush(r->up);
 }
 
 bool
-req_score_path(const char *path, size_t len, const char **ep, size_t *eplen)
+request_wants_body(const struct request *r)
 {
-    size_t pl = sizeof(SCORE_PREFIX) - 1, sl = sizeof(SCORE_SUFFIX) - 1;
-    if (len <= pl + sl || memcmp(path, SCORE_PREFIX, pl) != 0 ||
-        memcmp(path + len - sl, SCORE_SUFFIX, sl) != 0)
+    if (r->body_done || r->phase == RP_QUEUED)
         return false;
-    *ep = path + pl;
-    *eplen = len - pl - sl;
-    return memchr(*ep, '/', *eplen) == NULL;
+    if (r->up != NULL && upconn_backlog(r->up) > GW_HIGH_WATER)
+        return false;               /* the model server does not keep up */
+    return true;
 }
 
-bool
-req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep, const char **key,
-               size_t *len)
+/* ---- routing a request ------------------------------------------------------ */
+
+static void
+req_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-    if (ep->sticky == CFG_STICKY_HEADER) {
-        for (int i = 0; i < hd->n; i++)
-            if (head_name_is(hd, i, ep->sticky_name) && hd->h[i].val_len > 0) {
-                *key = HD_VAL(hd, i);
-                *len = hd->h[i].val_len;
-                return true;
-            }
+    struct request *r = arg;
+    struct client *c = r->c;
+
+    if (r->phase == RP_QUEUED)
+        request_reply(r, RC_OVERLOADED, "the version stayed at replica_max_concurrent_requests "
+                      "for longer than max_request_wait_time_ms", false);
+    else
+        request_reply(r, RC_UPSTREAM_TIMEOUT,
+                      "the model server did not answer within scoring_timeout_ms",
+                      !r->body_done);
+    request_maybe_end(r);
+    c->ops->run(c);
+}
+
+/* header_timeout_ms passed before the request was read whole. */
+static void
+hdr_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct request *r = arg;
+    struct client *c = r->c;
+
+    if (!r->body_done && r->phase != RP_ANSWERED) {
+        request_reply(r, RC_CLIENT_TIMEOUT, r->routed ?
+                      "request body not received within header_timeout_ms" :
+                      "request headers not received within header_timeout_ms", true);
+        request_maybe_end(r);
+        c->ops->run(c);
+        return;
+    }
+    if (r->phase == RP_ANSWERED && !r->body_done)
+        c->ops->abort(c, r);        /* answered, but the rest never came */
+}
+
+/* Route a request whose version is chosen: to a healthy upstream, to the
+ * default version on failover, into the wait queue at the concurrency
+ * limit, or to a 503. */
+static void
+route_request(struct request *r)
+{
+    struct worker *w = r->c->w;
+    const struct cfg_endpoint *ep = r->ep;
+    struct upool *pool = NULL;
+    enum pick pk = upstream_pick(w, r->cfg, ep, r->version, NULL, &pool);
+
+    if (pk == PICK_NO_HEALTHY && ep->failover_to_default && !r->pinned &&
+        r->version != ep->default_version) {
+        r->version = ep->default_version;
+        r->failover = true;
+        pk = upstream_pick(w, r->cfg, ep, r->version, NULL, &pool);
+    }
+    if (pk == PICK_OK) {
+        start_upstream(r, pool, false, NULL);
+        return;
+    }
+    if (pk == PICK_NO_HEALTHY) {
+        request_reply(r, RC_UNAVAILABLE, "no healthy model server for this version", false);
+        return;
+    }
+    const struct cfg_version *v = req_version(r);
+    if (v->max_wait_ms <= 0) {
+        request_reply(r, RC_OVERLOADED, "the version is at replica_max_concurrent_requests",
+                      false);
+        return;
+    }
+    /* Wait in line, with the rest of the request left unread. */
+    r->phase = RP_QUEUED;
+    r->waiting = true;
+    TAILQ_INSERT_TAIL(&w->waiters, r, wait_link);
+    arm(r->timer, v->max_wait_ms);
+    if (!evtimer_pending(w->wait_poll, NULL)) {
+        struct timeval tv = {0, 2000};
+        evtimer_add(w->wait_poll, &tv);
+    }
+}
+
+/* Give queued requests the slots that are free now, in order. Starting a
+ * request can end another (and free a slot) on the way: a nested call only
+ * asks the running one to look again. */
+static void
+dispatch_waiters(struct worker *w)
+{
+    if (w->dispatching) {
+        w->dispatch_again = true;
+        return;
+    }
+    w->dispatching = true;
+    do {
+        w->dispatch_again = false;
+        struct request *r;
+        TAILQ_FOREACH(r, &w->waiters, wait_link) {
+            struct upool *pool = NULL;
+            if (upstream_pick(w, r->cfg, r->ep, r->version, NULL, &pool) != PICK_OK)
+                continue;   /* others of other versions may still go */
+            struct client *c = r->c;
+            stop_waiting(r);
+            evtimer_del(r->timer);
+            if (start_upstream(r, pool, false, NULL))
+                c->ops->run(c);
+            else
+                request_maybe_end(r);
+            w->dispatch_again = true;   /* the list changed: start over */
+            break;
+        }
+    } while (w->dispatch_again);
+    w->dispatching = false;
+    /* Slots freed by other workers are seen by looking again shortly. */
+    if (!TAILQ_EMPTY(&w->waiters) && !evtimer_pending(w->wait_poll, NULL)) {
+        struct timeval tv = {0, 2000};
+        evtimer_add(w->wait_poll, &tv);
+    }
+}
+
+static void
+wait_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dispatch_waiters(arg);
+}
+
+void
+requests_worker_init(struct worker *w)
+{
+    TAILQ_INIT(&w->waiters);
+    w->wait_poll = event_new(w->base, -1, 0, wait_poll_cb, w);
+}
+
+/* Authenticate the request for ep (SPEC §3.2); false with a 401 sent. */
+static bool
+check_auth(struct request *r, const struct cfg_endpoint *ep)
+{
+    struct auth_memo *m = &r->c->auth;
+    struct head *hd = &r->head;
+    int az = hd->first[HC_AUTHORIZATION];
+    const char *cred = az >= 0 ? HD_VAL(hd, az) : NULL;
+    uint32_t len = az >= 0 ? hd->h[az].val_len : 0;
+    time_t now = 0;
+
+    if (!ep->auth_keys && !ep->auth_tokens)
+        return true;
+    int epi = (int)(ep - r->cfg->endpoints);
+    /* Generations are never reused (an address could be). */
+    if (cred != NULL && m->cred != NULL && m->gen == r->cfg->generation &&
+        m->ep == epi && len == m->len && auth_same(cred, m->cred, len)) {
+        if (m->until == 0)
+            return true;
+        now = time(NULL);
+        if (now <= m->until)
+            return true;
+    }
+    time_t until = 0;
+    struct auth_ctx *ax = r->c->w->auth;
+    enum auth_status st = ax == NULL ? AUTH_NOT_ALLOWED :
+        auth_check(ax, ep, cred, len, now ? now : time(NULL), &until);
+    if (st != AUTH_OK) {
+        request_reply(r, RC_UNAUTHORIZED, auth_status_reason(st), false);
         return false;
     }
-    if (ep->sticky != CFG_STICKY_COOKIE)
-        return false;
-    size_t nl = strlen(ep->sticky_name);
-    for (int i = 0; i < hd->n; i++) {
-        if (hd->cls[i] != HC_COOKIE)
+    char *copy = realloc(m->cred, len ? len : 1);
+    if (copy != NULL) {
+        memcpy(copy, cred, len);
+        m->cred = copy;
+        m->len = len;
+        m->gen = r->cfg->generation;
+        m->ep = epi;
+        m->until = until;
+    }
+    return true;
+}
+
+/* Start the shadow copies of this request (mirror versions, by share). */
+static void
+start_shadows(struct request *r, struct ep_state *es)
+{
+    struct client *c = r->c;
+    const struct cfg_endpoint *ep = r->ep;
+    for (int i = 0; i < ep->n_versions; i++) {
+        if (ep->versions[i].mirror <= 0 ||
+            !route_mirror_next(&es->mirror_acc[i], ep->versions[i].mirror))
             continue;
-        const char *v = HD_VAL(hd, i), *end = v + hd->h[i].val_len;
-        while (v < end) {
-            while (v < end && (*v == ' ' || *v == ';'))
-                v++;
-            const char *semi = memchr(v, ';', (size_t)(end - v));
-            const char *stop = semi ? semi : end;
-            const char *eq = memchr(v, '=', (size_t)(stop - v));
-            if (eq && (size_t)(eq - v) == nl && memcmp(v, ep->sticky_name, nl) == 0 &&
-                stop > eq + 1) {
-                *key = eq + 1;
-                *len = (size_t)(stop - eq - 1);
-                return true;
-            }
-            v = stop;
-        }
+        const struct cfg_version *v = &ep->versions[i];
+        struct upstream_request ur = {
+            .method = llhttp_method_name(r->line.method),
+            .path = v->path ? v->path : r->head.buf + r->target.path_off,
+            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .query = r->target.has_query ? r->head.buf + r->target.query_off : NULL,
+            .query_len = r->target.query_len,
+            .hd = &r->head, .peer = c->peer, .proto = c->proto,
+            .default_host = v->upstreams[0].address,
+            .tags = {v->name, "shadow", r->id, false},
+            .framing = r->up_framing, .content_length = r->line.content_length,
+        };
+        compose_request_head(c->w->scratch2, &ur);
+        struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, c->w->scratch2,
+                                         r->up_framing == FRAME_CHUNKED, r->head_method,
+                                         r->id);
+        if (sh != NULL)
+            r->shadows[r->n_shadows++] = sh;
     }
-    return false;
 }
 
 bool
-req_id_acceptable(const char *v, size_t n)
+request_start(struct request *r)
 {
-    if (n == 0 || n >= 64)
+    struct worker *w = r->c->w;
+    struct head *hd = &r->head;
+    char msg[200];
+
+    r->up_framing = r->line.chunked ? FRAME_CHUNKED :
+        r->line.has_length ? FRAME_LENGTH : FRAME_NONE;
+    int ex = hd->first[HC_EXPECT];
+    /* The client waits for 100 Continue before its body; there is none to
+     * wait for with Content-Length: 0. */
+    r->expect_continue = ex >= 0 && r->line.minor >= 1 && r->up_framing != FRAME_NONE &&
+        !(r->line.has_length && r->line.content_length == 0) &&
+        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
+
+    const char *path = hd->buf + r->target.path_off;
+    const char *epname;
+    size_t eplen;
+    const struct cfg_endpoint *ep = NULL;
+    if (req_score_path(path, r->target.path_len, &epname, &eplen))
+        ep = config_endpoint(r->cfg, epname, eplen);
+    if (ep == NULL) {
+        int pl = r->target.path_len > 128 ? 128 : (int)r->target.path_len;
+        snprintf(msg, sizeof(msg), "no endpoint at %.*s", pl, path);
+        request_reply(r, RC_NOT_FOUND, msg, false);
         return false;
-    for (size_t k = 0; k < n; k++)
-        if (v[k] <= 0x20 || v[k] >= 0x7f || v[k] == '"' || v[k] == '\\')
+    }
+    r->ep = ep;
+    if (!check_auth(r, ep))
+        return false;
+    if (hd->pin >= 0 && ep->pinning) {
+        int vi = route_pinned(ep, HD_VAL(hd, hd->pin), hd->h[hd->pin].val_len);
+        if (vi < 0) {
+            int vl = hd->h[hd->pin].val_len > 64 ? 64 : (int)hd->h[hd->pin].val_len;
+            snprintf(msg, sizeof(msg), vi == ROUTE_PIN_REFUSED ?
+                     "endpoint %s: version %.*s was rolled back or aborted and takes no "
+                     "pinned requests until it is changed again" :
+                     "endpoint %s has no version %.*s", ep->name, vl, HD_VAL(hd, hd->pin));
+            request_reply(r, RC_NOT_FOUND, msg, false);
             return false;
+        }
+        r->version = vi;
+        r->pinned = true;
+    } else {
+        const char *key;
+        size_t klen;
+        struct ep_state *es = r->cfg == w->cfg ? &w->eps[ep - r->cfg->endpoints] : NULL;
+        if (req_sticky_key(hd, ep, &key, &klen))
+            r->version = route_sticky(ep, key, klen);
+        else if (es != NULL)
+            r->version = route_split_next(&es->split);
+        else
+            r->version = ep->default_version;
+        if (es != NULL)
+            start_shadows(r, es);
+    }
+    r->routed = true;
+    route_request(r);
+    /* A queued request's body stays unread until it gets a slot. */
+    return r->phase == RP_QUEUED;
+}
+
+/* ---- the body ------------------------------------------------------------------ */
+
+bool
+request_body(struct request *r, const char *at, size_t len)
+{
+    r->body_in += len;
+    if (r->body_in > r->c->w->cfg->limits.max_body_bytes) {
+        request_reply(r, RC_TOO_LARGE, "the request body is over max_body_bytes", true);
+        return false;
+    }
+    for (int i = 0; i < r->n_shadows; i++)
+        shadow_body(r->shadows[i], at, len);
+    if (!r->discard && r->up != NULL)
+        r->up->cls->send_body(r->up, at, len);
     return true;
 }
 
 void
-req_id_make(char out[33], uint64_t prefix, uint64_t seq)
+request_body_end(struct request *r)
 {
-    static const char hex[] = "0123456789abcdef";
-    uint64_t parts[2] = {prefix, seq};
-    for (int p = 0; p < 2; p++)
-        for (int k = 0; k < 16; k++)
-            out[p * 16 + k] = hex[(parts[p] >> (60 - 4 * k)) & 15];
-    out[32] = '\0';
+    r->body_done = true;
+    for (int i = 0; i < r->n_shadows; i++) {
+        struct shadow_cmp *c = shadow_complete(r->shadows[i]);
+        if (c == NULL)
+            continue;
+        if (r->phase == RP_RESPONDING || r->phase == RP_ANSWERED)
+            cmp_end(c, CMP_LIVE, false);    /* its answer began unseen: unknown */
+        else
+            r->cmps[r->n_cmps++] = c;
+    }
+    r->n_shadows = 0;
+    if (r->up != NULL && !r->discard)
+        r->up->cls->send_end(r->up);
+    evtimer_del(r->hdr_timer);
 }

@@ -19,7 +19,7 @@
  * request) holds a pointer; a copy that ends then is only marked finished
  * and freed when the request lets go (shadow_complete / shadow_abandon).
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -177,7 +177,7 @@ release_held(struct shadow *sh)
 {
     if (sh->u == NULL)
         return;
-    evbuffer_add_buffer(upconn_output(sh->u), sh->held);
+    sh->u->cls->send_again(sh->u, sh->held);
     upconn_flush(sh->u);
 }
 
@@ -241,7 +241,7 @@ shadow_body(struct shadow *sh, const char *at, size_t len)
         return;
     struct evbuffer *out = sh->held;
     if (sh->streaming &&
-        evbuffer_get_length(upconn_output(sh->u)) + len > SHADOW_MAX_BEHIND) {
+        upconn_backlog(sh->u) + len > SHADOW_MAX_BEHIND) {
         shadow_end(sh, 0, true, true);      /* the mirror cannot keep up */
         return;
     }

@@ -1,7 +1,7 @@
 /* TLS: server contexts for listeners, and the TLS transport of client
  * connections. Besides this file, only worker.c (context references) and
  * control.c (building contexts off to the side) see OpenSSL types. */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>

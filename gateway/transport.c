@@ -5,7 +5,7 @@
  * calls) for every response. Upstream connections keep their bufferevents
  * (connects, write events) and use gw_read()/gw_flush().
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

@@ -6,12 +6,17 @@
  * copy) through the owner's upconn_ops, piece by piece, so bodies stream;
  * this file never names its owners.
  *
+ * This file is the HTTP/1.1 upstream class (upstream_http1): a connection's
+ * owner talks to it through struct upstream_class (gateway/internal.h) —
+ * send the request head, body pieces, the end; pause, resume, release —
+ * so another protocol's pool can sit beside it with the same owners.
+ *
  * Responses are parsed with llhttp in strict mode and framed as RFC 9112
  * §6.3 says: a response to HEAD, a 1xx, 204 or 304 has no body, whatever
  * its headers claim; a connection whose server sent bytes that no response
  * accounts for is closed, never reused.
  */
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -26,8 +31,11 @@
 
 #define MAX_IDLE_PER_POOL 256
 #define MAX_RESPONSE_HEAD (64 * 1024)
+#define REPLAY_MAX (64 * 1024)      /* request bytes kept for one retry */
 
 static llhttp_settings_t resp_settings;
+
+static void h1_close(struct upconn *u);
 
 /* ---- pools ------------------------------------------------------------ */
 
@@ -75,6 +83,7 @@ upool_get(struct worker *w, const struct cfg_upstream *u)
         return NULL;
     }
     TAILQ_INIT(&p->idle);
+    p->cls = &upstream_http1;
     p->resolved = resolve(p, u) == 0;
     if (!p->resolved)
         log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"",
@@ -209,11 +218,17 @@ on_headers_complete(llhttp_t *hp)
     struct upconn *u = hp->data;
 
     u->status = hp->status_code;
+    u->has_length = (hp->flags & F_CONTENT_LENGTH) != 0;
+    u->content_length = u->has_length ? hp->content_length : 0;
     if (skip_message(u))
         /* 101 would switch protocols: not through a scoring URL. Other
          * 1xx are interim answers, dropped (Sluice answers 100 itself). */
         return u->status == 101 ? -1 : 1;
     head_classify(&u->head);
+    if (u->replay != NULL) {
+        evbuffer_free(u->replay);   /* an answer came: no retry from here on */
+        u->replay = NULL;
+    }
     int no_body = u->ops->on_head(u->owner, u);
     if (u->closed)
         return HPE_USER;
@@ -324,13 +339,13 @@ up_raw_read(evutil_socket_t fd, short what, void *arg)
     struct upconn *u = arg;
     if (what & EV_TIMEOUT) {        /* idle too long in the pool */
         if (!u->busy)               /* never under a request that took it */
-            upconn_close(u);
+            h1_close(u);
         return;
     }
     int n = gw_read(u->bev);
     if (n > 0) {
         if (!u->busy) {             /* idle: the server closed or misbehaved */
-            upconn_close(u);
+            h1_close(u);
             return;
         }
         u->got_bytes = true;
@@ -366,7 +381,7 @@ up_event(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (!u->busy) {
-        upconn_close(u);
+        h1_close(u);
         return;
     }
     if (!u->connected) {
@@ -382,8 +397,8 @@ up_event(struct bufferevent *bev, short events, void *arg)
 
 /* ---- connections ------------------------------------------------------ */
 
-struct upconn *
-upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
+static struct upconn *
+h1_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
                void *owner, bool fresh)
 {
     struct upconn *u;
@@ -407,6 +422,7 @@ upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
             return NULL;
         u->w = w;
         u->pool = p;
+        u->cls = &upstream_http1;
         u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
         if (u->bev == NULL) {
             free(u);
@@ -445,6 +461,13 @@ upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops,
     u->ops = ops;
     u->owner = owner;
     u->busy = true;
+    u->framing = FRAME_NONE;
+    if (u->replay != NULL) {
+        evbuffer_free(u->replay);
+        u->replay = NULL;
+    }
+    if (u->reused && ops->retries)
+        u->replay = evbuffer_new();
     p->active++;
     return u;
 }
@@ -460,8 +483,8 @@ unbusy(struct upconn *u)
     u->owner = NULL;
 }
 
-void
-upconn_release(struct upconn *u, bool reusable)
+static void
+h1_release(struct upconn *u, bool reusable)
 {
     struct upool *p = u->pool;
 
@@ -469,7 +492,7 @@ upconn_release(struct upconn *u, bool reusable)
     if (!reusable || u->w->draining || p->n_idle >= MAX_IDLE_PER_POOL ||
         evbuffer_get_length(bufferevent_get_output(u->bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
-        upconn_close(u);
+        h1_close(u);
         return;
     }
     int ms = u->w->cfg->limits.upstream_idle_timeout_ms;
@@ -481,8 +504,8 @@ upconn_release(struct upconn *u, bool reusable)
     p->n_idle++;
 }
 
-void
-upconn_close(struct upconn *u)
+static void
+h1_close(struct upconn *u)
 {
     struct worker *w = u->w;
 
@@ -506,8 +529,8 @@ upconn_close(struct upconn *u)
     event_active(w->upstream_gc_ev, EV_TIMEOUT, 1);
 }
 
-void
-upconn_pause(struct upconn *u)
+static void
+h1_pause(struct upconn *u)
 {
     if (!u->paused && !u->closed) {
         u->paused = true;
@@ -515,8 +538,8 @@ upconn_pause(struct upconn *u)
     }
 }
 
-void
-upconn_resume(struct upconn *u)
+static void
+h1_resume(struct upconn *u)
 {
     if (u->paused && !u->closed) {
         u->paused = false;
@@ -525,18 +548,103 @@ upconn_resume(struct upconn *u)
     }
 }
 
-void
-upconn_flush(struct upconn *u)
+static void
+h1_flush(struct upconn *u)
 {
     if (!u->closed)
         gw_flush(u->bev, u->connected);
 }
 
-struct evbuffer *
-upconn_output(struct upconn *u)
+/* What the connection's owner sends: the head composed here, the body
+ * framed as the head announced. A connection that was reused keeps what it
+ * was sent (up to REPLAY_MAX) until an answer begins, for one retry on a
+ * new connection if the server closed it first (the keep-alive race). */
+static void
+h1_send(struct upconn *u, const void *data, size_t len)
 {
-    return bufferevent_get_output(u->bev);
+    evbuffer_add(bufferevent_get_output(u->bev), data, len);
+    if (u->replay != NULL) {
+        if (evbuffer_get_length(u->replay) + len <= REPLAY_MAX)
+            evbuffer_add(u->replay, data, len);
+        else {
+            evbuffer_free(u->replay);   /* too big to retry */
+            u->replay = NULL;
+        }
+    }
 }
+
+static void
+h1_send_head(struct upconn *u, const struct upstream_request *r)
+{
+    struct evbuffer *tmp = u->w->scratch;
+    u->framing = r->framing;
+    compose_request_head(tmp, r);
+    size_t n = evbuffer_get_length(tmp);
+    h1_send(u, evbuffer_pullup(tmp, (ev_ssize_t)n), n);
+    evbuffer_drain(tmp, n);
+}
+
+static void
+h1_send_body(struct upconn *u, const char *at, size_t len)
+{
+    if (u->framing == FRAME_CHUNKED) {
+        char size[24];
+        struct evbuffer *tmp = u->w->scratch;
+        buf_chunk_size(tmp, len);
+        size_t n = evbuffer_remove(tmp, size, sizeof(size));
+        h1_send(u, size, n);
+        h1_send(u, at, len);
+        h1_send(u, "\r\n", 2);
+    } else
+        h1_send(u, at, len);
+}
+
+static void
+h1_send_end(struct upconn *u)
+{
+    if (u->framing == FRAME_CHUNKED)
+        h1_send(u, "0\r\n\r\n", 5);
+}
+
+/* what is moved (emptied). */
+static void
+h1_send_again(struct upconn *u, struct evbuffer *what)
+{
+    size_t n = evbuffer_get_length(what);
+    if (u->replay != NULL)
+        h1_send(u, evbuffer_pullup(what, (ev_ssize_t)n), n);
+    else
+        evbuffer_add_buffer(bufferevent_get_output(u->bev), what);
+    evbuffer_drain(what, evbuffer_get_length(what));
+}
+
+static struct evbuffer *
+h1_take_resend(struct upconn *u)
+{
+    struct evbuffer *b = NULL;
+    if (!u->connected) {            /* nothing reached the server */
+        if ((b = evbuffer_new()) != NULL)
+            evbuffer_add_buffer(b, bufferevent_get_output(u->bev));
+    } else if (u->reused) {
+        b = u->replay;
+        u->replay = NULL;
+    }
+    return b;
+}
+
+static size_t
+h1_backlog(const struct upconn *u)
+{
+    return evbuffer_get_length(bufferevent_get_output(u->bev));
+}
+
+const struct upstream_class upstream_http1 = {
+    .name = "http1",
+    .acquire = h1_acquire, .release = h1_release, .close = h1_close,
+    .pause = h1_pause, .resume = h1_resume, .flush = h1_flush,
+    .send_head = h1_send_head, .send_body = h1_send_body, .send_end = h1_send_end,
+    .send_again = h1_send_again, .take_resend = h1_take_resend, .backlog = h1_backlog,
+};
 
 /* ---- deferred frees ------------------------------------------------------ */
 
@@ -548,6 +656,8 @@ upstream_gc(struct worker *w)
     while (w->gc_upconns != NULL) {
         struct upconn *u = w->gc_upconns;
         w->gc_upconns = u->gc_next;
+        if (u->replay != NULL)
+            evbuffer_free(u->replay);
         head_free(&u->head);
         free(u);
     }

@@ -6,7 +6,7 @@
  * its per-endpoint state (split, pools, counters) for the current snapshot.
  */
 #define _GNU_SOURCE
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -71,6 +71,24 @@ static void
 access_flush(evutil_socket_t fd, short what, void *arg)
 {
     account_flush(arg);
+}
+
+void
+worker_setup(struct worker *w, int id, struct event_base *base, struct config *cfg)
+{
+    w->id = id;
+    w->base = base;
+    session_worker_init(w);
+    upstream_worker_init(w);
+    TAILQ_INIT(&w->shadows);
+    worker_set_config(w, cfg);
+    RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
+    w->access = evbuffer_new();
+    w->scratch = evbuffer_new();
+    w->scratch2 = evbuffer_new();
+    w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
+    struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
+    event_add(w->log_ev, &tv);
 }
 
 /* ---- listeners and the mailbox ---------------------------------------- */
@@ -233,23 +251,12 @@ workers_start(struct config *cfg, int n, const struct worker_listener *table,
         /* Coalesce event changes made within one loop turn into one
          * epoll_ctl (or none, when an add is undone in the same turn). */
         event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-        w->id = i;
-        w->base = event_base_new_with_config(ec);
+        struct event_base *base = event_base_new_with_config(ec);
         event_config_free(ec);
-        if (w->base == NULL)
+        if (base == NULL)
             return -1;
-        session_worker_init(w);
-        upstream_worker_init(w);
-        TAILQ_INIT(&w->shadows);
+        worker_setup(w, i, base, config_take(cfg));
         pthread_mutex_init(&w->mail_lock, NULL);
-        worker_set_config(w, config_take(cfg));
-        RAND_bytes((unsigned char *)&w->id_prefix, sizeof(w->id_prefix));
-        w->access = evbuffer_new();
-        w->scratch = evbuffer_new();
-        w->scratch2 = evbuffer_new();
-        w->log_ev = event_new(w->base, -1, EV_PERSIST, access_flush, w);
-        struct timeval tv = {0, ACCESS_FLUSH_MS * 1000};
-        event_add(w->log_ev, &tv);
         mail_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->mail_ev = event_new(w->base, mail_fds[i], EV_READ | EV_PERSIST, mail_cb, w);
         event_add(w->mail_ev, NULL);

@@ -55,8 +55,8 @@ cat >"$RUN/sluice.json" <<JSON
 }
 JSON
 echo "== config: versiona 20 % (default, control), versionb 10 % (treatment): effective 90 / 10"
-build/gateway/sluice -c "$RUN/sluice.json" --check
-spawn "$RUN/sluice.log" build/gateway/sluice -c "$RUN/sluice.json"
+build/control/sluice -c "$RUN/sluice.json" --check
+spawn "$RUN/sluice.log" build/control/sluice -c "$RUN/sluice.json"
 wait_port "$REDIS_PORT"; wait_port "$PA"; wait_port "$PB"; wait_port "$PC"; wait_port "$HTTPS_PORT"
 
 export SLUICE_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" SLUICE_ADMIN_TOKEN=demo-admin-token

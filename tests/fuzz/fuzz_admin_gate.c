@@ -1,5 +1,5 @@
 /*
- * libFuzzer target: the admin listener's gate (gateway/admin_gate.c), what
+ * libFuzzer target: the admin listener's gate (control/admin_gate.c), what
  * decides which bytes of an admin connection evhttp may read before the
  * admin token was checked (issue 17 finding 9). The input is cut into reads
  * (fuzz_common.h) and fed to admin_gate_feed(); everything the gate passes
@@ -14,6 +14,7 @@
  *  - the gate never passes more bytes than it got, its own request aside.
  */
 #include "fuzz_common.h"
+#include "control/control.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>

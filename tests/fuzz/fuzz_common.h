@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 
 /* The first byte of an input picks the read size (1 to 256 bytes, or the
  * whole input for 0); the rest is the bytes. */

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 #include "gateway/jsoncmp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -22,7 +22,7 @@ import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
-SLUICE = os.path.join(BUILD, "gateway", "sluice")
+SLUICE = os.path.join(BUILD, "control", "sluice")
 MODEL = os.path.join(BUILD, "tools", "sluice-model")
 SLUICECTL = os.path.join(BUILD, "tools", "sluicectl")
 

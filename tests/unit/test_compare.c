@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 #include "gateway/jsoncmp.h"
 #include "check.h"
 

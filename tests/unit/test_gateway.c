@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gateway.h"
+#include "gateway/internal.h"
 #include "check.h"
 
 /* Build a classified head from "Name: value" lines (one per argument). */

@@ -1,7 +1,7 @@
 /*
  * sluice: command line, start-up, signals and drain (SPEC §1).
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

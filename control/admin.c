@@ -11,7 +11,7 @@
  * character boundaries, and every JSON value built here is checked, so no
  * request can end in a NULL dereference.
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>

@@ -12,7 +12,7 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 static unsigned long long
 monotonic_usec(void)

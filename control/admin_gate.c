@@ -36,7 +36,7 @@
 #include <event2/listener.h>
 #include <llhttp.h>
 
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #define GATE_MAX_HEAD (64 * 1024)   /* as evhttp_set_max_headers_size() */
 #define GATE_MAX_AUTH 4096          /* the Authorization value kept */

@@ -46,7 +46,7 @@
  * opened again there; a connection error, a ROLE that is not master or a
  * READONLY error reports it lost so that the sentinels are asked again.
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -5,7 +5,7 @@
  * routing/health.c) is published to the workers through the upstream's
  * shared state. Checks are rebuilt on every config generation.
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <event2/event.h>
 #include <event2/http.h>

@@ -8,7 +8,7 @@
  * away. Then it is handed to every worker; the admin listener reads the
  * current generation from here (control_current()) on each request.
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <errno.h>
 #include <jansson.h>

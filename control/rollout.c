@@ -46,7 +46,7 @@
  * Callbacks find their rollout by name, never by a pointer kept across a
  * round trip, so a version deleted meanwhile costs nothing.
  */
-#include "gateway/gateway.h"
+#include "control/control.h"
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>

@@ -1,0 +1,798 @@
+/*
+ * gateway/internal.h — the data plane's own declarations, shared by the
+ * files of gateway/ only (the control plane sees gateway/gateway.h).
+ *
+ * Who calls whom (one way, top to bottom):
+ *   worker.c -> client_h1.c                accept, drain, free
+ *   client_h1.c -> request.c, validate.c, compose.c   the HTTP/1.1 client side
+ *   request.c -> shadow.c, compare.c, upstream.c, account.c, validate.c
+ *                (and back to its client through struct client_ops)
+ *   shadow.c -> compare.c, upstream.c, compose.c, account.c
+ *   compare.c -> account.c                 (shadow comparison, SPEC §7)
+ *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
+ * OpenSSL is seen by tls.c and worker.c (context references); llhttp by
+ * client_h1.c, upstream.c and validate.c.
+ */
+#ifndef SLUICE_GATEWAY_INTERNAL_H
+#define SLUICE_GATEWAY_INTERNAL_H
+
+#include "gateway/gateway.h"
+
+#include <llhttp.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "config/config.h"
+#include "routing/routing.h"
+#include "auth/auth.h"
+#include "metrics/metrics.h"
+
+struct event_base;
+struct event;
+struct bufferevent;
+struct evconnlistener;
+struct evbuffer;
+struct ssl_ctx_st;
+struct ssl_st;
+
+#define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
+#define GW_MAX_HEADERS 128
+
+/* ---- heads: header storage and classification (http.c) ------------------ */
+
+struct hdr {
+    uint32_t name_off, name_len;
+    uint32_t val_off, val_len;
+};
+
+/* What a header is to a proxy; computed once per message by head_classify(). */
+enum hclass {
+    HC_OTHER = 0,
+    HC_HOP,                         /* hop-by-hop, or named by Connection */
+    HC_CONNECTION,                  /* Connection itself (hop-by-hop) */
+    HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_TRANSFER_ENCODING, HC_EXPECT,
+    HC_XFF, HC_XFP, HC_SLUICE, HC_REQUEST_ID, HC_COOKIE,
+    HC_COUNT,
+};
+
+/* A request or response head: url/reason text and headers, as offsets into
+ * one growing buffer owned by the message. */
+struct head {
+    char *buf;
+    size_t len, cap;
+    uint32_t url_off, url_len;      /* request target or response reason */
+    struct hdr h[GW_MAX_HEADERS];
+    int n;
+    bool in_value;                  /* last callback was a header value */
+    uint8_t cls[GW_MAX_HEADERS];    /* enum hclass of each header */
+    int16_t first[HC_COUNT];        /* first header of each class, -1 if none */
+    int16_t count[HC_COUNT];
+    int16_t pin;                    /* X-Sluice-Version, -1 if none */
+};
+
+void head_reset(struct head *hd);
+void head_free(struct head *hd);
+/* Append a piece of the url (reason), a header name or a value; -1 when
+ * out of memory or past GW_MAX_HEADERS. */
+int head_url(struct head *hd, const char *at, size_t len);
+int head_field(struct head *hd, const char *at, size_t len);
+int head_value(struct head *hd, const char *at, size_t len);
+#define HD_NAME(hd, i) ((hd)->buf + (hd)->h[i].name_off)
+#define HD_VAL(hd, i) ((hd)->buf + (hd)->h[i].val_off)
+bool head_name_is(const struct head *hd, int i, const char *lower);
+/* Fill cls, first, count and pin once the head is complete. Headers that a
+ * Connection header names become HC_HOP (RFC 9110 §7.6.1). */
+void head_classify(struct head *hd);
+/* Whether the comma-separated list v holds tok (case-insensitive). */
+bool http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen);
+
+/* Small writers that avoid printf on the request path. */
+#define BUF_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
+void buf_str(struct evbuffer *b, const char *str);
+void buf_u64(struct evbuffer *b, uint64_t n);
+void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
+/* Append s to b as a JSON string body (no quotes), escaped. Bytes that are
+ * not valid UTF-8 are escaped as \u00XX so the output is always JSON. */
+void json_escape_add(struct evbuffer *b, const char *s, size_t len);
+/* The reason phrase of a status, "Unknown" when there is none. */
+const char *http_reason(int status);
+
+/* ---- transports (transport.c, tls.c) ----------------------------------- */
+
+/*
+ * A client connection's I/O, kept lean for idle keep-alive connections:
+ * the buffers exist only while there is something in them (they come from
+ * a per-worker pool), and one read event carries the idle deadline as its
+ * timeout. Reads go through tp->read() (one read(2), or SSL_read) into in;
+ * writes through tp->flush() from out, directly; wev is created the first
+ * time the socket does not take everything (want_write).
+ */
+struct conn_io {
+    int fd;
+    struct evbuffer *in, *out;      /* NULL while idle */
+    struct event *rev;
+    struct event *wev;
+    struct ssl_st *ssl;
+    bool tls_ready;                 /* TLS handshake done */
+    bool want_write;                /* blocked until the socket takes more */
+};
+
+#define GW_READ_SIZE 16384
+#define GW_READ_AGAIN (-1)
+#define GW_READ_EOF 0
+#define GW_READ_ERROR (-2)
+
+struct transport {
+    const char *proto;              /* "http" or "https" */
+    /* Bytes read into io->in, or GW_READ_*; sets want_write when the TLS
+     * handshake must write first. */
+    int (*read)(struct conn_io *io);
+    /* Send what io->out holds; 0 (want_write set when some is left), or -1
+     * when the connection failed. */
+    int (*flush)(struct conn_io *io);
+    /* Free the transport's state (not the bufferevent). */
+    void (*end)(struct conn_io *io);
+    /* Bytes already read from the socket but not yet handed over (TLS
+     * records OpenSSL holds): the socket will not signal them. */
+    bool (*pending)(const struct conn_io *io);
+};
+
+extern const struct transport transport_plain;
+extern const struct transport transport_tls;
+/* One read(2) of fd into in: bytes, or GW_READ_*. */
+int gw_read_fd(int fd, struct evbuffer *in);
+/* Plain reads and writes of upstream connections (bufferevents). */
+int gw_read(struct bufferevent *bev);
+void gw_flush(struct bufferevent *bev, bool direct);
+
+/* Attach a server-side SSL on fd to io; 0 or -1. */
+int tls_start(struct conn_io *io, struct ssl_ctx_st *ctx, int fd);
+
+/* ---- request validation and routing inputs (validate.c) -------------------
+ *
+ * Pure functions of a parsed head: no sockets, no state. */
+
+/* Why a request ended; each has its status, log code and rejected kind
+ * (account.c's table), so the log, the counters and the reply agree. */
+enum req_cause {
+    RC_OK = 0,                      /* relayed the model server's response */
+    RC_BAD_REQUEST,                 /* 400 */
+    RC_BAD_VERSION,                 /* 505 */
+    RC_UNAUTHORIZED,                /* 401 */
+    RC_NOT_FOUND,                   /* 404 */
+    RC_CLIENT_TIMEOUT,              /* 408 */
+    RC_TOO_LARGE,                   /* 413 */
+    RC_HEADERS_TOO_LARGE,           /* 431 */
+    RC_UNAVAILABLE,                 /* 503, no healthy upstream */
+    RC_OVERLOADED,                  /* 503, concurrency limit */
+    RC_UPSTREAM_CONNECT,            /* 502 */
+    RC_UPSTREAM_RESET,              /* 502, or cut mid-response */
+    RC_UPSTREAM_CLOSED,             /* 502, closed without (a complete) answer */
+    RC_UPSTREAM_INVALID,            /* 502 */
+    RC_UPSTREAM_TIMEOUT,            /* 504 */
+    RC_CLIENT_CLOSED,               /* the client left before its answer */
+    RC_CLIENT_ERROR,                /* reset, or TLS failure */
+    RC_SEND_TIMEOUT,                /* the client took no bytes for send_timeout_ms */
+    RC_SHUTDOWN,                    /* the worker stopped */
+    RC_COUNT,
+};
+
+struct req_cause_info {
+    int status;                     /* for the reply; 0 when none is sent */
+    const char *code;               /* the JSON error code of the reply */
+    const char *why;                /* the access log's "error" */
+    int rejected;                   /* enum rejected_kind, -1 if not one */
+};
+const struct req_cause_info *req_cause_info(enum req_cause c);
+
+/* What a request line and head say, as the parser reported them. */
+struct req_line {
+    int method;                     /* llhttp_method_t */
+    int major, minor;
+    bool chunked;                   /* Transfer-Encoding: chunked */
+    bool has_length;                /* Content-Length given */
+    uint64_t content_length;
+    bool upgrade;
+};
+
+/* The request target split up: offsets into the head's buffer. */
+struct req_target {
+    uint32_t path_off, path_len;
+    uint32_t query_off, query_len;  /* without '?'; query_len 0 when none */
+    bool has_query;
+};
+
+struct req_verdict {
+    enum req_cause cause;           /* RC_OK when the request may be routed */
+    const char *message;            /* static text for the reply */
+    bool close;                     /* framing no longer trustworthy */
+};
+
+/* Check what SPEC §3.7 asks of a request head beyond llhttp's own checks
+ * (version, Host, framing headers, names, targets, sizes); fill *t. */
+struct req_verdict req_validate(const struct head *hd, const struct req_line *rl,
+                                const struct cfg_limits *lim, struct req_target *t);
+/* The endpoint name in /api/v1/service/{ep}/score; false when the path is
+ * not a scoring URL. */
+bool req_score_path(const char *path, size_t len, const char **ep, size_t *eplen);
+/* The sticky key of a request: the configured header, or cookie. */
+bool req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep,
+                    const char **key, size_t *len);
+/* A usable incoming X-Request-Id (printable, no quotes, < 64 bytes). */
+bool req_id_acceptable(const char *v, size_t len);
+/* A fresh id: 32 hex digits from a per-worker prefix and a sequence. */
+void req_id_make(char out[33], uint64_t prefix, uint64_t seq);
+/* The mapping of an llhttp error to the cause of the reply. */
+enum req_cause req_parse_error_cause(int llhttp_errno);
+/*
+ * llhttp (strict) holds field lines to CR LF but accepts a bare LF after the
+ * request line and as the empty line that ends the head (or the trailers).
+ * req_scan_lines() checks the line ends from the method (or the first
+ * trailer) on, one read at a time, until the empty line: chunk..end is the
+ * read, from where to look in it, prev the last byte of the read before.
+ * It also refuses obs-fold (a line that starts with a space or a tab):
+ * llhttp would hand the folded part to the value callback as a piece of
+ * its own, so no check of the assembled value can see it.
+ */
+struct line_scan {
+    bool active;                    /* the empty line not seen yet */
+    bool line_start;                /* the last read ended with a line's CR LF */
+    size_t line_bytes;              /* of the line being scanned, so far */
+};
+enum req_scan { SCAN_MORE, SCAN_END, SCAN_BARE_LF, SCAN_FOLD };
+enum req_scan req_scan_lines(struct line_scan *sc, const char *from, const char *chunk,
+                             const char *end, char prev);
+/* Host syntax (RFC 9110 §7.2: reg-name, IPv4 or [IPv6], optional port). */
+bool req_host_valid(const char *v, size_t len);
+
+/* ---- composing heads (compose.c) -------------------------------------------
+ *
+ * Values in, bytes out: nothing here looks at a session. */
+
+/* The tags Sluice adds (SPEC §3.5). */
+struct tags {
+    const char *version;            /* NULL: no version was chosen */
+    const char *group;
+    const char *request_id;
+    bool failover;
+};
+
+enum framing {
+    FRAME_NONE,                     /* no body */
+    FRAME_LENGTH,                   /* Content-Length */
+    FRAME_CHUNKED,                  /* Transfer-Encoding: chunked */
+    FRAME_CLOSE,                    /* until the connection closes (HTTP/1.0) */
+};
+
+struct upstream_request {
+    const char *method;
+    const char *path;               /* the version's path, or the received one */
+    size_t path_len;
+    const char *query;              /* NULL when none */
+    size_t query_len;
+    const struct head *hd;          /* the client's head, classified */
+    const char *peer;               /* client address for X-Forwarded-For */
+    const char *default_host;       /* Host when the client sent none (HTTP/1.0) */
+    const char *proto;              /* "http" or "https" */
+    struct tags tags;
+    enum framing framing;
+    uint64_t content_length;
+};
+
+/* The request head for the upstream: hop-by-hop headers, Authorization and
+ * the client's X-Sluice-* / X-Forwarded-Proto dropped, ours added. */
+void compose_request_head(struct evbuffer *out, const struct upstream_request *r);
+
+enum conn_header { CONN_NONE, CONN_CLOSE, CONN_KEEP_ALIVE };
+
+/* The response head for the client from an upstream head (classified):
+ * hop-by-hop, framing and X-Sluice-* headers dropped, ours added. */
+void compose_response_head(struct evbuffer *out, int status, const struct head *up,
+                           const struct tags *tags, enum framing framing,
+                           uint64_t content_length, enum conn_header conn);
+/* A JSON error reply (SPEC §3.6) with our tags. */
+void compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
+                   const char *code, const char *message, const struct tags *tags,
+                   enum conn_header conn);
+
+/* ---- accounting (account.c) ----------------------------------------------- */
+
+struct worker;
+
+/* Everything the access log and the counters need of one finished request. */
+struct req_record {
+    const struct config *cfg;
+    const struct cfg_endpoint *ep;  /* NULL: reached no endpoint */
+    int version;                    /* -1: reached no version */
+    bool pinned, failover;
+    int status;                     /* sent to the client; 0: nothing sent */
+    enum req_cause cause;
+    uint64_t latency_us;
+    uint64_t bytes_in, bytes_out;
+    const char *request_id;
+    const char *peer;
+    const char *method;
+    const char *path;               /* the request target as received */
+    size_t path_len;
+    const char *upstream;           /* address, NULL when none */
+};
+
+/* One access-log line and one count (SPEC §3.7, §4). */
+void account_request(struct worker *w, const struct req_record *r);
+/* A shadow copy ended with status (0: no answer) after latency_us. */
+void account_shadow(struct worker *w, const struct config *cfg,
+                    const struct cfg_endpoint *ep, int version, int status,
+                    uint64_t latency_us, bool dropped);
+/* Write the worker's buffered access lines. */
+void account_flush(struct worker *w);
+
+/* ---- shadow comparison (compare.c; SPEC §7) ---------------------------------- */
+
+enum cmp_result { CMP_EQUAL, CMP_DIFFERENT, CMP_STATUS_MISMATCH, CMP_UNKNOWN };
+enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
+#define CMP_EXCERPT 256             /* bytes of each side kept in a sample */
+
+/* A disagreement to keep as a sample (SPEC §7 samples). */
+struct cmp_diff {
+    const char *request_id;
+    int live_status, shadow_status;
+    const char *path;               /* first differing JSON path; NULL for none */
+    const char *live, *shadow;      /* excerpts, valid UTF-8, at most CMP_EXCERPT bytes */
+    bool excerpts_set;
+};
+
+/* Count one comparison of version vi's copy; d (may be NULL) is sampled
+ * when the version keeps samples. */
+void account_compare(struct worker *w, const struct config *cfg,
+                     const struct cfg_endpoint *ep, int vi, enum cmp_result res,
+                     const struct cmp_diff *d);
+
+/* Pure: remove the member paths from doc; compare two documents with cc's
+ * tolerances, filling path (cap bytes, "$" for the root, "a.b[2].c") and
+ * the differing values (either NULL when absent on that side). */
+struct json_t;
+void cmp_json_strip(struct json_t *doc, char *const *ignore, int n);
+bool cmp_json_equal(struct json_t *a, struct json_t *b, const struct cfg_compare *cc,
+                    char *path, size_t cap, struct json_t **da, struct json_t **db);
+/* len bytes of s into out (cap bytes with the NUL), cut at a character
+ * boundary, invalid bytes as '?'; the length written. */
+size_t cmp_excerpt(char *out, size_t cap, const char *s, size_t len);
+
+/*
+ * The comparison of one copy, shared by its live request and its copy:
+ * created by shadow_start() for a version with "compare"; each side reports
+ * its head, body bytes and end (cmp_end exactly once per side), and the
+ * second end compares, counts and frees it. NULL when the version does not
+ * compare (or out of memory: counted unknown).
+ */
+struct shadow_cmp;
+struct shadow_cmp *cmp_new(struct worker *w, struct config *cfg,
+                           const struct cfg_endpoint *ep, int vi, const char *request_id);
+void cmp_head(struct shadow_cmp *c, enum cmp_who who, int status);
+void cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len);
+/* ok: that side's response arrived complete. */
+void cmp_end(struct shadow_cmp *c, enum cmp_who who, bool ok);
+
+/* ---- upstream pools and connections (upstream.c) -------------------------- */
+
+struct upool {
+    char *address;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    bool resolved;
+    bool is_unix;
+    int active;                     /* requests in flight on this worker */
+    struct route_shared *shared;    /* in flight across workers, health */
+    struct route_eject eject;       /* passive ejection, this worker's view */
+    const struct upstream_class *cls;   /* the protocol its connections speak */
+    TAILQ_HEAD(, upconn) idle;
+    int n_idle;
+    struct upool *next;             /* worker's list */
+};
+
+/* Why an exchange with an upstream failed. */
+enum up_fail {
+    UPF_CONNECT,                    /* could not connect */
+    UPF_RESET,                      /* reset by the server */
+    UPF_CLOSED,                     /* closed before the response ended */
+    UPF_INVALID,                    /* not a valid HTTP/1.x response */
+};
+
+/*
+ * How a connection reports to whoever holds it (a client request or a
+ * shadow copy); set by upconn_acquire(). The connection never names its
+ * owner's type. Each callback may release or close the connection.
+ */
+struct upconn_ops {
+    /* The response head is complete (classified, in u->head). Return 1 when
+     * the response has no body (HEAD), else 0. */
+    int (*on_head)(void *owner, struct upconn *u);
+    void (*on_body)(void *owner, struct upconn *u, const char *at, size_t len);
+    /* The response ended; reusable when the connection may serve again. */
+    void (*on_done)(void *owner, struct upconn *u, bool reusable);
+    /* early: nothing of a response arrived, so a retry is safe. */
+    void (*on_failed)(void *owner, struct upconn *u, enum up_fail why, bool early);
+    /* The request bytes queued for the upstream were written. */
+    void (*on_drained)(void *owner, struct upconn *u);
+    /* A read was parsed and the response goes on: pass on what it gave. */
+    void (*on_progress)(void *owner, struct upconn *u);
+    /* The owner retries a request the server closed a reused connection
+     * on (the keep-alive race): the connection keeps what it sends. */
+    bool retries;
+};
+
+struct upconn {
+    struct worker *w;
+    struct upool *pool;
+    const struct upstream_class *cls;
+    struct bufferevent *bev;
+    struct event *rev;              /* reads (see gw_read); idle timeout */
+    const struct upconn_ops *ops;   /* the owner's, while busy */
+    void *owner;
+    llhttp_t parser;
+    struct head head;               /* the response head, classified */
+    int status;
+    bool has_length;                /* the response gave a Content-Length */
+    uint64_t content_length;
+    enum framing framing;           /* of the request body being sent */
+    struct evbuffer *replay;        /* sent on a reused connection, for a retry */
+    bool busy;                      /* owned (not idle in the pool) */
+    bool connected;
+    bool reused;                    /* served a request before this one */
+    bool closed;
+    bool got_bytes;                 /* a response byte arrived */
+    bool response_done;
+    bool keepalive;                 /* the response allows reuse */
+    bool keepalive_denied;          /* a bodiless response announced a body */
+    bool no_body;                   /* response to HEAD, 1xx, 204, 304 */
+    bool paused;                    /* client output is full */
+    bool in_idle;
+    TAILQ_ENTRY(upconn) link;       /* pool idle list */
+    struct upconn *gc_next;
+};
+
+/*
+ * What an owner (a request, a shadow copy) may do with an upstream
+ * connection, whatever protocol it speaks: one table per protocol, the
+ * pool's. upstream_http1 (upstream.c) is the HTTP/1.1 one.
+ */
+struct upstream_class {
+    const char *name;
+    /* An idle pooled connection or a new one being connected, reporting to
+     * owner through ops. NULL when no connection could be started.
+     * fresh: never an idle one (a retry). */
+    struct upconn *(*acquire)(struct worker *w, struct upool *p,
+                              const struct upconn_ops *ops, void *owner, bool fresh);
+    /* Give a finished connection back to its pool (or close it). */
+    void (*release)(struct upconn *u, bool reusable);
+    void (*close)(struct upconn *u);
+    /* Backpressure from the client side: stop / restart reading the response. */
+    void (*pause)(struct upconn *u);
+    void (*resume)(struct upconn *u);
+    /* Send what is queued for the upstream. */
+    void (*flush)(struct upconn *u);
+    /* The request: its head (framing says how the body comes), body pieces,
+     * its end. */
+    void (*send_head)(struct upconn *u, const struct upstream_request *r);
+    void (*send_body)(struct upconn *u, const char *at, size_t len);
+    void (*send_end)(struct upconn *u);
+    /* A retry: what to send again on a new connection, taken from a failed
+     * one (NULL when it cannot be retried: too big, or already answered);
+     * send_again() sends it on the new one. Also how a shadow copy sends
+     * the request it held. */
+    struct evbuffer *(*take_resend)(struct upconn *u);
+    void (*send_again)(struct upconn *u, struct evbuffer *what);
+    /* Request bytes accepted but not yet written to the upstream. */
+    size_t (*backlog)(const struct upconn *u);
+};
+extern const struct upstream_class upstream_http1;
+
+void upstream_worker_init(struct worker *w);
+struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
+static inline struct upconn *
+upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void *owner,
+               bool fresh)
+{
+    return p->cls->acquire(w, p, ops, owner, fresh);
+}
+static inline void upconn_release(struct upconn *u, bool reusable) { u->cls->release(u, reusable); }
+static inline void upconn_close(struct upconn *u) { u->cls->close(u); }
+static inline void upconn_pause(struct upconn *u) { u->cls->pause(u); }
+static inline void upconn_resume(struct upconn *u) { u->cls->resume(u); }
+static inline void upconn_flush(struct upconn *u) { u->cls->flush(u); }
+static inline size_t upconn_backlog(const struct upconn *u) { return u->cls->backlog(u); }
+void upstream_free_all(struct worker *w);
+void upstream_gc(struct worker *w);
+
+/*
+ * Choose an upstream of version vi of ep (snapshot cfg) for a request:
+ * route_pick_upstream() over the pools' state, then a concurrency slot.
+ * On PICK_OK *out holds the slot of (*out)->shared.
+ */
+enum pick { PICK_OK, PICK_NO_HEALTHY, PICK_AT_LIMIT };
+enum pick upstream_pick(struct worker *w, const struct config *cfg,
+                        const struct cfg_endpoint *ep, int vi,
+                        const struct upool *avoid, struct upool **out);
+/* A connect failure or reset of p (counts toward passive ejection). */
+void upstream_failed(struct worker *w, struct upool *p, const struct cfg_version *v);
+
+/* ---- shadow traffic (shadow.c) -------------------------------------------- */
+
+/* A mirror this far behind its live request is dropped. */
+#define SHADOW_MAX_BEHIND (1024 * 1024)
+
+struct shadow;
+
+/*
+ * Start a copy of a request for mirror version vi: head holds its composed
+ * request head (moved out). The copy is fed the body with shadow_body() and
+ * nothing is sent before shadow_complete(), so a request found malformed
+ * after its head never reaches the mirror. NULL when it is not sent (no
+ * room, no healthy mirror: counted as shadow_dropped).
+ */
+struct shadow *shadow_start(struct worker *w, struct config *cfg,
+                            const struct cfg_endpoint *ep, int vi,
+                            struct evbuffer *head, bool chunked, bool head_method,
+                            const char *request_id);
+void shadow_body(struct shadow *sh, const char *at, size_t len);
+/* The live request was read whole: send the copy, let it go on alone.
+ * Returns the live side of its comparison (NULL when none): from here the
+ * request feeds it its response and ends it (cmp_end) once. */
+struct shadow_cmp *shadow_complete(struct shadow *sh);
+/* The live request failed before it was complete: drop the copy (and end
+ * both sides of its comparison: unknown). */
+void shadow_abandon(struct shadow *sh);
+void shadows_free_all(struct worker *w);
+
+/* ---- the request's life (request.c) and its client sides ------------------
+ *
+ * A request goes, whatever protocol its client speaks: head parsed ->
+ * validated (by its client side: the rules differ per protocol) -> endpoint
+ * -> auth -> version (pin, sticky, split) -> shadow copies -> a concurrency
+ * slot (or the wait queue) -> an upstream connection -> the response
+ * streamed back -> comparisons -> one access-log line and one count -> end.
+ * request.c holds that life and never looks at a socket or a protocol's
+ * bytes: it reaches its client through struct client and its client_ops,
+ * and its model server through struct upstream_class. client_h1.c (the
+ * HTTP/1.1 connection) is one client side.
+ */
+
+enum req_phase {
+    RP_HEAD,                        /* its head is being read (the header deadline runs) */
+    RP_QUEUED,                      /* routed, waiting for a concurrency slot; body unread */
+    RP_UPSTREAM,                    /* sent (or being sent) to a model server, no answer yet */
+    RP_RESPONDING,                  /* the model server's response streams to the client */
+    RP_ANSWERED,                    /* its response was handed whole to the client */
+};
+
+struct request;
+struct client;
+
+/* What a relayed response head is, for the client side to frame it. */
+struct resp_info {
+    int status;
+    const struct head *hd;          /* the model server's head, classified */
+    bool has_length;                /* hd gave a Content-Length */
+    uint64_t content_length;
+    bool no_body;                   /* a response to HEAD, or 204, 304 */
+};
+
+/*
+ * How a request talks to its client, whatever the protocol. The request
+ * calls these; each may be called only while the request is the client's.
+ */
+struct client_ops {
+    /* The response head relayed from the model server (tags added). */
+    void (*send_head)(struct client *c, struct request *r, const struct resp_info *ri);
+    /* A piece of the response body; true when the client side now holds
+     * more than GW_HIGH_WATER unsent (the request pauses its upstream until
+     * request_client_drained()). */
+    bool (*send_body)(struct client *c, struct request *r, const char *at, size_t len);
+    /* The response ended; trailers (classified) or NULL. */
+    void (*send_end)(struct client *c, struct request *r, const struct head *trailers);
+    /* Sluice's own reply: a JSON error (SPEC §3.6) with the request's tags. */
+    void (*send_error)(struct client *c, struct request *r, int status, const char *code,
+                       const char *message);
+    /* An interim 100 Continue (the client waits for it before its body). */
+    void (*send_continue)(struct client *c, struct request *r);
+    /* The request's body may be read again (it waited for a slot). */
+    void (*resume_reading)(struct client *c, struct request *r);
+    /* The exchange cannot go on normally: after what is queued, the client
+     * side ends it (HTTP/1.1: the connection closes after this answer);
+     * sets c->ending. */
+    void (*close_after)(struct client *c, struct request *r);
+    /* End it now (the rest of a request never came after its answer). */
+    void (*abort)(struct client *c, struct request *r);
+    /* Move everything along after an event: parse, flush, decide on reading. */
+    void (*run)(struct client *c);
+    /* The upstream handed on response bytes: send them. */
+    void (*progress)(struct client *c);
+    /* The request lets go of its client (first thing in request_end()),
+     * and is over (last thing): the client side gets ready for the next
+     * request or ends. */
+    void (*detach)(struct client *c, struct request *r);
+    void (*ended)(struct client *c);
+};
+
+/* The credential a connection last authenticated with: the same bytes again
+ * (compared in constant time) on the same endpoint and config generation
+ * need no new check. */
+struct auth_memo {
+    char *cred;
+    uint32_t len;
+    uint64_t gen;                   /* config generation it was checked on */
+    int ep;                         /* endpoint index in that generation */
+    time_t until;                   /* 0: until the config changes */
+};
+
+/* What every client side has, and all a request knows of it. */
+struct client {
+    const struct client_ops *ops;
+    struct worker *w;
+    const char *proto;              /* "http" or "https" (X-Forwarded-Proto) */
+    char peer[48];                  /* the address, for X-Forwarded-For and the log */
+    bool ending;                    /* ends after the current request */
+    struct auth_memo auth;
+};
+
+struct request {
+    struct client *c;
+    struct config *cfg;             /* snapshot this request runs on */
+    enum req_phase phase;
+    enum req_cause cause;
+    const struct cfg_endpoint *ep;
+    int version;                    /* -1 until one is chosen */
+    bool pinned, failover, retried, head_method, expect_continue;
+    bool routed;                    /* the head was accepted and routed */
+    bool body_done;                 /* read whole */
+    bool discard;                   /* answered early: the rest is dropped */
+    enum framing up_framing;        /* the body's framing to the upstream */
+    struct upool *pool;
+    struct route_shared *slot;      /* concurrency slot held, if any */
+    struct upconn *up;
+    struct event *timer;            /* scoring timeout, or the wait deadline */
+    struct event *hdr_timer;        /* header_timeout_ms: head and body read */
+    struct shadow *shadows[CFG_MAX_VERSIONS];
+    int n_shadows;
+    /* The live sides of its copies' comparisons (SPEC §7), taken when the
+     * copies are let go: fed the response, ended in request_end(). */
+    struct shadow_cmp *cmps[CFG_MAX_VERSIONS];
+    int n_cmps;
+    struct req_line line;
+    struct req_target target;
+    int status;                     /* sent to the client */
+    uint64_t body_in, bytes_in, bytes_out;
+    uint64_t t_start_us;            /* end of the request head */
+    char id[64];
+    struct head head;
+    TAILQ_ENTRY(request) wait_link;
+    bool waiting;
+    struct request *next_free;
+};
+
+/* A request for client c on the worker's current snapshot (recycled). */
+struct request *request_new(struct client *c);
+/* header_timeout_ms (or ms) runs until the request is read whole. */
+void request_arm_header_deadline(struct request *r, int ms);
+/* Its X-Request-Id, or a fresh one (before validation: replies carry it). */
+void request_take_id(struct request *r);
+/* The head is in r->head (classified) and r->line, validated by the client
+ * side: find the endpoint, authenticate, choose the version, start the
+ * shadows and the upstream exchange (or queue it, or answer it). Returns
+ * true when the request waits for a slot with its body unread. */
+bool request_start(struct request *r);
+/* A piece of the body; false when it was refused (over max_body_bytes: the
+ * answer is queued and the client side must stop reading). */
+bool request_body(struct request *r, const char *at, size_t len);
+/* The body was read whole. */
+void request_body_end(struct request *r);
+/* Answer with Sluice's error for cause (close: end the exchange after it). */
+void request_reply(struct request *r, enum req_cause cause, const char *msg, bool close);
+/* End it if it was answered and read whole (or its client is ending). */
+void request_maybe_end(struct request *r);
+/* The one end: log and count once, release everything, tell the client. */
+void request_end(struct request *r);
+/* Whether the client side may read more of its body now. */
+bool request_wants_body(const struct request *r);
+/* The client took its output down to GW_HIGH_WATER: resume the upstream. */
+void request_client_drained(struct request *r);
+/* Send what is queued for its upstream. */
+void request_flush_upstream(struct request *r);
+/* Why it ended when its client goes away before its answer. */
+void request_client_left(struct request *r, enum req_cause cause);
+struct tags request_tags(const struct request *r);
+void requests_worker_init(struct worker *w);
+void requests_free_all(struct worker *w);
+
+/* The HTTP/1.1 client side (client_h1.c): a connection and its requests,
+ * one at a time, pipelined ones answered in order. */
+void session_worker_init(struct worker *w);
+void session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
+                 struct ssl_ctx_st *tls);
+/* Drain: close idle sessions now; the rest close after their response. */
+void session_drain_all(struct worker *w);
+void sessions_free_all(struct worker *w);
+void session_gc(struct worker *w);
+
+/* ---- workers (worker.c) ---------------------------------------------------- */
+
+struct listener_rt {
+    struct evconnlistener *ev;
+    int fd;
+    struct ssl_ctx_st *tls;         /* the worker's reference; NULL for plain */
+    struct worker *w;
+};
+
+
+/* A worker's state for one endpoint of its current snapshot. */
+struct ep_state {
+    struct route_split split;
+    struct upool *pools[CFG_MAX_VERSIONS][CFG_MAX_UPSTREAMS];
+    struct metrics_slot *mslot[CFG_MAX_VERSIONS];   /* live (or shadow, for mirrors) */
+    int mirror_acc[CFG_MAX_VERSIONS];
+};
+
+struct request;
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct config *cfg;             /* the worker's reference to the current snapshot */
+    struct ep_state *eps;           /* per endpoint of cfg, same index */
+    struct auth_ctx *auth;          /* built from cfg, this worker's own */
+    struct metrics_worker *metrics; /* this worker's counters */
+    struct listener_rt *listeners;
+    int n_listeners;
+    struct upool *pools;
+    /* sessions (session.c) */
+    TAILQ_HEAD(, session) sessions;
+    TAILQ_HEAD(, request) waiters;  /* waiting for a concurrency slot, FIFO */
+    struct event *wait_poll;        /* slots free in other workers too */
+    bool dispatching, dispatch_again;
+    struct request *free_reqs;      /* recycled request structs */
+    int n_free_reqs;
+    struct evbuffer *free_bufs[64]; /* client buffers, recycled */
+    int n_free_bufs;
+    int n_sessions;
+    struct session *gc_sessions;
+    struct event *session_gc_ev;
+    /* upstreams and shadows (upstream.c, shadow.c) */
+    struct upconn *gc_upconns;
+    struct event *upstream_gc_ev;
+    TAILQ_HEAD(, shadow) shadows;
+    int n_shadows;
+    uint64_t cmp_retained;          /* response bytes held for comparisons (compare.c) */
+    bool draining;
+    /* the mailbox from the main thread */
+    struct event *mail_ev;
+    pthread_mutex_t mail_lock;      /* main thread -> worker messages only */
+    struct config *mail_cfg;
+    struct worker_listener *mail_listeners;     /* this worker's, malloc'ed */
+    int mail_n_listeners;
+    bool mail_drain;
+    bool mail_stop;
+    /* accounting (account.c) */
+    struct evbuffer *access;        /* buffered access-log lines */
+    time_t log_sec;                 /* the second log_date holds */
+    char log_date[24];
+    struct event *log_ev;
+    struct evbuffer *scratch;       /* composing heads, then moved in one go */
+    struct evbuffer *scratch2;
+    uint64_t req_seq;
+    uint64_t id_prefix;
+};
+
+
+extern struct worker *gw_workers;
+/* A worker's loop state on base with cfg (taken over), without threads,
+ * listeners or a mailbox: what workers_start() does for each worker, and
+ * what the unit tests of the request's life build. */
+void worker_setup(struct worker *w, int id, struct event_base *base, struct config *cfg);
+
+#endif
