@@ -57,6 +57,7 @@ enum hclass {
     HC_CONNECTION,                  /* Connection itself (hop-by-hop) */
     HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_TRANSFER_ENCODING, HC_EXPECT,
     HC_XFF, HC_XFP, HC_SLUICE, HC_REQUEST_ID, HC_COOKIE,
+    HC_TRACEPARENT, HC_TRACESTATE,  /* W3C trace context: read, then replaced by ours */
     HC_COUNT,
 };
 
@@ -282,10 +283,17 @@ struct upstream_request {
     struct tags tags;
     enum framing framing;
     uint64_t content_length;
+    /* This hop's W3C trace context (SPEC §10): traceparent is exactly
+     * TRACING_TRACEPARENT_LEN characters (NULL: none sent), tracestate the
+     * cleaned list to pass on (tracestate_len 0: none). */
+    const char *traceparent;
+    const char *tracestate;
+    size_t tracestate_len;
 };
 
 /* The request head for the upstream: hop-by-hop headers, Authorization and
- * the client's X-Sluice-* / X-Forwarded-Proto dropped, ours added. */
+ * the client's X-Sluice-* / X-Forwarded-Proto / traceparent / tracestate
+ * dropped, ours added. */
 void compose_request_head(struct evbuffer *out, const struct upstream_request *r);
 
 enum conn_header { CONN_NONE, CONN_CLOSE, CONN_KEEP_ALIVE };
