@@ -191,6 +191,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     current = cfg;
     health_apply(cfg);
     metrics_redis_configure(writer, cfg);
+    trace_export_apply(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);

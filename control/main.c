@@ -218,8 +218,10 @@ main(int argc, char **argv)
         event_base_free(main_base);
         return 1;
     }
-    if (control_start(cfg, n, err, sizeof(err)) < 0) {
+    if (trace_export_start(main_base, cfg, n, err, sizeof(err)) < 0 ||
+        control_start(cfg, n, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
+        trace_export_stop(0);
         admin_stop();
         config_drop(cfg);
         event_base_free(main_base);
@@ -271,6 +273,7 @@ main(int argc, char **argv)
     event_base_dispatch(main_base);
     event_free(drain_ev);
     workers_join(0);
+    trace_export_stop(2000);        /* spans of the last requests, when the collector answers */
     rollout_release();
     /* Every count of every request, in Redis before exit when it can be. */
     metrics_redis_final_flush(control_metrics(), 3000);

@@ -328,6 +328,7 @@ struct req_record {
     const char *path;               /* the request target as received */
     size_t path_len;
     const char *upstream;           /* address, NULL when none */
+    const struct tracing_ctx *trace;    /* trace_id and span_id of the log line */
 };
 
 /* One access-log line and one count (SPEC §3.7, §4). */
@@ -541,12 +542,13 @@ struct shadow;
  * request head (moved out). The copy is fed the body with shadow_body() and
  * nothing is sent before shadow_complete(), so a request found malformed
  * after its head never reaches the mirror. NULL when it is not sent (no
- * room, no healthy mirror: counted as shadow_dropped).
+ * room, no healthy mirror: counted as shadow_dropped). span (may be NULL):
+ * its CLIENT span, copied, submitted when the copy ends (trace.c).
  */
 struct shadow *shadow_start(struct worker *w, struct config *cfg,
                             const struct cfg_endpoint *ep, int vi,
                             struct evbuffer *head, bool chunked, bool head_method,
-                            const char *request_id);
+                            const char *request_id, const struct tracing_span *span);
 void shadow_body(struct shadow *sh, const char *at, size_t len);
 /* The live request was read whole: send the copy, let it go on alone.
  * Returns the live side of its comparison (NULL when none): from here the
@@ -569,6 +571,50 @@ void shadows_free_all(struct worker *w);
  * and its model server through struct upstream_class. client_h1.c (the
  * HTTP/1.1 connection) is one client side.
  */
+
+/*
+ * A request's trace context (SPEC §10; trace.c over tracing/): begun once
+ * its head is classified (request_take_id()), or at its end for a request
+ * refused before that, so every access-log line has ids. Each hop (the
+ * upstream attempt, a retry, each shadow copy) gets a span id of its own
+ * in the traceparent it sends. When the request is sampled and its
+ * snapshot exports, it makes a SERVER span at its end and a CLIENT span
+ * per upstream attempt and shadow copy, handed to its worker's ring.
+ */
+struct req_trace {
+    struct tracing_ctx ctx;
+    bool begun;
+    bool spans;                     /* sampled, and "tracing.otlp_endpoint" set */
+    bool hop_open;                  /* an upstream attempt's CLIENT span runs */
+    uint8_t hop_id[8];              /* that attempt's span id */
+    uint64_t start_ns, hop_start_ns;    /* unix ns; taken only with spans */
+};
+
+struct request;
+/* Begin r's context from its classified head's traceparent and tracestate
+ * (a no-op the second time). */
+void trace_begin(struct request *r);
+/* The upstream attempt about to be composed: a new span id, its
+ * traceparent written into tp, which ur (and its tracestate) now points
+ * to; its CLIENT span starts. */
+void trace_upstream_hop(struct request *r, struct upstream_request *ur,
+                        char tp[TRACING_TRACEPARENT_LEN]);
+/* The upstream attempt ended (http_status 0: no response): its CLIENT
+ * span is submitted. A no-op when none runs. */
+void trace_hop_end(struct request *r, int http_status);
+/* A retry sends resend again (our composed head first): its traceparent
+ * gets a new span id and the retry a CLIENT span of its own. */
+void trace_retry(struct request *r, struct evbuffer *resend);
+/* A shadow copy to version v: like trace_upstream_hop(); returns its
+ * CLIENT span started in buf, or NULL when the request makes no spans. */
+struct tracing_span *trace_shadow_hop(struct request *r, struct upstream_request *ur,
+                                      char tp[TRACING_TRACEPARENT_LEN],
+                                      const struct cfg_version *v, struct tracing_span *buf);
+/* The copy's span ends (http_status 0: no response) and is submitted on
+ * w's ring. */
+void trace_shadow_end(struct worker *w, struct tracing_span *sp, int http_status);
+/* The request's end: its SERVER span, from what its log line says. */
+void trace_end(struct request *r, const struct req_record *rec);
 
 enum req_phase {
     RP_HEAD,                        /* its head is being read (the header deadline runs) */
@@ -677,7 +723,9 @@ struct request {
     uint64_t body_in, bytes_in, bytes_out;
     uint64_t t_start_us;            /* end of the request head */
     char id[64];
+    struct req_trace trace;         /* its W3C trace context and spans (trace.c) */
     struct head head;
+    char trace_state[TRACING_TRACESTATE_MAX];   /* trace.ctx.state: not reset per request */
     TAILQ_ENTRY(request) wait_link;
     bool waiting;
     struct request *next_free;
@@ -794,6 +842,7 @@ struct worker {
     struct evbuffer *scratch2;
     uint64_t req_seq;
     uint64_t id_prefix;
+    struct tracing_ring *trace_ring;    /* this worker's spans to the exporter (trace.c) */
 };
 
 

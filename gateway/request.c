@@ -94,6 +94,7 @@ request_take_id(struct request *r)
         r->id[hd->h[rid].val_len] = '\0';
     } else
         ensure_id(r);
+    trace_begin(r);                 /* and its trace context (SPEC §10) */
 }
 
 /* ---- birth and recycling ---------------------------------------------------- */
@@ -232,11 +233,15 @@ request_end(struct request *r)
         .peer = c->peer,
         .method = r->t_start_us ? llhttp_method_name(r->line.method) : NULL,
         .path = url, .path_len = url ? r->head.url_len : 0,
-        .upstream = r->pool ? r->pool->address : NULL,
+        .upstream = r->pool ? r->pool->address : NULL, .trace = &r->trace.ctx,
     };
     if (rec.request_id[0] == '\0')
         ensure_id(r);
+    trace_begin(r);                 /* refused before its head was whole */
     account_request(w, &rec);
+    if (r->up != NULL)
+        trace_hop_end(r, r->up->status);
+    trace_end(r, &rec);
 
     stop_waiting(r);
     evtimer_del(r->timer);
@@ -284,6 +289,7 @@ request_reply(struct request *r, enum req_cause cause, const char *msg, bool clo
 
     r->cause = cause;
     if (r->up != NULL) {
+        trace_hop_end(r, r->up->status);
         upconn_close(r->up);
         r->up = NULL;
     }
@@ -333,6 +339,7 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
     }
     if (resend != NULL) {
         r->up->framing = r->up_framing;     /* the body's rest comes as before */
+        trace_retry(r, resend);
         r->up->cls->send_again(r->up, resend);
     } else {
         const struct cfg_version *v = req_version(r);
@@ -348,6 +355,8 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
             .tags = request_tags(r), .framing = r->up_framing,
             .content_length = r->line.content_length,
         };
+        char tp[TRACING_TRACEPARENT_LEN];
+        trace_upstream_hop(r, &ur, tp);
         r->up->cls->send_head(r->up, &ur);
         if (r->expect_continue && !r->body_done)
             c->ops->send_continue(c, r);
@@ -396,6 +405,7 @@ rq_done(void *owner, struct upconn *u, bool reusable)
 
     c->ops->send_end(c, r, NULL);
     evtimer_del(r->timer);
+    trace_hop_end(r, u->status);
     r->up = NULL;
     upconn_release(u, reusable && r->body_done);
     r->phase = RP_ANSWERED;
@@ -441,6 +451,7 @@ rq_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
     struct upool *pool = u->pool;
     bool connect_failed = !u->connected;
 
+    trace_hop_end(r, u->status);
     if (why == UPF_CONNECT || why == UPF_RESET)
         upstream_failed(w, pool, req_version(r));
     /* Retry once when it is safe: nothing was sent (connect failed: on
@@ -711,10 +722,13 @@ start_shadows(struct request *r, struct ep_state *es)
             .tags = {v->name, "shadow", r->id, false},
             .framing = r->up_framing, .content_length = r->line.content_length,
         };
+        char tp[TRACING_TRACEPARENT_LEN];
+        struct tracing_span span;
+        struct tracing_span *sp = trace_shadow_hop(r, &ur, tp, v, &span);
         compose_request_head(c->w->scratch2, &ur);
         struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, c->w->scratch2,
                                          r->up_framing == FRAME_CHUNKED, r->head_method,
-                                         r->id);
+                                         r->id, sp);
         if (sh != NULL)
             r->shadows[r->n_shadows++] = sh;
     }

@@ -47,6 +47,7 @@ struct shadow {
     bool answered_whole;            /* the mirror's response arrived complete */
     int answer;                     /* status of the mirror's response head */
     struct shadow_cmp *cmp;         /* its comparison, NULL when none */
+    struct tracing_span *span;      /* its CLIENT span (SPEC §10), NULL when none */
     bool live_handed;               /* the request holds the live side of cmp */
     TAILQ_ENTRY(shadow) link;
 };
@@ -80,6 +81,7 @@ shadow_free(struct shadow *sh)
     TAILQ_REMOVE(&w->shadows, sh, link);
     w->n_shadows--;
     config_drop(sh->cfg);
+    free(sh->span);
     free(sh);
 }
 
@@ -108,6 +110,8 @@ shadow_end(struct shadow *sh, int status, bool dropped, bool count)
     if (count)
         account_shadow(sh->w, sh->cfg, sh->ep, sh->version, status,
                        now_us() - sh->t_start_us, dropped);
+    if (count && sh->span != NULL)  /* a copy that was sent: its span */
+        trace_shadow_end(sh->w, sh->span, sh->answer);
     if (!sh->attached)
         shadow_free(sh);
 }
@@ -183,7 +187,8 @@ release_held(struct shadow *sh)
 
 struct shadow *
 shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
-             struct evbuffer *head, bool chunked, bool head_method, const char *request_id)
+             struct evbuffer *head, bool chunked, bool head_method, const char *request_id,
+             const struct tracing_span *span)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
@@ -208,6 +213,10 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
     }
     if (compares)
         sh->cmp = cmp_new(w, cfg, ep, vi, request_id);
+    if (span != NULL && (sh->span = malloc(sizeof(*sh->span))) != NULL) {
+        *sh->span = *span;
+        TRACING_SET(sh->span->upstream, pool->address, strlen(pool->address));
+    }
     sh->w = w;
     sh->cfg = config_take(cfg);
     sh->ep = ep;
