@@ -180,7 +180,8 @@ account_compare(struct worker *w, const struct config *cfg, const struct cfg_end
     const struct cfg_version *v = &ep->versions[vi];
     if (d == NULL || v->compare.samples <= 0)
         return;
-    /* {"time","request_id","live_status","shadow_status","path","live","shadow"} */
+    /* {"time","request_id","trace_id","live_status","shadow_status","path","live",
+     *  "shadow"} */
     struct evbuffer *b = evbuffer_new();     /* rare: only disagreements are sampled */
     char t[40];
     if (b == NULL)
@@ -188,6 +189,7 @@ account_compare(struct worker *w, const struct config *cfg, const struct cfg_end
     log_time_iso(t, sizeof(t));
     sample_str(b, "{\"time\":", t);
     sample_str(b, ",\"request_id\":", d->request_id);
+    sample_str(b, ",\"trace_id\":", d->trace_id);
     BUF_LIT(b, ",\"live_status\":");
     buf_u64(b, (uint64_t)d->live_status);
     BUF_LIT(b, ",\"shadow_status\":");

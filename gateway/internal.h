@@ -349,6 +349,7 @@ enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
 /* A disagreement to keep as a sample (SPEC §7 samples). */
 struct cmp_diff {
     const char *request_id;
+    const char *trace_id;           /* 32 hex digits; NULL: not known */
     int live_status, shadow_status;
     const char *path;               /* first differing JSON path; NULL for none */
     const char *live, *shadow;      /* excerpts, valid UTF-8, at most CMP_EXCERPT bytes */
@@ -382,6 +383,9 @@ size_t cmp_excerpt(char *out, size_t cap, const char *s, size_t len);
 struct shadow_cmp;
 struct shadow_cmp *cmp_new(struct worker *w, struct config *cfg,
                            const struct cfg_endpoint *ep, int vi, const char *request_id);
+/* The live request's trace id, for the sample (SPEC §10: a disagreement
+ * can be looked up). */
+void cmp_set_trace(struct shadow_cmp *c, const uint8_t trace_id[16]);
 void cmp_head(struct shadow_cmp *c, enum cmp_who who, int status);
 void cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len);
 /* ok: that side's response arrived complete. */
@@ -542,13 +546,15 @@ struct shadow;
  * request head (moved out). The copy is fed the body with shadow_body() and
  * nothing is sent before shadow_complete(), so a request found malformed
  * after its head never reaches the mirror. NULL when it is not sent (no
- * room, no healthy mirror: counted as shadow_dropped). span (may be NULL):
- * its CLIENT span, copied, submitted when the copy ends (trace.c).
+ * room, no healthy mirror: counted as shadow_dropped). trace_id: the live
+ * request's, for its comparison's sample; span (may be NULL): its CLIENT
+ * span, copied, submitted when the copy ends (trace.c).
  */
 struct shadow *shadow_start(struct worker *w, struct config *cfg,
                             const struct cfg_endpoint *ep, int vi,
                             struct evbuffer *head, bool chunked, bool head_method,
-                            const char *request_id, const struct tracing_span *span);
+                            const char *request_id, const uint8_t trace_id[16],
+                            const struct tracing_span *span);
 void shadow_body(struct shadow *sh, const char *at, size_t len);
 /* The live request was read whole: send the copy, let it go on alone.
  * Returns the live side of its comparison (NULL when none): from here the

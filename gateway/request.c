@@ -728,7 +728,7 @@ start_shadows(struct request *r, struct ep_state *es)
         compose_request_head(c->w->scratch2, &ur);
         struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, c->w->scratch2,
                                          r->up_framing == FRAME_CHUNKED, r->head_method,
-                                         r->id, sp);
+                                         r->id, r->trace.ctx.trace_id, sp);
         if (sh != NULL)
             r->shadows[r->n_shadows++] = sh;
     }

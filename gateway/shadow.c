@@ -188,7 +188,7 @@ release_held(struct shadow *sh)
 struct shadow *
 shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
              struct evbuffer *head, bool chunked, bool head_method, const char *request_id,
-             const struct tracing_span *span)
+             const uint8_t trace_id[16], const struct tracing_span *span)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
@@ -211,8 +211,10 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
             account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
         return NULL;
     }
-    if (compares)
+    if (compares) {
         sh->cmp = cmp_new(w, cfg, ep, vi, request_id);
+        cmp_set_trace(sh->cmp, trace_id);
+    }
     if (span != NULL && (sh->span = malloc(sizeof(*sh->span))) != NULL) {
         *sh->span = *span;
         TRACING_SET(sh->span->upstream, pool->address, strlen(pool->address));
