@@ -22,6 +22,7 @@ success rejecting K spans of each batch).
 
 In a test:
     r = OtlpReceiver(mode="ok"); r.url  # http://127.0.0.1:PORT/v1/traces
+    (port=P binds that port, e.g. one from the integration harness's allocator)
     ... r.spans, r.batches, r.errors ...; r.close()
 As a program: otlp_receiver.py [--mode M] [--delay S] [--reject K]
 prints "PORT" and then one JSON line per batch received.
@@ -349,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OtlpReceiver:
-    def __init__(self, mode="ok", delay=0.0, reject=0, path="/v1/traces"):
+    def __init__(self, mode="ok", delay=0.0, reject=0, path="/v1/traces", port=0):
         self.mode, self.delay, self.reject, self.path = mode, delay, reject, path
         self.batches = []           # (bytes, number of spans, errors) per POST
         self.spans = []             # every span of a valid batch, decoded
@@ -361,10 +362,10 @@ class OtlpReceiver:
         if mode == "down":
             # Bound, never listening: a connect gets a reset, at once.
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._sock.bind(("127.0.0.1", 0))
+            self._sock.bind(("127.0.0.1", port))
             self.port = self._sock.getsockname()[1]
         else:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+            self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
             self._server.daemon_threads = True
             self._server.receiver = self
             self.port = self._server.server_address[1]
