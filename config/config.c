@@ -1232,7 +1232,7 @@ static void
 parse_listener(struct pctx *p, json_t *obj, const char *path,
                struct cfg_listener *l)
 {
-    static const char *const fields[] = {"address", "tls", NULL};
+    static const char *const fields[] = {"address", "tls", "http2", NULL};
     static const char *const tls_fields[] = {"certificate", "private_key", NULL};
     char sp[PATH_MAX_LEN];
     bool is_unix;
@@ -1251,6 +1251,7 @@ parse_listener(struct pctx *p, json_t *obj, const char *path,
                                     &is_unix) < 0 || is_unix) {
         err(p, sp, "\"%s\" is not host:port or [v6]:port", l->address);
     }
+    get_bool(p, obj, path, "http2", &l->http2, true);     /* SPEC §9 */
     json_t *tls = get_obj(p, obj, path, "tls");
     subpath(sp, path, "tls");
     if (tls != NULL) {
@@ -1429,7 +1430,8 @@ parse_root(struct pctx *p, json_t *root)
         "max_body_bytes", "header_timeout_ms", "idle_timeout_ms",
         "max_connections", "drain_timeout_ms", "max_pipelined",
         "max_client_output_bytes", "send_timeout_ms", "upstream_idle_timeout_ms",
-        "max_shadow_inflight", "shadow_timeout_ms", "compare_budget_bytes", NULL};
+        "max_shadow_inflight", "shadow_timeout_ms", "compare_budget_bytes",
+        "h2_max_concurrent_streams", NULL};
     static const char *const log_fields[] = {"access_log", "level", NULL};
     char sp[PATH_MAX_LEN];
     bool is_unix;
@@ -1527,6 +1529,8 @@ parse_root(struct pctx *p, json_t *root)
     get_int(p, lim, "limits", "drain_timeout_ms", &c->limits.drain_timeout_ms,
             10000, 0, 3600000);
     get_int(p, lim, "limits", "max_pipelined", &c->limits.max_pipelined, 16, 1, 1024);
+    get_int(p, lim, "limits", "h2_max_concurrent_streams", &c->limits.h2_max_concurrent_streams,
+            128, 1, 1000);
     get_u64(p, lim, "limits", "max_client_output_bytes",
             &c->limits.max_client_output_bytes, 1048576, 4096, (uint64_t)1 << 30);
     get_int(p, lim, "limits", "send_timeout_ms", &c->limits.send_timeout_ms,

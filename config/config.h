@@ -147,6 +147,7 @@ struct cfg_listener {
     char *host;
     int port;
     bool tls;
+    bool http2;                 /* HTTP/2: ALPN h2 (TLS), prior knowledge (plain) */
     char *certificate;          /* absolute or config-relative path, resolved */
     char *private_key;
 };
@@ -159,6 +160,7 @@ struct cfg_limits {
     int max_connections;
     int drain_timeout_ms;
     int max_pipelined;              /* requests read ahead of the response written */
+    int h2_max_concurrent_streams;  /* SETTINGS_MAX_CONCURRENT_STREAMS we announce */
     uint64_t max_client_output_bytes;   /* reading pauses above this much unsent output */
     int send_timeout_ms;            /* a client that takes no bytes this long is closed */
     int upstream_idle_timeout_ms;   /* idle pooled upstream connections close after this */

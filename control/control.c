@@ -135,13 +135,15 @@ fail:
 }
 
 static struct worker_listener *
-table_for(struct lsock *ls, int n)
+table_for(struct lsock *ls, const struct config *cfg)
 {
+    int n = cfg->n_listeners;
     struct worker_listener *t = calloc((size_t)(n_workers * n) + 1, sizeof(*t));
     for (int w = 0; w < n_workers; w++)
         for (int i = 0; i < n; i++) {
             t[w * n + i].fd = ls[i].fds[w];
             t[w * n + i].ctx = ls[i].ctx;
+            t[w * n + i].http2 = cfg->listeners[i].http2;
         }
     return t;
 }
@@ -154,7 +156,7 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     if (ls == NULL)
         return -1;
     cfg->generation = ++generation;
-    struct worker_listener *t = table_for(ls, cfg->n_listeners);
+    struct worker_listener *t = table_for(ls, cfg);
     if (workers_start(cfg, workers, t, cfg->n_listeners) < 0) {
         free(t);
         lsocks_free(ls, cfg->n_listeners, true);
@@ -179,7 +181,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     if (ls == NULL)
         return -1;
     cfg->generation = ++generation;
-    struct worker_listener *t = table_for(ls, cfg->n_listeners);
+    struct worker_listener *t = table_for(ls, cfg);
     workers_publish(cfg, t, cfg->n_listeners);
     free(t);
     /* Sockets no longer listed are closed by the workers as they drop

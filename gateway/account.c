@@ -113,6 +113,7 @@ log_line(struct worker *w, const struct req_record *r)
         BUF_LIT(b, ",\"pinned\":true");
     else
         BUF_LIT(b, ",\"pinned\":false");
+    add_str(b, ",\"protocol\":", r->protocol, r->protocol ? strlen(r->protocol) : 0);
     add_str(b, ",\"method\":", r->method, r->method ? strlen(r->method) : 0);
     add_str(b, ",\"path\":", r->path, r->path_len > PATH_LOG_MAX ? PATH_LOG_MAX : r->path_len);
     BUF_LIT(b, ",\"status\":");

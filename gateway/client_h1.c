@@ -23,6 +23,7 @@
 #include "gateway/conn.h"
 
 #include <errno.h>
+#include <openssl/ssl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -414,11 +415,44 @@ may_parse(struct session *s)
     return request_wants_body(s->req);
 }
 
+/* A new connection on a listener that offers HTTP/2: TLS chose "h2", or a
+ * plain client opens with the HTTP/2 preface (prior knowledge). 1: it
+ * speaks HTTP/2 now, -1: wait for more bytes, 0: HTTP/1.1. */
+static int
+maybe_h2(struct session *s)
+{
+    int p;
+    if (s->io.ssl != NULL) {
+        const unsigned char *proto = NULL;
+        unsigned int len = 0;
+        SSL_get0_alpn_selected(s->io.ssl, &proto, &len);
+        p = len == 2 && memcmp(proto, "h2", 2) == 0;
+    } else
+        p = h2_preface(s->io.in);
+    if (p == 1 && !h2_attach(s)) {
+        session_close(s);
+        return -1;
+    }
+    return p;
+}
+
 /* Feed buffered client input to the parser for as long as it may run. */
 static void
 session_feed(struct session *s)
 {
     struct evbuffer *in = s->io.in;
+
+    if (s->h2_allowed && !s->served && s->req == NULL && in != NULL &&
+        evbuffer_get_length(in) > 0) {
+        int p = maybe_h2(s);
+        s->sniffing = p == -1;
+        if (p != 0) {
+            if (p == 1)
+                s->proto->run(s);
+            return;
+        }
+        s->h2_allowed = false;      /* decided: HTTP/1.1 */
+    }
 
     while (in != NULL && may_parse(s)) {
         struct evbuffer_iovec v;

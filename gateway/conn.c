@@ -129,8 +129,8 @@ update_reading(struct session *s)
         on = true;
     else if (s->closing || out_len(s) > limits(s)->max_client_output_bytes)
         on = false;
-    else
-        on = in == 0;               /* the parser takes all it may have */
+    else                            /* the parser takes all it may have */
+        on = in == 0 || s->sniffing;
     if (on && in == 0 && s->tp->pending(&s->io))
         event_active(s->io.rev, EV_READ, 1);
     /* The read event carries the connection's deadline: the first head's
@@ -261,7 +261,7 @@ client_write_cb(evutil_socket_t fd, short what, void *arg)
 
 void
 session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
-            struct ssl_ctx_st *tls)
+            struct ssl_ctx_st *tls, bool h2)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     int one = 1;
@@ -287,6 +287,8 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     else
         snprintf(s->c.peer, sizeof(s->c.peer), "unix");
     s->io.fd = fd;
+    s->c.auth = &s->auth;
+    s->h2_allowed = h2;
     h1_attach(s);
     evutil_make_socket_nonblocking(fd);
     if (tls != NULL && tls_start(&s->io, tls, fd) < 0) {
@@ -363,9 +365,9 @@ session_gc(struct worker *w)
         struct session *s = w->gc_sessions;
         w->gc_sessions = s->gc_next;
         s->proto->free(s);
-        if (s->c.auth.cred != NULL) {
-            explicit_bzero(s->c.auth.cred, s->c.auth.len);
-            free(s->c.auth.cred);
+        if (s->auth.cred != NULL) {
+            explicit_bzero(s->auth.cred, s->auth.len);
+            free(s->auth.cred);
         }
         free(s);
     }

@@ -19,6 +19,7 @@ struct session {
     void *proto_state;              /* the protocol's own (HTTP/2: its session) */
     const struct transport *tp;
     struct conn_io io;
+    struct auth_memo auth;          /* the credential its requests last passed */
     struct request *req;            /* the request being read or answered;
                                      * NULL while idle */
     /* The current request's parse state (reset at its first byte). */
@@ -40,6 +41,8 @@ struct session {
     bool closed : 1;
     bool reading : 1;               /* io.rev is added */
     bool served : 1;                /* a request was read on it */
+    bool h2_allowed : 1;            /* its listener offers HTTP/2 */
+    bool sniffing : 1;              /* a prefix of the HTTP/2 preface came: read on */
     char prev_byte;                 /* the last byte of the read before */
     TAILQ_ENTRY(session) link;
     struct session *gc_next;
@@ -89,6 +92,10 @@ struct conn_proto {
     void (*drain)(struct session *s);
     void (*free)(struct session *s);        /* the protocol's state, at gc */
 };
+
+/* client_h2.c */
+bool h2_attach(struct session *s);          /* the connection speaks HTTP/2 from here */
+int h2_preface(struct evbuffer *in);  /* 1: the HTTP/2 preface, 0: not, -1: not yet known */
 
 /* client_h1.c */
 void h1_attach(struct session *s);          /* a new connection speaks HTTP/1.1 */

@@ -77,6 +77,7 @@ void tls_ctx_free(struct ssl_ctx_st *ctx);
 struct worker_listener {
     int fd;
     struct ssl_ctx_st *ctx;
+    bool http2;                     /* HTTP/2 offered (ALPN h2, or prior knowledge) */
 };
 
 extern int gw_n_workers;

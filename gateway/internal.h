@@ -329,6 +329,7 @@ struct req_record {
     size_t path_len;
     const char *upstream;           /* address, NULL when none */
     const struct tracing_ctx *trace;    /* trace_id and span_id of the log line */
+    const char *protocol;           /* "HTTP/1.1", "HTTP/2", ... */
 };
 
 /* One access-log line and one count (SPEC §3.7, §4). */
@@ -695,9 +696,10 @@ struct client {
     const struct client_ops *ops;
     struct worker *w;
     const char *proto;              /* "http" or "https" (X-Forwarded-Proto) */
+    const char *protocol;           /* "HTTP/2"; NULL: HTTP/1.x, as the request line says */
     char peer[48];                  /* the address, for X-Forwarded-For and the log */
     bool ending;                    /* ends after the current request */
-    struct auth_memo auth;
+    struct auth_memo *auth;         /* the connection's (shared by its streams) */
 };
 
 struct request {
@@ -775,7 +777,7 @@ void requests_free_all(struct worker *w);
  * one at a time, pipelined ones answered in order. */
 void session_worker_init(struct worker *w);
 void session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
-                 struct ssl_ctx_st *tls);
+                 struct ssl_ctx_st *tls, bool http2);
 /* Drain: close idle sessions now; the rest close after their response. */
 void session_drain_all(struct worker *w);
 void sessions_free_all(struct worker *w);
@@ -787,6 +789,7 @@ struct listener_rt {
     struct evconnlistener *ev;
     int fd;
     struct ssl_ctx_st *tls;         /* the worker's reference; NULL for plain */
+    bool http2;
     struct worker *w;
 };
 

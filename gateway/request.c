@@ -234,6 +234,8 @@ request_end(struct request *r)
         .method = r->t_start_us ? llhttp_method_name(r->line.method) : NULL,
         .path = url, .path_len = url ? r->head.url_len : 0,
         .upstream = r->pool ? r->pool->address : NULL, .trace = &r->trace.ctx,
+        .protocol = c->protocol != NULL ? c->protocol :
+                    r->line.major == 1 && r->line.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
     };
     if (rec.request_id[0] == '\0')
         ensure_id(r);
@@ -661,7 +663,7 @@ requests_worker_init(struct worker *w)
 static bool
 check_auth(struct request *r, const struct cfg_endpoint *ep)
 {
-    struct auth_memo *m = &r->c->auth;
+    struct auth_memo *m = r->c->auth;
     struct head *hd = &r->head;
     int az = hd->first[HC_AUTHORIZATION];
     const char *cred = az >= 0 ? HD_VAL(hd, az) : NULL;

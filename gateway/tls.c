@@ -9,14 +9,18 @@
 #include <string.h>
 
 static const unsigned char alpn_http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+/* HTTP/2 first, when the listener offers it (SPEC §9). */
+static const unsigned char alpn_h2_http11[] = {2, 'h', '2',
+                                               8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 
 static int
 alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
             const unsigned char *in, unsigned int inlen, void *arg)
 {
     unsigned char *o;
-    if (SSL_select_next_proto(&o, outlen, alpn_http11, sizeof(alpn_http11),
-                              in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    const unsigned char *mine = arg != NULL ? alpn_h2_http11 : alpn_http11;
+    unsigned int mine_len = arg != NULL ? sizeof(alpn_h2_http11) : sizeof(alpn_http11);
+    if (SSL_select_next_proto(&o, outlen, mine, mine_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = o;
     return SSL_TLSEXT_ERR_OK;
@@ -54,7 +58,8 @@ tls_server_ctx(const struct cfg_listener *l, char *err, size_t errlen)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, 20000);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"sluice", 6);
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    static int offer_h2 = 1;        /* the callback's arg: non-NULL offers h2 */
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, l->http2 ? &offer_h2 : NULL);
 
     if (SSL_CTX_use_certificate_chain_file(ctx, l->certificate) != 1) {
         ssl_reason(why, sizeof(why));

@@ -98,7 +98,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
           int salen, void *arg)
 {
     struct listener_rt *lr = arg;
-    session_new(lr->w, fd, sa, salen, lr->tls);
+    session_new(lr->w, fd, sa, salen, lr->tls, lr->http2);
 }
 
 static void
@@ -146,6 +146,7 @@ set_listeners(struct worker *w, const struct worker_listener *t, int n)
         lr->w = w;
         lr->fd = t[i].fd;
         lr->tls = t[i].ctx;         /* the reference give_listeners() took */
+        lr->http2 = t[i].http2;
         for (int j = 0; j < w->n_listeners; j++)
             if (w->listeners[j].fd == t[i].fd && w->listeners[j].ev != NULL) {
                 lr->ev = w->listeners[j].ev;

@@ -22,8 +22,8 @@ WEIGHTS = {"test_rollout": 155, "test_fleet": 66, "test_core": 62, "test_edge": 
            "test_routing": 39, "test_admin": 38, "test_deploy": 39,
            "test_rollout_adversary": 28, "test_sentinel": 28, "test_sluicectl": 22,
            "test_dashboard": 19, "test_lifecycle": 14, "test_admin_input": 9,
-           "test_bookkeeping": 8, "test_auth": 7, "test_admin_gate": 5,
-           "test_tracing_export": 12}
+           "test_bookkeeping": 8, "test_auth": 7, "test_admin_gate": 5, "test_h2": 12,
+           "test_tracing_export": 12, "test_tracing": 20}
 
 
 def shard_names(names, k, n):

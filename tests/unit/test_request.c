@@ -154,6 +154,7 @@ up_fail(enum up_fail why, bool early)
 
 struct fake_client {
     struct client c;
+    struct auth_memo memo;
     struct request *req;
     int status;                     /* of the head or error sent */
     char code[32];
@@ -333,6 +334,7 @@ client_new(void)
     fc->c.ops = &fake_ops;
     fc->c.w = &W;
     fc->c.proto = "http";
+    fc->c.auth = &fc->memo;
     strcpy(fc->c.peer, "192.0.2.7");
     fc->body = evbuffer_new();
     return fc;
@@ -342,7 +344,7 @@ static void
 client_free(struct fake_client *fc)
 {
     evbuffer_free(fc->body);
-    free(fc->c.auth.cred);
+    free(fc->memo.cred);
     free(fc);
 }
 
@@ -493,7 +495,7 @@ test_refusals(void)
     struct fake_client *fc = client_new();
     send_head(fc, "/api/v1/service/locked/score", 1, 0, good_key);
     send_body(fc, "");
-    CHECK(fc->c.auth.cred != NULL && last_up != NULL, "the key was refused");
+    CHECK(fc->memo.cred != NULL && last_up != NULL, "the key was refused");
     if (last_up)
         up_answer(204, "", true);
     CHECK(fc->ended && fc->status == 204, "keyed: status %d", fc->status);

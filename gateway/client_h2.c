@@ -1,0 +1,877 @@
+/*
+ * The HTTP/2 client side (SPEC §9): one connection (conn.c's bytes and
+ * life), many streams, each stream one request of request.c's, reached
+ * through the stream's own struct client and h2_ops. libnghttp2 (1.52's
+ * API) frames and checks the protocol: the HTTP messaging rules (pseudo
+ * headers, connection-specific headers are stream errors), HPACK, flow
+ * control, the CONTINUATION and reset-rate limits.
+ *
+ * A connection speaks HTTP/2 when TLS chose ALPN "h2", or when a plain
+ * listener's client starts with the HTTP/2 preface (prior knowledge);
+ * either way the listener must offer it ("http2", default true).
+ *
+ * Flow control is real backpressure: automatic WINDOW_UPDATEs are off, and
+ * a stream's received bytes are given back to its window
+ * (nghttp2_session_consume) only as its request hands them on to the
+ * upstream connection, which it does only while that connection's backlog
+ * is under GW_HIGH_WATER. So a connection holds at most its windows of
+ * request bytes. Responses go the same way: a stream's response bytes wait
+ * in its own buffer until nghttp2 sends them within the client's window,
+ * and the upstream is paused while that buffer is over GW_HIGH_WATER.
+ *
+ * nghttp2 must not be re-entered from its own callbacks: requests that
+ * want to send (client_ops.run) while it runs only mark the connection,
+ * and the frames go out when it returns.
+ *
+ * Floods (SPEC §9): more stream resets within a second than
+ * h2_max_concurrent_streams, more than FLOOD_FRAMES PING, SETTINGS or
+ * empty DATA frames within a second, or more CONTINUATION frames than
+ * MAX_CONTINUATIONS end the connection with GOAWAY ENHANCE_YOUR_CALM.
+ */
+#include "gateway/conn.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_PREFACE_LEN 24
+#define STREAM_WINDOW (256 * 1024)      /* per stream, announced */
+#define CONN_WINDOW (1024 * 1024)       /* per connection */
+#define FLOOD_FRAMES 100                /* PING, SETTINGS, empty DATA per second */
+#define MAX_CONTINUATIONS 8
+
+struct h2conn;
+
+struct h2stream {
+    struct client c;                /* what its request knows of it (first) */
+    struct h2conn *h;
+    int32_t id;
+    struct request *req;
+    struct evbuffer *in;            /* DATA received, not yet taken by the request */
+    struct evbuffer *out;           /* response bytes waiting for nghttp2 */
+    size_t head_bytes;              /* of the header list, for max_header_bytes */
+    bool end_in;                    /* END_STREAM received */
+    bool body_ended;                /* request_body_end() called */
+    bool out_eof;                   /* the response's last byte is in out */
+    bool responded;                 /* response HEADERS submitted */
+    bool deferred;                  /* the data source waits for out */
+    bool paused_up;                 /* the upstream was paused (out over high water) */
+    bool reset_after;               /* end the stream (NO_ERROR) once answered */
+    bool has_te_trailers;
+    int method;                     /* llhttp_method_t; -1 unknown, -2 none yet */
+    struct h2stream *next, *prev;
+};
+
+struct h2conn {
+    struct session *s;
+    nghttp2_session *ng;
+    struct h2stream *streams;
+    int n_streams;
+    bool in_ng;                     /* inside nghttp2: do not re-enter */
+    bool want_run;                  /* a run was asked for while in_ng */
+    bool goaway;                    /* no new streams */
+    bool failed;                    /* fatal: close once what is queued is out */
+    uint64_t window_start_us;       /* the flood counters' second */
+    int resets, pings, settings, empty_data, continuations;
+};
+
+#define ST(c) ((struct h2stream *)(c))
+
+static void h2_run(struct session *s);
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static struct h2conn *
+H(const struct session *s)
+{
+    return s->proto_state;
+}
+
+static void
+stream_free(struct h2stream *st)
+{
+    struct h2conn *h = st->h;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        h->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    h->n_streams--;
+    if (st->in != NULL)
+        evbuffer_free(st->in);
+    if (st->out != NULL)
+        evbuffer_free(st->out);
+    free(st);
+}
+
+/* End the connection: GOAWAY with code, then close once it is sent. */
+static void
+fail_conn(struct h2conn *h, uint32_t code)
+{
+    if (!h->failed)
+        nghttp2_session_terminate_session(h->ng, code);
+    h->failed = true;
+    h->goaway = true;
+}
+
+/* A frame of a flood kind; false when the connection must end. */
+static bool
+flood_count(struct h2conn *h, int *counter, int limit)
+{
+    uint64_t now = now_us();
+    if (now - h->window_start_us > 1000000) {
+        h->window_start_us = now;
+        h->resets = h->pings = h->settings = h->empty_data = 0;
+    }
+    if (++*counter > limit) {
+        fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
+        log_event(LOG_WARN, "h2_flood", ",\"client\":\"%s\"", log_json(h->s->c.peer));
+        return false;
+    }
+    return true;
+}
+
+/* ---- the request body: handed on as the upstream takes it ------------------------ */
+
+/* Give the request what it may take of the stream's DATA, and the window
+ * back for it; end the body when END_STREAM came and all was taken. */
+static void
+pump(struct h2stream *st)
+{
+    struct h2conn *h = st->h;
+    while (st->in != NULL && evbuffer_get_length(st->in) > 0) {
+        struct request *r = st->req;
+        if (r != NULL && !request_wants_body(r))
+            return;
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(st->in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t n = v.iov_len;
+        if (r != NULL) {
+            r->bytes_in += n;
+            if (!request_body(r, v.iov_base, n)) {
+                /* Refused (over max_body_bytes): the rest is dropped. */
+                st->reset_after = true;
+                if (st->req != NULL)
+                    request_maybe_end(st->req);
+            }
+        }
+        evbuffer_drain(st->in, n);
+        nghttp2_session_consume(h->ng, st->id, n);
+        h->want_run = true;
+    }
+    if (st->end_in && !st->body_ended && st->req != NULL &&
+        (st->in == NULL || evbuffer_get_length(st->in) == 0) &&
+        st->req->phase != RP_QUEUED) {
+        st->body_ended = true;
+        request_body_end(st->req);
+        if (st->req != NULL)
+            request_maybe_end(st->req);
+    }
+}
+
+/* ---- the response: a data source over the stream's buffer ---------------------- */
+
+static ssize_t
+read_out(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+         nghttp2_data_source *src, void *user)
+{
+    struct h2stream *st = src->ptr;
+    size_t have = st->out ? evbuffer_get_length(st->out) : 0;
+    if (have == 0 && !st->out_eof) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = have < len ? have : len;
+    if (n > 0)
+        evbuffer_remove(st->out, buf, n);
+    if (st->out_eof && evbuffer_get_length(st->out) == 0) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->reset_after && !st->end_in)
+            /* Answered before the whole request came: the client may
+             * stop sending (RFC 9113 §8.1). */
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+    }
+    return (ssize_t)n;
+}
+
+static void
+out_more(struct h2stream *st)
+{
+    if (st->deferred && st->responded) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->h->ng, st->id);
+    }
+}
+
+/* Header lists: names lowercase (RFC 9113 §8.2.1). */
+#define MAX_NV (GW_MAX_HEADERS + 8)
+
+struct nvs {
+    nghttp2_nv nv[MAX_NV];
+    int n;
+    char lower[GW_MAX_HEADERS][64];
+};
+
+static void
+nv_add(struct nvs *v, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (v->n >= MAX_NV)
+        return;
+    /* nghttp2 copies them (no NO_COPY flags) and never writes to them. */
+    v->nv[v->n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)name, (uint8_t *)(uintptr_t)value,
+                                 nlen, vlen, NGHTTP2_NV_FLAG_NONE};
+}
+
+#define NV_LIT(v, n, val) nv_add((v), (n), sizeof(n) - 1, (val), strlen(val))
+
+static void
+nv_tags(struct nvs *v, const struct tags *t)
+{
+    if (t->version != NULL) {
+        NV_LIT(v, "x-sluice-version", t->version);
+        NV_LIT(v, "x-sluice-group", t->group);
+    }
+    if (t->failover)
+        NV_LIT(v, "x-sluice-failover", "true");
+    NV_LIT(v, "x-request-id", t->request_id);
+}
+
+static void
+submit(struct h2stream *st, struct nvs *v, bool body)
+{
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    st->responded = true;
+    if (nghttp2_submit_response(st->h->ng, st->id, v->nv, (size_t)v->n,
+                                body ? &prd : NULL) != 0)
+        nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id,
+                                  NGHTTP2_INTERNAL_ERROR);
+    st->h->want_run = true;
+}
+
+/* ---- the stream's client side (h2_ops) ---------------------------------------------- */
+
+static void
+h2_send_head(struct client *c, struct request *r, const struct resp_info *ri)
+{
+    struct h2stream *st = ST(c);
+    struct nvs v;
+    char status[8], length[24];
+    v.n = 0;
+    snprintf(status, sizeof(status), "%d", ri->status);
+    NV_LIT(&v, ":status", status);
+    const struct head *hd = ri->hd;
+    int k = 0;
+    for (int i = 0; i < hd->n && k < GW_MAX_HEADERS; i++) {
+        switch (hd->cls[i]) {
+        case HC_HOP: case HC_CONNECTION: case HC_CONTENT_LENGTH:
+        case HC_TRANSFER_ENCODING: case HC_SLUICE: case HC_REQUEST_ID:
+            continue;               /* hop-by-hop, framing, or ours */
+        default:
+            break;
+        }
+        size_t nl = hd->h[i].name_len;
+        if (nl == 0 || nl >= sizeof(v.lower[0]) || head_name_is(hd, i, "keep-alive") ||
+            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade"))
+            continue;
+        for (size_t j = 0; j < nl; j++) {
+            char ch = HD_NAME(hd, i)[j];
+            v.lower[k][j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+        nv_add(&v, v.lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
+    }
+    if (ri->has_length && ri->status != 204) {
+        snprintf(length, sizeof(length), "%llu", (unsigned long long)ri->content_length);
+        NV_LIT(&v, "content-length", length);
+    }
+    struct tags t = request_tags(r);
+    nv_tags(&v, &t);
+    if (ri->no_body)
+        st->out_eof = true;
+    submit(st, &v, !ri->no_body);
+}
+
+static bool
+h2_send_body(struct client *c, struct request *r, const char *at, size_t len)
+{
+    struct h2stream *st = ST(c);
+    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+        return false;
+    evbuffer_add(st->out, at, len);
+    r->bytes_out += len;
+    out_more(st);
+    st->h->want_run = true;
+    if (evbuffer_get_length(st->out) > GW_HIGH_WATER) {
+        st->paused_up = true;
+        return true;
+    }
+    return false;
+}
+
+static void
+h2_send_end(struct client *c, struct request *r, const struct head *trailers)
+{
+    struct h2stream *st = ST(c);
+    st->out_eof = true;
+    out_more(st);
+    st->h->want_run = true;
+}
+
+static void
+h2_send_error(struct client *c, struct request *r, int status, const char *code,
+              const char *message)
+{
+    struct h2stream *st = ST(c);
+    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+        return;
+    BUF_LIT(st->out, "{\"error\":{\"code\":\"");
+    buf_str(st->out, code);
+    BUF_LIT(st->out, "\",\"message\":\"");
+    json_escape_add(st->out, message, strlen(message));
+    BUF_LIT(st->out, "\"}}\n");
+    size_t n = evbuffer_get_length(st->out);
+    r->bytes_out += n;
+    struct nvs v;
+    char status_s[8], length[24];
+    v.n = 0;
+    snprintf(status_s, sizeof(status_s), "%d", status);
+    snprintf(length, sizeof(length), "%zu", n);
+    NV_LIT(&v, ":status", status_s);
+    NV_LIT(&v, "content-type", "application/json");
+    NV_LIT(&v, "content-length", length);
+    struct tags t = request_tags(r);
+    nv_tags(&v, &t);
+    if (status == 401)
+        NV_LIT(&v, "www-authenticate", "Bearer");
+    if (status == 503)
+        NV_LIT(&v, "retry-after", "1");
+    st->out_eof = true;
+    submit(st, &v, true);
+}
+
+static void
+h2_send_continue(struct client *c, struct request *r)
+{
+    /* HTTP/2 clients send their body without waiting for 100 (flow
+     * control does what Expect did). */
+}
+
+static void
+h2_resume_reading(struct client *c, struct request *r)
+{
+    ST(c)->h->want_run = true;      /* the run pumps what waited */
+}
+
+static void
+h2_close_after(struct client *c, struct request *r)
+{
+    c->ending = true;
+    ST(c)->reset_after = true;
+}
+
+static void
+h2_abort(struct client *c, struct request *r)
+{
+    struct h2stream *st = ST(c);
+    nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    request_client_left(r, RC_CLIENT_CLOSED);
+    request_end(r);
+    st->h->want_run = true;
+}
+
+static void
+h2_ops_run(struct client *c)
+{
+    h2_run(ST(c)->h->s);
+}
+
+static void
+h2_detach(struct client *c, struct request *r)
+{
+    ST(c)->req = NULL;
+}
+
+static void
+h2_ended(struct client *c)
+{
+    /* The stream lives on until nghttp2 has sent its response and closed
+     * it (on_stream_close). */
+}
+
+static const struct client_ops h2_ops = {
+    .send_head = h2_send_head, .send_body = h2_send_body, .send_end = h2_send_end,
+    .send_error = h2_send_error, .send_continue = h2_send_continue,
+    .resume_reading = h2_resume_reading, .close_after = h2_close_after, .abort = h2_abort,
+    .run = h2_ops_run, .progress = h2_ops_run, .detach = h2_detach, .ended = h2_ended,
+};
+
+/* ---- nghttp2 callbacks: requests in ------------------------------------------------ */
+
+static int
+on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
+{
+    struct h2conn *h = user;
+    bool ok = true;
+    switch (hd->type) {
+    case NGHTTP2_PING:
+        ok = flood_count(h, &h->pings, FLOOD_FRAMES);
+        break;
+    case NGHTTP2_SETTINGS:
+        ok = flood_count(h, &h->settings, FLOOD_FRAMES);
+        break;
+    case NGHTTP2_DATA:
+        if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM))
+            ok = flood_count(h, &h->empty_data, FLOOD_FRAMES);
+        break;
+    case NGHTTP2_RST_STREAM:
+        ok = flood_count(h, &h->resets, h->s->c.w->cfg->limits.h2_max_concurrent_streams);
+        break;
+    case NGHTTP2_HEADERS:
+        h->continuations = 0;
+        break;
+    case NGHTTP2_CONTINUATION:
+        if (++h->continuations > MAX_CONTINUATIONS) {
+            fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
+            ok = false;
+        }
+        break;
+    }
+    return ok ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int
+on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
+{
+    struct h2conn *h = user;
+    struct session *s = h->s;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    if (h->goaway) {
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    struct h2stream *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    st->c.ops = &h2_ops;
+    st->c.w = s->c.w;
+    st->c.proto = s->c.proto;
+    st->c.auth = &s->auth;
+    st->c.protocol = "HTTP/2";
+    memcpy(st->c.peer, s->c.peer, sizeof(st->c.peer));
+    st->h = h;
+    st->id = frame->hd.stream_id;
+    st->method = -2;
+    st->req = request_new(&st->c);
+    if (st->req == NULL) {
+        free(st);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    st->next = h->streams;
+    if (h->streams != NULL)
+        h->streams->prev = st;
+    h->streams = st;
+    h->n_streams++;
+    s->served = true;
+    nghttp2_session_set_stream_user_data(ng, st->id, st);
+    /* The head and the body within header_timeout_ms, as over HTTP/1.1. */
+    request_arm_header_deadline(st->req, st->c.w->cfg->limits.header_timeout_ms);
+    return 0;
+}
+
+static const struct { const char *name; int method; } methods[] = {
+    {"GET", HTTP_GET}, {"POST", HTTP_POST}, {"PUT", HTTP_PUT}, {"HEAD", HTTP_HEAD},
+    {"DELETE", HTTP_DELETE}, {"OPTIONS", HTTP_OPTIONS}, {"PATCH", HTTP_PATCH},
+    {"TRACE", HTTP_TRACE},
+};
+
+static bool
+is(const uint8_t *a, size_t alen, const char *lit)
+{
+    return alen == strlen(lit) && memcmp(a, lit, alen) == 0;
+}
+
+static int
+on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+          const uint8_t *value, size_t vlen, uint8_t flags, void *user)
+{
+    struct h2stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (st == NULL || st->req == NULL || frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct request *r = st->req;
+    struct head *hd = &r->head;
+    st->head_bytes += nlen + vlen + 32;     /* as SETTINGS_MAX_HEADER_LIST_SIZE counts */
+    if (st->head_bytes > st->c.w->cfg->limits.max_header_bytes) {
+        /* Trailers count too (SPEC §3.7): the stream ends. */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (r->t_start_us != 0)
+        return 0;                   /* trailers: counted, not passed on */
+    int rc = 0;
+    if (nlen > 0 && name[0] == ':') {
+        if (is(name, nlen, ":path"))
+            rc = head_url(hd, (const char *)value, vlen);
+        else if (is(name, nlen, ":authority")) {
+            if ((rc = head_field(hd, "host", 4)) == 0)
+                rc = head_value(hd, (const char *)value, vlen);
+        } else if (is(name, nlen, ":method")) {
+            st->method = -1;
+            for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
+                if (is(value, vlen, methods[k].name))
+                    st->method = methods[k].method;
+        }
+        /* :scheme: the listener's own is what X-Forwarded-Proto says. */
+    } else {
+        if (is(name, nlen, "te") && is(value, vlen, "trailers"))
+            st->has_te_trailers = true;
+        if ((rc = head_field(hd, (const char *)name, nlen)) == 0)
+            rc = head_value(hd, (const char *)value, vlen);
+    }
+    return rc < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+
+/* The head is complete: the request's line as HTTP/1.1 would have said it,
+ * validated, then the request's life takes it. */
+static void
+head_done(struct h2stream *st, bool end_stream)
+{
+    struct request *r = st->req;
+    struct head *hd = &r->head;
+    struct worker *w = st->c.w;
+
+    r->t_start_us = now_us();
+    if (r->cfg != w->cfg) {
+        config_drop(r->cfg);
+        r->cfg = config_take(w->cfg);
+    }
+    int method = st->method;
+    head_classify(hd);
+    int cl = hd->first[HC_CONTENT_LENGTH];
+    uint64_t length = 0;
+    bool has_length = false;
+    if (cl >= 0 && hd->count[HC_CONTENT_LENGTH] == 1) {
+        char num[24];
+        size_t n = hd->h[cl].val_len < sizeof(num) - 1 ? hd->h[cl].val_len : sizeof(num) - 1;
+        memcpy(num, HD_VAL(hd, cl), n);
+        num[n] = '\0';
+        char *end;
+        length = strtoull(num, &end, 10);
+        has_length = n > 0 && *end == '\0';
+    }
+    /* HTTP/2 has no chunked framing: a body of unknown length goes to an
+     * HTTP/1.1 upstream chunked. */
+    r->line = (struct req_line){
+        .method = method < 0 ? HTTP_POST : method, .major = 1, .minor = 1,
+        .chunked = !end_stream && !has_length, .has_length = has_length,
+        .content_length = length,
+    };
+    r->head_method = method == HTTP_HEAD;
+    r->bytes_in += st->head_bytes;
+    request_take_id(r);
+    if (method < 0) {
+        request_reply(r, RC_BAD_REQUEST, "method not supported over HTTP/2", true);
+        return;
+    }
+    struct req_verdict vd = req_validate(hd, &r->line, &w->cfg->limits, &r->target);
+    if (vd.cause != RC_OK) {
+        request_reply(r, vd.cause, vd.message, vd.close);
+        return;
+    }
+    request_start(r);
+}
+
+static int
+on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
+{
+    struct h2conn *h = user;
+    struct h2stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (st == NULL || st->req == NULL)
+            break;
+        if (st->req->t_start_us == 0) {
+            if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+                break;
+            head_done(st, end);
+        }
+        if (end)
+            st->end_in = true;
+        if (st->req != NULL || end)
+            pump(st);
+        break;
+    case NGHTTP2_DATA:
+        if (st != NULL && end) {
+            st->end_in = true;
+            pump(st);
+        }
+        break;
+    }
+    h->want_run = true;
+    return 0;
+}
+
+static int
+on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+        void *user)
+{
+    struct h2conn *h = user;
+    struct h2stream *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st == NULL || st->req == NULL) {
+        nghttp2_session_consume(ng, id, len);   /* nobody wants it */
+        return 0;
+    }
+    if (st->in == NULL && (st->in = evbuffer_new()) == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    evbuffer_add(st->in, data, len);
+    pump(st);
+    h->want_run = true;
+    return 0;
+}
+
+static int
+on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
+{
+    struct h2stream *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st == NULL)
+        return 0;
+    if (st->req != NULL) {
+        /* Reset, or closed before its request ended: the client left. */
+        request_client_left(st->req, code == NGHTTP2_NO_ERROR ? RC_CLIENT_CLOSED :
+                            RC_CLIENT_ERROR);
+        request_end(st->req);
+    }
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    stream_free(st);
+    return 0;
+}
+
+/* ---- the connection ----------------------------------------------------------------- */
+
+static nghttp2_session_callbacks *callbacks;
+
+static void
+h2_feed(struct session *s)
+{
+    struct h2conn *h = H(s);
+    struct evbuffer *in = s->io.in;
+    while (in != NULL && !h->failed && !s->closing && !s->closed &&
+           out_len(s) <= limits(s)->max_client_output_bytes) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            break;
+        h->in_ng = true;
+        ssize_t n = nghttp2_session_mem_recv(h->ng, v.iov_base, v.iov_len);
+        h->in_ng = false;
+        if (n < 0) {
+            if (!h->failed)
+                log_event(LOG_INFO, "h2_connection_error", ",\"client\":\"%s\",\"reason\":\"%s\"",
+                          log_json(s->c.peer), log_json(nghttp2_strerror((int)n)));
+            fail_conn(h, NGHTTP2_PROTOCOL_ERROR);
+            evbuffer_drain(in, evbuffer_get_length(in));
+            break;
+        }
+        evbuffer_drain(in, (size_t)n);
+    }
+}
+
+/* Frames out while the client takes them; streams whose response buffer
+ * drained get their upstream back. */
+static void
+h2_send(struct session *s)
+{
+    struct h2conn *h = H(s);
+    while (!s->closed && out_len(s) <= limits(s)->max_client_output_bytes) {
+        const uint8_t *data;
+        h->in_ng = true;
+        ssize_t n = nghttp2_session_mem_send(h->ng, &data);
+        h->in_ng = false;
+        if (n <= 0) {
+            if (n < 0)
+                fail_conn(h, NGHTTP2_INTERNAL_ERROR);
+            break;
+        }
+        evbuffer_add(s->io.out, data, (size_t)n);
+    }
+    for (struct h2stream *st = h->streams; st != NULL; st = st->next)
+        if (st->paused_up && st->req != NULL &&
+            (st->out == NULL || evbuffer_get_length(st->out) <= GW_HIGH_WATER)) {
+            st->paused_up = false;
+            request_client_drained(st->req);
+        }
+}
+
+static void
+h2_run(struct session *s)
+{
+    struct h2conn *h = H(s);
+    if (s->closed)
+        return;
+    if (h->in_ng) {
+        h->want_run = true;
+        return;
+    }
+    do {
+        h->want_run = false;
+        h2_feed(s);
+        if (s->closed)
+            return;
+        for (struct h2stream *st = h->streams, *next; st != NULL; st = next) {
+            next = st->next;
+            if (st->req != NULL) {
+                pump(st);
+                request_flush_upstream(st->req);
+            }
+        }
+        h2_send(s);
+    } while (h->want_run && !s->closed);
+    if (s->closed)
+        return;
+    client_flush(s);
+    if (s->closed)
+        return;
+    bool done = h->failed || (!nghttp2_session_want_read(h->ng) &&
+                              !nghttp2_session_want_write(h->ng)) ||
+                (h->goaway && h->n_streams == 0);
+    if (done) {
+        start_closing(s);
+        return;
+    }
+    update_reading(s);
+    release_bufs(s);
+}
+
+static bool
+h2_busy(const struct session *s)
+{
+    return H(s) != NULL && H(s)->n_streams > 0;
+}
+
+static void
+h2_end_all(struct session *s, enum req_cause cause)
+{
+    struct h2conn *h = H(s);
+    for (struct h2stream *st = h->streams; st != NULL; st = st->next)
+        if (st->req != NULL) {
+            request_client_left(st->req, cause);
+            request_end(st->req);
+        }
+    /* Streams without requests are freed with the session. */
+    while (h->streams != NULL) {
+        struct h2stream *st = h->streams;
+        nghttp2_session_set_stream_user_data(h->ng, st->id, NULL);
+        stream_free(st);
+    }
+}
+
+static void
+h2_drained(struct session *s)
+{
+    H(s)->want_run = true;
+}
+
+/* Drain: GOAWAY; the streams already begun finish, then the connection. */
+static void
+h2_drain(struct session *s)
+{
+    struct h2conn *h = H(s);
+    if (!h->goaway) {
+        h->goaway = true;
+        nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->ng),
+                              NGHTTP2_NO_ERROR, NULL, 0);
+    }
+    h2_run(s);
+}
+
+static void
+h2_free(struct session *s)
+{
+    struct h2conn *h = H(s);
+    if (h == NULL)
+        return;
+    while (h->streams != NULL)
+        stream_free(h->streams);
+    nghttp2_session_del(h->ng);
+    free(h);
+    s->proto_state = NULL;
+}
+
+static const struct conn_proto h2_proto = {
+    .name = "HTTP/2", .feed = h2_feed, .run = h2_run, .busy = h2_busy,
+    .end_all = h2_end_all, .drained = h2_drained, .drain = h2_drain, .free = h2_free,
+};
+
+static void
+init_callbacks(void)
+{
+    if (callbacks != NULL)
+        return;
+    nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, on_begin_frame);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
+}
+
+/* The connection speaks HTTP/2 from here on: its settings go out first. */
+bool
+h2_attach(struct session *s)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, init_callbacks);
+    struct h2conn *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return false;
+    const struct cfg_limits *lim = limits(s);
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_continuations(opt, MAX_CONTINUATIONS);
+    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->h2_max_concurrent_streams,
+                                               (uint64_t)lim->h2_max_concurrent_streams);
+    int rc = nghttp2_session_server_new2(&h->ng, callbacks, h, opt);
+    nghttp2_option_del(opt);
+    if (rc != 0) {
+        free(h);
+        return false;
+    }
+    h->s = s;
+    h->window_start_us = now_us();
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)lim->h2_max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)lim->max_header_bytes},
+    };
+    nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    s->proto_state = h;
+    s->proto = &h2_proto;
+    s->c.ops = NULL;                /* requests talk to their streams */
+    return true;
+}
+
+/* Whether buffered input opens with the HTTP/2 preface: 1 yes, 0 no, -1
+ * not known yet (a prefix of it). */
+int
+h2_preface(struct evbuffer *in)
+{
+    char buf[H2_PREFACE_LEN];
+    size_t n = evbuffer_get_length(in);
+    if (n > H2_PREFACE_LEN)
+        n = H2_PREFACE_LEN;
+    evbuffer_copyout(in, buf, n);
+    if (memcmp(buf, H2_PREFACE, n) != 0)
+        return 0;
+    return n == H2_PREFACE_LEN ? 1 : -1;
+}
