@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 
 import requests
@@ -182,7 +183,7 @@ def test_invalid_traceparent_starts_a_new_trace_and_drops_tracestate():
 
 
 def tracestate_expected(members):
-    """W3C §3.3.1.5 as tracing/README.md says Sluice applies it: at most
+    """W3C §3.3.1.5 as README.md (Tracing) says Sluice applies it: at most
     512 characters, members over 128 dropped first, then from the end."""
     out = list(members)
     if len(",".join(out)) > 512:
@@ -506,3 +507,29 @@ def test_diff_samples_carry_the_trace_id():
         return d if len(d) == 3 else None
     d = until(samples, 15, "3 samples")
     assert {x["trace_id"] for x in d} == tids, d
+
+
+def test_http2_request_is_traced_like_http1():
+    """HTTP/2 (curl --http2-prior-knowledge): the same propagation (trace id
+    continued, a new parent id, flags cleaned, tracestate passed on) and the
+    same spans; the access-log line says HTTP/2 and has the ids."""
+    rcv = receiver()
+    s, live = traced(rcv)
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D", "-", "-d", "{}",
+                          "-H", "traceparent: 00-%s-%s-03" % (TID, PID),
+                          "-H", "tracestate: congo=t61rcWkgMzE",
+                          "-H", "X-Request-Id: h2-req", s.url(EP)],
+                         capture_output=True, timeout=15)
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200"), head
+    (tp,), tss = received(body)
+    t, p, f = parse_tp(tp)
+    assert t == TID and p != PID and f == "01" and tss == ["congo=t61rcWkgMzE"], (tp, tss)
+    l = log_by_id(s, 1)["h2-req"]
+    assert l["protocol"] == "HTTP/2" and l["trace_id"] == TID, l
+    settled(s, 2)
+    server, client = by_kind(rcv.spans)
+    assert list(server) == [l["span_id"]] and server[l["span_id"]]["parentSpanId"] == PID
+    assert [(c["spanId"], c["parentSpanId"]) for c in client] == [(p, l["span_id"])], client
+    assert rcv.errors == []
