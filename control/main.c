@@ -273,7 +273,6 @@ main(int argc, char **argv)
     event_base_dispatch(main_base);
     event_free(drain_ev);
     workers_join(0);
-    trace_export_stop(2000);        /* spans of the last requests, when the collector answers */
     rollout_release();
     /* Every count of every request, in Redis before exit when it can be. */
     metrics_redis_final_flush(control_metrics(), 3000);
@@ -288,7 +287,8 @@ main(int argc, char **argv)
     rollout_stop();
     admin_stop();
     control_stop();
-    workers_free();
+    workers_free();                 /* requests cut short end here: their spans are queued */
+    trace_export_stop(2000);        /* and sent, for at most 2 s */
     route_shared_free_all();
     event_base_free(main_base);
     return 0;

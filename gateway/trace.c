@@ -28,6 +28,10 @@ workers_set_trace_rings(struct tracing_ring *const *r, int n)
     free(rings);
     rings = NULL;
     n_rings = 0;
+    /* Workers that exist have ended (workers_join()): theirs are let go,
+     * and picked up again from the new array by ring_of(). */
+    for (int i = 0; gw_workers != NULL && i < gw_n_workers; i++)
+        gw_workers[i].trace_ring = NULL;
     if (r == NULL || n <= 0 || (rings = calloc((size_t)n, sizeof(*rings))) == NULL)
         return;
     memcpy(rings, r, (size_t)n * sizeof(*rings));
@@ -41,6 +45,15 @@ ring_of(struct worker *w)
     if (w->trace_ring == NULL && w->id >= 0 && w->id < n_rings)
         w->trace_ring = rings[w->id];
     return w->trace_ring;
+}
+
+/* A span to the worker's ring (none once the exporter is gone). */
+static void
+submit(struct worker *w, const struct tracing_span *sp)
+{
+    struct tracing_ring *ring = ring_of(w);
+    if (ring != NULL)
+        tracing_submit(ring, sp);
 }
 
 /* ---- the context ------------------------------------------------------------ */
@@ -152,7 +165,7 @@ trace_hop_end(struct request *r, int http_status)
         TRACING_SET(sp.upstream, r->pool->address, strlen(r->pool->address));
     sp.http_status = (uint16_t)http_status;
     sp.status = (uint8_t)tracing_status_for_http(TRACING_KIND_CLIENT, http_status);
-    tracing_submit(r->c->w->trace_ring, &sp);
+    submit(r->c->w, &sp);
 }
 
 void
@@ -202,7 +215,7 @@ trace_shadow_end(struct worker *w, struct tracing_span *sp, int http_status)
     sp->end_ns = tracing_now_ns();
     sp->http_status = (uint16_t)http_status;
     sp->status = (uint8_t)tracing_status_for_http(TRACING_KIND_CLIENT, http_status);
-    tracing_submit(ring_of(w), sp);
+    submit(w, sp);
 }
 
 /* ---- the request's end ---------------------------------------------------------- */
@@ -239,5 +252,5 @@ trace_end(struct request *r, const struct req_record *rec)
     sp.pinned = rec->pinned;
     sp.http_status = (uint16_t)rec->status;
     sp.status = (uint8_t)tracing_status_for_http(TRACING_KIND_SERVER, rec->status);
-    tracing_submit(r->c->w->trace_ring, &sp);
+    submit(r->c->w, &sp);
 }

@@ -533,3 +533,33 @@ def test_http2_request_is_traced_like_http1():
     assert list(server) == [l["span_id"]] and server[l["span_id"]]["parentSpanId"] == PID
     assert [(c["spanId"], c["parentSpanId"]) for c in client] == [(p, l["span_id"])], client
     assert rcv.errors == []
+
+
+def test_request_cut_at_shutdown_exports_its_spans():
+    """A request still waiting for its model server when drain_timeout_ms
+    runs out ends at shutdown (after the workers stopped): its SERVER span
+    (no response: an error) and its CLIENT span are exported before the
+    process exits 0."""
+    rcv = receiver()
+    slow = Model("model-s", "--latency-ms", "20000")
+    s = Sluice([endpoint(EP, [version("model-s", [slow.addr], 100)])],
+               limits={"drain_timeout_ms": 200},
+               extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 60000}})
+    errors = []
+
+    def call():
+        try:
+            requests.post(s.url(EP), data=b"{}", timeout=30)
+        except requests.RequestException as e:
+            errors.append(e)
+    t = threading.Thread(target=call)
+    t.start()
+    until(lambda: re.search(r"^sluice_open_connections 1$", requests.get(
+        s.admin("/metrics"), timeout=5).text, re.M), 10, "the request in flight")
+    assert s.stop() == 0
+    t.join(30)
+    server, client = by_kind(rcv.spans)
+    assert len(server) == 1 and len(client) == 1 and rcv.errors == [], rcv.spans
+    (sp,) = server.values()
+    assert sp["status"] == {"code": 2} and "status" not in attributes(sp["attributes"]), sp
+    assert client[0]["parentSpanId"] == sp["spanId"] and client[0]["status"] == {"code": 2}
