@@ -1,7 +1,7 @@
 /*
  * Instructions per json-mode shadow comparison, for answers of a few shapes:
  * the way cmp_run() decides (identical bytes, then the one-pass walk of
- * gateway/jsoncmp.c, then jansson when that is unsure) against jansson
+ * compare/jsoncmp.c, then jansson when that is unsure) against jansson
  * alone (parse both, strip the ignored paths, compare). Run it under
  * callgrind with bench/cmp_cost.sh, which counts only measure().
  *
@@ -13,8 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gateway.h"
-#include "gateway/jsoncmp.h"
+#include "compare/compare.h"
 
 #define ROUNDS 1000
 

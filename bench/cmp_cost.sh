@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per json-mode shadow comparison for a few answer shapes:
-# the one-pass path (identical bytes, gateway/jsoncmp.c, jansson when
+# the one-pass path (identical bytes, compare/jsoncmp.c, jansson when
 # unsure) against jansson alone. Counts only the measured loop.
 source "$(dirname "$0")/../tools/common.sh"
 cd "$ROOT"

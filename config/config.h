@@ -73,7 +73,7 @@ struct cfg_compare {
 };
 
 /* A progressive rollout (SPEC §8): the plan an operator sets, and the state
- * only the rollout driver writes (control/rollout.c). */
+ * only the rollout driver writes (control/rollout_change.c). */
 #define CFG_ROLLOUT_MAX_STEPS 20
 
 enum cfg_rollout_phase {
@@ -83,6 +83,15 @@ enum cfg_rollout_phase {
     CFG_ROLLOUT_PROMOTED,
     CFG_ROLLOUT_ROLLED_BACK,
     CFG_ROLLOUT_ABORTED,
+};
+
+/* "rollout": {"notify": {"url", "headers"}} (SPEC §8, config/notify.c). */
+#define CFG_NOTIFY_MAX_HEADERS 16
+struct cfg_notify {
+    char *url;                  /* http:// or https://; NULL: no notifications */
+    int n_headers;
+    char *header_names[CFG_NOTIFY_MAX_HEADERS];
+    char *header_values[CFG_NOTIFY_MAX_HEADERS];
 };
 
 struct cfg_rollout {
@@ -95,6 +104,7 @@ struct cfg_rollout {
     double max_error_rate_increase;     /* a fraction */
     double max_p99_ratio;               /* 0: not checked */
     double min_agreement;               /* a fraction */
+    struct cfg_notify notify;
     /* rollout_state */
     enum cfg_rollout_phase phase;
     int step;                   /* index into steps */
@@ -121,6 +131,7 @@ struct cfg_version {
     char *description;
     int max_concurrent;         /* replica_max_concurrent_requests, 0 = off */
     int max_wait_ms;            /* max_request_wait_time_ms */
+    bool upstream_http2;        /* "upstream_protocol": "http2" (prior knowledge) */
     struct cfg_health health;
     struct cfg_compare compare;
     struct cfg_rollout rollout;
@@ -292,6 +303,19 @@ const char *config_group_name(enum cfg_group g);
 const char *config_compare_mode_name(enum cfg_compare_mode m);
 /* "running", "paused", ...; NULL for CFG_ROLLOUT_NONE. */
 const char *config_rollout_phase_name(enum cfg_rollout_phase ph);
+/* config/notify.c: a rollout plan's "notify" object at path, errors named
+ * by path (e.g. endpoints[0].versions[1].rollout.notify.url). */
+void config_notify_parse(struct json_t *obj, const char *path, struct cfg_notify *n,
+                         struct cfg_errors *errs);
+void config_notify_free(struct cfg_notify *n);
+/* The parts of an http:// or https:// URL; 0, or -1 with why (static text). */
+struct cfg_url {
+    bool tls;
+    char host[256];             /* without the brackets of an IPv6 literal */
+    int port;
+    const char *path;           /* into the URL: "/..." with the query, or "" */
+};
+int config_url_parse(const char *url, struct cfg_url *u, const char **why);
 /* A member path for compare.ignore: names joined by '.', none empty, no
  * control characters, at most 256 bytes. */
 bool config_compare_path_valid(const char *s);

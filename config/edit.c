@@ -9,12 +9,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -327,35 +329,28 @@ config_edit_check_secrets(json_t *before, json_t *after, struct cfg_edit_result 
     return 0;
 }
 
+/* 32 bytes from OpenSSL's CSPRNG in base64url without padding (RFC 4648
+ * §5): EVP_EncodeBlock's standard alphabet, with '+' and '/' translated
+ * and the one '=' dropped. */
 char *
 config_new_key(void)
 {
-    static const char b64[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    unsigned char raw[33];
-    size_t got = 0;
-    while (got < 32) {
-        ssize_t n = getrandom(raw + got, 32 - got, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            abort();            /* no randomness: never hand out a weak key */
-        }
-        got += (size_t)n;
-    }
-    raw[32] = 0;
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        abort();                /* no randomness: never hand out a weak key */
+    unsigned char enc[45];      /* 4 * ceil(32 / 3) + NUL */
+    int n = EVP_EncodeBlock(enc, raw, sizeof(raw));
+    OPENSSL_cleanse(raw, sizeof(raw));
+    if (n != 44)
+        abort();
     char *out = malloc(44);
     if (out == NULL)
         abort();
     size_t o = 0;
-    for (size_t i = 0; i < 33; i += 3) {
-        unsigned v = (unsigned)raw[i] << 16 | (unsigned)raw[i + 1] << 8 | raw[i + 2];
-        out[o++] = b64[(v >> 18) & 63];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-        out[o++] = b64[v & 63];
-    }
-    out[43] = '\0';             /* 32 bytes -> 43 base64url characters, no padding */
+    for (int i = 0; i < n && enc[i] != '='; i++)
+        out[o++] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : (char)enc[i];
+    out[o] = '\0';              /* 32 bytes -> 43 base64url characters */
+    OPENSSL_cleanse(enc, sizeof(enc));
     return out;
 }
 

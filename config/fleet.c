@@ -2,7 +2,7 @@
  * The shared part of a fleet's config (SPEC §6), as pure document
  * operations: splitting a document into what the fleet shares, putting a
  * shared part into an instance's document, and checking a shared part
- * read back from Redis or a cache file. The Redis side is control/fleet.c.
+ * read back from Redis or a cache file. The Redis side is control/fleet*.c.
  */
 #include "config/config.h"
 

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
@@ -27,6 +28,8 @@ struct lsock {
 };
 
 static struct lsock *lsocks;
+static control_applied_fn watch_applied;      /* control_watch() */
+static control_reloaded_fn watch_reloaded;
 static struct metrics_backlog *backlog;
 static struct metrics_redis *writer;
 static int n_lsocks;
@@ -170,6 +173,8 @@ control_start(struct config *cfg, int workers, char *err, size_t errlen)
     health_apply(cfg);
     metrics_redis_set_sources(writer, workers_metrics(), n_workers);
     metrics_redis_configure(writer, cfg);
+    if (watch_applied != NULL)
+        watch_applied(cfg);
     return 0;
 }
 
@@ -194,17 +199,184 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     health_apply(cfg);
     metrics_redis_configure(writer, cfg);
     trace_export_apply(cfg);
+    if (watch_applied != NULL)
+        watch_applied(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"
               "\"listeners\":%d", (unsigned long long)generation, cfg->n_endpoints,
               cfg->n_listeners);
     return 0;
 }
 
+/* ---- the state directory ---------------------------------------------------
+ *
+ * Without one, admin changes and generated keys are written back to the
+ * config file (SPEC §5) and the fleet cache sits beside it. With
+ * --state-dir DIR (systemd: StateDirectory=sluice, /var/lib/sluice), the
+ * config file is only ever read: the edited document is written to
+ * DIR/<the config file's name> and the fleet cache to DIR/<name>.fleet-cache.
+ * At start and on reload the edited document is read instead of the file
+ * while it is at least as new as the file; an operator who edits the file
+ * afterwards makes the file win (logged), and the next admin change starts
+ * the edited document again from it. Relative paths in either resolve
+ * against the config file's folder. */
+static char state_dir_buf[4096];
+static const char *state_dir;      /* NULL, or state_dir_buf */
+
+int
+control_set_state_dir(const char *dir, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        if (errno != ENOENT || mkdir(dir, 0700) < 0) {
+            snprintf(err, errlen, "--state-dir %s: %s", dir, strerror(errno));
+            return -1;
+        }
+    } else if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "--state-dir %s: not a directory", dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) < 0) {
+        snprintf(err, errlen, "--state-dir %s: not writable: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (strlen(dir) >= sizeof(state_dir_buf) - 256) {
+        snprintf(err, errlen, "--state-dir: the path is too long");
+        return -1;
+    }
+    snprintf(state_dir_buf, sizeof(state_dir_buf), "%s", dir);
+    state_dir = state_dir_buf;
+    return 0;
+}
+
+char *
+control_state_path(const char *config_path, const char *suffix)
+{
+    const char *base = strrchr(config_path, '/');
+    base = base ? base + 1 : config_path;
+    size_t n = (state_dir ? strlen(state_dir) + 1 + strlen(base) : strlen(config_path)) +
+               strlen(suffix) + 1;
+    char *out = malloc(n);
+    if (out == NULL)
+        abort();
+    if (state_dir)
+        snprintf(out, n, "%s/%s%s", state_dir, base, suffix);
+    else
+        snprintf(out, n, "%s%s", config_path, suffix);
+    return out;
+}
+
+static bool
+newer_or_same(const struct stat *a, const struct stat *b)
+{
+    return a->st_mtim.tv_sec > b->st_mtim.tv_sec ||
+           (a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec >= b->st_mtim.tv_nsec);
+}
+
+/* The config file, or with a state directory the edited document kept
+ * there when it is at least as new as the file. */
+struct config *
+control_read(const char *path, struct cfg_errors *errs)
+{
+    if (state_dir == NULL)
+        return config_load(path, errs);
+    char *sp = control_state_path(path, "");
+    struct stat st_state, st_file;
+    bool have_state = stat(sp, &st_state) == 0;
+    if (!have_state || (stat(path, &st_file) == 0 && !newer_or_same(&st_state, &st_file))) {
+        if (have_state)
+            log_event(LOG_WARN, "state_config_older", ",\"file\":\"%s\",\"state\":\"%s\","
+                      "\"message\":\"the config file was changed after the last admin "
+                      "change: the file is used, the next admin change replaces the "
+                      "edited document\"", log_json(path), log_json(sp));
+        free(sp);
+        return config_load(path, errs);
+    }
+    /* Parsed as if it were the file: its relative paths are the file's. */
+    json_error_t jerr;
+    json_t *doc = json_load_file(sp, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) {
+        cfg_errors_add(errs, "%s:%d:%d: %s", sp, jerr.line, jerr.column, jerr.text);
+        cfg_errors_add(errs, "%s: the edited document in the state directory is unusable; "
+                       "remove it to start from %s", sp, path);
+        free(sp);
+        return NULL;
+    }
+    /* the config file's folder, as config_load() takes it */
+    const char *slash = strrchr(path, '/');
+    char *dir = slash == NULL ? strdup(".") : slash == path ? strdup("/")
+              : strndup(path, (size_t)(slash - path));
+    struct config *cfg = dir ? config_parse(doc, dir, errs) : NULL;
+    free(dir);
+    json_decref(doc);
+    if (cfg == NULL)
+        cfg_errors_add(errs, "%s: the edited document in the state directory is invalid; "
+                       "remove it to start from %s", sp, path);
+    if (cfg != NULL && (cfg->path = strdup(path)) == NULL)
+        abort();
+    free(sp);
+    return cfg;
+}
+
+/* Where admin changes and generated keys are written. */
+static int
+save_current(const char *path, json_t *doc, char *err, size_t errlen)
+{
+    char *sp = control_state_path(path, "");
+    int rc = config_save(sp, doc, err, errlen);
+    free(sp);
+    return rc;
+}
+
+/* With a state directory, keys generated earlier live in the edited
+ * document only: when the file wins over it, the keys the file does not
+ * set are taken from there, so that they never change behind the
+ * clients' backs. True when doc changed. */
+static bool
+keep_state_keys(json_t *doc, const char *path)
+{
+    if (state_dir == NULL)
+        return false;
+    char *sp = control_state_path(path, "");
+    json_t *old = json_load_file(sp, 0, NULL);
+    free(sp);
+    if (old == NULL)
+        return false;
+    bool changed = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(doc, "endpoints"), i, e) {
+        json_t *name = json_object_get(e, "name");
+        json_t *oe = json_is_string(name) ?
+            config_doc_endpoint(old, json_string_value(name), NULL) : NULL;
+        json_t *ok = json_object_get(oe, "keys");
+        if (!json_is_object(ok))
+            continue;
+        json_t *k = json_object_get(e, "keys");
+        if (k == NULL || json_is_null(k)) {
+            k = json_object();
+            if (k == NULL || json_object_set_new(e, "keys", k) < 0)
+                continue;
+        }
+        if (!json_is_object(k))
+            continue;
+        static const char *const which[] = {"primary", "secondary"};
+        for (int w = 0; w < 2; w++) {
+            json_t *have = json_object_get(k, which[w]), *was = json_object_get(ok, which[w]);
+            if ((have == NULL || json_is_null(have)) && json_is_string(was)) {
+                json_object_set(k, which[w], was);
+                changed = true;
+            }
+        }
+    }
+    json_decref(old);
+    return changed;
+}
+
 struct config *
 control_load(const char *path, struct cfg_errors *errs)
 {
     char err[1024];
-    struct config *cfg = config_load(path, errs);
+    struct config *cfg = control_read(path, errs);
     if (cfg == NULL)
         return NULL;
     /* In a fleet the keys are the fleet's (SPEC §6): generated once by
@@ -213,53 +385,47 @@ control_load(const char *path, struct cfg_errors *errs)
     if (cfg->fleet_name != NULL)
         return cfg;
     json_t *doc = json_deep_copy(cfg->doc);
-    if (!config_fill_keys(doc)) {
+    bool kept = keep_state_keys(doc, path);
+    if (!config_fill_keys(doc) && !kept) {
         json_decref(doc);
         return cfg;
     }
     /* Generated secrets are written back before anything uses them. */
-    if (config_save(path, doc, err, sizeof(err)) < 0) {
+    if (save_current(path, doc, err, sizeof(err)) < 0) {
         json_decref(doc);
         config_drop(cfg);
         cfg_errors_add(errs, "cannot persist generated keys: %s", err);
         return NULL;
     }
-    log_event(LOG_INFO, "keys_generated", ",\"file\":\"%s\"", log_json(path));
+    char *saved = control_state_path(path, "");
+    log_event(LOG_INFO, "keys_generated", ",\"file\":\"%s\"", log_json(saved));
+    free(saved);
     json_decref(doc);
     config_drop(cfg);
-    return config_load(path, errs);
+    return control_read(path, errs);
 }
 
-/* In a fleet a re-read file gives the instance part only: the shared part
- * stays the fleet's. Joining, leaving or renaming a fleet needs a restart. */
-static struct config *
-reload_fleet(struct config *cfg, struct cfg_errors *errs)
+static control_reload_fn reload_hook;
+
+void
+control_watch(control_applied_fn applied, control_reloaded_fn reloaded)
 {
-    const char *was = fleet_enabled() ? fleet_name() : NULL;
-    const char *now = cfg->fleet_name;
-    if ((was == NULL) != (now == NULL) || (was && strcmp(was, now) != 0)) {
-        cfg_errors_add(errs, "fleet.name: joining, leaving or changing a fleet needs a restart");
-        config_drop(cfg);
-        return NULL;
-    }
-    if (was == NULL)
-        return cfg;
-    json_t *doc = fleet_merge_current(cfg->doc);
-    struct config *merged = doc ? config_parse(doc, cfg->basedir, errs) : NULL;
-    json_decref(doc);
-    if (merged != NULL && (merged->path = strdup(cfg->path)) == NULL)
-        abort();
-    fleet_stamp(merged);
-    config_drop(cfg);
-    return merged;
+    watch_applied = applied;
+    watch_reloaded = reloaded;
+}
+
+void
+control_set_reload(control_reload_fn fn)
+{
+    reload_hook = fn;
 }
 
 int
 control_reload(char *err, size_t errlen, struct cfg_errors *errs)
 {
     struct config *cfg = control_load(current->path, errs);
-    if (cfg != NULL)
-        cfg = reload_fleet(cfg, errs);
+    if (cfg != NULL && reload_hook != NULL)
+        cfg = reload_hook(cfg, errs);       /* in a fleet: fleet_reload() */
     if (cfg == NULL) {
         if (errs->n > 0) {
             char *all = cfg_errors_join(errs, "; ");
@@ -268,12 +434,18 @@ control_reload(char *err, size_t errlen, struct cfg_errors *errs)
             free(all);
         } else
             snprintf(err, errlen, "cannot persist generated keys");
+        if (watch_reloaded != NULL)
+            watch_reloaded(false);
         return -1;
     }
     if (control_apply(cfg, err, errlen) < 0) {
         config_drop(cfg);
+        if (watch_reloaded != NULL)
+            watch_reloaded(false);
         return -1;
     }
+    if (watch_reloaded != NULL)
+        watch_reloaded(true);
     log_event(LOG_INFO, "reload", ",\"file\":\"%s\",\"generation\":%llu", log_json(cfg->path),
               (unsigned long long)cfg->generation);
     return 0;
@@ -288,14 +460,14 @@ control_commit(json_t *doc, struct cfg_errors *errs, char *err, size_t errlen)
         return 400;
     cfg->path = strdup(current->path);
     /* The file first: a change that is not on disk is not acknowledged. */
-    if (config_save(current->path, doc, err, errlen) < 0) {
+    if (save_current(current->path, doc, err, errlen) < 0) {
         config_drop(cfg);
         return 500;
     }
     if (control_apply(cfg, err, errlen) < 0) {
         /* Put the file back as it was: nothing changed after all. */
         char e2[256];
-        config_save(current->path, current->doc, e2, sizeof(e2));
+        save_current(current->path, current->doc, e2, sizeof(e2));
         config_drop(cfg);
         return 500;
     }
@@ -338,7 +510,6 @@ control_backlog(void)
 void
 control_stop(void)
 {
-    fleet_stop();
     metrics_redis_free(writer);
     writer = NULL;
     metrics_backlog_free(backlog);

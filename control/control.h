@@ -1,15 +1,22 @@
 /*
  * control — the control plane, on the main thread: config generations and
- * reload (control.c), the admin API and dashboard (admin.c, admin_gate.c),
- * fleet sync through Redis (fleet.c), the rollout driver (rollout.c),
- * active health checks (health.c) and systemd notifications (notify.c);
- * main.c is the process. It reaches the data plane only through
- * gateway/gateway.h (start, publish a generation, drain, stop, counters).
+ * reload (control.c), the admin API and dashboard (admin.c, admin_change.c,
+ * admin_http.c, admin_gate.c), fleet sync through Redis (fleet.c,
+ * fleet_cas.c, fleet_conn.c), the rollout driver (rollout.c,
+ * rollout_change.c, rollout_judge.c), active health checks (health.c) and
+ * systemd notifications (notify.c); main.c is the process. It reaches the
+ * data plane only through gateway/gateway.h (start, publish a generation,
+ * drain, stop, counters). This header is what main.c and the tests may
+ * use; what the files of control/ share among themselves is
+ * control/internal.h.
  *
  * Who calls whom:
  *   main.c -> control.c -> gateway (workers_*)
- *   admin.c -> control.c, fleet.c, rollout.c
- *   fleet.c -> control.c (control_apply)   a fleet generation applies like a reload
+ *   admin*.c -> control.c, fleet*.c, rollout*.c
+ *   fleet*.c, rollout*.c -> control.c (control_apply, control_commit): a
+ *   fleet generation or a rollout step applies like a reload
+ *   control.c calls no file above it: a reload's fleet part is fleet_reload,
+ *   registered by main.c (control_set_reload)
  */
 #ifndef SLUICE_CONTROL_H
 #define SLUICE_CONTROL_H
@@ -23,7 +30,18 @@
 struct json_t;
 /* Bind the listeners of cfg and start the workers; cfg becomes current. */
 int control_start(struct config *cfg, int workers, char *err, size_t errlen);
-/* Load a file, generating and persisting missing keys first. */
+/* --state-dir: admin changes, generated keys and the fleet cache are
+ * written there instead of beside the config file (created 0700 if
+ * missing); -1 with why. */
+int control_set_state_dir(const char *dir, char *err, size_t errlen);
+/* Where runtime state for config_path goes: DIR/<its name><suffix> with a
+ * state directory, else config_path<suffix> (malloc'ed). */
+char *control_state_path(const char *config_path, const char *suffix);
+/* The config to run, read and validated only: the file, or with a state
+ * directory the edited document kept there when it is at least as new. */
+struct config *control_read(const char *path, struct cfg_errors *errs);
+/* Load a file (or, with a state directory, the edited document kept there
+ * when it is at least as new), generating and persisting missing keys first. */
 struct config *control_load(const char *path, struct cfg_errors *errs);
 /* Re-read the config file and apply it; -1 with the reasons. */
 int control_reload(char *err, size_t errlen, struct cfg_errors *errs);
@@ -32,6 +50,17 @@ int control_reload(char *err, size_t errlen, struct cfg_errors *errs);
 int control_commit(struct json_t *doc, struct cfg_errors *errs, char *err,
                    size_t errlen);
 int control_apply(struct config *cfg, char *err, size_t errlen);
+/* What a reload does to the re-read file's config before it applies: in
+ * a fleet the shared part stays the fleet's (fleet_reload, registered by
+ * main.c, so that control.c does not call up into fleet.c). The config in
+ * is taken over; the one out, or NULL with errs. */
+typedef struct config *(*control_reload_fn)(struct config *cfg, struct cfg_errors *errs);
+void control_set_reload(control_reload_fn fn);
+/* Who is told of each applied generation and each reload's outcome (the
+ * /metrics families of prometheus.c, registered by main.c). */
+typedef void (*control_applied_fn)(const struct config *cfg);
+typedef void (*control_reloaded_fn)(bool ok);
+void control_watch(control_applied_fn applied, control_reloaded_fn reloaded);
 struct config *control_current(void);
 void control_stop(void);
 /* The metrics writer and its backlog (main thread). */
@@ -49,6 +78,10 @@ struct config *fleet_boot(struct config *file_cfg, struct cfg_errors *errs);
 /* Connect, subscribe and poll (after control_start). */
 void fleet_start(struct event_base *base);
 void fleet_stop(void);
+/* A reload's file config in a fleet: the instance part from the file, the
+ * shared part the fleet's; joining, leaving or renaming needs a restart
+ * (control_reload_fn). */
+struct config *fleet_reload(struct config *cfg, struct cfg_errors *errs);
 bool fleet_enabled(void);
 bool fleet_connected(void);
 const char *fleet_name(void);
@@ -100,6 +133,34 @@ void rollout_action(const char *ep, const char *v, const char *action, rollout_d
 struct json_t *rollout_plan_json(const struct cfg_rollout *ro);
 struct json_t *rollout_state_json(const struct cfg_rollout *ro);
 struct json_t *rollout_describe(const struct cfg_endpoint *ep, int vi);
+
+/* ---- the control plane's part of /metrics (prometheus.c), main thread ------- */
+
+/* A re-read of the config file succeeded or failed. */
+void prometheus_reloaded(bool ok);
+/* A generation was applied: the effective shares start over. */
+void prometheus_generation(const struct config *cfg);
+/* The rollout gate judged ep/v ("pass", "hold", "fail"). */
+void prometheus_gate_verdict(const char *ep, const char *v, const char *verdict);
+/* Append build info, reload status, shares, rollouts, upstream health and
+ * the process_* families. */
+struct evbuffer;
+void prometheus_render(struct evbuffer *b);
+void prometheus_stop(void);
+
+/* ---- rollout notifications (webhook.c), main thread: SPEC §8 ---------------- */
+
+void webhook_init(struct event_base *base);
+/* Queue one event for n's URL (body taken over); sent off the caller's path,
+ * in order per URL, retried with backoff for up to 10 minutes. */
+void webhook_post(const struct cfg_notify *n, const char *event, struct json_t *body);
+/* The rollout change op ("start", "next_step", "rollback", … as rollout.c
+ * names them) was applied to ep/v here: post its event ("started", "step",
+ * "paused", "resumed", "promoted", "rolled_back", "aborted") if the plan
+ * has "notify"; gate is the evaluation that decided it, or NULL. */
+void webhook_rollout(const char *op, const char *ep, const char *v, bool by_driver,
+                     const struct json_t *gate);
+void webhook_stop(void);
 
 /* ---- active health checks (health.c), main thread --------------------------- */
 

@@ -20,9 +20,11 @@ static struct event_base *main_base;
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: sluice -c FILE [--check]\n"
+    fprintf(f, "usage: sluice -c FILE [--state-dir DIR] [--check]\n"
                "       sluice --version\n"
                "  -c, --config FILE   the JSON config file\n"
+               "      --state-dir DIR admin changes, generated keys and the fleet cache go\n"
+               "                      here; the config file is then only read\n"
                "      --check         validate the config, print every error, exit 0 or 1\n"
                "  -V, --version       print the version\n");
 }
@@ -121,7 +123,7 @@ check_only(const char *path)
 {
     char err[1024];
     int rc = 0;
-    struct config *cfg = load_or_report(path, config_load);
+    struct config *cfg = load_or_report(path, control_read);
     if (cfg == NULL)
         return 1;
     for (int i = 0; i < cfg->n_listeners; i++) {
@@ -154,11 +156,12 @@ main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 'k'},
+        {"state-dir", required_argument, NULL, 's'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *path = NULL;
+    const char *path = NULL, *state = NULL;
     bool check = false;
     int c;
     char err[4096];
@@ -167,6 +170,7 @@ main(int argc, char **argv)
         switch (c) {
         case 'c': path = optarg; break;
         case 'k': check = true; break;
+        case 's': state = optarg; break;
         case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -175,6 +179,10 @@ main(int argc, char **argv)
     if (path == NULL || optind != argc) {
         usage(stderr);
         return 2;
+    }
+    if (state != NULL && control_set_state_dir(state, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
     }
     if (check)
         return check_only(path);
@@ -218,6 +226,7 @@ main(int argc, char **argv)
         event_base_free(main_base);
         return 1;
     }
+    control_watch(prometheus_generation, prometheus_reloaded);   /* /metrics (prometheus.c) */
     if (trace_export_start(main_base, cfg, n, err, sizeof(err)) < 0 ||
         control_start(cfg, n, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
@@ -228,7 +237,9 @@ main(int argc, char **argv)
         return 1;
     }
     fleet_start(main_base);
+    control_set_reload(fleet_reload);
     rollout_start(main_base);
+    webhook_init(main_base);
     if (cfg->admin_token == NULL)
         log_event(LOG_WARN, "admin_token_missing", ",\"message\":\"admin.token is not "
                   "set: everything under /admin/ answers 401\"");
@@ -285,8 +296,10 @@ main(int argc, char **argv)
     event_free(sig_usr1);
     fleet_stop();                   /* changes still owed are answered before admin goes */
     rollout_stop();
+    webhook_stop();
     admin_stop();
     control_stop();
+    prometheus_stop();
     workers_free();                 /* requests cut short end here: their spans are queued */
     trace_export_stop(2000);        /* and sent, for at most 2 s */
     route_shared_free_all();

@@ -17,6 +17,12 @@
 #define ACCESS_FLUSH_BYTES (64 * 1024)
 #define PATH_LOG_MAX 2048
 
+/* Open client connections, all workers (atomic): counted by session.c,
+ * read by worker.c and the admin API. Defined here, with the other
+ * counters, so that session.c does not depend back on worker.c. */
+int gw_open_connections;
+int gw_open_fds;
+
 static uint32_t
 minute_now(struct worker *w)
 {
@@ -43,11 +49,12 @@ count(struct worker *w, const struct req_record *r)
     if (r->ep == NULL || r->version < 0) {
         /* Reached no version: SPEC's sluice:rejected kinds. */
         if (ci->rejected >= 0)
-            metrics_reject(w->metrics, (enum rejected_kind)ci->rejected);
+            metrics_reject_ep(w->metrics, r->ep ? r->ep->name : NULL,
+                              (enum rejected_kind)ci->rejected);
         return;
     }
     struct metrics_sample m = {
-        .status = r->status, .latency_us = r->latency_us, .bytes_in = r->bytes_in,
+        .status = r->count_status ? r->count_status : r->status, .latency_us = r->latency_us, .bytes_in = r->bytes_in,
         .bytes_out = r->bytes_out, .failover = r->failover, .pinned = r->pinned,
         .upstream_error = ci->status == 502,
         .timeout = r->cause == RC_UPSTREAM_TIMEOUT,
@@ -125,6 +132,11 @@ log_line(struct worker *w, const struct req_record *r)
     buf_u64(b, r->bytes_in);
     BUF_LIT(b, ",\"bytes_out\":");
     buf_u64(b, r->bytes_out);
+    if (r->grpc_status >= 0) {
+        BUF_LIT(b, ",\"grpc_status\":");
+        buf_u64(b, (uint64_t)r->grpc_status);
+    } else if (r->grpc_status == -1)
+        BUF_LIT(b, ",\"grpc_status\":null");
     const char *why = req_cause_info(r->cause)->why;
     if (why != NULL)
         add_str(b, ",\"error\":", why, strlen(why));

@@ -570,10 +570,19 @@ static const struct conn_proto h1_proto = {
     .end_all = h1_end_all, .drained = h1_drained, .drain = h1_drain, .free = h1_free,
 };
 
-void
+static void
 h1_attach(struct session *s)
 {
     init_settings();
     s->c.ops = &h1_ops;
     s->proto = &h1_proto;
+}
+
+/* Every connection starts as HTTP/1.1 (and may turn HTTP/2 at its first
+ * bytes: maybe_h2()). */
+void
+session_new(struct worker *w, int fd, struct sockaddr *sa, int salen, struct ssl_ctx_st *tls,
+            bool http2)
+{
+    conn_accept(w, fd, sa, salen, tls, http2, h1_attach);
 }

@@ -63,6 +63,9 @@ struct h2stream {
     bool paused_up;                 /* the upstream was paused (out over high water) */
     bool reset_after;               /* end the stream (NO_ERROR) once answered */
     bool has_te_trailers;
+    nghttp2_nv *trl;                /* trailers to send after the body */
+    size_t n_trl;
+    char *trl_store;
     int method;                     /* llhttp_method_t; -1 unknown, -2 none yet */
     struct h2stream *next, *prev;
 };
@@ -107,6 +110,8 @@ stream_free(struct h2stream *st)
         evbuffer_free(st->in);
     if (st->out != NULL)
         evbuffer_free(st->out);
+    free(st->trl);
+    free(st->trl_store);
     free(st);
 }
 
@@ -191,8 +196,16 @@ read_out(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *fl
     size_t n = have < len ? have : len;
     if (n > 0)
         evbuffer_remove(st->out, buf, n);
-    if (st->out_eof && evbuffer_get_length(st->out) == 0) {
+    if (st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->trl != NULL) {
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            nghttp2_submit_trailer(ng, id, st->trl, st->n_trl);
+            free(st->trl);
+            free(st->trl_store);
+            st->trl = NULL;
+            st->trl_store = NULL;
+        }
         if (st->reset_after && !st->end_in)
             /* Answered before the whole request came: the client may
              * stop sending (RFC 9113 §8.1). */
@@ -318,6 +331,27 @@ static void
 h2_send_end(struct client *c, struct request *r, const struct head *trailers)
 {
     struct h2stream *st = ST(c);
+    if (trailers != NULL && trailers->n > 0 && st->trl == NULL) {
+        /* Copied: the upstream's head goes with its connection. */
+        st->trl = calloc((size_t)trailers->n, sizeof(nghttp2_nv));
+        st->trl_store = malloc(trailers->len + 1);
+        if (st->trl != NULL && st->trl_store != NULL) {
+            char *at = st->trl_store;
+            for (int i = 0; i < trailers->n; i++) {
+                size_t nl = trailers->h[i].name_len, vl = trailers->h[i].val_len;
+                char *name = at;
+                for (size_t j = 0; j < nl; j++) {
+                    char ch = HD_NAME(trailers, i)[j];
+                    *at++ = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+                }
+                char *value = at;
+                memcpy(at, HD_VAL(trailers, i), vl);
+                at += vl;
+                st->trl[st->n_trl++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nl, vl,
+                                                    NGHTTP2_NV_FLAG_NONE};
+            }
+        }
+    }
     st->out_eof = true;
     out_more(st);
     st->h->want_run = true;
@@ -328,6 +362,23 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
               const char *message)
 {
     struct h2stream *st = ST(c);
+    if (r->grpc) {
+        /* Trailers-Only (gRPC over HTTP/2): the status in the one HEADERS. */
+        struct nvs v;
+        char gs[8], gm[600];
+        v.n = 0;
+        snprintf(gs, sizeof(gs), "%d", grpc_status_for_http(status));
+        grpc_message_encode(gm, sizeof(gm), message);
+        NV_LIT(&v, ":status", "200");
+        NV_LIT(&v, "content-type", "application/grpc");
+        NV_LIT(&v, "grpc-status", gs);
+        NV_LIT(&v, "grpc-message", gm);
+        struct tags t = request_tags(r);
+        nv_tags(&v, &t);
+        st->out_eof = true;
+        submit(st, &v, false);
+        return;
+    }
     if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
         return;
     BUF_LIT(st->out, "{\"error\":{\"code\":\"");
@@ -574,6 +625,7 @@ head_done(struct h2stream *st, bool end_stream)
         .content_length = length,
     };
     r->head_method = method == HTTP_HEAD;
+    r->grpc = grpc_is(hd);          /* so that even a refusal is a gRPC one */
     r->bytes_in += st->head_bytes;
     request_take_id(r);
     if (method < 0) {

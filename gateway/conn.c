@@ -260,8 +260,8 @@ client_write_cb(evutil_socket_t fd, short what, void *arg)
 
 
 void
-session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
-            struct ssl_ctx_st *tls, bool h2)
+conn_accept(struct worker *w, int fd, struct sockaddr *sa, int salen,
+            struct ssl_ctx_st *tls, bool h2, void (*attach)(struct session *s))
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     int one = 1;
@@ -289,7 +289,7 @@ session_new(struct worker *w, int fd, struct sockaddr *sa, int salen,
     s->io.fd = fd;
     s->c.auth = &s->auth;
     s->h2_allowed = h2;
-    h1_attach(s);
+    attach(s);
     evutil_make_socket_nonblocking(fd);
     if (tls != NULL && tls_start(&s->io, tls, fd) < 0) {
         close(fd);

@@ -97,8 +97,12 @@ struct conn_proto {
 bool h2_attach(struct session *s);          /* the connection speaks HTTP/2 from here */
 int h2_preface(struct evbuffer *in);  /* 1: the HTTP/2 preface, 0: not, -1: not yet known */
 
+/* A new client connection on fd, speaking what attach() sets up (its
+ * protocol table and client ops: client_h1.c passes HTTP/1.1's). */
+void conn_accept(struct worker *w, int fd, struct sockaddr *sa, int salen,
+                 struct ssl_ctx_st *tls, bool h2, void (*attach)(struct session *s));
+
 /* client_h1.c */
-void h1_attach(struct session *s);          /* a new connection speaks HTTP/1.1 */
 void session_run(struct session *s);        /* s->proto->run(s) */
 
 #endif

@@ -31,6 +31,8 @@
 #include "routing/routing.h"
 #include "auth/auth.h"
 #include "metrics/metrics.h"
+#include "gateway/trace.h"
+#include "compare/compare.h"
 
 struct event_base;
 struct event;
@@ -221,6 +223,10 @@ struct req_verdict req_validate(const struct head *hd, const struct req_line *rl
 /* The endpoint name in /api/v1/service/{ep}/score; false when the path is
  * not a scoring URL. */
 bool req_score_path(const char *path, size_t len, const char **ep, size_t *eplen);
+/* The Open Inference Protocol's REST scoring URL (SPEC §9):
+ * /v2/models/{ep}/infer, or /v2/models/{ep}/versions/{v}/infer (ver set). */
+bool req_v2_path(const char *path, size_t len, const char **ep, size_t *eplen,
+                 const char **ver, size_t *verlen);
 /* The sticky key of a request: the configured header, or cookie. */
 bool req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep,
                     const char **key, size_t *len);
@@ -283,6 +289,7 @@ struct upstream_request {
     struct tags tags;
     enum framing framing;
     uint64_t content_length;
+    const char *grpc_timeout;       /* replaces the client's grpc-timeout; NULL: none */
     /* This hop's W3C trace context (SPEC §10): traceparent is exactly
      * TRACING_TRACEPARENT_LEN characters (NULL: none sent), tracestate the
      * cleaned list to pass on (tracestate_len 0: none). */
@@ -330,6 +337,8 @@ struct req_record {
     const char *upstream;           /* address, NULL when none */
     const struct tracing_ctx *trace;    /* trace_id and span_id of the log line */
     const char *protocol;           /* "HTTP/1.1", "HTTP/2", ... */
+    int count_status;               /* counted as (gRPC: from grpc-status); 0: status */
+    int grpc_status;                /* logged for gRPC calls; -2: not gRPC, -1: none */
 };
 
 /* One access-log line and one count (SPEC §3.7, §4). */
@@ -345,7 +354,6 @@ void account_flush(struct worker *w);
 
 enum cmp_result { CMP_EQUAL, CMP_DIFFERENT, CMP_STATUS_MISMATCH, CMP_UNKNOWN };
 enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
-#define CMP_EXCERPT 256             /* bytes of each side kept in a sample */
 
 /* A disagreement to keep as a sample (SPEC §7 samples). */
 struct cmp_diff {
@@ -362,17 +370,6 @@ struct cmp_diff {
 void account_compare(struct worker *w, const struct config *cfg,
                      const struct cfg_endpoint *ep, int vi, enum cmp_result res,
                      const struct cmp_diff *d);
-
-/* Pure: remove the member paths from doc; compare two documents with cc's
- * tolerances, filling path (cap bytes, "$" for the root, "a.b[2].c") and
- * the differing values (either NULL when absent on that side). */
-struct json_t;
-void cmp_json_strip(struct json_t *doc, char *const *ignore, int n);
-bool cmp_json_equal(struct json_t *a, struct json_t *b, const struct cfg_compare *cc,
-                    char *path, size_t cap, struct json_t **da, struct json_t **db);
-/* len bytes of s into out (cap bytes with the NUL), cut at a character
- * boundary, invalid bytes as '?'; the length written. */
-size_t cmp_excerpt(char *out, size_t cap, const char *s, size_t len);
 
 /*
  * The comparison of one copy, shared by its live request and its copy:
@@ -404,6 +401,7 @@ struct upool {
     struct route_shared *shared;    /* in flight across workers, health */
     struct route_eject eject;       /* passive ejection, this worker's view */
     const struct upstream_class *cls;   /* the protocol its connections speak */
+    void *h2;                       /* HTTP/2: its connections (upstream_h2.c) */
     TAILQ_HEAD(, upconn) idle;
     int n_idle;
     struct upool *next;             /* worker's list */
@@ -450,6 +448,8 @@ struct upconn {
     void *owner;
     llhttp_t parser;
     struct head head;               /* the response head, classified */
+    struct head trailers;           /* HTTP/2: the response's trailers, classified */
+    bool has_trailers;
     int status;
     bool has_length;                /* the response gave a Content-Length */
     uint64_t content_length;
@@ -505,9 +505,12 @@ struct upstream_class {
     size_t (*backlog)(const struct upconn *u);
 };
 extern const struct upstream_class upstream_http1;
+extern const struct upstream_class upstream_http2;     /* upstream_h2.c */
+void upstream_h2_free_pool(struct upool *p);
 
 void upstream_worker_init(struct worker *w);
-struct upool *upool_get(struct worker *w, const struct cfg_upstream *u);
+/* The worker's pool for an address and protocol (shared across generations). */
+struct upool *upool_get(struct worker *w, const struct cfg_upstream *u, bool http2);
 static inline struct upconn *
 upconn_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void *owner,
                bool fresh)
@@ -566,6 +569,28 @@ struct shadow_cmp *shadow_complete(struct shadow *sh);
 void shadow_abandon(struct shadow *sh);
 void shadows_free_all(struct worker *w);
 
+/* ---- gRPC (grpc.c): pure functions of bytes (SPEC §9) ---------------------- */
+
+/* content-type application/grpc (or +proto, ;…). */
+bool grpc_is(const struct head *hd);
+/* The first header named lower_name, or -1. */
+int grpc_header(const struct head *hd, const char *lower_name);
+/* The model name in field 1 of the first length-prefixed message of data
+ * (ModelInferRequest.model_name, ModelReadyRequest.name, …). */
+enum grpc_name { GRPC_NAME_FOUND, GRPC_NAME_MORE, GRPC_NAME_NONE };
+enum grpc_name grpc_model_name(const char *data, size_t len, const char **name, size_t *nlen);
+/* grpc-timeout ("100m", "2S", …) in milliseconds (rounded up). */
+bool grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+void grpc_timeout_format(char out[16], uint64_t ms);
+/* grpc-status -> the HTTP status a call counts as (Envoy's mapping), and
+ * Sluice's own HTTP errors -> the grpc-status a gRPC client gets. */
+int grpc_http_status(int grpc_status);
+int grpc_status_for_http(int status);
+/* grpc-status in a head or trailers, -1 when absent or not a number. */
+int grpc_status_of(const struct head *hd);
+/* msg percent-encoded for grpc-message. */
+size_t grpc_message_encode(char *out, size_t cap, const char *msg);
+
 /* ---- the request's life (request.c) and its client sides ------------------
  *
  * A request goes, whatever protocol its client speaks: head parsed ->
@@ -578,50 +603,6 @@ void shadows_free_all(struct worker *w);
  * and its model server through struct upstream_class. client_h1.c (the
  * HTTP/1.1 connection) is one client side.
  */
-
-/*
- * A request's trace context (SPEC §10; trace.c over tracing/): begun once
- * its head is classified (request_take_id()), or at its end for a request
- * refused before that, so every access-log line has ids. Each hop (the
- * upstream attempt, a retry, each shadow copy) gets a span id of its own
- * in the traceparent it sends. When the request is sampled and its
- * snapshot exports, it makes a SERVER span at its end and a CLIENT span
- * per upstream attempt and shadow copy, handed to its worker's ring.
- */
-struct req_trace {
-    struct tracing_ctx ctx;
-    bool begun;
-    bool spans;                     /* sampled, and "tracing.otlp_endpoint" set */
-    bool hop_open;                  /* an upstream attempt's CLIENT span runs */
-    uint8_t hop_id[8];              /* that attempt's span id */
-    uint64_t start_ns, hop_start_ns;    /* unix ns; taken only with spans */
-};
-
-struct request;
-/* Begin r's context from its classified head's traceparent and tracestate
- * (a no-op the second time). */
-void trace_begin(struct request *r);
-/* The upstream attempt about to be composed: a new span id, its
- * traceparent written into tp, which ur (and its tracestate) now points
- * to; its CLIENT span starts. */
-void trace_upstream_hop(struct request *r, struct upstream_request *ur,
-                        char tp[TRACING_TRACEPARENT_LEN]);
-/* The upstream attempt ended (http_status 0: no response): its CLIENT
- * span is submitted. A no-op when none runs. */
-void trace_hop_end(struct request *r, int http_status);
-/* A retry sends resend again (our composed head first): its traceparent
- * gets a new span id and the retry a CLIENT span of its own. */
-void trace_retry(struct request *r, struct evbuffer *resend);
-/* A shadow copy to version v: like trace_upstream_hop(); returns its
- * CLIENT span started in buf, or NULL when the request makes no spans. */
-struct tracing_span *trace_shadow_hop(struct request *r, struct upstream_request *ur,
-                                      char tp[TRACING_TRACEPARENT_LEN],
-                                      const struct cfg_version *v, struct tracing_span *buf);
-/* The copy's span ends (http_status 0: no response) and is submitted on
- * w's ring. */
-void trace_shadow_end(struct worker *w, struct tracing_span *sp, int http_status);
-/* The request's end: its SERVER span, from what its log line says. */
-void trace_end(struct request *r, const struct req_record *rec);
 
 enum req_phase {
     RP_HEAD,                        /* its head is being read (the header deadline runs) */
@@ -711,6 +692,12 @@ struct request {
     int version;                    /* -1 until one is chosen */
     bool pinned, failover, retried, head_method, expect_continue;
     bool routed;                    /* the head was accepted and routed */
+    bool grpc;                      /* content-type application/grpc (SPEC §9) */
+    bool await_name;                /* routed once the first message names the model */
+    bool keep_path;                 /* forwarded with its path unchanged (gRPC, /v2) */
+    int grpc_status;                /* of the answer; -1 none */
+    uint64_t grpc_timeout_ms;       /* grpc-timeout, 0 none */
+    struct evbuffer *held;          /* body read before the upstream was chosen */
     bool body_done;                 /* read whole */
     bool discard;                   /* answered early: the rest is dropped */
     enum framing up_framing;        /* the body's framing to the upstream */
@@ -851,7 +838,6 @@ struct worker {
     struct evbuffer *scratch2;
     uint64_t req_seq;
     uint64_t id_prefix;
-    struct tracing_ring *trace_ring;    /* this worker's spans to the exporter (trace.c) */
 };
 
 

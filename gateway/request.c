@@ -132,6 +132,7 @@ request_new(struct client *c)
     head_reset(&r->head);
     r->c = c;
     r->version = -1;
+    r->grpc_status = -1;
     r->cfg = config_take(w->cfg);
     return r;
 }
@@ -139,6 +140,10 @@ request_new(struct client *c)
 static void
 request_recycle(struct worker *w, struct request *r)
 {
+    if (r->held != NULL) {
+        evbuffer_free(r->held);
+        r->held = NULL;
+    }
     if (w->n_free_reqs < FREE_REQS_MAX && !w->draining) {
         r->next_free = w->free_reqs;
         w->free_reqs = r;
@@ -236,7 +241,11 @@ request_end(struct request *r)
         .upstream = r->pool ? r->pool->address : NULL, .trace = &r->trace.ctx,
         .protocol = c->protocol != NULL ? c->protocol :
                     r->line.major == 1 && r->line.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
+        .grpc_status = r->grpc ? r->grpc_status : -2,
     };
+    if (r->grpc && r->cause == RC_OK && r->status != 0)
+        /* A call counts as its grpc-status says; one without is an error. */
+        rec.count_status = r->grpc_status >= 0 ? grpc_http_status(r->grpc_status) : 502;
     if (rec.request_id[0] == '\0')
         ensure_id(r);
     trace_begin(r);                 /* refused before its head was whole */
@@ -314,6 +323,8 @@ request_reply(struct request *r, enum req_cause cause, const char *msg, bool clo
         cause == RC_HEADERS_TOO_LARGE || cause == RC_UNAUTHORIZED ||
         (cause == RC_CLIENT_TIMEOUT && !r->routed))
         r->version = -1;
+    if (r->grpc)
+        r->grpc_status = grpc_status_for_http(ci->status);
     c->ops->send_error(c, r, ci->status, ci->code, msg);
     r->status = ci->status;
     r->phase = RP_ANSWERED;
@@ -346,10 +357,12 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
     } else {
         const struct cfg_version *v = req_version(r);
         const struct head *hd = &r->head;
+        bool own_path = v->path != NULL && !r->keep_path;
+        char gt[16];
         struct upstream_request ur = {
             .method = llhttp_method_name(r->line.method),
-            .path = v->path ? v->path : hd->buf + r->target.path_off,
-            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .path = own_path ? v->path : hd->buf + r->target.path_off,
+            .path_len = own_path ? strlen(v->path) : r->target.path_len,
             .query = r->target.has_query ? hd->buf + r->target.query_off : NULL,
             .query_len = r->target.query_len,
             .hd = hd, .peer = c->peer, .proto = c->proto,
@@ -359,9 +372,31 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
         };
         char tp[TRACING_TRACEPARENT_LEN];
         trace_upstream_hop(r, &ur, tp);
+        int timeout = r->ep->scoring_timeout_ms;
+        if (r->grpc_timeout_ms > 0) {
+            /* The smaller of the two, passed on less the time spent. */
+            uint64_t spent = (now_us() - r->t_start_us) / 1000;
+            uint64_t left = r->grpc_timeout_ms > spent ? r->grpc_timeout_ms - spent : 1;
+            if (left < (uint64_t)timeout)
+                timeout = (int)left;
+            grpc_timeout_format(gt, left);
+            ur.grpc_timeout = gt;
+        }
         r->up->cls->send_head(r->up, &ur);
+        if (r->held != NULL) {      /* what was read before the upstream was known */
+            size_t n = evbuffer_get_length(r->held);
+            if (n > 0)
+                r->up->cls->send_body(r->up, (const char *)evbuffer_pullup(r->held, -1), n);
+            evbuffer_free(r->held);
+            r->held = NULL;
+            if (r->body_done)
+                r->up->cls->send_end(r->up);
+        }
         if (r->expect_continue && !r->body_done)
             c->ops->send_continue(c, r);
+        r->phase = RP_UPSTREAM;
+        arm(r->timer, timeout);
+        return true;
     }
     r->phase = RP_UPSTREAM;
     arm(r->timer, r->ep->scoring_timeout_ms);
@@ -372,7 +407,7 @@ static int
 rq_head(void *owner, struct upconn *u)
 {
     struct request *r = owner;
-    bool no_body = r->head_method || u->status == 204 || u->status == 304;
+    bool no_body = r->head_method || u->status == 204 || u->status == 304 || u->no_body;
 
     r->status = u->status;
     r->phase = RP_RESPONDING;
@@ -405,7 +440,10 @@ rq_done(void *owner, struct upconn *u, bool reusable)
     struct request *r = owner;
     struct client *c = r->c;
 
-    c->ops->send_end(c, r, NULL);
+    const struct head *trailers = u->has_trailers ? &u->trailers : NULL;
+    if (r->grpc)
+        r->grpc_status = grpc_status_of(trailers != NULL ? trailers : &u->head);
+    c->ops->send_end(c, r, trailers);
     evtimer_del(r->timer);
     trace_hop_end(r, u->status);
     r->up = NULL;
@@ -736,45 +774,31 @@ start_shadows(struct request *r, struct ep_state *es)
     }
 }
 
-bool
-request_start(struct request *r)
+/* The endpoint is known: authenticate, choose the version (a pin, given
+ * by the path or X-Sluice-Version; the sticky key; the split), start the
+ * shadow copies and route. Returns true when the request waits for a slot. */
+static bool
+route_to(struct request *r, const struct cfg_endpoint *ep, const char *pin, size_t pinlen)
 {
     struct worker *w = r->c->w;
     struct head *hd = &r->head;
     char msg[200];
 
-    r->up_framing = r->line.chunked ? FRAME_CHUNKED :
-        r->line.has_length ? FRAME_LENGTH : FRAME_NONE;
-    int ex = hd->first[HC_EXPECT];
-    /* The client waits for 100 Continue before its body; there is none to
-     * wait for with Content-Length: 0. */
-    r->expect_continue = ex >= 0 && r->line.minor >= 1 && r->up_framing != FRAME_NONE &&
-        !(r->line.has_length && r->line.content_length == 0) &&
-        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
-
-    const char *path = hd->buf + r->target.path_off;
-    const char *epname;
-    size_t eplen;
-    const struct cfg_endpoint *ep = NULL;
-    if (req_score_path(path, r->target.path_len, &epname, &eplen))
-        ep = config_endpoint(r->cfg, epname, eplen);
-    if (ep == NULL) {
-        int pl = r->target.path_len > 128 ? 128 : (int)r->target.path_len;
-        snprintf(msg, sizeof(msg), "no endpoint at %.*s", pl, path);
-        request_reply(r, RC_NOT_FOUND, msg, false);
-        return false;
-    }
     r->ep = ep;
     if (!check_auth(r, ep))
         return false;
-    if (hd->pin >= 0 && ep->pinning) {
-        int vi = route_pinned(ep, HD_VAL(hd, hd->pin), hd->h[hd->pin].val_len);
+    if (pin == NULL && hd->pin >= 0 && ep->pinning) {
+        pin = HD_VAL(hd, hd->pin);
+        pinlen = hd->h[hd->pin].val_len;
+    }
+    if (pin != NULL) {
+        int vi = route_pinned(ep, pin, pinlen);
         if (vi < 0) {
-            int vl = hd->h[hd->pin].val_len > 64 ? 64 : (int)hd->h[hd->pin].val_len;
+            int vl = pinlen > 64 ? 64 : (int)pinlen;
             snprintf(msg, sizeof(msg), vi == ROUTE_PIN_REFUSED ?
                      "endpoint %s: version %.*s was rolled back or aborted and takes no "
                      "pinned requests until it is changed again" :
-                     "endpoint %s has no version %.*s", ep->name, vl, HD_VAL(hd, hd->pin));
+                     "endpoint %s has no version %.*s", ep->name, vl, pin);
             request_reply(r, RC_NOT_FOUND, msg, false);
             return false;
         }
@@ -790,13 +814,144 @@ request_start(struct request *r)
             r->version = route_split_next(&es->split);
         else
             r->version = ep->default_version;
-        if (es != NULL)
+        /* Shadow copies are HTTP/1.1 requests composed from the head: not
+         * for gRPC calls. */
+        if (es != NULL && !r->grpc)
             start_shadows(r, es);
     }
     r->routed = true;
+    if (r->grpc && !ep->versions[r->version].upstream_http2) {
+        snprintf(msg, sizeof(msg), "version %s speaks HTTP/1.1 to its model servers: a gRPC "
+                 "call needs \"upstream_protocol\": \"http2\"", ep->versions[r->version].name);
+        request_reply(r, RC_UPSTREAM_CONNECT, msg, false);
+        return false;
+    }
     route_request(r);
     /* A queued request's body stays unread until it gets a slot. */
     return r->phase == RP_QUEUED;
+}
+
+#define OIP_SERVICE "/inference.GRPCInferenceService/"
+
+/* ServerLive and ServerReady without x-sluice-endpoint: Sluice answers
+ * (live and ready while it serves): field 1 (bool) true. */
+static void
+grpc_answer_here(struct request *r)
+{
+    static const char msg[] = {0, 0, 0, 0, 2, 0x08, 0x01};
+    struct head hd, tr;
+    memset(&hd, 0, sizeof(hd));
+    memset(&tr, 0, sizeof(tr));
+    head_field(&hd, "content-type", 12);
+    head_value(&hd, "application/grpc", 16);
+    head_classify(&hd);
+    head_field(&tr, "grpc-status", 11);
+    head_value(&tr, "0", 1);
+    head_classify(&tr);
+    struct resp_info ri = {.status = 200, .hd = &hd};
+    struct client *c = r->c;
+    r->status = 200;
+    r->grpc_status = 0;
+    r->phase = RP_ANSWERED;
+    r->discard = true;
+    c->ops->send_head(c, r, &ri);
+    c->ops->send_body(c, r, msg, sizeof(msg));
+    c->ops->send_end(c, r, &tr);
+    head_free(&hd);
+    head_free(&tr);
+}
+
+bool
+request_start(struct request *r)
+{
+    struct head *hd = &r->head;
+    char msg[200];
+
+    r->up_framing = r->line.chunked ? FRAME_CHUNKED :
+        r->line.has_length ? FRAME_LENGTH : FRAME_NONE;
+    int ex = hd->first[HC_EXPECT];
+    /* The client waits for 100 Continue before its body; there is none to
+     * wait for with Content-Length: 0. */
+    r->expect_continue = ex >= 0 && r->line.minor >= 1 && r->up_framing != FRAME_NONE &&
+        !(r->line.has_length && r->line.content_length == 0) &&
+        hd->h[ex].val_len == 12 && strncasecmp(HD_VAL(hd, ex), "100-continue", 12) == 0;
+
+    const char *path = hd->buf + r->target.path_off;
+    size_t plen = r->target.path_len;
+    const char *epname, *ver = NULL;
+    size_t eplen, verlen = 0;
+    const struct cfg_endpoint *ep = NULL;
+    if (req_score_path(path, plen, &epname, &eplen))
+        ep = config_endpoint(r->cfg, epname, eplen);
+    else if (req_v2_path(path, plen, &epname, &eplen, &ver, &verlen)) {
+        r->keep_path = true;
+        ep = config_endpoint(r->cfg, epname, eplen);
+    } else if ((r->grpc = grpc_is(hd))) {
+        r->keep_path = true;
+        int gt = grpc_header(hd, "grpc-timeout");
+        if (gt >= 0 && !grpc_timeout_parse(HD_VAL(hd, gt), hd->h[gt].val_len,
+                                           &r->grpc_timeout_ms))
+            r->grpc_timeout_ms = 0;
+        int xe = grpc_header(hd, "x-sluice-endpoint");
+        const char *m = path + sizeof(OIP_SERVICE) - 1;
+        size_t ml = plen - (sizeof(OIP_SERVICE) - 1);
+        bool oip = plen > sizeof(OIP_SERVICE) - 1 &&
+                   memcmp(path, OIP_SERVICE, sizeof(OIP_SERVICE) - 1) == 0;
+        if (xe >= 0)
+            ep = config_endpoint(r->cfg, HD_VAL(hd, xe), hd->h[xe].val_len);
+        else if (oip && ((ml == 10 && memcmp(m, "ServerLive", 10) == 0) ||
+                         (ml == 11 && memcmp(m, "ServerReady", 11) == 0))) {
+            grpc_answer_here(r);
+            return false;
+        } else if (oip && ((ml == 10 && memcmp(m, "ModelInfer", 10) == 0) ||
+                           (ml == 10 && memcmp(m, "ModelReady", 10) == 0) ||
+                           (ml == 13 && memcmp(m, "ModelMetadata", 13) == 0))) {
+            /* Routed by the model name in the first message (request_body). */
+            r->await_name = true;
+            return false;
+        }
+    }
+    if (ep == NULL) {
+        int pl = plen > 128 ? 128 : (int)plen;
+        snprintf(msg, sizeof(msg), "no endpoint at %.*s", pl, path);
+        request_reply(r, RC_NOT_FOUND, msg, false);
+        return false;
+    }
+    return route_to(r, ep, ver, verlen);
+}
+
+#define HELD_MAX (64 * 1024)        /* bytes read for a model name at most */
+
+/* A gRPC call waiting for its model name: the first message's field 1. */
+static void
+await_name(struct request *r, const char *at, size_t len)
+{
+    char msg[200];
+    if (r->held == NULL && (r->held = evbuffer_new()) == NULL) {
+        request_reply(r, RC_TOO_LARGE, "out of memory", true);
+        return;
+    }
+    evbuffer_add(r->held, at, len);
+    size_t n = evbuffer_get_length(r->held);
+    const char *data = (const char *)evbuffer_pullup(r->held, -1);
+    const char *name;
+    size_t nlen;
+    enum grpc_name g = grpc_model_name(data, n, &name, &nlen);
+    if (g == GRPC_NAME_MORE && n < HELD_MAX && !r->body_done)
+        return;
+    r->await_name = false;
+    if (g != GRPC_NAME_FOUND) {
+        request_reply(r, RC_BAD_REQUEST, "the first message names no model (field 1)", false);
+        return;
+    }
+    const struct cfg_endpoint *ep = config_endpoint(r->cfg, name, nlen);
+    if (ep == NULL) {
+        int nl = nlen > 64 ? 64 : (int)nlen;
+        snprintf(msg, sizeof(msg), "no endpoint named %.*s", nl, name);
+        request_reply(r, RC_NOT_FOUND, msg, false);
+        return;
+    }
+    route_to(r, ep, NULL, 0);
 }
 
 /* ---- the body ------------------------------------------------------------------ */
@@ -811,8 +966,12 @@ request_body(struct request *r, const char *at, size_t len)
     }
     for (int i = 0; i < r->n_shadows; i++)
         shadow_body(r->shadows[i], at, len);
-    if (!r->discard && r->up != NULL)
+    if (r->await_name)
+        await_name(r, at, len);
+    else if (!r->discard && r->up != NULL)
         r->up->cls->send_body(r->up, at, len);
+    else if (!r->discard && r->held != NULL)
+        evbuffer_add(r->held, at, len);     /* queued with what it held */
     return true;
 }
 
@@ -820,6 +979,8 @@ void
 request_body_end(struct request *r)
 {
     r->body_done = true;
+    if (r->await_name)
+        await_name(r, "", 0);       /* the body ended without a model name */
     for (int i = 0; i < r->n_shadows; i++) {
         struct shadow_cmp *c = shadow_complete(r->shadows[i]);
         if (c == NULL)

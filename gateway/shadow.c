@@ -52,7 +52,6 @@ struct shadow {
     TAILQ_ENTRY(shadow) link;
 };
 
-int gw_open_fds;
 int gw_fd_limit;
 
 /* End the copy's sides of its comparison: the shadow side always, the

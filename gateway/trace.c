@@ -25,26 +25,22 @@ static int n_rings;
 void
 workers_set_trace_rings(struct tracing_ring *const *r, int n)
 {
+    /* Before the workers start, or after they ended (workers_join()). */
     free(rings);
     rings = NULL;
     n_rings = 0;
-    /* Workers that exist have ended (workers_join()): theirs are let go,
-     * and picked up again from the new array by ring_of(). */
-    for (int i = 0; gw_workers != NULL && i < gw_n_workers; i++)
-        gw_workers[i].trace_ring = NULL;
     if (r == NULL || n <= 0 || (rings = calloc((size_t)n, sizeof(*rings))) == NULL)
         return;
     memcpy(rings, r, (size_t)n * sizeof(*rings));
     n_rings = n;
 }
 
+/* Worker w's ring; NULL without an exporter (set before the workers start,
+ * let go after they ended: never changed while they run). */
 static struct tracing_ring *
-ring_of(struct worker *w)
+ring_of(const struct worker *w)
 {
-    /* Set before the workers start; read by each worker for itself. */
-    if (w->trace_ring == NULL && w->id >= 0 && w->id < n_rings)
-        w->trace_ring = rings[w->id];
-    return w->trace_ring;
+    return w->id >= 0 && w->id < n_rings ? rings[w->id] : NULL;
 }
 
 /* A span to the worker's ring (none once the exporter is gone). */
@@ -154,12 +150,13 @@ trace_hop_end(struct request *r, int http_status)
         return;
     t->hop_open = false;
     struct tracing_span sp;
-    struct tags tg = request_tags(r);
+    const struct cfg_version *v = r->ep != NULL && r->version >= 0 ?
+        &r->ep->versions[r->version] : NULL;
     tracing_span_client(&sp, &t->ctx, t->hop_id);     /* starts it now: that is its end */
     sp.end_ns = sp.start_ns;
     sp.start_ns = t->hop_start_ns;
-    span_attrs(&sp, r, r->ep != NULL && r->version >= 0 ? &r->ep->versions[r->version] : NULL,
-               tg.group);
+    span_attrs(&sp, r, v, v == NULL ? NULL :
+               config_group_name(v->mirror > 0 ? CFG_GROUP_SHADOW : v->group));
     sp.pinned = r->pinned;
     if (r->pool != NULL)
         TRACING_SET(sp.upstream, r->pool->address, strlen(r->pool->address));

@@ -66,10 +66,11 @@ resolve(struct upool *p, const struct cfg_upstream *u)
 }
 
 struct upool *
-upool_get(struct worker *w, const struct cfg_upstream *u)
+upool_get(struct worker *w, const struct cfg_upstream *u, bool http2)
 {
+    const struct upstream_class *cls = http2 ? &upstream_http2 : &upstream_http1;
     for (struct upool *p = w->pools; p != NULL; p = p->next)
-        if (strcmp(p->address, u->address) == 0)
+        if (strcmp(p->address, u->address) == 0 && p->cls == cls)
             return p->resolved ? p : NULL;
     struct upool *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -83,7 +84,7 @@ upool_get(struct worker *w, const struct cfg_upstream *u)
         return NULL;
     }
     TAILQ_INIT(&p->idle);
-    p->cls = &upstream_http1;
+    p->cls = cls;
     p->resolved = resolve(p, u) == 0;
     if (!p->resolved)
         log_event(LOG_ERROR, "upstream_unresolved", ",\"upstream\":\"%s\"",
@@ -113,7 +114,7 @@ upstream_pick(struct worker *w, const struct config *cfg, const struct cfg_endpo
 
     for (int tries = 0; tries < 2; tries++) {
         for (int k = 0; k < n; k++) {
-            struct upool *p = es ? es->pools[vi][k] : upool_get(w, &v->upstreams[k]);
+            struct upool *p = es ? es->pools[vi][k] : upool_get(w, &v->upstreams[k], v->upstream_http2);
             pools[k] = p;
             if (p == NULL) {
                 c[k] = (struct route_candidate){.down = true};
@@ -163,6 +164,7 @@ upstream_free_all(struct worker *w)
         next = p->next;
         while (!TAILQ_EMPTY(&p->idle))
             upconn_close(TAILQ_FIRST(&p->idle));
+        upstream_h2_free_pool(p);
         free(p->address);
         free(p);
     }
@@ -659,6 +661,7 @@ upstream_gc(struct worker *w)
         if (u->replay != NULL)
             evbuffer_free(u->replay);
         head_free(&u->head);
+        head_free(&u->trailers);
         free(u);
     }
 }

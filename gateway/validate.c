@@ -250,6 +250,33 @@ req_score_path(const char *path, size_t len, const char **ep, size_t *eplen)
 }
 
 bool
+req_v2_path(const char *path, size_t len, const char **ep, size_t *eplen, const char **ver,
+            size_t *verlen)
+{
+    static const char prefix[] = "/v2/models/", infer[] = "/infer", vers[] = "/versions/";
+    size_t pl = sizeof(prefix) - 1, il = sizeof(infer) - 1;
+    if (len <= pl + il || memcmp(path, prefix, pl) != 0 ||
+        memcmp(path + len - il, infer, il) != 0)
+        return false;
+    const char *p = path + pl, *end = path + len - il;
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    *ep = p;
+    *ver = NULL;
+    *verlen = 0;
+    if (slash == NULL) {
+        *eplen = (size_t)(end - p);
+        return *eplen > 0;
+    }
+    *eplen = (size_t)(slash - p);
+    size_t vl = sizeof(vers) - 1;
+    if ((size_t)(end - slash) <= vl || memcmp(slash, vers, vl) != 0)
+        return false;
+    *ver = slash + vl;
+    *verlen = (size_t)(end - *ver);
+    return *eplen > 0 && memchr(*ver, '/', *verlen) == NULL;
+}
+
+bool
 req_sticky_key(const struct head *hd, const struct cfg_endpoint *ep, const char **key,
                size_t *len)
 {

@@ -25,7 +25,6 @@
 
 int gw_n_workers;
 struct worker *gw_workers;
-int gw_open_connections;
 
 static int *mail_fds;
 static struct metrics_worker **metrics_arr;
@@ -56,7 +55,7 @@ worker_set_config(struct worker *w, struct config *cfg)
         for (int v = 0; v < ep->n_versions; v++) {
             const struct cfg_version *ver = &ep->versions[v];
             for (int k = 0; k < ver->n_upstreams; k++)
-                eps[i].pools[v][k] = upool_get(w, &ver->upstreams[k]);
+                eps[i].pools[v][k] = upool_get(w, &ver->upstreams[k], ver->upstream_http2);
             eps[i].mslot[v] = metrics_slot(w->metrics, ep->name, ver->name,
                 config_group_name(ver->mirror ? CFG_GROUP_SHADOW : ver->group));
         }

@@ -76,8 +76,19 @@ struct diff_entry {
     char *text;
 };
 
+/* Rejections per endpoint named by the request (for /metrics only; Redis
+ * keeps SPEC §4's instance-wide sluice:rejected). */
+#define REJ_EPS 64
+struct rej_ep {
+    char ep[CFG_NAME_MAX + 1];
+    uint64_t n[REJ_COUNT];          /* the worker's, read atomically */
+    uint64_t seen[REJ_COUNT];       /* the collector's */
+};
+
 struct metrics_worker {
     struct metrics_slot *slots;     /* atomic head; appended by the worker */
+    struct rej_ep rej_eps[REJ_EPS];
+    int n_rej_eps;                  /* atomic: an entry is published after its name */
     pthread_mutex_t diff_lock;
     struct diff_entry diffs[METRICS_DIFF_RING];
     unsigned diff_first, diff_n;
@@ -216,6 +227,25 @@ metrics_reject(struct metrics_worker *mw, enum rejected_kind k)
     add(&mw->rejected[k], 1);
 }
 
+void
+metrics_reject_ep(struct metrics_worker *mw, const char *ep, enum rejected_kind k)
+{
+    add(&mw->rejected[k], 1);
+    if (ep == NULL)
+        return;
+    int n = mw->n_rej_eps;          /* the worker is the only writer */
+    for (int i = 0; i < n; i++)
+        if (strcmp(mw->rej_eps[i].ep, ep) == 0) {
+            add(&mw->rej_eps[i].n[k], 1);
+            return;
+        }
+    if (n == REJ_EPS)
+        return;                     /* counted without an endpoint */
+    snprintf(mw->rej_eps[n].ep, sizeof(mw->rej_eps[n].ep), "%s", ep);
+    add(&mw->rej_eps[n].n[k], 1);
+    __atomic_store_n(&mw->n_rej_eps, n + 1, __ATOMIC_RELEASE);
+}
+
 /* ---- disagreement samples ------------------------------------------------ */
 
 void
@@ -289,6 +319,11 @@ struct metrics_backlog {
     size_t max_minute_entries;
     uint64_t rejected[REJ_COUNT];   /* pending */
     uint64_t rejected_total[REJ_COUNT];
+    struct rej_total {              /* the part of rejected_total with an endpoint */
+        char ep[CFG_NAME_MAX + 1];
+        uint64_t n[REJ_COUNT];
+    } *rej_eps;
+    int n_rej_eps, cap_rej_eps;
     uint64_t merged_minutes;        /* minute buckets folded into totals */
 };
 
@@ -309,6 +344,7 @@ metrics_backlog_free(struct metrics_backlog *b)
         return;
     free(b->series);
     free(b->entries);
+    free(b->rej_eps);
     free(b);
 }
 
@@ -427,6 +463,59 @@ cap_minutes(struct metrics_backlog *b)
     }
 }
 
+/* A worker's per-endpoint rejections since the last look, into the
+ * backlog's totals (at most 256 endpoints; beyond, they count without). */
+static void
+collect_rej_ep(struct metrics_backlog *b, struct rej_ep *e)
+{
+    uint64_t d[REJ_COUNT];
+    bool any = false;
+    for (int k = 0; k < REJ_COUNT; k++) {
+        uint64_t v = __atomic_load_n(&e->n[k], __ATOMIC_RELAXED);
+        d[k] = v - e->seen[k];
+        e->seen[k] = v;
+        any |= d[k] != 0;
+    }
+    if (!any)
+        return;
+    struct rej_total *t = NULL;
+    for (int i = 0; i < b->n_rej_eps && t == NULL; i++)
+        if (strcmp(b->rej_eps[i].ep, e->ep) == 0)
+            t = &b->rej_eps[i];
+    if (t == NULL) {
+        if (b->n_rej_eps == 256)
+            return;
+        if (b->n_rej_eps == b->cap_rej_eps) {
+            int cap = b->cap_rej_eps ? b->cap_rej_eps * 2 : 8;
+            struct rej_total *r = realloc(b->rej_eps, (size_t)cap * sizeof(*r));
+            if (r == NULL)
+                return;
+            b->rej_eps = r;
+            b->cap_rej_eps = cap;
+        }
+        t = &b->rej_eps[b->n_rej_eps++];
+        memset(t, 0, sizeof(*t));
+        snprintf(t->ep, sizeof(t->ep), "%s", e->ep);
+    }
+    for (int k = 0; k < REJ_COUNT; k++)
+        t->n[k] += d[k];
+}
+
+uint64_t
+metrics_backlog_routed(const struct metrics_backlog *b, const char *ep, const char *version)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < b->n_series; i++) {
+        const struct series *s = &b->series[i];
+        if (strcmp(s->ep, ep) != 0 || strcmp(s->version, version) != 0 ||
+            strcmp(s->group, METRICS_PINNED_GROUP) == 0 || strcmp(s->group, "shadow") == 0)
+            continue;
+        n += s->total[M_REQUESTS] >= s->total[M_PINNED] ? s->total[M_REQUESTS] -
+             s->total[M_PINNED] : 0;
+    }
+    return n;
+}
+
 void
 metrics_collect(struct metrics_backlog *b, struct metrics_worker **workers, int n)
 {
@@ -469,6 +558,9 @@ metrics_collect(struct metrics_backlog *b, struct metrics_worker **workers, int 
             b->rejected_total[k] += v - mw->rej_seen[k];
             mw->rej_seen[k] = v;
         }
+        int ne = __atomic_load_n(&mw->n_rej_eps, __ATOMIC_ACQUIRE);
+        for (int i = 0; i < ne; i++)
+            collect_rej_ep(b, &mw->rej_eps[i]);
     }
     cap_minutes(b);
 }
@@ -512,7 +604,7 @@ metrics_backlog_drain(struct metrics_backlog *b,
 char *
 metrics_prometheus(const struct metrics_backlog *b)
 {
-    size_t cap = 4096 + (size_t)b->n_series * 8192, len = 0;
+    size_t cap = 4096 + (size_t)b->n_series * 8192 + (size_t)b->n_rej_eps * 512, len = 0;
     char *out = malloc(cap);
 #define P(...) len += (size_t)snprintf(out + len, cap - len, __VA_ARGS__)
     P("# HELP sluice_requests_total Requests served, by endpoint, version, group and status class.\n"
@@ -585,11 +677,21 @@ metrics_prometheus(const struct metrics_backlog *b)
         P("sluice_request_duration_seconds_count{endpoint=\"%s\",version=\"%s\",group=\"%s\"} %llu\n",
           s->ep, s->version, s->group, (unsigned long long)s->total[M_REQUESTS]);
     }
-    P("# HELP sluice_rejected_total Requests that reached no version.\n"
+    P("# HELP sluice_rejected_total Requests that reached no version, by the endpoint "
+      "they named (\"\": none, or unknown) and reason.\n"
       "# TYPE sluice_rejected_total counter\n");
-    for (int k = 0; k < REJ_COUNT; k++)
-        P("sluice_rejected_total{reason=\"%s\"} %llu\n", metrics_rejected_names[k],
-          (unsigned long long)b->rejected_total[k]);
+    for (int k = 0; k < REJ_COUNT; k++) {
+        uint64_t named = 0;
+        for (int i = 0; i < b->n_rej_eps; i++)
+            named += b->rej_eps[i].n[k];
+        P("sluice_rejected_total{endpoint=\"\",reason=\"%s\"} %llu\n",
+          metrics_rejected_names[k], (unsigned long long)(b->rejected_total[k] >= named ?
+          b->rejected_total[k] - named : 0));
+    }
+    for (int i = 0; i < b->n_rej_eps; i++)
+        for (int k = 0; k < REJ_COUNT; k++)
+            P("sluice_rejected_total{endpoint=\"%s\",reason=\"%s\"} %llu\n", b->rej_eps[i].ep,
+              metrics_rejected_names[k], (unsigned long long)b->rej_eps[i].n[k]);
     P("# HELP sluice_flush_backlog Metric entries waiting to be written to Redis.\n"
       "# TYPE sluice_flush_backlog gauge\nsluice_flush_backlog %zu\n", b->n_entries);
 #undef P

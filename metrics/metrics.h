@@ -12,7 +12,7 @@
  * a per-instance sequence number that the script checks, so a batch whose
  * reply was lost and that is sent again is applied once.
  *
- * hiredis is wrapped in redis.c; nothing else sees it.
+ * hiredis is wrapped in redis.c, query.c and primary.c; nothing else sees it.
  */
 #ifndef SLUICE_METRICS_H
 #define SLUICE_METRICS_H
@@ -118,6 +118,20 @@ void metrics_backlog_drain(struct metrics_backlog *b,
 uint64_t metrics_backlog_merged(const struct metrics_backlog *b);
 /* Prometheus text for this instance's totals into a malloc'ed string. */
 char *metrics_prometheus(const struct metrics_backlog *b);
+/* Routed requests (requests minus pinned, shadow copies left out) of a
+ * version counted by this instance since it started. */
+uint64_t metrics_backlog_routed(const struct metrics_backlog *b, const char *ep,
+                                const char *version);
+/* A rejection with its endpoint when one was named (NULL: none); counted
+ * in sluice:rejected like metrics_reject(), and per endpoint on /metrics. */
+void metrics_reject_ep(struct metrics_worker *mw, const char *ep, enum rejected_kind k);
+
+/* ---- the process (process.c) ----------------------------------------- */
+
+/* process_cpu_seconds_total, process_resident_memory_bytes,
+ * process_virtual_memory_bytes, process_open_fds, process_max_fds and
+ * process_start_time_seconds as Prometheus text (malloc'ed), from /proc/self. */
+char *metrics_process_prometheus(void);
 
 /* ---- statistics (stats.c) -------------------------------------------- */
 
@@ -242,7 +256,7 @@ bool metrics_primary_resolve(const struct cfg_redis *c, char *host, size_t hostl
                              int timeout_ms);
 void metrics_primary_stop(void);
 
-/* ---- the Redis writer (redis.c) --------------------------------------- */
+/* ---- the Redis writer (redis.c) and reader (query.c) ------------------ */
 
 struct metrics_redis;
 

@@ -11,7 +11,7 @@ DEPS_BUILD="build-essential clang meson ninja-build pkg-config libevent-dev libs
   libjwt-dev libjansson-dev libhiredis-dev node-llhttp libsystemd-dev libcurl4-openssl-dev
   libnghttp2-dev"
 DEPS_RUN="redis-server redis-sentinel curl openssl python3 python3-requests python3-redis python3-prometheus-client procps wrk e2fsprogs
-  nghttp2-client python3-h2"
+  nghttp2-client python3-h2 python3-grpcio protobuf-compiler protobuf-compiler-grpc python3-protobuf"
 
 # The dashboard's browser test: Debian's Chromium, Node.js and playwright-core.
 ensure_browser() {

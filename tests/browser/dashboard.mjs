@@ -6,6 +6,8 @@ import { chromium } from "playwright-core";
 
 const admin = process.env.ADMIN, token = process.env.TOKEN, ep = process.env.ENDPOINT;
 const problems = [];
+// The newest minute of the API's series (they all share the window).
+const v0last = api => api.versions[0].series[api.versions[0].series.length - 1].minute;
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -93,8 +95,66 @@ try {
   }
   const charts = await page.locator(`section[data-endpoint='${ep}'] .chart`).count();
   if (charts < 5) problems.push(`only ${charts} charts`);
+
+  // Axes: time labels (HH:MM) under the first chart, value labels with the
+  // unit beside it; the time axis spans the window (1 h by default).
+  const first = page.locator(`section[data-endpoint='${ep}'] .chart`).first();
+  const svg = first.locator("svg");
+  const xl = await svg.locator("text.x-label").allTextContents();
+  const yl = await svg.locator("text.y-label").allTextContents();
+  const axes = { x: xl, y: yl, from: Number(await svg.getAttribute("data-from")),
+                 to: Number(await svg.getAttribute("data-to")) };
+  if (xl.length < 2 || !xl.every(t => /^\d\d:\d\d$/.test(t)))
+    problems.push(`time labels: ${JSON.stringify(xl)}`);
+  if (yl.length !== 3 || !yl.every(t => t.endsWith("/s")))
+    problems.push(`value labels: ${JSON.stringify(yl)}`);
+  if (axes.to - axes.from !== 3600) problems.push(`the 1 h window spans ${axes.to - axes.from} s`);
+
+  // Hover: at the right edge, the tip names the newest minute and each
+  // version's requests per second there, as the API has them.
+  const box = await svg.boundingBox();
+  await page.mouse.move(box.x + box.width - 3, box.y + box.height / 2);
+  const tip = first.locator("[data-test='tip']");
+  await tip.waitFor({ state: "visible", timeout: 5000 });
+  const hover = { time: Number(await tip.getAttribute("data-time")), values: {} };
+  for (const v of api.versions) {
+    const row = tip.locator(`[data-series='${v.version}']`);
+    hover.values[v.version] = { text: (await row.textContent()).trim(),
+                                value: Number(await row.getAttribute("data-value")) };
+    const pt = v.series.find(p => 60 * p.minute === hover.time);
+    if (!pt) problems.push(`hover time ${hover.time} is not a minute of the API's series`);
+    else if (Math.abs(hover.values[v.version].value - pt.requests / 60) > 1e-9)
+      problems.push(`${v.version}: hover shows ${hover.values[v.version].value}/s, API ${pt.requests / 60}`);
+    if (!hover.values[v.version].text.startsWith(v.version + ": "))
+      problems.push(`${v.version}: hover text ${hover.values[v.version].text}`);
+  }
+  if (hover.time !== 60 * v0last(api)) problems.push(`hover time ${hover.time}: not the newest minute`);
+
+  // The window selector: 15 min asks the API for 15 minutes; the axis and
+  // the table follow.
+  await page.selectOption("[data-test='window']", "15");
+  await page.waitForSelector("body[data-loaded='1']", { timeout: 15000 });
+  const svg15 = page.locator(`section[data-endpoint='${ep}'] .chart`).first().locator("svg");
+  const span15 = Number(await svg15.getAttribute("data-to")) - Number(await svg15.getAttribute("data-from"));
+  const api15 = await (await fetch(`${admin}/admin/v1/endpoints/${ep}/metrics?minutes=15`,
+                                   { headers: { Authorization: "Bearer " + token } })).json();
+  const window15 = { span: span15, labels: await svg15.locator("text.x-label").allTextContents(),
+                     requests: {} };
+  if (span15 !== 900) problems.push(`the 15 min window spans ${span15} s`);
+  for (const v of api15.versions) {
+    window15.requests[v.version] = (await page.textContent(`[data-test='requests-${v.version}']`)).trim();
+    if (window15.requests[v.version] !== String(v.requests))
+      problems.push(`15 min: ${v.version} shows ${window15.requests[v.version]} requests, API ${v.requests}`);
+  }
+  await page.selectOption("[data-test='window']", "1440");
+  await page.waitForSelector("body[data-loaded='1']", { timeout: 15000 });
+  const svg24 = page.locator(`section[data-endpoint='${ep}'] .chart`).first().locator("svg");
+  const span24 = Number(await svg24.getAttribute("data-to")) - Number(await svg24.getAttribute("data-from"));
+  if (span24 !== 86400) problems.push(`the 24 h window spans ${span24} s`);
+  await page.selectOption("[data-test='window']", "60");
+  await page.waitForSelector("body[data-loaded='1']", { timeout: 15000 });
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-  console.log(JSON.stringify({ shown, rollouts, problems }));
+  console.log(JSON.stringify({ shown, rollouts, axes, hover, window15, problems }));
 } finally {
   await browser.close();
 }

@@ -1,6 +1,6 @@
 /*
  * libFuzzer target: json-mode shadow comparison's one-pass path
- * (gateway/jsoncmp.c) against jansson, the reference (SPEC §7). Input:
+ * (compare/jsoncmp.c) against jansson, the reference (SPEC §7). Input:
  *   byte 0: the compare settings (bits 0-1: tolerances; bit 2: ignore paths
  *           "nonce", "meta.timing_ms", "a.b");
  *   then the live text and the shadow text, split at the first NUL byte (no
@@ -15,8 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/internal.h"
-#include "gateway/jsoncmp.h"
+#include "compare/compare.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -310,7 +310,7 @@ def wait_port(port, timeout=10, host="127.0.0.1"):
 class Model:
     """A sluice-model process."""
 
-    def __init__(self, name, *args):
+    def __init__(self, name, *args, check_exit=False):
         self.name = name
         self.args = list(args)
         for attempt in range(START_ATTEMPTS):
@@ -318,7 +318,7 @@ class Model:
             self.addr = "127.0.0.1:%d" % self.port
             out = tempfile.TemporaryFile("w+")
             self.proc = start([MODEL, "--listen", self.addr, "--name", name] + self.args,
-                              stderr=out)
+                              stderr=out, check_exit=check_exit)
 
             def output(out=out):
                 out.flush()

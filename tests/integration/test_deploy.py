@@ -23,7 +23,7 @@ import requests
 SANITIZED_PASS = "deployment files only; their sluice paths run sanitized elsewhere"
 
 from harness import (ROOT, SLUICE, SLUICECTL, Model, Redis, Sluice, Upstream, endpoint,
-                     free_port, make_cert, read_request, start, stop, tmpdir, version, Reader)
+                     free_port, make_cert, read_request, start, stop, tmpdir, until, version, Reader)
 
 DEPLOY = os.path.join(ROOT, "deploy")
 K8S = os.path.join(DEPLOY, "kubernetes")
@@ -541,9 +541,9 @@ def query_problems(exprs, index):
     all_labels = {k for labels in index.values() for k in labels}
     all_labels |= {"instance", "job"}       # added by Prometheus when scraping
     for e in exprs:
-        names = set(re.findall(r"\bsluice_[a-z0-9_]+", e))
-        if not names:
+        if not re.search(r"\bsluice_[a-z0-9_]+", e):
             problems.append("%s: uses no sluice metric" % e)
+        names = set(re.findall(r"\b(?:sluice|process)_[a-z0-9_]+", e))
         for n in names:
             if n not in index:
                 problems.append("%s: no metric %s" % (e, n))
@@ -566,22 +566,36 @@ def query_problems(exprs, index):
 def test_grafana_queries_use_metrics_that_exist():
     r = Redis()
     ok, bad = Model("versiona"), Model("versionb", "--error-rate", "1")
+    # a rollout plan, a mirror that compares and a health check: every
+    # family has samples (rollouts, shadow agreement, upstream health)
     s = Sluice([endpoint("ep1", [
-        version("versiona", [ok.addr], 50, is_default=True, type="control"),
-        version("versionb", [bad.addr], 50)])],
+        version("versiona", [ok.addr], 50, is_default=True, type="control",
+                health_check={"path": "/", "interval_ms": 500}),
+        version("versionb", [bad.addr], 50, rollout={"steps": [10, 50]}),
+        version("versionc", [ok.addr], 0, mirror_percentile=50, compare={"mode": "json"})])],
         extra={"redis": {"address": "127.0.0.1:%d" % r.port, "flush_interval_ms": 100}})
     codes = []
     with requests.Session() as c:
         for _ in range(20):
             codes.append(c.post(s.url("ep1"), data=b'{"x":1}').status_code)
     assert codes.count(200) == 10 and len([c for c in codes if c >= 500]) == 10, codes
+    until(lambda: 'result="equal"' in requests.get(s.admin("/metrics"), timeout=5).text, 10,
+          "a shadow comparison")
     text = requests.get(s.admin("/metrics"), timeout=5).text
     index = metrics_text_index(text)
     dash, exprs = dashboard_queries()
+    # the version and instance variables, used by the panels
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert {"endpoint", "version", "instance"} <= set(names), names
+    assert all('instance=~"$instance"' in e for e in exprs if "label_values" not in e), \
+        [e for e in exprs if 'instance=~"$instance"' not in e]
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"Rollout step", "Rollout phase", "Gate verdicts", "Shadow agreement rate",
+            "Upstream health", "Configured and effective share"} <= titles, titles
     assert len(exprs) >= 20
     assert query_problems(exprs, index) == []
     # Every metric sluice exports is on the dashboard, so a new one is not forgotten.
-    used = {n for e in exprs for n in re.findall(r"\bsluice_[a-z0-9_]+", e)}
+    used = {n for e in exprs for n in re.findall(r"\b(?:sluice|process)_[a-z0-9_]+", e)}
     families = {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("sluice_request_duration")
                 else n for n in index}
     assert families - {re.sub(r"_(bucket|sum|count)$", "", n) for n in used} == set(), families
@@ -816,13 +830,18 @@ def test_systemd_unit_verifies():
             keys.setdefault(k, []).append(v)
     # sd_notify (issue 20 item 3); a refused reload fails systemctl reload.
     assert keys["Type"] == ["notify"] and keys["NotifyAccess"] == ["main"]
-    assert keys["ExecStart"] == ["/usr/local/bin/sluice -c /etc/sluice/sluice.json"]
+    # runtime state under StateDirectory= (issue 20 item 3), /etc only read
+    assert keys["ExecStart"] == [
+        "/usr/local/bin/sluice -c /etc/sluice/sluice.json --state-dir /var/lib/sluice"]
+    assert keys["ExecStartPre"] == [
+        "/usr/local/bin/sluice -c /etc/sluice/sluice.json --state-dir /var/lib/sluice --check"]
+    assert keys["StateDirectory"] == ["sluice"] and keys["StateDirectoryMode"] == ["0700"]
+    assert "ReadWritePaths" not in keys
     assert keys["ExecReload"] == ["/usr/local/bin/sluicectl reload"]
     assert keys["KillSignal"] == ["SIGTERM"]
     assert keys["Restart"] == ["on-failure"]
     assert keys["User"] == ["sluice"]
     assert keys["CapabilityBoundingSet"] == [""]
-    assert keys["ReadWritePaths"] == ["/etc/sluice"]
     for k in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert keys[k] == ["yes"], k
     assert keys["ProtectSystem"] == ["strict"]

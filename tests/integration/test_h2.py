@@ -445,3 +445,31 @@ def test_drain_sends_goaway_and_finishes_streams():
     assert ":status: 200" in out, out[-1500:]
     assert out.index("recv GOAWAY frame") < out.index(":status: 200"), out[-1500:]
     assert s.proc.wait(10) == 0
+
+
+def test_http2_upstreams_both_ways():
+    """issue 19 item 2: a version with "upstream_protocol": "http2" (here
+    another sluice, which speaks HTTP/2 with prior knowledge): HTTP/1.1 and
+    HTTP/2 clients both reach it, 300 multiplexed requests all answered,
+    each seen by the upstream as HTTP/2, and the upstream's answer (its own
+    version's body) relayed whole."""
+    a, b = Model("versiona"), Model("versionb")
+    inner = Sluice(two_versions(a, b, pct_b=50, pinning=False))
+    outer = Sluice([endpoint("mynewendpoint", [
+        version("viah2", ["127.0.0.1:%d" % inner.port], 100, is_default=True, type="control",
+                upstream_protocol="http2", path=SCORE)])])
+    for args in (["--http2-prior-knowledge"], ["--http1.1"]):
+        rc, status, hd, body = curl(*args, "-d", '{"x":1}', outer.url("mynewendpoint"))
+        assert rc == 0 and " 200" in status, (args, rc, status)
+        assert hd["x-sluice-version"] == "viah2"
+        assert json.loads(body)["version"] in ("versiona", "versionb")
+    body = os.path.join(outer.dir, "body.json")
+    with open(body, "w") as f:
+        f.write('{"x":1}')
+    r = subprocess.run(["h2load", "-n", "300", "-c", "3", "-m", "10", "-d", body,
+                        outer.url("mynewendpoint")], capture_output=True, text=True, timeout=60)
+    assert "300 succeeded" in r.stdout and "300 2xx" in r.stdout, r.stdout
+    lines = inner.access_lines()
+    assert len(lines) == 302 and all(l["protocol"] == "HTTP/2" and l["status"] == 200
+                                     for l in lines), lines[:3]
+    assert a.stats()["requests"] + b.stats()["requests"] == 302

@@ -128,14 +128,26 @@ test_record_collect_drain(void)
     CHECK(metrics_backlog_size(b) == 0, "drained");
     /* more after a drain: only the new ones */
     metrics_record(a1, 1000, &ok);
+    /* rejections naming an endpoint: in sluice:rejected as before, and per
+     * endpoint on /metrics, summed over the workers */
+    metrics_reject_ep(w2, "ep", REJ_UNAUTHORIZED);
+    metrics_reject_ep(w2, "ep", REJ_UNAUTHORIZED);
+    metrics_reject_ep(w1, "ep", REJ_UNAUTHORIZED);
+    metrics_reject_ep(w1, NULL, REJ_NOT_FOUND);
     metrics_collect(b, ws, 2);
     n_drained = 0;
     metrics_backlog_drain(b, collect_entry, NULL, rej);
     CHECK(n_drained == 1 && drained[0].v[M_REQUESTS] == 1, "delta only");
+    CHECK(rej[REJ_UNAUTHORIZED] == 3 && rej[REJ_NOT_FOUND] == 1, "rejected for Redis");
     char *prom = metrics_prometheus(b);
     CHECK(strstr(prom, "sluice_request_duration_seconds_count{endpoint=\"ep\",version=\"va\","
                        "group=\"control\"} 10") != NULL, "prometheus count");
-    CHECK(strstr(prom, "sluice_rejected_total{reason=\"unauthorized\"} 1") != NULL, "rejected");
+    CHECK(strstr(prom, "sluice_rejected_total{endpoint=\"\",reason=\"unauthorized\"} 1\n") != NULL,
+          "rejected without an endpoint");
+    CHECK(strstr(prom, "sluice_rejected_total{endpoint=\"ep\",reason=\"unauthorized\"} 3\n") != NULL,
+          "rejected naming ep");
+    CHECK(strstr(prom, "sluice_rejected_total{endpoint=\"\",reason=\"not_found\"} 1\n") != NULL,
+          "not found");
     free(prom);
     metrics_backlog_free(b);
     metrics_worker_free(w1);
@@ -208,6 +220,43 @@ test_pinned_companion(void)
     metrics_worker_free(w);
 }
 
+/* metrics_normal_quantile (AS 241) against values computed with 50-digit
+ * arithmetic (mpmath: bisection on 0.5 erfc(z / sqrt 2) = tail, for the
+ * tail's exact double value), to a few units in the last place, and
+ * against the C library's erfc over a grid. */
+static void
+test_normal_quantile(void)
+{
+    static const struct { double tail, z; } known[] = {
+        {0.025, 1.9599639845400542118}, {0.005, 2.5758293035489007538},
+        {1e-10, 6.3613409024040561991}, {1e-20, 9.2623400897984075796},
+        {1e-300, 37.047096299361199237}, {0.3, 0.52440051270804081597},
+        {0.0001, 3.7190164854556805523}, {0.4999, 0.00025066283008800749239},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        double z = metrics_normal_quantile(known[i].tail);
+        CHECK(fabs(z - known[i].z) <= 4e-16 * fabs(known[i].z), "tail %g: %.17g, want %.17g",
+              known[i].tail, z, known[i].z);
+        double m = metrics_normal_quantile(1 - known[i].tail);
+        /* 1 - tail is itself rounded: compare where it is exact enough */
+        if (known[i].tail >= 1e-3)
+            CHECK(fabs(m + known[i].z) <= 1e-13 * fabs(known[i].z), "symmetry %g: %.17g",
+                  known[i].tail, m);
+    }
+    CHECK(metrics_normal_quantile(0.5) == 0, "the median");
+    CHECK(isinf(metrics_normal_quantile(0)) && metrics_normal_quantile(0) > 0, "tail 0");
+    CHECK(isinf(metrics_normal_quantile(1)) && metrics_normal_quantile(1) < 0, "tail 1");
+    double worst = 0;
+    for (double t = 1e-12; t < 0.5; t *= 1.07) {
+        double z = metrics_normal_quantile(t);
+        double back = 0.5 * erfc(z / M_SQRT2);
+        double rel = fabs(back - t) / t;
+        if (rel > worst)
+            worst = rel;
+    }
+    CHECK(worst < 1e-13, "round trip through erfc: worst relative error %g", worst);
+}
+
 int
 main(void)
 {
@@ -216,6 +265,7 @@ main(void)
         {"buckets", test_buckets},
         {"quantiles, worked example", test_quantiles_worked_example},
         {"error-rate comparison, worked examples", test_compare_worked_examples},
+        {"normal quantile (AS 241)", test_normal_quantile},
         {"record, collect, drain", test_record_collect_drain},
         {"backlog is bounded", test_backlog_is_bounded},
         {NULL, NULL},

@@ -474,9 +474,12 @@ test_refusals(void)
         {"no such version", "/api/v1/service/epx/score", 1, pin_none, 404, "not_found",
          "not_found"},
     };
+    /* the endpoint each one named, if it got that far (sluice_rejected_total's
+     * endpoint label: "" for none) */
+    static const char *const named[] = {"", "", "locked", "", "epx"};
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        char lab[64];
-        snprintf(lab, sizeof(lab), "reason=\"%s\"", t[i].reason);
+        char lab[96];
+        snprintf(lab, sizeof(lab), "endpoint=\"%s\",reason=\"%s\"", named[i], t[i].reason);
         unsigned long long before = metric("sluice_rejected_total", lab);
         int acquired = n_acquired;
         struct fake_client *fc = client_new();

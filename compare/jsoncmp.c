@@ -8,7 +8,7 @@
  * small validating tokenizer: values compared as they are read, ignored
  * members skipped on each side, nothing allocated.
  *
- * jansson (compare.c) stays the reference. Each verdict here must be the one
+ * jansson (json.c) stays the reference. Each verdict here must be the one
  * json_loadb + cmp_json_strip + cmp_json_equal would give; whenever that is
  * not certain the answer is JSONCMP_UNSURE and the caller asks jansson:
  * - members in another order, or on one side only (jansson keeps the last of
@@ -23,7 +23,7 @@
  * tests/unit/test_compare.c and tests/fuzz/fuzz_compare.c check the two
  * paths against each other.
  */
-#include "gateway/jsoncmp.h"
+#include "compare/compare.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,0 +1,722 @@
+/*
+ * The HTTP/2 upstream class (SPEC §9, "upstream_protocol": "http2", prior
+ * knowledge): a version's model servers reached over pooled, multiplexed
+ * HTTP/2 connections. Each exchange is one stream, seen by its owner (a
+ * request or a shadow copy) as a struct upconn of class upstream_http2,
+ * exactly like an HTTP/1.1 connection: send the head, body pieces, the end;
+ * on_head, on_body, on_done, on_failed back.
+ *
+ * A pool's connections take streams up to the server's
+ * SETTINGS_MAX_CONCURRENT_STREAMS; when every one is full (or none is up)
+ * another connection is opened. A connection with no stream is closed
+ * after upstream_idle_timeout_ms.
+ *
+ * Flow control: automatic WINDOW_UPDATEs are off; a response's bytes are
+ * given back to the server's window (nghttp2_session_consume) once its
+ * owner took them and is not paused, so a client that stops reading stops
+ * the model server, stream by stream.
+ *
+ * Retries: an HTTP/2 exchange is not retried on another connection (the
+ * keep-alive race of HTTP/1.1 does not arise: a GOAWAY names the last
+ * stream the server processed); a failed connect is a 502 as for a pool
+ * with one upstream.
+ */
+#include "gateway/internal.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_CONNS_PER_POOL 64
+#define RESPONSE_HEAD_MAX (64 * 1024)
+#define WINDOW (1024 * 1024)
+
+struct h2up;
+
+/* One stream: the struct upconn its owner holds (first member). */
+struct h2stream_up {
+    struct upconn u;
+    struct h2up *conn;
+    int32_t id;                     /* 0 until submitted */
+    struct evbuffer *out;           /* request body waiting for nghttp2 */
+    bool out_eof;
+    bool deferred;
+    bool submitted;
+    bool head_done;                 /* the response head went to the owner */
+    bool ended;                     /* END_STREAM or reset seen */
+    size_t unconsumed;              /* response bytes not yet given back (paused) */
+    nghttp2_nv *nva;                /* the request head, until submitted */
+    size_t n_nva;
+    char *nv_store;
+    struct h2stream_up *next, *prev;
+};
+
+struct h2up {
+    struct worker *w;
+    struct upool *pool;
+    struct bufferevent *bev;
+    nghttp2_session *ng;
+    struct event *idle;
+    bool connected, dead, in_ng;
+    int n_streams;
+    struct h2stream_up *streams;
+    struct h2up *next;              /* the pool's list */
+};
+
+/* The pool's connections: kept in upool->h2 (a list of struct h2up). */
+
+static void conn_kill(struct h2up *c, enum up_fail why);
+static void conn_run(struct h2up *c);
+
+static void
+stream_unlink(struct h2stream_up *st)
+{
+    struct h2up *c = st->conn;
+    if (c == NULL)
+        return;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    c->n_streams--;
+    st->conn = NULL;
+    st->next = st->prev = NULL;
+    if (c->n_streams == 0 && !c->dead && c->idle != NULL) {
+        int ms = c->w->cfg->limits.upstream_idle_timeout_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_add(c->idle, &tv);
+    }
+}
+
+static void
+stream_free_later(struct h2stream_up *st)
+{
+    struct worker *w = st->u.w;
+    if (st->out != NULL)
+        evbuffer_free(st->out);
+    st->out = NULL;
+    free(st->nva);
+    free(st->nv_store);
+    st->nva = NULL;
+    st->nv_store = NULL;
+    if (st->u.busy)
+        st->u.pool->active--;
+    st->u.busy = false;
+    st->u.closed = true;
+    st->u.gc_next = w->gc_upconns;
+    w->gc_upconns = &st->u;
+    event_active(w->upstream_gc_ev, EV_TIMEOUT, 1);
+}
+
+static void
+owner_failed(struct h2stream_up *st, enum up_fail why)
+{
+    if (st->u.busy && !st->u.closed && !st->ended) {
+        st->ended = true;
+        st->u.ops->on_failed(st->u.owner, &st->u, why, !st->u.got_bytes);
+    }
+}
+
+/* ---- nghttp2 callbacks ------------------------------------------------------------ */
+
+static ssize_t
+read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+          nghttp2_data_source *src, void *user)
+{
+    struct h2stream_up *st = src->ptr;
+    size_t have = st->out ? evbuffer_get_length(st->out) : 0;
+    if (have == 0 && !st->out_eof) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = have < len ? have : len;
+    if (n > 0)
+        evbuffer_remove(st->out, buf, n);
+    if (st->out_eof && evbuffer_get_length(st->out) == 0)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+static int
+on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+          const uint8_t *value, size_t vlen, uint8_t flags, void *user)
+{
+    struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (st == NULL || frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct upconn *u = &st->u;
+    int rc = 0;
+    if (st->head_done) {            /* trailers (gRPC's status): passed on */
+        if (nlen > 0 && name[0] != ':') {
+            u->has_trailers = true;
+            if ((rc = head_field(&u->trailers, (const char *)name, nlen)) == 0)
+                rc = head_value(&u->trailers, (const char *)value, vlen);
+        }
+        return rc < 0 || u->trailers.len > RESPONSE_HEAD_MAX ?
+            NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    }
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
+        int status = 0;
+        for (size_t i = 0; i < vlen && i < 3; i++)
+            status = status * 10 + (value[i] - '0');
+        u->status = status;
+    } else if (nlen > 0 && name[0] != ':') {
+        if ((rc = head_field(&u->head, (const char *)name, nlen)) == 0)
+            rc = head_value(&u->head, (const char *)value, vlen);
+    }
+    if (rc < 0 || u->head.len > RESPONSE_HEAD_MAX)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int
+on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
+{
+    struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (st == NULL || !st->u.busy)
+        return 0;
+    struct upconn *u = &st->u;
+    bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && !st->head_done) {
+        if (u->status >= 100 && u->status < 200) {
+            head_reset(&u->head);   /* interim: the real head follows */
+            u->status = 0;
+            return 0;
+        }
+        st->head_done = true;
+        u->got_bytes = true;
+        u->no_body = end;           /* Trailers-Only (gRPC), or no body */
+        head_classify(&u->head);
+        int cl = u->head.first[HC_CONTENT_LENGTH];
+        u->has_length = cl >= 0;
+        u->content_length = cl >= 0 ? strtoull(HD_VAL(&u->head, cl), NULL, 10) : 0;
+        u->ops->on_head(u->owner, u);
+        if (u->closed || !u->busy)
+            return 0;
+    }
+    if (end && st->head_done && u->busy && !u->closed && !st->ended) {
+        st->ended = true;
+        if (u->has_trailers)
+            head_classify(&u->trailers);
+        u->ops->on_done(u->owner, u, true);
+    }
+    return 0;
+}
+
+static int
+on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+        void *user)
+{
+    struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st == NULL || !st->u.busy || st->u.closed) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    st->u.got_bytes = true;
+    st->u.ops->on_body(st->u.owner, &st->u, (const char *)data, len);
+    if (st->u.paused)
+        st->unconsumed += len;      /* the window opens on resume */
+    else
+        nghttp2_session_consume(ng, id, len);
+    return 0;
+}
+
+static int
+on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
+{
+    struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st == NULL)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    st->id = 0;
+    if (!st->ended)
+        owner_failed(st, st->u.got_bytes ? UPF_RESET : code == NGHTTP2_REFUSED_STREAM ?
+                     UPF_CLOSED : UPF_RESET);
+    stream_unlink(st);
+    return 0;
+}
+
+static nghttp2_session_callbacks *callbacks;
+
+static void
+init_callbacks(void)
+{
+    nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
+}
+
+/* ---- the connection ------------------------------------------------------------------- */
+
+static void
+submit_stream(struct h2stream_up *st)
+{
+    struct h2up *c = st->conn;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_body};
+    bool body = !(st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) ||
+                st->u.framing != FRAME_NONE;
+    int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
+    free(st->nva);
+    free(st->nv_store);
+    st->nva = NULL;
+    st->nv_store = NULL;
+    st->submitted = true;
+    if (id < 0) {
+        owner_failed(st, UPF_CLOSED);
+        return;
+    }
+    st->id = id;
+}
+
+static void
+conn_run(struct h2up *c)
+{
+    if (c->dead || !c->connected || c->in_ng)
+        return;
+    for (struct h2stream_up *st = c->streams; st != NULL; st = st->next)
+        if (!st->submitted && st->nva != NULL)
+            submit_stream(st);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (evbuffer_get_length(out) < GW_HIGH_WATER) {
+        const uint8_t *data;
+        c->in_ng = true;
+        ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+        c->in_ng = false;
+        if (n < 0) {
+            conn_kill(c, UPF_RESET);
+            return;
+        }
+        if (n == 0)
+            break;
+        evbuffer_add(out, data, (size_t)n);
+    }
+    gw_flush(c->bev, c->connected);
+    if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng))
+        conn_kill(c, UPF_CLOSED);
+}
+
+static void
+conn_free(struct h2up *c)
+{
+    struct upool *p = c->pool;
+    for (struct h2up **pp = (struct h2up **)&p->h2; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    if (c->idle != NULL)
+        event_free(c->idle);
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev);
+        __atomic_sub_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
+    }
+    nghttp2_session_del(c->ng);
+    free(c);
+}
+
+/* The connection failed: every stream on it fails (early when nothing of
+ * its answer came), and it goes. */
+static void
+conn_kill(struct h2up *c, enum up_fail why)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    while (c->streams != NULL) {
+        struct h2stream_up *st = c->streams;
+        stream_unlink(st);
+        owner_failed(st, why);
+    }
+    conn_free(c);
+}
+
+static void
+conn_read(struct bufferevent *bev, void *arg)
+{
+    struct h2up *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    while (!c->dead && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        c->in_ng = true;
+        ssize_t n = nghttp2_session_mem_recv(c->ng, v.iov_base, v.iov_len);
+        c->in_ng = false;
+        if (n < 0) {
+            conn_kill(c, UPF_INVALID);
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+    }
+    conn_run(c);
+}
+
+static void
+conn_write(struct bufferevent *bev, void *arg)
+{
+    struct h2up *c = arg;
+    conn_run(c);
+    for (struct h2stream_up *st = c->streams, *next; !c->dead && st != NULL; st = next) {
+        next = st->next;
+        if (st->u.busy && st->u.ops->on_drained != NULL)
+            st->u.ops->on_drained(st->u.owner, &st->u);
+    }
+}
+
+static void
+conn_event(struct bufferevent *bev, short events, void *arg)
+{
+    struct h2up *c = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        c->connected = true;
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        for (struct h2stream_up *st = c->streams; st != NULL; st = st->next)
+            st->u.connected = true;
+        conn_run(c);
+        return;
+    }
+    if (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
+        conn_kill(c, c->connected ? (events & BEV_EVENT_EOF ? UPF_CLOSED : UPF_RESET) :
+                  UPF_CONNECT);
+}
+
+static void
+idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2up *c = arg;
+    if (c->n_streams == 0) {
+        nghttp2_session_terminate_session(c->ng, NGHTTP2_NO_ERROR);
+        conn_run(c);
+        if (!c->dead)
+            conn_kill(c, UPF_CLOSED);
+    }
+}
+
+static struct h2up *
+conn_new(struct worker *w, struct upool *p)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, init_callbacks);
+    struct h2up *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->w = w;
+    c->pool = p;
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    int rc = nghttp2_session_client_new2(&c->ng, callbacks, c, opt);
+    nghttp2_option_del(opt);
+    c->bev = rc == 0 ? bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    c->idle = evtimer_new(w->base, idle_cb, c);
+    if (c->bev == NULL || c->idle == NULL) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        if (c->idle)
+            event_free(c->idle);
+        if (rc == 0)
+            nghttp2_session_del(c->ng);
+        free(c);
+        return NULL;
+    }
+    bufferevent_setcb(c->bev, conn_read, conn_write, conn_event, c);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&p->sa, (int)p->salen) < 0) {
+        bufferevent_free(c->bev);
+        event_free(c->idle);
+        nghttp2_session_del(c->ng);
+        free(c);
+        return NULL;
+    }
+    bufferevent_enable(c->bev, EV_READ);
+    __atomic_add_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, WINDOW},
+    };
+    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, 2);
+    nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, 4 * WINDOW);
+    c->next = p->h2;
+    p->h2 = c;
+    return c;
+}
+
+/* ---- the class ----------------------------------------------------------------------- */
+
+static struct upconn *
+h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void *owner,
+           bool fresh)
+{
+    struct h2up *c = NULL;
+    int n = 0;
+    for (struct h2up *k = p->h2; k != NULL; k = k->next, n++)
+        if (!k->dead && !fresh &&
+            (!k->connected ||
+             (uint32_t)k->n_streams < nghttp2_session_get_remote_settings(
+                 k->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))) {
+            c = k;
+            break;
+        }
+    if (c == NULL && (n >= MAX_CONNS_PER_POOL || (c = conn_new(w, p)) == NULL))
+        return NULL;
+    struct h2stream_up *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    struct upconn *u = &st->u;
+    u->w = w;
+    u->pool = p;
+    u->cls = &upstream_http2;
+    u->ops = ops;
+    u->owner = owner;
+    u->busy = true;
+    u->connected = c->connected;
+    u->reused = c->n_streams > 0 || c->connected;
+    st->conn = c;
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    c->n_streams++;
+    event_del(c->idle);
+    p->active++;
+    return u;
+}
+
+#define ST(u) ((struct h2stream_up *)(u))
+
+static void
+h2_close(struct upconn *u)
+{
+    struct h2stream_up *st = ST(u);
+    if (u->closed)
+        return;
+    if (st->conn != NULL && st->id > 0 && !st->ended) {
+        nghttp2_submit_rst_stream(st->conn->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        nghttp2_session_set_stream_user_data(st->conn->ng, st->id, NULL);
+    } else if (st->conn != NULL && st->id > 0)
+        nghttp2_session_set_stream_user_data(st->conn->ng, st->id, NULL);
+    struct h2up *c = st->conn;
+    stream_unlink(st);
+    stream_free_later(st);
+    if (c != NULL)
+        conn_run(c);
+}
+
+static void
+h2_release(struct upconn *u, bool reusable)
+{
+    h2_close(u);                    /* the connection stays; the stream is over */
+}
+
+static void
+h2_pause(struct upconn *u)
+{
+    u->paused = true;
+}
+
+static void
+h2_resume(struct upconn *u)
+{
+    struct h2stream_up *st = ST(u);
+    u->paused = false;
+    if (st->unconsumed > 0 && st->conn != NULL && st->id > 0) {
+        nghttp2_session_consume(st->conn->ng, st->id, st->unconsumed);
+        st->unconsumed = 0;
+        conn_run(st->conn);
+    }
+}
+
+static void
+h2_flush(struct upconn *u)
+{
+    if (ST(u)->conn != NULL)
+        conn_run(ST(u)->conn);
+}
+
+static bool
+lower_copy(char **at, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        (*at)[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+    }
+    *at += n;
+    return true;
+}
+
+/* The request head as HTTP/2 fields: pseudo headers, then the headers
+ * compose_request_head() would send (names lowercase), without framing. */
+static void
+h2_send_head(struct upconn *u, const struct upstream_request *r)
+{
+    struct h2stream_up *st = ST(u);
+    const struct head *hd = r->hd;
+    size_t cap = hd->len + r->path_len + r->query_len + 1024 + strlen(r->peer) +
+                 (r->default_host ? strlen(r->default_host) : 0) +
+                 TRACING_TRACEPARENT_LEN + r->tracestate_len;
+    st->nv_store = malloc(cap);
+    st->nva = calloc((size_t)hd->n + 18, sizeof(nghttp2_nv));
+    if (st->nv_store == NULL || st->nva == NULL) {
+        owner_failed(st, UPF_CONNECT);
+        return;
+    }
+    char *at = st->nv_store;
+    size_t n = 0;
+#define NV(name_, nlen_, val_, vlen_) do { \
+        st->nva[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(name_), \
+            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), NGHTTP2_NV_FLAG_NONE}; \
+    } while (0)
+    u->framing = r->framing;
+    NV(":method", 7, r->method, strlen(r->method));
+    char *path = at;
+    memcpy(at, r->path, r->path_len);
+    at += r->path_len;
+    if (r->query != NULL) {
+        *at++ = '?';
+        memcpy(at, r->query, r->query_len);
+        at += r->query_len;
+    }
+    NV(":path", 5, path, (size_t)(at - path));
+    NV(":scheme", 7, "http", 4);
+    int host = hd->first[HC_HOST];
+    if (host >= 0)
+        NV(":authority", 10, HD_VAL(hd, host), hd->h[host].val_len);
+    else if (r->default_host != NULL)
+        NV(":authority", 10, r->default_host, strlen(r->default_host));
+    const char *xff = NULL;
+    size_t xff_len = 0;
+    for (int i = 0; i < hd->n; i++) {
+        if (hd->cls[i] == HC_XFF && xff == NULL) {
+            xff = HD_VAL(hd, i);
+            xff_len = hd->h[i].val_len;
+        }
+        if (hd->cls[i] != HC_OTHER && hd->cls[i] != HC_COOKIE)
+            continue;               /* hop-by-hop, framing, credentials, ours, Host */
+        if (head_name_is(hd, i, "te") || head_name_is(hd, i, "keep-alive") ||
+            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade") ||
+            (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout")))
+            continue;
+        char *name = at;
+        lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
+        NV(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len);
+    }
+    /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
+    for (int i = 0; i < hd->n; i++)
+        if (head_name_is(hd, i, "te") && hd->h[i].val_len == 8 &&
+            strncasecmp(HD_VAL(hd, i), "trailers", 8) == 0)
+            NV("te", 2, "trailers", 8);
+    char *x = at;
+    if (xff != NULL) {
+        memcpy(at, xff, xff_len);
+        at += xff_len;
+        memcpy(at, ", ", 2);
+        at += 2;
+    }
+    memcpy(at, r->peer, strlen(r->peer));
+    at += strlen(r->peer);
+    NV("x-forwarded-for", 15, x, (size_t)(at - x));
+    NV("x-forwarded-proto", 17, r->proto, strlen(r->proto));
+    if (r->tags.version != NULL) {
+        NV("x-sluice-version", 16, r->tags.version, strlen(r->tags.version));
+        NV("x-sluice-group", 14, r->tags.group, strlen(r->tags.group));
+    }
+    if (r->tags.failover)
+        NV("x-sluice-failover", 17, "true", 4);
+    NV("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
+    if (r->traceparent != NULL) {   /* this hop's (SPEC §10), copied: the caller's is on its stack */
+        memcpy(at, r->traceparent, TRACING_TRACEPARENT_LEN);
+        NV("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
+        at += TRACING_TRACEPARENT_LEN;
+    }
+    if (r->tracestate_len > 0) {
+        memcpy(at, r->tracestate, r->tracestate_len);
+        NV("tracestate", 10, at, r->tracestate_len);
+        at += r->tracestate_len;
+    }
+    if (r->grpc_timeout != NULL)
+        NV("grpc-timeout", 12, r->grpc_timeout, strlen(r->grpc_timeout));
+    char *cl = at;
+    if (r->framing == FRAME_LENGTH) {
+        at += (size_t)snprintf(at, 24, "%llu", (unsigned long long)r->content_length);
+        NV("content-length", 14, cl, (size_t)(at - cl));
+    }
+#undef NV
+    st->n_nva = n;
+    if (r->framing == FRAME_NONE)
+        st->out_eof = true;
+    if (st->conn != NULL && st->conn->connected)
+        conn_run(st->conn);
+}
+
+static void
+h2_send_body(struct upconn *u, const char *at, size_t len)
+{
+    struct h2stream_up *st = ST(u);
+    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+        return;
+    evbuffer_add(st->out, at, len);
+    if (st->deferred && st->id > 0 && st->conn != NULL) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->conn->ng, st->id);
+    }
+}
+
+static void
+h2_send_end(struct upconn *u)
+{
+    struct h2stream_up *st = ST(u);
+    st->out_eof = true;
+    if (st->deferred && st->id > 0 && st->conn != NULL) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->conn->ng, st->id);
+    }
+}
+
+static struct evbuffer *
+h2_take_resend(struct upconn *u)
+{
+    return NULL;                    /* not retried (see the top of this file) */
+}
+
+/* A shadow copy's held request: raw HTTP/1.1 bytes, which an HTTP/2 pool
+ * cannot send; the copy fails as if the server were away. */
+static void
+h2_send_again(struct upconn *u, struct evbuffer *what)
+{
+    evbuffer_drain(what, evbuffer_get_length(what));
+    owner_failed(ST(u), UPF_CONNECT);
+}
+
+static size_t
+h2_backlog(const struct upconn *u)
+{
+    const struct h2stream_up *st = (const struct h2stream_up *)u;
+    return st->out != NULL ? evbuffer_get_length(st->out) : 0;
+}
+
+const struct upstream_class upstream_http2 = {
+    .name = "http2",
+    .acquire = h2_acquire, .release = h2_release, .close = h2_close,
+    .pause = h2_pause, .resume = h2_resume, .flush = h2_flush,
+    .send_head = h2_send_head, .send_body = h2_send_body, .send_end = h2_send_end,
+    .take_resend = h2_take_resend, .send_again = h2_send_again, .backlog = h2_backlog,
+};
+
+/* At the worker's end: every HTTP/2 connection of p. */
+void
+upstream_h2_free_pool(struct upool *p)
+{
+    while (p->h2 != NULL)
+        conn_kill(p->h2, UPF_CLOSED);
+}
