@@ -38,7 +38,7 @@ def receiver(**kw):
     return r
 
 
-def traced(rcv=None, ratio=1.0, mirror=None, extra=None, **kw):
+def traced(rcv=None, ratio=1.0, mirror=None, extra=None, pinning=True, **kw):
     """A sluice with one model (and a mirror address at 50 %: every second
     request, one worker), exporting to rcv when given; (sluice, live model)."""
     live = Model("model-a")
@@ -50,7 +50,7 @@ def traced(rcv=None, ratio=1.0, mirror=None, extra=None, **kw):
         ex["tracing"] = {"otlp_endpoint": rcv.url, "sample_ratio": ratio,
                          "service_name": "sluice-test", "export_interval_ms": 50,
                          "export_timeout_ms": 300}
-    return Sluice([endpoint(EP, versions)], extra=ex, **kw), live
+    return Sluice([endpoint(EP, versions, pinning=pinning)], extra=ex, **kw), live
 
 
 def parse_tp(v):
@@ -563,3 +563,31 @@ def test_request_cut_at_shutdown_exports_its_spans():
     (sp,) = server.values()
     assert sp["status"] == {"code": 2} and "status" not in attributes(sp["attributes"]), sp
     assert client[0]["parentSpanId"] == sp["spanId"] and client[0]["status"] == {"code": 2}
+
+
+def test_http2_upstream_hop_carries_the_context():
+    """An HTTP/2 upstream ("upstream_protocol": "http2"; here a second
+    sluice, as test_h2 does) gets the hop's traceparent: the inner sluice
+    continues the trace, its SERVER span's parent is the outer sluice's
+    CLIENT span, and the model server behind both sees the trace id."""
+    rcv = receiver()
+    inner, live = traced(rcv, pinning=False)     # the outer's X-Sluice-Version is no pin
+    outer = Sluice([endpoint(EP, [version("via-h2", ["127.0.0.1:%d" % inner.port], 100,
+                                          upstream_protocol="http2", path=SCORE)])],
+                   extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 50}})
+    r = requests.post(outer.url(EP), data=b"{}", timeout=5, headers={
+        "traceparent": "00-%s-%s-01" % (TID, PID), "tracestate": "congo=t61rcWkgMzE"})
+    assert r.status_code == 200, r.text
+    (tp,), tss = received(r)
+    assert parse_tp(tp)[0] == TID and tss == ["congo=t61rcWkgMzE"], (tp, tss)
+    until(lambda: len(rcv.spans) == 4, 10, "4 spans", show=lambda: rcv.spans)
+    assert rcv.errors == [] and all(sp["traceId"] == TID for sp in rcv.spans)
+    server, client = by_kind(rcv.spans)
+    outer_server = [sp for sp in server.values() if sp["parentSpanId"] == PID]
+    assert len(outer_server) == 1, server
+    outer_client = [c for c in client if c["parentSpanId"] == outer_server[0]["spanId"]]
+    assert len(outer_client) == 1, client
+    inner_server = [sp for sp in server.values() if sp["parentSpanId"] == outer_client[0]["spanId"]]
+    assert len(inner_server) == 1, (server, outer_client)
+    assert [c["parentSpanId"] for c in client if c is not outer_client[0]] == \
+        [inner_server[0]["spanId"]] and parse_tp(tp)[1] != outer_client[0]["spanId"]
