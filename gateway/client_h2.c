@@ -29,6 +29,7 @@
  * MAX_CONTINUATIONS end the connection with GOAWAY ENHANCE_YOUR_CALM.
  */
 #include "gateway/conn.h"
+#include "gateway/h2.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -62,7 +63,6 @@ struct h2stream {
     bool deferred;                  /* the data source waits for out */
     bool paused_up;                 /* the upstream was paused (out over high water) */
     bool reset_after;               /* end the stream (NO_ERROR) once answered */
-    bool has_te_trailers;
     nghttp2_nv *trl;                /* trailers to send after the body */
     size_t n_trl;
     char *trl_store;
@@ -224,40 +224,8 @@ out_more(struct h2stream *st)
 }
 
 /* Header lists: names lowercase (RFC 9113 §8.2.1). */
-#define MAX_NV (GW_MAX_HEADERS + 8)
-
-struct nvs {
-    nghttp2_nv nv[MAX_NV];
-    int n;
-    char lower[GW_MAX_HEADERS][64];
-};
-
 static void
-nv_add(struct nvs *v, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    if (v->n >= MAX_NV)
-        return;
-    /* nghttp2 copies them (no NO_COPY flags) and never writes to them. */
-    v->nv[v->n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)name, (uint8_t *)(uintptr_t)value,
-                                 nlen, vlen, NGHTTP2_NV_FLAG_NONE};
-}
-
-#define NV_LIT(v, n, val) nv_add((v), (n), sizeof(n) - 1, (val), strlen(val))
-
-static void
-nv_tags(struct nvs *v, const struct tags *t)
-{
-    if (t->version != NULL) {
-        NV_LIT(v, "x-sluice-version", t->version);
-        NV_LIT(v, "x-sluice-group", t->group);
-    }
-    if (t->failover)
-        NV_LIT(v, "x-sluice-failover", "true");
-    NV_LIT(v, "x-request-id", t->request_id);
-}
-
-static void
-submit(struct h2stream *st, struct nvs *v, bool body)
+submit(struct h2stream *st, struct h2_fields *v, bool body)
 {
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
     st->responded = true;
@@ -274,40 +242,12 @@ static void
 h2_send_head(struct client *c, struct request *r, const struct resp_info *ri)
 {
     struct h2stream *st = ST(c);
-    struct nvs v;
-    char status[8], length[24];
-    v.n = 0;
-    snprintf(status, sizeof(status), "%d", ri->status);
-    NV_LIT(&v, ":status", status);
-    const struct head *hd = ri->hd;
-    int k = 0;
-    for (int i = 0; i < hd->n && k < GW_MAX_HEADERS; i++) {
-        switch (hd->cls[i]) {
-        case HC_HOP: case HC_CONNECTION: case HC_CONTENT_LENGTH:
-        case HC_TRANSFER_ENCODING: case HC_SLUICE: case HC_REQUEST_ID:
-            continue;               /* hop-by-hop, framing, or ours */
-        default:
-            break;
-        }
-        size_t nl = hd->h[i].name_len;
-        if (nl == 0 || nl >= sizeof(v.lower[0]) || head_name_is(hd, i, "keep-alive") ||
-            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade"))
-            continue;
-        for (size_t j = 0; j < nl; j++) {
-            char ch = HD_NAME(hd, i)[j];
-            v.lower[k][j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
-        }
-        nv_add(&v, v.lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
-    }
-    if (ri->has_length && ri->status != 204) {
-        snprintf(length, sizeof(length), "%llu", (unsigned long long)ri->content_length);
-        NV_LIT(&v, "content-length", length);
-    }
+    struct h2_fields f;
     struct tags t = request_tags(r);
-    nv_tags(&v, &t);
+    h2_fields_response(&f, ri, &t);
     if (ri->no_body)
         st->out_eof = true;
-    submit(st, &v, !ri->no_body);
+    submit(st, &f, !ri->no_body);
 }
 
 static bool
@@ -331,27 +271,9 @@ static void
 h2_send_end(struct client *c, struct request *r, const struct head *trailers)
 {
     struct h2stream *st = ST(c);
-    if (trailers != NULL && trailers->n > 0 && st->trl == NULL) {
+    if (trailers != NULL && trailers->n > 0 && st->trl == NULL)
         /* Copied: the upstream's head goes with its connection. */
-        st->trl = calloc((size_t)trailers->n, sizeof(nghttp2_nv));
-        st->trl_store = malloc(trailers->len + 1);
-        if (st->trl != NULL && st->trl_store != NULL) {
-            char *at = st->trl_store;
-            for (int i = 0; i < trailers->n; i++) {
-                size_t nl = trailers->h[i].name_len, vl = trailers->h[i].val_len;
-                char *name = at;
-                for (size_t j = 0; j < nl; j++) {
-                    char ch = HD_NAME(trailers, i)[j];
-                    *at++ = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
-                }
-                char *value = at;
-                memcpy(at, HD_VAL(trailers, i), vl);
-                at += vl;
-                st->trl[st->n_trl++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nl, vl,
-                                                    NGHTTP2_NV_FLAG_NONE};
-            }
-        }
-    }
+        st->n_trl = h2_fields_copy(trailers, &st->trl, &st->trl_store);
     st->out_eof = true;
     out_more(st);
     st->h->want_run = true;
@@ -362,21 +284,12 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
               const char *message)
 {
     struct h2stream *st = ST(c);
+    struct h2_fields f;
+    struct tags t = request_tags(r);
+    st->out_eof = true;
     if (r->grpc) {
-        /* Trailers-Only (gRPC over HTTP/2): the status in the one HEADERS. */
-        struct nvs v;
-        char gs[8], gm[600];
-        v.n = 0;
-        snprintf(gs, sizeof(gs), "%d", grpc_status_for_http(status));
-        grpc_message_encode(gm, sizeof(gm), message);
-        NV_LIT(&v, ":status", "200");
-        NV_LIT(&v, "content-type", "application/grpc");
-        NV_LIT(&v, "grpc-status", gs);
-        NV_LIT(&v, "grpc-message", gm);
-        struct tags t = request_tags(r);
-        nv_tags(&v, &t);
-        st->out_eof = true;
-        submit(st, &v, false);
+        h2_fields_grpc_error(&f, status, message, &t);
+        submit(st, &f, false);
         return;
     }
     if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
@@ -388,22 +301,8 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
     BUF_LIT(st->out, "\"}}\n");
     size_t n = evbuffer_get_length(st->out);
     r->bytes_out += n;
-    struct nvs v;
-    char status_s[8], length[24];
-    v.n = 0;
-    snprintf(status_s, sizeof(status_s), "%d", status);
-    snprintf(length, sizeof(length), "%zu", n);
-    NV_LIT(&v, ":status", status_s);
-    NV_LIT(&v, "content-type", "application/json");
-    NV_LIT(&v, "content-length", length);
-    struct tags t = request_tags(r);
-    nv_tags(&v, &t);
-    if (status == 401)
-        NV_LIT(&v, "www-authenticate", "Bearer");
-    if (status == 503)
-        NV_LIT(&v, "retry-after", "1");
-    st->out_eof = true;
-    submit(st, &v, true);
+    h2_fields_error(&f, status, n, &t);
+    submit(st, &f, true);
 }
 
 static void
@@ -537,18 +436,6 @@ on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
     return 0;
 }
 
-static const struct { const char *name; int method; } methods[] = {
-    {"GET", HTTP_GET}, {"POST", HTTP_POST}, {"PUT", HTTP_PUT}, {"HEAD", HTTP_HEAD},
-    {"DELETE", HTTP_DELETE}, {"OPTIONS", HTTP_OPTIONS}, {"PATCH", HTTP_PATCH},
-    {"TRACE", HTTP_TRACE},
-};
-
-static bool
-is(const uint8_t *a, size_t alen, const char *lit)
-{
-    return alen == strlen(lit) && memcmp(a, lit, alen) == 0;
-}
-
 static int
 on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
           const uint8_t *value, size_t vlen, uint8_t flags, void *user)
@@ -565,26 +452,8 @@ on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, 
     }
     if (r->t_start_us != 0)
         return 0;                   /* trailers: counted, not passed on */
-    int rc = 0;
-    if (nlen > 0 && name[0] == ':') {
-        if (is(name, nlen, ":path"))
-            rc = head_url(hd, (const char *)value, vlen);
-        else if (is(name, nlen, ":authority")) {
-            if ((rc = head_field(hd, "host", 4)) == 0)
-                rc = head_value(hd, (const char *)value, vlen);
-        } else if (is(name, nlen, ":method")) {
-            st->method = -1;
-            for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
-                if (is(value, vlen, methods[k].name))
-                    st->method = methods[k].method;
-        }
-        /* :scheme: the listener's own is what X-Forwarded-Proto says. */
-    } else {
-        if (is(name, nlen, "te") && is(value, vlen, "trailers"))
-            st->has_te_trailers = true;
-        if ((rc = head_field(hd, (const char *)name, nlen)) == 0)
-            rc = head_value(hd, (const char *)value, vlen);
-    }
+    int rc = h2_request_field(hd, (const char *)name, nlen, (const char *)value, vlen,
+                              &st->method);
     return rc < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
@@ -605,26 +474,7 @@ head_done(struct h2stream *st, bool end_stream)
     }
     int method = st->method;
     head_classify(hd);
-    int cl = hd->first[HC_CONTENT_LENGTH];
-    uint64_t length = 0;
-    bool has_length = false;
-    if (cl >= 0 && hd->count[HC_CONTENT_LENGTH] == 1) {
-        char num[24];
-        size_t n = hd->h[cl].val_len < sizeof(num) - 1 ? hd->h[cl].val_len : sizeof(num) - 1;
-        memcpy(num, HD_VAL(hd, cl), n);
-        num[n] = '\0';
-        char *end;
-        length = strtoull(num, &end, 10);
-        has_length = n > 0 && *end == '\0';
-    }
-    /* HTTP/2 has no chunked framing: a body of unknown length goes to an
-     * HTTP/1.1 upstream chunked. */
-    r->line = (struct req_line){
-        .method = method < 0 ? HTTP_POST : method, .major = 1, .minor = 1,
-        .chunked = !end_stream && !has_length, .has_length = has_length,
-        .content_length = length,
-    };
-    r->head_method = method == HTTP_HEAD;
+    h2_request_line(r, method, end_stream);
     r->grpc = grpc_is(hd);          /* so that even a refusal is a gRPC one */
     r->bytes_in += st->head_bytes;
     request_take_id(r);

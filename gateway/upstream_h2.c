@@ -64,6 +64,7 @@ struct h2up {
     struct bufferevent *bev;
     nghttp2_session *ng;
     struct event *idle;
+    struct event *kick;             /* one deferred run for many owners' flushes */
     bool connected, dead, in_ng;
     int n_streams;
     struct h2stream_up *streams;
@@ -74,6 +75,21 @@ struct h2up {
 
 static void conn_kill(struct h2up *c, enum up_fail why);
 static void conn_run(struct h2up *c);
+
+/* Owners' sends and flushes: the frames go out once, at the end of this
+ * turn of the loop, however many streams asked. */
+static void
+conn_kick(struct h2up *c)
+{
+    if (c != NULL && !c->dead && c->kick != NULL)
+        event_active(c->kick, EV_TIMEOUT, 1);
+}
+
+static void
+kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    conn_run(arg);
+}
 
 static void
 stream_unlink(struct h2stream_up *st)
@@ -197,8 +213,15 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
         u->no_body = end;           /* Trailers-Only (gRPC), or no body */
         head_classify(&u->head);
         int cl = u->head.first[HC_CONTENT_LENGTH];
-        u->has_length = cl >= 0;
-        u->content_length = cl >= 0 ? strtoull(HD_VAL(&u->head, cl), NULL, 10) : 0;
+        uint64_t n = 0;
+        bool ok = cl >= 0 && u->head.h[cl].val_len > 0 && u->head.h[cl].val_len <= 19;
+        for (uint32_t i = 0; ok && i < u->head.h[cl].val_len; i++) {
+            char ch = HD_VAL(&u->head, cl)[i];   /* not NUL-ended: bounded */
+            ok = ch >= '0' && ch <= '9';
+            n = n * 10 + (uint64_t)(ch - '0');
+        }
+        u->has_length = ok;
+        u->content_length = ok ? n : 0;
         u->ops->on_head(u->owner, u);
         if (u->closed || !u->busy)
             return 0;
@@ -317,6 +340,8 @@ conn_free(struct h2up *c)
         }
     if (c->idle != NULL)
         event_free(c->idle);
+    if (c->kick != NULL)
+        event_free(c->kick);
     if (c->bev != NULL) {
         bufferevent_free(c->bev);
         __atomic_sub_fetch(&gw_open_fds, 1, __ATOMIC_RELAXED);
@@ -421,11 +446,14 @@ conn_new(struct worker *w, struct upool *p)
     nghttp2_option_del(opt);
     c->bev = rc == 0 ? bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
     c->idle = evtimer_new(w->base, idle_cb, c);
-    if (c->bev == NULL || c->idle == NULL) {
+    c->kick = event_new(w->base, -1, 0, kick_cb, c);
+    if (c->bev == NULL || c->idle == NULL || c->kick == NULL) {
         if (c->bev)
             bufferevent_free(c->bev);
         if (c->idle)
             event_free(c->idle);
+        if (c->kick)
+            event_free(c->kick);
         if (rc == 0)
             nghttp2_session_del(c->ng);
         free(c);
@@ -435,6 +463,7 @@ conn_new(struct worker *w, struct upool *p)
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&p->sa, (int)p->salen) < 0) {
         bufferevent_free(c->bev);
         event_free(c->idle);
+        event_free(c->kick);
         nghttp2_session_del(c->ng);
         free(c);
         return NULL;
@@ -510,7 +539,7 @@ h2_close(struct upconn *u)
     stream_unlink(st);
     stream_free_later(st);
     if (c != NULL)
-        conn_run(c);
+        conn_kick(c);
 }
 
 static void
@@ -533,15 +562,14 @@ h2_resume(struct upconn *u)
     if (st->unconsumed > 0 && st->conn != NULL && st->id > 0) {
         nghttp2_session_consume(st->conn->ng, st->id, st->unconsumed);
         st->unconsumed = 0;
-        conn_run(st->conn);
+        conn_kick(st->conn);
     }
 }
 
 static void
 h2_flush(struct upconn *u)
 {
-    if (ST(u)->conn != NULL)
-        conn_run(ST(u)->conn);
+    conn_kick(ST(u)->conn);
 }
 
 static bool
@@ -556,7 +584,10 @@ lower_copy(char **at, const char *s, size_t n)
 }
 
 /* The request head as HTTP/2 fields: pseudo headers, then the headers
- * compose_request_head() would send (names lowercase), without framing. */
+ * compose_request_head() would send (names lowercase), without framing.
+ * Values point into the request's head and config (alive while the stream
+ * is) or are copied into nv_store: never into the caller's stack, since
+ * they are submitted only once the connection is up. */
 static void
 h2_send_head(struct upconn *u, const struct upstream_request *r)
 {
@@ -644,8 +675,14 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
         NV("tracestate", 10, at, r->tracestate_len);
         at += r->tracestate_len;
     }
-    if (r->grpc_timeout != NULL)
-        NV("grpc-timeout", 12, r->grpc_timeout, strlen(r->grpc_timeout));
+    if (r->grpc_timeout != NULL) {
+        /* Copied: the fields are submitted once the connection is up. */
+        char *gt = at;
+        size_t gl = strlen(r->grpc_timeout);
+        memcpy(at, r->grpc_timeout, gl);
+        at += gl;
+        NV("grpc-timeout", 12, gt, gl);
+    }
     char *cl = at;
     if (r->framing == FRAME_LENGTH) {
         at += (size_t)snprintf(at, 24, "%llu", (unsigned long long)r->content_length);
@@ -656,7 +693,7 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     if (r->framing == FRAME_NONE)
         st->out_eof = true;
     if (st->conn != NULL && st->conn->connected)
-        conn_run(st->conn);
+        conn_kick(st->conn);
 }
 
 static void

@@ -6,15 +6,19 @@ errors as Trailers-Only answers with the matching grpc-status."""
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import requests
 
 import grpc_stubs
 from h2client import H2Client
-from harness import Model, tmpdir, until
+from harness import Model, tmpdir
 
 INFER = "/v2/models/m/infer"
 BODY = b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[0.5]}]}'
@@ -86,6 +90,11 @@ def test_h2_prior_knowledge_and_http1_on_one_port():
         assert a[k] == b[k], (k, a[k], b[k])
     st = m.stats()
     assert st["requests"] == 2 and st["connections"] == 4, st   # with the harness's probe
+    # a body past the 64 KiB flow-control windows arrives whole
+    big = bytes(range(256)) * 4096 + b"end"
+    code, ver, fields, body = curl_h2(m.port, INFER, big)
+    a = json.loads(body)
+    assert (code, a["body_bytes"], a["body_fnv1a"]) == (200, len(big), fnv1a(big)), a
 
 
 def test_h2_controls_and_many_streams_on_one_connection():
@@ -158,8 +167,12 @@ def test_grpc_inference_service():
     assert md.name == "fraud" and list(md.versions) == ["versiongrpc"]
     assert [o.name for o in md.outputs] == ["version", "score"]
     req = infer_request(pb, model_name="fraud", model_version="3", id="req-17")
-    out, call = s.ModelInfer.with_call(req, timeout=10)
+    out, call = s.ModelInfer.with_call(req, timeout=10, metadata=[("x-sluice-group", "control")])
     assert (out.model_name, out.model_version, out.id) == ("fraud", "3", "req-17")
+    # the request's metadata, echoed as parameters (grpcio sends a grpc-timeout)
+    assert out.parameters["x-sluice-group"].string_param == "control"
+    assert out.parameters["content-type"].string_param == "application/grpc"
+    assert re.fullmatch(r"\d+[HMSmun]", out.parameters["grpc-timeout"].string_param), out
     assert [(o.name, o.datatype, list(o.shape)) for o in out.outputs] == [
         ("version", "BYTES", [1]), ("score", "FP64", [1])]
     assert list(out.outputs[0].contents.bytes_contents) == [b"versiongrpc"]
@@ -224,6 +237,16 @@ def test_grpc_errors_are_trailers_only():
     assert list(out.outputs[0].contents.bytes_contents) == [b"versionerr"]
     sid = c.request(grpc_stubs.SERVICE + "ModelInfer", b"\x00\x00\x00\x00\x09ab", grpc_h)
     assert c.response(sid)["headers"]["grpc-status"] == "13"
+    # a broken server: the answer ends with its DATA, no trailers
+    sid = c.request(grpc_stubs.SERVICE + "ModelInfer", grpc_stubs.frame(req),
+                    grpc_h + [("x-test-grpc-no-trailers", "1")])
+    r = c.response(sid)
+    assert r["frames"] == ["headers", "data"] and r["ended"] and r["trailers"] is None, r
+    pb, s, ch = stub(m.port)
+    code, details = grpc_code(s.ModelInfer, req, metadata=[("x-test-grpc-no-trailers", "1")],
+                              timeout=10)
+    assert code != grpc.StatusCode.OK, (code, details)
+    ch.close()
     for args, want in [(("--error-rate", "1"), grpc.StatusCode.INTERNAL),
                        (("--grpc-status", "14"), grpc.StatusCode.UNAVAILABLE)]:
         e = Model("versionerr", *args, check_exit=True)
@@ -241,12 +264,19 @@ def test_grpc_errors_are_trailers_only():
 
 def test_idle_close_over_h2():
     """--idle-close-max-ms closes an HTTP/2 connection that went idle after
-    an answer (as it does HTTP/1.1 keep-alive connections)."""
-    m = Model("versionidle", "--idle-close-max-ms", "100", check_exit=True)
-    c = H2Client(m.port)
-    r = c.response(c.request(INFER, BODY))
-    assert r["headers"][":status"] == "200"
-    assert c.wait_closed(timeout=10), "the idle connection stayed open"
+    an answer (as it does HTTP/1.1 keep-alive connections), on evhttp and
+    on --fast; a delayed gRPC answer (a timer's output) still goes out."""
+    for args in [(), ("--fast",)]:
+        m = Model("versionidle", "--idle-close-max-ms", "100", *args, check_exit=not args)
+        c = H2Client(m.port)
+        r = c.response(c.request(INFER, BODY))
+        assert r["headers"][":status"] == "200"
+        assert c.wait_closed(timeout=10), "the idle connection stayed open"
+        pb, s, ch = stub(m.port)
+        out = s.ModelInfer(infer_request(pb, model_name="m"), timeout=10,
+                           metadata=[("x-test-delay-ms", "50")])
+        assert list(out.outputs[0].contents.bytes_contents) == [b"versionidle"]
+        ch.close()
 
 
 def h2load(port, path, n, extra=(), data=None):
@@ -297,10 +327,6 @@ def test_preface_and_http1_split_across_writes():
     """The sniffer decides on whole evidence: an HTTP/2 preface sent in
     pieces ("PR", then "I * HTTP/2.0...") is HTTP/2; an HTTP/1.1 request
     sent as "P" then "OST ..." stays HTTP/1.1. On evhttp and on --fast."""
-    import socket
-    import h2.config
-    import h2.connection
-    import h2.events
     for args in [(), ("--fast",)]:
         m = Model("versionsplit", *args, check_exit=not args)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,

@@ -38,9 +38,12 @@ def receiver(**kw):
     return r
 
 
-def traced(rcv=None, ratio=1.0, mirror=None, extra=None, pinning=True, **kw):
+def traced(rcv=None, ratio=1.0, mirror=None, extra=None, pinning=True, timeout_ms=10000, **kw):
     """A sluice with one model (and a mirror address at 50 %: every second
-    request, one worker), exporting to rcv when given; (sluice, live model)."""
+    request, one worker), exporting to rcv when given; (sluice, live model).
+    The export deadline is long (a loaded machine can keep the Python
+    receiver from answering a batch for a while) except where a test wants
+    batches to fail."""
     live = Model("model-a")
     versions = [version("model-a", [live.addr], 100)]
     if mirror is not None:
@@ -49,7 +52,7 @@ def traced(rcv=None, ratio=1.0, mirror=None, extra=None, pinning=True, **kw):
     if rcv is not None:
         ex["tracing"] = {"otlp_endpoint": rcv.url, "sample_ratio": ratio,
                          "service_name": "sluice-test", "export_interval_ms": 50,
-                         "export_timeout_ms": 300}
+                         "export_timeout_ms": timeout_ms}
     return Sluice([endpoint(EP, versions, pinning=pinning)], extra=ex, **kw), live
 
 
@@ -374,7 +377,7 @@ def test_dead_or_hanging_collector_costs_requests_nothing():
     span is counted: exported + dropped == submitted, all dropped."""
     for mode in ("down", "hang"):
         rcv = receiver(mode=mode)
-        s, _ = traced(rcv)
+        s, _ = traced(rcv, timeout_ms=300)
         n = 30
         for i in range(n):
             r = requests.post(s.url(EP), data=b"{}", timeout=5)

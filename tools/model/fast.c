@@ -52,6 +52,8 @@ struct fast_conn {
     int mid_ms;             /* between the first part and the rest */
     int end;                /* END_KEEP, END_CLOSE or END_RESET */
     int sniffed;            /* the first bytes were looked at */
+    int feeding;            /* in h2_conn_feed: fast_h2_settle follows */
+    int h2_paused;          /* reading stopped: too much output waits */
     struct h2_conn *h2;     /* an HTTP/2 connection (prior knowledge) */
 };
 
@@ -563,8 +565,10 @@ fast_h2_settle(struct fast_conn *c)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             event_add(c->wev, NULL);
-            if (c->out_len - c->out_off > FAST_OUT_HIGH)
+            if (c->out_len - c->out_off > FAST_OUT_HIGH && !c->h2_paused) {
                 event_del(c->rev);
+                c->h2_paused = 1;
+            }
             return;
         }
         if (n <= 0) {
@@ -574,12 +578,16 @@ fast_h2_settle(struct fast_conn *c)
         c->out_off += (size_t)n;
     }
     c->out_off = c->out_len = 0;
-    event_del(c->wev);
+    if (event_pending(c->wev, EV_WRITE, NULL))
+        event_del(c->wev);
     if (c->closing) {
         fast_close(c);
         return;
     }
-    event_add(c->rev, NULL);
+    if (c->h2_paused) {
+        event_add(c->rev, NULL);
+        c->h2_paused = 0;
+    }
 }
 
 static int
@@ -589,7 +597,8 @@ fast_h2_write(void *arg, const uint8_t *data, size_t len)
 
     if (c->closing || out_add(c, (const char *)data, len) < 0)
         return -1;
-    event_add(c->wev, NULL);
+    if (!c->feeding)            /* a timer's answer: write when we can */
+        event_add(c->wev, NULL);
     return 0;
 }
 
@@ -599,7 +608,8 @@ fast_h2_end(void *arg)
     struct fast_conn *c = arg;
 
     c->closing = 1;
-    event_add(c->wev, NULL);
+    if (!c->feeding)
+        event_add(c->wev, NULL);
 }
 
 static const struct h2_io fast_h2_io = {fast_h2_write, fast_h2_end};
@@ -639,7 +649,9 @@ fast_on_read(evutil_socket_t fd, short what, void *arg)
         }
     }
     if (c->h2 != NULL) {
+        c->feeding = 1;
         int r = h2_conn_feed(c->h2, (const uint8_t *)c->in, c->in_len);
+        c->feeding = 0;
         c->in_len = 0;
         if (r < 0)
             fast_h2_end(c);

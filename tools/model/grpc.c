@@ -11,7 +11,11 @@
  *                             id, and two outputs: "version" (BYTES, [1]:
  *                             the --name) and "score" (FP64, [1]: a float
  *                             in [0,1) from the request message's hash,
- *                             plus --noise, as the JSON answer's "score")
+ *                             plus --noise, as the JSON answer's "score");
+ *                             its parameters echo the request's metadata
+ *                             (each header a string_param under its name,
+ *                             e.g. "grpc-timeout", "x-sluice-version";
+ *                             with --fast only the x-test- ones)
  * Other methods answer UNIMPLEMENTED; a body that is not one uncompressed
  * length-prefixed message, or a message that does not parse, INTERNAL.
  */
@@ -157,8 +161,23 @@ tensor(const char *name, const char *datatype, int64_t dim, struct evbuffer *con
     return t;
 }
 
+/* parameters = 4: map<string, InferParameter>, an entry per header with
+ * its value as string_param = 3. */
 static void
-model_infer(const uint8_t *msg, size_t len, struct grpc_reply *r)
+put_headers(struct evbuffer *b, const struct kv *hdrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct evbuffer *e = evbuffer_new(), *v = evbuffer_new();
+        put_str(v, 3, hdrs[i].value);
+        put_str(e, 1, hdrs[i].name);
+        put_message(e, 2, v);
+        put_message(b, 4, e);
+    }
+}
+
+static void
+model_infer(const uint8_t *msg, size_t len, const struct kv *hdrs, size_t n_hdrs,
+            struct grpc_reply *r)
 {
     struct pb_view f[3] = {{NULL, 0}};      /* model_name, model_version, id */
 
@@ -180,6 +199,7 @@ model_infer(const uint8_t *msg, size_t len, struct grpc_reply *r)
     put_view(r->msg, 1, f[0]);
     put_view(r->msg, 2, f[1]);
     put_view(r->msg, 3, f[2]);
+    put_headers(r->msg, hdrs, n_hdrs);
     put_message(r->msg, 5, tensor("version", "BYTES", 1, vc));
     put_message(r->msg, 5, tensor("score", "FP64", 1, sc));
 }
@@ -203,7 +223,8 @@ model_metadata(const uint8_t *msg, size_t len, struct grpc_reply *r)
 }
 
 void
-grpc_call(const char *path, const uint8_t *body, size_t len, struct grpc_reply *r)
+grpc_call(const char *path, const uint8_t *body, size_t len, const struct kv *hdrs,
+          size_t n_hdrs, struct grpc_reply *r)
 {
     static const char *const trues[] = {"ServerLive", "ServerReady", "ModelReady"};
     const char *method;
@@ -230,7 +251,7 @@ grpc_call(const char *path, const uint8_t *body, size_t len, struct grpc_reply *
             return;
         }
     if (strcmp(method, "ModelInfer") == 0) {
-        model_infer(body, len, r);
+        model_infer(body, len, hdrs, n_hdrs, r);
         return;
     }
     if (strcmp(method, "ModelMetadata") == 0) {

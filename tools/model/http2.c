@@ -13,7 +13,8 @@
  * content-type application/grpc goes to grpc.c; where an HTTP request
  * would get an error status, a gRPC call gets a Trailers-Only answer with
  * the matching grpc-status (x-test-grpc-status: N or --grpc-status N ask
- * for one).
+ * for one; x-test-grpc-no-trailers: 1 ends the answer with its DATA,
+ * without trailers, a broken server).
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -35,8 +36,8 @@ struct h2_stream {
     struct h2_conn *conn;
     int32_t id;
     char *method, *path, *authority, *content_type;
-    struct kv hdrs[H2_MAX_HEADERS];
-    size_t n_hdrs;
+    struct kv *hdrs;            /* the regular headers, copies */
+    size_t n_hdrs, cap_hdrs;
     struct evbuffer *body;      /* the request body */
     struct evbuffer *out;       /* the response body still to send */
     long long fill_left;        /* x-test-response-bytes still to send */
@@ -44,6 +45,7 @@ struct h2_stream {
     int status;
     int grpc;                   /* a gRPC call: trailers after the body */
     int grpc_status;            /* -1: none asked for */
+    int no_trailers;            /* x-test-grpc-no-trailers: end with the DATA */
 };
 
 struct h2_conn {
@@ -129,6 +131,7 @@ stream_free(struct h2_stream *st)
         free((void *)(uintptr_t)st->hdrs[i].name);     /* our strndup copies */
         free((void *)(uintptr_t)st->hdrs[i].value);
     }
+    free(st->hdrs);
     free(st);
 }
 
@@ -154,7 +157,7 @@ read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length, uin
     if (st->fill_left > 0 || evbuffer_get_length(st->out) > 0)
         return (ssize_t)n;
     *flags |= NGHTTP2_DATA_FLAG_EOF;
-    if (st->grpc) {
+    if (st->grpc && !st->no_trailers) {
         const nghttp2_nv ok[] = {
             NV("grpc-status", "0"),
         };
@@ -179,7 +182,8 @@ answer_grpc(struct h2_stream *st)
                  grpc_status_name(r.status));
     } else {
         size_t len = evbuffer_get_length(st->body);
-        grpc_call(st->path, evbuffer_pullup(st->body, (ev_ssize_t)len), len, &r);
+        grpc_call(st->path, evbuffer_pullup(st->body, (ev_ssize_t)len), len, st->hdrs,
+                  st->n_hdrs, &r);
     }
     if (r.status != 0) {
         snprintf(code, sizeof(code), "%d", r.status);
@@ -216,9 +220,12 @@ answer(struct h2_stream *st)
         return;
     }
     if (opt.fast) {
-        char b[256];
-        int n = fast_body(b, sizeof(b));
-        evbuffer_add(st->out, b, n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0);
+        static char b[256];
+        static int n = -1;
+        if (n < 0)
+            n = fast_body(b, sizeof(b));
+        evbuffer_add_reference(st->out, b, n > 0 && (size_t)n < sizeof(b) ? (size_t)n : 0,
+                               NULL, NULL);
     } else if (st->fill_left > 0) {
         ctype = "application/octet-stream";
     } else {
@@ -311,6 +318,7 @@ request_done(struct h2_stream *st)
     else
         st->status = opt.fast ? 200 : pick_status();
     if (st->grpc) {
+        st->no_trailers = find_header(st, "x-test-grpc-no-trailers") != NULL;
         if ((v = find_header(st, "x-test-grpc-status")) != NULL)
             st->grpc_status = atoi(v);
         else if (st->status != 200)
@@ -388,12 +396,25 @@ on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *n
     if (namelen == 12 && memcmp(name, "content-type", 12) == 0)
         st->grpc = valuelen >= 16 && strncasecmp((const char *)value, "application/grpc", 16) == 0;
     if (st->n_hdrs == H2_MAX_HEADERS)
-        return 0;
+        return 0;               /* the rest are not echoed */
+    if (opt.fast && (namelen < 7 || memcmp(name, "x-test-", 7) != 0))
+        return 0;               /* --fast echoes nothing: keep the controls only */
     char *n = strndup((const char *)name, namelen), *v = strndup((const char *)value, valuelen);
     if (n == NULL || v == NULL) {
         free(n);
         free(v);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (st->n_hdrs == st->cap_hdrs) {
+        size_t cap = st->cap_hdrs ? 2 * st->cap_hdrs : 8;
+        struct kv *h = realloc(st->hdrs, cap * sizeof(*h));
+        if (h == NULL) {
+            free(n);
+            free(v);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        st->hdrs = h;
+        st->cap_hdrs = cap;
     }
     st->hdrs[st->n_hdrs++] = (struct kv){n, v};
     return 0;
@@ -405,8 +426,8 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t
 {
     struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
 
-    if (st == NULL)
-        return 0;
+    if (st == NULL || (opt.fast && !st->grpc))
+        return 0;               /* --fast reads only gRPC messages */
     if (evbuffer_get_length(st->body) + len > H2_MAX_BODY)
         return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id,
                                          NGHTTP2_REFUSED_STREAM) == 0

@@ -48,6 +48,10 @@
  *                              --idle-close-max-ms. About three times cheaper
  *                              per request than the evhttp server, so a bench
  *                              measures the proxy in front, not the model.
+ *                              Over HTTP/2 the same fixed JSON; gRPC calls get
+ *                              their full answers and honour the x-test-
+ *                              headers (but no latency or error options); the
+ *                              faults below are HTTP/1.1's only.
  *
  * Faults (with --fast; the chaos soak's upstreams, tests/soak): a request
  * gets a fault when it carries "X-Test-Fault: KIND[=N]", or, without one, at
@@ -79,6 +83,7 @@
  *   X-Test-Response-Bytes: N  answer with N bytes of body, chunked
  *   X-Test-Close: 1           close the connection without answering
  *   x-test-grpc-status: N     (gRPC) answer grpc-status N, Trailers-Only
+ *   x-test-grpc-no-trailers: 1  (gRPC) end the answer without trailers
  * Over HTTP/2 the controls are the same headers, lowercase. A gRPC call
  * that the controls or options give an HTTP error status N is answered
  * with grpc-status grpc_status_of_http(N) (503 UNAVAILABLE 14, 500

@@ -99,8 +99,10 @@ struct grpc_reply {
     struct evbuffer *msg;       /* the response message (no length prefix) */
 };
 /* Answer a call to path with the request body (length-prefixed messages,
- * as received). r->msg must be an empty buffer. */
-void grpc_call(const char *path, const uint8_t *body, size_t len, struct grpc_reply *r);
+ * as received) and its metadata (ModelInfer echoes it). r->msg must be an
+ * empty buffer. */
+void grpc_call(const char *path, const uint8_t *body, size_t len, const struct kv *hdrs,
+               size_t n_hdrs, struct grpc_reply *r);
 /* The grpc-status for an HTTP status the error controls chose. */
 int grpc_status_of_http(int status);
 const char *grpc_status_name(int status);

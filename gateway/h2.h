@@ -1,0 +1,48 @@
+/*
+ * gateway/h2.h — HTTP/2 header lists (h2_fields.c), shared by the HTTP/2
+ * client side (client_h2.c). Internal to gateway/.
+ */
+#ifndef SLUICE_GATEWAY_H2_H
+#define SLUICE_GATEWAY_H2_H
+
+#include <nghttp2/nghttp2.h>
+
+#include "gateway/internal.h"
+
+#define H2_MAX_FIELDS (GW_MAX_HEADERS + 8)
+
+/* A header list being composed; the values it points to must live until
+ * nghttp2 has copied them (nghttp2_submit_*). */
+struct h2_fields {
+    nghttp2_nv nv[H2_MAX_FIELDS];
+    int n;
+    char lower[GW_MAX_HEADERS][64]; /* lowercased names (RFC 9113 §8.2.1) */
+    char status[8], length[24], grpc_status[8], grpc_message[600];
+};
+
+/* A relayed response: :status, the model server's headers without the
+ * hop-by-hop, framing and X-Sluice-* ones (names lowercase), its length,
+ * our tags. */
+void h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct tags *t);
+/* Sluice's JSON error reply of body_len bytes. */
+void h2_fields_error(struct h2_fields *f, int status, size_t body_len, const struct tags *t);
+/* Sluice's error to a gRPC client: Trailers-Only (:status 200,
+ * grpc-status and grpc-message in the one HEADERS). */
+void h2_fields_grpc_error(struct h2_fields *f, int status, const char *message,
+                          const struct tags *t);
+/* A copy of hd as fields (names lowercase), for trailers sent later:
+ * *nva and *store malloc'ed (both NULL when hd is empty or out of memory). */
+size_t h2_fields_copy(const struct head *hd, nghttp2_nv **nva, char **store);
+
+/* A request's header field into its head: pseudo headers (:path the
+ * target, :authority the Host, :method into *method: an llhttp method,
+ * -1 for one Sluice does not take), the rest as they are. 0, or -1 when
+ * the head is full. */
+int h2_request_field(struct head *hd, const char *name, size_t nlen, const char *value,
+                     size_t vlen, int *method);
+/* The request line HTTP/1.1 would have given (classified head): its
+ * length from content-length, a body of unknown length chunked to an
+ * HTTP/1.1 upstream. */
+void h2_request_line(struct request *r, int method, bool end_stream);
+
+#endif

@@ -1,0 +1,193 @@
+/*
+ * HTTP/2 header lists (gateway/h2.h): values in, fields out, nothing of a
+ * session. What compose.c is to HTTP/1.1 heads: the relayed response
+ * (hop-by-hop, framing and X-Sluice-* headers dropped, names lowercase,
+ * our tags added), Sluice's JSON error replies and gRPC's Trailers-Only
+ * errors, and trailers copied for later.
+ */
+#include "gateway/h2.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void
+add(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (f->n >= H2_MAX_FIELDS)
+        return;
+    /* nghttp2 copies them (no NO_COPY flags) and never writes to them. */
+    f->nv[f->n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)name, (uint8_t *)(uintptr_t)value,
+                                 nlen, vlen, NGHTTP2_NV_FLAG_NONE};
+}
+
+#define ADD(f, n, val) add((f), (n), sizeof(n) - 1, (val), strlen(val))
+
+static void
+add_tags(struct h2_fields *f, const struct tags *t)
+{
+    if (t->version != NULL) {
+        ADD(f, "x-sluice-version", t->version);
+        ADD(f, "x-sluice-group", t->group);
+    }
+    if (t->failover)
+        ADD(f, "x-sluice-failover", "true");
+    ADD(f, "x-request-id", t->request_id);
+}
+
+static void
+lower(char *out, const char *in, size_t n)
+{
+    for (size_t j = 0; j < n; j++)
+        out[j] = in[j] >= 'A' && in[j] <= 'Z' ? (char)(in[j] + 32) : in[j];
+}
+
+void
+h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct tags *t)
+{
+    f->n = 0;
+    snprintf(f->status, sizeof(f->status), "%d", ri->status);
+    ADD(f, ":status", f->status);
+    const struct head *hd = ri->hd;
+    int k = 0;
+    for (int i = 0; i < hd->n && k < GW_MAX_HEADERS; i++) {
+        switch (hd->cls[i]) {
+        case HC_HOP: case HC_CONNECTION: case HC_CONTENT_LENGTH:
+        case HC_TRANSFER_ENCODING: case HC_SLUICE: case HC_REQUEST_ID:
+            continue;               /* hop-by-hop, framing, or ours */
+        default:
+            break;
+        }
+        size_t nl = hd->h[i].name_len;
+        if (nl == 0 || nl >= sizeof(f->lower[0]) || head_name_is(hd, i, "keep-alive") ||
+            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade"))
+            continue;               /* connection-specific: not in HTTP/2 */
+        lower(f->lower[k], HD_NAME(hd, i), nl);
+        add(f, f->lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
+    }
+    if (ri->has_length && ri->status != 204) {
+        snprintf(f->length, sizeof(f->length), "%llu", (unsigned long long)ri->content_length);
+        ADD(f, "content-length", f->length);
+    }
+    add_tags(f, t);
+}
+
+void
+h2_fields_error(struct h2_fields *f, int status, size_t body_len, const struct tags *t)
+{
+    f->n = 0;
+    snprintf(f->status, sizeof(f->status), "%d", status);
+    snprintf(f->length, sizeof(f->length), "%zu", body_len);
+    ADD(f, ":status", f->status);
+    ADD(f, "content-type", "application/json");
+    ADD(f, "content-length", f->length);
+    add_tags(f, t);
+    if (status == 401)
+        ADD(f, "www-authenticate", "Bearer");
+    if (status == 503)
+        ADD(f, "retry-after", "1");
+}
+
+void
+h2_fields_grpc_error(struct h2_fields *f, int status, const char *message,
+                     const struct tags *t)
+{
+    f->n = 0;
+    snprintf(f->grpc_status, sizeof(f->grpc_status), "%d", grpc_status_for_http(status));
+    grpc_message_encode(f->grpc_message, sizeof(f->grpc_message), message);
+    ADD(f, ":status", "200");
+    ADD(f, "content-type", "application/grpc");
+    ADD(f, "grpc-status", f->grpc_status);
+    ADD(f, "grpc-message", f->grpc_message);
+    add_tags(f, t);
+}
+
+size_t
+h2_fields_copy(const struct head *hd, nghttp2_nv **nva, char **store)
+{
+    *nva = calloc((size_t)hd->n + 1, sizeof(nghttp2_nv));
+    *store = malloc(hd->len + 1);
+    if (*nva == NULL || *store == NULL) {
+        free(*nva);
+        free(*store);
+        *nva = NULL;
+        *store = NULL;
+        return 0;
+    }
+    char *at = *store;
+    size_t n = 0;
+    for (int i = 0; i < hd->n; i++) {
+        size_t nl = hd->h[i].name_len, vl = hd->h[i].val_len;
+        char *name = at;
+        lower(at, HD_NAME(hd, i), nl);
+        at += nl;
+        char *value = at;
+        memcpy(at, HD_VAL(hd, i), vl);
+        at += vl;
+        (*nva)[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nl, vl,
+                                   NGHTTP2_NV_FLAG_NONE};
+    }
+    return n;
+}
+
+/* ---- requests in ------------------------------------------------------------------- */
+
+static const struct { const char *name; int method; } methods[] = {
+    {"GET", HTTP_GET}, {"POST", HTTP_POST}, {"PUT", HTTP_PUT}, {"HEAD", HTTP_HEAD},
+    {"DELETE", HTTP_DELETE}, {"OPTIONS", HTTP_OPTIONS}, {"PATCH", HTTP_PATCH},
+    {"TRACE", HTTP_TRACE},
+};
+
+static bool
+is(const char *a, size_t alen, const char *lit)
+{
+    return alen == strlen(lit) && memcmp(a, lit, alen) == 0;
+}
+
+int
+h2_request_field(struct head *hd, const char *name, size_t nlen, const char *value,
+                 size_t vlen, int *method)
+{
+    int rc = 0;
+    if (nlen > 0 && name[0] == ':') {
+        if (is(name, nlen, ":path"))
+            rc = head_url(hd, value, vlen);
+        else if (is(name, nlen, ":authority")) {
+            if ((rc = head_field(hd, "host", 4)) == 0)
+                rc = head_value(hd, value, vlen);
+        } else if (is(name, nlen, ":method")) {
+            *method = -1;
+            for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
+                if (is(value, vlen, methods[k].name))
+                    *method = methods[k].method;
+        }
+        /* :scheme: the listener's own is what X-Forwarded-Proto says. */
+    } else if ((rc = head_field(hd, name, nlen)) == 0)
+        rc = head_value(hd, value, vlen);
+    return rc < 0 ? -1 : 0;
+}
+
+void
+h2_request_line(struct request *r, int method, bool end_stream)
+{
+    const struct head *hd = &r->head;
+    int cl = hd->first[HC_CONTENT_LENGTH];
+    uint64_t length = 0;
+    bool has_length = false;
+    if (cl >= 0 && hd->count[HC_CONTENT_LENGTH] == 1) {
+        char num[24];
+        size_t n = hd->h[cl].val_len < sizeof(num) - 1 ? hd->h[cl].val_len : sizeof(num) - 1;
+        memcpy(num, HD_VAL(hd, cl), n);
+        num[n] = '\0';
+        char *end;
+        length = strtoull(num, &end, 10);
+        has_length = n > 0 && *end == '\0';
+    }
+    /* Validated as HTTP/1.1 (nghttp2 checked HTTP/2's own rules). */
+    r->line = (struct req_line){
+        .method = method < 0 ? HTTP_POST : method, .major = 1, .minor = 1,
+        .chunked = !end_stream && !has_length, .has_length = has_length,
+        .content_length = length,
+    };
+    r->head_method = method == HTTP_HEAD;
+}
