@@ -22,7 +22,10 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests", "integration"))
 import bench  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
 
 import requests  # noqa: E402
 
@@ -35,12 +38,20 @@ def total_ir(path):
     raise RuntimeError("no totals in " + path)
 
 
-def run_variant(d, variant, models, cert, key, redis_port, n):
+# tracing001, tracing1: the core variant with "tracing" exporting to a local
+# OTLP receiver (otlp_receiver.py, in this process) at sample_ratio 0.01 and
+# 1; the export's own work on the main thread is counted too.
+TRACING = {"tracing001": 0.01, "tracing1": 1.0}
+
+
+def run_variant(d, variant, models, cert, key, redis_port, n, otlp=None):
     http, https, admin = bench.free_port(), bench.free_port(), bench.free_port()
     # pinned: the metrics variant with every request pinned to versionb
     # (X-Sluice-Version), so each is counted again in its pinned hashes.
-    ep, extra = bench.sluice_config("metrics" if variant == "pinned" else variant, models,
-                                    redis_port, d)
+    base = {"pinned": "metrics", "tracing001": "core", "tracing1": "core"}.get(variant, variant)
+    ep, extra = bench.sluice_config(base, models, redis_port, d)
+    if variant in TRACING:
+        extra["tracing"] = {"otlp_endpoint": otlp, "sample_ratio": TRACING[variant]}
     cfg = {"workers": 1, "listeners": [{"address": "127.0.0.1:%d" % http}],
            "admin": {"address": "127.0.0.1:%d" % admin}, "log": {"access_log": "off"},
            "endpoints": [ep]}
@@ -94,6 +105,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--variants", default="core,routing,keys,token,metrics,pinned")
+    # tracing cost (issue 21): --variants core,tracing001,tracing1
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sluice-cg-")
     try:
@@ -103,14 +115,21 @@ def main():
                      "--save", "", "--appendonly", "no"], open(os.path.join(d, "redis.log"), "w"))
         bench.wait_port(redis_port)
         res = {}
+        otlp = OtlpReceiver() if any(v in TRACING for v in a.variants.split(",")) else None
         for v in a.variants.split(","):
-            res[v] = run_variant(d, v, models, cert, key, redis_port, a.requests)
+            res[v] = run_variant(d, v, models, cert, key, redis_port, a.requests,
+                                 otlp.url if otlp else None)
             print("%-10s %10.0f instructions per request" % (v, res[v]), flush=True)
         base = res.get("core")
         print("\nvariant    instructions/request   vs core")
         for v, ir in res.items():
             print("%-10s %20.0f   %+6.1f %%" % (v, ir, 100.0 * (ir / base - 1) if base else 0))
+        if otlp is not None:
+            print("\nOTLP receiver: %d spans in %d batches, %d errors" % (
+                len(otlp.spans), len(otlp.batches), len(otlp.errors)))
     finally:
+        if otlp is not None:
+            otlp.close()
         bench.stop_all()
         shutil.rmtree(d, ignore_errors=True)
 

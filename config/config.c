@@ -216,7 +216,7 @@ static struct config *
 parse_root(struct pctx *p, json_t *root)
 {
     static const char *const fields[] = {"workers", "listeners", "admin",
-        "redis", "tokens", "limits", "log", "endpoints", "fleet", NULL};
+        "redis", "tokens", "limits", "log", "endpoints", "fleet", "tracing", NULL};
     static const char *const fleet_fields[] = {"name", "leader_lease_ms", NULL};
     static const char *const admin_fields[] = {"address", "token", "max_connections",
         NULL};
@@ -358,6 +358,11 @@ parse_root(struct pctx *p, json_t *root)
         strcmp(c->log.level, "info") && strcmp(c->log.level, "warn") &&
         strcmp(c->log.level, "error"))
         cfg_err(p, "log.level", "must be debug, info, warn or error");
+
+    char terr[256];
+    if (tracing_config_parse(get_obj(p, root, "", "tracing"), &c->tracing, terr,
+                             sizeof(terr)) < 0)
+        cfg_err(p, "", "%s", terr); /* "tracing.FIELD: reason" */
 
     json_t *fleet = get_obj(p, root, "", "fleet");
     c->fleet_lease_ms = 10000;

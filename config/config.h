@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tracing/tracing.h"
+
 struct json_t;
 
 #define CFG_MAX_VERSIONS 6
@@ -246,6 +248,7 @@ struct config {
     struct cfg_tokens tokens;
     struct cfg_limits limits;
     struct cfg_log log;
+    struct tracing_config tracing;  /* "tracing" (SPEC §10), tracing/config.c */
     struct cfg_endpoint *endpoints;
     int n_endpoints;
     char *fleet_name;           /* "fleet": {"name"}; NULL outside a fleet */

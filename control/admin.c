@@ -197,6 +197,7 @@ on_prometheus(struct evhttp_request *req)
         metrics_redis_unacknowledged(control_metrics()) ? 1 : 0,
         (unsigned long long)(fleet_enabled() ? fleet_generation() : 0), gw_n_workers);
     prometheus_render(b);
+    trace_export_prometheus(b);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, NULL, b);

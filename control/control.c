@@ -198,6 +198,7 @@ control_apply(struct config *cfg, char *err, size_t errlen)
     current = cfg;
     health_apply(cfg);
     metrics_redis_configure(writer, cfg);
+    trace_export_apply(cfg);
     if (watch_applied != NULL)
         watch_applied(cfg);
     log_event(LOG_INFO, "config_applied", ",\"generation\":%llu,\"endpoints\":%d,"

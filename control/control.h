@@ -178,6 +178,20 @@ int admin_start(struct event_base *base, struct config *cfg, char *err,
 void admin_set_draining(void);
 void admin_stop(void);
 
+/* ---- span export (trace_export.c), main thread: SPEC §10 ------------------ */
+
+/* The exporter with one ring per worker, handed to the workers (before
+ * control_start()); -1 with a reason. */
+int trace_export_start(struct event_base *base, const struct config *cfg, int n_workers,
+                       char *err, size_t errlen);
+/* A new generation's "tracing" (endpoint, sampling, batching). */
+void trace_export_apply(const struct config *cfg);
+/* After the workers ended: send what the rings hold (at most deadline_ms),
+ * then free the exporter. */
+void trace_export_stop(int deadline_ms);
+/* The span counters in Prometheus text (sluice_spans_dropped_total ...). */
+void trace_export_prometheus(struct evbuffer *out);
+
 /* ---- systemd notifications (notify.c), main thread ------------------------- */
 
 void notify_ready(unsigned long long generation);

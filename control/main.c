@@ -227,8 +227,10 @@ main(int argc, char **argv)
         return 1;
     }
     control_watch(prometheus_generation, prometheus_reloaded);   /* /metrics (prometheus.c) */
-    if (control_start(cfg, n, err, sizeof(err)) < 0) {
+    if (trace_export_start(main_base, cfg, n, err, sizeof(err)) < 0 ||
+        control_start(cfg, n, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s\n", err);
+        trace_export_stop(0);
         admin_stop();
         config_drop(cfg);
         event_base_free(main_base);
@@ -298,7 +300,8 @@ main(int argc, char **argv)
     admin_stop();
     control_stop();
     prometheus_stop();
-    workers_free();
+    workers_free();                 /* requests cut short end here: their spans are queued */
+    trace_export_stop(2000);        /* and sent, for at most 2 s */
     route_shared_free_all();
     event_base_free(main_base);
     return 0;

@@ -98,6 +98,19 @@ log_line(struct worker *w, const struct req_record *r)
     buf_str(b, t);
     BUF_LIT(b, "\"");
     add_str(b, ",\"request_id\":", r->request_id, strlen(r->request_id));
+    if (r->trace != NULL) {
+        /* "trace_id":"32 hex","span_id":"16 hex" (the request's server span) */
+        char ids[sizeof(",\"trace_id\":\"") - 1 + 32 + sizeof("\",\"span_id\":\"") - 1 + 16 + 2];
+        char *p = ids;
+        memcpy(p, ",\"trace_id\":\"", 13);
+        tracing_hex(r->trace->trace_id, 16, p + 13);
+        p += 13 + 32;
+        memcpy(p, "\",\"span_id\":\"", 13);
+        tracing_hex(r->trace->span_id, 8, p + 13);
+        p += 13 + 16;
+        *p++ = '"';
+        evbuffer_add(b, ids, (size_t)(p - ids));
+    }
     add_str(b, ",\"client\":", r->peer, strlen(r->peer));
     add_str(b, ",\"endpoint\":", r->ep ? r->ep->name : NULL, r->ep ? strlen(r->ep->name) : 0);
     add_str(b, ",\"version\":", v ? v->name : NULL, v ? strlen(v->name) : 0);
@@ -180,7 +193,8 @@ account_compare(struct worker *w, const struct config *cfg, const struct cfg_end
     const struct cfg_version *v = &ep->versions[vi];
     if (d == NULL || v->compare.samples <= 0)
         return;
-    /* {"time","request_id","live_status","shadow_status","path","live","shadow"} */
+    /* {"time","request_id","trace_id","live_status","shadow_status","path","live",
+     *  "shadow"} */
     struct evbuffer *b = evbuffer_new();     /* rare: only disagreements are sampled */
     char t[40];
     if (b == NULL)
@@ -188,6 +202,7 @@ account_compare(struct worker *w, const struct config *cfg, const struct cfg_end
     log_time_iso(t, sizeof(t));
     sample_str(b, "{\"time\":", t);
     sample_str(b, ",\"request_id\":", d->request_id);
+    sample_str(b, ",\"trace_id\":", d->trace_id);
     BUF_LIT(b, ",\"live_status\":");
     buf_u64(b, (uint64_t)d->live_status);
     BUF_LIT(b, ",\"shadow_status\":");

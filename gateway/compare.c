@@ -56,6 +56,7 @@ struct shadow_cmp {
     bool unknown;                   /* decided already: over max_bytes or the budget */
     uint64_t retained;              /* bytes of both bodies, charged to the worker */
     char request_id[64];
+    char trace_id[33];              /* hex; "" until cmp_set_trace() */
     struct cmp_side side[2];
     struct shadow_cmp *next;        /* waiting to run (defer) */
 };
@@ -115,6 +116,13 @@ cmp_new(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int
     if (c->unknown)
         make_unknown(c);
     return c;
+}
+
+void
+cmp_set_trace(struct shadow_cmp *c, const uint8_t trace_id[16])
+{
+    if (c != NULL && trace_id != NULL)
+        tracing_hex(trace_id, 16, c->trace_id);
 }
 
 void
@@ -196,7 +204,8 @@ cmp_run(struct shadow_cmp *c)
 {
     struct cmp_side *live = &c->side[CMP_LIVE], *sh = &c->side[CMP_SHADOW];
     struct cmp_diff d = {
-        .request_id = c->request_id, .live_status = live->status,
+        .request_id = c->request_id, .trace_id = c->trace_id[0] ? c->trace_id : NULL,
+        .live_status = live->status,
         .shadow_status = sh->status,
     };
     char path[256] = "", lx[CMP_EXCERPT + 1] = "", sx[CMP_EXCERPT + 1] = "";

@@ -99,6 +99,16 @@ compose_request_head(struct evbuffer *out, const struct upstream_request *r)
     BUF_LIT(out, "\r\nX-Forwarded-Proto: ");
     buf_str(out, r->proto);
     BUF_LIT(out, "\r\n");
+    if (r->traceparent != NULL) {
+        BUF_LIT(out, "traceparent: ");
+        evbuffer_add(out, r->traceparent, TRACING_TRACEPARENT_LEN);
+        BUF_LIT(out, "\r\n");
+    }
+    if (r->tracestate_len > 0) {
+        BUF_LIT(out, "tracestate: ");
+        evbuffer_add(out, r->tracestate, r->tracestate_len);
+        BUF_LIT(out, "\r\n");
+    }
     add_tags(out, &r->tags);
     add_framing(out, r->framing, r->content_length);
     BUF_LIT(out, "\r\n");

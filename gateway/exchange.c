@@ -76,6 +76,7 @@ request_take_id(struct request *r)
         r->id[hd->h[rid].val_len] = '\0';
     } else
         ensure_id(r);
+    trace_begin(r);                 /* and its trace context (SPEC §10) */
 }
 
 static void
@@ -171,7 +172,7 @@ request_end(struct request *r)
         .peer = c->peer,
         .method = r->t_start_us ? llhttp_method_name(r->line.method) : NULL,
         .path = url, .path_len = url ? r->head.url_len : 0,
-        .upstream = r->pool ? r->pool->address : NULL,
+        .upstream = r->pool ? r->pool->address : NULL, .trace = &r->trace.ctx,
         .protocol = c->protocol != NULL ? c->protocol :
                     r->line.major == 1 && r->line.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
         .grpc_status = r->grpc ? r->grpc_status : -2,
@@ -181,7 +182,11 @@ request_end(struct request *r)
         rec.count_status = r->grpc_status >= 0 ? grpc_http_status(r->grpc_status) : 502;
     if (rec.request_id[0] == '\0')
         ensure_id(r);
+    trace_begin(r);                 /* refused before its head was whole */
     account_request(w, &rec);
+    if (r->up != NULL)
+        trace_hop_end(r, r->up->status);
+    trace_end(r, &rec);
 
     stop_waiting(r);
     evtimer_del(r->timer);
@@ -227,6 +232,7 @@ request_reply(struct request *r, enum req_cause cause, const char *msg, bool clo
 
     r->cause = cause;
     if (r->up != NULL) {
+        trace_hop_end(r, r->up->status);
         upconn_close(r->up);
         r->up = NULL;
     }
@@ -274,6 +280,7 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
     }
     if (resend != NULL) {
         r->up->framing = r->up_framing;     /* the body's rest comes as before */
+        trace_retry(r, resend);
         r->up->cls->send_again(r->up, resend);
     } else {
         const struct cfg_version *v = req_version(r);
@@ -291,6 +298,8 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
             .tags = request_tags(r), .framing = r->up_framing,
             .content_length = r->line.content_length,
         };
+        char tp[TRACING_TRACEPARENT_LEN];
+        trace_upstream_hop(r, &ur, tp);
         int timeout = r->ep->scoring_timeout_ms;
         if (r->grpc_timeout_ms > 0) {
             /* The smaller of the two, passed on less the time spent. */
@@ -364,6 +373,7 @@ rq_done(void *owner, struct upconn *u, bool reusable)
         r->grpc_status = grpc_status_of(trailers != NULL ? trailers : &u->head);
     c->ops->send_end(c, r, trailers);
     evtimer_del(r->timer);
+    trace_hop_end(r, u->status);
     r->up = NULL;
     upconn_release(u, reusable && r->body_done);
     r->phase = RP_ANSWERED;
@@ -409,6 +419,7 @@ rq_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
     struct upool *pool = u->pool;
     bool connect_failed = !u->connected;
 
+    trace_hop_end(r, u->status);
     if (why == UPF_CONNECT || why == UPF_RESET)
         upstream_failed(w, pool, req_version(r));
     /* Retry once when it is safe: nothing was sent (connect failed: on

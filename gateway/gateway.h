@@ -97,6 +97,10 @@ void workers_stop(void);
 /* Wait for the workers to finish draining, at most deadline_ms. */
 void workers_join(int deadline_ms);
 void workers_free(void);
+/* The span rings of the tracing exporter (SPEC §10): ring i is worker i's
+ * (copied; set before workers_start(), NULL after the workers ended). */
+struct tracing_ring;
+void workers_set_trace_rings(struct tracing_ring *const *rings, int n);
 /* The workers' counters, for the collector. */
 struct metrics_worker **workers_metrics(void);
 uint64_t now_us(void);

@@ -136,7 +136,8 @@ static const struct {
     K("proxy-connection", HC_HOP), K("x-sluice-version", HC_SLUICE),
     K("transfer-encoding", HC_TRANSFER_ENCODING), K("x-forwarded-proto", HC_XFP),
     K("x-sluice-failover", HC_SLUICE), K("proxy-authenticate", HC_HOP),
-    K("proxy-authorization", HC_HOP),
+    K("proxy-authorization", HC_HOP), K("traceparent", HC_TRACEPARENT),
+    K("tracestate", HC_TRACESTATE),
 #undef K
 };
 

@@ -31,6 +31,7 @@
 #include "routing/routing.h"
 #include "auth/auth.h"
 #include "metrics/metrics.h"
+#include "gateway/trace.h"
 #include "compare/compare.h"
 
 struct event_base;
@@ -58,6 +59,7 @@ enum hclass {
     HC_CONNECTION,                  /* Connection itself (hop-by-hop) */
     HC_HOST, HC_AUTHORIZATION, HC_CONTENT_LENGTH, HC_TRANSFER_ENCODING, HC_EXPECT,
     HC_XFF, HC_XFP, HC_SLUICE, HC_REQUEST_ID, HC_COOKIE,
+    HC_TRACEPARENT, HC_TRACESTATE,  /* W3C trace context: read, then replaced by ours */
     HC_COUNT,
 };
 
@@ -288,10 +290,17 @@ struct upstream_request {
     enum framing framing;
     uint64_t content_length;
     const char *grpc_timeout;       /* replaces the client's grpc-timeout; NULL: none */
+    /* This hop's W3C trace context (SPEC §10): traceparent is exactly
+     * TRACING_TRACEPARENT_LEN characters (NULL: none sent), tracestate the
+     * cleaned list to pass on (tracestate_len 0: none). */
+    const char *traceparent;
+    const char *tracestate;
+    size_t tracestate_len;
 };
 
 /* The request head for the upstream: hop-by-hop headers, Authorization and
- * the client's X-Sluice-* / X-Forwarded-Proto dropped, ours added. */
+ * the client's X-Sluice-* / X-Forwarded-Proto / traceparent / tracestate
+ * dropped, ours added. */
 void compose_request_head(struct evbuffer *out, const struct upstream_request *r);
 
 enum conn_header { CONN_NONE, CONN_CLOSE, CONN_KEEP_ALIVE };
@@ -326,6 +335,7 @@ struct req_record {
     const char *path;               /* the request target as received */
     size_t path_len;
     const char *upstream;           /* address, NULL when none */
+    const struct tracing_ctx *trace;    /* trace_id and span_id of the log line */
     const char *protocol;           /* "HTTP/1.1", "HTTP/2", ... */
     int count_status;               /* counted as (gRPC: from grpc-status); 0: status */
     int grpc_status;                /* logged for gRPC calls; -2: not gRPC, -1: none */
@@ -348,6 +358,7 @@ enum cmp_who { CMP_LIVE = 0, CMP_SHADOW = 1 };
 /* A disagreement to keep as a sample (SPEC §7 samples). */
 struct cmp_diff {
     const char *request_id;
+    const char *trace_id;           /* 32 hex digits; NULL: not known */
     int live_status, shadow_status;
     const char *path;               /* first differing JSON path; NULL for none */
     const char *live, *shadow;      /* excerpts, valid UTF-8, at most CMP_EXCERPT bytes */
@@ -370,6 +381,9 @@ void account_compare(struct worker *w, const struct config *cfg,
 struct shadow_cmp;
 struct shadow_cmp *cmp_new(struct worker *w, struct config *cfg,
                            const struct cfg_endpoint *ep, int vi, const char *request_id);
+/* The live request's trace id, for the sample (SPEC §10: a disagreement
+ * can be looked up). */
+void cmp_set_trace(struct shadow_cmp *c, const uint8_t trace_id[16]);
 void cmp_head(struct shadow_cmp *c, enum cmp_who who, int status);
 void cmp_body(struct shadow_cmp *c, enum cmp_who who, const char *at, size_t len);
 /* ok: that side's response arrived complete. */
@@ -536,12 +550,15 @@ struct shadow;
  * request head (moved out). The copy is fed the body with shadow_body() and
  * nothing is sent before shadow_complete(), so a request found malformed
  * after its head never reaches the mirror. NULL when it is not sent (no
- * room, no healthy mirror: counted as shadow_dropped).
+ * room, no healthy mirror: counted as shadow_dropped). trace_id: the live
+ * request's, for its comparison's sample; span (may be NULL): its CLIENT
+ * span, copied, submitted when the copy ends (trace.c).
  */
 struct shadow *shadow_start(struct worker *w, struct config *cfg,
                             const struct cfg_endpoint *ep, int vi,
                             struct evbuffer *head, bool chunked, bool head_method,
-                            const char *request_id);
+                            const char *request_id, const uint8_t trace_id[16],
+                            const struct tracing_span *span);
 void shadow_body(struct shadow *sh, const char *at, size_t len);
 /* The live request was read whole: send the copy, let it go on alone.
  * Returns the live side of its comparison (NULL when none): from here the

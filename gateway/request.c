@@ -203,10 +203,13 @@ start_shadows(struct request *r, struct ep_state *es)
             .tags = {v->name, "shadow", r->id, false},
             .framing = r->up_framing, .content_length = r->line.content_length,
         };
+        char tp[TRACING_TRACEPARENT_LEN];
+        struct tracing_span span;
+        struct tracing_span *sp = trace_shadow_hop(r, &ur, tp, v, &span);
         compose_request_head(c->w->scratch2, &ur);
         struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, c->w->scratch2,
                                          r->up_framing == FRAME_CHUNKED, r->head_method,
-                                         r->id);
+                                         r->id, r->trace.ctx.trace_id, sp);
         if (sh != NULL)
             r->shadows[r->n_shadows++] = sh;
     }

@@ -156,7 +156,9 @@ struct request {
     uint64_t body_in, bytes_in, bytes_out;
     uint64_t t_start_us;            /* end of the request head */
     char id[64];
+    struct req_trace trace;         /* its W3C trace context and spans (trace.c) */
     struct head head;
+    char trace_state[TRACING_TRACESTATE_MAX];   /* trace.ctx.state: not reset per request */
     TAILQ_ENTRY(request) wait_link;
     bool waiting;
     struct request *next_free;

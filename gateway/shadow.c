@@ -47,6 +47,7 @@ struct shadow {
     bool answered_whole;            /* the mirror's response arrived complete */
     int answer;                     /* status of the mirror's response head */
     struct shadow_cmp *cmp;         /* its comparison, NULL when none */
+    struct tracing_span *span;      /* its CLIENT span (SPEC §10), NULL when none */
     bool live_handed;               /* the request holds the live side of cmp */
     TAILQ_ENTRY(shadow) link;
 };
@@ -79,6 +80,7 @@ shadow_free(struct shadow *sh)
     TAILQ_REMOVE(&w->shadows, sh, link);
     w->n_shadows--;
     config_drop(sh->cfg);
+    free(sh->span);
     free(sh);
 }
 
@@ -107,6 +109,8 @@ shadow_end(struct shadow *sh, int status, bool dropped, bool count)
     if (count)
         account_shadow(sh->w, sh->cfg, sh->ep, sh->version, status,
                        now_us() - sh->t_start_us, dropped);
+    if (count && sh->span != NULL)  /* a copy that was sent: its span */
+        trace_shadow_end(sh->w, sh->span, sh->answer);
     if (!sh->attached)
         shadow_free(sh);
 }
@@ -182,7 +186,8 @@ release_held(struct shadow *sh)
 
 struct shadow *
 shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
-             struct evbuffer *head, bool chunked, bool head_method, const char *request_id)
+             struct evbuffer *head, bool chunked, bool head_method, const char *request_id,
+             const uint8_t trace_id[16], const struct tracing_span *span)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
@@ -205,8 +210,14 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
             account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
         return NULL;
     }
-    if (compares)
+    if (compares) {
         sh->cmp = cmp_new(w, cfg, ep, vi, request_id);
+        cmp_set_trace(sh->cmp, trace_id);
+    }
+    if (span != NULL && (sh->span = malloc(sizeof(*sh->span))) != NULL) {
+        *sh->span = *span;
+        TRACING_SET(sh->span->upstream, pool->address, strlen(pool->address));
+    }
     sh->w = w;
     sh->cfg = config_take(cfg);
     sh->ep = ep;

@@ -594,9 +594,10 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     struct h2stream_up *st = ST(u);
     const struct head *hd = r->hd;
     size_t cap = hd->len + r->path_len + r->query_len + 1024 + strlen(r->peer) +
-                 (r->default_host ? strlen(r->default_host) : 0);
+                 (r->default_host ? strlen(r->default_host) : 0) +
+                 TRACING_TRACEPARENT_LEN + r->tracestate_len;
     st->nv_store = malloc(cap);
-    st->nva = calloc((size_t)hd->n + 16, sizeof(nghttp2_nv));
+    st->nva = calloc((size_t)hd->n + 18, sizeof(nghttp2_nv));
     if (st->nv_store == NULL || st->nva == NULL) {
         owner_failed(st, UPF_CONNECT);
         return;
@@ -664,6 +665,16 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     if (r->tags.failover)
         NV("x-sluice-failover", 17, "true", 4);
     NV("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
+    if (r->traceparent != NULL) {   /* this hop's (SPEC §10), copied: the caller's is on its stack */
+        memcpy(at, r->traceparent, TRACING_TRACEPARENT_LEN);
+        NV("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
+        at += TRACING_TRACEPARENT_LEN;
+    }
+    if (r->tracestate_len > 0) {
+        memcpy(at, r->tracestate, r->tracestate_len);
+        NV("tracestate", 10, at, r->tracestate_len);
+        at += r->tracestate_len;
+    }
     if (r->grpc_timeout != NULL) {
         /* Copied: the fields are submitted once the connection is up. */
         char *gt = at;

@@ -69,6 +69,8 @@ try {
     if (a.differences > 0) {
       const rows = await page.locator(`[data-test='diffs-${v.version}'] tr`).count();
       shown[v.version].diff_rows = rows - 1;
+      shown[v.version].trace_ids = await page.locator(
+        `[data-test='diffs-${v.version}'] [data-test='trace-id']`).allTextContents();
       if (rows < 2) problems.push(`${v.version}: no differences listed`);
     }
   }

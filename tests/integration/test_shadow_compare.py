@@ -325,7 +325,8 @@ def test_compare_config_errors_and_admin_patch():
 
 def test_dashboard_shows_agreement_and_differences():
     """The dashboard in headless Chromium: the mirror's agreement cells are
-    the API's numbers, and its latest differences are listed."""
+    the API's numbers, and its latest differences are listed, each with its
+    trace id."""
     from harness import ROOT, tmpdir
     live = Model("live")
     mirror = Model("mirror", "--noise", "1e-3")
@@ -344,3 +345,6 @@ def test_dashboard_shows_agreement_and_differences():
     assert res["problems"] == []
     m = res["shown"]["mirror"]
     assert m["compared"] == "50" and m["differences"] == "50" and m["diff_rows"] == 4, m
+    # each difference with the live request's trace id (SPEC §10), as the API has it
+    assert m["trace_ids"] == [x["trace_id"] for x in diffs(s)], (m, diffs(s))
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in m["trace_ids"]), m

@@ -534,10 +534,51 @@ test_new_key(void)
     free(k2);
 }
 
+/* "tracing" (SPEC §10): parsed by tracing/config.c, errors with their path. */
+static void
+test_tracing_field(void)
+{
+    struct cfg_errors e;
+    struct config *c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+                                  "\"endpoints\":[]}", &e);
+    CHECK(c != NULL && !c->tracing.export && c->tracing.sample_threshold == TRACING_SAMPLE_NONE,
+          "no tracing section: nothing exported, new traces not sampled");
+    config_drop(c);
+    cfg_errors_free(&e);
+    c = parse_root("{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],\"endpoints\":[],"
+                   "\"tracing\":{\"otlp_endpoint\":\"http://127.0.0.1:4318/v1/traces\","
+                   "\"sample_ratio\":0.01,\"service_name\":\"edge\"}}", &e);
+    CHECK(c != NULL && c->tracing.export && c->tracing.port == 4318 &&
+          strcmp(c->tracing.host, "127.0.0.1") == 0 && strcmp(c->tracing.path, "/v1/traces") == 0 &&
+          c->tracing.sample_ratio == 0.01 && strcmp(c->tracing.service_name, "edge") == 0,
+          "%s", e.n ? e.msg[0] : "tracing fields");
+    config_drop(c);
+    cfg_errors_free(&e);
+    static const struct { const char *tracing, *err; } bad[] = {
+        {"{\"sample_ratio\":2}", "tracing.sample_ratio: must be a number from 0 to 1"},
+        {"{\"otlp_endpoint\":\"https://c:4318\"}",
+         "tracing.otlp_endpoint: only http:// endpoints are supported"},
+        {"{\"sampel_ratio\":1}", "tracing.sampel_ratio: unknown field"},
+        {"[]", "tracing: must be an object"},
+        {NULL, NULL},
+    };
+    for (int i = 0; bad[i].tracing; i++) {
+        char doc[512];
+        snprintf(doc, sizeof(doc), "{\"listeners\":[{\"address\":\"127.0.0.1:8080\"}],"
+                 "\"tracing\":%s,\"endpoints\":[]}", bad[i].tracing);
+        c = parse_root(doc, &e);
+        CHECK(c == NULL && has_error(&e, bad[i].err), "%s: got %s", bad[i].tracing,
+              e.n ? e.msg[0] : "(accepted)");
+        config_drop(c);
+        cfg_errors_free(&e);
+    }
+}
+
 int
 main(void)
 {
     static const struct testcase tests[] = {
+        {"tracing field", test_tracing_field},
         {"generated keys", test_new_key},
         {"valid example", test_valid_example},
         {"rollout example", test_rollout_example},

@@ -106,8 +106,32 @@ test_request_head_drops_hop_by_hop(void)
     CHECK(strstr(s, "Transfer-Encoding: chunked\r\n") != NULL, "framing");
     CHECK(strstr(s, "X-Request-Id: abc\r\n") != NULL, "id");
     CHECK(strcmp(s + strlen(s) - 4, "\r\n\r\n") == 0, "ends the head");
+    CHECK(strstr(s, "traceparent") == NULL && strstr(s, "tracestate") == NULL,
+          "no trace context given: none sent");
     free(s);
     head_free(&hd);
+
+    /* The client's trace context is replaced by this hop's. */
+    make_head(&hd, "/", (const char *const[]){"Host: a",
+              "Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+              "TRACESTATE: congo=t61rcWkgMzE", "tracestate: rojo=00f067aa0ba902b7", NULL});
+    CHECK(hd.count[HC_TRACEPARENT] == 1 && hd.count[HC_TRACESTATE] == 2, "classified");
+    r.hd = &hd;
+    r.traceparent = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    r.tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7xx";
+    r.tracestate_len = 39;          /* without the trailing "xx" */
+    compose_request_head(b, &r);
+    s = drain(b);
+    CHECK(strstr(s, "\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+                 "\r\n") != NULL, "ours: %s", s);
+    CHECK(strstr(s, "\r\ntracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7\r\n") != NULL,
+          "tracestate, combined: %s", s);
+    CHECK(strstr(s, "b7ad6b7169203331") == NULL && strstr(s, "Traceparent") == NULL &&
+          strstr(s, "TRACESTATE") == NULL, "the client's dropped");
+    free(s);
+    head_free(&hd);
+    r.traceparent = NULL;
+    r.tracestate_len = 0;
 
     /* HTTP/1.0 without Host: the upstream still gets one. */
     make_head(&hd, "/", (const char *const[]){NULL});

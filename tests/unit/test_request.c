@@ -313,6 +313,15 @@ check_log(const char *what, int status, const char *version, const char *error)
     const char *e = json_string_value(json_object_get(j, "error"));
     CHECK(error ? e && strcmp(e, error) == 0 : e == NULL, "%s: logged error %s", what,
           e ? e : "none");
+    /* Every request has a trace context, refused ones too (SPEC §10). */
+    const char *ids[2] = {json_string_value(json_object_get(j, "trace_id")),
+                          json_string_value(json_object_get(j, "span_id"))};
+    for (int k = 0; k < 2; k++) {
+        size_t want = k == 0 ? 32 : 16;
+        CHECK(ids[k] != NULL && strlen(ids[k]) == want &&
+              strspn(ids[k], "0123456789abcdef") == want && strspn(ids[k], "0") < want,
+              "%s: logged %s %s", what, k == 0 ? "trace_id" : "span_id", ids[k] ? ids[k] : "null");
+    }
     json_decref(j);
 }
 

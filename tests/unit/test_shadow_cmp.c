@@ -86,8 +86,11 @@ one(int live_status, const char *live, int shadow_status, const char *shadow, bo
 {
     const struct cfg_endpoint *ep = &tcfg->endpoints[0];
     struct shadow_cmp *c = cmp_new(&tw, tcfg, ep, 1, "req-1");
+    static const uint8_t trace_id[16] = {0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd,
+                                         0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c};
     if (c == NULL)
         return;
+    cmp_set_trace(c, trace_id);
     cmp_head(c, CMP_SHADOW, shadow_status);
     cmp_body(c, CMP_SHADOW, shadow, strlen(shadow));
     cmp_head(c, CMP_LIVE, live_status);
@@ -129,7 +132,9 @@ test_lifecycle(void)
         CHECK(smp && strcmp(json_string_value(json_object_get(smp, "path")), "s") == 0 &&
               strcmp(json_string_value(json_object_get(smp, "live")), "0.5") == 0 &&
               strcmp(json_string_value(json_object_get(smp, "shadow")), "0.6") == 0 &&
-              strcmp(json_string_value(json_object_get(smp, "request_id")), "req-1") == 0,
+              strcmp(json_string_value(json_object_get(smp, "request_id")), "req-1") == 0 &&
+              strcmp(json_string_value(json_object_get(smp, "trace_id")),
+                     "0af7651916cd43dd8448eb211c80319c") == 0,
               "sample %s", last_sample);
         json_decref(smp);
         one(200, "{}", 500, "{}", true, true, order);
