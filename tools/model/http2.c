@@ -237,7 +237,8 @@ answer(struct h2_stream *st)
             has_host |= strcmp(st->hdrs[i].name, "host") == 0;
         if (!has_host && st->authority != NULL)
             hdrs[n++] = (struct kv){"host", st->authority};
-        memcpy(hdrs + n, st->hdrs, st->n_hdrs * sizeof(hdrs[0]));
+        if (st->n_hdrs > 0)         /* st->hdrs is NULL without headers */
+            memcpy(hdrs + n, st->hdrs, st->n_hdrs * sizeof(hdrs[0]));
         n += st->n_hdrs;
         answer_json(st->out, st->status, method_label(st->method), st->path, len,
                     fnv1a_evbuffer(st->body), hdrs, n);
