@@ -194,6 +194,14 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 
     if (what & EV_TIMEOUT) {
         /* The idle deadline, the first head's, or the linger's end. */
+        if (s->sniffing && !s->lingering) {
+            /* A first byte that could begin the HTTP/2 preface, and no more
+             * within the deadline: HTTP/1.1 takes it (and answers 408). */
+            s->sniffing = false;
+            s->h2_allowed = false;
+            s->proto->run(s);
+            return;
+        }
         if (!s->proto->busy(s) || s->lingering)
             session_close(s);
         return;

@@ -495,3 +495,23 @@ def test_http2_upstream_many_streams_no_stream_errors():
     assert "2000 succeeded, 0 failed, 0 errored" in r.stdout, r.stdout
     lines = s.access_lines()
     assert len(lines) == 2000 and all(l["status"] == 200 for l in lines)
+
+
+def test_a_first_byte_that_could_be_the_preface_then_nothing():
+    """A plain client that sends "P" (which could begin "POST" or the HTTP/2
+    preface) and nothing more gets the 408 an HTTP/1.1 client gets, not a
+    silent close (found by test_core's slow-header test on a loaded run)."""
+    a, b = Model("versiona"), Model("versionb")
+    s = Sluice(two_versions(a, b), limits={"header_timeout_ms": 500})
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    try:
+        c.sendall(b"P")
+        data = b""
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+    finally:
+        c.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data[:80]
