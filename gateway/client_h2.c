@@ -65,6 +65,7 @@ struct h2stream {
     bool has_te_trailers;
     int method;                     /* llhttp_method_t; -1 unknown, -2 none yet */
     struct h2stream *next, *prev;
+    struct h2stream *dead_next;     /* on h->dead, waiting for the reap event */
 };
 
 struct h2conn {
@@ -72,6 +73,8 @@ struct h2conn {
     nghttp2_session *ng;
     struct h2stream *streams;
     int n_streams;
+    struct h2stream *dead;          /* closed streams whose memory goes at reap */
+    struct event *reap;
     bool in_ng;                     /* inside nghttp2: do not re-enter */
     bool want_run;                  /* a run was asked for while in_ng */
     bool goaway;                    /* no new streams */
@@ -93,6 +96,21 @@ H(const struct session *s)
 }
 
 static void
+stream_destroy(struct h2stream *st)
+{
+    if (st->in != NULL)
+        evbuffer_free(st->in);
+    if (st->out != NULL)
+        evbuffer_free(st->out);
+    free(st);
+}
+
+/* The stream leaves the connection now; its memory goes from the reap
+ * event, when none of our code is on the stack: nghttp2 may close a stream
+ * while its own request is still ending (request_end() -> a waiter of the
+ * same connection starts -> h2_run -> the last DATA goes out), and the
+ * request's callers still use its client (ops->ended, ops->run) after. */
+static void
 stream_free(struct h2stream *st)
 {
     struct h2conn *h = st->h;
@@ -103,11 +121,20 @@ stream_free(struct h2stream *st)
     if (st->next != NULL)
         st->next->prev = st->prev;
     h->n_streams--;
-    if (st->in != NULL)
-        evbuffer_free(st->in);
-    if (st->out != NULL)
-        evbuffer_free(st->out);
-    free(st);
+    st->dead_next = h->dead;
+    h->dead = st;
+    event_active(h->reap, EV_TIMEOUT, 1);
+}
+
+static void
+reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2conn *h = arg;
+    while (h->dead != NULL) {
+        struct h2stream *st = h->dead;
+        h->dead = st->dead_next;
+        stream_destroy(st);
+    }
 }
 
 /* End the connection: GOAWAY with code, then close once it is sent. */
@@ -800,6 +827,8 @@ h2_free(struct session *s)
         return;
     while (h->streams != NULL)
         stream_free(h->streams);
+    reap_cb(-1, 0, h);
+    event_free(h->reap);
     nghttp2_session_del(h->ng);
     free(h);
     s->proto_state = NULL;
@@ -848,6 +877,11 @@ h2_attach(struct session *s)
     }
     h->s = s;
     h->window_start_us = now_us();
+    if ((h->reap = event_new(s->c.w->base, -1, 0, reap_cb, h)) == NULL) {
+        nghttp2_session_del(h->ng);
+        free(h);
+        return false;
+    }
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)lim->h2_max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
