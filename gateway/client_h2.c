@@ -218,7 +218,7 @@ read_out(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *fl
     size_t n = have < len ? have : len;
     if (n > 0)
         evbuffer_remove(st->out, buf, n);
-    if (st->out_eof && evbuffer_get_length(st->out) == 0) {
+    if (st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->reset_after && !st->end_in)
             /* Answered before the whole request came: the client may
