@@ -473,3 +473,65 @@ def test_http2_upstreams_both_ways():
     assert len(lines) == 302 and all(l["protocol"] == "HTTP/2" and l["status"] == 200
                                      for l in lines), lines[:3]
     assert a.stats()["requests"] + b.stats()["requests"] == 302
+
+
+def _answering(status, body, delay=0.0):
+    """An Upstream handler: every request answered status with body (its
+    Content-Length, possibly 0) after delay seconds."""
+    def handler(c, up):
+        r = harness.Reader(c)
+        while harness.read_request(r) is not None:
+            time.sleep(delay)
+            c.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (status, len(body)) + body)
+    return handler
+
+
+def test_empty_response_body():
+    """fuzz_h2 finding: a model server's answer with Content-Length: 0 (not a
+    204 or 304: a body of no bytes) crashed sluice on an HTTP/2 client (the
+    data source read an output buffer that was never made). Both a 200 and
+    a 503 with no bytes reach the client as a head and END_STREAM."""
+    empty200 = harness.Upstream(_answering(200, b""))
+    empty503 = harness.Upstream(_answering(503, b""))
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [empty200.addr], 100, is_default=True, type="control"),
+        version("versionb", [empty503.addr], 0)])])
+    c = H2(s.port)
+    try:
+        first = c.request(SCORE, b"{}")
+        pinned = c.request(SCORE, b"{}", headers=[("x-sluice-version", "versionb")])
+        r1, r2 = c.wait_response(first), c.wait_response(pinned)
+        assert r1["status"] == 200 and r1["ended"] and r1["body"] == b"", r1
+        assert r2["status"] == 503 and r2["ended"] and r2["body"] == b"", r2
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
+    assert [l["status"] for l in sorted(s.access_lines(), key=lambda l: l["status"])] == \
+        [200, 503]
+
+
+def test_waiter_on_the_same_connection():
+    """fuzz_h2 finding: streams of one connection pinned to a version at its
+    concurrency limit. When the first's answer ended, its request's end gave
+    the slot to the next stream, whose start sent the first stream's last
+    frame, and nghttp2 closed (and sluice freed) the first stream while its
+    request was still ending (heap-use-after-free under ASan). Every stream
+    is answered, one at a time, and sluice lives on."""
+    slow = harness.Upstream(_answering(200, b'{"ok":1}', delay=0.2))
+    a = Model("versiona")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control"),
+        version("versionb", [slow.addr], 0, replica_max_concurrent_requests=1,
+                max_request_wait_time_ms=10000)])])
+    c = H2(s.port)
+    try:
+        sids = [c.request(SCORE, b"{}", headers=[("x-sluice-version", "versionb")])
+                for _ in range(4)]
+        for sid in sids:
+            r = c.wait_response(sid)
+            assert r["status"] == 200 and r["ended"] and r["body"] == b'{"ok":1}', r
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
+    assert len(s.access_lines()) == 4
