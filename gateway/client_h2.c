@@ -754,8 +754,9 @@ h2_run(struct session *s)
         for (struct h2stream *st = h->streams, *next; st != NULL; st = next) {
             next = st->next;
             if (st->req != NULL) {
-                pump(st);
-                request_flush_upstream(st->req);
+                pump(st);           /* may end the request (its body's end) */
+                if (st->req != NULL)
+                    request_flush_upstream(st->req);
             }
         }
         h2_send(s);
