@@ -535,3 +535,31 @@ def test_waiter_on_the_same_connection():
         c.close()
     assert s.proc.poll() is None, "sluice died"
     assert len(s.access_lines()) == 4
+
+
+def test_queued_stream_times_out():
+    """soak finding (its HTTP/2 clients): a stream whose whole request came
+    while it waited for a concurrency slot, refused when the wait ran out
+    (503): the connection's run then read the body's end, which ended the
+    request, and handed the ended request (NULL) to
+    request_flush_upstream() (SEGV). The waiter gets its 503, the one
+    holding the slot its 200, and sluice lives on."""
+    slow = harness.Upstream(_answering(200, b'{"ok":1}', delay=1.0))
+    a = Model("versiona")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control"),
+        version("versionb", [slow.addr], 0, replica_max_concurrent_requests=1,
+                max_request_wait_time_ms=200)])])
+    c = H2(s.port)
+    try:
+        pin = [("x-sluice-version", "versionb")]
+        holder = c.request(SCORE, b"{}", headers=pin)
+        time.sleep(0.2)
+        waiter = c.request(SCORE, b"{}", headers=pin)
+        r = c.wait_response(waiter)
+        assert r["status"] == 503 and r["ended"], r
+        r = c.wait_response(holder)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
