@@ -15,6 +15,10 @@
  * included) is failed, so that each iteration frees every stream, request
  * and connection (a leak is a finding).
  *
+ * The config has a version that takes one request at a time with a long
+ * wait queue (verb) and one whose waiters give up after 1 ms (verq), a
+ * mirror with comparison, and an endpoint with keys.
+ *
  * Input: byte 0 the write size (1-255 bytes; 0 all at once), byte 1 the
  * seed of the plans, the rest the client's bytes after the preface.
  *
@@ -288,6 +292,8 @@ static const char *config_json =
     "     \"is_default\":true,\"type\":\"control\"},"
     "    {\"name\":\"verb\",\"upstreams\":[\"127.0.0.1:10\"],\"traffic_percentile\":50,"
     "     \"replica_max_concurrent_requests\":1,\"max_request_wait_time_ms\":30000},"
+    "    {\"name\":\"verq\",\"upstreams\":[\"127.0.0.1:12\"],\"traffic_percentile\":0,"
+    "     \"replica_max_concurrent_requests\":1,\"max_request_wait_time_ms\":1},"
     "    {\"name\":\"verm\",\"upstreams\":[\"127.0.0.1:11\"],\"traffic_percentile\":0,"
     "     \"mirror_percentile\":50,\"compare\":{\"samples\":1}}]},"
     "  {\"name\":\"locked\",\"keys\":{\"primary\":\"env:SLUICE_FUZZ_H2_KEY\"},\"versions\":["

@@ -113,6 +113,11 @@ def seeds():
     out["too_large"] = frames(c)
 
     c = client()
+    for _ in range(3):
+        post(c, b"{}", extra=[("x-sluice-version", "verq")])
+    out["queued_timeout"] = frames(c)
+
+    c = client()
     sid = c.get_next_available_stream_id()
     c.send_headers(sid, head())
     c.send_data(sid, b'{"never":')
