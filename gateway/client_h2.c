@@ -62,6 +62,7 @@ struct h2stream {
     bool deferred;                  /* the data source waits for out */
     bool paused_up;                 /* the upstream was paused (out over high water) */
     bool reset_after;               /* end the stream (NO_ERROR) once answered */
+    bool closing;                   /* reset by us, or closed by nghttp2 */
     bool has_te_trailers;
     int method;                     /* llhttp_method_t; -1 unknown, -2 none yet */
     struct h2stream *next, *prev;
@@ -406,6 +407,7 @@ static void
 h2_abort(struct client *c, struct request *r)
 {
     struct h2stream *st = ST(c);
+    st->closing = true;
     nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
     request_client_left(r, RC_CLIENT_CLOSED);
     request_end(r);
@@ -421,7 +423,17 @@ h2_ops_run(struct client *c)
 static void
 h2_detach(struct client *c, struct request *r)
 {
-    ST(c)->req = NULL;
+    struct h2stream *st = ST(c);
+    st->req = NULL;
+    if (!st->out_eof && !st->closing && !st->h->s->closed) {
+        /* Its request ended before its response did (the model server
+         * failed or timed out mid-response): nothing more will come, and
+         * only a reset tells the client so (HTTP/1.1 closes instead). */
+        st->closing = true;
+        nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id,
+                                  NGHTTP2_INTERNAL_ERROR);
+        st->h->want_run = true;
+    }
 }
 
 static void
@@ -670,6 +682,7 @@ on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
     struct h2stream *st = nghttp2_session_get_stream_user_data(ng, id);
     if (st == NULL)
         return 0;
+    st->closing = true;
     if (st->req != NULL) {
         /* Reset, or closed before its request ended: the client left. */
         request_client_left(st->req, code == NGHTTP2_NO_ERROR ? RC_CLIENT_CLOSED :
