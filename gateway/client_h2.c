@@ -364,7 +364,13 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
     json_escape_add(st->out, message, strlen(message));
     BUF_LIT(st->out, "\"}}\n");
     size_t n = evbuffer_get_length(st->out);
-    r->bytes_out += n;
+    /* A response to HEAD has no content (RFC 9110 §9.3.2): its length,
+     * no DATA. */
+    bool body = !r->head_method;
+    if (body)
+        r->bytes_out += n;
+    else
+        evbuffer_drain(st->out, n);
     struct nvs v;
     char status_s[8], length[24];
     v.n = 0;
@@ -380,7 +386,7 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
     if (status == 503)
         NV_LIT(&v, "retry-after", "1");
     st->out_eof = true;
-    submit(st, &v, true);
+    submit(st, &v, body);
 }
 
 static void
