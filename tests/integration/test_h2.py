@@ -563,3 +563,47 @@ def test_queued_stream_times_out():
     finally:
         c.close()
     assert s.proc.poll() is None, "sluice died"
+
+
+def test_response_cut_mid_body_resets_the_stream():
+    """soak finding: a model server that sends a head and part of a body,
+    then closes or resets its connection (sluice-model --fast faults cut and
+    reset). Over HTTP/1.1 the client's connection closes; over HTTP/2 the
+    stream stayed open with neither END_STREAM nor RST_STREAM, and the
+    connection, busy with it, never idled out: the client hung. The stream
+    is now reset (INTERNAL_ERROR) and the connection serves on."""
+    a = Model("versiona", "--fast")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control")])])
+    c = H2(s.port)
+    try:
+        for fault in ("cut", "reset"):
+            sid = c.request(SCORE, b"{}", headers=[("x-test-fault", fault)])
+            r = c.wait_response(sid, timeout=10)
+            assert r["reset"] == 2 and not r["ended"], (fault, r)
+        sid = c.request(SCORE, b"{}")
+        r = c.wait_response(sid)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
+    errors = sorted(l.get("error") or "-" for l in s.access_lines())
+    assert errors == ["-", "upstream_closed", "upstream_reset"], errors
+
+
+def test_head_error_has_no_body():
+    """soak finding: Sluice's own error reply to a HEAD request carried its
+    JSON body in DATA frames; a response to HEAD has no content (RFC 9110
+    9.3.2), and python3-h2 ends the whole connection over it. Now the head
+    (with the length) ends the stream, and the connection serves on."""
+    a, b = Model("versiona"), Model("versionb")
+    s = Sluice(two_versions(a, b))
+    c = H2(s.port)
+    try:
+        sid = c.request("/api/v1/service/nope/score", method="HEAD")
+        r = c.wait_response(sid)
+        assert r["status"] == 404 and r["ended"] and r["body"] == b"", r
+        sid = c.request(SCORE, b"{}")
+        r = c.wait_response(sid)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
