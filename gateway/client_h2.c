@@ -80,6 +80,7 @@ struct h2conn {
     bool want_run;                  /* a run was asked for while in_ng */
     bool goaway;                    /* no new streams */
     bool failed;                    /* fatal: close once what is queued is out */
+    bool capped;                    /* feed or send stopped at max_client_output_bytes */
     uint64_t window_start_us;       /* the flood counters' second */
     int resets, pings, settings, empty_data, continuations;
 };
@@ -709,8 +710,11 @@ h2_feed(struct session *s)
 {
     struct h2conn *h = H(s);
     struct evbuffer *in = s->io.in;
-    while (in != NULL && !h->failed && !s->closing && !s->closed &&
-           out_len(s) <= limits(s)->max_client_output_bytes) {
+    while (in != NULL && !h->failed && !s->closing && !s->closed) {
+        if (out_len(s) > limits(s)->max_client_output_bytes) {
+            h->capped = evbuffer_get_length(in) > 0;
+            break;
+        }
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
@@ -735,7 +739,11 @@ static void
 h2_send(struct session *s)
 {
     struct h2conn *h = H(s);
-    while (!s->closed && out_len(s) <= limits(s)->max_client_output_bytes) {
+    while (!s->closed) {
+        if (out_len(s) > limits(s)->max_client_output_bytes) {
+            h->capped = true;       /* nghttp2 may have more */
+            break;
+        }
         const uint8_t *data;
         h->in_ng = true;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
@@ -765,6 +773,8 @@ h2_run(struct session *s)
         h->want_run = true;
         return;
     }
+again:
+    h->capped = false;
     do {
         h->want_run = false;
         h2_feed(s);
@@ -785,6 +795,12 @@ h2_run(struct session *s)
     client_flush(s);
     if (s->closed)
         return;
+    if (h->capped && !s->io.want_write &&
+        out_len(s) <= limits(s)->max_client_output_bytes)
+        /* Feeding or sending stopped at the output bound, and the socket
+         * then took it all: no write event will come to go on, and the
+         * client may send nothing until it has its data. */
+        goto again;
     bool done = h->failed || (!nghttp2_session_want_read(h->ng) &&
                               !nghttp2_session_want_write(h->ng)) ||
                 (h->goaway && h->n_streams == 0);
