@@ -607,3 +607,31 @@ def test_head_error_has_no_body():
         assert r["status"] == 200 and r["ended"], r
     finally:
         c.close()
+
+
+def test_output_bound_does_not_stall_a_stream():
+    """soak finding (h2_zero_window, h2_big_response: 30 streams hung with
+    window open to the gateway): a response held back by a shut window, then
+    a large window opened at once. nghttp2 had more to send than
+    max_client_output_bytes, so sending stopped at the bound; the socket
+    then took it all, no write event came to go on, and a client with a
+    large window sends nothing until it has its data: the stream waited
+    forever. Now the answer (200 kB) arrives whole."""
+    a = Model("versiona", "--fast")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control")])],
+        limits={"max_client_output_bytes": 65536})
+    c = H2(s.port, window=0)
+    try:
+        sid = c.request(SCORE, method="GET", headers=[("x-test-fault", "big=200000")])
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            c.pump(0.1)         # the whole answer waits in sluice meanwhile
+        c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
+        c.conn.increment_flow_control_window(1 << 20)
+        c.flush()
+        r = c.wait_response(sid, timeout=10)
+        assert r["status"] == 200 and r["ended"] and len(r["body"]) == 200000, \
+            (r["status"], r["ended"], r["reset"], len(r["body"]))
+    finally:
+        c.close()
