@@ -245,6 +245,7 @@ class Stats:
         self.events = collections.Counter()      # reloads, admin changes, ...
         self.conns = collections.Counter()       # plain / tls / h2-plain / h2-tls
         self.h2_conn_acts = collections.Counter()   # what HTTP/2 connections did
+        self.garbage = collections.Counter()     # kind -> answers that were not HTTP
         self.found_at = None    # when a sanitizer report began
 
 
@@ -505,7 +506,10 @@ class H2Conn:
         for n, sid in self.unacked:
             self.ack_data(n, sid)
         self.unacked = []
-        await self.flush()
+        try:
+            await self.flush()
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError):
+            pass                # the connection went meanwhile
 
     async def start(self, headers, end):
         sid = self.conn.get_next_available_stream_id()
@@ -752,6 +756,12 @@ class Client:
             conn.dead = True
 
     def record(self, kind, status, hdrs, complete, valid, malformed):
+        if status == "garbage":
+            # Bytes where a status line belongs: the gateway never sends
+            # anything but HTTP (a model server's garbage becomes a 502), so
+            # the connection's framing was lost (the previous answer's
+            # body was longer than it said, or came after a HEAD's head).
+            self.stats.garbage[kind] += 1
         if complete:
             self.stats.status[status] += 1
             self.stats.complete.append((kind, status, hdrs.get("x-request-id", ""), valid,
@@ -1070,13 +1080,15 @@ class Client:
             await asyncio.wait_for(st.done.wait(), HANG_S)
         except asyncio.TimeoutError:
             rid = dict(headers).get(b"x-request-id", b"-").decode()
-            try:
-                window = conn.conn.remote_flow_control_window(sid)
-            except (h2.exceptions.ProtocolError, KeyError):
+            try:        # what the gateway may still send: the stream's and the connection's
+                window = "%d/%d" % (
+                    conn.conn.streams[sid]._inbound_window_manager.current_window_size,
+                    conn.conn._inbound_flow_control_window_manager.current_window_size)
+            except (h2.exceptions.ProtocolError, KeyError, AttributeError):
                 window = None
             self.stats.hung.append(
                 "client %d %s (stream %d, %s): no HTTP/2 answer within %ds (status %s, "
-                "%d body bytes, x-request-id %s, acking %s, our window %s)"
+                "%d body bytes, x-request-id %s, acking %s, window open to the gateway %s)"
                 % (self.idx, kind, sid, rid, HANG_S, st.status, st.body_len,
                    st.headers.get("x-request-id"), conn.ack, window))
             await conn.reset(sid)
@@ -1472,6 +1484,9 @@ def main():
         check("driver_ran_cleanly", not stats.driver_errors,
               "%d errors, first:\n%s" % (len(stats.driver_errors),
                                          (stats.driver_errors or [""])[0]))
+        check("responses_framed", not stats.garbage,
+              "answers that did not start with a status line, by the kind of request "
+              "that read them: %s" % dict(stats.garbage))
         no_id = [c for c in stats.complete if not c[2]]
         check("every_response_has_request_id", not no_id,
               "%d responses without X-Request-Id, e.g. %s" % (len(no_id), no_id[:3]))
