@@ -19,14 +19,9 @@
  * in its own buffer until nghttp2 sends them within the client's window,
  * and the upstream is paused while that buffer is over GW_HIGH_WATER.
  *
- * nghttp2 must not be re-entered from its own callbacks: requests that
- * want to send (client_ops.run) while it runs only mark the connection,
- * and the frames go out when it returns.
- *
- * Floods (SPEC §9): more stream resets within a second than
- * h2_max_concurrent_streams, more than FLOOD_FRAMES PING, SETTINGS or
- * empty DATA frames within a second, or more CONTINUATION frames than
- * MAX_CONTINUATIONS end the connection with GOAWAY ENHANCE_YOUR_CALM.
+ * nghttp2 is never re-entered from its callbacks: the requests' runs are
+ * batched into one per loop turn (run_ev). Floods (h2_flood_frame) end the
+ * connection with GOAWAY ENHANCE_YOUR_CALM.
  */
 #include "gateway/conn.h"
 #include "gateway/h2.h"
@@ -34,17 +29,11 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#define H2_PREFACE_LEN 24
 #define STREAM_WINDOW (256 * 1024)      /* per stream, announced */
 #define CONN_WINDOW (1024 * 1024)       /* per connection */
-#define FLOOD_FRAMES 100                /* PING, SETTINGS, empty DATA per second */
-#define MAX_CONTINUATIONS 8
 
 struct h2conn;
 
@@ -66,8 +55,10 @@ struct h2stream {
     nghttp2_nv *trl;                /* trailers to send after the body */
     size_t n_trl;
     char *trl_store;
+    bool closing;                   /* reset by us, or closed by nghttp2 */
     int method;                     /* llhttp_method_t; -1 unknown, -2 none yet */
     struct h2stream *next, *prev;
+    struct h2stream *dead_next;     /* on h->dead, waiting for the reap event */
 };
 
 struct h2conn {
@@ -75,13 +66,15 @@ struct h2conn {
     nghttp2_session *ng;
     struct h2stream *streams;
     int n_streams;
+    struct h2stream *dead;          /* closed streams whose memory goes at reap */
+    struct event *reap;
     bool in_ng;                     /* inside nghttp2: do not re-enter */
     struct event *run_ev;           /* the requests' runs, one per loop turn */
     bool want_run;                  /* a run was asked for while in_ng */
     bool goaway;                    /* no new streams */
     bool failed;                    /* fatal: close once what is queued is out */
-    uint64_t window_start_us;       /* the flood counters' second */
-    int resets, pings, settings, empty_data, continuations;
+    bool capped;                    /* feed or send stopped at max_client_output_bytes */
+    struct h2_flood flood;
 };
 
 #define ST(c) ((struct h2stream *)(c))
@@ -90,12 +83,25 @@ static void h2_run(struct session *s);
 
 /* ---- small helpers -------------------------------------------------------------- */
 
-static struct h2conn *
-H(const struct session *s)
+#define H(s) ((struct h2conn *)(s)->proto_state)
+
+static void
+stream_destroy(struct h2stream *st)
 {
-    return s->proto_state;
+    if (st->in != NULL)
+        evbuffer_free(st->in);
+    if (st->out != NULL)
+        evbuffer_free(st->out);
+    free(st->trl);
+    free(st->trl_store);
+    free(st);
 }
 
+/* The stream leaves the connection now; its memory goes from the reap
+ * event, when none of our code is on the stack: nghttp2 may close a stream
+ * while its own request is still ending (request_end() -> a waiter of the
+ * same connection starts -> h2_run -> the last DATA goes out), and the
+ * request's callers still use its client (ops->ended, ops->run) after. */
 static void
 stream_free(struct h2stream *st)
 {
@@ -107,13 +113,20 @@ stream_free(struct h2stream *st)
     if (st->next != NULL)
         st->next->prev = st->prev;
     h->n_streams--;
-    if (st->in != NULL)
-        evbuffer_free(st->in);
-    if (st->out != NULL)
-        evbuffer_free(st->out);
-    free(st->trl);
-    free(st->trl_store);
-    free(st);
+    st->dead_next = h->dead;
+    h->dead = st;
+    event_active(h->reap, EV_TIMEOUT, 1);
+}
+
+static void
+reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2conn *h = arg;
+    while (h->dead != NULL) {
+        struct h2stream *st = h->dead;
+        h->dead = st->dead_next;
+        stream_destroy(st);
+    }
 }
 
 /* End the connection: GOAWAY with code, then close once it is sent. */
@@ -124,23 +137,6 @@ fail_conn(struct h2conn *h, uint32_t code)
         nghttp2_session_terminate_session(h->ng, code);
     h->failed = true;
     h->goaway = true;
-}
-
-/* A frame of a flood kind; false when the connection must end. */
-static bool
-flood_count(struct h2conn *h, int *counter, int limit)
-{
-    uint64_t now = now_us();
-    if (now - h->window_start_us > 1000000) {
-        h->window_start_us = now;
-        h->resets = h->pings = h->settings = h->empty_data = 0;
-    }
-    if (++*counter > limit) {
-        fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
-        log_event(LOG_WARN, "h2_flood", ",\"client\":\"%s\"", log_json(h->s->c.peer));
-        return false;
-    }
-    return true;
 }
 
 /* ---- the request body: handed on as the upstream takes it ------------------------ */
@@ -301,16 +297,21 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
     json_escape_add(st->out, message, strlen(message));
     BUF_LIT(st->out, "\"}}\n");
     size_t n = evbuffer_get_length(st->out);
-    r->bytes_out += n;
+    /* A response to HEAD has no content (RFC 9110 §9.3.2): its length,
+     * no DATA. */
+    bool body = !r->head_method;
+    if (body)
+        r->bytes_out += n;
+    else
+        evbuffer_drain(st->out, n);
     h2_fields_error(&f, status, n, &t);
-    submit(st, &f, true);
+    submit(st, &f, body);
 }
 
 static void
 h2_send_continue(struct client *c, struct request *r)
 {
-    /* HTTP/2 clients send their body without waiting for 100 (flow
-     * control does what Expect did). */
+    /* none: flow control does what Expect did */
 }
 
 static void
@@ -330,6 +331,7 @@ static void
 h2_abort(struct client *c, struct request *r)
 {
     struct h2stream *st = ST(c);
+    st->closing = true;
     nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
     request_client_left(r, RC_CLIENT_CLOSED);
     request_end(r);
@@ -358,14 +360,23 @@ run_cb(evutil_socket_t fd, short what, void *arg)
 static void
 h2_detach(struct client *c, struct request *r)
 {
-    ST(c)->req = NULL;
+    struct h2stream *st = ST(c);
+    st->req = NULL;
+    if (!st->out_eof && !st->closing && !st->h->s->closed) {
+        /* Its request ended before its response did (the model server
+         * failed or timed out mid-response): nothing more will come, and
+         * only a reset tells the client so (HTTP/1.1 closes instead). */
+        st->closing = true;
+        nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id,
+                                  NGHTTP2_INTERNAL_ERROR);
+        st->h->want_run = true;
+    }
 }
 
 static void
 h2_ended(struct client *c)
 {
-    /* The stream lives on until nghttp2 has sent its response and closed
-     * it (on_stream_close). */
+    /* the stream lives on until nghttp2 closes it (on_stream_close) */
 }
 
 static const struct client_ops h2_ops = {
@@ -381,32 +392,13 @@ static int
 on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
 {
     struct h2conn *h = user;
-    bool ok = true;
-    switch (hd->type) {
-    case NGHTTP2_PING:
-        ok = flood_count(h, &h->pings, FLOOD_FRAMES);
-        break;
-    case NGHTTP2_SETTINGS:
-        ok = flood_count(h, &h->settings, FLOOD_FRAMES);
-        break;
-    case NGHTTP2_DATA:
-        if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM))
-            ok = flood_count(h, &h->empty_data, FLOOD_FRAMES);
-        break;
-    case NGHTTP2_RST_STREAM:
-        ok = flood_count(h, &h->resets, h->s->c.w->cfg->limits.h2_max_concurrent_streams);
-        break;
-    case NGHTTP2_HEADERS:
-        h->continuations = 0;
-        break;
-    case NGHTTP2_CONTINUATION:
-        if (++h->continuations > MAX_CONTINUATIONS) {
-            fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
-            ok = false;
-        }
-        break;
+    if (h2_flood_frame(&h->flood, hd->type, hd->flags, hd->length,
+                       h->s->c.w->cfg->limits.h2_max_concurrent_streams, now_us())) {
+        fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
+        log_event(LOG_WARN, "h2_flood", ",\"client\":\"%s\"", log_json(h->s->c.peer));
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
-    return ok ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    return 0;
 }
 
 static int
@@ -559,6 +551,7 @@ on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
     struct h2stream *st = nghttp2_session_get_stream_user_data(ng, id);
     if (st == NULL)
         return 0;
+    st->closing = true;
     if (st->req != NULL) {
         /* Reset, or closed before its request ended: the client left. */
         request_client_left(st->req, code == NGHTTP2_NO_ERROR ? RC_CLIENT_CLOSED :
@@ -579,8 +572,11 @@ h2_feed(struct session *s)
 {
     struct h2conn *h = H(s);
     struct evbuffer *in = s->io.in;
-    while (in != NULL && !h->failed && !s->closing && !s->closed &&
-           out_len(s) <= limits(s)->max_client_output_bytes) {
+    while (in != NULL && !h->failed && !s->closing && !s->closed) {
+        if (out_len(s) > limits(s)->max_client_output_bytes) {
+            h->capped = evbuffer_get_length(in) > 0;
+            break;
+        }
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
@@ -605,7 +601,11 @@ static void
 h2_send(struct session *s)
 {
     struct h2conn *h = H(s);
-    while (!s->closed && out_len(s) <= limits(s)->max_client_output_bytes) {
+    while (!s->closed) {
+        if (out_len(s) > limits(s)->max_client_output_bytes) {
+            h->capped = true;       /* nghttp2 may have more */
+            break;
+        }
         const uint8_t *data;
         h->in_ng = true;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
@@ -635,6 +635,8 @@ h2_run(struct session *s)
         h->want_run = true;
         return;
     }
+again:
+    h->capped = false;
     do {
         h->want_run = false;
         h2_feed(s);
@@ -643,8 +645,9 @@ h2_run(struct session *s)
         for (struct h2stream *st = h->streams, *next; st != NULL; st = next) {
             next = st->next;
             if (st->req != NULL) {
-                pump(st);
-                request_flush_upstream(st->req);
+                pump(st);           /* may end the request (its body's end) */
+                if (st->req != NULL)
+                    request_flush_upstream(st->req);
             }
         }
         h2_send(s);
@@ -654,6 +657,12 @@ h2_run(struct session *s)
     client_flush(s);
     if (s->closed)
         return;
+    if (h->capped && !s->io.want_write &&
+        out_len(s) <= limits(s)->max_client_output_bytes)
+        /* Feeding or sending stopped at the output bound, and the socket
+         * then took it all: no write event will come to go on, and the
+         * client may send nothing until it has its data. */
+        goto again;
     bool done = h->failed || (!nghttp2_session_want_read(h->ng) &&
                               !nghttp2_session_want_write(h->ng)) ||
                 (h->goaway && h->n_streams == 0);
@@ -718,6 +727,8 @@ h2_free(struct session *s)
         stream_free(h->streams);
     if (h->run_ev != NULL)
         event_free(h->run_ev);
+    reap_cb(-1, 0, h);
+    event_free(h->reap);
     nghttp2_session_del(h->ng);
     free(h);
     s->proto_state = NULL;
@@ -755,7 +766,7 @@ h2_attach(struct session *s)
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_continuations(opt, MAX_CONTINUATIONS);
+    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
     nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->h2_max_concurrent_streams,
                                                (uint64_t)lim->h2_max_concurrent_streams);
     int rc = nghttp2_session_server_new2(&h->ng, callbacks, h, opt);
@@ -765,8 +776,16 @@ h2_attach(struct session *s)
         return false;
     }
     h->s = s;
-    h->window_start_us = now_us();
     h->run_ev = event_new(s->c.w->base, -1, 0, run_cb, h);
+    if ((h->reap = event_new(s->c.w->base, -1, 0, reap_cb, h)) == NULL || h->run_ev == NULL) {
+        if (h->reap != NULL)
+            event_free(h->reap);
+        if (h->run_ev != NULL)
+            event_free(h->run_ev);
+        nghttp2_session_del(h->ng);
+        free(h);
+        return false;
+    }
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)lim->h2_max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
@@ -778,19 +797,4 @@ h2_attach(struct session *s)
     s->proto = &h2_proto;
     s->c.ops = NULL;                /* requests talk to their streams */
     return true;
-}
-
-/* Whether buffered input opens with the HTTP/2 preface: 1 yes, 0 no, -1
- * not known yet (a prefix of it). */
-int
-h2_preface(struct evbuffer *in)
-{
-    char buf[H2_PREFACE_LEN];
-    size_t n = evbuffer_get_length(in);
-    if (n > H2_PREFACE_LEN)
-        n = H2_PREFACE_LEN;
-    evbuffer_copyout(in, buf, n);
-    if (memcmp(buf, H2_PREFACE, n) != 0)
-        return 0;
-    return n == H2_PREFACE_LEN ? 1 : -1;
 }

@@ -45,4 +45,18 @@ int h2_request_field(struct head *hd, const char *name, size_t nlen, const char 
  * HTTP/1.1 upstream. */
 void h2_request_line(struct request *r, int method, bool end_stream);
 
+/* Flood accounting per connection (SPEC §9): within each second, more
+ * stream resets than max_streams, or more than H2_FLOOD_FRAMES PING,
+ * SETTINGS or empty DATA frames; or more than H2_MAX_CONTINUATIONS
+ * CONTINUATION frames after one HEADERS. */
+#define H2_FLOOD_FRAMES 100
+#define H2_MAX_CONTINUATIONS 8
+struct h2_flood {
+    uint64_t second_start_us;
+    int resets, pings, settings, empty_data, continuations;
+};
+/* A frame header received: true when the connection must end. */
+bool h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
+                    int max_streams, uint64_t now_us);
+
 #endif

@@ -5,11 +5,14 @@
  * our tags added), Sluice's JSON error replies and gRPC's Trailers-Only
  * errors, and trailers copied for later.
  */
+#include "gateway/conn.h"
 #include "gateway/h2.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <event2/buffer.h>
 
 static void
 add(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -190,4 +193,50 @@ h2_request_line(struct request *r, int method, bool end_stream)
         .content_length = length,
     };
     r->head_method = method == HTTP_HEAD;
+}
+
+/* ---- the connection's first bytes and its floods ------------------------------------ */
+
+#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_PREFACE_LEN 24
+
+int
+h2_preface(struct evbuffer *in)
+{
+    char buf[H2_PREFACE_LEN];
+    size_t n = evbuffer_get_length(in);
+    if (n > H2_PREFACE_LEN)
+        n = H2_PREFACE_LEN;
+    evbuffer_copyout(in, buf, n);
+    if (memcmp(buf, H2_PREFACE, n) != 0)
+        return 0;
+    return n == H2_PREFACE_LEN ? 1 : -1;
+}
+
+bool
+h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
+               int max_streams, uint64_t now_us)
+{
+    if (now_us - f->second_start_us > 1000000) {
+        f->second_start_us = now_us;
+        f->resets = f->pings = f->settings = f->empty_data = 0;
+    }
+    switch (type) {
+    case NGHTTP2_PING:
+        return ++f->pings > H2_FLOOD_FRAMES;
+    case NGHTTP2_SETTINGS:
+        return ++f->settings > H2_FLOOD_FRAMES;
+    case NGHTTP2_DATA:
+        return length == 0 && !(flags & NGHTTP2_FLAG_END_STREAM) &&
+               ++f->empty_data > H2_FLOOD_FRAMES;
+    case NGHTTP2_RST_STREAM:
+        return ++f->resets > max_streams;
+    case NGHTTP2_HEADERS:
+        f->continuations = 0;
+        return false;
+    case NGHTTP2_CONTINUATION:
+        return ++f->continuations > H2_MAX_CONTINUATIONS;
+    default:
+        return false;
+    }
 }

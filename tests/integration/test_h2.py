@@ -515,3 +515,165 @@ def test_a_first_byte_that_could_be_the_preface_then_nothing():
     finally:
         c.close()
     assert data.startswith(b"HTTP/1.1 408 "), data[:80]
+
+
+def _answering(status, body, delay=0.0):
+    """An Upstream handler: every request answered status with body (its
+    Content-Length, possibly 0) after delay seconds."""
+    def handler(c, up):
+        r = harness.Reader(c)
+        while harness.read_request(r) is not None:
+            time.sleep(delay)
+            c.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (status, len(body)) + body)
+    return handler
+
+
+def test_empty_response_body():
+    """fuzz_h2 finding: a model server's answer with Content-Length: 0 (not a
+    204 or 304: a body of no bytes) crashed sluice on an HTTP/2 client (the
+    data source read an output buffer that was never made). Both a 200 and
+    a 503 with no bytes reach the client as a head and END_STREAM."""
+    empty200 = harness.Upstream(_answering(200, b""))
+    empty503 = harness.Upstream(_answering(503, b""))
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [empty200.addr], 100, is_default=True, type="control"),
+        version("versionb", [empty503.addr], 0)])])
+    c = H2(s.port)
+    try:
+        first = c.request(SCORE, b"{}")
+        pinned = c.request(SCORE, b"{}", headers=[("x-sluice-version", "versionb")])
+        r1, r2 = c.wait_response(first), c.wait_response(pinned)
+        assert r1["status"] == 200 and r1["ended"] and r1["body"] == b"", r1
+        assert r2["status"] == 503 and r2["ended"] and r2["body"] == b"", r2
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
+    assert [l["status"] for l in sorted(s.access_lines(), key=lambda l: l["status"])] == \
+        [200, 503]
+
+
+def test_waiter_on_the_same_connection():
+    """fuzz_h2 finding: streams of one connection pinned to a version at its
+    concurrency limit. When the first's answer ended, its request's end gave
+    the slot to the next stream, whose start sent the first stream's last
+    frame, and nghttp2 closed (and sluice freed) the first stream while its
+    request was still ending (heap-use-after-free under ASan). Every stream
+    is answered, one at a time, and sluice lives on."""
+    slow = harness.Upstream(_answering(200, b'{"ok":1}', delay=0.2))
+    a = Model("versiona")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control"),
+        version("versionb", [slow.addr], 0, replica_max_concurrent_requests=1,
+                max_request_wait_time_ms=10000)])])
+    c = H2(s.port)
+    try:
+        sids = [c.request(SCORE, b"{}", headers=[("x-sluice-version", "versionb")])
+                for _ in range(4)]
+        for sid in sids:
+            r = c.wait_response(sid)
+            assert r["status"] == 200 and r["ended"] and r["body"] == b'{"ok":1}', r
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
+    assert len(s.access_lines()) == 4
+
+
+def test_queued_stream_times_out():
+    """soak finding (its HTTP/2 clients): a stream whose whole request came
+    while it waited for a concurrency slot, refused when the wait ran out
+    (503): the connection's run then read the body's end, which ended the
+    request, and handed the ended request (NULL) to
+    request_flush_upstream() (SEGV). The waiter gets its 503, the one
+    holding the slot its 200, and sluice lives on."""
+    slow = harness.Upstream(_answering(200, b'{"ok":1}', delay=1.0))
+    a = Model("versiona")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control"),
+        version("versionb", [slow.addr], 0, replica_max_concurrent_requests=1,
+                max_request_wait_time_ms=200)])])
+    c = H2(s.port)
+    try:
+        pin = [("x-sluice-version", "versionb")]
+        holder = c.request(SCORE, b"{}", headers=pin)
+        time.sleep(0.2)
+        waiter = c.request(SCORE, b"{}", headers=pin)
+        r = c.wait_response(waiter)
+        assert r["status"] == 503 and r["ended"], r
+        r = c.wait_response(holder)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
+    assert s.proc.poll() is None, "sluice died"
+
+
+def test_response_cut_mid_body_resets_the_stream():
+    """soak finding: a model server that sends a head and part of a body,
+    then closes or resets its connection (sluice-model --fast faults cut and
+    reset). Over HTTP/1.1 the client's connection closes; over HTTP/2 the
+    stream stayed open with neither END_STREAM nor RST_STREAM, and the
+    connection, busy with it, never idled out: the client hung. The stream
+    is now reset (INTERNAL_ERROR) and the connection serves on."""
+    a = Model("versiona", "--fast")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control")])])
+    c = H2(s.port)
+    try:
+        for fault in ("cut", "reset"):
+            sid = c.request(SCORE, b"{}", headers=[("x-test-fault", fault)])
+            r = c.wait_response(sid, timeout=10)
+            assert r["reset"] == 2 and not r["ended"], (fault, r)
+        sid = c.request(SCORE, b"{}")
+        r = c.wait_response(sid)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
+    errors = sorted(l.get("error") or "-" for l in s.access_lines())
+    assert errors == ["-", "upstream_closed", "upstream_reset"], errors
+
+
+def test_head_error_has_no_body():
+    """soak finding: Sluice's own error reply to a HEAD request carried its
+    JSON body in DATA frames; a response to HEAD has no content (RFC 9110
+    9.3.2), and python3-h2 ends the whole connection over it. Now the head
+    (with the length) ends the stream, and the connection serves on."""
+    a, b = Model("versiona"), Model("versionb")
+    s = Sluice(two_versions(a, b))
+    c = H2(s.port)
+    try:
+        sid = c.request("/api/v1/service/nope/score", method="HEAD")
+        r = c.wait_response(sid)
+        assert r["status"] == 404 and r["ended"] and r["body"] == b"", r
+        sid = c.request(SCORE, b"{}")
+        r = c.wait_response(sid)
+        assert r["status"] == 200 and r["ended"], r
+    finally:
+        c.close()
+
+
+def test_output_bound_does_not_stall_a_stream():
+    """soak finding (h2_zero_window, h2_big_response: 30 streams hung with
+    window open to the gateway): a response held back by a shut window, then
+    a large window opened at once. nghttp2 had more to send than
+    max_client_output_bytes, so sending stopped at the bound; the socket
+    then took it all, no write event came to go on, and a client with a
+    large window sends nothing until it has its data: the stream waited
+    forever. Now the answer (200 kB) arrives whole."""
+    a = Model("versiona", "--fast")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control")])],
+        limits={"max_client_output_bytes": 65536})
+    c = H2(s.port, window=0)
+    try:
+        sid = c.request(SCORE, method="GET", headers=[("x-test-fault", "big=200000")])
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            c.pump(0.1)         # the whole answer waits in sluice meanwhile
+        c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
+        c.conn.increment_flow_control_window(1 << 20)
+        c.flush()
+        r = c.wait_response(sid, timeout=10)
+        assert r["status"] == 200 and r["ended"] and len(r["body"]) == 200000, \
+            (r["status"], r["ended"], r["reset"], len(r["body"]))
+    finally:
+        c.close()

@@ -55,6 +55,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 
 import harness  # noqa: E402
 import requests  # noqa: E402
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.events  # noqa: E402
+import h2.exceptions  # noqa: E402
+import h2.settings  # noqa: E402
+import h2.stream  # noqa: E402
 
 KEY_PRIMARY = "soak-primary-key-Zx81pQ4tLm0vNw7yRb2c"
 KEY_SECONDARY = "soak-secondary-key-Hq3sKd9uVf6jEo1gYt5a"
@@ -81,6 +87,19 @@ KINDS = [
     ("slow_reader", 2), ("big_head", 2), ("big_body", 2), ("big_chunked", 2),
     ("malformed", 5),
 ]
+# HTTP/2 connections (SPEC section 9): several streams at once, each one of
+# these kinds, mirroring the HTTP/1.1 ones where they make sense; and what a
+# connection does as a whole (H2_CONN_ACTS).
+H2_KINDS = [
+    ("h2_normal", 20), ("h2_get", 3), ("h2_head", 2), ("h2_slow_body", 8),
+    ("h2_no_length", 4), ("h2_abort_body", 4), ("h2_abort_queued", 3),
+    ("h2_abort_response", 4), ("h2_never_ends", 1), ("h2_big_body", 2),
+    ("h2_big_response", 3), ("h2_zero_window", 3), ("h2_malformed", 4),
+]
+H2_MALFORMED = ["connection_header", "te_gzip", "transfer_encoding", "uppercase_name",
+                "no_path", "length_mismatch", "pseudo_after_regular", "bad_method"]
+H2_CONN_ACTS = [("none", 80), ("close_mid_stream", 8), ("rst_close", 4), ("not_reading", 8)]
+H2_SHARE = 0.3                  # of the connections a client opens
 FAULTS = ["delay", "stall", "big", "chunked", "reset", "cut", "drop", "rst", "204body",
           "304body", "close-after", "status", "garbage"]
 MALFORMED = ["obs_fold", "obs_fold_te", "cl_and_te", "two_cl", "bare_lf", "bad_chunk",
@@ -224,7 +243,9 @@ class Stats:
         self.hung = []
         self.driver_errors = []
         self.events = collections.Counter()      # reloads, admin changes, ...
-        self.conns = collections.Counter()       # plain / tls connections
+        self.conns = collections.Counter()       # plain / tls / h2-plain / h2-tls
+        self.h2_conn_acts = collections.Counter()   # what HTTP/2 connections did
+        self.garbage = collections.Counter()     # kind -> answers that were not HTTP
         self.found_at = None    # when a sanitizer report began
 
 
@@ -318,6 +339,272 @@ class Conn:
         return (status, hdrs, True)
 
 
+# RFC 9113 section 8.1.1: a response defined to have no content (a 304
+# here) may carry a non-zero content-length with no DATA. python3-h2 4.1
+# exempts only responses to HEAD: exempt a 304 too, so that the driver
+# does not call a correct answer invalid.
+_h2_initialize_content_length = h2.stream.H2Stream._initialize_content_length
+
+
+def _h2_content_length(self, headers):
+    _h2_initialize_content_length(self, headers)
+    if any(k in (b":status", ":status") and v in (b"304", "304") for k, v in headers):
+        self._expected_content_length = None
+
+
+h2.stream.H2Stream._initialize_content_length = _h2_content_length
+
+
+class H2Stream:
+    def __init__(self):
+        self.status = None
+        self.headers = {}
+        self.body_len = 0
+        self.ended = False
+        self.reset = None
+        self.done = asyncio.Event()
+        self.head = asyncio.Event()
+
+
+class H2Conn:
+    """A hand-driven HTTP/2 client connection (python3-h2 over asyncio
+    streams): plain with prior knowledge, or TLS with ALPN h2. One reader
+    task dispatches frames to the streams; flow control is done by hand
+    (received data is acknowledged unless the connection holds its window
+    shut for a while)."""
+
+    def __init__(self, reader, writer, tls, stats):
+        self.r, self.w, self.tls, self.stats = reader, writer, tls, stats
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                        validate_outbound_headers=False,
+                                        normalize_outbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.streams = {}
+        self.closed = False
+        self.terminated = None      # the GOAWAY's error code
+        self.window = asyncio.Event()
+        self.ack = True             # acknowledge received DATA at once
+        self.unacked = []           # (length, stream) while not acknowledging
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.task = None
+
+    @classmethod
+    async def open(cls, port, tls, tls_ctx, stats):
+        r, w = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=tls_ctx if tls else None,
+                                    limit=1 << 20), HANG_S)
+        self = cls(r, w, tls, stats)
+        if tls:
+            so = w.get_extra_info("ssl_object")
+            alpn = so.selected_alpn_protocol() if so is not None else None
+            if alpn != "h2":
+                stats.driver_errors.append("TLS listener chose ALPN %r, not h2" % alpn)
+                w.close()
+                raise ConnectionError("no h2")
+        self.conn.initiate_connection()
+        # A 1 MiB connection window: streams are held back by their own.
+        self.conn.increment_flow_control_window(1 << 20)
+        await self.flush()
+        self.task = asyncio.ensure_future(self.reader())
+        return self
+
+    async def flush(self):
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            self.w.write(data)
+            await asyncio.wait_for(self.w.drain(), HANG_S)
+
+    def wake(self):
+        self.window.set()
+        self.window = asyncio.Event()
+
+    def end_all(self):
+        self.closed = True
+        for st in self.streams.values():
+            st.done.set()
+            st.head.set()
+        self.wake()
+
+    async def reader(self):
+        try:
+            while not self.closed:
+                await self.reading.wait()
+                data = await self.r.read(65536)
+                if not data:
+                    break
+                if self.closed:
+                    break
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    # After a GOAWAY (either way) python3-h2 refuses every
+                    # frame, even those RFC 9113 allows for the streams
+                    # already begun: only errors before one are the gateway's.
+                    if self.terminated is None and \
+                            self.conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                        self.stats.driver_errors.append(
+                            "the gateway sent what python-h2 calls invalid HTTP/2: %r" % e)
+                    break
+                for ev in events:
+                    self.event(ev)
+                await self.flush()
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.end_all()
+
+    def event(self, ev):
+        st = self.streams.get(getattr(ev, "stream_id", None))
+        if isinstance(ev, h2.events.ResponseReceived) and st is not None:
+            st.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                          for k, v in ev.headers}
+            try:
+                st.status = int(st.headers.get(":status", ""))
+            except ValueError:
+                st.status = "garbage"
+            st.head.set()
+        elif isinstance(ev, h2.events.DataReceived):
+            if st is not None:
+                st.body_len += len(ev.data)
+            if self.ack:
+                self.ack_data(ev.flow_controlled_length, ev.stream_id)
+            else:
+                self.unacked.append((ev.flow_controlled_length, ev.stream_id))
+        elif isinstance(ev, h2.events.StreamEnded) and st is not None:
+            st.ended = True
+            st.done.set()
+            st.head.set()
+        elif isinstance(ev, h2.events.StreamReset) and st is not None:
+            st.reset = ev.error_code
+            st.done.set()
+            st.head.set()
+            self.wake()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.terminated = ev.error_code
+            self.wake()
+        elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self.wake()
+
+    def ack_data(self, n, sid):
+        if n <= 0:
+            return
+        try:
+            self.conn.acknowledge_received_data(n, sid)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            try:
+                self.conn.increment_flow_control_window(n)
+            except h2.exceptions.ProtocolError:
+                pass
+
+    async def hold_window(self, seconds):
+        """Take no response bytes for a while (acknowledge none), then
+        give back all that came."""
+        self.ack = False
+        await asyncio.sleep(seconds)
+        self.ack = True
+        for n, sid in self.unacked:
+            self.ack_data(n, sid)
+        self.unacked = []
+        try:
+            await self.flush()
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError):
+            pass                # the connection went meanwhile
+
+    async def start(self, headers, end):
+        sid = self.conn.get_next_available_stream_id()
+        self.streams[sid] = st = H2Stream()
+        if self.closed:
+            st.done.set()
+            st.head.set()
+            return sid, st
+        self.conn.send_headers(sid, headers, end_stream=end)
+        await self.flush()
+        return sid, st
+
+    async def send_body(self, sid, data, end=True, delays=None):
+        """Send data as flow control allows (in pieces with delays when
+        given); False when the stream or connection ended first."""
+        try:
+            return await self._send_body(sid, data, end, delays)
+        except (h2.exceptions.ProtocolError, KeyError, ConnectionError, ssl.SSLError,
+                OSError, asyncio.TimeoutError):
+            return False        # python3-h2 forgot the stream, or the connection went
+
+    async def _send_body(self, sid, data, end, delays):
+        st = self.streams[sid]
+        pieces = [data] if not delays else [data[i:i + 1] for i in range(len(data))]
+        for i, piece in enumerate(pieces):
+            if delays and i > 0:
+                await asyncio.sleep(delays[i - 1])
+            off = 0
+            while off < len(piece):
+                if self.closed or st.reset is not None or st.ended:
+                    return False
+                try:
+                    room = min(self.conn.local_flow_control_window(sid),
+                               self.conn.max_outbound_frame_size, len(piece) - off)
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    return False
+                if room <= 0:
+                    w = self.window
+                    try:
+                        await asyncio.wait_for(w.wait(), HANG_S)
+                    except asyncio.TimeoutError:
+                        self.stats.hung.append("an HTTP/2 stream's window stayed shut %ds"
+                                               % HANG_S)
+                        return False
+                    continue
+                try:
+                    self.conn.send_data(sid, piece[off:off + room])
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    return False
+                off += room
+                await self.flush()
+        if end:
+            try:
+                self.conn.end_stream(sid)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                return False
+            await self.flush()
+        return True
+
+    async def reset(self, sid, code=8):         # 8: CANCEL
+        try:
+            self.conn.reset_stream(sid, code)
+            await self.flush()
+        except (h2.exceptions.ProtocolError, KeyError, ConnectionError, ssl.SSLError,
+                OSError):
+            pass
+
+    def abort(self, rst):
+        self.closed = True
+        sock = self.w.get_extra_info("socket")
+        if rst and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            except OSError:
+                pass
+        self.w.transport.abort()
+        self.end_all()
+
+    async def close(self):
+        if not self.closed:
+            try:
+                self.conn.close_connection()
+                await self.flush()
+            except Exception:   # noqa: BLE001 (closing anyway)
+                pass
+        self.closed = True
+        try:
+            self.w.close()
+        except Exception:       # noqa: BLE001
+            pass
+        if self.task is not None:
+            self.task.cancel()
+        self.end_all()
+
+
 class Client:
     def __init__(self, idx, seed, sl, stats, deadline, tls_ctx):
         self.idx = idx
@@ -396,6 +683,9 @@ class Client:
         while time.time() < self.deadline:
             tls = rng.random() < 0.3
             port = self.sl.tls_port if tls else self.sl.port
+            if rng.random() < H2_SHARE:
+                await self.run_h2(port, tls)
+                continue
             try:
                 conn = await Conn.open(port, tls, self.tls_ctx)
             except (OSError, asyncio.TimeoutError, ssl.SSLError):
@@ -466,6 +756,12 @@ class Client:
             conn.dead = True
 
     def record(self, kind, status, hdrs, complete, valid, malformed):
+        if status == "garbage":
+            # Bytes where a status line belongs: the gateway never sends
+            # anything but HTTP (a model server's garbage becomes a 502), so
+            # the connection's framing was lost (the previous answer's
+            # body was longer than it said, or came after a HEAD's head).
+            self.stats.garbage[kind] += 1
         if complete:
             self.stats.status[status] += 1
             self.stats.complete.append((kind, status, hdrs.get("x-request-id", ""), valid,
@@ -693,6 +989,226 @@ class Client:
         conn.dead = True
 
 
+    # -- HTTP/2 connections: several streams at once --
+
+    async def run_h2(self, port, tls):
+        rng = self.rng
+        try:
+            conn = await H2Conn.open(port, tls, self.h2_ctx, self.stats)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            await asyncio.sleep(0.2)
+            return
+        self.stats.conns["h2-tls" if tls else "h2-plain"] += 1
+        kinds, weights = zip(*H2_KINDS)
+        acts, aw = zip(*H2_CONN_ACTS)
+        act = rng.choices(acts, aw)[0]
+        self.stats.h2_conn_acts[act] += 1
+        tasks = []
+        try:
+            for _ in range(rng.randint(1, 3)):          # waves of streams
+                if conn.closed or time.time() >= self.deadline:
+                    break
+                for _ in range(rng.randint(1, 6)):
+                    kind = rng.choices(kinds, weights)[0]
+                    self.stats.sent[kind] += 1
+                    tasks.append(asyncio.ensure_future(self.h2_stream(conn, kind)))
+                    if rng.random() < 0.5:
+                        await asyncio.sleep(rng.random() * 0.05)
+                if act == "not_reading" and rng.random() < 0.5:
+                    # The client reads nothing for a while: its socket fills.
+                    conn.reading.clear()
+                    await asyncio.sleep(rng.uniform(0.2, 2.0))
+                    conn.reading.set()
+                if act in ("close_mid_stream", "rst_close"):
+                    await asyncio.sleep(rng.uniform(0.0, 1.5))
+                    self.stats.aborts["h2-" + act] += 1
+                    conn.abort(act == "rst_close")
+                    break
+                await asyncio.wait(tasks, timeout=rng.uniform(0.0, 1.0))
+            if tasks:
+                done, pending = await asyncio.wait(tasks, timeout=HANG_S + 5)
+                for t in pending:
+                    t.cancel()
+                    self.stats.hung.append("client %d: an HTTP/2 stream still busy after %ds"
+                                           % (self.idx, HANG_S + 5))
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        e = t.exception()
+                        if not isinstance(e, (ConnectionError, ssl.SSLError, OSError,
+                                              asyncio.TimeoutError)):
+                            self.stats.driver_errors.append(
+                                "".join(traceback.format_exception(type(e), e,
+                                                                   e.__traceback__)))
+        except asyncio.CancelledError:
+            conn.abort(False)
+            for t in tasks:
+                t.cancel()
+            raise
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError):
+            pass
+        except Exception:
+            self.stats.driver_errors.append(traceback.format_exc())
+        finally:
+            await conn.close()
+
+    def h2_head(self, method="POST", body_len=None, extra=(), fault=True, pin=True,
+                ep=None):
+        """An HTTP/1.1 head from head(), as an HTTP/2 header list."""
+        h = self.head(method=method.encode(), ep=ep, body_len=body_len, fault=fault,
+                      pin=pin, extra=extra)
+        lines = h.rstrip(b"\r\n").split(b"\r\n")
+        m, path, _ = lines[0].split(b" ", 2)
+        out = [(b":method", m), (b":path", path), (b":scheme", b"http"),
+               (b":authority", b"127.0.0.1")]
+        for l in lines[1:]:
+            k, _, v = l.partition(b":")
+            k = k.strip().lower()
+            if k != b"host":
+                out.append((k, v.strip()))
+        return out
+
+    async def h2_exchange(self, conn, kind, headers, body=b"", delays=None, valid=True,
+                          malformed=None, end=True, head_request=False):
+        """One stream: the head, the body (as flow control allows), the
+        answer; recorded as the HTTP/1.1 ones are."""
+        sid, st = await conn.start(headers, end=not body and end)
+        if body or not end:
+            sender = asyncio.ensure_future(conn.send_body(sid, body, end=end, delays=delays))
+        else:
+            sender = None
+        try:
+            await asyncio.wait_for(st.done.wait(), HANG_S)
+        except asyncio.TimeoutError:
+            rid = dict(headers).get(b"x-request-id", b"-").decode()
+            try:        # what the gateway may still send: the stream's and the connection's
+                window = "%d/%d" % (
+                    conn.conn.streams[sid]._inbound_window_manager.current_window_size,
+                    conn.conn._inbound_flow_control_window_manager.current_window_size)
+            except (h2.exceptions.ProtocolError, KeyError, AttributeError):
+                window = None
+            self.stats.hung.append(
+                "client %d %s (stream %d, %s): no HTTP/2 answer within %ds (status %s, "
+                "%d body bytes, x-request-id %s, acking %s, window open to the gateway %s)"
+                % (self.idx, kind, sid, rid, HANG_S, st.status, st.body_len,
+                   st.headers.get("x-request-id"), conn.ack, window))
+            await conn.reset(sid)
+        if sender is not None and not sender.done():
+            sender.cancel()
+        self.h2_record(kind, st, valid, malformed, head_request)
+
+    def h2_record(self, kind, st, valid, malformed, head_request=False):
+        complete = st.ended and st.status is not None
+        cl = st.headers.get("content-length")
+        if complete and cl is not None and not head_request and st.status not in (204, 304):
+            complete = cl.isdigit() and int(cl) == st.body_len
+        self.record(kind, st.status, st.headers, complete, valid, malformed)
+
+    async def h2_stream(self, conn, kind):
+        try:
+            await self.h2_kind(conn, kind)
+        except (h2.exceptions.ProtocolError, KeyError):
+            pass                    # the connection ended under the stream
+
+    async def h2_kind(self, conn, kind):
+        rng = self.rng
+        if kind == "h2_normal":
+            body = self.body(rng.randrange(0, 2000))
+            await self.h2_exchange(conn, kind, self.h2_head(body_len=len(body)), body)
+        elif kind == "h2_get":
+            await self.h2_exchange(conn, kind, self.h2_head("GET"))
+        elif kind == "h2_head":
+            await self.h2_exchange(conn, kind, self.h2_head("HEAD"), head_request=True)
+        elif kind == "h2_no_length":
+            # No content-length: the body goes to an HTTP/1.1 upstream chunked.
+            body = self.body(rng.randrange(1, 3000))
+            await self.h2_exchange(conn, kind, self.h2_head(), body)
+        elif kind == "h2_slow_body":
+            n = rng.randint(2, 12)
+            await self.h2_exchange(conn, kind, self.h2_head(body_len=n), self.body(n),
+                                   delays=self.slow_delays(n))
+        elif kind == "h2_big_body":
+            n = rng.randrange(65537, 120000)
+            await self.h2_exchange(conn, kind, self.h2_head(body_len=n), self.body(n),
+                                   valid=False)
+        elif kind == "h2_never_ends":
+            # The head and part of a body, then nothing: 408 (header_timeout_ms)
+            # or a reset.
+            n = rng.randint(10, 300)
+            await self.h2_exchange(conn, kind, self.h2_head(body_len=n),
+                                   self.body(rng.randrange(0, n)), end=False)
+        elif kind == "h2_abort_body":
+            n = rng.randint(10, 3000)
+            sid, st = await conn.start(self.h2_head(body_len=n), end=False)
+            await conn.send_body(sid, self.body(rng.randrange(0, n)), end=False)
+            await asyncio.sleep(rng.random() * 1.0)
+            self.stats.aborts["h2-mid-body"] += 1
+            await conn.reset(sid)
+        elif kind == "h2_abort_queued":
+            extra = [b"X-Sluice-Version: treat1",
+                     b"X-Test-Fault: delay=%d" % rng.randrange(200, 1200)]
+            body = self.body(rng.randrange(0, 200))
+            hs = self.h2_head(body_len=len(body), pin=False, fault=False, extra=extra,
+                              ep=b"soak")
+            if rng.random() < 0.6:
+                sid, st = await conn.start(hs, end=not body)
+                if body:
+                    await conn.send_body(sid, body)
+                await asyncio.sleep(rng.random() * 0.6)
+                self.stats.aborts["h2-queued"] += 1
+                if st.done.is_set():
+                    self.h2_record(kind, st, True, None)
+                else:
+                    await conn.reset(sid)
+            else:
+                await self.h2_exchange(conn, kind, hs, body)
+        elif kind == "h2_abort_response":
+            big = rng.random() < 0.5
+            extra = [b"X-Test-Fault: " + (b"big=%d" % rng.randrange(20000, 250000) if big
+                                          else b"stall=%d" % rng.randrange(100, 2000))]
+            sid, st = await conn.start(self.h2_head("GET", fault=False, extra=extra), end=True)
+            try:
+                await asyncio.wait_for(st.head.wait(), HANG_S)
+            except asyncio.TimeoutError:
+                self.stats.hung.append("client %d h2_abort_response: no head within %ds"
+                                       % (self.idx, HANG_S))
+            await asyncio.sleep(rng.random() * 0.3)
+            self.stats.aborts["h2-response-streaming"] += 1
+            if st.done.is_set():
+                self.h2_record(kind, st, True, None)
+            else:
+                await conn.reset(sid)
+        elif kind in ("h2_big_response", "h2_zero_window"):
+            extra = [b"X-Test-Fault: big=%d" % rng.randrange(100000, 250000)]
+            hs = self.h2_head("GET", fault=False, extra=extra)
+            if kind == "h2_zero_window":
+                # The client takes none of the answer for a while: the
+                # connection's window shuts (its other streams wait too).
+                asyncio.ensure_future(conn.hold_window(rng.uniform(0.3, 2.5)))
+            await self.h2_exchange(conn, kind, hs)
+        elif kind == "h2_malformed":
+            m = rng.choice(H2_MALFORMED)
+            self.stats.malformed[m] += 1
+            body = b"abc"
+            hs = self.h2_head(body_len=3, fault=False)
+            if m == "connection_header":
+                hs.append((b"connection", b"keep-alive"))
+            elif m == "te_gzip":
+                hs.append((b"te", b"gzip"))
+            elif m == "transfer_encoding":
+                hs.append((b"transfer-encoding", b"chunked"))
+            elif m == "uppercase_name":
+                hs.append((b"X-Upper", b"a"))
+            elif m == "no_path":
+                hs = [h for h in hs if h[0] != b":path"]
+            elif m == "length_mismatch":
+                hs = [h for h in hs if h[0] != b"content-length"] + [(b"content-length", b"10")]
+            elif m == "pseudo_after_regular":
+                hs = hs[:1] + [(b"x-first", b"1")] + hs[1:]
+            elif m == "bad_method":
+                hs[0] = (b":method", b"PO ST")
+            await self.h2_exchange(conn, kind, hs, body, valid=False, malformed=m)
+
+
 # ---- the operator: reloads, admin changes, log reopen, Redis pauses -------
 
 def operator(sl, redis, rng, stop, stats):
@@ -746,8 +1262,14 @@ async def load(sl, seed, n_clients, seconds, stats, first_idx):
     tls_ctx.check_hostname = False
     tls_ctx.verify_mode = ssl.CERT_NONE
     deadline = time.time() + seconds
+    h2_ctx = ssl.create_default_context()
+    h2_ctx.check_hostname = False
+    h2_ctx.verify_mode = ssl.CERT_NONE
+    h2_ctx.set_alpn_protocols(["h2"])
     clients = [Client(first_idx + i, seed, sl, stats, deadline, tls_ctx)
                for i in range(n_clients)]
+    for c in clients:
+        c.h2_ctx = h2_ctx
     tasks = [asyncio.ensure_future(c.run()) for c in clients]
 
     errpath = os.path.join(sl.dir, "stderr.log")
@@ -962,6 +1484,9 @@ def main():
         check("driver_ran_cleanly", not stats.driver_errors,
               "%d errors, first:\n%s" % (len(stats.driver_errors),
                                          (stats.driver_errors or [""])[0]))
+        check("responses_framed", not stats.garbage,
+              "answers that did not start with a status line, by the kind of request "
+              "that read them: %s" % dict(stats.garbage))
         no_id = [c for c in stats.complete if not c[2]]
         check("every_response_has_request_id", not no_id,
               "%d responses without X-Request-Id, e.g. %s" % (len(no_id), no_id[:3]))
@@ -974,7 +1499,7 @@ def main():
         check("valid_never_refused_as_malformed", not refused,
               "%d well-formed requests refused: %s" % (
                   len(refused), refused[:5]))
-        missing = [k for k, _ in KINDS if stats.sent[k] == 0]
+        missing = [k for k, _ in KINDS + H2_KINDS if stats.sent[k] == 0]
         check("every_kind_sent", not missing, "never sent: %s" % missing)
 
         # -- the access log and Redis, after the drain flushed them --
@@ -1022,7 +1547,8 @@ def main():
         print("time: %.1f s of load, %.1f s in all" % (t_end - t_load, time.time() - T0))
         print("requests sent by kind: %d %s" % (sum(stats.sent.values()),
                                                 dict(sorted(stats.sent.items()))))
-        print("connections: %s" % dict(stats.conns))
+        print("connections: %s; HTTP/2 connection acts: %s"
+              % (dict(stats.conns), dict(stats.h2_conn_acts)))
         print("complete responses by status: %d %s"
               % (sum(stats.status.values()),
                  dict(sorted(stats.status.items(), key=lambda kv: str(kv[0])))))
