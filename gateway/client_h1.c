@@ -130,7 +130,10 @@ h1_send_error(struct client *c, struct request *r, int status, const char *code,
     struct tags t = request_tags(r);
     struct evbuffer *out = client_out(s);
     size_t before = evbuffer_get_length(out);
-    compose_error(out, c->w->scratch, status, code, message, &t, conn_header(s, r));
+    /* A response to HEAD has no content (RFC 9110 §9.3.2): its length in
+     * the head, no body (the chaos soak's framing check found it sent). */
+    compose_error(out, c->w->scratch, status, code, message, &t, conn_header(s, r),
+                  r->head_method);
     r->bytes_out += evbuffer_get_length(out) - before;
 }
 

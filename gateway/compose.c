@@ -151,7 +151,7 @@ compose_response_head(struct evbuffer *out, int status, const struct head *up,
 void
 compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
               const char *code, const char *message, const struct tags *tags,
-              enum conn_header conn)
+              enum conn_header conn, bool head_only)
 {
     BUF_LIT(scratch, "{\"error\":{\"code\":\"");
     buf_str(scratch, code);
@@ -172,6 +172,7 @@ compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
     /* Copied rather than moved: a moved chain is at least 1 KiB, and a
      * client that does not read may hold max_pipelined of these. */
     size_t n = evbuffer_get_length(scratch);
-    evbuffer_add(out, evbuffer_pullup(scratch, (ev_ssize_t)n), n);
+    if (!head_only)
+        evbuffer_add(out, evbuffer_pullup(scratch, (ev_ssize_t)n), n);
     evbuffer_drain(scratch, n);
 }

@@ -310,10 +310,11 @@ enum conn_header { CONN_NONE, CONN_CLOSE, CONN_KEEP_ALIVE };
 void compose_response_head(struct evbuffer *out, int status, const struct head *up,
                            const struct tags *tags, enum framing framing,
                            uint64_t content_length, enum conn_header conn);
-/* A JSON error reply (SPEC §3.6) with our tags. */
+/* A JSON error reply (SPEC §3.6) with our tags; head_only: its head (with
+ * the body's length) for a HEAD request. */
 void compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
                    const char *code, const char *message, const struct tags *tags,
-                   enum conn_header conn);
+                   enum conn_header conn, bool head_only);
 
 /* ---- accounting (account.c) ----------------------------------------------- */
 

@@ -41,7 +41,7 @@ on_headers(llhttp_t *p)
     if (v.cause != RC_OK) {
         struct tags none = {NULL, NULL, "fuzz", false};
         compose_error(out, scratch, req_cause_info(v.cause)->status,
-                      req_cause_info(v.cause)->code, v.message, &none, CONN_CLOSE);
+                      req_cause_info(v.cause)->code, v.message, &none, CONN_CLOSE, false);
         evbuffer_drain(out, evbuffer_get_length(out));
         return HPE_USER;
     }

@@ -762,3 +762,18 @@ def test_upstream_keepalive_close_race_is_retried():
         t.join()
     assert errors == [], "%d errors in %d requests: %s" % (len(errors), done[0], errors[:20])
     assert done[0] == 4 * per
+
+
+def test_head_error_replies_have_no_body():
+    """Sluice's own error answer to HEAD carries the body's length and no
+    body (RFC 9110 §9.3.2), so the next response on a keep-alive connection
+    is read where it starts (found by the chaos soak's framing check)."""
+    s, m, tap = edge()
+    import harness
+    data = harness.raw(s.port, b"HEAD /api/v1/service/nope/score HTTP/1.1\r\nHost: x\r\n\r\n" +
+                       FOLLOW.replace(b"ep1", b"nope"))
+    first_end = data.index(b"\r\n\r\n") + 4
+    assert data.startswith(b"HTTP/1.1 404 "), data[:60]
+    assert b"Content-Length: 85" in data[:first_end], data[:first_end]
+    assert data[first_end:].startswith(b"HTTP/1.1 404 "), data[first_end:first_end + 60]
+    assert data.count(b'{"error"') == 1, data

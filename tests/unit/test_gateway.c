@@ -170,7 +170,7 @@ test_response_head(void)
     /* An error reply: JSON body, its length, our headers. */
     struct evbuffer *scratch = evbuffer_new();
     struct tags none = {NULL, NULL, "rid2", false};
-    compose_error(b, scratch, 401, "unauthorized", "bad \"key\"", &none, CONN_CLOSE);
+    compose_error(b, scratch, 401, "unauthorized", "bad \"key\"", &none, CONN_CLOSE, false);
     s = drain(b);
     const char *body = strstr(s, "\r\n\r\n") + 4;
     CHECK(strncmp(s, "HTTP/1.1 401 Unauthorized\r\n", 27) == 0, "%s", s);
