@@ -1,7 +1,7 @@
 /*
  * Accounting: the access-log line and the counters of each finished
  * request and shadow copy (SPEC §1 logs, §3.7 last bullet, §4). Called
- * once per request, from the one place a request ends (session.c).
+ * once per request, from the one place a request ends (request_end in exchange.c).
  *
  * Access lines are buffered per worker and written whole, one write(2)
  * per buffer, so lines of different workers never interleave.
@@ -17,9 +17,9 @@
 #define ACCESS_FLUSH_BYTES (64 * 1024)
 #define PATH_LOG_MAX 2048
 
-/* Open client connections, all workers (atomic): counted by session.c,
+/* Open client connections, all workers (atomic): counted by conn.c,
  * read by worker.c and the admin API. Defined here, with the other
- * counters, so that session.c does not depend back on worker.c. */
+ * counters, so that conn.c does not depend back on worker.c. */
 int gw_open_connections;
 int gw_open_fds;
 

@@ -5,7 +5,7 @@
  * ignored member paths, the one-pass walk, excerpts) are the library in
  * compare/ (compare/compare.h). This file holds what runs on a worker's
  * loop: the comparison of one shadow copy (struct shadow_cmp), a small
- * object shared by the live request (session.c) and its copy (shadow.c), each
+ * object shared by the live request (request.c, exchange.c) and its copy (shadow.c), each
  *   holding one side. Each side reports its status, its body bytes, and its
  *   end exactly once; the side that ends second runs the comparison and
  *   counts it (account_compare), or, if that is the live side and the
@@ -292,7 +292,7 @@ needs_walk(const struct shadow_cmp *c)
 
 /*
  * A live request that ends after its copy would otherwise compare the two
- * bodies in request_end(), before session.c writes the response's last bytes
+ * bodies in request_end(), before the client side writes the response's last bytes
  * to the client. Those comparisons wait instead in a per-thread list, run by
  * a callback the loop calls once the current one (which flushes the client)
  * returns: the cost stays on the worker's CPU but never in front of the live

@@ -614,7 +614,7 @@ struct worker {
     struct listener_rt *listeners;
     int n_listeners;
     struct upool *pools;
-    /* sessions (session.c) */
+    /* client connections (conn.c) and requests (request.c, exchange.c) */
     TAILQ_HEAD(, session) sessions;
     TAILQ_HEAD(, request) waiters;  /* waiting for a concurrency slot, FIFO */
     struct event *wait_poll;        /* slots free in other workers too */

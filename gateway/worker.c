@@ -2,7 +2,7 @@
  * Worker threads: one event_base each, with their own SO_REUSEPORT
  * listeners, sessions and upstream pools. The main thread talks to a worker
  * only through its mailbox (a mutex-guarded slot and an eventfd), never on
- * the request path. A worker hands accepted sockets to session.c and keeps
+ * the request path. A worker hands accepted sockets to client_h1.c and keeps
  * its per-endpoint state (split, pools, counters) for the current snapshot.
  */
 #define _GNU_SOURCE
