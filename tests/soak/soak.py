@@ -597,7 +597,12 @@ class H2Conn:
                 pass
         self.closed = True
         try:
-            self.w.close()
+            # Gone at once, as a client that is done: a TLS close would wait
+            # (up to asyncio's 30 s) for the gateway's close_notify, which a
+            # gateway holding output for a client that stopped reading reads
+            # only after send_timeout_ms: the descriptor check would count
+            # the driver's lingering socket as the gateway's.
+            self.w.transport.abort()
         except Exception:       # noqa: BLE001
             pass
         if self.task is not None:
