@@ -203,10 +203,14 @@ def test_http2_off_on_a_listener():
     """"http2": false: the HTTP/2 preface is just malformed HTTP/1.1 (400),
     and TLS offers only http/1.1."""
     a, b = Model("versiona"), Model("versionb")
-    s = Sluice(two_versions(a, b), tls=True, wait=False)
+    s = Sluice(two_versions(a, b), tls=True)
+    # Restarted with the listeners changed (a Sluice spawns at once: a
+    # rewrite before it read its file would race it).
+    assert s.stop() == 0
     for l in s.config["listeners"]:
         l["http2"] = False
     s.write_config()
+    s.spawn()
     s.wait_ready()
     data = harness.raw(s.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400"), data[:80]
