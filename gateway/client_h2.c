@@ -185,16 +185,8 @@ read_out(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *fl
          nghttp2_data_source *src, void *user)
 {
     struct h2stream *st = src->ptr;
-    size_t have = st->out ? evbuffer_get_length(st->out) : 0;
-    if (have == 0 && !st->out_eof) {
-        st->deferred = true;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    size_t n = have < len ? have : len;
-    if (n > 0)
-        evbuffer_remove(st->out, buf, n);
-    if (st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    ssize_t n = h2_source_read(st->out, st->out_eof, &st->deferred, buf, len, flags);
+    if (*flags & NGHTTP2_DATA_FLAG_EOF) {
         if (st->trl != NULL) {
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             nghttp2_submit_trailer(ng, id, st->trl, st->n_trl);
@@ -208,7 +200,7 @@ read_out(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *fl
              * stop sending (RFC 9113 §8.1). */
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
     }
-    return (ssize_t)n;
+    return n;
 }
 
 static void

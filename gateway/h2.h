@@ -45,6 +45,13 @@ int h2_request_field(struct head *hd, const char *name, size_t nlen, const char 
  * HTTP/1.1 upstream. */
 void h2_request_line(struct request *r, int method, bool end_stream);
 
+/* An nghttp2 data source over a stream's buffer (out may be NULL: nothing
+ * yet): up to len bytes into buf; NGHTTP2_ERR_DEFERRED (and *deferred set)
+ * while empty and not at eof; the EOF flag once eof and empty. Both sides'
+ * streams (client_h2.c's responses, upstream_h2.c's requests) use it. */
+ssize_t h2_source_read(struct evbuffer *out, bool eof, bool *deferred, uint8_t *buf,
+                       size_t len, uint32_t *flags);
+
 /* Flood accounting per connection (SPEC §9): within each second, more
  * stream resets than max_streams, or more than H2_FLOOD_FRAMES PING,
  * SETTINGS or empty DATA frames; or more than H2_MAX_CONTINUATIONS

@@ -240,3 +240,20 @@ h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
         return false;
     }
 }
+
+ssize_t
+h2_source_read(struct evbuffer *out, bool eof, bool *deferred, uint8_t *buf, size_t len,
+               uint32_t *flags)
+{
+    size_t have = out != NULL ? evbuffer_get_length(out) : 0;
+    if (have == 0 && !eof) {
+        *deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = have < len ? have : len;
+    if (n > 0)
+        evbuffer_remove(out, buf, n);
+    if (eof && have == n)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}

@@ -21,7 +21,7 @@
  * stream the server processed); a failed connect is a 502 as for a pool
  * with one upstream.
  */
-#include "gateway/internal.h"
+#include "gateway/h2.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -149,17 +149,9 @@ read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *f
           nghttp2_data_source *src, void *user)
 {
     struct h2stream_up *st = src->ptr;
-    size_t have = st->out ? evbuffer_get_length(st->out) : 0;
-    if (have == 0 && !st->out_eof) {
-        st->deferred = true;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    size_t n = have < len ? have : len;
-    if (n > 0)
-        evbuffer_remove(st->out, buf, n);
-    if (st->out_eof && evbuffer_get_length(st->out) == 0)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    return (ssize_t)n;
+    /* A request with an empty body has no buffer at all (h2_source_read
+     * takes NULL as empty). */
+    return h2_source_read(st->out, st->out_eof, &st->deferred, buf, len, flags);
 }
 
 static int

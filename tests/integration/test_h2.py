@@ -465,6 +465,10 @@ def test_http2_upstreams_both_ways():
     for args in (["--http2-prior-knowledge"], ["--http1.1"]):
         rc, status, hd, body = curl(*args, "-d", '{"x":1}', outer.url("mynewendpoint"))
         assert rc == 0 and " 200" in status, (args, rc, status)
+        # an empty body (Content-Length: 0) has no buffer on the HTTP/2 side:
+        # it once crashed the gateway
+        rc, status, _, _ = curl(*args, "-d", "", outer.url("mynewendpoint"))
+        assert rc == 0 and " 200" in status, (args, rc, status)
         assert hd["x-sluice-version"] == "viah2"
         assert json.loads(body)["version"] in ("versiona", "versionb")
     body = os.path.join(outer.dir, "body.json")
@@ -474,9 +478,9 @@ def test_http2_upstreams_both_ways():
                         outer.url("mynewendpoint")], capture_output=True, text=True, timeout=60)
     assert "300 succeeded" in r.stdout and "300 2xx" in r.stdout, r.stdout
     lines = inner.access_lines()
-    assert len(lines) == 302 and all(l["protocol"] == "HTTP/2" and l["status"] == 200
+    assert len(lines) == 304 and all(l["protocol"] == "HTTP/2" and l["status"] == 200
                                      for l in lines), lines[:3]
-    assert a.stats()["requests"] + b.stats()["requests"] == 302
+    assert a.stats()["requests"] + b.stats()["requests"] == 304
 
 
 def test_http2_upstream_many_streams_no_stream_errors():
