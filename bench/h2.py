@@ -16,14 +16,17 @@ A "direct" run sends each scenario straight to one model server, in the
 same rotation: the ceiling the backend allows; a warning is printed when
 it is under twice the fastest proxy. Runs are interleaved over --rounds
 (the order rotates each round); medians are printed: requests per second,
-mean request time, CPU per request of the proxy's and of the models'
+p50 and p99 request time, CPU per request of the proxy's and of the models'
 process trees, peak RSS, each with its ratio to nginx. h2load counts a
 2xx answer as a success; gRPC failures (grpc-status in trailers) are not
 seen by it, the proxies' correctness is the tests' business.
 
-Sluice's column: --sluice (or SLUICE_H2=1) adds it. It needs the gateway
-of SPEC §9 (HTTP/2 on plain listeners by prior knowledge, versions with
-"upstream_protocol": "http2"); start_sluice_h2 below writes that config.
+Sluice's column: --sluice (or SLUICE_H2=1) adds it: HTTP/2 on both sides
+(SPEC §9), with key auth, the 90/10 split and Redis metrics on (a
+redis-server is started for it); --sluice-plain drops auth and metrics.
+Every proxy checks the same Authorization value (nginx and HAProxy with one
+string comparison, so they do no more than they must), and every target
+gets it. Latency: p50 and p99 from h2load's per-request log (--log-file).
 """
 import argparse
 import json
@@ -42,6 +45,8 @@ import bench as B  # noqa: E402  (spawn, start_model, cpu and RSS readers)
 SCORE = "/api/v1/service/bench/score"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+KEY = "bench-primary-key-0123456789abcdef"
+AUTH = "Bearer " + KEY
 
 
 def pb_key(field, wt):
@@ -93,6 +98,7 @@ http {
         server %(b)s weight=1;
         keepalive 128;
     }
+    map $http_authorization $denied { "%(auth)s" 0; default 1; }
     # its own pool: a kept HTTP/1.1 connection must not carry gRPC
     upstream grpcmodels {
         server %(a)s weight=9;
@@ -103,16 +109,18 @@ http {
         listen 127.0.0.1:%(port)d http2;
         keepalive_requests 1000000;
         location /inference.GRPCInferenceService/ {
+            if ($denied) { return 401; }
             grpc_pass grpc://grpcmodels;
         }
         location / {
+            if ($denied) { return 401; }
             proxy_pass http://models;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
     }
 }
-""" % dict(d=d, a=models[0], b=models[1], port=port))
+""" % dict(d=d, a=models[0], b=models[1], port=port, auth=AUTH))
     p = B.spawn(["nginx", "-c", conf, "-p", d, "-g", "daemon off;"],
                 open(os.path.join(d, "nginx-h2.log"), "w"))
     B.wait_port(port)
@@ -135,21 +143,23 @@ defaults
     timeout http-keep-alive 60s
 frontend fe
     bind 127.0.0.1:%(port)d proto h2
+    http-request deny deny_status 401 unless { req.hdr(authorization) -m str "%(auth)s" }
     default_backend models
 backend models
     balance roundrobin
     http-reuse always
     server versiona %(a)s weight 90 proto h2
     server versionb %(b)s weight 10 proto h2
-""" % dict(a=models[0], b=models[1], port=port))
+""" % dict(a=models[0], b=models[1], port=port, auth=AUTH))
     p = B.spawn(["haproxy", "-f", conf, "-db"], open(os.path.join(d, "haproxy-h2.log"), "w"))
     B.wait_port(port)
     return B.Proxy("haproxy", p, port, None)
 
 
-def start_sluice_h2(d, models):
-    """Sluice over HTTP/2 on both sides (SPEC §9): the hook for its column.
-    The gRPC calls name the endpoint "bench" in model_name."""
+def start_sluice_h2(d, models, redis_port=None):
+    """Sluice over HTTP/2 on both sides (SPEC §9). The gRPC calls name the
+    endpoint "bench" in model_name. redis_port: key auth and Redis metrics
+    on (the issue's "auth + split + metrics"); None: neither."""
     port, admin = B.free_port(), B.free_port()
     versions = [
         {"name": "versiona", "upstreams": [models[0]], "traffic_percentile": 90,
@@ -162,6 +172,11 @@ def start_sluice_h2(d, models):
            "admin": {"address": "127.0.0.1:%d" % admin},
            "log": {"access_log": "off"},
            "endpoints": [{"name": "bench", "auth": {"keys": False}, "versions": versions}]}
+    if redis_port:
+        cfg["endpoints"][0]["auth"] = {"keys": True}
+        cfg["endpoints"][0]["keys"] = {"primary": KEY,
+                                       "secondary": "bench-secondary-key-0123456789abcd"}
+        cfg["redis"] = {"address": "127.0.0.1:%d" % redis_port, "flush_interval_ms": 1000}
     path = os.path.join(d, "sluice-h2.json")
     with open(path, "w") as f:
         json.dump(cfg, f, indent=1)
@@ -189,9 +204,25 @@ def parse_h2load(out):
     return r
 
 
-def run_h2load(proxy, path, data, headers, a):
+def percentiles(log):
+    """p50 and p99 (ms) of h2load's per-request log: start, status, us."""
+    us = []
+    with open(log) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                us.append(int(parts[2]))
+    if not us:
+        return None, None
+    us.sort()
+    return us[len(us) // 2] / 1000.0, us[min(len(us) - 1, len(us) * 99 // 100)] / 1000.0
+
+
+def run_h2load(proxy, path, data, headers, a, d):
+    log = os.path.join(d, "h2load-requests.tsv")
     cmd = ["h2load", "-t", "1", "-c", str(a.connections), "-m", str(a.streams),
-           "-D", str(a.duration), "--warm-up-time", "1", "-d", data] + headers
+           "-D", str(a.duration), "--warm-up-time", "1", "-d", data,
+           "--log-file", log, "-H", "authorization: " + AUTH] + headers
     models = [p.pid for p in B.MODEL_PROCS]
     own = [proxy.proc.pid] if proxy.name != B.DIRECT else []
     c0, m0 = B.cpu_seconds(own), B.cpu_seconds(models)
@@ -199,6 +230,8 @@ def run_h2load(proxy, path, data, headers, a):
                          capture_output=True, text=True, timeout=a.duration + 60).stdout
     c1, m1 = B.cpu_seconds(own), B.cpu_seconds(models)
     r = parse_h2load(out)
+    r["p50"], r["p99"] = percentiles(log)
+    os.unlink(log)
     if r["requests"] == 0:
         r["out"] = out[-1500:]
     n = max(r["requests"], 1)
@@ -216,7 +249,9 @@ def main():
     ap.add_argument("--evhttp-model", action="store_true",
                     help="the full evhttp model server instead of --fast")
     ap.add_argument("--sluice", action="store_true", default=os.environ.get("SLUICE_H2") == "1",
-                    help="add sluice (needs a gateway that speaks HTTP/2, SPEC §9)")
+                    help="add sluice (HTTP/2 on both sides, SPEC §9)")
+    ap.add_argument("--sluice-plain", action="store_true",
+                    help="sluice without key auth and Redis metrics")
     ap.add_argument("--targets", default="nginx,haproxy",
                     help="proxies besides direct (and sluice with --sluice)")
     ap.add_argument("--json", help="write the raw results here")
@@ -236,7 +271,14 @@ def main():
         starters = {"nginx": start_nginx_h2, "haproxy": start_haproxy_h2}
         proxies = [starters[t](d, models) for t in a.targets.split(",") if t]
         if a.sluice:
-            proxies.append(start_sluice_h2(d, models))
+            redis_port = None
+            if not a.sluice_plain:
+                redis_port = B.free_port()
+                B.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
+                         "--save", "", "--appendonly", "no"],
+                        open(os.path.join(d, "redis.log"), "w"))
+                B.wait_port(redis_port)
+            proxies.append(start_sluice_h2(d, models, redis_port))
         direct = B.Proxy(B.DIRECT, B.MODEL_PROCS[0], int(models[0].rsplit(":", 1)[1]), None)
         targets = proxies + [direct]
         results = {}
@@ -244,11 +286,11 @@ def main():
             for sname, path, data, headers in scen:
                 order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
                 for p in order:
-                    r = run_h2load(p, path, data, headers, a)
+                    r = run_h2load(p, path, data, headers, a, d)
                     results.setdefault((sname, p.name), []).append(r)
-                    print("round %d  %-11s %-8s %10.0f req/s  mean %7.2f ms  cpu %6s us/req  "
-                          "model %6s us/req  errors %d" % (
-                              rnd + 1, sname, p.name, r["rps"], r["mean_ms"] or -1,
+                    print("round %d  %-11s %-8s %10.0f req/s  p50 %6.2f ms  p99 %6.2f ms  "
+                          "cpu %6s us/req  model %6s us/req  errors %d" % (
+                              rnd + 1, sname, p.name, r["rps"], r["p50"] or -1, r["p99"] or -1,
                               B.fmt(r["cpu_us"], 0, 1), B.fmt(r["model_cpu_us"], 0, 1),
                               r["errors"]), flush=True)
                     if "out" in r:
@@ -265,20 +307,21 @@ def main():
         warnings, summary = [], {}
         for sname, _, _, _ in scen:
             print("\n%s" % sname)
-            print("  %-10s %18s %18s %16s %18s %9s %7s" % (
-                "target", "req/s", "mean ms", "peak RSS MiB", "cpu us/req", "model us",
-                "errors"))
+            print("  %-10s %18s %16s %16s %16s %18s %9s %7s" % (
+                "target", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "cpu us/req",
+                "model us", "errors"))
             have_nginx = (sname, "nginx") in results
             base = {k: med(results[(sname, "nginx")], k) if have_nginx else None
-                    for k in ("rps", "mean_ms", "cpu_us")}
+                    for k in ("rps", "p50", "p99", "cpu_us")}
             for p in targets:
                 runs = results[(sname, p.name)]
-                m = {k: med(runs, k) for k in ("rps", "mean_ms", "cpu_us", "model_cpu_us")}
+                m = {k: med(runs, k) for k in ("rps", "p50", "p99", "cpu_us", "model_cpu_us")}
                 mib = rss[p.name] / 1024.0
                 summary["%s|%s" % (sname, p.name)] = dict(m, peak_rss_mib=mib)
-                print("  %-10s %10.0f %s %10.2f %s %8.1f %s %10s %s %9s %7d" % (
-                    p.name, m["rps"], B.ratio(m["rps"], base["rps"]), m["mean_ms"],
-                    B.ratio(m["mean_ms"], base["mean_ms"]), mib,
+                print("  %-10s %10.0f %s %8.2f %s %8.2f %s %8.1f %s %10s %s %9s %7d" % (
+                    p.name, m["rps"], B.ratio(m["rps"], base["rps"]), m["p50"],
+                    B.ratio(m["p50"], base["p50"]), m["p99"], B.ratio(m["p99"], base["p99"]),
+                    mib,
                     B.ratio(mib, rss["nginx"] / 1024.0 if have_nginx else None),
                     B.fmt(m["cpu_us"], 10, 1), B.ratio(m["cpu_us"], base["cpu_us"]),
                     B.fmt(m["model_cpu_us"], 9, 1), sum(x["errors"] for x in runs)))
