@@ -9,6 +9,13 @@ warms it up, zeroes the counters, sends N keep-alive requests from one
 client, dumps, and prints user-space instructions per request and the
 ratio to the plain core. (System calls are the same for every variant:
 one read and one write on each side.)
+
+h2 and grpc: HTTP/2 on both sides with key auth, the split and Redis
+metrics on (bench/h2.py's Sluice), h2load sending N requests over 8
+connections of 16 concurrent streams (an h2 POST of the same body, or a
+gRPC ModelInfer). Under callgrind the gateway is slow, so more streams
+arrive per read than at full speed: a figure to compare builds with, not
+absolute.
 """
 import argparse
 import glob
@@ -25,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests", "integration"))
 import bench  # noqa: E402
+import h2 as H2  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
 import requests  # noqa: E402
@@ -44,7 +52,62 @@ def total_ir(path):
 TRACING = {"tracing001": 0.01, "tracing1": 1.0}
 
 
+def run_h2_variant(d, variant, models, redis_port, n):
+    """h2 / grpc: h2load sends n requests (after a warm-up run)."""
+    out = os.path.join(d, "cg-%s.out" % variant)
+    wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+    proxy = start_h2_under(d, models, redis_port, wrap)
+    if variant == "grpc":
+        path, data, headers = H2.INFER, os.path.join(d, "infer.bin"), H2.GRPC_HEADERS
+        with open(data, "wb") as f:
+            f.write(H2.infer_call("bench"))
+    else:
+        path, data = "/api/v1/service/bench/score", os.path.join(d, "body.json")
+        headers = ["-H", "content-type: application/json"]
+        with open(data, "w") as f:
+            f.write(bench.BODY)
+    url = "http://127.0.0.1:%d%s" % (proxy.http_port, path)
+
+    def load(k):
+        r = subprocess.run(["h2load", "-t", "1", "-c", "8", "-m", "16", "-n", str(k), "-d", data,
+                            "-H", "authorization: " + H2.AUTH] + headers + [url],
+                           capture_output=True, text=True, timeout=600)
+        res = H2.parse_h2load(r.stdout)
+        assert res["requests"] == k and res["errors"] == 0, r.stdout[-800:]
+    load(400)                                           # warm up: pools, caches
+    time.sleep(1.2)
+    subprocess.run(["callgrind_control", "-z", str(proxy.proc.pid)], capture_output=True,
+                   check=True)
+    load(n)
+    subprocess.run(["callgrind_control", "-d", str(proxy.proc.pid)], capture_output=True,
+                   check=True)
+    proxy.proc.terminate()
+    proxy.proc.wait(60)
+    dumps = sorted(glob.glob(out + ".*"), key=lambda f: int(f.rsplit(".", 1)[1]))
+    if os.environ.get("CALLGRIND_KEEP"):
+        shutil.copy(dumps[0], os.path.join(os.environ["CALLGRIND_KEEP"], "%s.callgrind" % variant))
+    return total_ir(dumps[0]) / n
+
+
+def start_h2_under(d, models, redis_port, wrap):
+    """bench/h2.py's Sluice (auth, split, metrics) under callgrind."""
+    real_spawn = bench.spawn
+
+    def spawn(cmd, log):
+        return real_spawn(wrap + cmd if cmd[:1] == [bench.SLUICE] else cmd, log)
+    H2.B.spawn = spawn
+    wait = bench.wait_port
+    H2.B.wait_port = lambda port, timeout=60: wait(port, timeout=60)
+    try:
+        return H2.start_sluice_h2(d, models, redis_port)
+    finally:
+        H2.B.spawn = real_spawn
+        H2.B.wait_port = wait
+
+
 def run_variant(d, variant, models, cert, key, redis_port, n, otlp=None):
+    if variant in ("h2", "grpc"):
+        return run_h2_variant(d, variant, models, redis_port, n)
     http, https, admin = bench.free_port(), bench.free_port(), bench.free_port()
     # pinned: the metrics variant with every request pinned to versionb
     # (X-Sluice-Version), so each is counted again in its pinned hashes.
@@ -106,6 +169,7 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--variants", default="core,routing,keys,token,metrics,pinned")
     # tracing cost (issue 21): --variants core,tracing001,tracing1
+    # HTTP/2 and gRPC (issue 19): --variants h2,grpc
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sluice-cg-")
     try:

@@ -88,10 +88,8 @@ static void h2_run(struct session *s);
 static void
 stream_destroy(struct h2stream *st)
 {
-    if (st->in != NULL)
-        evbuffer_free(st->in);
-    if (st->out != NULL)
-        evbuffer_free(st->out);
+    worker_buf_put(st->c.w, st->in);
+    worker_buf_put(st->c.w, st->out);
     free(st->trl);
     free(st->trl_store);
     free(st);
@@ -243,7 +241,7 @@ static bool
 h2_send_body(struct client *c, struct request *r, const char *at, size_t len)
 {
     struct h2stream *st = ST(c);
-    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+    if (st->out == NULL && (st->out = worker_buf_get(st->c.w)) == NULL)
         return false;
     evbuffer_add(st->out, at, len);
     r->bytes_out += len;
@@ -281,7 +279,7 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
         submit(st, &f, false);
         return;
     }
-    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+    if (st->out == NULL && (st->out = worker_buf_get(st->c.w)) == NULL)
         return;
     BUF_LIT(st->out, "{\"error\":{\"code\":\"");
     buf_str(st->out, code);
@@ -529,7 +527,7 @@ on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, siz
         nghttp2_session_consume(ng, id, len);   /* nobody wants it */
         return 0;
     }
-    if (st->in == NULL && (st->in = evbuffer_new()) == NULL)
+    if (st->in == NULL && (st->in = worker_buf_get(st->c.w)) == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     evbuffer_add(st->in, data, len);
     pump(st);

@@ -69,14 +69,14 @@ client_flush(struct session *s)
 
 /* ---- buffers: from a per-worker pool, only while in use ------------------- */
 
-static struct evbuffer *
-buf_get(struct worker *w)
+struct evbuffer *
+worker_buf_get(struct worker *w)
 {
     return w->n_free_bufs > 0 ? w->free_bufs[--w->n_free_bufs] : evbuffer_new();
 }
 
-static void
-buf_put(struct worker *w, struct evbuffer *b)
+void
+worker_buf_put(struct worker *w, struct evbuffer *b)
 {
     if (b == NULL)
         return;
@@ -91,9 +91,9 @@ static bool
 ensure_bufs(struct session *s)
 {
     if (s->io.in == NULL)
-        s->io.in = buf_get(s->c.w);
+        s->io.in = worker_buf_get(s->c.w);
     if (s->io.out == NULL)
-        s->io.out = buf_get(s->c.w);
+        s->io.out = worker_buf_get(s->c.w);
     return s->io.in != NULL && s->io.out != NULL;
 }
 
@@ -105,8 +105,8 @@ release_bufs(struct session *s)
         evbuffer_get_length(s->io.in) > 0 || evbuffer_get_length(s->io.out) > 0 ||
         s->tp->pending(&s->io))
         return;
-    buf_put(s->c.w, s->io.in);
-    buf_put(s->c.w, s->io.out);
+    worker_buf_put(s->c.w, s->io.in);
+    worker_buf_put(s->c.w, s->io.out);
     s->io.in = s->io.out = NULL;
 }
 
@@ -344,11 +344,11 @@ close_with(struct session *s, enum req_cause cause)
     s->io.fd = -1;
     if (s->io.in != NULL) {
         evbuffer_drain(s->io.in, evbuffer_get_length(s->io.in));
-        buf_put(w, s->io.in);
+        worker_buf_put(w, s->io.in);
     }
     if (s->io.out != NULL) {
         evbuffer_drain(s->io.out, evbuffer_get_length(s->io.out));
-        buf_put(w, s->io.out);
+        worker_buf_put(w, s->io.out);
     }
     s->io.in = s->io.out = NULL;
     TAILQ_REMOVE(&w->sessions, s, link);

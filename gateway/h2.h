@@ -17,7 +17,7 @@ struct h2_fields {
     nghttp2_nv nv[H2_MAX_FIELDS];
     int n;
     char lower[GW_MAX_HEADERS][64]; /* lowercased names (RFC 9113 §8.2.1) */
-    char status[8], length[24], grpc_status[8], grpc_message[600];
+    char status[24], length[24], grpc_status[8], grpc_message[600];
 };
 
 /* A relayed response: :status, the model server's headers without the

@@ -15,13 +15,20 @@
 #include <event2/buffer.h>
 
 static void
-add(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen)
+add_flags(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen,
+          uint8_t flags)
 {
     if (f->n >= H2_MAX_FIELDS)
         return;
     /* nghttp2 copies them (no NO_COPY flags) and never writes to them. */
     f->nv[f->n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)name, (uint8_t *)(uintptr_t)value,
-                                 nlen, vlen, NGHTTP2_NV_FLAG_NONE};
+                                 nlen, vlen, flags};
+}
+
+static void
+add(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    add_flags(f, name, nlen, value, vlen, NGHTTP2_NV_FLAG_NONE);
 }
 
 #define ADD(f, n, val) add((f), (n), sizeof(n) - 1, (val), strlen(val))
@@ -35,7 +42,19 @@ add_tags(struct h2_fields *f, const struct tags *t)
     }
     if (t->failover)
         ADD(f, "x-sluice-failover", "true");
-    ADD(f, "x-request-id", t->request_id);
+    /* New on every response: never in the HPACK dynamic table, where it
+     * would evict reusable entries and lengthen every lookup of its name. */
+    add_flags(f, "x-request-id", 12, t->request_id, strlen(t->request_id),
+              NGHTTP2_NV_FLAG_NO_INDEX);
+}
+
+/* n in decimal, NUL-terminated (out has room for 21 bytes): snprintf cost
+ * more than the rest of composing a response. */
+static const char *
+dec(char *out, uint64_t n)
+{
+    out[fmt_u64(out, n)] = '\0';
+    return out;
 }
 
 static void
@@ -49,7 +68,7 @@ void
 h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct tags *t)
 {
     f->n = 0;
-    snprintf(f->status, sizeof(f->status), "%d", ri->status);
+    dec(f->status, (uint64_t)(unsigned)ri->status);
     ADD(f, ":status", f->status);
     const struct head *hd = ri->hd;
     int k = 0;
@@ -69,7 +88,7 @@ h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct
         add(f, f->lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
     }
     if (ri->has_length && ri->status != 204) {
-        snprintf(f->length, sizeof(f->length), "%llu", (unsigned long long)ri->content_length);
+        dec(f->length, ri->content_length);
         ADD(f, "content-length", f->length);
     }
     add_tags(f, t);
@@ -79,8 +98,8 @@ void
 h2_fields_error(struct h2_fields *f, int status, size_t body_len, const struct tags *t)
 {
     f->n = 0;
-    snprintf(f->status, sizeof(f->status), "%d", status);
-    snprintf(f->length, sizeof(f->length), "%zu", body_len);
+    dec(f->status, (uint64_t)(unsigned)status);
+    dec(f->length, body_len);
     ADD(f, ":status", f->status);
     ADD(f, "content-type", "application/json");
     ADD(f, "content-length", f->length);

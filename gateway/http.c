@@ -234,12 +234,20 @@ void
 buf_u64(struct evbuffer *b, uint64_t n)
 {
     char tmp[24];
+    evbuffer_add(b, tmp, fmt_u64(tmp, n));
+}
+
+size_t
+fmt_u64(char *out, uint64_t n)
+{
+    char tmp[24];
     int i = sizeof(tmp);
     do {
         tmp[--i] = (char)('0' + n % 10);
         n /= 10;
     } while (n > 0);
-    evbuffer_add(b, tmp + i, sizeof(tmp) - (size_t)i);
+    memcpy(out, tmp + i, sizeof(tmp) - (size_t)i);
+    return sizeof(tmp) - (size_t)i;
 }
 
 void

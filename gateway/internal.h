@@ -98,6 +98,12 @@ bool http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen);
 #define BUF_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
 void buf_str(struct evbuffer *b, const char *str);
 void buf_u64(struct evbuffer *b, uint64_t n);
+/* n in decimal at out (room for 20 digits); its length. No NUL. */
+size_t fmt_u64(char *out, uint64_t n);
+/* An empty evbuffer from the worker's pool (conn.c), and back (freed when
+ * the pool is full or b not empty); NULL-safe. Only on the worker's thread. */
+struct evbuffer *worker_buf_get(struct worker *w);
+void worker_buf_put(struct worker *w, struct evbuffer *b);
 void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
 /* Append s to b as a JSON string body (no quotes), escaped. Bytes that are
  * not valid UTF-8 are escaped as \u00XX so the output is always JSON. */
@@ -508,6 +514,12 @@ struct upstream_class {
 extern const struct upstream_class upstream_http1;
 extern const struct upstream_class upstream_http2;     /* upstream_h2.c */
 void upstream_h2_free_pool(struct upool *p);
+/* An ended HTTP/2 upstream stream kept for the next one (true), instead of
+ * freed: a stream's struct is a few KiB, and allocating one per request
+ * cost more than the rest of opening it. upstream_h2_spares_free() at the
+ * worker's end. */
+bool upstream_h2_keep(struct worker *w, struct upconn *u);
+void upstream_h2_spares_free(struct worker *w);
 
 void upstream_worker_init(struct worker *w);
 /* The worker's pool for an address and protocol (shared across generations). */
@@ -629,6 +641,8 @@ struct worker {
     /* upstreams and shadows (upstream.c, shadow.c) */
     struct upconn *gc_upconns;
     struct event *upstream_gc_ev;
+    struct upconn *h2_spares;       /* ended HTTP/2 upstream streams, reused */
+    int n_h2_spares;
     TAILQ_HEAD(, shadow) shadows;
     int n_shadows;
     uint64_t cmp_retained;          /* response bytes held for comparisons (compare.c) */

@@ -658,6 +658,8 @@ upstream_gc(struct worker *w)
     while (w->gc_upconns != NULL) {
         struct upconn *u = w->gc_upconns;
         w->gc_upconns = u->gc_next;
+        if (u->cls == &upstream_http2 && upstream_h2_keep(w, u))
+            continue;
         if (u->replay != NULL)
             evbuffer_free(u->replay);
         head_free(&u->head);

@@ -29,6 +29,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,8 +118,7 @@ static void
 stream_free_later(struct h2stream_up *st)
 {
     struct worker *w = st->u.w;
-    if (st->out != NULL)
-        evbuffer_free(st->out);
+    worker_buf_put(w, st->out);
     st->out = NULL;
     free(st->nva);
     free(st->nv_store);
@@ -473,6 +473,53 @@ conn_new(struct worker *w, struct upool *p)
     return c;
 }
 
+/* ---- spare streams --------------------------------------------------------------------- */
+
+#define MAX_SPARES 128
+
+/* A zeroed stream, but for its heads' buffers, which a spare keeps. */
+static struct h2stream_up *
+take_spare(struct worker *w)
+{
+    struct upconn *u = w->h2_spares;
+    if (u == NULL)
+        return calloc(1, sizeof(struct h2stream_up));
+    w->h2_spares = u->gc_next;
+    w->n_h2_spares--;
+    /* All zero as calloc gave it, but the heads: emptied, buffers kept
+     * (their header arrays are most of the struct). */
+    memset(u, 0, offsetof(struct upconn, head));
+    head_reset(&u->head);
+    head_reset(&u->trailers);
+    size_t rest = offsetof(struct upconn, trailers) + sizeof(u->trailers);
+    memset((char *)u + rest, 0, sizeof(struct h2stream_up) - rest);
+    return (struct h2stream_up *)u;
+}
+
+bool
+upstream_h2_keep(struct worker *w, struct upconn *u)
+{
+    if (w->n_h2_spares >= MAX_SPARES || u->replay != NULL)
+        return false;
+    u->gc_next = w->h2_spares;
+    w->h2_spares = u;
+    w->n_h2_spares++;
+    return true;
+}
+
+void
+upstream_h2_spares_free(struct worker *w)
+{
+    while (w->h2_spares != NULL) {
+        struct upconn *u = w->h2_spares;
+        w->h2_spares = u->gc_next;
+        head_free(&u->head);
+        head_free(&u->trailers);
+        free(u);
+    }
+    w->n_h2_spares = 0;
+}
+
 /* ---- the class ----------------------------------------------------------------------- */
 
 static struct upconn *
@@ -491,7 +538,7 @@ h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void
         }
     if (c == NULL && (n >= MAX_CONNS_PER_POOL || (c = conn_new(w, p)) == NULL))
         return NULL;
-    struct h2stream_up *st = calloc(1, sizeof(*st));
+    struct h2stream_up *st = take_spare(w);
     if (st == NULL)
         return NULL;
     struct upconn *u = &st->u;
@@ -596,10 +643,15 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     }
     char *at = st->nv_store;
     size_t n = 0;
-#define NV(name_, nlen_, val_, vlen_) do { \
+/* Fields whose value is new on every request (its id, its trace) are
+ * never put in the HPACK dynamic table: each would evict a reusable entry,
+ * and nghttp2's table lookup compares a name's every entry (NV1). */
+#define NVF(name_, nlen_, val_, vlen_, flags_) do { \
         st->nva[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(name_), \
-            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), NGHTTP2_NV_FLAG_NONE}; \
+            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), (flags_)}; \
     } while (0)
+#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NONE)
+#define NV1(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NO_INDEX)
     u->framing = r->framing;
     NV(":method", 7, r->method, strlen(r->method));
     char *path = at;
@@ -656,10 +708,10 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     }
     if (r->tags.failover)
         NV("x-sluice-failover", 17, "true", 4);
-    NV("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
+    NV1("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
     if (r->traceparent != NULL) {   /* this hop's (SPEC §10), copied: the caller's is on its stack */
         memcpy(at, r->traceparent, TRACING_TRACEPARENT_LEN);
-        NV("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
+        NV1("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
         at += TRACING_TRACEPARENT_LEN;
     }
     if (r->tracestate_len > 0) {
@@ -677,10 +729,12 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     }
     char *cl = at;
     if (r->framing == FRAME_LENGTH) {
-        at += (size_t)snprintf(at, 24, "%llu", (unsigned long long)r->content_length);
+        at += fmt_u64(at, r->content_length);
         NV("content-length", 14, cl, (size_t)(at - cl));
     }
+#undef NV1
 #undef NV
+#undef NVF
     st->n_nva = n;
     if (r->framing == FRAME_NONE)
         st->out_eof = true;
@@ -692,7 +746,7 @@ static void
 h2_send_body(struct upconn *u, const char *at, size_t len)
 {
     struct h2stream_up *st = ST(u);
-    if (st->out == NULL && (st->out = evbuffer_new()) == NULL)
+    if (st->out == NULL && (st->out = worker_buf_get(st->u.w)) == NULL)
         return;
     evbuffer_add(st->out, at, len);
     if (st->deferred && st->id > 0 && st->conn != NULL) {

@@ -371,6 +371,7 @@ workers_free(void)
         shadows_free_all(w);
         upstream_free_all(w);
         upstream_gc(w);
+        upstream_h2_spares_free(w);
         event_free(w->upstream_gc_ev);
         account_flush(w);
         evbuffer_free(w->access);
