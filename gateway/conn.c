@@ -67,26 +67,6 @@ client_flush(struct session *s)
         s->unsent_answers = 0;
 }
 
-/* ---- buffers: from a per-worker pool, only while in use ------------------- */
-
-struct evbuffer *
-worker_buf_get(struct worker *w)
-{
-    return w->n_free_bufs > 0 ? w->free_bufs[--w->n_free_bufs] : evbuffer_new();
-}
-
-void
-worker_buf_put(struct worker *w, struct evbuffer *b)
-{
-    if (b == NULL)
-        return;
-    if (w->n_free_bufs < (int)(sizeof(w->free_bufs) / sizeof(w->free_bufs[0])) &&
-        evbuffer_get_length(b) == 0)
-        w->free_bufs[w->n_free_bufs++] = b;
-    else
-        evbuffer_free(b);
-}
-
 static bool
 ensure_bufs(struct session *s)
 {
@@ -421,7 +401,6 @@ sessions_free_all(struct worker *w)
     }
     session_gc(w);
     requests_free_all(w);
-    while (w->n_free_bufs > 0)
-        evbuffer_free(w->free_bufs[--w->n_free_bufs]);
+    worker_bufs_free(w);
     event_free(w->session_gc_ev);
 }

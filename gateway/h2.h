@@ -34,6 +34,15 @@ void h2_fields_grpc_error(struct h2_fields *f, int status, const char *message,
  * *nva and *store malloc'ed (both NULL when hd is empty or out of memory). */
 size_t h2_fields_copy(const struct head *hd, nghttp2_nv **nva, char **store);
 
+/* A request to an HTTP/2 upstream as fields: pseudo headers, then the
+ * headers compose_request_head() would send (names lowercase), without
+ * framing; values point into r's head and config or are copied into store
+ * (h2_fields_request_room(r) bytes), never into the caller's stack.
+ * nva has room for H2_REQUEST_FIELDS(r). Returns the count. */
+#define H2_REQUEST_FIELDS(r) ((size_t)(r)->hd->n + 18)
+size_t h2_fields_request_room(const struct upstream_request *r);
+size_t h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store);
+
 /* A request's header field into its head: pseudo headers (:path the
  * target, :authority the Host, :method into *method: an llhttp method,
  * -1 for one Sluice does not take), the rest as they are. 0, or -1 when

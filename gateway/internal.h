@@ -100,10 +100,11 @@ void buf_str(struct evbuffer *b, const char *str);
 void buf_u64(struct evbuffer *b, uint64_t n);
 /* n in decimal at out (room for 20 digits); its length. No NUL. */
 size_t fmt_u64(char *out, uint64_t n);
-/* An empty evbuffer from the worker's pool (conn.c), and back (freed when
+/* An empty evbuffer from the worker's pool (bufpool.c), and back (freed when
  * the pool is full or b not empty); NULL-safe. Only on the worker's thread. */
 struct evbuffer *worker_buf_get(struct worker *w);
 void worker_buf_put(struct worker *w, struct evbuffer *b);
+void worker_bufs_free(struct worker *w);
 void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
 /* Append s to b as a JSON string body (no quotes), escaped. Bytes that are
  * not valid UTF-8 are escaped as \u00XX so the output is always JSON. */

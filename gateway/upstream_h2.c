@@ -611,130 +611,21 @@ h2_flush(struct upconn *u)
     conn_kick(ST(u)->conn);
 }
 
-static bool
-lower_copy(char **at, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        (*at)[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
-    }
-    *at += n;
-    return true;
-}
-
-/* The request head as HTTP/2 fields: pseudo headers, then the headers
- * compose_request_head() would send (names lowercase), without framing.
- * Values point into the request's head and config (alive while the stream
- * is) or are copied into nv_store: never into the caller's stack, since
- * they are submitted only once the connection is up. */
+/* The request head as HTTP/2 fields (h2_fields_request), submitted once
+ * the connection is up: values point into the request's head and config
+ * (alive while the stream is) or into nv_store. */
 static void
 h2_send_head(struct upconn *u, const struct upstream_request *r)
 {
     struct h2stream_up *st = ST(u);
-    const struct head *hd = r->hd;
-    size_t cap = hd->len + r->path_len + r->query_len + 1024 + strlen(r->peer) +
-                 (r->default_host ? strlen(r->default_host) : 0) +
-                 TRACING_TRACEPARENT_LEN + r->tracestate_len;
-    st->nv_store = malloc(cap);
-    st->nva = calloc((size_t)hd->n + 18, sizeof(nghttp2_nv));
+    st->nv_store = malloc(h2_fields_request_room(r));
+    st->nva = calloc(H2_REQUEST_FIELDS(r), sizeof(nghttp2_nv));
     if (st->nv_store == NULL || st->nva == NULL) {
         owner_failed(st, UPF_CONNECT);
         return;
     }
-    char *at = st->nv_store;
-    size_t n = 0;
-/* Fields whose value is new on every request (its id, its trace) are
- * never put in the HPACK dynamic table: each would evict a reusable entry,
- * and nghttp2's table lookup compares a name's every entry (NV1). */
-#define NVF(name_, nlen_, val_, vlen_, flags_) do { \
-        st->nva[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(name_), \
-            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), (flags_)}; \
-    } while (0)
-#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NONE)
-#define NV1(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NO_INDEX)
     u->framing = r->framing;
-    NV(":method", 7, r->method, strlen(r->method));
-    char *path = at;
-    memcpy(at, r->path, r->path_len);
-    at += r->path_len;
-    if (r->query != NULL) {
-        *at++ = '?';
-        memcpy(at, r->query, r->query_len);
-        at += r->query_len;
-    }
-    NV(":path", 5, path, (size_t)(at - path));
-    NV(":scheme", 7, "http", 4);
-    int host = hd->first[HC_HOST];
-    if (host >= 0)
-        NV(":authority", 10, HD_VAL(hd, host), hd->h[host].val_len);
-    else if (r->default_host != NULL)
-        NV(":authority", 10, r->default_host, strlen(r->default_host));
-    const char *xff = NULL;
-    size_t xff_len = 0;
-    for (int i = 0; i < hd->n; i++) {
-        if (hd->cls[i] == HC_XFF && xff == NULL) {
-            xff = HD_VAL(hd, i);
-            xff_len = hd->h[i].val_len;
-        }
-        if (hd->cls[i] != HC_OTHER && hd->cls[i] != HC_COOKIE)
-            continue;               /* hop-by-hop, framing, credentials, ours, Host */
-        if (head_name_is(hd, i, "te") || head_name_is(hd, i, "keep-alive") ||
-            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade") ||
-            (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout")))
-            continue;
-        char *name = at;
-        lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
-        NV(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len);
-    }
-    /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
-    for (int i = 0; i < hd->n; i++)
-        if (head_name_is(hd, i, "te") && hd->h[i].val_len == 8 &&
-            strncasecmp(HD_VAL(hd, i), "trailers", 8) == 0)
-            NV("te", 2, "trailers", 8);
-    char *x = at;
-    if (xff != NULL) {
-        memcpy(at, xff, xff_len);
-        at += xff_len;
-        memcpy(at, ", ", 2);
-        at += 2;
-    }
-    memcpy(at, r->peer, strlen(r->peer));
-    at += strlen(r->peer);
-    NV("x-forwarded-for", 15, x, (size_t)(at - x));
-    NV("x-forwarded-proto", 17, r->proto, strlen(r->proto));
-    if (r->tags.version != NULL) {
-        NV("x-sluice-version", 16, r->tags.version, strlen(r->tags.version));
-        NV("x-sluice-group", 14, r->tags.group, strlen(r->tags.group));
-    }
-    if (r->tags.failover)
-        NV("x-sluice-failover", 17, "true", 4);
-    NV1("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
-    if (r->traceparent != NULL) {   /* this hop's (SPEC §10), copied: the caller's is on its stack */
-        memcpy(at, r->traceparent, TRACING_TRACEPARENT_LEN);
-        NV1("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
-        at += TRACING_TRACEPARENT_LEN;
-    }
-    if (r->tracestate_len > 0) {
-        memcpy(at, r->tracestate, r->tracestate_len);
-        NV("tracestate", 10, at, r->tracestate_len);
-        at += r->tracestate_len;
-    }
-    if (r->grpc_timeout != NULL) {
-        /* Copied: the fields are submitted once the connection is up. */
-        char *gt = at;
-        size_t gl = strlen(r->grpc_timeout);
-        memcpy(at, r->grpc_timeout, gl);
-        at += gl;
-        NV("grpc-timeout", 12, gt, gl);
-    }
-    char *cl = at;
-    if (r->framing == FRAME_LENGTH) {
-        at += fmt_u64(at, r->content_length);
-        NV("content-length", 14, cl, (size_t)(at - cl));
-    }
-#undef NV1
-#undef NV
-#undef NVF
+    size_t n = h2_fields_request(r, st->nva, st->nv_store);
     st->n_nva = n;
     if (r->framing == FRAME_NONE)
         st->out_eof = true;
