@@ -372,6 +372,7 @@ workers_free(void)
         upstream_free_all(w);
         upstream_gc(w);
         upstream_h2_spares_free(w);
+        h2_mem_free(w);
         event_free(w->upstream_gc_ev);
         account_flush(w);
         evbuffer_free(w->access);
