@@ -32,7 +32,10 @@ add(struct h2_fields *f, const char *name, size_t nlen, const char *value, size_
     add_flags(f, name, nlen, value, vlen, NGHTTP2_NV_FLAG_NONE);
 }
 
-#define ADD(f, n, val) add((f), (n), sizeof(n) - 1, (val), strlen(val))
+/* A literal name: lowercase and static, so nghttp2 need not copy it (nor
+ * lowercase it again). */
+#define ADD(f, n, val) add_flags((f), (n), sizeof(n) - 1, (val), strlen(val), \
+                                 NGHTTP2_NV_FLAG_NO_COPY_NAME)
 
 static void
 add_tags(struct h2_fields *f, const struct tags *t)
@@ -46,7 +49,7 @@ add_tags(struct h2_fields *f, const struct tags *t)
     /* New on every response: never in the HPACK dynamic table, where it
      * would evict reusable entries and lengthen every lookup of its name. */
     add_flags(f, "x-request-id", 12, t->request_id, strlen(t->request_id),
-              NGHTTP2_NV_FLAG_NO_INDEX);
+              NGHTTP2_NV_FLAG_NO_INDEX | NGHTTP2_NV_FLAG_NO_COPY_NAME);
 }
 
 /* n in decimal, NUL-terminated (out has room for 21 bytes): snprintf cost
@@ -183,8 +186,11 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
         nva[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(name_), \
             (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), (flags_)}; \
     } while (0)
-#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NONE)
-#define NV1(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NO_INDEX)
+/* NV, NV1: a literal name (static and lowercase: not copied by nghttp2). */
+#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, \
+                                          NGHTTP2_NV_FLAG_NO_COPY_NAME)
+#define NV1(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, \
+                                           NGHTTP2_NV_FLAG_NO_INDEX | NGHTTP2_NV_FLAG_NO_COPY_NAME)
     NV(":method", 7, r->method, strlen(r->method));
     char *path = at;
     memcpy(at, r->path, r->path_len);
@@ -216,7 +222,7 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
             continue;
         char *name = at;
         lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
-        NV(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len);
+        NVF(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len, NGHTTP2_NV_FLAG_NONE);
     }
     /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
     for (int i = 0; i < hd->n; i++)
