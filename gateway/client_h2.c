@@ -141,30 +141,35 @@ fail_conn(struct h2conn *h, uint32_t code)
 
 /* Give the request what it may take of the stream's DATA, and the window
  * back for it; end the body when END_STREAM came and all was taken. */
+/* n body bytes to the request (if any), their window given back. */
+static void
+take(struct h2stream *st, const void *at, size_t n)
+{
+    struct request *r = st->req;
+    if (r != NULL) {
+        r->bytes_in += n;
+        if (!request_body(r, at, n)) {
+            /* Refused (over max_body_bytes): the rest is dropped. */
+            st->reset_after = true;
+            if (st->req != NULL)
+                request_maybe_end(st->req);
+        }
+    }
+    nghttp2_session_consume(st->h->ng, st->id, n);
+    st->h->want_run = true;
+}
+
 static void
 pump(struct h2stream *st)
 {
-    struct h2conn *h = st->h;
     while (st->in != NULL && evbuffer_get_length(st->in) > 0) {
-        struct request *r = st->req;
-        if (r != NULL && !request_wants_body(r))
+        if (st->req != NULL && !request_wants_body(st->req))
             return;
         struct evbuffer_iovec v;
         if (evbuffer_peek(st->in, -1, NULL, &v, 1) < 1)
             break;
-        size_t n = v.iov_len;
-        if (r != NULL) {
-            r->bytes_in += n;
-            if (!request_body(r, v.iov_base, n)) {
-                /* Refused (over max_body_bytes): the rest is dropped. */
-                st->reset_after = true;
-                if (st->req != NULL)
-                    request_maybe_end(st->req);
-            }
-        }
-        evbuffer_drain(st->in, n);
-        nghttp2_session_consume(h->ng, st->id, n);
-        h->want_run = true;
+        take(st, v.iov_base, v.iov_len);
+        evbuffer_drain(st->in, v.iov_len);
     }
     if (st->end_in && !st->body_ended && st->req != NULL &&
         (st->in == NULL || evbuffer_get_length(st->in) == 0) &&
@@ -525,6 +530,10 @@ on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, siz
     struct h2stream *st = nghttp2_session_get_stream_user_data(ng, id);
     if (st == NULL || st->req == NULL) {
         nghttp2_session_consume(ng, id, len);   /* nobody wants it */
+        return 0;
+    }
+    if ((st->in == NULL || evbuffer_get_length(st->in) == 0) && request_wants_body(st->req)) {
+        take(st, data, len);        /* taken at once: not copied into in */
         return 0;
     }
     if (st->in == NULL && (st->in = worker_buf_get(st->c.w)) == NULL)
