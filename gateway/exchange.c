@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FREE_REQS_MAX 64
+/* Ended requests kept for the next ones: an HTTP/2 connection alone has up
+ * to h2_max_concurrent_streams (128) in flight. */
+#define FREE_REQS_MAX 256
 
 static void dispatch_waiters(struct worker *w);
 static const struct upconn_ops req_ops;

@@ -85,9 +85,8 @@ h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct
             break;
         }
         size_t nl = hd->h[i].name_len;
-        if (nl == 0 || nl >= sizeof(f->lower[0]) || head_name_is(hd, i, "keep-alive") ||
-            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade"))
-            continue;               /* connection-specific: not in HTTP/2 */
+        if (nl == 0 || nl >= sizeof(f->lower[0]))
+            continue;               /* (keep-alive, upgrade...: HC_HOP, above) */
         lower(f->lower[k], HD_NAME(hd, i), nl);
         add(f, f->lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
     }
@@ -216,17 +215,16 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
         }
         if (hd->cls[i] != HC_OTHER && hd->cls[i] != HC_COOKIE)
             continue;               /* hop-by-hop, framing, credentials, ours, Host */
-        if (head_name_is(hd, i, "te") || head_name_is(hd, i, "keep-alive") ||
-            head_name_is(hd, i, "proxy-connection") || head_name_is(hd, i, "upgrade") ||
-            (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout")))
+        /* (te, keep-alive, upgrade, proxy-connection are HC_HOP) */
+        if (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout"))
             continue;
         char *name = at;
         lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
         NVF(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len, NGHTTP2_NV_FLAG_NONE);
     }
     /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
-    for (int i = 0; i < hd->n; i++)
-        if (head_name_is(hd, i, "te") && hd->h[i].val_len == 8 &&
+    for (int i = 0; hd->first[HC_HOP] >= 0 && i < hd->n; i++)
+        if (hd->cls[i] == HC_HOP && head_name_is(hd, i, "te") && hd->h[i].val_len == 8 &&
             strncasecmp(HD_VAL(hd, i), "trailers", 8) == 0)
             NV("te", 2, "trailers", 8);
     char *x = at;

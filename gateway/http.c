@@ -95,13 +95,6 @@ head_value(struct head *hd, const char *at, size_t len)
     return append(hd, at, len);
 }
 
-bool
-head_name_is(const struct head *hd, int i, const char *lower)
-{
-    size_t n = strlen(lower);
-    return hd->h[i].name_len == n &&
-           strncasecmp(HD_NAME(hd, i), lower, n) == 0;
-}
 
 bool
 http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen)

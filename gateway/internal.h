@@ -22,6 +22,8 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -87,7 +89,12 @@ int head_field(struct head *hd, const char *at, size_t len);
 int head_value(struct head *hd, const char *at, size_t len);
 #define HD_NAME(hd, i) ((hd)->buf + (hd)->h[i].name_off)
 #define HD_VAL(hd, i) ((hd)->buf + (hd)->h[i].val_off)
-bool head_name_is(const struct head *hd, int i, const char *lower);
+static inline bool
+head_name_is(const struct head *hd, int i, const char *lower)
+{
+    size_t n = strlen(lower);       /* folded for a literal */
+    return hd->h[i].name_len == n && strncasecmp(HD_NAME(hd, i), lower, n) == 0;
+}
 /* Fill cls, first, count and pin once the head is complete. Headers that a
  * Connection header names become HC_HOP (RFC 9110 §7.6.1). */
 void head_classify(struct head *hd);
