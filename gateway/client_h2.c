@@ -75,6 +75,7 @@ struct h2conn {
     bool failed;                    /* fatal: close once what is queued is out */
     bool capped;                    /* feed or send stopped at max_client_output_bytes */
     struct h2_flood flood;
+    uint64_t now_us;                /* of this read, for the flood counts */
 };
 
 #define ST(c) ((struct h2stream *)(c))
@@ -286,12 +287,7 @@ h2_send_error(struct client *c, struct request *r, int status, const char *code,
     }
     if (st->out == NULL && (st->out = worker_buf_get(st->c.w)) == NULL)
         return;
-    BUF_LIT(st->out, "{\"error\":{\"code\":\"");
-    buf_str(st->out, code);
-    BUF_LIT(st->out, "\",\"message\":\"");
-    json_escape_add(st->out, message, strlen(message));
-    BUF_LIT(st->out, "\"}}\n");
-    size_t n = evbuffer_get_length(st->out);
+    size_t n = compose_error_body(st->out, code, message);
     /* A response to HEAD has no content (RFC 9110 §9.3.2): its length,
      * no DATA. */
     bool body = !r->head_method;
@@ -388,7 +384,7 @@ on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
 {
     struct h2conn *h = user;
     if (h2_flood_frame(&h->flood, hd->type, hd->flags, hd->length,
-                       h->s->c.w->cfg->limits.h2_max_concurrent_streams, now_us())) {
+                       h->s->c.w->cfg->limits.h2_max_concurrent_streams, h->now_us)) {
         fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
         log_event(LOG_WARN, "h2_flood", ",\"client\":\"%s\"", log_json(h->s->c.peer));
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -571,6 +567,7 @@ h2_feed(struct session *s)
 {
     struct h2conn *h = H(s);
     struct evbuffer *in = s->io.in;
+    h->now_us = now_us();
     while (in != NULL && !h->failed && !s->closing && !s->closed) {
         if (out_len(s) > limits(s)->max_client_output_bytes) {
             h->capped = evbuffer_get_length(in) > 0;

@@ -148,16 +148,24 @@ compose_response_head(struct evbuffer *out, int status, const struct head *up,
     BUF_LIT(out, "\r\n");
 }
 
+size_t
+compose_error_body(struct evbuffer *out, const char *code, const char *message)
+{
+    size_t before = evbuffer_get_length(out);
+    BUF_LIT(out, "{\"error\":{\"code\":\"");
+    buf_str(out, code);
+    BUF_LIT(out, "\",\"message\":\"");
+    json_escape_add(out, message, strlen(message));
+    BUF_LIT(out, "\"}}\n");
+    return evbuffer_get_length(out) - before;
+}
+
 void
 compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
               const char *code, const char *message, const struct tags *tags,
               enum conn_header conn, bool head_only)
 {
-    BUF_LIT(scratch, "{\"error\":{\"code\":\"");
-    buf_str(scratch, code);
-    BUF_LIT(scratch, "\",\"message\":\"");
-    json_escape_add(scratch, message, strlen(message));
-    BUF_LIT(scratch, "\"}}\n");
+    compose_error_body(scratch, code, message);
 
     status_line(out, status, NULL, 0);
     BUF_LIT(out, "Content-Type: application/json\r\n");

@@ -147,8 +147,10 @@ head_classify(struct head *hd)
         uint32_t len = hd->h[i].name_len;
         const char *name = HD_NAME(hd, i);
         uint8_t cls = HC_OTHER;
+        char c0 = len > 0 ? (char)(name[0] | 0x20) : 0;    /* lowercase for letters */
         for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-            if (known[k].len == len && strncasecmp(known[k].name, name, len) == 0) {
+            if (known[k].len == len && known[k].name[0] == c0 &&
+                strncasecmp(known[k].name, name, len) == 0) {
                 cls = known[k].cls;
                 break;
             }

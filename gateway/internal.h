@@ -326,6 +326,9 @@ void compose_response_head(struct evbuffer *out, int status, const struct head *
                            uint64_t content_length, enum conn_header conn);
 /* A JSON error reply (SPEC §3.6) with our tags; head_only: its head (with
  * the body's length) for a HEAD request. */
+/* Sluice's JSON error body ({"error":{"code","message"}}) appended to out;
+ * its length. */
+size_t compose_error_body(struct evbuffer *out, const char *code, const char *message);
 void compose_error(struct evbuffer *out, struct evbuffer *scratch, int status,
                    const char *code, const char *message, const struct tags *tags,
                    enum conn_header conn, bool head_only);
