@@ -166,6 +166,8 @@ main(int argc, char **argv)
     int c;
     char err[4096];
 
+    gw_mem_init();                  /* before any libevent call */
+
     while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': path = optarg; break;

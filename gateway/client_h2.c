@@ -766,7 +766,7 @@ h2_attach(struct session *s)
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->h2_max_concurrent_streams,
                                                (uint64_t)lim->h2_max_concurrent_streams);
-    int rc = nghttp2_session_server_new3(&h->ng, callbacks, h, opt, h2_mem(s->c.w));
+    int rc = nghttp2_session_server_new3(&h->ng, callbacks, h, opt, h2_mem());
     nghttp2_option_del(opt);
     if (rc != 0) {
         free(h);

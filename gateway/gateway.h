@@ -105,4 +105,14 @@ void workers_set_trace_rings(struct tracing_ring *const *rings, int n);
 struct metrics_worker **workers_metrics(void);
 uint64_t now_us(void);
 
+/* Small blocks from per-thread free lists (mem.c), for libevent and
+ * nghttp2. gw_mem_init() before any other libevent call: libevent's
+ * allocator from then on. gw_mem_thread_end() as a thread ends: its lists
+ * back to malloc. */
+void gw_mem_init(void);
+void gw_mem_thread_end(void);
+void *gw_malloc(size_t size);
+void *gw_realloc(void *ptr, size_t size);
+void gw_free(void *ptr);
+
 #endif

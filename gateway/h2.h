@@ -75,9 +75,8 @@ struct h2_flood {
 bool h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
                     int max_streams, uint64_t now_us);
 
-/* The allocator of a worker's nghttp2 sessions (h2mem.c): pass it to
- * nghttp2_session_*_new3 (NULL: out of memory, nghttp2's own is used).
- * h2_mem_free() (internal.h) at the worker's end, after its last session. */
-nghttp2_mem *h2_mem(struct worker *w);
+/* The allocator for nghttp2 sessions (mem.c: gw_malloc's free lists):
+ * pass it to nghttp2_session_*_new3. */
+nghttp2_mem *h2_mem(void);
 
 #endif

@@ -531,8 +531,6 @@ void upstream_h2_free_pool(struct upool *p);
  * worker's end. */
 bool upstream_h2_keep(struct worker *w, struct upconn *u);
 void upstream_h2_spares_free(struct worker *w);
-/* The worker's nghttp2 allocator (h2mem.c), once its last session is gone. */
-void h2_mem_free(struct worker *w);
 
 void upstream_worker_init(struct worker *w);
 /* The worker's pool for an address and protocol (shared across generations). */
@@ -654,7 +652,6 @@ struct worker {
     /* upstreams and shadows (upstream.c, shadow.c) */
     struct upconn *gc_upconns;
     struct event *upstream_gc_ev;
-    struct h2_mem *h2mem;           /* nghttp2's allocator (h2mem.c) */
     struct upconn *h2_spares;       /* ended HTTP/2 upstream streams, reused */
     int n_h2_spares;
     TAILQ_HEAD(, shadow) shadows;

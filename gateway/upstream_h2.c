@@ -435,7 +435,7 @@ conn_new(struct worker *w, struct upool *p)
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_no_closed_streams(opt, 1);
-    int rc = nghttp2_session_client_new3(&c->ng, callbacks, c, opt, h2_mem(w));
+    int rc = nghttp2_session_client_new3(&c->ng, callbacks, c, opt, h2_mem());
     nghttp2_option_del(opt);
     c->bev = rc == 0 ? bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
     c->idle = evtimer_new(w->base, idle_cb, c);

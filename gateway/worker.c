@@ -222,6 +222,7 @@ worker_main(void *arg)
     struct worker *w = arg;
     event_base_dispatch(w->base);
     access_flush(-1, 0, w);
+    gw_mem_thread_end();            /* (what it still holds, main frees later) */
     __atomic_add_fetch(&workers_ended, 1, __ATOMIC_RELEASE);
     return NULL;
 }
@@ -372,7 +373,6 @@ workers_free(void)
         upstream_free_all(w);
         upstream_gc(w);
         upstream_h2_spares_free(w);
-        h2_mem_free(w);
         event_free(w->upstream_gc_ev);
         account_flush(w);
         evbuffer_free(w->access);
