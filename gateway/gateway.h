@@ -114,5 +114,6 @@ void gw_mem_thread_end(void);
 void *gw_malloc(size_t size);
 void *gw_realloc(void *ptr, size_t size);
 void gw_free(void *ptr);
+bool gw_mem_pooled(void);           /* false under AddressSanitizer */
 
 #endif

@@ -48,10 +48,10 @@ size_class(size_t size)
 {
     if (!POOLED || size > ((size_t)SMALLEST << (CLASSES - 1)))
         return BIG;
-    unsigned c = 0;
-    while (((size_t)SMALLEST << c) < size)
-        c++;
-    return c;
+    if (size <= SMALLEST)
+        return 0;
+    /* the smallest c with SMALLEST << c >= size */
+    return (unsigned)(64 - __builtin_clzll((unsigned long long)(size - 1))) - 6;
 }
 
 void *
@@ -129,6 +129,12 @@ gw_mem_thread_end(void)
         }
         counts[c] = 0;
     }
+}
+
+bool
+gw_mem_pooled(void)
+{
+    return POOLED;
 }
 
 void

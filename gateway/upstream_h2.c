@@ -120,8 +120,8 @@ stream_free_later(struct h2stream_up *st)
     struct worker *w = st->u.w;
     worker_buf_put(w, st->out);
     st->out = NULL;
-    free(st->nva);
-    free(st->nv_store);
+    gw_free(st->nva);
+    gw_free(st->nv_store);
     st->nva = NULL;
     st->nv_store = NULL;
     if (st->u.busy)
@@ -282,8 +282,8 @@ submit_stream(struct h2stream_up *st)
     bool body = !(st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) ||
                 st->u.framing != FRAME_NONE;
     int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
-    free(st->nva);
-    free(st->nv_store);
+    gw_free(st->nva);
+    gw_free(st->nv_store);
     st->nva = NULL;
     st->nv_store = NULL;
     st->submitted = true;
@@ -619,8 +619,8 @@ static void
 h2_send_head(struct upconn *u, const struct upstream_request *r)
 {
     struct h2stream_up *st = ST(u);
-    st->nv_store = malloc(h2_fields_request_room(r));
-    st->nva = calloc(H2_REQUEST_FIELDS(r), sizeof(nghttp2_nv));
+    st->nv_store = gw_malloc(h2_fields_request_room(r));
+    st->nva = gw_malloc(H2_REQUEST_FIELDS(r) * sizeof(nghttp2_nv));
     if (st->nv_store == NULL || st->nva == NULL) {
         owner_failed(st, UPF_CONNECT);
         return;

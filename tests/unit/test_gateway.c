@@ -465,6 +465,66 @@ test_v2_path(void)
         CHECK(!req_v2_path(bad[i], strlen(bad[i]), &ep, &el, &v, &vl), "%s", bad[i]);
 }
 
+/* gw_malloc's free lists (mem.c): every size keeps its bytes through
+ * reallocs up and down (across size classes and to and from blocks too big
+ * to pool), blocks are reused, and a thousand blocks in flight at once are
+ * all distinct. */
+static void
+fill(unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(seed * 31 + i * 7);
+}
+
+static int
+same(const unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (unsigned char)(seed * 31 + i * 7))
+            return 0;
+    return 1;
+}
+
+static void
+test_mem_free_lists(void)
+{
+    static const size_t sizes[] = {0, 1, 63, 64, 65, 1000, 1024, 1025, 4096, 16383, 16384,
+                                   16385, 70000};
+    size_t ns = sizeof(sizes) / sizeof(sizes[0]);
+    for (size_t a = 0; a < ns; a++)
+        for (size_t b = 0; b < ns; b++) {
+            unsigned char *p = gw_malloc(sizes[a]);
+            CHECK(p != NULL, "malloc %zu", sizes[a]);
+            fill(p, sizes[a], (unsigned)(a * 13 + b));
+            unsigned char *q = gw_realloc(p, sizes[b]);
+            CHECK(q != NULL, "realloc %zu -> %zu", sizes[a], sizes[b]);
+            size_t keep = sizes[a] < sizes[b] ? sizes[a] : sizes[b];
+            CHECK(same(q, keep, (unsigned)(a * 13 + b)), "kept %zu -> %zu", sizes[a], sizes[b]);
+            fill(q, sizes[b], 5);           /* all of it is writable */
+            gw_free(q);
+        }
+    unsigned char *x = gw_malloc(200);
+    gw_free(x);
+    if (gw_mem_pooled()) {
+        CHECK(gw_malloc(180) == x, "a freed block of the class is reused");
+        gw_free(x);
+    }
+    enum { N = 1000 };
+    static unsigned char *many[N];
+    for (int i = 0; i < N; i++) {
+        many[i] = gw_malloc((size_t)(i % 300) + 1);
+        fill(many[i], (size_t)(i % 300) + 1, (unsigned)i);
+    }
+    int intact = 0;
+    for (int i = 0; i < N; i++)
+        intact += same(many[i], (size_t)(i % 300) + 1, (unsigned)i);
+    CHECK(intact == N, "%d of %d blocks intact", intact, N);
+    for (int i = 0; i < N; i++)
+        gw_free(many[i]);
+    gw_free(NULL);
+    gw_mem_thread_end();
+}
+
 int
 main(void)
 {
@@ -480,6 +540,7 @@ main(void)
         {"grpc_model_name", test_grpc_model_name},
         {"grpc_timeout_and_statuses", test_grpc_timeout_and_statuses},
         {"v2_path", test_v2_path},
+        {"mem_free_lists", test_mem_free_lists},
         {NULL, NULL},
     };
     return run_tests(tests);
