@@ -65,5 +65,17 @@ struct h2_flood {
 /* A frame header received: true when the connection must end. */
 bool h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
                     int max_streams, uint64_t now_us);
+/* The kind of flood a frame of this type ended a connection for. */
+static inline enum h2_flood_kind
+h2_flood_kind(uint8_t type)
+{
+    switch (type) {
+    case NGHTTP2_RST_STREAM: return H2F_RAPID_RESET;
+    case NGHTTP2_CONTINUATION: return H2F_CONTINUATION;
+    case NGHTTP2_PING: return H2F_PING;
+    case NGHTTP2_SETTINGS: return H2F_SETTINGS;
+    default: return H2F_EMPTY;
+    }
+}
 
 #endif
