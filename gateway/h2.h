@@ -52,6 +52,20 @@ void h2_request_line(struct request *r, int method, bool end_stream);
 ssize_t h2_source_read(struct evbuffer *out, bool eof, bool *deferred, uint8_t *buf,
                        size_t len, uint32_t *flags);
 
+/* One retry of an HTTP/2 upstream exchange (upstream_h2_retry.c). The
+ * body a stream was given, copied into *replay up to GW_REPLAY_MAX (past
+ * it: freed, *lost set). */
+void h2_replay_add(struct evbuffer **replay, bool *lost, const char *at, size_t len);
+void h2_replay_drop(struct evbuffer **replay);
+/* The request as take_resend hands it over: the header list, framing, eof
+ * and the body (moved out of body; NULL: none). NULL when out of memory. */
+struct evbuffer *h2_resend_pack(const nghttp2_nv *nva, size_t n, enum framing framing,
+                                bool eof, struct evbuffer *body);
+/* Its head taken off what (the body stays): *nva (malloc'ed) points into
+ * *store (malloc'ed). 0, or -1 when it is not such a request. */
+int h2_resend_unpack(struct evbuffer *what, nghttp2_nv **nva, size_t *n, char **store,
+                     enum framing *framing, bool *eof);
+
 /* Flood accounting per connection (SPEC §9): within each second, more
  * stream resets than max_streams, or more than H2_FLOOD_FRAMES PING,
  * SETTINGS or empty DATA frames; or more than H2_MAX_CONTINUATIONS

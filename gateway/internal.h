@@ -44,6 +44,7 @@ struct ssl_st;
 
 #define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
 #define GW_MAX_HEADERS 128
+#define GW_REPLAY_MAX (64 * 1024)   /* request bytes an upstream keeps for one retry */
 
 /* ---- heads: header storage and classification (http.c) ------------------ */
 

@@ -14,7 +14,9 @@
  * would get an error status, a gRPC call gets a Trailers-Only answer with
  * the matching grpc-status (x-test-grpc-status: N or --grpc-status N ask
  * for one; x-test-grpc-no-trailers: 1 ends the answer with its DATA,
- * without trailers, a broken server).
+ * without trailers, a broken server). --h2-goaway-after N shuts each
+ * connection down gracefully after N streams: the GOAWAY names stream N
+ * as the last one processed, and the streams above it are refused.
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -46,6 +48,7 @@ struct h2_stream {
     int grpc;                   /* a gRPC call: trailers after the body */
     int grpc_status;            /* -1: none asked for */
     int no_trailers;            /* x-test-grpc-no-trailers: end with the DATA */
+    int refused;                /* above the GOAWAY's last stream: not answered */
 };
 
 struct h2_conn {
@@ -56,6 +59,9 @@ struct h2_conn {
     struct event *idle;         /* --idle-close-max-ms */
     int closed;                 /* io->close was called */
     int served;                 /* a request was answered: idle close applies */
+    unsigned begun;             /* request streams begun (--h2-goaway-after) */
+    int32_t last_id;            /* the last of them */
+    int goaway;                 /* the GOAWAY went: every new stream is refused */
 };
 
 int
@@ -290,6 +296,8 @@ request_done(struct h2_stream *st)
     struct h2_conn *c = st->conn;
     const char *v;
 
+    if (st->refused)
+        return;                 /* refused at its start (--h2-goaway-after) */
     if (st->method == NULL || st->path == NULL) {
         nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, st->id,
                                   NGHTTP2_PROTOCOL_ERROR);
@@ -364,6 +372,16 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
     st->conn = c;
     st->id = frame->hd.stream_id;
     st->grpc_status = -1;
+    if (opt.h2_goaway_after > 0 && !c->goaway && ++c->begun > opt.h2_goaway_after) {
+        c->goaway = 1;          /* stream N was the last one processed */
+        nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR,
+                              NULL, 0);
+    }
+    if (c->goaway) {
+        st->refused = 1;
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+    } else
+        c->last_id = st->id;
     TAILQ_INSERT_TAIL(&c->streams, st, link);
     if (c->idle != NULL)
         event_del(c->idle);

@@ -30,6 +30,7 @@ struct model_opts {
     int slow_max_ms;            /* --slow-max-ms (--fast) */
     int grpc_status;            /* --grpc-status: 0, or the code errors answer */
     unsigned h2_max_streams;    /* --h2-max-streams: SETTINGS_MAX_CONCURRENT_STREAMS */
+    unsigned h2_goaway_after;   /* --h2-goaway-after: GOAWAY when stream N+1 begins */
     int fast;                   /* --fast */
 };
 

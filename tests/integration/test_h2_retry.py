@@ -1,0 +1,101 @@
+"""Retries to HTTP/2 upstreams (h2fn item 2), as HTTP/1.1's: once, when
+nothing was processed. A connect failure goes to another upstream of the
+version; a stream the server refused (above a GOAWAY's last-stream-id)
+goes again on a new connection. Asserts on what clients see (every
+request a 200), the access log, and the live model server's counts."""
+import subprocess
+import threading
+
+import requests
+
+from h2client import H2Client
+from harness import Model, Sluice, endpoint, free_port, version
+
+EP = "ep1"
+
+
+def test_connect_failure_retried_on_the_other_upstream():
+    """h2fn item 2: an http2 version with two upstreams, one a port nobody
+    listens on: 30 requests from an HTTP/1.1 client and 10 from curl
+    --http2-prior-knowledge all succeed; the live model server answers all
+    40, each counted once (40 access-log lines, all 200)."""
+    live = Model("live")
+    dead = "127.0.0.1:%d" % free_port()
+    s = Sluice([endpoint(EP, [
+        version("live", [dead, live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    with requests.Session() as c:
+        for i in range(30):
+            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    for i in range(10):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--http2-prior-knowledge", "--max-time", "20", "-d",
+                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
+                           timeout=25)
+        codes.append(int(r.stdout or 0))
+    assert codes == [200] * 40, codes
+    assert live.stats()["requests"] == 40
+    lines = s.access_lines()
+    assert len(lines) == 40 and all(l["status"] == 200 and l["upstream"] == live.addr
+                                    for l in lines), [l for l in lines if l["status"] != 200]
+
+
+def test_streams_above_a_goaway_are_retried():
+    """h2fn item 2: the model server shuts each HTTP/2 connection down after
+    3 streams (sluice-model --h2-goaway-after 3: GOAWAY naming stream 3,
+    the streams above refused unprocessed) while 8 requests are in flight
+    on it: no client sees an error; the refused streams go again on new
+    connections, so the model server answers each of the 8 requests once
+    (refused streams are not counted by it), over more than one
+    connection, and the access log has 8 lines, all 200."""
+    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "200")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    c = H2Client(s.port)
+    try:
+        # one write: the 8 streams reach sluice together, so they share
+        # its first connection to the model server
+        sids = []
+        for i in range(8):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                      (":authority", c.authority),
+                                      (":path", "/api/v1/service/%s/score" % EP)])
+            c.conn.send_data(sid, b'{"x":%d}' % i, end_stream=True)
+            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
+                              "reset": None, "frames": []}
+            sids.append(sid)
+        c._flush()
+        got = [c.response(sid) for sid in sids]
+    finally:
+        c.close()
+    assert [dict(r["headers"])[":status"] for r in got] == ["200"] * 8, got
+    stats = live.stats()
+    assert stats["requests"] == 8 and stats["connections"] >= 2, stats
+    lines = s.access_lines()
+    assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_refused_stream_of_an_http1_client_and_concurrent_clients():
+    """h2fn item 2: the same graceful shutdowns under 4 concurrent HTTP/1.1
+    clients, 40 requests: every one a 200, each answered once."""
+    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "20")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    lock = threading.Lock()
+
+    def run(k):
+        with requests.Session() as c:
+            for i in range(10):
+                r = c.post(s.url(EP), data=b'{"x":%d}' % (k * 10 + i))
+                with lock:
+                    codes.append(r.status_code)
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert codes == [200] * 40, codes
+    assert live.stats()["requests"] == 40
+    assert len(s.access_lines()) == 40
