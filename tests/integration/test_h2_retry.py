@@ -3,6 +3,8 @@ nothing was processed. A connect failure goes to another upstream of the
 version; a stream the server refused (above a GOAWAY's last-stream-id)
 goes again on a new connection. Asserts on what clients see (every
 request a 200), the access log, and the live model server's counts."""
+import json
+import re
 import subprocess
 import threading
 
@@ -12,6 +14,14 @@ from h2client import H2Client
 from harness import Model, Sluice, endpoint, free_port, version
 
 EP = "ep1"
+
+
+def fnv1a(data):
+    """The body hash sluice-model answers with (64-bit FNV-1a, hex)."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
 
 
 def test_connect_failure_retried_on_the_other_upstream():
@@ -47,11 +57,16 @@ def test_streams_above_a_goaway_are_retried():
     on it: no client sees an error; the refused streams go again on new
     connections, so the model server answers each of the 8 requests once
     (refused streams are not counted by it), over more than one
-    connection, and the access log has 8 lines, all 200."""
+    connection, each with its whole body (length and hash echoed) and head
+    (its X-Request-Id, tags, a traceparent), and the access log has 8
+    lines, all 200."""
     live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "200")
     s = Sluice([endpoint(EP, [
         version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
     c = H2Client(s.port)
+
+    def body(i):
+        return b'{"x":"' + b"y" * (800 * i) + b'"}'
     try:
         # one write: the 8 streams reach sluice together, so they share
         # its first connection to the model server
@@ -61,7 +76,7 @@ def test_streams_above_a_goaway_are_retried():
             c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
                                       (":authority", c.authority),
                                       (":path", "/api/v1/service/%s/score" % EP)])
-            c.conn.send_data(sid, b'{"x":%d}' % i, end_stream=True)
+            c.conn.send_data(sid, body(i), end_stream=True)
             c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
                               "reset": None, "frames": []}
             sids.append(sid)
@@ -70,6 +85,15 @@ def test_streams_above_a_goaway_are_retried():
     finally:
         c.close()
     assert [dict(r["headers"])[":status"] for r in got] == ["200"] * 8, got
+    # each answer echoes what the model server got: the retried requests
+    # with their whole head and body, as the others
+    for i, r in enumerate(got):
+        e = json.loads(r["data"])
+        assert e["body_bytes"] == len(body(i)) and e["body_fnv1a"] == fnv1a(body(i)), (i, e)
+        h = e["headers"]
+        assert h["x-request-id"] == dict(r["headers"])["x-request-id"], (i, h)
+        assert h["x-sluice-version"] == "live" and h["x-forwarded-proto"] == "http", (i, h)
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", h["traceparent"]), (i, h)
     stats = live.stats()
     assert stats["requests"] == 8 and stats["connections"] >= 2, stats
     lines = s.access_lines()
