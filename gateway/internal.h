@@ -7,9 +7,10 @@
  *   client_h1.c -> request.c, validate.c, compose.c   the HTTP/1.1 client side
  *   request.c -> shadow.c, compare.c, upstream.c, account.c, validate.c
  *                (and back to its client through struct client_ops)
- *   shadow.c -> compare.c, upstream.c, compose.c, account.c
+ *   shadow.c -> compare.c, upstream.c, account.c   (sends through its pool's class)
  *   compare.c -> account.c                 (shadow comparison, SPEC §7)
  *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
+ *   upstream_h2.c -> upstream_h2_retry.c   (what a retried HTTP/2 stream keeps)
  * OpenSSL is seen by tls.c and worker.c (context references); llhttp by
  * client_h1.c, upstream.c and validate.c.
  */
