@@ -16,7 +16,10 @@
  * for one; x-test-grpc-no-trailers: 1 ends the answer with its DATA,
  * without trailers, a broken server). --h2-goaway-after N shuts each
  * connection down gracefully after N streams: the GOAWAY names stream N
- * as the last one processed, and the streams above it are refused.
+ * as the last one processed; the streams above it are closed unanswered
+ * (nghttp2 closes them when the GOAWAY is sent: the client knows from the
+ * GOAWAY that they were not processed), and the connection closes once
+ * the first N are answered.
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -377,10 +380,9 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
         nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR,
                               NULL, 0);
     }
-    if (c->goaway) {
+    if (c->goaway)              /* closed unanswered once the GOAWAY is sent */
         st->refused = 1;
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
-    } else
+    else
         c->last_id = st->id;
     TAILQ_INSERT_TAIL(&c->streams, st, link);
     if (c->idle != NULL)

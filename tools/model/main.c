@@ -34,9 +34,9 @@
  *                              after N streams: when stream N+1 begins, a
  *                              GOAWAY (NO_ERROR) whose last-stream-id is
  *                              stream N's; that stream and any after it are
- *                              refused (RST_STREAM REFUSED_STREAM), neither
- *                              answered nor counted; the first N are
- *                              answered, then the connection closes
+ *                              not processed (neither answered nor counted);
+ *                              the first N are answered, then the
+ *                              connection closes
  *   --noise EPS                add uniform noise in [-EPS, EPS] to each score
  *   --random-field             add "nonce": 32 random hex digits
  *   --idle-close-max-ms N      a keep-alive connection that goes idle after a
