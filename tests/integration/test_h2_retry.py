@@ -95,7 +95,7 @@ def test_streams_above_a_goaway_are_retried():
         assert h["x-sluice-version"] == "live" and h["x-forwarded-proto"] == "http", (i, h)
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", h["traceparent"]), (i, h)
     stats = live.stats()
-    assert stats["requests"] == 8 and stats["connections"] >= 2, stats
+    assert stats["requests"] == 8 and stats["refused"] >= 1 and stats["connections"] >= 2, stats
     lines = s.access_lines()
     assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
 
@@ -121,5 +121,33 @@ def test_refused_stream_of_an_http1_client_and_concurrent_clients():
     for t in ts:
         t.join()
     assert codes == [200] * 40, codes
-    assert live.stats()["requests"] == 40
+    stats = live.stats()
+    assert stats["requests"] == 40 and stats["refused"] >= 1, stats
     assert len(s.access_lines()) == 40
+
+
+def test_refused_stream_retried_on_a_new_connection():
+    """h2fn item 2: an overloaded model server refuses every third stream
+    with RST_STREAM REFUSED_STREAM, unprocessed (sluice-model
+    --h2-refuse-every 3): 12 requests one after the other from an HTTP/1.1
+    client and 6 from curl --http2-prior-knowledge all succeed, each
+    answered once (18 counted by the model server, 8 streams refused:
+    every refused one was sent again), 18 access-log lines, all 200."""
+    live = Model("live", "--h2-refuse-every", "3")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    with requests.Session() as c:
+        for i in range(12):
+            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    for i in range(6):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--http2-prior-knowledge", "--max-time", "20", "-d",
+                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
+                           timeout=25)
+        codes.append(int(r.stdout or 0))
+    assert codes == [200] * 18, codes
+    stats = live.stats()
+    assert stats["requests"] == 18 and stats["refused"] == 8, stats
+    lines = s.access_lines()
+    assert len(lines) == 18 and all(l["status"] == 200 for l in lines), lines

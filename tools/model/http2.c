@@ -19,7 +19,8 @@
  * as the last one processed; the streams above it are closed unanswered
  * (nghttp2 closes them when the GOAWAY is sent: the client knows from the
  * GOAWAY that they were not processed), and the connection closes once
- * the first N are answered.
+ * the first N are answered. --h2-refuse-every N refuses every Nth stream
+ * with RST_STREAM REFUSED_STREAM, as an overloaded server does.
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -35,6 +36,8 @@
 
 #define H2_MAX_HEADERS 128
 #define H2_MAX_BODY (64 * 1024 * 1024)
+
+static unsigned long long begun_all;    /* request streams, for --h2-refuse-every */
 
 struct h2_stream {
     TAILQ_ENTRY(h2_stream) link;
@@ -384,6 +387,11 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
         st->refused = 1;
     else
         c->last_id = st->id;
+    if (!st->refused && opt.h2_refuse_every > 0 && ++begun_all % opt.h2_refuse_every == 0) {
+        st->refused = 1;
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+    }
+    n_refused += st->refused;
     TAILQ_INSERT_TAIL(&c->streams, st, link);
     if (c->idle != NULL)
         event_del(c->idle);
