@@ -57,6 +57,9 @@ ssize_t h2_source_read(struct evbuffer *out, bool eof, bool *deferred, uint8_t *
  * it: freed, *lost set). */
 void h2_replay_add(struct evbuffer **replay, bool *lost, const char *at, size_t len);
 void h2_replay_drop(struct evbuffer **replay);
+/* An answer began: the body copy and the kept header list (submitted
+ * already) go. */
+void h2_retry_forget(struct evbuffer **replay, nghttp2_nv **nva, char **store);
 /* The request as take_resend hands it over: the header list, framing, eof
  * and the body (moved out of body; NULL: none). NULL when out of memory. */
 struct evbuffer *h2_resend_pack(const nghttp2_nv *nva, size_t n, enum framing framing,

@@ -206,7 +206,8 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
         }
         st->head_done = true;
         u->got_bytes = true;
-        h2_replay_drop(&st->replay);    /* an answer began: no retry from here on */
+        /* An answer began: no retry from here on. */
+        h2_retry_forget(&st->replay, &st->nva, &st->nv_store);
         st->replay_lost = true;
         u->no_body = end;           /* Trailers-Only (gRPC), or no body */
         head_classify(&u->head);

@@ -56,6 +56,16 @@ h2_replay_drop(struct evbuffer **replay)
     *replay = NULL;
 }
 
+void
+h2_retry_forget(struct evbuffer **replay, nghttp2_nv **nva, char **store)
+{
+    h2_replay_drop(replay);
+    free(*nva);
+    free(*store);
+    *nva = NULL;
+    *store = NULL;
+}
+
 struct evbuffer *
 h2_resend_pack(const nghttp2_nv *nva, size_t n, enum framing framing, bool eof,
                struct evbuffer *body)
