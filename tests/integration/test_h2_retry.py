@@ -11,7 +11,8 @@ import threading
 import requests
 
 from h2client import H2Client
-from harness import Model, Sluice, endpoint, free_port, version
+from harness import Model, Sluice, _closers, endpoint, free_port, until, version
+from otlp_receiver import OtlpReceiver
 
 EP = "ep1"
 
@@ -151,3 +152,34 @@ def test_refused_stream_retried_on_a_new_connection():
     assert stats["requests"] == 18 and stats["refused"] == 8, stats
     lines = s.access_lines()
     assert len(lines) == 18 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_retried_stream_gets_its_own_span():
+    """h2fn item 2 with tracing (SPEC §10): the second request's first
+    stream is refused (sluice-model --h2-refuse-every 2) and sent again;
+    the request has two CLIENT spans under its SERVER span, the first an
+    error, the second the one whose id the model server received as the
+    parent id (the retry's traceparent is its own, as for HTTP/1.1)."""
+    rcv = OtlpReceiver(port=free_port())
+    _closers.append(rcv.close)
+    live = Model("live", "--h2-refuse-every", "2")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])],
+        extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 50,
+                           "export_timeout_ms": 10000}})
+    seen = {}
+    for rid in ("first", "second"):
+        r = requests.post(s.url(EP), data=b"{}", headers={"X-Request-Id": rid}, timeout=10)
+        assert r.status_code == 200, r.text
+        seen[rid] = r.json()["headers"]["traceparent"].split("-")[2]
+    assert live.stats()["refused"] == 1
+    # 2 SERVER spans, 1 CLIENT span for the first, 2 for the second
+    until(lambda: len(rcv.spans) >= 5, 20, "5 spans", show=lambda: len(rcv.spans))
+    lines = {l["request_id"]: l for l in s.access_lines()}
+    kids = sorted((sp for sp in rcv.spans if sp["kind"] == 3 and
+                   sp["parentSpanId"] == lines["second"]["span_id"]),
+                  key=lambda sp: int(sp["startTimeUnixNano"]))
+    assert len(kids) == 2 and kids[1]["spanId"] == seen["second"] and \
+        kids[0]["spanId"] != seen["second"], (kids, seen)
+    assert kids[0]["status"] == {"code": 2} and kids[1]["status"] == {"code": 0}, kids
+    assert len(rcv.spans) == 5, len(rcv.spans)
