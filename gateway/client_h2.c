@@ -386,6 +386,7 @@ on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
     if (h2_flood_frame(&h->flood, hd->type, hd->flags, hd->length,
                        h->s->c.w->cfg->limits.h2_max_concurrent_streams, h->now_us)) {
         fail_conn(h, NGHTTP2_ENHANCE_YOUR_CALM);
+        metrics_h2_flood(h->s->c.w->metrics, h2_flood_kind(hd->type));
         log_event(LOG_WARN, "h2_flood", ",\"client\":\"%s\"", log_json(h->s->c.peer));
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
@@ -583,10 +584,13 @@ h2_feed(struct session *s)
         ssize_t n = nghttp2_session_mem_recv(h->ng, v.iov_base, v.iov_len);
         h->in_ng = false;
         if (n < 0) {
+            bool calm = n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;    /* a flood (SPEC §9) */
+            if (calm && !h->failed)
+                metrics_h2_flood(s->c.w->metrics, H2F_CONTINUATION);
             if (!h->failed)
                 log_event(LOG_INFO, "h2_connection_error", ",\"client\":\"%s\",\"reason\":\"%s\"",
                           log_json(s->c.peer), log_json(nghttp2_strerror((int)n)));
-            fail_conn(h, NGHTTP2_PROTOCOL_ERROR);
+            fail_conn(h, calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
             evbuffer_drain(in, evbuffer_get_length(in));
             break;
         }
@@ -762,14 +766,8 @@ h2_attach(struct session *s)
     if (h == NULL)
         return false;
     const struct cfg_limits *lim = limits(s);
-    nghttp2_option *opt;
-    nghttp2_option_new(&opt);
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
-    nghttp2_option_set_no_closed_streams(opt, 1);
-    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->h2_max_concurrent_streams,
-                                               (uint64_t)lim->h2_max_concurrent_streams);
-    int rc = nghttp2_session_server_new3(&h->ng, callbacks, h, opt, h2_mem());
+    nghttp2_option *opt = h2_server_options(lim->h2_max_concurrent_streams);
+    int rc = opt ? nghttp2_session_server_new3(&h->ng, callbacks, h, opt, h2_mem()) : -1;
     nghttp2_option_del(opt);
     if (rc != 0) {
         free(h);

@@ -424,11 +424,13 @@ rq_failed(void *owner, struct upconn *u, enum up_fail why, bool early)
     trace_hop_end(r, u->status);
     if (why == UPF_CONNECT || why == UPF_RESET)
         upstream_failed(w, pool, req_version(r));
-    /* Retry once when it is safe: nothing was sent (connect failed: on
-     * another upstream), or a reused connection closed before any answer
-     * (the keep-alive race: on a new connection, with what was sent). */
+    /* Retry once when it is safe, as the connection's class says
+     * (take_resend): nothing was sent (connect failed: on another
+     * upstream); or nothing was processed (HTTP/1.1: a reused connection
+     * closed before any answer, the keep-alive race; HTTP/2: a stream the
+     * server refused): on a new connection, with what was sent. */
     struct evbuffer *resend = NULL;
-    if (early && !r->retried && r->phase == RP_UPSTREAM && (connect_failed || u->reused) &&
+    if (early && !r->retried && r->phase == RP_UPSTREAM &&
         (resend = u->cls->take_resend(u)) != NULL) {
         struct upool *other = NULL;
         enum pick pk = PICK_AT_LIMIT;

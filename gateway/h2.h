@@ -61,6 +61,23 @@ void h2_request_line(struct request *r, int method, bool end_stream);
 ssize_t h2_source_read(struct evbuffer *out, bool eof, bool *deferred, uint8_t *buf,
                        size_t len, uint32_t *flags);
 
+/* One retry of an HTTP/2 upstream exchange (upstream_h2_retry.c). The
+ * body a stream was given, copied into *replay up to GW_REPLAY_MAX (past
+ * it: freed, *lost set). */
+void h2_replay_add(struct evbuffer **replay, bool *lost, const char *at, size_t len);
+void h2_replay_drop(struct evbuffer **replay);
+/* An answer began: the body copy and the kept header list (submitted
+ * already) go. */
+void h2_retry_forget(struct evbuffer **replay, nghttp2_nv **nva, char **store);
+/* The request as take_resend hands it over: the header list, framing, eof
+ * and the body (moved out of body; NULL: none). NULL when out of memory. */
+struct evbuffer *h2_resend_pack(const nghttp2_nv *nva, size_t n, enum framing framing,
+                                bool eof, struct evbuffer *body);
+/* Its head taken off what (the body stays): *nva (malloc'ed) points into
+ * *store (malloc'ed). 0, or -1 when it is not such a request. */
+int h2_resend_unpack(struct evbuffer *what, nghttp2_nv **nva, size_t *n, char **store,
+                     enum framing *framing, bool *eof);
+
 /* Flood accounting per connection (SPEC §9): within each second, more
  * stream resets than max_streams, or more than H2_FLOOD_FRAMES PING,
  * SETTINGS or empty DATA frames; or more than H2_MAX_CONTINUATIONS
@@ -71,9 +88,26 @@ struct h2_flood {
     uint64_t second_start_us;
     int resets, pings, settings, empty_data, continuations;
 };
+/* The options of a client connection's session (nghttp2_option_del()
+ * after; NULL when out of memory): window updates by hand (the stream's
+ * window opens as its bytes are taken), nghttp2's own CONTINUATION and
+ * reset limits, no closed streams kept (no RFC 7540 priority tree). */
+nghttp2_option *h2_server_options(int max_streams);
 /* A frame header received: true when the connection must end. */
 bool h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
                     int max_streams, uint64_t now_us);
+/* The kind of flood a frame of this type ended a connection for. */
+static inline enum h2_flood_kind
+h2_flood_kind(uint8_t type)
+{
+    switch (type) {
+    case NGHTTP2_RST_STREAM: return H2F_RAPID_RESET;
+    case NGHTTP2_CONTINUATION: return H2F_CONTINUATION;
+    case NGHTTP2_PING: return H2F_PING;
+    case NGHTTP2_SETTINGS: return H2F_SETTINGS;
+    default: return H2F_EMPTY;
+    }
+}
 
 /* The allocator for nghttp2 sessions (mem.c: gw_malloc's free lists):
  * pass it to nghttp2_session_*_new3. */

@@ -354,6 +354,19 @@ h2_preface(struct evbuffer *in)
     return n == H2_PREFACE_LEN ? 1 : -1;
 }
 
+nghttp2_option *
+h2_server_options(int max_streams)
+{
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0)
+        return NULL;
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)max_streams, (uint64_t)max_streams);
+    return opt;
+}
+
 bool
 h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
                int max_streams, uint64_t now_us)

@@ -7,9 +7,10 @@
  *   client_h1.c -> request.c, validate.c, compose.c   the HTTP/1.1 client side
  *   request.c -> shadow.c, compare.c, upstream.c, account.c, validate.c
  *                (and back to its client through struct client_ops)
- *   shadow.c -> compare.c, upstream.c, compose.c, account.c
+ *   shadow.c -> compare.c, upstream.c, account.c   (sends through its pool's class)
  *   compare.c -> account.c                 (shadow comparison, SPEC §7)
  *   upstream.c -> http.c, transport.c      (reports to its owner by callbacks)
+ *   upstream_h2.c -> upstream_h2_retry.c   (what a retried HTTP/2 stream keeps)
  * OpenSSL is seen by tls.c and worker.c (context references); llhttp by
  * client_h1.c, upstream.c and validate.c.
  */
@@ -46,6 +47,7 @@ struct ssl_st;
 
 #define GW_HIGH_WATER (256 * 1024)  /* stop reading the other side above this */
 #define GW_MAX_HEADERS 128
+#define GW_REPLAY_MAX (64 * 1024)   /* request bytes an upstream keeps for one retry */
 
 /* ---- heads: header storage and classification (http.c) ------------------ */
 
@@ -514,9 +516,10 @@ struct upstream_class {
     void (*send_body)(struct upconn *u, const char *at, size_t len);
     void (*send_end)(struct upconn *u);
     /* A retry: what to send again on a new connection, taken from a failed
-     * one (NULL when it cannot be retried: too big, or already answered);
-     * send_again() sends it on the new one. Also how a shadow copy sends
-     * the request it held. */
+     * one (NULL when it cannot be retried: nothing may be sent again, too
+     * big, or already answered); send_again() sends it on a new connection
+     * of the same class. Its bytes are the class's own (HTTP/1.1: the
+     * request as sent; HTTP/2: see upstream_h2_retry.c). */
     struct evbuffer *(*take_resend)(struct upconn *u);
     void (*send_again)(struct upconn *u, struct evbuffer *what);
     /* Request bytes accepted but not yet written to the upstream. */
@@ -570,19 +573,21 @@ void upstream_failed(struct worker *w, struct upool *p, const struct cfg_version
 struct shadow;
 
 /*
- * Start a copy of a request for mirror version vi: head holds its composed
- * request head (moved out). The copy is fed the body with shadow_body() and
- * nothing is sent before shadow_complete(), so a request found malformed
- * after its head never reaches the mirror. NULL when it is not sent (no
- * room, no healthy mirror: counted as shadow_dropped). trace_id: the live
- * request's, for its comparison's sample; span (may be NULL): its CLIENT
- * span, copied, submitted when the copy ends (trace.c).
+ * Start a copy of a request for mirror version vi: ur is the request to
+ * send (tags, traceparent and all), copied whole (its head and strings:
+ * the copy keeps no pointer into the live request). The copy is fed the
+ * body with shadow_body() and nothing is sent before shadow_complete(), so
+ * a request found malformed after its head never reaches the mirror. It
+ * is sent through the mirror pool's class (HTTP/1.1 or HTTP/2). NULL when
+ * it is not sent (no room, no healthy mirror: counted as shadow_dropped).
+ * grpc: a gRPC call's copy (not compared; counted by its grpc-status).
+ * trace_id: the live request's, for its comparison's sample; span (may be
+ * NULL): its CLIENT span, copied, submitted when the copy ends (trace.c).
  */
 struct shadow *shadow_start(struct worker *w, struct config *cfg,
                             const struct cfg_endpoint *ep, int vi,
-                            struct evbuffer *head, bool chunked, bool head_method,
-                            const char *request_id, const uint8_t trace_id[16],
-                            const struct tracing_span *span);
+                            const struct upstream_request *ur, bool grpc, bool head_method,
+                            const uint8_t trace_id[16], const struct tracing_span *span);
 void shadow_body(struct shadow *sh, const char *at, size_t len);
 /* The live request was read whole: send the copy, let it go on alone.
  * Returns the live side of its comparison (NULL when none): from here the

@@ -182,7 +182,11 @@ check_auth(struct request *r, const struct cfg_endpoint *ep)
     return true;
 }
 
-/* Start the shadow copies of this request (mirror versions, by share). */
+/* Start the shadow copies of this request (mirror versions, by share). A
+ * gRPC call's copy goes only to a version that speaks HTTP/2 to its model
+ * servers (SPEC §9: else a failed copy, as the call would be a 502). The
+ * body read before the copies began (a gRPC call routed by its first
+ * message's model name) is theirs too. */
 static void
 start_shadows(struct request *r, struct ep_state *es)
 {
@@ -193,10 +197,15 @@ start_shadows(struct request *r, struct ep_state *es)
             !route_mirror_next(&es->mirror_acc[i], ep->versions[i].mirror))
             continue;
         const struct cfg_version *v = &ep->versions[i];
+        if (r->grpc && !v->upstream_http2) {
+            account_shadow(c->w, r->cfg, ep, i, 502, 0, false);
+            continue;
+        }
+        bool own_path = v->path != NULL && !r->keep_path;
         struct upstream_request ur = {
             .method = llhttp_method_name(r->line.method),
-            .path = v->path ? v->path : r->head.buf + r->target.path_off,
-            .path_len = v->path ? strlen(v->path) : r->target.path_len,
+            .path = own_path ? v->path : r->head.buf + r->target.path_off,
+            .path_len = own_path ? strlen(v->path) : r->target.path_len,
             .query = r->target.has_query ? r->head.buf + r->target.query_off : NULL,
             .query_len = r->target.query_len,
             .hd = &r->head, .peer = c->peer, .proto = c->proto,
@@ -207,12 +216,14 @@ start_shadows(struct request *r, struct ep_state *es)
         char tp[TRACING_TRACEPARENT_LEN];
         struct tracing_span span;
         struct tracing_span *sp = trace_shadow_hop(r, &ur, tp, v, &span);
-        compose_request_head(c->w->scratch2, &ur);
-        struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, c->w->scratch2,
-                                         r->up_framing == FRAME_CHUNKED, r->head_method,
-                                         r->id, r->trace.ctx.trace_id, sp);
-        if (sh != NULL)
-            r->shadows[r->n_shadows++] = sh;
+        struct shadow *sh = shadow_start(c->w, r->cfg, ep, i, &ur, r->grpc, r->head_method,
+                                         r->trace.ctx.trace_id, sp);
+        if (sh == NULL)
+            continue;
+        r->shadows[r->n_shadows++] = sh;
+        size_t n = r->held != NULL ? evbuffer_get_length(r->held) : 0;
+        if (n > 0)
+            shadow_body(sh, (const char *)evbuffer_pullup(r->held, -1), n);
     }
 }
 
@@ -256,9 +267,7 @@ route_to(struct request *r, const struct cfg_endpoint *ep, const char *pin, size
             r->version = route_split_next(&es->split);
         else
             r->version = ep->default_version;
-        /* Shadow copies are HTTP/1.1 requests composed from the head: not
-         * for gRPC calls. */
-        if (es != NULL && !r->grpc)
+        if (es != NULL)
             start_shadows(r, es);
     }
     r->routed = true;

@@ -7,13 +7,20 @@
  *   the process holds half of its descriptor limit; each copy is cut after
  *   limits.shadow_timeout_ms. A copy over a bound is dropped and counted
  *   as shadow_dropped;
- * - the copy's bytes are held until the live request is read whole (or
+ * - the copy is held until the live request is read whole (or its body
  *   past SHADOW_HOLD, then streamed), so a request refused part-way never
  *   reaches the mirror as a complete request; a copy that falls
  *   SHADOW_MAX_BEHIND behind is dropped;
+ * - what it holds is its own: the request to send (struct upstream_request
+ *   with a copy of the client's head and of every string the request
+ *   lent it) and the body's bytes. It is sent through the mirror pool's
+ *   class (send_head, send_body, send_end), whatever protocol that speaks:
+ *   HTTP/1.1, or HTTP/2 (SPEC §9), which a gRPC call's copy needs;
  * - its answer is read and thrown away, unless the version compares
  *   (SPEC §7): then its status and body bytes go to the copy's comparison
- *   (compare.c), whose shadow side this file ends exactly once.
+ *   (compare.c), whose shadow side this file ends exactly once. A gRPC
+ *   call's copy is not compared, and counts as its grpc-status says, as
+ *   its live call does.
  *
  * While the live request feeds it, a copy is "attached" and its owner (the
  * request) holds a pointer; a copy that ends then is only marked finished
@@ -37,9 +44,13 @@ struct shadow {
     int version;
     struct route_shared *slot;
     struct event *timer;            /* shadow_timeout_ms */
-    struct evbuffer *held;          /* bytes not yet handed to the connection */
+    struct evbuffer *held;          /* body bytes not yet handed to the connection */
+    struct upstream_request req;    /* the copy to send: its strings in store, */
+    struct head hd;                 /* its head a copy of the client's */
+    char *store;
     uint64_t t_start_us;
-    bool chunked;
+    bool head_sent;                 /* req went to the connection */
+    bool grpc;                      /* a gRPC call's copy */
     bool head_method;
     bool attached;                  /* the live request still feeds it */
     bool streaming;                 /* past SHADOW_HOLD: bytes go out as they come */
@@ -77,6 +88,8 @@ shadow_free(struct shadow *sh)
         event_free(sh->timer);
     if (sh->held != NULL)
         evbuffer_free(sh->held);
+    head_free(&sh->hd);
+    free(sh->store);
     TAILQ_REMOVE(&w->shadows, sh, link);
     w->n_shadows--;
     config_drop(sh->cfg);
@@ -147,6 +160,10 @@ static void
 sh_done(void *owner, struct upconn *u, bool reusable)
 {
     struct shadow *sh = owner;
+    if (sh->grpc) {                 /* counted as its grpc-status says (SPEC §9) */
+        int gs = grpc_status_of(u->has_trailers ? &u->trailers : &u->head);
+        sh->answer = gs >= 0 ? grpc_http_status(gs) : 502;
+    }
     sh->u = NULL;
     /* A copy still being fed cannot hand its connection back. */
     upconn_release(u, reusable && !sh->attached);
@@ -175,28 +192,79 @@ static const struct upconn_ops shadow_ops = {
 
 /* ---- feeding ------------------------------------------------------------ */
 
+/* Hand the connection the request (once) and the body held so far. A
+ * failure on the way ends the copy (finished): it is freed only once the
+ * live request lets go, so the caller keeps it attached meanwhile. */
 static void
 release_held(struct shadow *sh)
 {
-    if (sh->u == NULL)
+    if (sh->u == NULL || sh->finished)
         return;
-    sh->u->cls->send_again(sh->u, sh->held);
-    upconn_flush(sh->u);
+    if (!sh->head_sent) {
+        sh->head_sent = true;
+        sh->u->cls->send_head(sh->u, &sh->req);
+    }
+    size_t n = evbuffer_get_length(sh->held);
+    if (n > 0 && sh->u != NULL) {
+        sh->u->cls->send_body(sh->u, (const char *)evbuffer_pullup(sh->held, -1), n);
+        evbuffer_drain(sh->held, n);
+    }
+    if (sh->u != NULL)
+        upconn_flush(sh->u);
+}
+
+/* The request as the copy's own: the client's head copied, and every
+ * string that points into the live request (or its stack) copied into
+ * one store. Method, scheme and the config's strings stay shared: static,
+ * or kept by the copy's config reference. */
+static bool
+copy_request(struct shadow *sh, const struct upstream_request *ur)
+{
+    const struct head *hd = ur->hd;
+    const char *id = ur->tags.request_id;
+    size_t peer = strlen(ur->peer) + 1, idl = strlen(id) + 1;
+    size_t cap = ur->path_len + ur->query_len + peer + idl + ur->tracestate_len +
+                 TRACING_TRACEPARENT_LEN + 1;
+    sh->hd = *hd;
+    sh->hd.buf = malloc(hd->len > 0 ? hd->len : 1);
+    sh->hd.cap = hd->len;
+    sh->store = malloc(cap);
+    if (sh->hd.buf == NULL || sh->store == NULL)
+        return false;
+    memcpy(sh->hd.buf, hd->buf, hd->len);
+    sh->req = *ur;
+    sh->req.hd = &sh->hd;
+    char *at = sh->store;
+#define COPY(field, len) do { \
+        memcpy(at, (field), (len)); (field) = at; at += (len); \
+    } while (0)
+    COPY(sh->req.path, ur->path_len);
+    if (ur->query != NULL)
+        COPY(sh->req.query, ur->query_len);
+    COPY(sh->req.peer, peer);
+    COPY(sh->req.tags.request_id, idl);
+    if (ur->traceparent != NULL)
+        COPY(sh->req.traceparent, TRACING_TRACEPARENT_LEN);
+    if (ur->tracestate_len > 0)
+        COPY(sh->req.tracestate, ur->tracestate_len);
+#undef COPY
+    return true;
 }
 
 struct shadow *
 shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep, int vi,
-             struct evbuffer *head, bool chunked, bool head_method, const char *request_id,
+             const struct upstream_request *ur, bool grpc, bool head_method,
              const uint8_t trace_id[16], const struct tracing_span *span)
 {
     const struct cfg_limits *lim = &w->cfg->limits;
     struct upool *pool = NULL;
-    bool compares = ep->versions[vi].compare.mode != CFG_COMPARE_OFF;
+    /* A gRPC call's copy is not compared (README: its bodies are messages
+     * in frames, its outcome in trailers). */
+    bool compares = ep->versions[vi].compare.mode != CFG_COMPARE_OFF && !grpc;
 
     if (w->n_shadows >= lim->max_shadow_inflight ||
         __atomic_load_n(&gw_open_fds, __ATOMIC_RELAXED) >= gw_fd_limit / 2 ||
         upstream_pick(w, cfg, ep, vi, NULL, &pool) != PICK_OK) {
-        evbuffer_drain(head, evbuffer_get_length(head));
         account_shadow(w, cfg, ep, vi, 0, 0, true);
         if (compares)               /* a dropped copy is an unknown comparison */
             account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
@@ -205,13 +273,12 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
     struct shadow *sh = calloc(1, sizeof(*sh));
     if (sh == NULL) {
         route_give_slot(pool->shared);
-        evbuffer_drain(head, evbuffer_get_length(head));
         if (compares)
             account_compare(w, cfg, ep, vi, CMP_UNKNOWN, NULL);
         return NULL;
     }
     if (compares) {
-        sh->cmp = cmp_new(w, cfg, ep, vi, request_id);
+        sh->cmp = cmp_new(w, cfg, ep, vi, ur->tags.request_id);
         cmp_set_trace(sh->cmp, trace_id);
     }
     if (span != NULL && (sh->span = malloc(sizeof(*sh->span))) != NULL) {
@@ -223,7 +290,7 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
     sh->ep = ep;
     sh->version = vi;
     sh->slot = pool->shared;
-    sh->chunked = chunked;
+    sh->grpc = grpc;
     sh->head_method = head_method;
     sh->attached = true;
     sh->t_start_us = now_us();
@@ -231,13 +298,11 @@ shadow_start(struct worker *w, struct config *cfg, const struct cfg_endpoint *ep
     w->n_shadows++;
     sh->timer = evtimer_new(w->base, shadow_timeout, sh);
     sh->held = evbuffer_new();
-    if (sh->timer == NULL || sh->held == NULL ||
+    if (sh->timer == NULL || sh->held == NULL || !copy_request(sh, ur) ||
         (sh->u = upconn_acquire(w, pool, &shadow_ops, sh, false)) == NULL) {
-        evbuffer_drain(head, evbuffer_get_length(head));
         shadow_end(sh, 502, false, true);
         return sh;                  /* finished; freed when the request lets go */
     }
-    evbuffer_add_buffer(sh->held, head);
     struct timeval tv = {lim->shadow_timeout_ms / 1000,
                          (lim->shadow_timeout_ms % 1000) * 1000};
     evtimer_add(sh->timer, &tv);
@@ -249,18 +314,13 @@ shadow_body(struct shadow *sh, const char *at, size_t len)
 {
     if (sh->finished)
         return;
-    struct evbuffer *out = sh->held;
     if (sh->streaming &&
         upconn_backlog(sh->u) + len > SHADOW_MAX_BEHIND) {
         shadow_end(sh, 0, true, true);      /* the mirror cannot keep up */
         return;
     }
-    if (sh->chunked)
-        buf_chunk_size(out, len);
-    evbuffer_add(out, at, len);
-    if (sh->chunked)
-        BUF_LIT(out, "\r\n");
-    if (sh->streaming || evbuffer_get_length(out) > SHADOW_HOLD) {
+    evbuffer_add(sh->held, at, len);
+    if (sh->streaming || evbuffer_get_length(sh->held) > SHADOW_HOLD) {
         sh->streaming = true;
         release_held(sh);
     }
@@ -270,15 +330,15 @@ struct shadow_cmp *
 shadow_complete(struct shadow *sh)
 {
     struct shadow_cmp *c = sh->cmp;
-    sh->attached = false;
     sh->live_handed = c != NULL;
-    if (sh->finished) {
+    release_held(sh);               /* still attached: a failure only finishes it */
+    if (sh->u != NULL && !sh->finished)
+        sh->u->cls->send_end(sh->u);
+    if (sh->u != NULL && !sh->finished)
+        upconn_flush(sh->u);
+    sh->attached = false;
+    if (sh->finished)
         shadow_free(sh);            /* ends the shadow side; the live side is the request's */
-        return c;
-    }
-    if (sh->chunked)
-        BUF_LIT(sh->held, "0\r\n\r\n");
-    release_held(sh);
     return c;
 }
 

@@ -31,7 +31,6 @@
 
 #define MAX_IDLE_PER_POOL 256
 #define MAX_RESPONSE_HEAD (64 * 1024)
-#define REPLAY_MAX (64 * 1024)      /* request bytes kept for one retry */
 
 static llhttp_settings_t resp_settings;
 
@@ -559,14 +558,14 @@ h1_flush(struct upconn *u)
 
 /* What the connection's owner sends: the head composed here, the body
  * framed as the head announced. A connection that was reused keeps what it
- * was sent (up to REPLAY_MAX) until an answer begins, for one retry on a
+ * was sent (up to GW_REPLAY_MAX) until an answer begins, for one retry on a
  * new connection if the server closed it first (the keep-alive race). */
 static void
 h1_send(struct upconn *u, const void *data, size_t len)
 {
     evbuffer_add(bufferevent_get_output(u->bev), data, len);
     if (u->replay != NULL) {
-        if (evbuffer_get_length(u->replay) + len <= REPLAY_MAX)
+        if (evbuffer_get_length(u->replay) + len <= GW_REPLAY_MAX)
             evbuffer_add(u->replay, data, len);
         else {
             evbuffer_free(u->replay);   /* too big to retry */

@@ -16,10 +16,9 @@
  * owner took them and is not paused, so a client that stops reading stops
  * the model server, stream by stream.
  *
- * Retries: an HTTP/2 exchange is not retried on another connection (the
- * keep-alive race of HTTP/1.1 does not arise: a GOAWAY names the last
- * stream the server processed); a failed connect is a 502 as for a pool
- * with one upstream.
+ * Retries (upstream_h2_retry.c): a stream whose connection never came up,
+ * or that the server refused unprocessed, is sent again on a new
+ * connection. A connection that got a GOAWAY takes no new streams.
  */
 #include "gateway/h2.h"
 
@@ -53,9 +52,12 @@ struct h2stream_up {
     bool head_done;                 /* the response head went to the owner */
     bool ended;                     /* END_STREAM or reset seen */
     size_t unconsumed;              /* response bytes not yet given back (paused) */
-    nghttp2_nv *nva;                /* the request head, until submitted */
-    size_t n_nva;
+    nghttp2_nv *nva;                /* the request head, until submitted (a retrying */
+    size_t n_nva;                   /* owner's: until its answer begins) */
     char *nv_store;
+    struct evbuffer *replay;        /* the body given, for a retry (upstream_h2_retry.c) */
+    bool replay_lost;               /* past GW_REPLAY_MAX, or an answer began */
+    bool refused;                   /* closed by the server unprocessed */
     struct h2stream_up *next, *prev;
 };
 
@@ -67,6 +69,7 @@ struct h2up {
     struct event *idle;
     struct event *kick;             /* one deferred run for many owners' flushes */
     bool connected, dead, in_ng;
+    bool reserved;                  /* opened for a retry: its stream goes first */
     int n_streams;
     struct h2stream_up *streams;
     struct h2up *next;              /* the pool's list */
@@ -124,6 +127,7 @@ stream_free_later(struct h2stream_up *st)
     gw_free(st->nv_store);
     st->nva = NULL;
     st->nv_store = NULL;
+    h2_replay_drop(&st->replay);
     if (st->u.busy)
         st->u.pool->active--;
     st->u.busy = false;
@@ -202,6 +206,9 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
         }
         st->head_done = true;
         u->got_bytes = true;
+        /* An answer began: no retry from here on. */
+        h2_retry_forget(&st->replay, &st->nva, &st->nv_store);
+        st->replay_lost = true;
         u->no_body = end;           /* Trailers-Only (gRPC), or no body */
         head_classify(&u->head);
         int cl = u->head.first[HC_CONTENT_LENGTH];
@@ -253,6 +260,7 @@ on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     st->id = 0;
+    st->refused = code == NGHTTP2_REFUSED_STREAM && !st->u.got_bytes;
     if (!st->ended)
         owner_failed(st, st->u.got_bytes ? UPF_RESET : code == NGHTTP2_REFUSED_STREAM ?
                      UPF_CLOSED : UPF_RESET);
@@ -282,10 +290,12 @@ submit_stream(struct h2stream_up *st)
     bool body = !(st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) ||
                 st->u.framing != FRAME_NONE;
     int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
-    gw_free(st->nva);
-    gw_free(st->nv_store);
-    st->nva = NULL;
-    st->nv_store = NULL;
+    if (!st->u.ops->retries) {      /* else kept for a retry (h2_take_resend) */
+        gw_free(st->nva);
+        gw_free(st->nv_store);
+        st->nva = NULL;
+        st->nv_store = NULL;
+    }
     st->submitted = true;
     if (id < 0) {
         owner_failed(st, UPF_CLOSED);
@@ -397,6 +407,7 @@ conn_event(struct bufferevent *bev, short events, void *arg)
     struct h2up *c = arg;
     if (events & BEV_EVENT_CONNECTED) {
         c->connected = true;
+        c->reserved = false;        /* its first stream is submitted now */
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         for (struct h2stream_up *st = c->streams; st != NULL; st = st->next)
@@ -530,7 +541,8 @@ h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void
     struct h2up *c = NULL;
     int n = 0;
     for (struct h2up *k = p->h2; k != NULL; k = k->next, n++)
-        if (!k->dead && !fresh &&
+        if (!k->dead && !fresh && !k->reserved &&
+            nghttp2_session_check_request_allowed(k->ng) &&
             (!k->connected ||
              (uint32_t)k->n_streams < nghttp2_session_get_remote_settings(
                  k->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))) {
@@ -539,6 +551,7 @@ h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void
         }
     if (c == NULL && (n >= MAX_CONNS_PER_POOL || (c = conn_new(w, p)) == NULL))
         return NULL;
+    c->reserved = fresh && !c->connected;
     struct h2stream_up *st = take_spare(w);
     if (st == NULL)
         return NULL;
@@ -641,6 +654,8 @@ h2_send_body(struct upconn *u, const char *at, size_t len)
     if (st->out == NULL && (st->out = worker_buf_get(st->u.w)) == NULL)
         return;
     evbuffer_add(st->out, at, len);
+    if (u->ops->retries)
+        h2_replay_add(&st->replay, &st->replay_lost, at, len);
     if (st->deferred && st->id > 0 && st->conn != NULL) {
         st->deferred = false;
         nghttp2_session_resume_data(st->conn->ng, st->id);
@@ -658,19 +673,42 @@ h2_send_end(struct upconn *u)
     }
 }
 
+/* What to send again, when nothing of the exchange was processed (see
+ * upstream_h2_retry.c): its connection never came up (all it was given is
+ * still here), or the server refused the stream (the body from the copy). */
 static struct evbuffer *
 h2_take_resend(struct upconn *u)
 {
-    return NULL;                    /* not retried (see the top of this file) */
+    struct h2stream_up *st = ST(u);
+    if (!u->ops->retries || st->nva == NULL || u->got_bytes || (u->connected && !st->refused))
+        return NULL;
+    struct evbuffer *body = st->replay_lost ? NULL : st->replay;
+    if (!u->connected)
+        body = st->out;             /* nothing was sent: whatever its size */
+    else if (st->replay_lost)
+        return NULL;                /* the body is no longer whole */
+    return h2_resend_pack(st->nva, st->n_nva, u->framing, st->out_eof, body);
 }
 
-/* A shadow copy's held request: raw HTTP/1.1 bytes, which an HTTP/2 pool
- * cannot send; the copy fails as if the server were away. */
+/* A retry's request (h2_take_resend's) on this new stream. */
 static void
 h2_send_again(struct upconn *u, struct evbuffer *what)
 {
-    evbuffer_drain(what, evbuffer_get_length(what));
-    owner_failed(ST(u), UPF_CONNECT);
+    struct h2stream_up *st = ST(u);
+    bool eof = false;
+    if (h2_resend_unpack(what, &st->nva, &st->n_nva, &st->nv_store, &u->framing, &eof) < 0) {
+        evbuffer_drain(what, evbuffer_get_length(what));
+        owner_failed(st, UPF_CONNECT);
+        return;
+    }
+    size_t n = evbuffer_get_length(what);
+    if (n > 0)
+        h2_send_body(u, (const char *)evbuffer_pullup(what, -1), n);
+    evbuffer_drain(what, n);
+    if (eof || u->framing == FRAME_NONE)
+        h2_send_end(u);
+    if (st->conn != NULL && st->conn->connected)
+        conn_kick(st->conn);
 }
 
 static size_t

@@ -36,6 +36,10 @@ const char *const metrics_rejected_names[REJ_COUNT] = {
     "unauthorized", "not_found", "bad_request", "too_large", "timeout",
 };
 
+const char *const metrics_h2_flood_names[H2F_COUNT] = {
+    "rapid_reset", "continuation", "ping", "settings", "empty",
+};
+
 int
 metrics_bucket(uint64_t us)
 {
@@ -94,6 +98,8 @@ struct metrics_worker {
     unsigned diff_first, diff_n;
     uint64_t rejected[REJ_COUNT];
     uint64_t rej_seen[REJ_COUNT];   /* the collector's */
+    uint64_t floods[H2F_COUNT];
+    uint64_t flood_seen[H2F_COUNT]; /* the collector's */
 };
 
 struct metrics_worker *
@@ -228,6 +234,12 @@ metrics_reject(struct metrics_worker *mw, enum rejected_kind k)
 }
 
 void
+metrics_h2_flood(struct metrics_worker *mw, enum h2_flood_kind k)
+{
+    add(&mw->floods[k], 1);
+}
+
+void
 metrics_reject_ep(struct metrics_worker *mw, const char *ep, enum rejected_kind k)
 {
     add(&mw->rejected[k], 1);
@@ -319,6 +331,7 @@ struct metrics_backlog {
     size_t max_minute_entries;
     uint64_t rejected[REJ_COUNT];   /* pending */
     uint64_t rejected_total[REJ_COUNT];
+    uint64_t floods_total[H2F_COUNT];   /* HTTP/2 floods, for /metrics only */
     struct rej_total {              /* the part of rejected_total with an endpoint */
         char ep[CFG_NAME_MAX + 1];
         uint64_t n[REJ_COUNT];
@@ -558,6 +571,11 @@ metrics_collect(struct metrics_backlog *b, struct metrics_worker **workers, int 
             b->rejected_total[k] += v - mw->rej_seen[k];
             mw->rej_seen[k] = v;
         }
+        for (int k = 0; k < H2F_COUNT; k++) {
+            uint64_t v = __atomic_load_n(&mw->floods[k], __ATOMIC_RELAXED);
+            b->floods_total[k] += v - mw->flood_seen[k];
+            mw->flood_seen[k] = v;
+        }
         int ne = __atomic_load_n(&mw->n_rej_eps, __ATOMIC_ACQUIRE);
         for (int i = 0; i < ne; i++)
             collect_rej_ep(b, &mw->rej_eps[i]);
@@ -604,7 +622,7 @@ metrics_backlog_drain(struct metrics_backlog *b,
 char *
 metrics_prometheus(const struct metrics_backlog *b)
 {
-    size_t cap = 4096 + (size_t)b->n_series * 8192 + (size_t)b->n_rej_eps * 512, len = 0;
+    size_t cap = 6144 + (size_t)b->n_series * 8192 + (size_t)b->n_rej_eps * 512, len = 0;
     char *out = malloc(cap);
 #define P(...) len += (size_t)snprintf(out + len, cap - len, __VA_ARGS__)
     P("# HELP sluice_requests_total Requests served, by endpoint, version, group and status class.\n"
@@ -692,6 +710,12 @@ metrics_prometheus(const struct metrics_backlog *b)
         for (int k = 0; k < REJ_COUNT; k++)
             P("sluice_rejected_total{endpoint=\"%s\",reason=\"%s\"} %llu\n", b->rej_eps[i].ep,
               metrics_rejected_names[k], (unsigned long long)b->rej_eps[i].n[k]);
+    P("# HELP sluice_h2_floods_total HTTP/2 client connections ended with GOAWAY "
+      "ENHANCE_YOUR_CALM for a flood, by kind (SPEC §9).\n"
+      "# TYPE sluice_h2_floods_total counter\n");
+    for (int k = 0; k < H2F_COUNT; k++)
+        P("sluice_h2_floods_total{kind=\"%s\"} %llu\n", metrics_h2_flood_names[k],
+          (unsigned long long)b->floods_total[k]);
     P("# HELP sluice_flush_backlog Metric entries waiting to be written to Redis.\n"
       "# TYPE sluice_flush_backlog gauge\nsluice_flush_backlog %zu\n", b->n_entries);
 #undef P

@@ -46,6 +46,14 @@ enum rejected_kind { REJ_UNAUTHORIZED, REJ_NOT_FOUND, REJ_BAD_REQUEST, REJ_TOO_L
                      REJ_TIMEOUT, REJ_COUNT };
 extern const char *const metrics_rejected_names[REJ_COUNT];
 
+/* HTTP/2 floods a client connection was ended for (SPEC §9), on /metrics as
+ * sluice_h2_floods_total{kind}: more stream resets in a second than
+ * h2_max_concurrent_streams, CONTINUATION frames after one HEADERS, PING,
+ * SETTINGS or empty DATA frames in a second. */
+enum h2_flood_kind { H2F_RAPID_RESET, H2F_CONTINUATION, H2F_PING, H2F_SETTINGS, H2F_EMPTY,
+                     H2F_COUNT };
+extern const char *const metrics_h2_flood_names[H2F_COUNT];
+
 /* One request's outcome. */
 struct metrics_sample {
     int status;
@@ -78,6 +86,8 @@ struct metrics_slot *metrics_slot(struct metrics_worker *mw, const char *ep,
 void metrics_record(struct metrics_slot *slot, uint32_t minute,
                     const struct metrics_sample *s);
 void metrics_reject(struct metrics_worker *mw, enum rejected_kind k);
+/* A client connection ended for a flood of kind k. */
+void metrics_h2_flood(struct metrics_worker *mw, enum h2_flood_kind k);
 
 /* A disagreement sample (SPEC §7), JSON text, for sluice:{ep}:diffs:version
  * trimmed to keep entries. Each worker keeps the latest METRICS_DIFF_RING

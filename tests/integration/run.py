@@ -24,7 +24,7 @@ WEIGHTS = {"test_rollout": 155, "test_fleet": 66, "test_core": 62, "test_edge": 
            "test_dashboard": 19, "test_lifecycle": 14, "test_admin_input": 9,
            "test_bookkeeping": 8, "test_auth": 7, "test_admin_gate": 5, "test_h2": 12,
            "test_notify": 26, "test_state_dir": 8, "test_operator_metrics": 5,
-           "test_model_h2": 12, "test_grpc": 12,
+           "test_model_h2": 12, "test_grpc": 12, "test_h2_shadow": 6, "test_h2_retry": 6,
            "test_tracing_export": 12, "test_tracing": 20}
 
 

@@ -336,13 +336,37 @@ def test_stalled_reader_is_bounded():
     assert held - base < 8 * 1024, (base, held)
 
 
+def floods(s):
+    """sluice_h2_floods_total by kind, from /metrics."""
+    import requests
+    out = {}
+    for line in requests.get(s.admin("/metrics"), timeout=5).text.splitlines():
+        if line.startswith("sluice_h2_floods_total{kind=\""):
+            kind = line.split('"')[1]
+            out[kind] = int(line.rsplit(" ", 1)[1])
+    return out
+
+
+FLOOD_KINDS = ("rapid_reset", "continuation", "ping", "settings", "empty")
+
+
 def test_floods_end_the_connection():
-    """issue 19 item 7: rapid reset, PING, SETTINGS and CONTINUATION floods
-    each end their connection with GOAWAY ENHANCE_YOUR_CALM (or a close);
-    nothing of it reaches a model server; a client next to them is served."""
+    """issue 19 item 7: rapid reset, PING, SETTINGS, CONTINUATION and empty
+    DATA floods each end their connection with GOAWAY ENHANCE_YOUR_CALM (or
+    a close); nothing of it reaches a model server; a client next to them
+    is served. h2fn item 3: each flood is counted once, under its kind, in
+    sluice_h2_floods_total on /metrics."""
     a, b = Model("versiona"), Model("versionb")
     s = Sluice(two_versions(a, b), limits={"h2_max_concurrent_streams": 16})
     enc = hpack.Encoder()
+    assert floods(s) == {k: 0 for k in FLOOD_KINDS}
+    seen = {k: 0 for k in FLOOD_KINDS}
+
+    def counted(kind):
+        seen[kind] += 1
+        # the counters are merged off the request path: wait for this one
+        harness.until(lambda: floods(s) == seen, 10, "flood %s counted" % kind,
+                      show=lambda: floods(s))
 
     def headers_block(sid, end_headers=True, extra=0):
         block = enc.encode([(":method", "POST"), (":path", SCORE), (":scheme", "http"),
@@ -360,6 +384,7 @@ def test_floods_end_the_connection():
     c.wait(lambda: c.terminated is not None, timeout=10)
     assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
     c.close()
+    counted("rapid_reset")
     # PING and SETTINGS floods.
     for kind in ("ping", "settings"):
         c = H2(s.port)
@@ -374,6 +399,7 @@ def test_floods_end_the_connection():
         c.wait(lambda: c.terminated is not None, timeout=10)
         assert c.terminated == ENHANCE_YOUR_CALM or c.closed, (kind, c.terminated)
         c.close()
+        counted(kind)
     # CONTINUATION flood: a head that never ends.
     c = H2(s.port)
     try:
@@ -383,8 +409,22 @@ def test_floods_end_the_connection():
     except OSError:
         pass
     c.wait(lambda: c.terminated is not None, timeout=10)
-    assert c.terminated is not None or c.closed
+    assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
     c.close()
+    counted("continuation")
+    # Empty DATA frames (no END_STREAM) on a stream to an unknown endpoint:
+    # answered 404 at its head, so nothing of it reaches a model either.
+    c = H2(s.port)
+    try:
+        c.request("/nowhere", end=False)
+        for i in range(300):
+            c.raw(frame(0x0, 0, 1, b""))
+    except OSError:
+        pass
+    c.wait(lambda: c.terminated is not None, timeout=10)
+    assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
+    c.close()
+    counted("empty")
     # The service goes on for others, and nothing flooded reached a model.
     ok = H2(s.port)
     try:
@@ -393,6 +433,7 @@ def test_floods_end_the_connection():
     finally:
         ok.close()
     assert a.stats()["requests"] + b.stats()["requests"] == 1
+    assert floods(s) == seen        # the served client is no flood
 
 
 def test_bad_heads_are_stream_errors():

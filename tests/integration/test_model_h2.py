@@ -369,3 +369,17 @@ def test_preface_and_http1_split_across_writes():
         s.close()
         assert out.startswith(b"HTTP/1.1 200"), out[:200]
         assert b'"version":"versionsplit"' in out
+
+
+def test_goaway_after_n_streams():
+    """sluice-model --h2-goaway-after 3 (h2fn item 2's graceful shutdown):
+    h2load's five streams on one connection: a GOAWAY after the third, so
+    3 are answered and 2 not processed (h2load counts them failed), and
+    the model server counts 3 requests. (python3-h2 cannot take answers
+    after a GOAWAY, so h2load is the client here.)"""
+    m = Model("m", "--h2-goaway-after", "3", "--latency-ms", "100")
+    r = subprocess.run(["h2load", "-n", "5", "-c", "1", "-m", "5",
+                        "http://%s%s" % (m.addr, INFER)], capture_output=True, text=True,
+                       timeout=30)
+    assert "5 done, 3 succeeded, 2 failed" in r.stdout and "3 2xx" in r.stdout, r.stdout
+    assert m.stats()["requests"] == 3

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/internal.h"
+#include "gateway/h2.h"
 #include "check.h"
 
 /* Build a classified head from "Name: value" lines (one per argument). */
@@ -525,6 +525,54 @@ test_mem_free_lists(void)
     gw_mem_thread_end();
 }
 
+/* An HTTP/2 stream's request as take_resend hands it over and send_again
+ * takes it back (upstream_h2_retry.c): the same fields, framing, eof and
+ * body; the replay copy stops at GW_REPLAY_MAX. */
+static void
+test_h2_resend_round_trip(void)
+{
+#define NVS(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, 0}
+    nghttp2_nv nva[] = {NVS(":method", "POST"), NVS(":path", "/a?b=c:d"),
+                        NVS("x-empty", ""), NVS("traceparent", "00-ab-cd-01")};
+#undef NVS
+    struct evbuffer *body = evbuffer_new();
+    static const char json[] = "{\"x\":\"\r\n\r\n\"}";     /* an empty line in the body */
+    evbuffer_add(body, json, sizeof(json) - 1);
+    struct evbuffer *b = h2_resend_pack(nva, 4, FRAME_LENGTH, true, body);
+    CHECK(b != NULL && evbuffer_get_length(body) == 0, "packed, body moved");
+    nghttp2_nv *got = NULL;
+    size_t n = 0;
+    char *store = NULL;
+    enum framing fr = FRAME_NONE;
+    bool eof = false;
+    CHECK(h2_resend_unpack(b, &got, &n, &store, &fr, &eof) == 0, "unpacked");
+    CHECK(n == 4 && fr == FRAME_LENGTH && eof, "n %zu framing %d eof %d", n, fr, eof);
+    for (size_t i = 0; i < n && i < 4; i++)
+        CHECK(got[i].namelen == nva[i].namelen && got[i].valuelen == nva[i].valuelen &&
+              memcmp(got[i].name, nva[i].name, nva[i].namelen) == 0 &&
+              memcmp(got[i].value, nva[i].value, nva[i].valuelen) == 0, "field %zu", i);
+    CHECK(evbuffer_get_length(b) == sizeof(json) - 1 &&
+          memcmp(evbuffer_pullup(b, -1), json, sizeof(json) - 1) == 0, "the body stays");
+    gw_free(got);
+    gw_free(store);
+    evbuffer_drain(b, evbuffer_get_length(b));
+    static const char h1[] = "GET / HTTP/1.1\r\n\r\n";
+    evbuffer_add(b, h1, sizeof(h1) - 1);
+    CHECK(h2_resend_unpack(b, &got, &n, &store, &fr, &eof) < 0, "not ours");
+    evbuffer_free(b);
+    evbuffer_free(body);
+    struct evbuffer *replay = NULL;
+    bool lost = false;
+    static char chunk[16384];
+    for (int i = 0; i < 4; i++)
+        h2_replay_add(&replay, &lost, chunk, sizeof(chunk));
+    CHECK(!lost && evbuffer_get_length(replay) == GW_REPLAY_MAX, "64 KiB kept");
+    h2_replay_add(&replay, &lost, "x", 1);
+    CHECK(lost && replay == NULL, "one byte more: not retried");
+    h2_replay_add(&replay, &lost, "x", 1);
+    CHECK(lost && replay == NULL, "and stays so");
+}
+
 int
 main(void)
 {
@@ -541,6 +589,7 @@ main(void)
         {"grpc_timeout_and_statuses", test_grpc_timeout_and_statuses},
         {"v2_path", test_v2_path},
         {"mem_free_lists", test_mem_free_lists},
+        {"h2_resend_round_trip", test_h2_resend_round_trip},
         {NULL, NULL},
     };
     return run_tests(tests);

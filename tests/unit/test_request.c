@@ -93,6 +93,8 @@ fk_send_end(struct upconn *u)
 static struct evbuffer *
 fk_take_resend(struct upconn *u)
 {
+    if (u->connected && !u->reused)
+        return NULL;                /* as the real classes: nothing safe to resend */
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_buffer(b, ((struct fake_up *)u)->sent);
     return b;

@@ -19,7 +19,7 @@ struct model_opts opt = {
     .slow_max_ms = 1000,
     .h2_max_streams = 128,
 };
-unsigned long long n_conns, n_reqs;
+unsigned long long n_conns, n_reqs, n_refused;
 struct event_base *base;
 
 uint64_t
@@ -144,8 +144,8 @@ answer_json(struct evbuffer *b, int status, const char *method, const char *uri,
 void
 stats_json(struct evbuffer *b)
 {
-    evbuffer_add_printf(b, "{\"version\":\"%s\",\"connections\":%llu,\"requests\":%llu}\n",
-                        opt.name, n_conns, n_reqs);
+    evbuffer_add_printf(b, "{\"version\":\"%s\",\"connections\":%llu,\"requests\":%llu,"
+                        "\"refused\":%llu}\n", opt.name, n_conns, n_reqs, n_refused);
 }
 
 int

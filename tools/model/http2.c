@@ -14,7 +14,13 @@
  * would get an error status, a gRPC call gets a Trailers-Only answer with
  * the matching grpc-status (x-test-grpc-status: N or --grpc-status N ask
  * for one; x-test-grpc-no-trailers: 1 ends the answer with its DATA,
- * without trailers, a broken server).
+ * without trailers, a broken server). --h2-goaway-after N shuts each
+ * connection down gracefully after N streams: the GOAWAY names stream N
+ * as the last one processed; the streams above it are closed unanswered
+ * (nghttp2 closes them when the GOAWAY is sent: the client knows from the
+ * GOAWAY that they were not processed), and the connection closes once
+ * the first N are answered. --h2-refuse-every N refuses every Nth stream
+ * with RST_STREAM REFUSED_STREAM, as an overloaded server does.
  */
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -31,6 +37,8 @@
 #define H2_MAX_HEADERS 128
 #define H2_MAX_BODY (64 * 1024 * 1024)
 
+static unsigned long long begun_all;    /* request streams, for --h2-refuse-every */
+
 struct h2_stream {
     TAILQ_ENTRY(h2_stream) link;
     struct h2_conn *conn;
@@ -46,6 +54,7 @@ struct h2_stream {
     int grpc;                   /* a gRPC call: trailers after the body */
     int grpc_status;            /* -1: none asked for */
     int no_trailers;            /* x-test-grpc-no-trailers: end with the DATA */
+    int refused;                /* above the GOAWAY's last stream: not answered */
 };
 
 struct h2_conn {
@@ -56,6 +65,9 @@ struct h2_conn {
     struct event *idle;         /* --idle-close-max-ms */
     int closed;                 /* io->close was called */
     int served;                 /* a request was answered: idle close applies */
+    unsigned begun;             /* request streams begun (--h2-goaway-after) */
+    int32_t last_id;            /* the last of them */
+    int goaway;                 /* the GOAWAY went: every new stream is refused */
 };
 
 int
@@ -290,6 +302,8 @@ request_done(struct h2_stream *st)
     struct h2_conn *c = st->conn;
     const char *v;
 
+    if (st->refused)
+        return;                 /* refused at its start (--h2-goaway-after) */
     if (st->method == NULL || st->path == NULL) {
         nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, st->id,
                                   NGHTTP2_PROTOCOL_ERROR);
@@ -364,6 +378,20 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
     st->conn = c;
     st->id = frame->hd.stream_id;
     st->grpc_status = -1;
+    if (opt.h2_goaway_after > 0 && !c->goaway && ++c->begun > opt.h2_goaway_after) {
+        c->goaway = 1;          /* stream N was the last one processed */
+        nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR,
+                              NULL, 0);
+    }
+    if (c->goaway)              /* closed unanswered once the GOAWAY is sent */
+        st->refused = 1;
+    else
+        c->last_id = st->id;
+    if (!st->refused && opt.h2_refuse_every > 0 && ++begun_all % opt.h2_refuse_every == 0) {
+        st->refused = 1;
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+    }
+    n_refused += st->refused;
     TAILQ_INSERT_TAIL(&c->streams, st, link);
     if (c->idle != NULL)
         event_del(c->idle);

@@ -30,6 +30,17 @@
  *                              with --error-rate, only that share does
  *   --h2-max-streams N         HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
  *                              (default 128)
+ *   --h2-goaway-after N        a graceful shutdown of each HTTP/2 connection
+ *                              after N streams: when stream N+1 begins, a
+ *                              GOAWAY (NO_ERROR) whose last-stream-id is
+ *                              stream N's; that stream and any after it are
+ *                              not processed (neither answered nor counted);
+ *                              the first N are answered, then the
+ *                              connection closes
+ *   --h2-refuse-every N        an overloaded HTTP/2 server: every Nth request
+ *                              stream the process begins (counted across
+ *                              connections) is refused unprocessed with
+ *                              RST_STREAM REFUSED_STREAM, and not counted
  *   --noise EPS                add uniform noise in [-EPS, EPS] to each score
  *   --random-field             add "nonce": 32 random hex digits
  *   --idle-close-max-ms N      a keep-alive connection that goes idle after a
@@ -88,7 +99,9 @@
  * that the controls or options give an HTTP error status N is answered
  * with grpc-status grpc_status_of_http(N) (503 UNAVAILABLE 14, 500
  * INTERNAL 13, 504 DEADLINE_EXCEEDED 4, 404 NOT_FOUND 5, ...).
- * GET /__stats answers {"connections", "requests"} seen so far.
+ * GET /__stats answers {"connections", "requests", "refused"} seen so far
+ * (refused: HTTP/2 streams not processed, --h2-goaway-after and
+ * --h2-refuse-every).
  */
 #include <event2/event.h>
 #include <event2/http.h>
@@ -191,6 +204,8 @@ main(int argc, char **argv)
         {"seed", required_argument, NULL, 'S'},
         {"grpc-status", required_argument, NULL, 'G'},
         {"h2-max-streams", required_argument, NULL, 'M'},
+        {"h2-goaway-after", required_argument, NULL, 'g'},
+        {"h2-refuse-every", required_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
     };
     const char *listen_addr = "127.0.0.1:5001";
@@ -225,12 +240,26 @@ main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'g':
+            opt.h2_goaway_after = (unsigned)strtoul(optarg, NULL, 10);
+            if (opt.h2_goaway_after == 0) {
+                fprintf(stderr, "sluice-model: --h2-goaway-after needs a number above 0\n");
+                return 2;
+            }
+            break;
+        case 'X':
+            opt.h2_refuse_every = (unsigned)strtoul(optarg, NULL, 10);
+            if (opt.h2_refuse_every < 2) {
+                fprintf(stderr, "sluice-model: --h2-refuse-every needs a number above 1\n");
+                return 2;
+            }
+            break;
         default:
             fprintf(stderr, "usage: sluice-model [--listen HOST:PORT|unix:/path] "
                     "[--name V] [--latency-ms N] [--jitter-ms N] [--error-rate F]\n"
                     "       [--noise EPS] [--random-field] [--idle-close-max-ms N] [--fast]\n"
                     "       [--fault-rate F] [--slow-max-ms N] [--seed N] [--grpc-status N]\n"
-                    "       [--h2-max-streams N]\n");
+                    "       [--h2-max-streams N] [--h2-goaway-after N] [--h2-refuse-every N]\n");
             return 2;
         }
     }

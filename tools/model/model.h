@@ -30,12 +30,14 @@ struct model_opts {
     int slow_max_ms;            /* --slow-max-ms (--fast) */
     int grpc_status;            /* --grpc-status: 0, or the code errors answer */
     unsigned h2_max_streams;    /* --h2-max-streams: SETTINGS_MAX_CONCURRENT_STREAMS */
+    unsigned h2_goaway_after;   /* --h2-goaway-after: GOAWAY when stream N+1 begins */
+    unsigned h2_refuse_every;   /* --h2-refuse-every: RST_STREAM REFUSED_STREAM every Nth */
     int fast;                   /* --fast */
 };
 
 extern struct model_opts opt;
 extern struct event_base *base;
-extern unsigned long long n_conns, n_reqs;
+extern unsigned long long n_conns, n_reqs, n_refused;   /* refused: HTTP/2 streams not processed */
 
 /* answer.c: what every protocol answers with. */
 struct kv {
@@ -51,7 +53,7 @@ void json_str(struct evbuffer *b, const char *s);
  * "body_fnv1a", "score", "scores", ["nonce",] "headers"} and a newline. */
 void answer_json(struct evbuffer *b, int status, const char *method, const char *uri,
                  size_t body_bytes, uint64_t body_hash, const struct kv *hdrs, size_t n_hdrs);
-/* GET /__stats: {"version", "connections", "requests"}. */
+/* GET /__stats: {"version", "connections", "requests", "refused"}. */
 void stats_json(struct evbuffer *b);
 /* The answer --fast gives to every request. */
 int fast_body(char *buf, size_t cap);

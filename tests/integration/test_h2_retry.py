@@ -1,0 +1,185 @@
+"""Retries to HTTP/2 upstreams (h2fn item 2), as HTTP/1.1's: once, when
+nothing was processed. A connect failure goes to another upstream of the
+version; a stream the server refused (above a GOAWAY's last-stream-id)
+goes again on a new connection. Asserts on what clients see (every
+request a 200), the access log, and the live model server's counts."""
+import json
+import re
+import subprocess
+import threading
+
+import requests
+
+from h2client import H2Client
+from harness import Model, Sluice, _closers, endpoint, free_port, until, version
+from otlp_receiver import OtlpReceiver
+
+EP = "ep1"
+
+
+def fnv1a(data):
+    """The body hash sluice-model answers with (64-bit FNV-1a, hex)."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def test_connect_failure_retried_on_the_other_upstream():
+    """h2fn item 2: an http2 version with two upstreams, one a port nobody
+    listens on: 30 requests from an HTTP/1.1 client and 10 from curl
+    --http2-prior-knowledge all succeed; the live model server answers all
+    40, each counted once (40 access-log lines, all 200)."""
+    live = Model("live")
+    dead = "127.0.0.1:%d" % free_port()
+    s = Sluice([endpoint(EP, [
+        version("live", [dead, live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    with requests.Session() as c:
+        for i in range(30):
+            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    for i in range(10):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--http2-prior-knowledge", "--max-time", "20", "-d",
+                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
+                           timeout=25)
+        codes.append(int(r.stdout or 0))
+    assert codes == [200] * 40, codes
+    assert live.stats()["requests"] == 40
+    lines = s.access_lines()
+    assert len(lines) == 40 and all(l["status"] == 200 and l["upstream"] == live.addr
+                                    for l in lines), [l for l in lines if l["status"] != 200]
+
+
+def test_streams_above_a_goaway_are_retried():
+    """h2fn item 2: the model server shuts each HTTP/2 connection down after
+    3 streams (sluice-model --h2-goaway-after 3: GOAWAY naming stream 3,
+    the streams above refused unprocessed) while 8 requests are in flight
+    on it: no client sees an error; the refused streams go again on new
+    connections, so the model server answers each of the 8 requests once
+    (refused streams are not counted by it), over more than one
+    connection, each with its whole body (length and hash echoed) and head
+    (its X-Request-Id, tags, a traceparent), and the access log has 8
+    lines, all 200."""
+    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "200")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    c = H2Client(s.port)
+
+    def body(i):
+        return b'{"x":"' + b"y" * (800 * i) + b'"}'
+    try:
+        # one write: the 8 streams reach sluice together, so they share
+        # its first connection to the model server
+        sids = []
+        for i in range(8):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                      (":authority", c.authority),
+                                      (":path", "/api/v1/service/%s/score" % EP)])
+            c.conn.send_data(sid, body(i), end_stream=True)
+            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
+                              "reset": None, "frames": []}
+            sids.append(sid)
+        c._flush()
+        got = [c.response(sid) for sid in sids]
+    finally:
+        c.close()
+    assert [dict(r["headers"])[":status"] for r in got] == ["200"] * 8, got
+    # each answer echoes what the model server got: the retried requests
+    # with their whole head and body, as the others
+    for i, r in enumerate(got):
+        e = json.loads(r["data"])
+        assert e["body_bytes"] == len(body(i)) and e["body_fnv1a"] == fnv1a(body(i)), (i, e)
+        h = e["headers"]
+        assert h["x-request-id"] == dict(r["headers"])["x-request-id"], (i, h)
+        assert h["x-sluice-version"] == "live" and h["x-forwarded-proto"] == "http", (i, h)
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", h["traceparent"]), (i, h)
+    stats = live.stats()
+    assert stats["requests"] == 8 and stats["refused"] >= 1 and stats["connections"] >= 2, stats
+    lines = s.access_lines()
+    assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_refused_stream_of_an_http1_client_and_concurrent_clients():
+    """h2fn item 2: the same graceful shutdowns under 4 concurrent HTTP/1.1
+    clients, 40 requests: every one a 200, each answered once."""
+    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "20")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    lock = threading.Lock()
+
+    def run(k):
+        with requests.Session() as c:
+            for i in range(10):
+                r = c.post(s.url(EP), data=b'{"x":%d}' % (k * 10 + i))
+                with lock:
+                    codes.append(r.status_code)
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert codes == [200] * 40, codes
+    stats = live.stats()
+    assert stats["requests"] == 40 and stats["refused"] >= 1, stats
+    assert len(s.access_lines()) == 40
+
+
+def test_refused_stream_retried_on_a_new_connection():
+    """h2fn item 2: an overloaded model server refuses every third stream
+    with RST_STREAM REFUSED_STREAM, unprocessed (sluice-model
+    --h2-refuse-every 3): 12 requests one after the other from an HTTP/1.1
+    client and 6 from curl --http2-prior-knowledge all succeed, each
+    answered once (18 counted by the model server, 8 streams refused:
+    every refused one was sent again), 18 access-log lines, all 200."""
+    live = Model("live", "--h2-refuse-every", "3")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = []
+    with requests.Session() as c:
+        for i in range(12):
+            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    for i in range(6):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--http2-prior-knowledge", "--max-time", "20", "-d",
+                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
+                           timeout=25)
+        codes.append(int(r.stdout or 0))
+    assert codes == [200] * 18, codes
+    stats = live.stats()
+    assert stats["requests"] == 18 and stats["refused"] == 8, stats
+    lines = s.access_lines()
+    assert len(lines) == 18 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_retried_stream_gets_its_own_span():
+    """h2fn item 2 with tracing (SPEC §10): the second request's first
+    stream is refused (sluice-model --h2-refuse-every 2) and sent again;
+    the request has two CLIENT spans under its SERVER span, the first an
+    error, the second the one whose id the model server received as the
+    parent id (the retry's traceparent is its own, as for HTTP/1.1)."""
+    rcv = OtlpReceiver(port=free_port())
+    _closers.append(rcv.close)
+    live = Model("live", "--h2-refuse-every", "2")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])],
+        extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 50,
+                           "export_timeout_ms": 10000}})
+    seen = {}
+    for rid in ("first", "second"):
+        r = requests.post(s.url(EP), data=b"{}", headers={"X-Request-Id": rid}, timeout=10)
+        assert r.status_code == 200, r.text
+        seen[rid] = r.json()["headers"]["traceparent"].split("-")[2]
+    assert live.stats()["refused"] == 1
+    # 2 SERVER spans, 1 CLIENT span for the first, 2 for the second
+    until(lambda: len(rcv.spans) >= 5, 20, "5 spans", show=lambda: len(rcv.spans))
+    lines = {l["request_id"]: l for l in s.access_lines()}
+    kids = sorted((sp for sp in rcv.spans if sp["kind"] == 3 and
+                   sp["parentSpanId"] == lines["second"]["span_id"]),
+                  key=lambda sp: int(sp["startTimeUnixNano"]))
+    assert len(kids) == 2 and kids[1]["spanId"] == seen["second"] and \
+        kids[0]["spanId"] != seen["second"], (kids, seen)
+    assert kids[0]["status"] == {"code": 2} and kids[1]["status"] == {"code": 0}, kids
+    assert len(rcv.spans) == 5, len(rcv.spans)
