@@ -583,7 +583,12 @@ h2_close(struct upconn *u)
     struct h2stream_up *st = ST(u);
     if (u->closed)
         return;
-    if (st->conn != NULL && st->id > 0 && !st->ended) {
+    /* Answered before all of the request went out (RFC 9113 §8.1), the
+     * stream is still open on our side: nghttp2 would keep it, with this
+     * struct (a spare from now on) as its body's source, and count it
+     * against the server's concurrent streams forever. */
+    if (st->conn != NULL && st->id > 0 &&
+        (!st->ended || nghttp2_session_get_stream_local_close(st->conn->ng, st->id) == 0)) {
         nghttp2_submit_rst_stream(st->conn->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
         nghttp2_session_set_stream_user_data(st->conn->ng, st->id, NULL);
     } else if (st->conn != NULL && st->id > 0)

@@ -726,3 +726,58 @@ def test_output_bound_does_not_stall_a_stream():
             (r["status"], r["ended"], r["reset"], len(r["body"]))
     finally:
         c.close()
+
+
+def _early_h2_server(sock, up):
+    """An HTTP/2 model server that answers each stream as soon as its head
+    arrives (200 "ok", END_STREAM), before the request's body: no
+    RST_STREAM after it, no WINDOW_UPDATE for the body (RFC 9113 §8.1
+    allows both). At most 2 concurrent streams."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2})
+    sock.sendall(conn.data_to_send())
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                with up.lock:
+                    up.answered += 1
+                conn.send_headers(ev.stream_id, [(":status", "200"),
+                                                 ("content-length", "2")])
+                conn.send_data(ev.stream_id, b"ok", end_stream=True)
+        sock.sendall(conn.data_to_send())
+
+
+def test_http2_upstream_answer_before_the_body_frees_the_stream():
+    """review finding 1 (perf changes, item 2: recycled upstream streams):
+    an HTTP/2 model server answers before the request's body is sent (the
+    body is past its flow-control window) and allows 2 concurrent streams.
+    Sluice's stream must end on its side too (RST_STREAM): left open,
+    nghttp2 kept it with the recycled struct as its data source, and after
+    2 such requests the connection took no new stream, so requests 3 to 6
+    waited without an answer. All 6 get the early 200 "ok", each reaches
+    the server."""
+    up = harness.Upstream(_early_h2_server)
+    up.answered = 0
+    s = Sluice([endpoint("early", [version("early", [up.addr], 100, is_default=True,
+                                        upstream_protocol="http2")])])
+    got = []
+    for i in range(6):
+        c = socket.create_connection(("127.0.0.1", s.port), 5)
+        try:
+            c.sendall(b"POST /api/v1/service/early/score HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + b"y" * 100000)
+            r = harness.Reader(c)
+            status, fields, body = harness.read_response(r)
+            got.append((status, body))
+        except (socket.timeout, EOFError, OSError) as e:
+            got.append(repr(e))
+            break
+        finally:
+            c.close()
+    assert got == [(200, b"ok")] * 6, got
+    assert up.answered == 6
