@@ -373,6 +373,7 @@ workers_free(void)
         upstream_free_all(w);
         upstream_gc(w);
         upstream_h2_spares_free(w);
+        worker_bufs_free(w);        /* again: the upstream streams' buffers come back */
         event_free(w->upstream_gc_ev);
         account_flush(w);
         evbuffer_free(w->access);
