@@ -89,6 +89,8 @@ request_recycle(struct worker *w, struct request *r)
         r->held = NULL;
     }
     if (w->n_free_reqs < FREE_REQS_MAX && !w->draining) {
+        if (r->head.cap > HEAD_KEEP_MAX)
+            head_free(&r->head);    /* a big head's buffer is not kept */
         r->next_free = w->free_reqs;
         w->free_reqs = r;
         w->n_free_reqs++;

@@ -533,6 +533,8 @@ void upstream_h2_free_pool(struct upool *p);
  * cost more than the rest of opening it. upstream_h2_spares_free() at the
  * worker's end. */
 bool upstream_h2_keep(struct worker *w, struct upconn *u);
+/* A recycled request or stream keeps its heads' buffers up to this size. */
+#define HEAD_KEEP_MAX 4096
 void upstream_h2_spares_free(struct worker *w);
 
 void upstream_worker_init(struct worker *w);

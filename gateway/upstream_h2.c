@@ -511,7 +511,9 @@ take_spare(struct worker *w)
 bool
 upstream_h2_keep(struct worker *w, struct upconn *u)
 {
-    if (w->n_h2_spares >= MAX_SPARES || u->replay != NULL)
+    /* Not under ASan (a use after the end is seen), nor with a big head. */
+    if (w->n_h2_spares >= MAX_SPARES || u->replay != NULL || !gw_mem_pooled() ||
+        u->head.cap > HEAD_KEEP_MAX || u->trailers.cap > HEAD_KEEP_MAX)
         return false;
     u->gc_next = w->h2_spares;
     w->h2_spares = u;
@@ -551,10 +553,10 @@ h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void
         }
     if (c == NULL && (n >= MAX_CONNS_PER_POOL || (c = conn_new(w, p)) == NULL))
         return NULL;
-    c->reserved = fresh && !c->connected;
     struct h2stream_up *st = take_spare(w);
     if (st == NULL)
         return NULL;
+    c->reserved = fresh && !c->connected;
     struct upconn *u = &st->u;
     u->w = w;
     u->pool = p;
