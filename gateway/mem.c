@@ -4,7 +4,8 @@
  * allocates and frees a dozen blocks inside nghttp2 and a few evbuffer
  * chains (1 KiB and up: above glibc's thread cache, each went through its
  * slow path). A block freed on another thread than the one that took it
- * joins that thread's lists. Each list keeps at most LIST_BYTES; the rest
+ * joins that thread's lists. Each list keeps LIST_MIN blocks, or LIST_BYTES
+ * of the big sizes (at most about 2.3 MiB a thread in all); the rest
  * goes back to malloc. Under AddressSanitizer nothing is pooled, so a use
  * after free is still seen.
  */
@@ -18,6 +19,7 @@
 #define CLASSES 9                   /* payloads of 64, 128, ... 16384 bytes */
 #define SMALLEST 64
 #define LIST_BYTES (128 * 1024)
+#define LIST_MIN 256                /* two connections' streams in flight */
 #define BIG 0xffu
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -81,7 +83,8 @@ gw_free(void *ptr)
         return;
     struct blk *b = (struct blk *)ptr - 1;
     unsigned c = b->cls;
-    if (c == BIG || counts[c] >= (int)(LIST_BYTES / ((size_t)SMALLEST << c))) {
+    size_t keep = c == BIG ? 0 : LIST_BYTES / ((size_t)SMALLEST << c);
+    if (c == BIG || counts[c] >= (int)(keep > LIST_MIN ? keep : LIST_MIN)) {
         free(b);
         return;
     }
