@@ -70,7 +70,9 @@ struct h2up {
     struct event *kick;             /* one deferred run for many owners' flushes */
     bool connected, dead, in_ng;
     bool reserved;                  /* opened for a retry: its stream goes first */
+    bool kicked;                    /* the kick event is active */
     int n_streams;
+    int n_heads;                    /* streams whose head waits to be submitted */
     struct h2stream_up *streams;
     struct h2up *next;              /* the pool's list */
 };
@@ -85,14 +87,27 @@ static void conn_run(struct h2up *c);
 static void
 conn_kick(struct h2up *c)
 {
-    if (c != NULL && !c->dead && c->kick != NULL)
+    if (c != NULL && !c->dead && c->kick != NULL && !c->kicked) {
+        c->kicked = true;
         event_active(c->kick, EV_TIMEOUT, 1);
+    }
 }
 
 static void
 kick_cb(evutil_socket_t fd, short what, void *arg)
 {
-    conn_run(arg);
+    struct h2up *c = arg;
+    c->kicked = false;
+    conn_run(c);
+}
+
+/* The stream's head is ready (st->nva): submitted at the connection's next
+ * run, which looks for such streams only while n_heads says there are. */
+static void
+head_ready(struct h2stream_up *st)
+{
+    if (st->conn != NULL && !st->submitted)
+        st->conn->n_heads++;
 }
 
 static void
@@ -101,6 +116,8 @@ stream_unlink(struct h2stream_up *st)
     struct h2up *c = st->conn;
     if (c == NULL)
         return;
+    if (!st->submitted && st->nva != NULL)
+        c->n_heads--;
     if (st->prev != NULL)
         st->prev->next = st->next;
     else
@@ -297,6 +314,7 @@ submit_stream(struct h2stream_up *st)
         st->nv_store = NULL;
     }
     st->submitted = true;
+    c->n_heads--;
     if (id < 0) {
         owner_failed(st, UPF_CLOSED);
         return;
@@ -309,9 +327,11 @@ conn_run(struct h2up *c)
 {
     if (c->dead || !c->connected || c->in_ng)
         return;
-    for (struct h2stream_up *st = c->streams; st != NULL; st = st->next)
+    for (struct h2stream_up *st = c->streams, *next; st != NULL && c->n_heads > 0; st = next) {
+        next = st->next;
         if (!st->submitted && st->nva != NULL)
             submit_stream(st);
+    }
     struct evbuffer *out = bufferevent_get_output(c->bev);
     while (evbuffer_get_length(out) < GW_HIGH_WATER) {
         const uint8_t *data;
@@ -648,6 +668,7 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     u->framing = r->framing;
     size_t n = h2_fields_request(r, st->nva, st->nv_store);
     st->n_nva = n;
+    head_ready(st);
     if (r->framing == FRAME_NONE)
         st->out_eof = true;
     if (st->conn != NULL && st->conn->connected)
@@ -708,6 +729,7 @@ h2_send_again(struct upconn *u, struct evbuffer *what)
         owner_failed(st, UPF_CONNECT);
         return;
     }
+    head_ready(st);
     size_t n = evbuffer_get_length(what);
     if (n > 0)
         h2_send_body(u, (const char *)evbuffer_pullup(what, -1), n);
