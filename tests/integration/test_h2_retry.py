@@ -25,6 +25,22 @@ def fnv1a(data):
     return "%016x" % h
 
 
+
+def post_both_ways(s, n_http1, n_http2):
+    """n_http1 POSTs from an HTTP/1.1 client, then n_http2 from curl
+    --http2-prior-knowledge, to EP; their status codes in order."""
+    codes = []
+    with requests.Session() as c:
+        for i in range(n_http1):
+            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    for i in range(n_http2):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--http2-prior-knowledge", "--max-time", "20", "-d",
+                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
+                           timeout=25)
+        codes.append(int(r.stdout or 0))
+    return codes
+
 def test_connect_failure_retried_on_the_other_upstream():
     """h2fn item 2: an http2 version with two upstreams, one a port nobody
     listens on: 30 requests from an HTTP/1.1 client and 10 from curl
@@ -34,16 +50,7 @@ def test_connect_failure_retried_on_the_other_upstream():
     dead = "127.0.0.1:%d" % free_port()
     s = Sluice([endpoint(EP, [
         version("live", [dead, live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    codes = []
-    with requests.Session() as c:
-        for i in range(30):
-            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
-    for i in range(10):
-        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                            "--http2-prior-knowledge", "--max-time", "20", "-d",
-                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
-                           timeout=25)
-        codes.append(int(r.stdout or 0))
+    codes = post_both_ways(s, 30, 10)
     assert codes == [200] * 40, codes
     assert live.stats()["requests"] == 40
     lines = s.access_lines()
@@ -137,16 +144,7 @@ def test_refused_stream_retried_on_a_new_connection():
     live = Model("live", "--h2-refuse-every", "3")
     s = Sluice([endpoint(EP, [
         version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    codes = []
-    with requests.Session() as c:
-        for i in range(12):
-            codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
-    for i in range(6):
-        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                            "--http2-prior-knowledge", "--max-time", "20", "-d",
-                            '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
-                           timeout=25)
-        codes.append(int(r.stdout or 0))
+    codes = post_both_ways(s, 12, 6)
     assert codes == [200] * 18, codes
     stats = live.stats()
     assert stats["requests"] == 18 and stats["refused"] == 8, stats
