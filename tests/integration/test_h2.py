@@ -373,58 +373,46 @@ def test_floods_end_the_connection():
                             (":authority", "x")])
         return frame(0x1, (0x4 if end_headers else 0), sid, block)
 
-    # Rapid reset: streams opened and reset at once, more than 16 in a second.
-    c = H2(s.port)
-    for i in range(40):
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(sid, [(":method", "POST"), (":path", SCORE), (":scheme", "http"),
-                                  (":authority", "x")], end_stream=False)
-        c.conn.reset_stream(sid)
-    c.flush()
-    c.wait(lambda: c.terminated is not None, timeout=10)
-    assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
-    c.close()
-    counted("rapid_reset")
-    # PING and SETTINGS floods.
-    for kind in ("ping", "settings"):
+    def flood(kind, send):
+        """A new connection sends the flood; it must end calm, and count once."""
         c = H2(s.port)
         try:
-            for i in range(300):
-                if kind == "ping":
-                    c.raw(frame(0x6, 0, 0, struct.pack(">Q", i)))
-                else:
-                    c.raw(frame(0x4, 0, 0, b""))
+            send(c)
         except OSError:
             pass
         c.wait(lambda: c.terminated is not None, timeout=10)
         assert c.terminated == ENHANCE_YOUR_CALM or c.closed, (kind, c.terminated)
         c.close()
         counted(kind)
-    # CONTINUATION flood: a head that never ends.
-    c = H2(s.port)
-    try:
+
+    def rapid_reset(c):
+        # streams opened and reset at once, more than 16 in a second
+        for i in range(40):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":path", SCORE),
+                                      (":scheme", "http"), (":authority", "x")],
+                                end_stream=False)
+            c.conn.reset_stream(sid)
+        c.flush()
+
+    def continuation(c):
+        # a head that never ends
         c.raw(headers_block(1, end_headers=False))
         for i in range(50):
             c.raw(frame(0x9, 0, 1, enc.encode([("x-pad-%d" % i, "y")])))
-    except OSError:
-        pass
-    c.wait(lambda: c.terminated is not None, timeout=10)
-    assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
-    c.close()
-    counted("continuation")
-    # Empty DATA frames (no END_STREAM) on a stream to an unknown endpoint:
-    # answered 404 at its head, so nothing of it reaches a model either.
-    c = H2(s.port)
-    try:
+
+    def empty_data(c):
+        # no END_STREAM, on a stream to an unknown endpoint: answered 404 at
+        # its head, so nothing of it reaches a model either
         c.request("/nowhere", end=False)
         for i in range(300):
             c.raw(frame(0x0, 0, 1, b""))
-    except OSError:
-        pass
-    c.wait(lambda: c.terminated is not None, timeout=10)
-    assert c.terminated == ENHANCE_YOUR_CALM or c.closed, c.terminated
-    c.close()
-    counted("empty")
+
+    flood("rapid_reset", rapid_reset)
+    flood("ping", lambda c: [c.raw(frame(0x6, 0, 0, struct.pack(">Q", i))) for i in range(300)])
+    flood("settings", lambda c: [c.raw(frame(0x4, 0, 0, b"")) for i in range(300)])
+    flood("continuation", continuation)
+    flood("empty", empty_data)
     # The service goes on for others, and nothing flooded reached a model.
     ok = H2(s.port)
     try:
