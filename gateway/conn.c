@@ -29,13 +29,6 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- writing ------------------------------------------------------------- */
 
-static void
-arm(struct event *ev, int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-}
-
 /* Wait for the socket to take more; a client that takes nothing for
  * send_timeout_ms is closed (SPEC §3.7). */
 static void
@@ -49,7 +42,7 @@ arm_write(struct session *s)
         }
     }
     if (!event_pending(s->io.wev, EV_WRITE, NULL))
-        arm(s->io.wev, limits(s)->send_timeout_ms);
+        worker_arm(s->c.w, s->io.wev, limits(s)->send_timeout_ms, true);
 }
 
 void

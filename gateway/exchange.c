@@ -26,13 +26,6 @@
 static void dispatch_waiters(struct worker *w);
 static const struct upconn_ops req_ops;
 
-static void
-arm(struct event *ev, int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-}
-
 static const struct cfg_version *
 req_version(const struct request *r)
 {
@@ -327,11 +320,11 @@ start_upstream(struct request *r, struct upool *pool, bool fresh, struct evbuffe
         if (r->expect_continue && !r->body_done)
             c->ops->send_continue(c, r);
         r->phase = RP_UPSTREAM;
-        arm(r->timer, timeout);
+        worker_arm(r->c->w, r->timer, timeout, timeout == r->ep->scoring_timeout_ms);
         return true;
     }
     r->phase = RP_UPSTREAM;
-    arm(r->timer, r->ep->scoring_timeout_ms);
+    worker_arm(r->c->w, r->timer, r->ep->scoring_timeout_ms, true);
     return true;
 }
 
@@ -530,7 +523,7 @@ request_route(struct request *r)
     r->phase = RP_QUEUED;
     r->waiting = true;
     TAILQ_INSERT_TAIL(&w->waiters, r, wait_link);
-    arm(r->timer, v->max_wait_ms);
+    worker_arm(r->c->w, r->timer, v->max_wait_ms, true);
     if (!evtimer_pending(w->wait_poll, NULL)) {
         struct timeval tv = {0, 2000};
         evtimer_add(w->wait_poll, &tv);

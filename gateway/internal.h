@@ -114,6 +114,13 @@ size_t fmt_u64(char *out, uint64_t n);
 struct evbuffer *worker_buf_get(struct worker *w);
 void worker_buf_put(struct worker *w, struct evbuffer *b);
 void worker_bufs_free(struct worker *w);
+/* ev armed to fire in ms (bufpool.c). fixed: ms is one of the config's
+ * durations (header, send, scoring, queue timeouts), which go on
+ * libevent's common-timeout queues (the first 8 a worker sees): O(1) to
+ * add and delete, where the heap is O(log n) with every request's timers
+ * in it. Others (what is left of a deadline, a gRPC call's own timeout)
+ * go on the heap. */
+void worker_arm(struct worker *w, struct event *ev, int ms, bool fixed);
 void buf_chunk_size(struct evbuffer *b, size_t n);     /* "%zx\r\n" */
 /* Append s to b as a JSON string body (no quotes), escaped. Bytes that are
  * not valid UTF-8 are escaped as \u00XX so the output is always JSON. */
@@ -652,6 +659,8 @@ struct worker {
     struct request *free_reqs;      /* recycled request structs */
     int n_free_reqs;
     struct evbuffer *free_bufs[512]; /* empty buffers, recycled (bufpool.c) */
+    const struct timeval *timeouts[8];  /* common-timeout queues (worker_arm) */
+    int timeout_ms[8], n_timeouts;
     int n_free_bufs;
     int n_sessions;
     struct session *gc_sessions;

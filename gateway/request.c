@@ -41,13 +41,6 @@
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static void
-arm(struct event *ev, int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-}
-
 /* ---- birth and recycling ---------------------------------------------------- */
 
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -92,7 +85,7 @@ request_new(struct client *c)
 void
 request_arm_header_deadline(struct request *r, int ms)
 {
-    arm(r->hdr_timer, ms);
+    worker_arm(r->c->w, r->hdr_timer, ms, ms == r->c->w->cfg->limits.header_timeout_ms);
 }
 
 /* ---- the one end of a request ----------------------------------------------- */

@@ -792,8 +792,13 @@ class Tap(_Server):
         except OSError:
             c.close()
             return
-        u.settimeout(None)
-        c.settimeout(None)
+        try:
+            u.settimeout(None)
+            c.settimeout(None)
+        except OSError:             # the tap was closed meanwhile (test over)
+            u.close()
+            c.close()
+            return
         rec = bytearray()
         with self.lock:
             self.conns.append(u)
