@@ -1,26 +1,32 @@
 /*
  * Small blocks for libevent and nghttp2 (gateway/gateway.h, gateway/h2.h):
- * per-thread free lists by power-of-two size instead of malloc. A request
- * allocates and frees a dozen blocks inside nghttp2 and a few evbuffer
- * chains (1 KiB and up: above glibc's thread cache, each went through its
- * slow path). A block freed on another thread than the one that took it
- * joins that thread's lists. Each list keeps LIST_MIN blocks, or LIST_BYTES
- * of the big sizes (at most about 2.3 MiB a thread in all); the rest
- * goes back to malloc. Under AddressSanitizer nothing is pooled, so a use
- * after free is still seen.
+ * per-thread free lists instead of malloc. A request allocates and frees a
+ * dozen blocks inside nghttp2 and a few evbuffer chains (1 KiB and up:
+ * above glibc's thread cache, each went through its slow path), and at a
+ * hundred streams in flight glibc's cache (7 blocks a size) no longer holds
+ * them anyway.
+ *
+ * No header and no rounding beyond glibc's own: every block is a plain
+ * malloc'ed one, filed on free by what it can hold (malloc_usable_size),
+ * so an idle connection's blocks cost what they did. Up to 1 KiB the
+ * classes are glibc's own sizes (24, 40, 56 ... 1032 usable bytes), then
+ * 2, 4, 8 and 16 KiB; larger blocks are not kept. A block freed on another thread than the one that took it
+ * joins that thread's lists. A list keeps at most LIST_MAX blocks and a
+ * thread LIST_BYTES in all; the rest goes back to malloc. Under
+ * AddressSanitizer nothing is kept, so a use after free is still seen.
  */
 #include "gateway/h2.h"
 
 #include <event2/event.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define CLASSES 9                   /* payloads of 64, 128, ... 16384 bytes */
-#define SMALLEST 64
-#define LIST_BYTES (128 * 1024)
-#define LIST_MIN 256                /* two connections' streams in flight */
-#define BIG 0xffu
+#define FINE 64                     /* glibc's sizes: 24, 40 ... 1032 */
+#define CLASSES (FINE + 4)          /* then 2, 4, 8, 16 KiB */
+#define LIST_MAX 256                /* two connections' streams in flight */
+#define LIST_BYTES (2u << 20)       /* a thread's lists in all */
 
 #if defined(__SANITIZE_ADDRESS__)
 #define POOLED 0
@@ -33,47 +39,61 @@
 #define POOLED 1
 #endif
 
-/* Before each block: its size class (16 bytes keep malloc's alignment). */
 struct blk {
-    union {
-        struct blk *next;           /* while on a free list */
-        uint32_t cls;
-    };
-    uint64_t pad;
+    struct blk *next;
 };
 
 static __thread struct blk *lists[CLASSES];
 static __thread int counts[CLASSES];
+static __thread size_t kept;        /* bytes on this thread's lists */
 
-static unsigned
-size_class(size_t size)
+/* What a block of class c holds; malloc(room(c)) gives exactly that. */
+static size_t
+room(unsigned c)
 {
-    if (!POOLED || size > ((size_t)SMALLEST << (CLASSES - 1)))
-        return BIG;
-    if (size <= SMALLEST)
-        return 0;
-    /* the smallest c with SMALLEST << c >= size */
-    return (unsigned)(64 - __builtin_clzll((unsigned long long)(size - 1))) - 6;
+    return c < FINE ? 24 + (size_t)c * 16 : (size_t)2048 << (c - FINE);
+}
+
+/* The class a request of size bytes takes from; CLASSES when too big. */
+static unsigned
+class_for(size_t size)
+{
+    if (size <= room(FINE - 1))
+        return size <= 24 ? 0 : (unsigned)((size - 24 + 15) / 16);
+    for (unsigned c = FINE; c < CLASSES; c++)
+        if (size <= room(c))
+            return c;
+    return CLASSES;
+}
+
+/* The class a block that holds n bytes is filed under (the largest whose
+ * room it covers); CLASSES when it is too big or too small to keep. */
+static unsigned
+class_of(size_t n)
+{
+    if (n < 24)
+        return CLASSES;
+    if (n < 2048)
+        return n >= room(FINE - 1) ? FINE - 1 : (unsigned)((n - 24) / 16);
+    for (unsigned c = CLASSES; c-- > FINE;)
+        if (n >= room(c))
+            return n < 2 * room(c) ? c : CLASSES;
+    return CLASSES;
 }
 
 void *
 gw_malloc(size_t size)
 {
-    unsigned c = size_class(size);
-    struct blk *b;
-    if (c != BIG && lists[c] != NULL) {
-        b = lists[c];
-        lists[c] = b->next;
-        counts[c]--;
-    } else {
-        if (size > SIZE_MAX - sizeof(struct blk))
-            return NULL;
-        b = malloc(sizeof(struct blk) + (c == BIG ? size : (size_t)SMALLEST << c));
-        if (b == NULL)
-            return NULL;
-    }
-    b->cls = c;
-    return b + 1;
+    unsigned c = POOLED ? class_for(size) : CLASSES;
+    if (c == CLASSES)
+        return malloc(size);
+    struct blk *b = lists[c];
+    if (b == NULL)
+        return malloc(room(c));
+    lists[c] = b->next;
+    counts[c]--;
+    kept -= room(c);
+    return b;
 }
 
 void
@@ -81,44 +101,23 @@ gw_free(void *ptr)
 {
     if (ptr == NULL)
         return;
-    struct blk *b = (struct blk *)ptr - 1;
-    unsigned c = b->cls;
-    size_t keep = c == BIG ? 0 : LIST_BYTES / ((size_t)SMALLEST << c);
-    if (c == BIG || counts[c] >= (int)(keep > LIST_MIN ? keep : LIST_MIN)) {
-        free(b);
+    unsigned c = POOLED ? class_of(malloc_usable_size(ptr)) : CLASSES;
+    if (c == CLASSES || counts[c] >= LIST_MAX || kept + room(c) > LIST_BYTES) {
+        free(ptr);
         return;
     }
+    struct blk *b = ptr;
     b->next = lists[c];
     lists[c] = b;
     counts[c]++;
+    kept += room(c);
 }
 
 void *
 gw_realloc(void *ptr, size_t size)
 {
-    if (ptr == NULL)
-        return gw_malloc(size);
-    struct blk *b = (struct blk *)ptr - 1;
-    size_t room = b->cls == BIG ? SIZE_MAX : (size_t)SMALLEST << b->cls;
-    if (b->cls == BIG && size_class(size) == BIG) {
-        if (size > SIZE_MAX - sizeof(struct blk))
-            return NULL;
-        struct blk *nb = realloc(b, sizeof(struct blk) + size);
-        if (nb == NULL)
-            return NULL;
-        nb->cls = BIG;
-        return nb + 1;
-    }
-    if (size <= room && b->cls != BIG)
-        return ptr;
-    void *p = gw_malloc(size);
-    if (p == NULL)
-        return NULL;
-    /* From a pooled block its whole room, from a big one (shrinking into
-     * a pooled one) the new size. */
-    memcpy(p, ptr, b->cls == BIG ? size : room);
-    gw_free(ptr);
-    return p;
+    /* A plain block in, a plain block out (never freed by a size 0). */
+    return realloc(ptr, size > 0 ? size : 1);
 }
 
 void
@@ -132,6 +131,7 @@ gw_mem_thread_end(void)
         }
         counts[c] = 0;
     }
+    kept = 0;
 }
 
 bool
