@@ -453,6 +453,31 @@ def ratio(v, b):
     return "(%5.2f)" % (v / b)
 
 
+
+def report_end(warnings, json_path, results, summary, rss):
+    """The headroom warning (if any), and the raw results to json_path."""
+    if warnings:
+        print("\n" + "!" * 78)
+        print("!!! WARNING: the model server is not at least 2x faster than the fastest proxy.")
+        print("!!! The backend may limit the proxies, so their ratios understate differences.")
+        print("!!! (If the models used far less than a core, the machine was busy instead:")
+        print("!!! other load shares the 2 cores; rerun, or compare CPU per request.)")
+        for w in warnings:
+            print("!!!   " + w)
+        print("!" * 78)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"results": {"%s|%s" % k: v for k, v in results.items()},
+                       "medians": summary, "peak_rss_kib": rss, "warnings": warnings},
+                      f, indent=1)
+
+
+def show_logs(d):
+    """After a failed start: the tail of every process's log in d."""
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".log"):
+            print("--- %s\n%s" % (f, open(os.path.join(d, f)).read()[-2000:]))
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
@@ -558,24 +583,9 @@ def main():
                 warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s (models at %.0f %% "
                                 "of a core)" % (sname, d_rps, fastest.name, f_rps, 100 * f_model))
         shadow_cost(results, scen, med)
-        if warnings:
-            print("\n" + "!" * 78)
-            print("!!! WARNING: the model server is not at least 2x faster than the fastest proxy.")
-            print("!!! The backend may limit the proxies, so their ratios understate differences.")
-            print("!!! (If the models used far less than a core, the machine was busy instead:")
-            print("!!! other load shares the 2 cores; rerun, or compare CPU per request.)")
-            for w in warnings:
-                print("!!!   " + w)
-            print("!" * 78)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"results": {"%s|%s" % k: v for k, v in results.items()},
-                           "medians": summary, "peak_rss_kib": rss, "warnings": warnings},
-                          f, indent=1)
+        report_end(warnings, a.json, results, summary, rss)
     except RuntimeError:
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".log"):
-                print("--- %s\n%s" % (f, open(os.path.join(d, f)).read()[-2000:]))
+        show_logs(d)
         raise
     finally:
         stop_all()

@@ -335,22 +335,9 @@ def main():
                 if not d_rps >= 2 * f_rps:
                     warnings.append("%s: direct %.0f req/s < 2 x %s %.0f req/s"
                                     % (sname, d_rps, fastest.name, f_rps))
-        if warnings:
-            print("\n" + "!" * 78)
-            print("!!! WARNING: the model server is not at least 2x faster than the fastest proxy:")
-            print("!!! the backend may limit the proxies (or the machine was busy).")
-            for w in warnings:
-                print("!!!   " + w)
-            print("!" * 78)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"results": {"%s|%s" % k: v for k, v in results.items()},
-                           "medians": summary, "peak_rss_kib": rss, "warnings": warnings},
-                          f, indent=1)
+        B.report_end(warnings, a.json, results, summary, rss)
     except RuntimeError:
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".log"):
-                print("--- %s\n%s" % (f, open(os.path.join(d, f)).read()[-2000:]))
+        B.show_logs(d)
         raise
     finally:
         B.stop_all()

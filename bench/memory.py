@@ -404,9 +404,7 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(results, f, indent=1)
     except RuntimeError:
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".log"):
-                print("--- %s\n%s" % (f, open(os.path.join(d, f)).read()[-2000:]))
+        bench.show_logs(d)
         raise
     finally:
         bench.stop_all()
