@@ -20,14 +20,11 @@ metrics_set_logger(metrics_log_fn fn)
 
 /* An event line through the gateway's logger (metrics_set_logger); without
  * one (unit tests), a bare line on stderr. */
-void
-logf_(const char *event, const char *fmt, ...)
+static void
+vlog(const char *event, const char *fmt, va_list ap)
 {
     char fields[1024];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(fields, sizeof(fields), fmt, ap);
-    va_end(ap);
     if (n < 0 || n >= (int)sizeof(fields))
         snprintf(fields, sizeof(fields), ",\"truncated\":true");
     if (log_hook != NULL) {
@@ -38,16 +35,21 @@ logf_(const char *event, const char *fmt, ...)
 }
 
 void
-metrics_logf(const char *event, const char *fmt, ...)
+logf_(const char *event, const char *fmt, ...)
 {
-    char fields[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(fields, sizeof(fields), fmt, ap);
+    vlog(event, fmt, ap);
     va_end(ap);
-    if (n < 0 || n >= (int)sizeof(fields))
-        snprintf(fields, sizeof(fields), ",\"truncated\":true");
-    logf_(event, "%s", fields);
+}
+
+void
+metrics_logf(const char *event, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(event, fmt, ap);
+    va_end(ap);
 }
 
 /* Text from Redis or the config for a log line, escaped (main thread only;
