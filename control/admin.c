@@ -123,12 +123,9 @@ on_diffs(struct evhttp_request *req, const struct route *r)
     const struct cfg_endpoint *ep = admin_ep_for(req, r, EVHTTP_REQ_GET);
     if (ep == NULL)
         return;
-    int vi = config_version_index(ep, r->v, strlen(r->v));
-    if (vi < 0) {
-        snprintf(why, sizeof(why), "endpoint %s has no version %s", ep->name, r->v);
-        admin_reply_error(req, 404, "not_found", why, NULL);
+    int vi = admin_version_or_404(req, ep, r);
+    if (vi < 0)
         return;
-    }
     const struct cfg_version *v = &ep->versions[vi];
     int limit = v->compare.samples > 0 ? v->compare.samples : CFG_COMPARE_MAX_SAMPLES;
     struct evkeyvalq q;

@@ -334,7 +334,6 @@ void
 admin_on_rollout(struct evhttp_request *req, const struct route *r)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    char why[512];
     if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_POST) {
         admin_reply_error(req, 405, "method_not_allowed", "GET or POST", NULL);
         return;
@@ -342,12 +341,9 @@ admin_on_rollout(struct evhttp_request *req, const struct route *r)
     const struct cfg_endpoint *ep = admin_ep_or_404(req, r);
     if (ep == NULL)
         return;
-    int vi = config_version_index(ep, r->v, strlen(r->v));
-    if (vi < 0) {
-        snprintf(why, sizeof(why), "endpoint %s has no version %s", ep->name, r->v);
-        admin_reply_error(req, 404, "not_found", why, NULL);
+    int vi = admin_version_or_404(req, ep, r);
+    if (vi < 0)
         return;
-    }
     if (m == EVHTTP_REQ_GET) {
         admin_reply(req, 200, rollout_describe(ep, vi));
         return;

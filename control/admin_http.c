@@ -318,6 +318,20 @@ admin_ep_or_404(struct evhttp_request *req, const struct route *r)
     return ep;
 }
 
+/* The index of the route's version in ep; -1 after a 404 reply. */
+int
+admin_version_or_404(struct evhttp_request *req, const struct cfg_endpoint *ep,
+                     const struct route *r)
+{
+    int vi = config_version_index(ep, r->v, strlen(r->v));
+    if (vi < 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "endpoint %s has no version %s", ep->name, r->v);
+        admin_reply_error(req, 404, "not_found", why, NULL);
+    }
+    return vi;
+}
+
 /* The endpoint of a read-only or action route that takes one method; NULL
  * after a 405 or 404 reply. */
 const struct cfg_endpoint *

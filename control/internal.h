@@ -229,6 +229,8 @@ bool admin_parse_route(const char *path, struct route *r);
 json_t *admin_read_body(struct evhttp_request *req, bool required);
 const struct cfg_endpoint *admin_find_ep(const char *name);
 const struct cfg_endpoint *admin_ep_or_404(struct evhttp_request *req, const struct route *r);
+int admin_version_or_404(struct evhttp_request *req, const struct cfg_endpoint *ep,
+                         const struct route *r);
 const struct cfg_endpoint *admin_ep_for(struct evhttp_request *req, const struct route *r,
                                         enum evhttp_cmd_type cmd);
 bool admin_commit(struct evhttp_request *req, json_t *doc);
