@@ -32,9 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STREAM_WINDOW (256 * 1024)      /* per stream, announced */
-#define CONN_WINDOW (1024 * 1024)       /* per connection */
-
 struct h2conn;
 
 struct h2stream {
@@ -66,6 +63,7 @@ struct h2conn {
     nghttp2_session *ng;
     struct h2stream *streams;
     int n_streams;
+    struct h2stream *hd_st;         /* the stream of the header block being read */
     struct h2stream *dead;          /* closed streams whose memory goes at reap */
     struct event *reap;
     bool in_ng;                     /* inside nghttp2: do not re-enter */
@@ -74,6 +72,7 @@ struct h2conn {
     bool goaway;                    /* no new streams */
     bool failed;                    /* fatal: close once what is queued is out */
     bool capped;                    /* feed or send stopped at max_client_output_bytes */
+    bool primed;                    /* h2_fields_prime() */
     struct h2_flood flood;
     uint64_t now_us;                /* of this read, for the flood counts */
 };
@@ -105,6 +104,8 @@ static void
 stream_free(struct h2stream *st)
 {
     struct h2conn *h = st->h;
+    if (h->hd_st == st)
+        h->hd_st = NULL;
     if (st->prev != NULL)
         st->prev->next = st->next;
     else
@@ -222,6 +223,7 @@ submit(struct h2stream *st, struct h2_fields *v, bool body)
 {
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
     st->responded = true;
+    h2_fields_prime(v->nv, (size_t)v->n, &st->h->primed);
     if (nghttp2_submit_response(st->h->ng, st->id, v->nv, (size_t)v->n,
                                 body ? &prd : NULL) != 0)
         nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id,
@@ -398,8 +400,11 @@ on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
 {
     struct h2conn *h = user;
     struct session *s = h->s;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* Trailers: their stream, looked up once a block, not once a field. */
+        h->hd_st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
         return 0;
+    }
     if (h->goaway) {
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                   NGHTTP2_REFUSED_STREAM);
@@ -432,6 +437,7 @@ on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
     h->n_streams++;
     s->served = true;
     nghttp2_session_set_stream_user_data(ng, st->id, st);
+    h->hd_st = st;
     /* The head and the body within header_timeout_ms, as over HTTP/1.1. */
     request_arm_header_deadline(st->req, st->c.w->cfg->limits.header_timeout_ms);
     return 0;
@@ -441,7 +447,10 @@ static int
 on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
           const uint8_t *value, size_t vlen, uint8_t flags, void *user)
 {
-    struct h2stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    struct h2conn *h = user;
+    struct h2stream *st = h->hd_st;
+    if (st == NULL || st->id != frame->hd.stream_id)
+        st = h->hd_st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (st == NULL || st->req == NULL || frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     struct request *r = st->req;
@@ -765,11 +774,7 @@ h2_attach(struct session *s)
     struct h2conn *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return false;
-    const struct cfg_limits *lim = limits(s);
-    nghttp2_option *opt = h2_server_options(lim->h2_max_concurrent_streams);
-    int rc = opt ? nghttp2_session_server_new3(&h->ng, callbacks, h, opt, h2_mem()) : -1;
-    nghttp2_option_del(opt);
-    if (rc != 0) {
+    if (h2_server_new(&h->ng, callbacks, h, limits(s)) != 0) {
         free(h);
         return false;
     }
@@ -784,13 +789,6 @@ h2_attach(struct session *s)
         free(h);
         return false;
     }
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)lim->h2_max_concurrent_streams},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)lim->max_header_bytes},
-    };
-    nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
-    nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
     s->proto_state = h;
     s->proto = &h2_proto;
     s->c.ops = NULL;                /* requests talk to their streams */

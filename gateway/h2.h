@@ -20,6 +20,11 @@ struct h2_fields {
     char status[24], length[24], grpc_status[8], grpc_message[600];
 };
 
+/* Once on each session (*primed false): the fields of its first header
+ * list that are never indexed (x-request-id, traceparent: new values each
+ * time) go in the HPACK table after all, so that every later one names
+ * them by index and only their values are literal. */
+void h2_fields_prime(nghttp2_nv *nv, size_t n, bool *primed);
 /* A relayed response: :status, the model server's headers without the
  * hop-by-hop, framing and X-Sluice-* ones (names lowercase), its length,
  * our tags. */
@@ -88,11 +93,12 @@ struct h2_flood {
     uint64_t second_start_us;
     int resets, pings, settings, empty_data, continuations;
 };
-/* The options of a client connection's session (nghttp2_option_del()
- * after; NULL when out of memory): window updates by hand (the stream's
- * window opens as its bytes are taken), nghttp2's own CONTINUATION and
- * reset limits, no closed streams kept (no RFC 7540 priority tree). */
-nghttp2_option *h2_server_options(int max_streams);
+/* A client connection's session, its SETTINGS (streams, window, header
+ * list size) queued: window updates by hand (the stream's window opens as
+ * its bytes are taken), nghttp2's own CONTINUATION and reset limits, no
+ * closed streams kept (no RFC 7540 priority tree). 0, or nghttp2's error. */
+int h2_server_new(nghttp2_session **ng, const nghttp2_session_callbacks *cb, void *user,
+                  const struct cfg_limits *lim);
 /* A frame header received: true when the connection must end. */
 bool h2_flood_frame(struct h2_flood *f, uint8_t type, uint8_t flags, size_t length,
                     int max_streams, uint64_t now_us);

@@ -69,6 +69,16 @@ lower(char *out, const char *in, size_t n)
 }
 
 void
+h2_fields_prime(nghttp2_nv *nv, size_t n, bool *primed)
+{
+    if (*primed)
+        return;
+    *primed = true;
+    for (size_t i = 0; i < n; i++)
+        nv[i].flags &= (uint8_t)~NGHTTP2_NV_FLAG_NO_INDEX;
+}
+
+void
 h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct tags *t)
 {
     f->n = 0;
@@ -331,7 +341,7 @@ h2_request_line(struct request *r, int method, bool end_stream)
     r->line = (struct req_line){
         .method = method < 0 ? HTTP_POST : method, .major = 1, .minor = 1,
         .chunked = !end_stream && !has_length, .has_length = has_length,
-        .content_length = length,
+        .content_length = length, .fields_checked = true,
     };
     r->head_method = method == HTTP_HEAD;
 }
@@ -354,17 +364,33 @@ h2_preface(struct evbuffer *in)
     return n == H2_PREFACE_LEN ? 1 : -1;
 }
 
-nghttp2_option *
-h2_server_options(int max_streams)
+#define STREAM_WINDOW (256 * 1024)      /* per stream, announced */
+#define CONN_WINDOW (1024 * 1024)       /* per connection */
+
+int
+h2_server_new(nghttp2_session **ng, const nghttp2_session_callbacks *cb, void *user,
+              const struct cfg_limits *lim)
 {
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt) != 0)
-        return NULL;
+        return NGHTTP2_ERR_NOMEM;
+    uint64_t max = (uint64_t)lim->h2_max_concurrent_streams;
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
     nghttp2_option_set_no_closed_streams(opt, 1);
-    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)max_streams, (uint64_t)max_streams);
-    return opt;
+    nghttp2_option_set_stream_reset_rate_limit(opt, max, max);
+    int rc = nghttp2_session_server_new3(ng, cb, user, opt, h2_mem());
+    nghttp2_option_del(opt);
+    if (rc != 0)
+        return rc;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)max},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)lim->max_header_bytes},
+    };
+    nghttp2_submit_settings(*ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_session_set_local_window_size(*ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    return 0;
 }
 
 bool

@@ -115,24 +115,44 @@ http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
     return false;
 }
 
-static const struct {
-    const char *name;
-    uint8_t len;
-    uint8_t cls;
-} known[] = {
-#define K(n, c) {n, sizeof(n) - 1, c}
-    K("te", HC_HOP), K("host", HC_HOST), K("expect", HC_EXPECT), K("cookie", HC_COOKIE),
-    K("trailer", HC_HOP), K("upgrade", HC_HOP), K("keep-alive", HC_HOP),
-    K("connection", HC_CONNECTION), K("x-request-id", HC_REQUEST_ID),
-    K("authorization", HC_AUTHORIZATION), K("content-length", HC_CONTENT_LENGTH),
-    K("x-sluice-group", HC_SLUICE), K("x-forwarded-for", HC_XFF),
-    K("proxy-connection", HC_HOP), K("x-sluice-version", HC_SLUICE),
-    K("transfer-encoding", HC_TRANSFER_ENCODING), K("x-forwarded-proto", HC_XFP),
-    K("x-sluice-failover", HC_SLUICE), K("proxy-authenticate", HC_HOP),
-    K("proxy-authorization", HC_HOP), K("traceparent", HC_TRACEPARENT),
-    K("tracestate", HC_TRACESTATE),
-#undef K
-};
+/* The class of a header name that has one, by its length first (one or
+ * two comparisons, not a walk through every known name). */
+static uint8_t
+known_class(const char *name, uint32_t len)
+{
+#define IS(lit) (sizeof(lit) - 1 == len && strncasecmp(name, lit, len) == 0)
+    char c0 = (char)(name[0] | 0x20);       /* lowercase for letters */
+    switch (len) {
+    case 2:  return IS("te") ? HC_HOP : HC_OTHER;
+    case 4:  return IS("host") ? HC_HOST : HC_OTHER;
+    case 6:  return IS("expect") ? HC_EXPECT : IS("cookie") ? HC_COOKIE : HC_OTHER;
+    case 7:  return IS("trailer") || IS("upgrade") ? HC_HOP : HC_OTHER;
+    case 10:
+        if (c0 == 'c')
+            return IS("connection") ? HC_CONNECTION : HC_OTHER;
+        return IS("keep-alive") ? HC_HOP : IS("tracestate") ? HC_TRACESTATE : HC_OTHER;
+    case 11: return IS("traceparent") ? HC_TRACEPARENT : HC_OTHER;
+    case 12: return IS("x-request-id") ? HC_REQUEST_ID : HC_OTHER;
+    case 13: return IS("authorization") ? HC_AUTHORIZATION : HC_OTHER;
+    case 14:
+        if (c0 == 'c')
+            return IS("content-length") ? HC_CONTENT_LENGTH : HC_OTHER;
+        return IS("x-sluice-group") ? HC_SLUICE : HC_OTHER;
+    case 15: return IS("x-forwarded-for") ? HC_XFF : HC_OTHER;
+    case 16:
+        if (c0 == 'p')
+            return IS("proxy-connection") ? HC_HOP : HC_OTHER;
+        return IS("x-sluice-version") ? HC_SLUICE : HC_OTHER;
+    case 17:
+        if (c0 == 't')
+            return IS("transfer-encoding") ? HC_TRANSFER_ENCODING : HC_OTHER;
+        return IS("x-forwarded-proto") ? HC_XFP : IS("x-sluice-failover") ? HC_SLUICE : HC_OTHER;
+    case 18: return IS("proxy-authenticate") ? HC_HOP : HC_OTHER;
+    case 19: return IS("proxy-authorization") ? HC_HOP : HC_OTHER;
+    default: return HC_OTHER;
+    }
+#undef IS
+}
 
 void
 head_classify(struct head *hd)
@@ -146,14 +166,7 @@ head_classify(struct head *hd)
     for (int i = 0; i < hd->n; i++) {
         uint32_t len = hd->h[i].name_len;
         const char *name = HD_NAME(hd, i);
-        uint8_t cls = HC_OTHER;
-        char c0 = len > 0 ? (char)(name[0] | 0x20) : 0;    /* lowercase for letters */
-        for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-            if (known[k].len == len && known[k].name[0] == c0 &&
-                strncasecmp(known[k].name, name, len) == 0) {
-                cls = known[k].cls;
-                break;
-            }
+        uint8_t cls = len > 0 ? known_class(name, len) : HC_OTHER;
         if (cls == HC_OTHER && len > 9 && strncasecmp(name, "x-sluice-", 9) == 0)
             cls = HC_SLUICE;        /* every X-Sluice-* is ours to set */
         if (cls == HC_CONNECTION)

@@ -224,6 +224,8 @@ struct req_line {
     bool has_length;                /* Content-Length given */
     uint64_t content_length;
     bool upgrade;
+    bool fields_checked;            /* names and values already checked by
+                                       libnghttp2 (RFC 9113 §8.2.1) */
 };
 
 /* The request target split up: offsets into the head's buffer. */

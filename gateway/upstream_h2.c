@@ -71,8 +71,10 @@ struct h2up {
     bool connected, dead, in_ng;
     bool reserved;                  /* opened for a retry: its stream goes first */
     bool kicked;                    /* the kick event is active */
+    bool primed;                    /* h2_fields_prime() */
     int n_streams;
     int n_heads;                    /* streams whose head waits to be submitted */
+    struct h2stream_up *hd_st;      /* the stream of the header block being read */
     struct h2stream_up *streams;
     struct h2up *next;              /* the pool's list */
 };
@@ -116,6 +118,8 @@ stream_unlink(struct h2stream_up *st)
     struct h2up *c = st->conn;
     if (c == NULL)
         return;
+    if (c->hd_st == st)
+        c->hd_st = NULL;
     if (!st->submitted && st->nva != NULL)
         c->n_heads--;
     if (st->prev != NULL)
@@ -175,11 +179,23 @@ read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *f
     return h2_source_read(st->out, st->out_eof, &st->deferred, buf, len, flags);
 }
 
+/* A header block begins: its stream is looked up once, not per field. */
+static int
+on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
+{
+    struct h2up *c = user;
+    c->hd_st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    return 0;
+}
+
 static int
 on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
           const uint8_t *value, size_t vlen, uint8_t flags, void *user)
 {
-    struct h2stream_up *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    struct h2up *c = user;
+    struct h2stream_up *st = c->hd_st;
+    if (st == NULL || st->id != frame->hd.stream_id)
+        st = c->hd_st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (st == NULL || frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     struct upconn *u = &st->u;
@@ -291,6 +307,7 @@ static void
 init_callbacks(void)
 {
     nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data);
@@ -306,6 +323,7 @@ submit_stream(struct h2stream_up *st)
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_body};
     bool body = !(st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) ||
                 st->u.framing != FRAME_NONE;
+    h2_fields_prime(st->nva, st->n_nva, &c->primed);
     int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
     if (!st->u.ops->retries) {      /* else kept for a retry (h2_take_resend) */
         gw_free(st->nva);

@@ -158,7 +158,7 @@ req_validate(const struct head *hd, const struct req_line *rl,
         return refuse(RC_BAD_REQUEST, "the request line has no HTTP version", true);
     if (rl->major != 1 || rl->minor > 1)
         return refuse(RC_BAD_VERSION, "only HTTP/1.0 and HTTP/1.1 are supported", true);
-    for (int i = 0; i < hd->n; i++) {
+    for (int i = 0; !rl->fields_checked && i < hd->n; i++) {
         const unsigned char *nm = (const unsigned char *)HD_NAME(hd, i);
         if (hd->h[i].name_len == 0)
             return refuse(RC_BAD_REQUEST, "empty header field name", true);
