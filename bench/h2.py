@@ -26,7 +26,16 @@ Sluice's column: --sluice (or SLUICE_H2=1) adds it: HTTP/2 on both sides
 redis-server is started for it); --sluice-plain drops auth and metrics.
 Every proxy checks the same Authorization value (nginx and HAProxy with one
 string comparison, so they do no more than they must), and every target
-gets it. Latency: p50 and p99 from h2load's per-request log (--log-file).
+gets it. nginx and HAProxy add X-Forwarded-For, as in bench.py's HTTP/1.1
+configs. Latency: p50 and p99 from h2load's per-request log (--log-file).
+
+--equal adds two more targets, nginx-eq and haproxy-eq: the same proxies
+made to add what Sluice must add to every exchange (SPEC §3.5, §10):
+X-Forwarded-Proto, X-Request-Id, X-Sluice-Version, X-Sluice-Group and a
+traceparent to the request; X-Request-Id, X-Sluice-Version and
+X-Sluice-Group to the response. Over HTTP/2 each such field is HPACK work
+on both sides (a unique value is Huffman-coded every time), so this
+column shows what the same job costs them.
 """
 import argparse
 import json
@@ -77,15 +86,32 @@ def infer_call(model):
     return struct.pack(">BI", 0, len(msg)) + msg
 
 
-def start_nginx_h2(d, models):
+# What Sluice adds to every exchange (SPEC §3.5, §10), for the "-eq" targets:
+# the same header names with values of the same shape. Group and version
+# are fixed strings there (neither proxy knows the split's meaning).
+NGINX_EQ_REQUEST = """
+            %(set)s X-Forwarded-Proto $scheme;
+            %(set)s X-Request-Id $request_id;
+            %(set)s X-Sluice-Version versiona;
+            %(set)s X-Sluice-Group control;
+            %(set)s traceparent 00-$request_id-$span_id-01;"""
+NGINX_EQ_RESPONSE = """
+            add_header X-Request-Id $request_id always;
+            add_header X-Sluice-Version versiona always;
+            add_header X-Sluice-Group control always;"""
+
+
+def start_nginx_h2(d, models, equal=False):
+    """equal: the "-eq" target, which also adds what Sluice adds."""
+    name = "nginx-eq" if equal else "nginx"
     port = B.free_port()
-    conf = os.path.join(d, "nginx-h2.conf")
+    conf = os.path.join(d, "%s-h2.conf" % name)
     with open(conf, "w") as f:
         f.write("""
 worker_processes 1;
 worker_rlimit_nofile 8292;
-pid %(d)s/nginx-h2.pid;
-error_log %(d)s/nginx-h2-error.log warn;
+pid %(d)s/%(name)s-h2.pid;
+error_log %(d)s/%(name)s-h2-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
@@ -99,6 +125,7 @@ http {
         keepalive 128;
     }
     map $http_authorization $denied { "%(auth)s" 0; default 1; }
+    map $request_id $span_id { "~^(?<s>.{16})" $s; }
     # its own pool: a kept HTTP/1.1 connection must not carry gRPC
     upstream grpcmodels {
         server %(a)s weight=9;
@@ -111,25 +138,45 @@ http {
         location /inference.GRPCInferenceService/ {
             if ($denied) { return 401; }
             grpc_pass grpc://grpcmodels;
+            grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;%(grpc_eq)s%(resp_eq)s
         }
         location / {
             if ($denied) { return 401; }
             proxy_pass http://models;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;%(proxy_eq)s%(resp_eq)s
         }
     }
 }
-""" % dict(d=d, a=models[0], b=models[1], port=port, auth=AUTH))
+""" % dict(d=d, a=models[0], b=models[1], port=port, auth=AUTH, name=name,
+           grpc_eq=NGINX_EQ_REQUEST % dict(set="grpc_set_header") if equal else "",
+           proxy_eq=NGINX_EQ_REQUEST % dict(set="proxy_set_header") if equal else "",
+           resp_eq=NGINX_EQ_RESPONSE if equal else ""))
     p = B.spawn(["nginx", "-c", conf, "-p", d, "-g", "daemon off;"],
-                open(os.path.join(d, "nginx-h2.log"), "w"))
+                open(os.path.join(d, "%s-h2.log" % name), "w"))
     B.wait_port(port)
-    return B.Proxy("nginx", p, port, None)
+    return B.Proxy(name, p, port, None)
 
 
-def start_haproxy_h2(d, models):
+HAPROXY_EQ_FRONTEND = """
+    unique-id-format %[uuid,regsub(-,,g)]
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header traceparent 00-%[unique-id]-%[rand,bytes(0,8),hex,lower]-01
+    http-response set-header X-Request-Id %[unique-id]
+    http-response set-header X-Sluice-Version %[srv_name]
+    http-response set-header X-Sluice-Group control"""
+HAPROXY_EQ_BACKEND = """
+    http-send-name-header X-Sluice-Version
+    http-request set-header X-Sluice-Group control"""
+
+
+def start_haproxy_h2(d, models, equal=False):
+    """equal: the "-eq" target, which also adds what Sluice adds."""
+    name = "haproxy-eq" if equal else "haproxy"
     port = B.free_port()
-    conf = os.path.join(d, "haproxy-h2.cfg")
+    conf = os.path.join(d, "%s-h2.cfg" % name)
     with open(conf, "w") as f:
         f.write("""
 global
@@ -144,16 +191,18 @@ defaults
 frontend fe
     bind 127.0.0.1:%(port)d proto h2
     http-request deny deny_status 401 unless { req.hdr(authorization) -m str "%(auth)s" }
+    option forwardfor%(fe_eq)s
     default_backend models
 backend models
     balance roundrobin
-    http-reuse always
+    http-reuse always%(be_eq)s
     server versiona %(a)s weight 90 proto h2
     server versionb %(b)s weight 10 proto h2
-""" % dict(a=models[0], b=models[1], port=port, auth=AUTH))
-    p = B.spawn(["haproxy", "-f", conf, "-db"], open(os.path.join(d, "haproxy-h2.log"), "w"))
+""" % dict(a=models[0], b=models[1], port=port, auth=AUTH,
+           fe_eq=HAPROXY_EQ_FRONTEND if equal else "", be_eq=HAPROXY_EQ_BACKEND if equal else ""))
+    p = B.spawn(["haproxy", "-f", conf, "-db"], open(os.path.join(d, "%s-h2.log" % name), "w"))
     B.wait_port(port)
-    return B.Proxy("haproxy", p, port, None)
+    return B.Proxy(name, p, port, None)
 
 
 def start_sluice_h2(d, models, redis_port=None):
@@ -253,9 +302,14 @@ def main():
     ap.add_argument("--sluice-plain", action="store_true",
                     help="sluice without key auth and Redis metrics")
     ap.add_argument("--targets", default="nginx,haproxy",
-                    help="proxies besides direct (and sluice with --sluice)")
+                    help="proxies besides direct (and sluice with --sluice): nginx, haproxy, "
+                         "nginx-eq, haproxy-eq")
+    ap.add_argument("--equal", action="store_true",
+                    help="add the targets nginx-eq and haproxy-eq")
     ap.add_argument("--json", help="write the raw results here")
     a = ap.parse_args()
+    if a.equal:
+        a.targets += ",nginx-eq,haproxy-eq"
 
     d = tempfile.mkdtemp(prefix="sluice-bench-h2-")
     try:
@@ -268,7 +322,9 @@ def main():
             f.write(infer_call("bench"))
         scen = [("h2 POST", SCORE, body, ["-H", "content-type: application/json"]),
                 ("gRPC infer", INFER, call, GRPC_HEADERS)]
-        starters = {"nginx": start_nginx_h2, "haproxy": start_haproxy_h2}
+        starters = {"nginx": start_nginx_h2, "haproxy": start_haproxy_h2,
+                    "nginx-eq": lambda d, m: start_nginx_h2(d, m, equal=True),
+                    "haproxy-eq": lambda d, m: start_haproxy_h2(d, m, equal=True)}
         proxies = [starters[t](d, models) for t in a.targets.split(",") if t]
         if a.sluice:
             redis_port = None

@@ -120,8 +120,8 @@ http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen)
 static uint8_t
 known_class(const char *name, uint32_t len)
 {
-#define IS(lit) (sizeof(lit) - 1 == len && strncasecmp(name, lit, len) == 0)
     char c0 = (char)(name[0] | 0x20);       /* lowercase for letters */
+#define IS(lit) (sizeof(lit) - 1 == len && c0 == (lit)[0] && strncasecmp(name, lit, len) == 0)
     switch (len) {
     case 2:  return IS("te") ? HC_HOP : HC_OTHER;
     case 4:  return IS("host") ? HC_HOST : HC_OTHER;
