@@ -41,9 +41,10 @@ size_t h2_fields_copy(const struct head *hd, nghttp2_nv **nva, char **store);
 
 /* A request to an HTTP/2 upstream as fields: pseudo headers, then the
  * headers compose_request_head() would send (names lowercase), without
- * framing; values point into r's head and config or are copied into store
- * (h2_fields_request_room(r) bytes), never into the caller's stack.
- * nva has room for H2_REQUEST_FIELDS(r). Returns the count. */
+ * framing. Every name and value is a literal or in store
+ * (h2_fields_request_room(r) bytes), and flagged NO_COPY: store must live
+ * until the HEADERS frame is sent or cancelled. nva has room for
+ * H2_REQUEST_FIELDS(r). Returns the count. */
 #define H2_REQUEST_FIELDS(r) ((size_t)(r)->hd->n + 18)
 size_t h2_fields_request_room(const struct upstream_request *r);
 size_t h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store);

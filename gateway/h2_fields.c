@@ -174,12 +174,19 @@ lower_copy(char **at, const char *s, size_t n)
     *at += n;
 }
 
+static size_t
+len0(const char *s)
+{
+    return s != NULL ? strlen(s) : 0;
+}
+
 size_t
 h2_fields_request_room(const struct upstream_request *r)
 {
     return r->hd->len + r->path_len + r->query_len + 1024 + strlen(r->peer) +
-           (r->default_host ? strlen(r->default_host) : 0) + TRACING_TRACEPARENT_LEN +
-           r->tracestate_len;
+           len0(r->default_host) + TRACING_TRACEPARENT_LEN + r->tracestate_len +
+           len0(r->method) + len0(r->proto) + len0(r->tags.version) + len0(r->tags.group) +
+           len0(r->tags.request_id) + len0(r->grpc_timeout);
 }
 
 size_t
@@ -188,19 +195,28 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
     char *at = store;
     size_t n = 0;
     const struct head *hd = r->hd;
-/* Fields whose value is new on every request (its id, its trace) are
- * never put in the HPACK dynamic table: each would evict a reusable entry,
- * and nghttp2's table lookup compares a name's every entry (NV1). */
+/* Every name is lowercase and every value is in store or a literal, and
+ * store lives until the HEADERS frame is out (or cancelled): nghttp2
+ * copies nothing (NO_COPY_NAME, NO_COPY_VALUE). A value that is new on
+ * every request (its id, its trace) is never indexed: each would evict a
+ * reusable entry, and nghttp2's table lookup compares a name's every
+ * entry (NV1). */
+#define KEEP (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE)
 #define NVF(name_, nlen_, val_, vlen_, flags_) do { \
         nva[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(name_), \
-            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), (flags_)}; \
+            (uint8_t *)(uintptr_t)(val_), (nlen_), (vlen_), (flags_) | KEEP}; \
     } while (0)
-/* NV, NV1: a literal name (static and lowercase: not copied by nghttp2). */
-#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, \
-                                          NGHTTP2_NV_FLAG_NO_COPY_NAME)
-#define NV1(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, \
-                                           NGHTTP2_NV_FLAG_NO_INDEX | NGHTTP2_NV_FLAG_NO_COPY_NAME)
-    NV(":method", 7, r->method, strlen(r->method));
+/* NV: a literal value; NVC, NVC1: a value copied into store first. */
+#define NV(name_, nlen_, val_, vlen_) NVF(name_, nlen_, val_, vlen_, 0)
+#define NVC_(name_, nlen_, val_, vlen_, flags_) do { \
+        char *v_ = at; size_t l_ = (vlen_); \
+        memcpy(at, (val_), l_); \
+        at += l_; \
+        NVF(name_, nlen_, v_, l_, flags_); \
+    } while (0)
+#define NVC(name_, nlen_, val_, vlen_) NVC_(name_, nlen_, val_, vlen_, 0)
+#define NVC1(name_, nlen_, val_, vlen_) NVC_(name_, nlen_, val_, vlen_, NGHTTP2_NV_FLAG_NO_INDEX)
+    NVC(":method", 7, r->method, strlen(r->method));
     char *path = at;
     memcpy(at, r->path, r->path_len);
     at += r->path_len;
@@ -209,13 +225,13 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
         memcpy(at, r->query, r->query_len);
         at += r->query_len;
     }
-    NV(":path", 5, path, (size_t)(at - path));
+    NVF(":path", 5, path, (size_t)(at - path), 0);
     NV(":scheme", 7, "http", 4);
     int host = hd->first[HC_HOST];
     if (host >= 0)
-        NV(":authority", 10, HD_VAL(hd, host), hd->h[host].val_len);
+        NVC(":authority", 10, HD_VAL(hd, host), hd->h[host].val_len);
     else if (r->default_host != NULL)
-        NV(":authority", 10, r->default_host, strlen(r->default_host));
+        NVC(":authority", 10, r->default_host, strlen(r->default_host));
     const char *xff = NULL;
     size_t xff_len = 0;
     for (int i = 0; i < hd->n; i++) {
@@ -230,7 +246,7 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
             continue;
         char *name = at;
         lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
-        NVF(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len, NGHTTP2_NV_FLAG_NONE);
+        NVC(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len);
     }
     /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
     for (int i = 0; hd->first[HC_HOP] >= 0 && i < hd->n; i++)
@@ -246,41 +262,32 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
     }
     memcpy(at, r->peer, strlen(r->peer));
     at += strlen(r->peer);
-    NV("x-forwarded-for", 15, x, (size_t)(at - x));
-    NV("x-forwarded-proto", 17, r->proto, strlen(r->proto));
+    NVF("x-forwarded-for", 15, x, (size_t)(at - x), 0);
+    NVC("x-forwarded-proto", 17, r->proto, strlen(r->proto));
     if (r->tags.version != NULL) {
-        NV("x-sluice-version", 16, r->tags.version, strlen(r->tags.version));
-        NV("x-sluice-group", 14, r->tags.group, strlen(r->tags.group));
+        NVC("x-sluice-version", 16, r->tags.version, strlen(r->tags.version));
+        NVC("x-sluice-group", 14, r->tags.group, strlen(r->tags.group));
     }
     if (r->tags.failover)
         NV("x-sluice-failover", 17, "true", 4);
-    NV1("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
-    if (r->traceparent != NULL) {   /* this hop's (SPEC §10), copied: the caller's is on its stack */
-        memcpy(at, r->traceparent, TRACING_TRACEPARENT_LEN);
-        NV1("traceparent", 11, at, TRACING_TRACEPARENT_LEN);
-        at += TRACING_TRACEPARENT_LEN;
-    }
-    if (r->tracestate_len > 0) {
-        memcpy(at, r->tracestate, r->tracestate_len);
-        NV("tracestate", 10, at, r->tracestate_len);
-        at += r->tracestate_len;
-    }
-    if (r->grpc_timeout != NULL) {
-        /* Copied: the fields are submitted once the connection is up. */
-        char *gt = at;
-        size_t gl = strlen(r->grpc_timeout);
-        memcpy(at, r->grpc_timeout, gl);
-        at += gl;
-        NV("grpc-timeout", 12, gt, gl);
-    }
+    NVC1("x-request-id", 12, r->tags.request_id, strlen(r->tags.request_id));
+    if (r->traceparent != NULL)     /* this hop's (SPEC §10): the caller's is on its stack */
+        NVC1("traceparent", 11, r->traceparent, TRACING_TRACEPARENT_LEN);
+    if (r->tracestate_len > 0)
+        NVC("tracestate", 10, r->tracestate, r->tracestate_len);
+    if (r->grpc_timeout != NULL)
+        NVC("grpc-timeout", 12, r->grpc_timeout, strlen(r->grpc_timeout));
     char *cl = at;
     if (r->framing == FRAME_LENGTH) {
         at += fmt_u64(at, r->content_length);
-        NV("content-length", 14, cl, (size_t)(at - cl));
+        NVF("content-length", 14, cl, (size_t)(at - cl), 0);
     }
-#undef NV1
+#undef NVC1
+#undef NVC
+#undef NVC_
 #undef NV
 #undef NVF
+#undef KEEP
     return n;
 }
 

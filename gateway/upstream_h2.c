@@ -324,13 +324,10 @@ submit_stream(struct h2stream_up *st)
     bool body = !(st->out_eof && (st->out == NULL || evbuffer_get_length(st->out) == 0)) ||
                 st->u.framing != FRAME_NONE;
     h2_fields_prime(st->nva, st->n_nva, &c->primed);
+    /* nva and nv_store stay until the answer begins (h2_retry_forget) or
+     * the stream is over: nghttp2 reads them when the HEADERS frame goes
+     * out (NO_COPY), and a retry may send them again. */
     int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
-    if (!st->u.ops->retries) {      /* else kept for a retry (h2_take_resend) */
-        gw_free(st->nva);
-        gw_free(st->nv_store);
-        st->nva = NULL;
-        st->nv_store = NULL;
-    }
     st->submitted = true;
     c->n_heads--;
     if (id < 0) {
@@ -671,8 +668,7 @@ h2_flush(struct upconn *u)
 }
 
 /* The request head as HTTP/2 fields (h2_fields_request), submitted once
- * the connection is up: values point into the request's head and config
- * (alive while the stream is) or into nv_store. */
+ * the connection is up: names and values in nv_store (or literals). */
 static void
 h2_send_head(struct upconn *u, const struct upstream_request *r)
 {
