@@ -97,6 +97,10 @@ h2_fields_response(struct h2_fields *f, const struct resp_info *ri, const struct
         size_t nl = hd->h[i].name_len;
         if (nl == 0 || nl >= sizeof(f->lower[0]))
             continue;               /* (keep-alive, upgrade...: HC_HOP, above) */
+        if (hd->lowercase) {        /* nghttp2 copies it at once (no NO_COPY) */
+            add(f, HD_NAME(hd, i), nl, HD_VAL(hd, i), hd->h[i].val_len);
+            continue;
+        }
         lower(f->lower[k], HD_NAME(hd, i), nl);
         add(f, f->lower[k++], nl, HD_VAL(hd, i), hd->h[i].val_len);
     }
@@ -168,9 +172,12 @@ h2_fields_copy(const struct head *hd, nghttp2_nv **nva, char **store)
 /* ---- a request to an HTTP/2 upstream ----------------------------------------------- */
 
 static void
-lower_copy(char **at, const char *s, size_t n)
+lower_copy(char **at, const char *s, size_t n, bool already)
 {
-    lower(*at, s, n);
+    if (already)
+        memcpy(*at, s, n);
+    else
+        lower(*at, s, n);
     *at += n;
 }
 
@@ -245,7 +252,7 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
         if (r->grpc_timeout != NULL && head_name_is(hd, i, "grpc-timeout"))
             continue;
         char *name = at;
-        lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len);
+        lower_copy(&at, HD_NAME(hd, i), hd->h[i].name_len, hd->lowercase);
         NVC(name, hd->h[i].name_len, HD_VAL(hd, i), hd->h[i].val_len);
     }
     /* gRPC needs "te: trailers" end to end (RFC 9113 §8.2.2 allows only it). */
@@ -293,10 +300,12 @@ h2_fields_request(const struct upstream_request *r, nghttp2_nv *nva, char *store
 
 /* ---- requests in ------------------------------------------------------------------- */
 
-static const struct { const char *name; int method; } methods[] = {
-    {"GET", HTTP_GET}, {"POST", HTTP_POST}, {"PUT", HTTP_PUT}, {"HEAD", HTTP_HEAD},
-    {"DELETE", HTTP_DELETE}, {"OPTIONS", HTTP_OPTIONS}, {"PATCH", HTTP_PATCH},
-    {"TRACE", HTTP_TRACE},
+static const struct { const char *name; uint8_t len; int method; } methods[] = {
+#define M(n, m) {n, sizeof(n) - 1, m}
+    M("POST", HTTP_POST), M("GET", HTTP_GET), M("PUT", HTTP_PUT), M("HEAD", HTTP_HEAD),
+    M("DELETE", HTTP_DELETE), M("OPTIONS", HTTP_OPTIONS), M("PATCH", HTTP_PATCH),
+    M("TRACE", HTTP_TRACE),
+#undef M
 };
 
 static bool
@@ -310,6 +319,7 @@ h2_request_field(struct head *hd, const char *name, size_t nlen, const char *val
                  size_t vlen, int *method)
 {
     int rc = 0;
+    hd->lowercase = true;           /* nghttp2 refuses uppercase names */
     if (nlen > 0 && name[0] == ':') {
         if (is(name, nlen, ":path"))
             rc = head_url(hd, value, vlen);
@@ -319,8 +329,10 @@ h2_request_field(struct head *hd, const char *name, size_t nlen, const char *val
         } else if (is(name, nlen, ":method")) {
             *method = -1;
             for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
-                if (is(value, vlen, methods[k].name))
+                if (vlen == methods[k].len && memcmp(value, methods[k].name, vlen) == 0) {
                     *method = methods[k].method;
+                    break;
+                }
         }
         /* :scheme: the listener's own is what X-Forwarded-Proto says. */
     } else if ((rc = head_field(hd, name, nlen)) == 0)

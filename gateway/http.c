@@ -21,6 +21,7 @@ head_reset(struct head *hd)
     hd->n = 0;
     hd->in_value = false;
     hd->pin = -1;
+    hd->lowercase = false;
     for (int c = 0; c < HC_COUNT; c++) {
         hd->first[c] = -1;          /* until head_classify() runs */
         hd->count[c] = 0;

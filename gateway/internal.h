@@ -80,6 +80,7 @@ struct head {
     int16_t first[HC_COUNT];        /* first header of each class, -1 if none */
     int16_t count[HC_COUNT];
     int16_t pin;                    /* X-Sluice-Version, -1 if none */
+    bool lowercase;                 /* every name arrived lowercase (HTTP/2) */
 };
 
 void head_reset(struct head *hd);

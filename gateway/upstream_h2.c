@@ -215,6 +215,7 @@ on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, 
             status = status * 10 + (value[i] - '0');
         u->status = status;
     } else if (nlen > 0 && name[0] != ':') {
+        u->head.lowercase = true;   /* nghttp2 refuses uppercase names */
         if ((rc = head_field(&u->head, (const char *)name, nlen)) == 0)
             rc = head_value(&u->head, (const char *)value, vlen);
     }

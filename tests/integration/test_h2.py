@@ -534,6 +534,28 @@ def test_http2_upstream_many_streams_no_stream_errors():
     assert len(lines) == 2000 and all(l["status"] == 200 for l in lines)
 
 
+def test_header_names_reach_http2_upstreams_lowercase():
+    """RFC 9113 §8.2.1: an HTTP/1.1 client's mixed-case header names go to
+    an HTTP/2 upstream lowercased (the model server's nghttp2 would reset a
+    stream with an uppercase one); an HTTP/2 client's names, lowercase
+    already, are passed as they came. Each value arrives whole, and the
+    upstream's own (lowercase) response headers come back to both."""
+    a = Model("versiona")
+    s = Sluice([endpoint("mynewendpoint", [
+        version("versiona", [a.addr], 100, is_default=True, type="control",
+                upstream_protocol="http2")])])
+    for args in (["--http1.1", "-H", "X-Mixed-Case: Value One", "-H", "ACCEPT-LANGUAGE: de"],
+                 ["--http2-prior-knowledge", "-H", "x-mixed-case: Value One",
+                  "-H", "accept-language: de"]):
+        rc, status, hd, body = curl(*args, "-d", '{"x":1}', s.url("mynewendpoint"))
+        assert rc == 0 and " 200" in status, (args, rc, status, body)
+        seen = json.loads(body)["headers"]
+        assert seen.get("x-mixed-case") == "Value One", (args, seen)
+        assert seen.get("accept-language") == "de", (args, seen)
+        assert not [k for k in seen if k != k.lower()], (args, seen)
+        assert hd["x-model-version"] == "versiona", hd
+
+
 def test_a_first_byte_that_could_be_the_preface_then_nothing():
     """A plain client that sends "P" (which could begin "POST" or the HTTP/2
     preface) and nothing more gets the 408 an HTTP/1.1 client gets, not a
