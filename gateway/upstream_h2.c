@@ -17,8 +17,10 @@
  * the model server, stream by stream.
  *
  * Retries (upstream_h2_retry.c): a stream whose connection never came up,
- * or that the server refused unprocessed, is sent again on a new
- * connection. A connection that got a GOAWAY takes no new streams.
+ * that the server refused unprocessed, or whose reused connection closed
+ * under it without a GOAWAY before any answer (the keep-alive race), is
+ * sent again on a new connection. A connection that got a GOAWAY takes no
+ * new streams.
  */
 #include "gateway/h2.h"
 
@@ -58,6 +60,7 @@ struct h2stream_up {
     struct evbuffer *replay;        /* the body given, for a retry (upstream_h2_retry.c) */
     bool replay_lost;               /* past GW_REPLAY_MAX, or an answer began */
     bool refused;                   /* closed by the server unprocessed */
+    bool lost;                      /* its connection closed under it, no GOAWAY */
     struct h2stream_up *next, *prev;
 };
 
@@ -396,8 +399,15 @@ conn_kill(struct h2up *c, enum up_fail why)
     if (c->dead)
         return;
     c->dead = true;
+    /* Closed (EOF or a reset) with no GOAWAY either way: as HTTP/1.1's
+     * keep-alive race, a stream of a reused connection that got nothing
+     * back may go again (h2_take_resend). After a GOAWAY a stream at or
+     * below its last-stream-id may have been processed: never. */
+    bool race = (why == UPF_CLOSED || why == UPF_RESET) && c->connected &&
+                nghttp2_session_check_request_allowed(c->ng);
     while (c->streams != NULL) {
         struct h2stream_up *st = c->streams;
+        st->lost = race;
         stream_unlink(st);
         owner_failed(st, why);
     }
@@ -723,7 +733,8 @@ static struct evbuffer *
 h2_take_resend(struct upconn *u)
 {
     struct h2stream_up *st = ST(u);
-    if (!u->ops->retries || st->nva == NULL || u->got_bytes || (u->connected && !st->refused))
+    if (!u->ops->retries || st->nva == NULL || u->got_bytes ||
+        (u->connected && !st->refused && !(st->lost && u->reused)))
         return NULL;
     struct evbuffer *body = st->replay_lost ? NULL : st->replay;
     if (!u->connected)

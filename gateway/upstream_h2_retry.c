@@ -7,9 +7,17 @@
  *   - the server refused its stream (RST_STREAM REFUSED_STREAM, or a
  *     stream above a GOAWAY's last-stream-id, which nghttp2 closes with
  *     REFUSED_STREAM; a stream submitted on a connection that got a GOAWAY
- *     is closed the same way): on a new connection, provided its whole
- *     body is still held: a copy kept up to GW_REPLAY_MAX, the bound of
- *     HTTP/1.1's resend copy, and dropped once an answer begins.
+ *     is closed the same way);
+ *   - its connection was reused (it had carried or carried other streams)
+ *     and closed under it, EOF or a reset, with no GOAWAY either way and
+ *     no answer begun: HTTP/1.1's keep-alive race (a server that closes
+ *     an idle connection without a GOAWAY as a stream arrives). A stream
+ *     on a fresh connection that closed is the server's own failure, and
+ *     after a GOAWAY a stream at or below its last-stream-id may have been
+ *     processed: neither goes again.
+ * The last two go on a new connection, provided the whole body is still
+ * held: a copy kept up to GW_REPLAY_MAX, the bound of HTTP/1.1's resend
+ * copy, and dropped once an answer begins.
  *
  * What take_resend hands over is one evbuffer, in the class's own layout
  * (struct upstream_class keeps it opaque):
@@ -127,8 +135,13 @@ h2_resend_unpack(struct evbuffer *what, nghttp2_nv **nva, size_t *n, char **stor
             gw_free(s);
             return -1;
         }
-        v[k++] = (nghttp2_nv){(uint8_t *)at, (uint8_t *)colon + 2, (size_t)(colon - at),
-                              (size_t)(eol - colon - 2), NGHTTP2_NV_FLAG_NONE};
+        size_t nl = (size_t)(colon - at);
+        /* new values every time: never indexed, as h2_fields_request says */
+        bool once = (nl == 12 && memcmp(at, "x-request-id", 12) == 0) ||
+                    (nl == 11 && memcmp(at, "traceparent", 11) == 0);
+        v[k++] = (nghttp2_nv){(uint8_t *)at, (uint8_t *)colon + 2, nl,
+                              (size_t)(eol - colon - 2),
+                              once ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE};
         at = eol + 2;
     }
     *nva = v;

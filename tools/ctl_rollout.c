@@ -303,12 +303,59 @@ plan_body(const struct cmdline *c)
         json_object_set_new(plan, "gate", gate);
     else
         json_decref(gate);
+    const char *url = opt_last(c, "notify-url");
+    if (url != NULL && opt_last(c, "no-notify") != NULL)
+        usage_error("--notify-url and --no-notify exclude each other");
+    json_t *headers = json_object();
+    for (int i = 0; i < c->nopt; i++) {
+        if (strcmp(c->opt[i].name, "notify-header") != 0)
+            continue;
+        const char *h = c->opt[i].val, *colon = strchr(h, ':');
+        if (colon == NULL || colon == h)
+            usage_error("--notify-header needs \"Name: value\", got \"%s\"", h);
+        char *name = strndup(h, (size_t)(colon - h));
+        const char *val = colon + 1;
+        while (*val == ' ' || *val == '\t')
+            val++;
+        json_object_set_new(headers, name, json_string(val));
+        free(name);
+    }
+    if (json_object_size(headers) > 0 && url == NULL)
+        usage_error("--notify-header needs --notify-url");
+    if (url != NULL)
+        json_object_set_new(plan, "notify", json_pack("{s:s, s:o}", "url", url, "headers",
+                                                      headers));
+    else
+        json_decref(headers);
     return json_pack("{s:o}", "rollout", plan);
+}
+
+/* A plan replaces the whole plan, its notify too (SPEC §8). The server
+ * shows a notify's URL and header names but not the header values (they
+ * may hold secrets), so sluicectl cannot carry one over: rather than drop
+ * it unsaid, it refuses a plan that does not say --notify-url again or
+ * --no-notify. */
+static void
+check_notify_kept(const struct cmdline *c, const char *path)
+{
+    if (opt_last(c, "notify-url") != NULL || opt_last(c, "no-notify") != NULL ||
+        opt_last(c, "remove") != NULL)
+        return;
+    struct response r = call("GET", path, NULL);
+    json_t *j = r.status == 200 && r.body != NULL ? json_loads(r.body, 0, NULL) : NULL;
+    free(r.body);
+    const char *url = json_string_value(json_object_get(
+        json_object_get(json_object_get(j, "plan"), "notify"), "url"));
+    if (url != NULL)
+        usage_error("the current plan sends its events to %s: a new plan replaces it, so "
+                    "give --notify-url (and each --notify-header) again, or --no-notify", url);
+    json_decref(j);
 }
 
 static const struct optdef rollout_plan_opts[] = {
     {"steps", true}, {"step", true}, {"promote", false}, {"min-requests", true},
     {"max-error-rate-increase", true}, {"max-p99-ratio", true}, {"min-agreement", true},
+    {"notify-url", true}, {"notify-header", true}, {"no-notify", false},
     {"remove", false}, {NULL, false},
 };
 static const struct optdef rollout_status_opts[] = {
@@ -345,6 +392,7 @@ cmd_rollout(int argc, char **argv)
         r = call("GET", path, NULL);
     } else if (is_plan) {
         json_t *b = plan_body(&c);
+        check_notify_kept(&c, path);
         char *vpath = admin_path("/admin/v1/endpoints/", ep, "/versions/", v, NULL);
         r = call("PATCH", vpath, b);
         free(vpath);

@@ -1,7 +1,8 @@
 """Retries to HTTP/2 upstreams (h2fn item 2), as HTTP/1.1's: once, when
 nothing was processed. A connect failure goes to another upstream of the
-version; a stream the server refused (above a GOAWAY's last-stream-id)
-goes again on a new connection. Asserts on what clients see (every
+version; a stream the server refused (above a GOAWAY's last-stream-id),
+or whose reused connection closed under it without a GOAWAY (the
+keep-alive race), goes again on a new connection. Asserts on what clients see (every
 request a 200), the access log, and the live model server's counts."""
 import json
 import re
@@ -106,6 +107,43 @@ def test_streams_above_a_goaway_are_retried():
     assert stats["requests"] == 8 and stats["refused"] >= 1 and stats["connections"] >= 2, stats
     lines = s.access_lines()
     assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_reused_connection_closed_without_goaway_is_retried():
+    """The HTTP/2 twin of the keep-alive race: the model server closes each
+    HTTP/2 connection, with no GOAWAY, as its third stream begins
+    (sluice-model --h2-drop-after 2: that stream is not processed). 12
+    requests one after another (8 from an HTTP/1.1 client, 4 from curl
+    over HTTP/2): every one a 200. Requests 3, 5, 7, 9 and 11 each meet a
+    closing connection they reused and go again on a new one, so the model
+    server answers each request once (12) and dropped exactly 5 streams;
+    12 access-log lines, all 200."""
+    live = Model("live", "--h2-drop-after", "2")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = post_both_ways(s, 8, 4)
+    assert codes == [200] * 12, codes
+    st = live.stats()
+    assert (st["requests"], st["refused"]) == (12, 5), st
+    lines = s.access_lines()
+    assert len(lines) == 12 and all(l["status"] == 200 for l in lines), lines
+
+
+def test_fresh_connection_closed_is_not_retried():
+    """...but a stream whose connection was new (its first) and closed under
+    it is the server's own failure, not a race: not sent again. The model
+    server drops every connection's first stream (--h2-drop-after 0): each
+    of 3 requests is a 502 after one attempt (3 streams dropped, none
+    processed), the access log says 502 three times."""
+    live = Model("live", "--h2-drop-after", "0")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    codes = post_both_ways(s, 2, 1)
+    assert codes == [502] * 3, codes
+    st = live.stats()
+    assert (st["requests"], st["refused"]) == (0, 3), st
+    lines = s.access_lines()
+    assert [l["status"] for l in lines] == [502] * 3, lines
 
 
 def test_refused_stream_of_an_http1_client_and_concurrent_clients():

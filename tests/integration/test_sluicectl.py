@@ -412,6 +412,46 @@ def test_rollout_watch_exits_3_on_rollback_and_streams_json():
     assert rollout_doc(s)["plan"] is None
 
 
+def test_rollout_plan_keeps_or_says_its_notify():
+    """A plan replaces the whole plan, its notify too, and Sluice never shows
+    a notify header's value: `plan` takes --notify-url/--notify-header
+    (the header really sent with each event), refuses to drop a notify
+    silently (exit 2, the URL named, the plan unchanged), and drops it
+    when told --no-notify."""
+    from test_notify import Receiver
+    s = two_versions(Redis())
+    url = s.admin("")
+    hook = Receiver()
+    out = ctl("rollout", EP, "versionb", "plan", "--steps=10,20", "--step=1m",
+              "--notify-url", hook.url(), "--notify-header", "X-Hook-Key: s3cret",
+              "--notify-header=X-Team:ml", url=url)
+    assert out.returncode == 0, out.stderr
+    assert rollout_doc(s)["plan"]["notify"] == {"url": hook.url(),
+                                                "header_names": ["X-Hook-Key", "X-Team"]}
+    assert ctl("rollout", EP, "versionb", "start", url=url).returncode == 0
+    until(lambda: hook.events(), 30, "the started event at the webhook")
+    _, headers, body, _ = hook.got[0]
+    assert json.loads(body)["event"] == "started"
+    assert headers.get("X-Hook-Key") == "s3cret" and headers.get("X-Team") == "ml", headers
+    assert ctl("rollout", EP, "versionb", "abort", url=url).returncode == 0
+    out = ctl("rollout", EP, "versionb", "plan", "--steps=50", "--step=1m", url=url)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert hook.url() in out.stderr and "--no-notify" in out.stderr, out.stderr
+    assert rollout_doc(s)["plan"]["steps"] == [10, 20]
+    for args, msg in ((["--notify-header", "X-A: b"], "--notify-header needs --notify-url"),
+                      (["--notify-url", hook.url(), "--no-notify"], "exclude each other"),
+                      (["--notify-url", hook.url(), "--notify-header", "novalue"],
+                       '--notify-header needs "Name: value"')):
+        out = ctl("rollout", EP, "versionb", "plan", "--steps=50", "--step=1m", *args, url=url)
+        assert out.returncode == 2 and msg in out.stderr, (args, out.stderr)
+    assert rollout_doc(s)["plan"]["steps"] == [10, 20]
+    out = ctl("rollout", EP, "versionb", "plan", "--steps=50", "--step=1m", "--no-notify",
+              url=url)
+    assert out.returncode == 0, out.stderr
+    plan = rollout_doc(s)["plan"]
+    assert plan["steps"] == [50] and "notify" not in plan, plan
+
+
 def test_every_command_over_https():
     """issue 20 finding 1: each command through libcurl over a verified
     https:// URL, against a real sluice: the answers and the changes."""

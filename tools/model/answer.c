@@ -18,6 +18,7 @@ struct model_opts opt = {
     .name = "model",
     .slow_max_ms = 1000,
     .h2_max_streams = 128,
+    .h2_drop_after = -1,
 };
 unsigned long long n_conns, n_reqs, n_refused;
 struct event_base *base;

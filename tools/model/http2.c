@@ -68,6 +68,8 @@ struct h2_conn {
     unsigned begun;             /* request streams begun (--h2-goaway-after) */
     int32_t last_id;            /* the last of them */
     int goaway;                 /* the GOAWAY went: every new stream is refused */
+    unsigned started;           /* request streams begun (--h2-drop-after) */
+    int drop;                   /* closing without a GOAWAY: new streams refused */
 };
 
 int
@@ -110,8 +112,8 @@ conn_flush(struct h2_conn *c)
             conn_close(c);
             return;
         }
-    if (n < 0 || (!nghttp2_session_want_read(c->session) &&
-                  !nghttp2_session_want_write(c->session))) {
+    if (n < 0 || c->drop || (!nghttp2_session_want_read(c->session) &&
+                             !nghttp2_session_want_write(c->session))) {
         conn_close(c);
         return;
     }
@@ -383,7 +385,9 @@ on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *use
         nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR,
                               NULL, 0);
     }
-    if (c->goaway)              /* closed unanswered once the GOAWAY is sent */
+    if (opt.h2_drop_after >= 0 && c->started++ >= (unsigned)opt.h2_drop_after)
+        c->drop = 1;            /* closed under this stream, after what is queued */
+    if (c->goaway || c->drop)   /* closed unanswered once the GOAWAY is sent */
         st->refused = 1;
     else
         c->last_id = st->id;

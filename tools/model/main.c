@@ -37,6 +37,13 @@
  *                              not processed (neither answered nor counted);
  *                              the first N are answered, then the
  *                              connection closes
+ *   --h2-drop-after N          an abrupt close of each HTTP/2 connection after
+ *                              N streams (0: at its first): when stream N+1
+ *                              begins, the connection closes without a
+ *                              GOAWAY once what is queued is sent; that
+ *                              stream and any after it are not processed
+ *                              (neither answered nor counted; "refused" in
+ *                              /__stats)
  *   --h2-refuse-every N        an overloaded HTTP/2 server: every Nth request
  *                              stream the process begins (counted across
  *                              connections) is refused unprocessed with
@@ -206,6 +213,7 @@ main(int argc, char **argv)
         {"h2-max-streams", required_argument, NULL, 'M'},
         {"h2-goaway-after", required_argument, NULL, 'g'},
         {"h2-refuse-every", required_argument, NULL, 'X'},
+        {"h2-drop-after", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0},
     };
     const char *listen_addr = "127.0.0.1:5001";
@@ -247,6 +255,16 @@ main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'D': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || n < 0 || n > 1000000) {
+                fprintf(stderr, "sluice-model: --h2-drop-after needs a number from 0\n");
+                return 2;
+            }
+            opt.h2_drop_after = (int)n;
+            break;
+        }
         case 'X':
             opt.h2_refuse_every = (unsigned)strtoul(optarg, NULL, 10);
             if (opt.h2_refuse_every < 2) {
@@ -259,7 +277,8 @@ main(int argc, char **argv)
                     "[--name V] [--latency-ms N] [--jitter-ms N] [--error-rate F]\n"
                     "       [--noise EPS] [--random-field] [--idle-close-max-ms N] [--fast]\n"
                     "       [--fault-rate F] [--slow-max-ms N] [--seed N] [--grpc-status N]\n"
-                    "       [--h2-max-streams N] [--h2-goaway-after N] [--h2-refuse-every N]\n");
+                    "       [--h2-max-streams N] [--h2-goaway-after N] [--h2-refuse-every N]\n"
+                    "       [--h2-drop-after N]\n");
             return 2;
         }
     }

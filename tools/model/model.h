@@ -32,6 +32,8 @@ struct model_opts {
     unsigned h2_max_streams;    /* --h2-max-streams: SETTINGS_MAX_CONCURRENT_STREAMS */
     unsigned h2_goaway_after;   /* --h2-goaway-after: GOAWAY when stream N+1 begins */
     unsigned h2_refuse_every;   /* --h2-refuse-every: RST_STREAM REFUSED_STREAM every Nth */
+    int h2_drop_after;          /* --h2-drop-after: close, no GOAWAY, as stream N+1 begins
+                                   (-1: never) */
     int fast;                   /* --fast */
 };
 
