@@ -343,19 +343,8 @@ h2_request_field(struct head *hd, const char *name, size_t nlen, const char *val
 void
 h2_request_line(struct request *r, int method, bool end_stream)
 {
-    const struct head *hd = &r->head;
-    int cl = hd->first[HC_CONTENT_LENGTH];
-    uint64_t length = 0;
-    bool has_length = false;
-    if (cl >= 0 && hd->count[HC_CONTENT_LENGTH] == 1) {
-        char num[24];
-        size_t n = hd->h[cl].val_len < sizeof(num) - 1 ? hd->h[cl].val_len : sizeof(num) - 1;
-        memcpy(num, HD_VAL(hd, cl), n);
-        num[n] = '\0';
-        char *end;
-        length = strtoull(num, &end, 10);
-        has_length = n > 0 && *end == '\0';
-    }
+    uint64_t length;
+    bool has_length = head_length(&r->head, &length);
     /* Validated as HTTP/1.1 (nghttp2 checked HTTP/2's own rules). */
     r->line = (struct req_line){
         .method = method < 0 ? HTTP_POST : method, .major = 1, .minor = 1,

@@ -200,6 +200,25 @@ head_classify(struct head *hd)
     }
 }
 
+bool
+head_length(const struct head *hd, uint64_t *n)
+{
+    int cl = hd->first[HC_CONTENT_LENGTH];
+    *n = 0;
+    if (cl < 0 || hd->count[HC_CONTENT_LENGTH] != 1 || hd->h[cl].val_len == 0 ||
+        hd->h[cl].val_len > 19)
+        return false;
+    uint64_t v = 0;
+    for (uint32_t i = 0; i < hd->h[cl].val_len; i++) {
+        char ch = HD_VAL(hd, cl)[i];            /* not NUL-ended: bounded */
+        if (ch < '0' || ch > '9')
+            return false;
+        v = v * 10 + (uint64_t)(ch - '0');
+    }
+    *n = v;
+    return true;
+}
+
 void
 json_escape_add(struct evbuffer *b, const char *str, size_t len)
 {

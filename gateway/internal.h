@@ -101,6 +101,10 @@ head_name_is(const struct head *hd, int i, const char *lower)
 /* Fill cls, first, count and pin once the head is complete. Headers that a
  * Connection header names become HC_HOP (RFC 9110 §7.6.1). */
 void head_classify(struct head *hd);
+/* The one Content-Length of a classified head, 1 to 19 digits and nothing
+ * else (HTTP/2's, which nghttp2 checked: HTTP/1.1's is llhttp's); false
+ * when there is none, or more than one. */
+bool head_length(const struct head *hd, uint64_t *n);
 /* Whether the comma-separated list v holds tok (case-insensitive). */
 bool http_list_has(const char *v, size_t vlen, const char *tok, size_t tlen);
 

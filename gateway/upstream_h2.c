@@ -75,6 +75,8 @@ struct h2up {
     bool reserved;                  /* opened for a retry: its stream goes first */
     bool kicked;                    /* the kick event is active */
     bool primed;                    /* h2_fields_prime() */
+    bool used;                      /* a stream was submitted on it */
+    bool peer_closed;               /* EOF or an error on the socket */
     int n_streams;
     int n_heads;                    /* streams whose head waits to be submitted */
     struct h2stream_up *hd_st;      /* the stream of the header block being read */
@@ -85,7 +87,7 @@ struct h2up {
 /* The pool's connections: kept in upool->h2 (a list of struct h2up). */
 
 static void conn_kill(struct h2up *c, enum up_fail why);
-static void conn_run(struct h2up *c);
+static bool conn_run(struct h2up *c);
 
 /* Owners' sends and flushes: the frames go out once, at the end of this
  * turn of the loop, however many streams asked. */
@@ -188,6 +190,8 @@ on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
 {
     struct h2up *c = user;
     c->hd_st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (c->hd_st != NULL)
+        c->hd_st->u.got_bytes = true;   /* an answer began, be it a 1xx: no retry */
     return 0;
 }
 
@@ -248,16 +252,7 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
         st->replay_lost = true;
         u->no_body = end;           /* Trailers-Only (gRPC), or no body */
         head_classify(&u->head);
-        int cl = u->head.first[HC_CONTENT_LENGTH];
-        uint64_t n = 0;
-        bool ok = cl >= 0 && u->head.h[cl].val_len > 0 && u->head.h[cl].val_len <= 19;
-        for (uint32_t i = 0; ok && i < u->head.h[cl].val_len; i++) {
-            char ch = HD_VAL(&u->head, cl)[i];   /* not NUL-ended: bounded */
-            ok = ch >= '0' && ch <= '9';
-            n = n * 10 + (uint64_t)(ch - '0');
-        }
-        u->has_length = ok;
-        u->content_length = ok ? n : 0;
+        u->has_length = head_length(&u->head, &u->content_length);
         u->ops->on_head(u->owner, u);
         if (u->closed || !u->busy)
             return 0;
@@ -333,6 +328,7 @@ submit_stream(struct h2stream_up *st)
      * out (NO_COPY), and a retry may send them again. */
     int32_t id = nghttp2_submit_request(c->ng, NULL, st->nva, st->n_nva, body ? &prd : NULL, st);
     st->submitted = true;
+    c->used = true;
     c->n_heads--;
     if (id < 0) {
         owner_failed(st, UPF_CLOSED);
@@ -341,11 +337,13 @@ submit_stream(struct h2stream_up *st)
     st->id = id;
 }
 
-static void
+/* Submits the heads that wait and sends what nghttp2 has; false when the
+ * connection is gone (freed: c may not be used after). */
+static bool
 conn_run(struct h2up *c)
 {
     if (c->dead || !c->connected || c->in_ng)
-        return;
+        return !c->dead;
     for (struct h2stream_up *st = c->streams, *next; st != NULL && c->n_heads > 0; st = next) {
         next = st->next;
         if (!st->submitted && st->nva != NULL)
@@ -359,15 +357,18 @@ conn_run(struct h2up *c)
         c->in_ng = false;
         if (n < 0) {
             conn_kill(c, UPF_RESET);
-            return;
+            return false;
         }
         if (n == 0)
             break;
         evbuffer_add(out, data, (size_t)n);
     }
     gw_flush(c->bev, c->connected);
-    if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng))
+    if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
         conn_kill(c, UPF_CLOSED);
+        return false;
+    }
+    return true;
 }
 
 static void
@@ -399,12 +400,12 @@ conn_kill(struct h2up *c, enum up_fail why)
     if (c->dead)
         return;
     c->dead = true;
-    /* Closed (EOF or a reset) with no GOAWAY either way: as HTTP/1.1's
-     * keep-alive race, a stream of a reused connection that got nothing
-     * back may go again (h2_take_resend). After a GOAWAY a stream at or
-     * below its last-stream-id may have been processed: never. */
-    bool race = (why == UPF_CLOSED || why == UPF_RESET) && c->connected &&
-                nghttp2_session_check_request_allowed(c->ng);
+    /* Closed by the server (EOF or an error on the socket, not our own
+     * kill) with no GOAWAY either way: as HTTP/1.1's keep-alive race, a
+     * stream taken on an idle reused connection that got nothing back may
+     * go again (h2_take_resend). After a GOAWAY a stream at or below its
+     * last-stream-id may have been processed: never. */
+    bool race = c->peer_closed && c->connected && nghttp2_session_check_request_allowed(c->ng);
     while (c->streams != NULL) {
         struct h2stream_up *st = c->streams;
         st->lost = race;
@@ -439,7 +440,8 @@ static void
 conn_write(struct bufferevent *bev, void *arg)
 {
     struct h2up *c = arg;
-    conn_run(c);
+    if (!conn_run(c))
+        return;
     for (struct h2stream_up *st = c->streams, *next; !c->dead && st != NULL; st = next) {
         next = st->next;
         if (st->u.busy && st->u.ops->on_drained != NULL)
@@ -461,9 +463,11 @@ conn_event(struct bufferevent *bev, short events, void *arg)
         conn_run(c);
         return;
     }
-    if (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
+    if (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) {
+        c->peer_closed = true;
         conn_kill(c, c->connected ? (events & BEV_EVENT_EOF ? UPF_CLOSED : UPF_RESET) :
                   UPF_CONNECT);
+    }
 }
 
 static void
@@ -472,8 +476,7 @@ idle_cb(evutil_socket_t fd, short what, void *arg)
     struct h2up *c = arg;
     if (c->n_streams == 0) {
         nghttp2_session_terminate_session(c->ng, NGHTTP2_NO_ERROR);
-        conn_run(c);
-        if (!c->dead)
+        if (conn_run(c))
             conn_kill(c, UPF_CLOSED);
     }
 }
@@ -611,7 +614,9 @@ h2_acquire(struct worker *w, struct upool *p, const struct upconn_ops *ops, void
     u->owner = owner;
     u->busy = true;
     u->connected = c->connected;
-    u->reused = c->n_streams > 0 || c->connected;
+    /* Reused: taken idle after other streams, the one case where a close
+     * without GOAWAY may be the keep-alive race (h2_take_resend). */
+    u->reused = c->connected && c->n_streams == 0 && c->used;
     st->conn = c;
     st->next = c->streams;
     if (c->streams != NULL)
@@ -687,6 +692,10 @@ h2_send_head(struct upconn *u, const struct upstream_request *r)
     st->nv_store = gw_malloc(h2_fields_request_room(r));
     st->nva = gw_malloc(H2_REQUEST_FIELDS(r) * sizeof(nghttp2_nv));
     if (st->nv_store == NULL || st->nva == NULL) {
+        gw_free(st->nv_store);      /* no head: n_heads never counted it */
+        gw_free(st->nva);
+        st->nv_store = NULL;
+        st->nva = NULL;
         owner_failed(st, UPF_CONNECT);
         return;
     }

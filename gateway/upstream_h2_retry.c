@@ -8,12 +8,13 @@
  *     stream above a GOAWAY's last-stream-id, which nghttp2 closes with
  *     REFUSED_STREAM; a stream submitted on a connection that got a GOAWAY
  *     is closed the same way);
- *   - its connection was reused (it had carried or carried other streams)
- *     and closed under it, EOF or a reset, with no GOAWAY either way and
- *     no answer begun: HTTP/1.1's keep-alive race (a server that closes
- *     an idle connection without a GOAWAY as a stream arrives). A stream
- *     on a fresh connection that closed is the server's own failure, and
- *     after a GOAWAY a stream at or below its last-stream-id may have been
+ *   - it was taken on an idle connection that had carried streams before,
+ *     and the server closed that connection under it (EOF or an error on
+ *     the socket) with no GOAWAY either way and no answer begun, not even
+ *     a 1xx: HTTP/1.1's keep-alive race (a server that closes an idle
+ *     connection without a GOAWAY as a stream arrives). A stream on a new
+ *     or busy connection that closed meets the server failing, and after a
+ *     GOAWAY a stream at or below its last-stream-id may have been
  *     processed: neither goes again.
  * The last two go on a new connection, provided the whole body is still
  * held: a copy kept up to GW_REPLAY_MAX, the bound of HTTP/1.1's resend

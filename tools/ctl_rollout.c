@@ -317,15 +317,18 @@ plan_body(const struct cmdline *c)
         const char *val = colon + 1;
         while (*val == ' ' || *val == '\t')
             val++;
-        json_object_set_new(headers, name, json_string(val));
+        json_t *jv = json_string(val);
+        if (name == NULL || jv == NULL || json_object_set_new(headers, name, jv) != 0)
+            usage_error("--notify-header needs UTF-8 text, got \"%s\"", h);
         free(name);
     }
     if (json_object_size(headers) > 0 && url == NULL)
         usage_error("--notify-header needs --notify-url");
-    if (url != NULL)
-        json_object_set_new(plan, "notify", json_pack("{s:s, s:o}", "url", url, "headers",
-                                                      headers));
-    else
+    if (url != NULL) {
+        json_t *n = json_pack("{s:s, s:o}", "url", url, "headers", headers);
+        if (n == NULL || json_object_set_new(plan, "notify", n) != 0)
+            usage_error("--notify-url needs UTF-8 text, got \"%s\"", url);
+    } else
         json_decref(headers);
     return json_pack("{s:o}", "rollout", plan);
 }
@@ -334,15 +337,28 @@ plan_body(const struct cmdline *c)
  * shows a notify's URL and header names but not the header values (they
  * may hold secrets), so sluicectl cannot carry one over: rather than drop
  * it unsaid, it refuses a plan that does not say --notify-url again or
- * --no-notify. */
-static void
+ * --no-notify. When the current plan cannot be read, nothing is sent
+ * either (a 404 is left to the PATCH, which names what is missing).
+ * Returns 0, or the exit code. */
+static int
 check_notify_kept(const struct cmdline *c, const char *path)
 {
     if (opt_last(c, "notify-url") != NULL || opt_last(c, "no-notify") != NULL ||
         opt_last(c, "remove") != NULL)
-        return;
+        return 0;
     struct response r = call("GET", path, NULL);
+    if (r.status == 404) {
+        free(r.body);
+        return 0;
+    }
     json_t *j = r.status == 200 && r.body != NULL ? json_loads(r.body, 0, NULL) : NULL;
+    if (j == NULL) {
+        int rc = r.status == 200 ? 1 : server_error(&r);
+        if (r.status == 200)
+            fprintf(stderr, "sluicectl: the server's answer is not JSON\n");
+        free(r.body);
+        return rc;
+    }
     free(r.body);
     const char *url = json_string_value(json_object_get(
         json_object_get(json_object_get(j, "plan"), "notify"), "url"));
@@ -350,6 +366,7 @@ check_notify_kept(const struct cmdline *c, const char *path)
         usage_error("the current plan sends its events to %s: a new plan replaces it, so "
                     "give --notify-url (and each --notify-header) again, or --no-notify", url);
     json_decref(j);
+    return 0;
 }
 
 static const struct optdef rollout_plan_opts[] = {
@@ -392,7 +409,11 @@ cmd_rollout(int argc, char **argv)
         r = call("GET", path, NULL);
     } else if (is_plan) {
         json_t *b = plan_body(&c);
-        check_notify_kept(&c, path);
+        if ((rc = check_notify_kept(&c, path)) != 0) {
+            json_decref(b);
+            free(path);
+            return rc;
+        }
         char *vpath = admin_path("/admin/v1/endpoints/", ep, "/versions/", v, NULL);
         r = call("PATCH", vpath, b);
         free(vpath);

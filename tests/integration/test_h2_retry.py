@@ -146,6 +146,57 @@ def test_fresh_connection_closed_is_not_retried():
     assert [l["status"] for l in lines] == [502] * 3, lines
 
 
+def test_closed_under_a_begun_answer_is_not_retried():
+    """Once an answer began, even a 1xx, the server may be working on the
+    request: a close without GOAWAY then is not the keep-alive race. The
+    first request goes normally; the second, on that idle connection, asks
+    the model server for a 103 and then a close (x-test-interim,
+    x-test-close): a 502, and the model server processed 2 requests, not 3
+    (it was not sent again)."""
+    live = Model("live")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    with requests.Session() as c:
+        r1 = c.post(s.url(EP), data=b'{"x":1}')
+        r2 = c.post(s.url(EP), data=b'{"x":2}',
+                    headers={"X-Test-Interim": "103", "X-Test-Close": "1"})
+    assert (r1.status_code, r2.status_code) == (200, 502), (r1.text, r2.text)
+    assert live.stats()["requests"] == 2
+    assert [l["status"] for l in s.access_lines()] == [200, 502]
+
+
+def test_busy_new_connection_closed_is_not_retried():
+    """Streams that share a new connection the server then closes without
+    a GOAWAY met a failing server, not the keep-alive race: it may have
+    processed them. Three streams from one client write share Sluice's
+    first connection; the model server (--h2-drop-after 2, answers after
+    300 ms) takes the first two and closes as the third begins: three
+    502s, and the model server processed exactly 2 requests and dropped 1
+    (none was sent again)."""
+    live = Model("live", "--h2-drop-after", "2", "--latency-ms", "300")
+    s = Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    c = H2Client(s.port)
+    try:
+        sids = []
+        for i in range(3):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                      (":authority", c.authority),
+                                      (":path", "/api/v1/service/%s/score" % EP)])
+            c.conn.send_data(sid, b'{"x":%d}' % i, end_stream=True)
+            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
+                              "reset": None, "frames": []}
+            sids.append(sid)
+        c._flush()
+        got = [c.response(sid) for sid in sids]
+    finally:
+        c.close()
+    assert [dict(r["headers"])[":status"] for r in got] == ["502"] * 3, got
+    st = live.stats()
+    assert (st["requests"], st["refused"]) == (2, 1), st
+
+
 def test_refused_stream_of_an_http1_client_and_concurrent_clients():
     """h2fn item 2: the same graceful shutdowns under 4 concurrent HTTP/1.1
     clients, 40 requests: every one a 200, each answered once."""

@@ -29,6 +29,7 @@ def ctl(*args, url=None):
         env["SLUICE_ADMIN_URL"] = url
     env["SLUICE_ADMIN_TOKEN"] = TOKEN
     return subprocess.run([SLUICECTL] + list(args), capture_output=True, text=True, env=env,
+                          errors="replace",
                           timeout=120)
 
 
@@ -441,7 +442,11 @@ def test_rollout_plan_keeps_or_says_its_notify():
     for args, msg in ((["--notify-header", "X-A: b"], "--notify-header needs --notify-url"),
                       (["--notify-url", hook.url(), "--no-notify"], "exclude each other"),
                       (["--notify-url", hook.url(), "--notify-header", "novalue"],
-                       '--notify-header needs "Name: value"')):
+                       '--notify-header needs "Name: value"'),
+                      # bytes that are not UTF-8 (\xff): refused, not dropped
+                      (["--notify-url", hook.url() + "/\udcff"], "--notify-url needs UTF-8"),
+                      (["--notify-url", hook.url(), "--notify-header", "X-Key: \udcff"],
+                       "--notify-header needs UTF-8")):
         out = ctl("rollout", EP, "versionb", "plan", "--steps=50", "--step=1m", *args, url=url)
         assert out.returncode == 2 and msg in out.stderr, (args, out.stderr)
     assert rollout_doc(s)["plan"]["steps"] == [10, 20]

@@ -326,8 +326,16 @@ request_done(struct h2_stream *st)
         answer(st);
         return;
     }
+    const char *interim = find_header(st, "x-test-interim");
+    if (interim != NULL) {      /* a 1xx head first (100, 103 Early Hints) */
+        nghttp2_nv iv[] = {NV(":status", interim)};
+        nghttp2_submit_headers(c->session, NGHTTP2_FLAG_NONE, st->id, NULL, iv, 1, NULL);
+    }
     if (find_header(st, "x-test-close") != NULL) {
-        conn_close(c);
+        if (interim != NULL)
+            c->drop = 1;        /* closed once the 1xx is out (conn_flush) */
+        else
+            conn_close(c);
         return;
     }
     if ((v = find_header(st, "x-test-status")) != NULL)

@@ -100,6 +100,9 @@
  *   X-Test-Status: N          answer with status N
  *   X-Test-Response-Bytes: N  answer with N bytes of body, chunked
  *   X-Test-Close: 1           close the connection without answering
+ *   x-test-interim: N         (HTTP/2) send an interim N (1xx) head first;
+ *                             with x-test-close, the connection closes once
+ *                             it is out (a server dying mid-request)
  *   x-test-grpc-status: N     (gRPC) answer grpc-status N, Trailers-Only
  *   x-test-grpc-no-trailers: 1  (gRPC) end the answer without trailers
  * Over HTTP/2 the controls are the same headers, lowercase. A gRPC call
@@ -107,8 +110,8 @@
  * with grpc-status grpc_status_of_http(N) (503 UNAVAILABLE 14, 500
  * INTERNAL 13, 504 DEADLINE_EXCEEDED 4, 404 NOT_FOUND 5, ...).
  * GET /__stats answers {"connections", "requests", "refused"} seen so far
- * (refused: HTTP/2 streams not processed, --h2-goaway-after and
- * --h2-refuse-every).
+ * (refused: HTTP/2 streams not processed, --h2-goaway-after,
+ * --h2-drop-after and --h2-refuse-every).
  */
 #include <event2/event.h>
 #include <event2/http.h>
