@@ -440,7 +440,24 @@ out:
 bool
 auth_same(const void *a, const void *b, size_t len)
 {
-    return CRYPTO_memcmp(a, b, len) == 0;
+    /* In constant time, as CRYPTO_memcmp, but 8 bytes a step where it goes
+     * byte by byte: this runs on every request (request.c's memo). The
+     * empty asm keeps the compiler from ending the loop early. */
+    const unsigned char *x = a, *y = b;
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t p, q;
+        memcpy(&p, x + i, 8);
+        memcpy(&q, y + i, 8);
+        acc |= p ^ q;
+        __asm__ volatile("" : "+r"(acc));
+    }
+    for (; i < len; i++) {
+        acc |= (uint64_t)(x[i] ^ y[i]);
+        __asm__ volatile("" : "+r"(acc));
+    }
+    return acc == 0;
 }
 
 enum auth_status

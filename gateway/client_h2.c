@@ -68,6 +68,7 @@ struct h2conn {
     struct event *reap;
     bool in_ng;                     /* inside nghttp2: do not re-enter */
     struct event *run_ev;           /* the requests' runs, one per loop turn */
+    bool run_armed;                 /* run_ev is active */
     bool want_run;                  /* a run was asked for while in_ng */
     bool goaway;                    /* no new streams */
     bool failed;                    /* fatal: close once what is queued is out */
@@ -339,14 +340,17 @@ h2_ops_run(struct client *c)
 {
     struct h2conn *h = ST(c)->h;
     h->want_run = true;
-    if (h->run_ev != NULL)
+    if (h->run_ev != NULL && !h->run_armed) {
+        h->run_armed = true;        /* once a turn, however many ask */
         event_active(h->run_ev, EV_TIMEOUT, 1);
+    }
 }
 
 static void
 run_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct h2conn *h = arg;
+    h->run_armed = false;
     h2_run(h->s);
 }
 

@@ -175,6 +175,25 @@ test_token_time_overflow(void)
     config_drop(c);
 }
 
+/* auth_same: equal exactly when every byte is, whatever the length (the
+ * 8-byte steps and the tail), a difference at any position seen. */
+static void
+test_same(void)
+{
+    unsigned char a[41], b[41];
+    for (size_t i = 0; i < sizeof(a); i++)
+        a[i] = b[i] = (unsigned char)(i * 37 + 1);
+    for (size_t len = 0; len <= sizeof(a); len++) {
+        CHECK(auth_same(a, b, len), "len %zu equal", len);
+        for (size_t at = 0; at < len; at++)
+            for (int bit = 0; bit < 8; bit += 7) {
+                b[at] ^= (unsigned char)(1u << bit);
+                CHECK(!auth_same(a, b, len), "len %zu, byte %zu bit %d differs", len, at, bit);
+                b[at] ^= (unsigned char)(1u << bit);
+            }
+    }
+}
+
 int
 main(void)
 {
@@ -182,6 +201,7 @@ main(void)
         {"keys", test_keys},
         {"tokens", test_tokens},
         {"token time overflow", test_token_time_overflow},
+        {"same", test_same},
         {NULL, NULL},
     };
     return run_tests(tests);
