@@ -42,6 +42,37 @@ def post_both_ways(s, n_http1, n_http2):
         codes.append(int(r.stdout or 0))
     return codes
 
+def live_http2(*model_args, **sluice_kw):
+    """A model server "live" (with model_args) as the one http2 version of
+    EP: (model, sluice)."""
+    live = Model("live", *model_args)
+    return live, Sluice([endpoint(EP, [
+        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])],
+        **sluice_kw)
+
+
+def post_together(port, bodies):
+    """One POST of each body to EP, as streams of a single write of one
+    HTTP/2 client connection: they reach sluice together, so they share its
+    connection to the model server. Their responses, in order."""
+    c = H2Client(port)
+    try:
+        sids = []
+        for b in bodies:
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                      (":authority", c.authority),
+                                      (":path", "/api/v1/service/%s/score" % EP)])
+            c.conn.send_data(sid, b, end_stream=True)
+            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
+                              "reset": None, "frames": []}
+            sids.append(sid)
+        c._flush()
+        return [c.response(sid) for sid in sids]
+    finally:
+        c.close()
+
+
 def test_connect_failure_retried_on_the_other_upstream():
     """h2fn item 2: an http2 version with two upstreams, one a port nobody
     listens on: 30 requests from an HTTP/1.1 client and 10 from curl
@@ -69,30 +100,11 @@ def test_streams_above_a_goaway_are_retried():
     connection, each with its whole body (length and hash echoed) and head
     (its X-Request-Id, tags, a traceparent), and the access log has 8
     lines, all 200."""
-    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "200")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    c = H2Client(s.port)
+    live, s = live_http2("--h2-goaway-after", "3", "--latency-ms", "200")
 
     def body(i):
         return b'{"x":"' + b"y" * (800 * i) + b'"}'
-    try:
-        # one write: the 8 streams reach sluice together, so they share
-        # its first connection to the model server
-        sids = []
-        for i in range(8):
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                      (":authority", c.authority),
-                                      (":path", "/api/v1/service/%s/score" % EP)])
-            c.conn.send_data(sid, body(i), end_stream=True)
-            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
-                              "reset": None, "frames": []}
-            sids.append(sid)
-        c._flush()
-        got = [c.response(sid) for sid in sids]
-    finally:
-        c.close()
+    got = post_together(s.port, [body(i) for i in range(8)])
     assert [dict(r["headers"])[":status"] for r in got] == ["200"] * 8, got
     # each answer echoes what the model server got: the retried requests
     # with their whole head and body, as the others
@@ -109,6 +121,17 @@ def test_streams_above_a_goaway_are_retried():
     assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
 
 
+def drop_run(after, n_http1, n_http2):
+    """post_both_ways through a model server that closes each HTTP/2
+    connection without a GOAWAY as stream after+1 begins
+    (--h2-drop-after): the status codes, (requests processed, streams
+    dropped) as the model server counts them, the access log's statuses."""
+    live, s = live_http2("--h2-drop-after", str(after))
+    codes = post_both_ways(s, n_http1, n_http2)
+    st = live.stats()
+    return codes, (st["requests"], st["refused"]), [l["status"] for l in s.access_lines()]
+
+
 def test_reused_connection_closed_without_goaway_is_retried():
     """The HTTP/2 twin of the keep-alive race: the model server closes each
     HTTP/2 connection, with no GOAWAY, as its third stream begins
@@ -118,15 +141,8 @@ def test_reused_connection_closed_without_goaway_is_retried():
     closing connection they reused and go again on a new one, so the model
     server answers each request once (12) and dropped exactly 5 streams;
     12 access-log lines, all 200."""
-    live = Model("live", "--h2-drop-after", "2")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    codes = post_both_ways(s, 8, 4)
-    assert codes == [200] * 12, codes
-    st = live.stats()
-    assert (st["requests"], st["refused"]) == (12, 5), st
-    lines = s.access_lines()
-    assert len(lines) == 12 and all(l["status"] == 200 for l in lines), lines
+    got = drop_run(2, 8, 4)
+    assert got == ([200] * 12, (12, 5), [200] * 12), got
 
 
 def test_fresh_connection_closed_is_not_retried():
@@ -135,15 +151,8 @@ def test_fresh_connection_closed_is_not_retried():
     server drops every connection's first stream (--h2-drop-after 0): each
     of 3 requests is a 502 after one attempt (3 streams dropped, none
     processed), the access log says 502 three times."""
-    live = Model("live", "--h2-drop-after", "0")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    codes = post_both_ways(s, 2, 1)
-    assert codes == [502] * 3, codes
-    st = live.stats()
-    assert (st["requests"], st["refused"]) == (0, 3), st
-    lines = s.access_lines()
-    assert [l["status"] for l in lines] == [502] * 3, lines
+    got = drop_run(0, 2, 1)
+    assert got == ([502] * 3, (0, 3), [502] * 3), got
 
 
 def test_closed_under_a_begun_answer_is_not_retried():
@@ -153,9 +162,7 @@ def test_closed_under_a_begun_answer_is_not_retried():
     the model server for a 103 and then a close (x-test-interim,
     x-test-close): a 502, and the model server processed 2 requests, not 3
     (it was not sent again)."""
-    live = Model("live")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    live, s = live_http2()
     with requests.Session() as c:
         r1 = c.post(s.url(EP), data=b'{"x":1}')
         r2 = c.post(s.url(EP), data=b'{"x":2}',
@@ -173,25 +180,8 @@ def test_busy_new_connection_closed_is_not_retried():
     300 ms) takes the first two and closes as the third begins: three
     502s, and the model server processed exactly 2 requests and dropped 1
     (none was sent again)."""
-    live = Model("live", "--h2-drop-after", "2", "--latency-ms", "300")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
-    c = H2Client(s.port)
-    try:
-        sids = []
-        for i in range(3):
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                      (":authority", c.authority),
-                                      (":path", "/api/v1/service/%s/score" % EP)])
-            c.conn.send_data(sid, b'{"x":%d}' % i, end_stream=True)
-            c.streams[sid] = {"headers": None, "data": b"", "trailers": None, "ended": False,
-                              "reset": None, "frames": []}
-            sids.append(sid)
-        c._flush()
-        got = [c.response(sid) for sid in sids]
-    finally:
-        c.close()
+    live, s = live_http2("--h2-drop-after", "2", "--latency-ms", "300")
+    got = post_together(s.port, [b'{"x":%d}' % i for i in range(3)])
     assert [dict(r["headers"])[":status"] for r in got] == ["502"] * 3, got
     st = live.stats()
     assert (st["requests"], st["refused"]) == (2, 1), st
@@ -200,9 +190,7 @@ def test_busy_new_connection_closed_is_not_retried():
 def test_refused_stream_of_an_http1_client_and_concurrent_clients():
     """h2fn item 2: the same graceful shutdowns under 4 concurrent HTTP/1.1
     clients, 40 requests: every one a 200, each answered once."""
-    live = Model("live", "--h2-goaway-after", "3", "--latency-ms", "20")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    live, s = live_http2("--h2-goaway-after", "3", "--latency-ms", "20")
     codes = []
     lock = threading.Lock()
 
@@ -230,9 +218,7 @@ def test_refused_stream_retried_on_a_new_connection():
     client and 6 from curl --http2-prior-knowledge all succeed, each
     answered once (18 counted by the model server, 8 streams refused:
     every refused one was sent again), 18 access-log lines, all 200."""
-    live = Model("live", "--h2-refuse-every", "3")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])])
+    live, s = live_http2("--h2-refuse-every", "3")
     codes = post_both_ways(s, 12, 6)
     assert codes == [200] * 18, codes
     stats = live.stats()
@@ -249,11 +235,9 @@ def test_retried_stream_gets_its_own_span():
     parent id (the retry's traceparent is its own, as for HTTP/1.1)."""
     rcv = OtlpReceiver(port=free_port())
     _closers.append(rcv.close)
-    live = Model("live", "--h2-refuse-every", "2")
-    s = Sluice([endpoint(EP, [
-        version("live", [live.addr], 100, is_default=True, upstream_protocol="http2")])],
-        extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 50,
-                           "export_timeout_ms": 10000}})
+    live, s = live_http2("--h2-refuse-every", "2",
+                         extra={"tracing": {"otlp_endpoint": rcv.url, "export_interval_ms": 50,
+                                            "export_timeout_ms": 10000}})
     seen = {}
     for rid in ("first", "second"):
         r = requests.post(s.url(EP), data=b"{}", headers={"X-Request-Id": rid}, timeout=10)
