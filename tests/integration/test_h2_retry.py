@@ -5,6 +5,7 @@ or whose reused connection closed under it without a GOAWAY (the
 keep-alive race), goes again on a new connection. Asserts on what clients see (every
 request a 200), the access log, and the live model server's counts."""
 import json
+import os
 import re
 import subprocess
 import threading
@@ -27,14 +28,29 @@ def fnv1a(data):
 
 
 
-def post_both_ways(s, n_http1, n_http2):
+def post_both_ways(s, n_http1, n_http2, early=False):
     """n_http1 POSTs from an HTTP/1.1 client, then n_http2 from curl
-    --http2-prior-knowledge, to EP; their status codes in order."""
+    --http2-prior-knowledge, to EP; their status codes in order.
+
+    early: the answers may come before the request's body was sent (an
+    upstream that fails at once), so the HTTP/2 ones come from nghttp.
+    Sluice then ends the stream with RST_STREAM NO_ERROR after the whole
+    answer (RFC 9113 §8.1), which Debian 12's curl 7.88 reports as error
+    92 with no status (curl issue 22984)."""
     codes = []
     with requests.Session() as c:
         for i in range(n_http1):
             codes.append(c.post(s.url(EP), data=b'{"x":%d}' % i).status_code)
+    body = os.path.join(s.dir, "h2-body.json")
     for i in range(n_http2):
+        if early:
+            with open(body, "w") as f:
+                f.write('{"y":%d}' % i)
+            r = subprocess.run(["nghttp", "-v", "-d", body, s.url(EP)], capture_output=True,
+                               text=True, timeout=25)
+            m = re.search(r":status: (\d+)", r.stdout)
+            codes.append(int(m.group(1)) if m else 0)
+            continue
         r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                             "--http2-prior-knowledge", "--max-time", "20", "-d",
                             '{"y":%d}' % i, s.url(EP)], capture_output=True, text=True,
@@ -121,13 +137,13 @@ def test_streams_above_a_goaway_are_retried():
     assert len(lines) == 8 and all(l["status"] == 200 for l in lines), lines
 
 
-def drop_run(after, n_http1, n_http2):
+def drop_run(after, n_http1, n_http2, early=False):
     """post_both_ways through a model server that closes each HTTP/2
     connection without a GOAWAY as stream after+1 begins
     (--h2-drop-after): the status codes, (requests processed, streams
     dropped) as the model server counts them, the access log's statuses."""
     live, s = live_http2("--h2-drop-after", str(after))
-    codes = post_both_ways(s, n_http1, n_http2)
+    codes = post_both_ways(s, n_http1, n_http2, early)
     st = live.stats()
     return codes, (st["requests"], st["refused"]), [l["status"] for l in s.access_lines()]
 
@@ -151,7 +167,7 @@ def test_fresh_connection_closed_is_not_retried():
     server drops every connection's first stream (--h2-drop-after 0): each
     of 3 requests is a 502 after one attempt (3 streams dropped, none
     processed), the access log says 502 three times."""
-    got = drop_run(0, 2, 1)
+    got = drop_run(0, 2, 1, early=True)
     assert got == ([502] * 3, (0, 3), [502] * 3), got
 
 
