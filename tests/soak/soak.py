@@ -3,7 +3,11 @@
 
 Real processes: redis-server, five sluice-model --fast servers with random
 faults (slow answers, resets and closes mid-body, 204/304 with bodies,
-garbage, idle keep-alive connections closed at random moments) and sluice
+garbage, idle keep-alive connections closed at random moments), a sixth
+reached over HTTP/2 ("upstream_protocol": "http2") whose faults are
+HTTP/2's (every 7th stream refused, each connection closed without a
+GOAWAY as its 31st stream begins, idle connections closed at random
+moments: the retry rules' three cases) and sluice
 (the build under test, ASan+UBSan in tools/soak.sh) with a plain and a TLS
 listener, two endpoints (keys, sticky keys, a mirror version with
 comparison, a version with a concurrency limit and a wait queue, an
@@ -125,7 +129,7 @@ T0 = time.time()
 class ChaosModel:
     """A sluice-model --fast with faults, stderr kept (its fault counts)."""
 
-    def __init__(self, model, name, seed, d, fault_rate):
+    def __init__(self, model, name, seed, d, fault_rate, extra=()):
         self.name = name
         for attempt in range(harness.START_ATTEMPTS):
             self.port = harness.free_port()
@@ -135,7 +139,8 @@ class ChaosModel:
             self.proc = harness.start(
                 [model, "--fast", "--listen", self.addr, "--name", name,
                  "--fault-rate", str(fault_rate), "--slow-max-ms", "1500",
-                 "--idle-close-max-ms", "800", "--seed", str(seed)], stderr=self.err)
+                 "--idle-close-max-ms", "800", "--seed", str(seed)] + list(extra),
+                stderr=self.err)
 
             def output(err=self.err):
                 err.flush()
@@ -162,15 +167,16 @@ class ChaosModel:
 def make_config(models, dead):
     hc = {"path": "/health", "interval_ms": 300, "timeout_ms": 250,
           "failure_threshold": 3, "success_threshold": 1}
-    a1, a2, b, c, m = (x.addr for x in models)
+    a1, a2, b, c, m, h2 = (x.addr for x in models)
     soak = harness.endpoint("soak", [
-        harness.version("control1", [a1, a2], 40, is_default=True, type="control",
+        harness.version("control1", [a1, a2], 35, is_default=True, type="control",
                         health_check=hc),
         harness.version("treat1", [b], 25, type="treatment",
                         replica_max_concurrent_requests=6, max_request_wait_time_ms=500),
         harness.version("treat2", [c, dead], 20, type="treatment", health_check=hc),
         harness.version("mirror1", [m], 0, mirror_percentile=30, type="treatment",
                         compare={"samples": 2}),
+        harness.version("treat3h2", [h2], 5, type="treatment", upstream_protocol="http2"),
     ], auth={"keys": True}, keys={"primary": KEY_PRIMARY, "secondary": KEY_SECONDARY},
         sticky={"header": "X-User-Id"}, scoring_timeout_ms=SCORING_TIMEOUT_MS,
         failover_to_default=True)
@@ -646,7 +652,8 @@ class Client:
             req_id = self.rid()
             lines.append(b"X-Request-Id: " + req_id.encode())
         if pin and rng.random() < 0.1:
-            v = rng.choice([b"control1", b"treat1", b"treat2", b"mirror1", b"open1", b"nope"])
+            v = rng.choice([b"control1", b"treat1", b"treat2", b"mirror1", b"treat3h2", b"open1",
+                            b"nope"])
             lines.append(b"X-Sluice-Version: " + v)
         if rng.random() < 0.3:
             lines.append(b"X-User-Id: u%d" % rng.randrange(200))
@@ -1234,7 +1241,7 @@ def operator(sl, redis, rng, stop, stats):
             elif what == "reload":
                 requests.post(sl.admin("/admin/v1/reload"), headers=hdr, timeout=10)
             elif what == "patch":
-                name = rng.choice(["treat1", "treat2"])
+                name = rng.choice(["treat1", "treat2", "treat3h2"])
                 r = requests.patch(url + name, headers=hdr, timeout=10,
                                    json={"traffic_percentile": rng.randrange(0, 31)})
                 stats.events["admin_%d" % r.status_code] += 1
@@ -1389,6 +1396,8 @@ def main():
         models = [ChaosModel(args.model, n, seed + i, d, 0.04)
                   for i, n in enumerate(["control1a", "control1b", "treat1", "treat2",
                                          "mirror1"])]
+        models.append(ChaosModel(args.model, "treat3h2", seed + 5, d, 0,
+                                 ("--h2-refuse-every", "7", "--h2-drop-after", "30")))
         dead = "127.0.0.1:%d" % harness.free_port()     # nothing listens there
         env = {}
         asan = os.environ.get("ASAN_OPTIONS", "")
@@ -1567,6 +1576,8 @@ def main():
         print("operator: %s" % dict(sorted(stats.events.items())))
         print("access log: %d lines; by error: %s" % (len(lines), dict(sorted(
             collections.Counter(l.get("error") or "-" for l in lines).items()))))
+        print("access log by version: %s" % dict(sorted(
+            collections.Counter(l.get("version") or "-" for l in lines).items())))
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             shutil.copy(lp, os.path.join(args.out, "access.log"))

@@ -725,5 +725,7 @@ fast_report(void)
     fprintf(stderr, "faults: requests=%llu connections=%llu", n_reqs, n_conns);
     for (int f = 1; f < F_COUNT; f++)
         fprintf(stderr, " %s=%llu", fault_names[f], n_faults[f]);
+    if (n_refused > 0)          /* HTTP/2 streams refused or dropped unprocessed */
+        fprintf(stderr, " h2_refused=%llu", n_refused);
     fprintf(stderr, "\n");
 }
